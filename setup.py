@@ -1,0 +1,81 @@
+"""Build otlp-sidecar: the package plus the optional Cython accelerators in ext/.
+
+Every ``ext/<name>.pyx`` becomes ``sidecar._ext.<name>``. The accelerators are
+optional: ``OTLP_SIDECAR_NO_EXTENSIONS=1`` skips them and the package runs on its
+pure-Python twins. The build prints which of the two it made.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+NO_EXTENSIONS = os.environ.get("OTLP_SIDECAR_NO_EXTENSIONS", "") not in ("", "0")
+
+
+def extensions() -> list:
+    if NO_EXTENSIONS:
+        print("otlp-sidecar: building without C extensions (pure-Python twins)", file=sys.stderr)
+        return []
+    from Cython.Build import cythonize
+    from setuptools import Extension
+
+    modules = [
+        Extension(
+            f"sidecar._ext.{pyx.stem}",
+            [str(pyx.relative_to(HERE))],
+            extra_compile_args=["-O3"],
+        )
+        for pyx in sorted((HERE / "ext").glob("*.pyx"))
+    ]
+    print(
+        "otlp-sidecar: building C extensions: " + ", ".join(m.name for m in modules),
+        file=sys.stderr,
+    )
+    return cythonize(
+        modules,
+        language_level=3,
+        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
+    )
+
+
+setup(
+    name="otlp-sidecar",
+    version="0.1.0",
+    description="Per-pod OTLP policy sidecar: PCI masking, tenant isolation and sampling in Rego",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["sidecar", "sidecar.*"]),
+    package_data={"sidecar": ["py.typed"]},
+    ext_modules=extensions(),
+    install_requires=[
+        "aiohttp>=3.9,<4",
+        "grpclib==0.4.9",
+        "zstandard>=0.22",
+        "cryptography>=42",
+        "regopy>=1.5,<2",
+        "opa-python-client>=3,<4",
+        "prometheus-client>=0.20",
+        "opentelemetry-proto>=1.27",
+        "protobuf>=5",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-aiohttp>=1.0",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "opentelemetry-sdk>=1.27",
+            "opentelemetry-exporter-otlp-proto-grpc>=1.27",
+            "opentelemetry-exporter-otlp-proto-http>=1.27",
+            "helm-python-sdk>=0.2",
+            "kubernetes-validate>=1.30",
+            "jsonpatch>=1.33",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={"console_scripts": ["otlp-sidecar=sidecar.cli:main"]},
+)

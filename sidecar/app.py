@@ -1,0 +1,181 @@
+"""The running sidecar: wires receivers, pipeline, policy, queue, exporter and admin together.
+
+Start order is the reverse of the data flow (exporter first, receivers last) so
+nothing is accepted that cannot be handled; stop order follows the data flow:
+stop accepting, flush what was accepted, then close the exporter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from sidecar import __version__
+from sidecar.admin.server import admin_app
+from sidecar.config import Config
+from sidecar.configkit import parse_endpoint
+from sidecar.export.debug import DebugExporter
+from sidecar.export.grpc import GrpcExporter
+from sidecar.export.http import HttpExporter
+from sidecar.export.queue import ExportQueue
+from sidecar.export.sender import Exporter, Sender
+from sidecar.metrics import SidecarMetrics
+from sidecar.pipeline import Pipeline, Planner
+from sidecar.receivers.grpc import GrpcReceiver
+from sidecar.receivers.http import HttpReceiver
+from sidecar.wire import grpc as grpcwire
+
+log = logging.getLogger("sidecar")
+
+#: seconds a shutdown may take in all (Kubernetes' default grace period is 30 s)
+DEFAULT_GRACE = 20.0
+
+
+class Sidecar:
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.metrics = SidecarMetrics(registry)
+        self.metrics.build_info.info({"version": __version__})
+        self.queue: ExportQueue | None = None
+        self.exporter: Exporter | None = None
+        self.sender: Sender | None = None
+        self.policy: Any = None
+        self._grpc_server: grpcwire.Server | None = None
+        self._runners: list[web.AppRunner] = []
+        self._http_runner: web.AppRunner | None = None
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self._receivers_up = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.queue = ExportQueue(
+            capacity_bytes=cfg.exporter.queue_max_bytes,
+            batch_items=cfg.exporter.batch_size,
+            batch_bytes=cfg.exporter.batch_max_bytes,
+            batch_timeout=cfg.exporter.batch_timeout,
+            metrics=self.metrics,
+        )
+        self.exporter = self._make_exporter()
+        await self.exporter.start()
+        self.sender = Sender(self.queue, self.exporter, cfg.exporter, self.metrics)
+        self.sender.start()
+        planner = await self._start_policy()
+        pipeline = Pipeline(self.queue, self.metrics, planner)
+        if cfg.admin.enabled:
+            status = self.policy.status if self.policy is not None else None
+            app = admin_app(self.metrics.registry, self.readiness, status)
+            self.addresses["admin"] = await self._serve_aiohttp(app, cfg.admin.endpoint)
+        if cfg.receivers.grpc_enabled:
+            receiver = GrpcReceiver(cfg.receivers, pipeline, self.metrics)
+            self._grpc_server = receiver.server()
+            host, port = parse_endpoint(cfg.receivers.grpc_endpoint)
+            await self._grpc_server.start(host, port)
+            sock = self._grpc_server._server.sockets[0]  # type: ignore[union-attr]
+            self.addresses["grpc"] = sock.getsockname()[:2]
+        if cfg.receivers.http_enabled:
+            receiver_http = HttpReceiver(cfg.receivers, pipeline, self.metrics)
+            self.addresses["http"] = await self._serve_aiohttp(
+                receiver_http.app(), cfg.receivers.http_endpoint, receiver=True
+            )
+        self._receivers_up = True
+        log.info(
+            "otlp-sidecar %s up: %s; exporter %s",
+            __version__,
+            ", ".join(f"{name} on {host}:{port}" for name, (host, port) in self.addresses.items()),
+            self.exporter.name,
+        )
+
+    async def stop(self, grace: float = DEFAULT_GRACE) -> None:
+        """Stop accepting, flush what was accepted (within ``grace`` seconds), close."""
+        self._receivers_up = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        receive_grace = min(5.0, grace / 4)
+        if self._grpc_server is not None:
+            await grpcwire.close_gracefully(self._grpc_server, receive_grace)
+            self._grpc_server = None
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
+            self._runners.remove(self._http_runner)
+            self._http_runner = None
+        if self.sender is not None:
+            await self.sender.drain(max(0.0, deadline - loop.time()))
+        if self.exporter is not None:
+            await self.exporter.stop()
+        if self.policy is not None:
+            await self.policy.stop()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        log.info("otlp-sidecar stopped")
+
+    # -- parts ---------------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        exporter_ok = self.sender is not None and self.sender.healthy
+        policy_ok = self.policy is None or bool(getattr(self.policy, "ready", True))
+        details = {
+            "receivers": "up" if self._receivers_up else "down",
+            "exporter": "ok" if exporter_ok else f"failing: {self.sender.last_error if self.sender else ''}",
+            "policy": "ok" if policy_ok else "not loaded",
+        }
+        return self._receivers_up and exporter_ok and policy_ok, details
+
+    def _make_exporter(self) -> Exporter:
+        cfg = self.config.exporter
+        if cfg.resolved_type == "debug":
+            return DebugExporter(cfg.debug_output)
+        if cfg.protocol == "grpc":
+            return GrpcExporter(cfg)
+        return HttpExporter(cfg)
+
+    async def _start_policy(self) -> Planner | None:
+        if not self.config.policy.dir:
+            return None
+        from sidecar.policy.service import PolicyService
+
+        self.policy = PolicyService(self.config.policy, self.config.pod.identity(), self.metrics.registry)
+        await self.policy.start()
+        return self.policy  # type: ignore[no-any-return]
+
+    async def _serve_aiohttp(
+        self, app: web.Application, endpoint: str, *, receiver: bool = False
+    ) -> tuple[str, int]:
+        host, port = parse_endpoint(endpoint)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, auto_decompress=False, shutdown_timeout=5.0
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runners.append(runner)
+        if receiver:
+            self._http_runner = runner
+        server = site._server
+        sock = server.sockets[0]  # type: ignore[union-attr]
+        return sock.getsockname()[:2]  # type: ignore[no-any-return]
+
+
+async def serve(config: Config, grace: float = DEFAULT_GRACE) -> int:
+    """Run until SIGTERM or SIGINT; then shut down gracefully and return the exit code."""
+    sidecar = Sidecar(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await sidecar.start()
+    except Exception:
+        await sidecar.stop(grace=1.0)
+        raise
+    await stop.wait()
+    log.info("shutting down: no new requests; flushing what was accepted")
+    await sidecar.stop(grace)
+    return 0

@@ -1,0 +1,335 @@
+"""The sidecar's one config object: TOML file, then OTEL_* variables, then SIDECAR_* variables.
+
+Precedence, lowest first: built-in defaults, the TOML file (``--config``), the
+standard ``OTEL_EXPORTER_OTLP_*`` variables (for the upstream only), and the
+``SIDECAR_<SECTION>_<KEY>`` variables (plus the short contract names such as
+``SIDECAR_GRPC_ENDPOINT``). Every wrong value raises :class:`ConfigError`
+naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sidecar.configkit import ConfigError, load_section, parse_key_values, render_markdown, setting
+from sidecar.identity import PodIdentity, read_downward_api_file
+from sidecar.policy.config import PolicyConfig
+from sidecar.signals import Signal
+
+__all__ = ["AdminConfig", "Config", "ConfigError", "ExporterConfig", "ReceiversConfig", "load"]
+
+
+def _endpoint_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be a URL such as https://collector:4317 (scheme http or https)"
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return "has an invalid port"
+    return None
+
+
+@dataclass(frozen=True)
+class ReceiversConfig:
+    """Where the app sends OTLP, and what the sidecar accepts."""
+
+    grpc_endpoint: str = setting(
+        "127.0.0.1:4317", "host:port of the OTLP/gRPC listener.",
+        kind="endpoint", env=["SIDECAR_GRPC_ENDPOINT"],
+    )
+    http_endpoint: str = setting(
+        "127.0.0.1:4318", "host:port of the OTLP/HTTP listener.",
+        kind="endpoint", env=["SIDECAR_HTTP_ENDPOINT"],
+    )
+    grpc_enabled: bool = setting(True, "Serve OTLP/gRPC.", kind="bool")
+    http_enabled: bool = setting(True, "Serve OTLP/HTTP.", kind="bool")
+    max_request_bytes: int = setting(
+        16 * 1024 * 1024,
+        "Largest request accepted, compressed as sent (HTTP 413 / gRPC RESOURCE_EXHAUSTED).",
+        kind="size", min=1024,
+    )
+    max_decompressed_bytes: int = setting(
+        64 * 1024 * 1024,
+        "Largest request after decompression; a larger one is refused like an oversized body.",
+        kind="size", min=1024,
+    )
+    grpc_max_frame_size: int = setting(
+        1024 * 1024,
+        "HTTP/2 SETTINGS_MAX_FRAME_SIZE the gRPC listener advertises (larger frames cost less CPU).",
+        kind="size", min=16384, max=16777215,
+    )
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    """The upstream collector. Unset endpoint and type ``auto`` mean the debug exporter."""
+
+    type: str = setting(
+        "auto",
+        "`otlp` sends upstream; `debug` writes JSON lines; `auto` is `otlp` when an endpoint is set.",
+        choices=["auto", "otlp", "debug"],
+    )
+    endpoint: str = setting(
+        "", "Upstream URL, e.g. https://collector.observability:4317 (OTEL_EXPORTER_OTLP_ENDPOINT).",
+        check=lambda v: _endpoint_url(v) if v else None,
+    )
+    traces_endpoint: str = setting(
+        "", "Traces URL, used as is (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT).",
+        check=lambda v: _endpoint_url(v) if v else None,
+    )
+    metrics_endpoint: str = setting(
+        "", "Metrics URL, used as is (OTEL_EXPORTER_OTLP_METRICS_ENDPOINT).",
+        check=lambda v: _endpoint_url(v) if v else None,
+    )
+    logs_endpoint: str = setting(
+        "", "Logs URL, used as is (OTEL_EXPORTER_OTLP_LOGS_ENDPOINT).",
+        check=lambda v: _endpoint_url(v) if v else None,
+    )
+    protocol: str = setting(
+        "grpc", "Upstream protocol (OTEL_EXPORTER_OTLP_PROTOCOL).", choices=["grpc", "http/protobuf"],
+    )
+    compression: str = setting(
+        "zstd", "Upstream compression (OTEL_EXPORTER_OTLP_COMPRESSION).",
+        choices=["none", "gzip", "zstd"],
+    )
+    timeout: float = setting(
+        10.0, "Timeout of one export request (OTEL_EXPORTER_OTLP_TIMEOUT, in ms there).",
+        kind="duration", min=0.001,
+    )
+    headers: dict[str, str] = setting(
+        {}, "Headers sent with every export (OTEL_EXPORTER_OTLP_HEADERS).", kind="map", secret=True,
+    )
+    insecure: bool = setting(
+        False, "Plaintext to an endpoint without scheme http:// (OTEL_EXPORTER_OTLP_INSECURE).",
+        kind="bool",
+    )
+    certificate: str = setting(
+        "", "CA bundle that verifies the upstream (OTEL_EXPORTER_OTLP_CERTIFICATE).", kind="path",
+    )
+    client_certificate: str = setting(
+        "", "Client certificate for mTLS (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE).", kind="path",
+    )
+    client_key: str = setting(
+        "", "Client private key for mTLS (OTEL_EXPORTER_OTLP_CLIENT_KEY).", kind="path", secret=True,
+    )
+    batch_size: int = setting(
+        2048, "Items (spans, data points, log records) that fill a batch and send it at once.",
+        kind="int", min=1,
+    )
+    batch_max_bytes: int = setting(
+        4 * 1024 * 1024, "Bytes that fill a batch and send it at once.", kind="size", min=1024,
+    )
+    batch_timeout: float = setting(
+        0.2, "Longest a batch waits to fill before it is sent.", kind="duration", min=0.0,
+    )
+    queue_max_bytes: int = setting(
+        64 * 1024 * 1024,
+        "Bytes of accepted data held for export; when full, new data is refused retryably.",
+        kind="size", min=1024,
+    )
+    concurrency: int = setting(2, "Export requests in flight at once.", kind="int", min=1, max=64)
+    retry_initial_interval: float = setting(
+        0.5, "First retry delay (doubles each attempt, with jitter).", kind="duration", min=0.0,
+    )
+    retry_max_interval: float = setting(
+        10.0, "Longest delay between retries.", kind="duration", min=0.0,
+    )
+    retry_max_elapsed: float = setting(
+        300.0, "Give up on a batch after retrying this long (it is counted as failed).",
+        kind="duration", min=0.0,
+    )
+    debug_output: str = setting(
+        "-", "Where the debug exporter writes JSON lines: `-` for stdout, or a file path.",
+        kind="path",
+    )
+
+    @property
+    def resolved_type(self) -> str:
+        if self.type != "auto":
+            return self.type
+        has_endpoint = self.endpoint or any(self.signal_endpoint(s) for s in Signal)
+        return "otlp" if has_endpoint else "debug"
+
+    def signal_endpoint(self, signal: Signal) -> str:
+        return str(getattr(self, f"{signal.value}_endpoint"))
+
+    def url_for(self, signal: Signal) -> str:
+        """The full URL for ``signal``: per-signal endpoint as is, else base + /v1/<signal>."""
+        specific = self.signal_endpoint(signal)
+        if specific:
+            return specific
+        base = self.endpoint or ("http://localhost:4317" if self.protocol == "grpc" else "http://localhost:4318")
+        if self.protocol == "grpc":
+            return base
+        return base.rstrip("/") + signal.http_path
+
+    def validate(self) -> None:
+        if self.type == "otlp" and not self.endpoint and not any(self.signal_endpoint(s) for s in Signal):
+            raise ConfigError("exporter.endpoint", "is required when exporter.type is 'otlp'")
+        if bool(self.client_certificate) != bool(self.client_key):
+            raise ConfigError(
+                "exporter.client_key",
+                "client_certificate and client_key go together: set both for mTLS, or neither",
+            )
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """The admin listener: /health, /ready, /metrics, /policy."""
+
+    endpoint: str = setting(
+        "127.0.0.1:13133", "host:port of the admin listener (0.0.0.0:13133 in a pod, for probes).",
+        kind="endpoint", env=["SIDECAR_ADMIN_ENDPOINT"],
+    )
+    enabled: bool = setting(True, "Serve the admin listener.", kind="bool")
+
+
+@dataclass(frozen=True)
+class PodConfig:
+    """The pod's identity, from the downward API (the injector sets these variables)."""
+
+    name: str = setting("", "Pod name.", env=["SIDECAR_POD_NAME"])
+    namespace: str = setting("", "Pod namespace.", env=["SIDECAR_POD_NAMESPACE"])
+    service_account: str = setting("", "Pod service account.", env=["SIDECAR_POD_SERVICE_ACCOUNT"])
+    tenant: str = setting("", "The pod's tenant (from a label or annotation).", env=["SIDECAR_TENANT"])
+    labels_file: str = setting("", "Downward API file with the pod's labels.", kind="path")
+    annotations_file: str = setting("", "Downward API file with the pod's annotations.", kind="path")
+
+    def identity(self) -> PodIdentity:
+        try:
+            labels = read_downward_api_file(self.labels_file)
+        except OSError as exc:
+            raise ConfigError("pod.labels_file", f"cannot read {self.labels_file}: {exc.strerror}") from None
+        try:
+            annotations = read_downward_api_file(self.annotations_file)
+        except OSError as exc:
+            raise ConfigError(
+                "pod.annotations_file", f"cannot read {self.annotations_file}: {exc.strerror}"
+            ) from None
+        return PodIdentity(
+            name=self.name, namespace=self.namespace, service_account=self.service_account,
+            tenant=self.tenant, labels=labels, annotations=annotations,
+        )
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The sidecar's own log."""
+
+    level: str = setting("info", "Log level.", choices=["debug", "info", "warning", "error"])
+    format: str = setting("text", "Log line format.", choices=["text", "json"])
+
+
+#: (section name, class, description), in the order of the docs
+SECTIONS: tuple[tuple[str, type[Any], str], ...] = (
+    ("receivers", ReceiversConfig, ReceiversConfig.__doc__ or ""),
+    ("exporter", ExporterConfig, ExporterConfig.__doc__ or ""),
+    ("policy", PolicyConfig, PolicyConfig.__doc__ or ""),
+    ("admin", AdminConfig, AdminConfig.__doc__ or ""),
+    ("pod", PodConfig, PodConfig.__doc__ or ""),
+    ("log", LogConfig, LogConfig.__doc__ or ""),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    receivers: ReceiversConfig = field(default_factory=ReceiversConfig)
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    pod: PodConfig = field(default_factory=PodConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = ""
+
+
+# OTEL_EXPORTER_OTLP_* -> exporter key; per-signal variants handled below
+_OTEL_GENERAL = {
+    "ENDPOINT": "endpoint",
+    "PROTOCOL": "protocol",
+    "HEADERS": "headers",
+    "COMPRESSION": "compression",
+    "TIMEOUT": "timeout",
+    "CERTIFICATE": "certificate",
+    "CLIENT_KEY": "client_key",
+    "CLIENT_CERTIFICATE": "client_certificate",
+    "INSECURE": "insecure",
+}
+
+
+def _otel_overrides(env: Mapping[str, str]) -> dict[str, str]:
+    """Translate the standard OTEL_EXPORTER_OTLP_* variables into exporter env overrides."""
+    out: dict[str, str] = {}
+    for suffix, key in _OTEL_GENERAL.items():
+        name = f"OTEL_EXPORTER_OTLP_{suffix}"
+        if name in env:
+            value = env[name]
+            if suffix == "TIMEOUT":
+                value = _otel_timeout(name, value)
+            elif suffix == "PROTOCOL" and value.strip() == "http/json":
+                raise ConfigError(
+                    f"exporter.protocol (from {name})",
+                    "'http/json' is not supported upstream; choose 'grpc' or 'http/protobuf'",
+                )
+            out[f"SIDECAR_EXPORTER_{key.upper()}"] = value
+    for signal in Signal:
+        name = f"OTEL_EXPORTER_OTLP_{signal.value.upper()}_ENDPOINT"
+        if name in env:
+            out[f"SIDECAR_EXPORTER_{signal.value.upper()}_ENDPOINT"] = env[name]
+    return out
+
+
+def _otel_timeout(name: str, value: str) -> str:
+    try:
+        millis = float(value)
+    except ValueError:
+        raise ConfigError(f"exporter.timeout (from {name})", "must be milliseconds as a number") from None
+    return f"{millis / 1000.0}"
+
+
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load the config from an optional TOML file and the environment."""
+    env = dict(os.environ if env is None else env)
+    data: dict[str, Any] = {}
+    source = ""
+    if path:
+        source = str(path)
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError("--config", f"file not found: {path}") from None
+        except OSError as exc:
+            raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+    known = {name for name, _, _ in SECTIONS}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(key, "unknown section; the sections are: " + ", ".join(sorted(known)))
+        if not isinstance(value, dict):
+            raise ConfigError(key, "must be a table ([" + key + "])")
+    # OTEL_* sit below SIDECAR_EXPORTER_*: apply them only where SIDECAR_* is silent
+    merged_env = {**_otel_overrides(env), **env}
+    sections = {name: load_section(cls, name, data.get(name), merged_env) for name, cls, _ in SECTIONS}
+    exporter = sections["exporter"]
+    if exporter.endpoint.startswith("http://") and not exporter.insecure:
+        exporter = dataclasses.replace(exporter, insecure=True)
+    sections["exporter"] = exporter
+    return Config(**sections, source=source)
+
+
+def render_docs() -> str:
+    """The text of docs/configuration.md, generated from the declarations above."""
+    head = (Path(__file__).parent / "config_docs_head.md").read_text(encoding="utf-8")
+    return head.rstrip() + "\n\n" + render_markdown(SECTIONS)
+
+
+__all__ += ["LogConfig", "PodConfig", "parse_key_values", "render_docs"]

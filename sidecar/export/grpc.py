@@ -1,0 +1,124 @@
+"""OTLP/gRPC exporter (grpclib): raw bytes, gzip / zstd message compression, one reused channel."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import grpclib.client
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from grpclib.const import Status
+
+from sidecar.config import ExporterConfig
+from sidecar.export.http import HeaderSource, SslFactory
+from sidecar.export.partial import parse_response
+from sidecar.export.result import Exported, ExportError
+from sidecar.signals import Signal
+from sidecar.wire.grpc import CallError, call_unary
+
+#: gRPC codes OTLP clients retry (RESOURCE_EXHAUSTED only with RetryInfo)
+RETRYABLE_GRPC = frozenset(
+    {
+        Status.CANCELLED,
+        Status.DEADLINE_EXCEEDED,
+        Status.ABORTED,
+        Status.OUT_OF_RANGE,
+        Status.UNAVAILABLE,
+        Status.DATA_LOSS,
+    }
+)
+
+
+class GrpcExporter:
+    name = "otlp_grpc"
+
+    def __init__(
+        self,
+        config: ExporterConfig,
+        *,
+        ssl_context: SslFactory | None = None,
+        extra_headers: HeaderSource | None = None,
+    ) -> None:
+        self._config = config
+        self._ssl_context = ssl_context
+        self._extra_headers = extra_headers
+        self._encoding = "identity" if config.compression == "none" else config.compression
+        self._channels: dict[tuple[str, int, bool], tuple[grpclib.client.Channel, object]] = {}
+        self._retired: list[grpclib.client.Channel] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        for channel, _ in self._channels.values():
+            channel.close()
+        for channel in self._retired:
+            channel.close()
+        self._channels.clear()
+        self._retired.clear()
+
+    def _channel(self, signal: Signal) -> grpclib.client.Channel:
+        url = urlsplit(self._config.url_for(signal))
+        secure = url.scheme == "https" and not self._config.insecure
+        host, port = url.hostname or "localhost", url.port or (443 if url.scheme == "https" else 4317)
+        context: ssl.SSLContext | None = None
+        if secure:
+            context = (self._ssl_context() if self._ssl_context else None) or _default_context()
+        key = (host, port, secure)
+        current = self._channels.get(key)
+        if current is not None and current[1] is context:
+            return current[0]
+        if current is not None:
+            # the TLS material changed: new calls use a new connection; calls in flight
+            # finish on the old one, closed at stop()
+            self._retired.append(current[0])
+        channel = grpclib.client.Channel(host, port, ssl=context)
+        self._channels[key] = (channel, context)
+        return channel
+
+    async def export(self, signal: Signal, data: bytes) -> Exported:
+        metadata: dict[str, str] = dict(self._config.headers)
+        if self._extra_headers is not None:
+            metadata.update(await self._extra_headers())
+        try:
+            reply = await call_unary(
+                self._channel(signal), signal.grpc_path, data,
+                encoding=self._encoding, timeout=self._config.timeout, metadata=metadata,
+            )
+        except CallError as exc:
+            raise grpc_error(exc) from None
+        return parse_response(signal, reply)
+
+
+def grpc_error(exc: CallError) -> ExportError:
+    retry_after = retry_info_delay(exc.trailers)
+    retryable = exc.status in RETRYABLE_GRPC or (
+        exc.status is Status.RESOURCE_EXHAUSTED and retry_after is not None
+    )
+    reason = "timeout" if exc.status is Status.DEADLINE_EXCEEDED else f"grpc_{exc.status.name.lower()}"
+    return ExportError(reason, f"upstream: {exc}", retryable=retryable, retry_after=retry_after)
+
+
+def retry_info_delay(trailers: Mapping[str, str]) -> float | None:
+    """The delay of a google.rpc.RetryInfo in ``grpc-status-details-bin``, if any."""
+    raw = trailers.get("grpc-status-details-bin")
+    if not raw:
+        return None
+    try:
+        status = status_pb2.Status.FromString(base64.b64decode(raw + "=" * (-len(raw) % 4)))
+    except (DecodeError, ValueError):
+        return None
+    for detail in status.details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+            return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+    return None
+
+
+def _default_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.set_alpn_protocols(["h2"])
+    return context

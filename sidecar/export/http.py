@@ -1,0 +1,116 @@
+"""OTLP/HTTP exporter (aiohttp): protobuf bodies, gzip / zstd, connection reuse."""
+
+from __future__ import annotations
+
+import email.utils
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
+
+from sidecar.config import ExporterConfig
+from sidecar.export.partial import parse_response
+from sidecar.export.result import Exported, ExportError
+from sidecar.signals import Signal
+from sidecar.wire import compression
+
+#: OTLP/HTTP statuses a client retries
+RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
+
+SslFactory = Callable[[], ssl.SSLContext | None]
+HeaderSource = Callable[[], Awaitable[dict[str, str]]]
+
+
+class HttpExporter:
+    name = "otlp_http"
+
+    def __init__(
+        self,
+        config: ExporterConfig,
+        *,
+        ssl_context: SslFactory | None = None,
+        extra_headers: HeaderSource | None = None,
+    ) -> None:
+        self._config = config
+        self._ssl_context = ssl_context
+        self._extra_headers = extra_headers
+        self._session: aiohttp.ClientSession | None = None
+        self._encoding = "identity" if config.compression == "none" else config.compression
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=max(4, self._config.concurrency * 2))
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def export(self, signal: Signal, data: bytes) -> Exported:
+        assert self._session is not None, "start() first"
+        headers = {"Content-Type": "application/x-protobuf", "User-Agent": "otlp-sidecar"}
+        headers.update(self._config.headers)
+        if self._extra_headers is not None:
+            headers.update(await self._extra_headers())
+        body = compression.compress(self._encoding, data)
+        if self._encoding != "identity":
+            headers["Content-Encoding"] = self._encoding
+        url = self._config.url_for(signal)
+        ssl_arg: ssl.SSLContext | bool = True
+        if url.startswith("https://") and self._ssl_context is not None:
+            ssl_arg = self._ssl_context() or True
+        try:
+            async with self._session.post(
+                url, data=body, headers=headers, ssl=ssl_arg,
+                timeout=aiohttp.ClientTimeout(total=self._config.timeout),
+            ) as response:
+                payload = await response.read()
+                if response.status == 200:
+                    return parse_response(signal, payload)
+                raise _http_error(response.status, response.headers.get("Retry-After"), payload)
+        except TimeoutError:
+            raise ExportError(
+                "timeout", f"no answer from {url} within {self._config.timeout:g} s", retryable=True
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise ExportError("unavailable", f"cannot reach {url}: {exc}", retryable=True) from None
+
+
+def _http_error(status: int, retry_after: str | None, payload: bytes) -> ExportError:
+    message = _status_message(payload) or f"HTTP {status}"
+    return ExportError(
+        f"http_{status}",
+        f"upstream answered {status}: {message}",
+        retryable=status in RETRYABLE_HTTP,
+        retry_after=parse_retry_after(retry_after),
+    )
+
+
+def _status_message(payload: bytes) -> str:
+    if not payload:
+        return ""
+    status = status_pb2.Status()
+    try:
+        status.ParseFromString(payload)
+    except DecodeError:
+        return payload[:200].decode("utf-8", "replace")
+    return status.message or payload[:200].decode("utf-8", "replace")
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds: a number of seconds, or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+

@@ -1,0 +1,147 @@
+"""From received bytes to the export queue: split per resource, plan, rewrite, enqueue.
+
+This is the one place both receivers hand their requests to. It never decodes
+a request into Python objects: the rewriter walks the protobuf bytes, the policy
+engine is asked for a plan once per distinct resource (cached), and the
+rewritten bytes go to the bounded queue. Its errors carry what each transport
+needs to answer with the right OTLP status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sidecar.export.queue import ExportQueue, QueueClosed, QueueFull
+from sidecar.identity import Peer
+from sidecar.metrics import SidecarMetrics
+from sidecar.rewrite import MalformedRequest, ResourceInfo, rewrite, split_resources
+from sidecar.rewrite.plan import PASS_THROUGH, Plan
+from sidecar.signals import Signal
+
+log = logging.getLogger(__name__)
+
+
+class Planner(Protocol):
+    """What the pipeline needs of the policy engine."""
+
+    async def plans_for(
+        self, signal: Signal, resources: Sequence[ResourceInfo], peer: Peer, transport: str
+    ) -> list[Plan]: ...
+
+    def record_counts(self, signal: Signal, counts: dict[tuple[str, str], int]) -> None: ...
+
+
+class PassThrough:
+    """The planner when no policy is configured: change nothing."""
+
+    async def plans_for(
+        self, signal: Signal, resources: Sequence[ResourceInfo], peer: Peer, transport: str
+    ) -> list[Plan]:
+        return [PASS_THROUGH] * len(resources)
+
+    def record_counts(self, signal: Signal, counts: dict[tuple[str, str], int]) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The answer to a request that was accepted (possibly in part)."""
+
+    accepted: int
+    rejected: int = 0
+    message: str = ""
+
+
+class Refused(Exception):
+    """A request refused whole. Subclasses say which OTLP status answers it."""
+
+    #: label for the refused-items metric
+    reason = "refused"
+
+    def __init__(self, message: str, items: int = 0, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.items = items
+        self.retry_after = retry_after
+
+
+class InvalidRequest(Refused):
+    """Malformed protobuf / JSON: gRPC INVALID_ARGUMENT, HTTP 400."""
+
+    reason = "malformed"
+
+
+class PermissionDenied(Refused):
+    """Every resource was refused by policy: gRPC PERMISSION_DENIED, HTTP 403."""
+
+    reason = "policy"
+
+
+class Unavailable(Refused):
+    """Try again later (queue full, policy engine down, shutting down): UNAVAILABLE, HTTP 503."""
+
+    reason = "unavailable"
+
+
+class Pipeline:
+    def __init__(
+        self,
+        queue: ExportQueue,
+        metrics: SidecarMetrics,
+        planner: Planner | None = None,
+        *,
+        retry_after: float = 1.0,
+    ) -> None:
+        self._queue = queue
+        self._metrics = metrics
+        self._planner: Planner = planner or PassThrough()
+        self._retry_after = retry_after
+
+    async def submit(self, signal: Signal, data: bytes, transport: str, peer: Peer) -> Outcome:
+        """Apply the policies to one request and queue what remains; raise Refused otherwise."""
+        labels = (signal.value, transport)
+        try:
+            resources = split_resources(signal, data)
+        except MalformedRequest as exc:
+            self._metrics.refused_requests.labels(*labels, "malformed").inc()
+            raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
+        items_in = sum(r.items for r in resources)
+        self._metrics.received_items.labels(*labels).inc(items_in)
+        try:
+            plans = await self._planner.plans_for(signal, resources, peer, transport)
+            result = rewrite(signal, data, plans)
+        except MalformedRequest as exc:
+            self._metrics.refused_items.labels(*labels, "malformed").inc(items_in)
+            raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}", items_in) from None
+        except Refused as exc:
+            self._metrics.refused_items.labels(*labels, exc.reason).inc(items_in)
+            raise
+        self._planner.record_counts(signal, result.counts)
+        if result.sampled_out:
+            self._metrics.sampled_out_items.labels(signal.value).inc(result.sampled_out)
+        if result.rejected_items:
+            self._metrics.refused_items.labels(*labels, "policy").inc(result.rejected_items)
+        if result.rejected_items and result.rejected_items == items_in:
+            raise PermissionDenied("; ".join(dict.fromkeys(result.refusals)) or "refused by policy", items_in)
+        if result.items_out > 0:
+            try:
+                self._queue.put(signal, result.data, result.items_out)
+            except QueueFull as exc:
+                self._metrics.refused_items.labels(*labels, "queue_full").inc(items_in - result.rejected_items)
+                raise Unavailable(str(exc), items_in, retry_after=self._retry_after) from None
+            except QueueClosed as exc:
+                self._metrics.refused_items.labels(*labels, "shutting_down").inc(
+                    items_in - result.rejected_items
+                )
+                raise Unavailable(str(exc), items_in, retry_after=self._retry_after) from None
+        accepted = items_in - result.rejected_items
+        self._metrics.accepted_items.labels(*labels).inc(accepted)
+        message = "; ".join(dict.fromkeys(result.refusals)) if result.rejected_items else ""
+        return Outcome(accepted=accepted, rejected=result.rejected_items, message=message)
+
+
+def _request_name(signal: Signal) -> str:
+    return str(signal.request_class.DESCRIPTOR.name)

@@ -1,0 +1,140 @@
+"""gzip, deflate and zstd for request bodies and gRPC messages, with a bound on the decompressed size."""
+
+from __future__ import annotations
+
+import zlib
+
+import zstandard
+
+#: encodings the sidecar accepts, in the order it advertises them
+ENCODINGS = ("gzip", "zstd", "deflate")
+IDENTITY = "identity"
+
+_ZSTD_COMPRESSOR = zstandard.ZstdCompressor(level=3)
+_ZSTD_DECOMPRESSOR = zstandard.ZstdDecompressor()
+
+
+class DecompressionError(ValueError):
+    """The body is not valid data in the encoding it claims."""
+
+
+class TooLarge(ValueError):
+    """The body, or what it decompresses to, exceeds the configured limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+class UnsupportedEncoding(ValueError):
+    """The encoding is none the sidecar knows."""
+
+    def __init__(self, encoding: str) -> None:
+        allowed = ", ".join((IDENTITY, *ENCODINGS))
+        super().__init__(f"unsupported encoding {encoding!r}; supported: {allowed}")
+        self.encoding = encoding
+
+
+def normalize(encoding: str | None) -> str:
+    """Lower-case, trimmed; empty means identity. Raises UnsupportedEncoding."""
+    value = (encoding or "").strip().lower()
+    if value in ("", IDENTITY):
+        return IDENTITY
+    if value == "x-gzip":
+        return "gzip"
+    if value not in ENCODINGS:
+        raise UnsupportedEncoding(value)
+    return value
+
+
+def decompress(encoding: str, data: bytes, limit: int) -> bytes:
+    """Decode ``data``; never produce more than ``limit`` bytes (raises TooLarge)."""
+    if encoding == IDENTITY:
+        if len(data) > limit:
+            raise TooLarge(limit)
+        return data
+    if encoding in ("gzip", "deflate"):
+        # zlib's auto-detection takes both the gzip and the zlib ("deflate") container
+        return _gunzip(data, limit)
+    if encoding == "zstd":
+        return _unzstd(data, limit)
+    raise UnsupportedEncoding(encoding)
+
+
+def compress(encoding: str, data: bytes) -> bytes:
+    if encoding == IDENTITY:
+        return data
+    if encoding == "gzip":
+        # level 6 is gzip's default; wbits 31 writes the gzip container
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+        return compressor.compress(data) + compressor.flush()
+    if encoding == "zstd":
+        return _ZSTD_COMPRESSOR.compress(data)
+    if encoding == "deflate":
+        return zlib.compress(data, 6)
+    raise UnsupportedEncoding(encoding)
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    out = bytearray()
+    view = memoryview(data)
+    # concatenated gzip members are valid gzip: decode member after member
+    while True:
+        decoder = zlib.decompressobj(47)  # 32 + 15: gzip or zlib header, auto-detected
+        try:
+            chunk = decoder.decompress(view, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise DecompressionError(f"invalid gzip/deflate data: {exc}") from None
+        out += chunk
+        if len(out) > limit or decoder.unconsumed_tail:
+            raise TooLarge(limit)
+        if not decoder.eof:
+            raise DecompressionError("invalid gzip/deflate data: truncated stream")
+        rest = decoder.unused_data
+        if not rest.strip(b"\x00"):
+            return bytes(out)
+        view = memoryview(rest)
+
+
+def _unzstd(data: bytes, limit: int) -> bytes:
+    if not data:
+        raise DecompressionError("invalid zstd data: empty body")
+    out = bytearray()
+    rest = data
+    # frame by frame: concatenated frames are valid zstd
+    while rest:
+        budget = limit - len(out)
+        try:
+            size = zstandard.frame_content_size(rest)
+        except zstandard.ZstdError as exc:
+            raise DecompressionError(f"invalid zstd data: {exc}") from None
+        if size > budget:
+            raise TooLarge(limit)
+        if size < 0 and _zstd_frame_exceeds(rest, budget):
+            raise TooLarge(limit)
+        decoder = _ZSTD_DECOMPRESSOR.decompressobj()
+        try:
+            out += decoder.decompress(rest)
+        except zstandard.ZstdError as exc:
+            raise DecompressionError(f"invalid zstd data: {exc}") from None
+        if not decoder.eof:
+            raise DecompressionError("invalid zstd data: truncated frame")
+        rest = decoder.unused_data
+    if len(out) > limit:
+        raise TooLarge(limit)
+    return bytes(out)
+
+
+def _zstd_frame_exceeds(frame: bytes, budget: int) -> bool:
+    """For a frame that does not state its size: does it decode to more than ``budget``?"""
+    produced = 0
+    try:
+        with _ZSTD_DECOMPRESSOR.stream_reader(frame, read_across_frames=False) as reader:
+            while produced <= budget:
+                chunk = reader.read(min(1 << 20, budget + 1 - produced))
+                if not chunk:
+                    return False
+                produced += len(chunk)
+    except zstandard.ZstdError as exc:
+        raise DecompressionError(f"invalid zstd data: {exc}") from None
+    return True

@@ -1,0 +1,297 @@
+"""Our extension of grpclib: raw-bytes unary calls with gzip / zstd message compression.
+
+grpclib 0.4.9 raises NotImplementedError on a compressed message and cannot put
+``grpc-encoding`` in headers (its metadata API reserves ``grpc-*``). OTLP
+clients send gzip on gRPC when configured to, and the Collector does by default,
+so this module adds, without patching grpclib:
+
+- :class:`RawCodec`: hands message bytes through untouched (the rewriter works
+  on bytes, never on a decoded object tree);
+- :class:`Server`: a grpclib server that keeps each request's headers on its
+  stream (to read ``grpc-encoding``) and advertises a larger HTTP/2 frame size;
+- :func:`recv_unary` / :func:`send_unary`: the server side of one unary call,
+  decompressing the request and advertising ``grpc-accept-encoding``;
+- :func:`call_unary`: the client side, compressing the request and
+  decompressing the reply, for the exporter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import grpclib.client
+import grpclib.server
+from grpclib.const import Status
+from grpclib.encoding.base import GRPC_CONTENT_TYPE, CodecBase
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.metadata import Deadline, decode_grpc_message, encode_timeout
+from grpclib.protocol import H2Protocol
+from h2.settings import SettingCodes
+
+from sidecar.wire import compression
+
+ACCEPT_ENCODING = ",".join((compression.IDENTITY, *compression.ENCODINGS))
+_PREFIX = struct.Struct(">?I")
+
+
+class RawCodec(CodecBase):
+    """A grpclib codec whose messages are the serialized bytes themselves."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        return bytes(message)
+
+    def decode(self, data: bytes, message_type: Any) -> bytes:
+        return data
+
+
+class _HeaderKeepingHandler(grpclib.server.Handler):
+    def accept(self, stream: Any, headers: Any, release_stream: Any) -> None:
+        stream.request_headers = headers
+        super().accept(stream, headers, release_stream)
+
+
+class _TunedProtocol(H2Protocol):
+    max_frame_size = 16384
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        if self.max_frame_size > 16384:
+            # one DATA frame per typical request instead of a dozen: less per-frame CPU in h2
+            self.connection._connection.update_settings(
+                {SettingCodes.MAX_FRAME_SIZE: self.max_frame_size}
+            )
+            self.connection.flush()
+
+
+class Server(grpclib.server.Server):
+    """A grpclib server for raw-bytes handlers that can read request compression."""
+
+    def __init__(
+        self,
+        handlers: Collection[Any],
+        *,
+        max_frame_size: int = 1 << 20,
+        config: grpclib.server.Configuration | None = None,
+    ) -> None:
+        super().__init__(handlers, codec=RawCodec(), config=config)
+        self._max_frame_size = max_frame_size
+
+    def _protocol_factory(self) -> H2Protocol:
+        self.__gc_step__()
+        handler = _HeaderKeepingHandler(
+            self._mapping, self._codec, self._status_details_codec, self.__dispatch__
+        )
+        self._handlers.add(handler)
+        protocol = _TunedProtocol(handler, self._config, self._h2_config)
+        protocol.max_frame_size = self._max_frame_size
+        return protocol
+
+
+def request_header(stream: grpclib.server.Stream[Any, Any], name: str) -> str | None:
+    """A request header of a call served by :class:`Server` (e.g. ``grpc-encoding``)."""
+    for key, value in getattr(stream._stream, "request_headers", ()):
+        if key == name:
+            return str(value)
+    return None
+
+
+async def recv_unary(stream: grpclib.server.Stream[Any, Any], limit: int, decompressed_limit: int) -> bytes:
+    """Read the one request message of a unary call, decompressed.
+
+    Raises GRPCError: RESOURCE_EXHAUSTED over a limit, INVALID_ARGUMENT for a
+    broken frame or compression, UNIMPLEMENTED for an unknown ``grpc-encoding``.
+    """
+    h2_stream = stream._stream
+    prefix = await h2_stream.recv_data(5)
+    if len(prefix) < 5:
+        raise GRPCError(Status.INVALID_ARGUMENT, "request has no complete gRPC message")
+    compressed, length = _PREFIX.unpack(prefix)
+    if length > limit:
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"message of {length} bytes exceeds the limit of {limit} bytes",
+        )
+    data = await h2_stream.recv_data(length)
+    if len(data) != length:
+        raise GRPCError(Status.INVALID_ARGUMENT, "request message is truncated")
+    stream._messages_received += 1
+    if not compressed:
+        if length > decompressed_limit:
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, f"message exceeds the limit of {decompressed_limit} bytes")
+        return bytes(data)
+    try:
+        encoding = compression.normalize(request_header(stream, "grpc-encoding"))
+    except compression.UnsupportedEncoding as exc:
+        raise GRPCError(Status.UNIMPLEMENTED, str(exc)) from None
+    if encoding == compression.IDENTITY:
+        raise GRPCError(Status.INTERNAL, "compressed flag set without a grpc-encoding")
+    try:
+        return compression.decompress(encoding, data, decompressed_limit)
+    except compression.TooLarge as exc:
+        raise GRPCError(Status.RESOURCE_EXHAUSTED, f"decompressed message {exc}") from None
+    except compression.DecompressionError as exc:
+        raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+
+
+async def send_unary(stream: grpclib.server.Stream[Any, Any], reply: bytes) -> None:
+    """Send the reply of a unary call (uncompressed) and advertise our encodings."""
+    await stream._stream.send_headers(
+        [
+            (":status", "200"),
+            ("content-type", GRPC_CONTENT_TYPE + "+proto"),
+            ("grpc-accept-encoding", ACCEPT_ENCODING),
+        ]
+    )
+    stream._send_initial_metadata_done = True
+    await stream._stream.send_data(_PREFIX.pack(False, len(reply)) + reply)
+    stream._send_message_done = True
+    stream._messages_sent += 1
+
+
+def check_encoding_header(stream: grpclib.server.Stream[Any, Any]) -> None:
+    """Refuse an unknown ``grpc-encoding`` up front (UNIMPLEMENTED, as gRPC asks)."""
+    try:
+        compression.normalize(request_header(stream, "grpc-encoding"))
+    except compression.UnsupportedEncoding as exc:
+        raise GRPCError(Status.UNIMPLEMENTED, str(exc)) from None
+
+
+class CallError(Exception):
+    """An export call failed. ``status`` is the gRPC status (UNAVAILABLE for transport errors)."""
+
+    def __init__(self, status: Status, message: str, trailers: Mapping[str, str] | None = None) -> None:
+        super().__init__(f"{status.name}: {message}")
+        self.status = status
+        self.message = message
+        self.trailers = dict(trailers or {})
+
+
+async def call_unary(
+    channel: grpclib.client.Channel,
+    path: str,
+    payload: bytes,
+    *,
+    encoding: str = compression.IDENTITY,
+    timeout: float,
+    metadata: Mapping[str, str] | None = None,
+    reply_limit: int = 4 << 20,
+) -> bytes:
+    """One unary call on ``channel`` with a compressed request; returns the reply bytes.
+
+    Raises CallError with the call's status on any failure, transport errors as
+    UNAVAILABLE and a timeout as DEADLINE_EXCEEDED.
+    """
+    body = compression.compress(encoding, payload)
+    frame = _PREFIX.pack(encoding != compression.IDENTITY, len(body)) + body
+    try:
+        async with asyncio.timeout(timeout):
+            return await _call(channel, path, frame, encoding, timeout, metadata or {}, reply_limit)
+    except TimeoutError:
+        raise CallError(Status.DEADLINE_EXCEEDED, f"no answer within {timeout:g} s") from None
+    except (StreamTerminatedError, ConnectionError, OSError) as exc:
+        raise CallError(Status.UNAVAILABLE, f"connection failed: {exc}") from None
+    except grpclib.exceptions.ProtocolError as exc:
+        raise CallError(Status.UNAVAILABLE, f"HTTP/2 protocol error: {exc}") from None
+
+
+async def _call(
+    channel: grpclib.client.Channel,
+    path: str,
+    frame: bytes,
+    encoding: str,
+    timeout: float,
+    metadata: Mapping[str, str],
+    reply_limit: int,
+) -> bytes:
+    protocol = await channel.__connect__()
+    h2_stream = protocol.processor.connection.create_stream()
+    headers = [
+        (":method", "POST"),
+        (":scheme", channel._scheme),
+        (":path", path),
+        (":authority", channel._authority),
+        ("grpc-timeout", encode_timeout(Deadline.from_timeout(timeout).time_remaining())),
+        ("te", "trailers"),
+        ("content-type", GRPC_CONTENT_TYPE),
+        ("user-agent", "otlp-sidecar"),
+        ("grpc-accept-encoding", ACCEPT_ENCODING),
+    ]
+    if encoding != compression.IDENTITY:
+        headers.append(("grpc-encoding", encoding))
+    headers.extend((key.lower(), value) for key, value in metadata.items())
+    release = await h2_stream.send_request(headers, _processor=protocol.processor)
+    done = False
+    try:
+        await h2_stream.send_data(frame, end_stream=True)
+        response = dict(await h2_stream.recv_headers())
+        if response.get(":status") != "200":
+            status = _status_from_http(response.get(":status", ""))
+            raise CallError(status, f"upstream answered HTTP {response.get(':status')}", response)
+        if "grpc-status" in response:  # trailers-only response
+            _raise_for_status(response)
+            raise CallError(Status.INTERNAL, "upstream sent no reply message")
+        prefix = await h2_stream.recv_data(5)
+        reply = b""
+        if len(prefix) == 5:
+            compressed, length = _PREFIX.unpack(prefix)
+            if length > reply_limit:
+                raise CallError(Status.RESOURCE_EXHAUSTED, f"reply of {length} bytes is too large")
+            reply = await h2_stream.recv_data(length)
+            if compressed:
+                reply_encoding = compression.normalize(response.get("grpc-encoding"))
+                reply = compression.decompress(reply_encoding, reply, reply_limit)
+        trailers = dict(await h2_stream.recv_trailers())
+        done = True
+        _raise_for_status(trailers)
+        return bytes(reply)
+    except (compression.DecompressionError, compression.UnsupportedEncoding, compression.TooLarge) as exc:
+        raise CallError(Status.INTERNAL, f"bad reply: {exc}") from None
+    finally:
+        if not done and h2_stream.closable:
+            h2_stream.reset_nowait()
+        release()
+
+
+def _raise_for_status(headers: Mapping[str, str]) -> None:
+    raw = headers.get("grpc-status")
+    try:
+        status = Status(int(raw)) if raw is not None else Status.UNKNOWN
+    except ValueError:
+        status = Status.UNKNOWN
+    if status is not Status.OK:
+        message = decode_grpc_message(headers.get("grpc-message", "")) or status.name
+        raise CallError(status, message, headers)
+
+
+def _status_from_http(code: str) -> Status:
+    # gRPC's HTTP-to-status mapping for responses that are not gRPC
+    return {
+        "400": Status.INTERNAL,
+        "401": Status.UNAUTHENTICATED,
+        "403": Status.PERMISSION_DENIED,
+        "404": Status.UNIMPLEMENTED,
+        "429": Status.UNAVAILABLE,
+        "502": Status.UNAVAILABLE,
+        "503": Status.UNAVAILABLE,
+        "504": Status.UNAVAILABLE,
+    }.get(code, Status.UNKNOWN)
+
+
+async def close_gracefully(server: grpclib.server.Server, grace: float) -> None:
+    """Stop listening, give calls in flight up to ``grace`` seconds to finish, then close."""
+    listener = server._server
+    if listener is not None:
+        listener.close()
+    deadline = asyncio.get_running_loop().time() + grace
+    while asyncio.get_running_loop().time() < deadline:
+        busy = [t for h in server._handlers for t in h._tasks.values() if not t.done()]
+        if not busy:
+            break
+        await asyncio.wait(busy, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+    server.close()
+    await server.wait_closed()

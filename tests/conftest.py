@@ -1,0 +1,64 @@
+"""Shared fixtures: an upstream the test controls, and a real sidecar on loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from sidecar import config as config_mod
+from sidecar.app import Sidecar
+from tests.upstream import Upstream
+
+REPO = Path(__file__).resolve().parent.parent
+#: the project's shared test data, present in the development workspace only
+SHARED_CORPUS = REPO.parent / "shared" / "corpus"
+
+StartSidecar = Callable[..., Awaitable[Sidecar]]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    server = Upstream()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def sidecar_env(upstream: Upstream | None, protocol: str = "grpc", **extra: str) -> dict[str, str]:
+    """Environment for a sidecar on free loopback ports, exporting to ``upstream``."""
+    env = {
+        "SIDECAR_GRPC_ENDPOINT": "127.0.0.1:0",
+        "SIDECAR_HTTP_ENDPOINT": "127.0.0.1:0",
+        "SIDECAR_ADMIN_ENDPOINT": "127.0.0.1:0",
+        "SIDECAR_EXPORTER_BATCH_TIMEOUT": "0.05",
+        "SIDECAR_EXPORTER_RETRY_INITIAL_INTERVAL": "0.05",
+        "SIDECAR_EXPORTER_RETRY_MAX_INTERVAL": "0.2",
+    }
+    if upstream is not None:
+        port = upstream.grpc_port if protocol == "grpc" else upstream.http_port
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
+        env["OTEL_EXPORTER_OTLP_PROTOCOL"] = protocol
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+async def start_sidecar() -> AsyncIterator[StartSidecar]:
+    """Start real sidecars in this event loop; all are stopped (flushed) at teardown."""
+    running: list[Sidecar] = []
+
+    async def start(env: dict[str, str], config_file: str | None = None) -> Sidecar:
+        sidecar = Sidecar(config_mod.load(config_file, env=env))
+        running.append(sidecar)
+        await sidecar.start()
+        return sidecar
+
+    try:
+        yield start
+    finally:
+        for sidecar in running:
+            await sidecar.stop(grace=2.0)
