@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import ssl
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -18,6 +19,8 @@ from sidecar.export.partial import parse_response
 from sidecar.export.result import Exported, ExportError
 from sidecar.signals import Signal
 from sidecar.wire.grpc import CallError, call_unary
+
+log = logging.getLogger(__name__)
 
 #: gRPC codes OTLP clients retry (RESOURCE_EXHAUSTED only with RetryInfo)
 RETRYABLE_GRPC = frozenset(
@@ -83,14 +86,35 @@ class GrpcExporter:
         metadata: dict[str, str] = dict(self._config.headers)
         if self._extra_headers is not None:
             metadata.update(await self._extra_headers())
-        try:
-            reply = await call_unary(
-                self._channel(signal), signal.grpc_path, data,
-                encoding=self._encoding, timeout=self._config.timeout, metadata=metadata,
-            )
-        except CallError as exc:
-            raise grpc_error(exc) from None
-        return parse_response(signal, reply)
+        while True:
+            encoding = self._encoding
+            try:
+                reply = await call_unary(
+                    self._channel(signal), signal.grpc_path, data,
+                    encoding=encoding, timeout=self._config.timeout, metadata=metadata,
+                )
+            except CallError as exc:
+                if self._downgrade(encoding, exc):
+                    continue
+                raise grpc_error(exc) from None
+            return parse_response(signal, reply)
+
+    def _downgrade(self, encoding: str, exc: CallError) -> bool:
+        """The upstream does not take our compression: fall back (zstd, gzip, none), once each."""
+        if encoding == "identity":
+            return False
+        accepted = exc.trailers.get("grpc-accept-encoding")
+        refused = (accepted is not None and encoding not in accepted.replace(" ", "").split(",")) or (
+            exc.status in (Status.UNIMPLEMENTED, Status.INTERNAL) and "encoding" in exc.message.lower()
+        )
+        if not refused:
+            return False
+        self._encoding = "gzip" if encoding == "zstd" else "identity"
+        log.warning(
+            "upstream does not accept %s compression (%s); using %s from now on",
+            encoding, exc.message, self._encoding,
+        )
+        return True
 
 
 def grpc_error(exc: CallError) -> ExportError:

@@ -72,6 +72,11 @@ class Sender:
                 return
             try:
                 await self._send(batch)
+            except asyncio.CancelledError:
+                # the grace period ran out: say so, loudly and in the metrics, never silently
+                self._fail(batch, ExportError("shutdown", "grace period over before the upstream took it",
+                                              retryable=False))
+                raise
             finally:
                 self._queue.done(batch)
 

@@ -61,10 +61,13 @@ class _TunedProtocol(H2Protocol):
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         if self.max_frame_size > 16384:
-            # one DATA frame per typical request instead of a dozen: less per-frame CPU in h2
-            self.connection._connection.update_settings(
-                {SettingCodes.MAX_FRAME_SIZE: self.max_frame_size}
-            )
+            # One DATA frame per typical request instead of a dozen: less per-frame CPU in h2.
+            # Accept the larger frames at once, not only when the peer ACKs the setting: h2
+            # applies an ACK only between reads, and a peer may send its ACK and a large frame
+            # in the same TCP segment.
+            h2_conn = self.connection._connection
+            h2_conn.update_settings({SettingCodes.MAX_FRAME_SIZE: self.max_frame_size})
+            h2_conn.max_inbound_frame_size = self.max_frame_size
             self.connection.flush()
 
 
@@ -107,7 +110,7 @@ async def recv_unary(stream: grpclib.server.Stream[Any, Any], limit: int, decomp
     broken frame or compression, UNIMPLEMENTED for an unknown ``grpc-encoding``.
     """
     h2_stream = stream._stream
-    prefix = await h2_stream.recv_data(5)
+    prefix = await _read(h2_stream, 5)
     if len(prefix) < 5:
         raise GRPCError(Status.INVALID_ARGUMENT, "request has no complete gRPC message")
     compressed, length = _PREFIX.unpack(prefix)
@@ -116,9 +119,9 @@ async def recv_unary(stream: grpclib.server.Stream[Any, Any], limit: int, decomp
             Status.RESOURCE_EXHAUSTED,
             f"message of {length} bytes exceeds the limit of {limit} bytes",
         )
-    data = await h2_stream.recv_data(length)
+    data = await _read(h2_stream, length)
     if len(data) != length:
-        raise GRPCError(Status.INVALID_ARGUMENT, "request message is truncated")
+        raise GRPCError(Status.INVALID_ARGUMENT, f"request message is truncated: {len(data)} of {length} bytes")
     stream._messages_received += 1
     if not compressed:
         if length > decompressed_limit:
@@ -136,6 +139,13 @@ async def recv_unary(stream: grpclib.server.Stream[Any, Any], limit: int, decomp
         raise GRPCError(Status.RESOURCE_EXHAUSTED, f"decompressed message {exc}") from None
     except compression.DecompressionError as exc:
         raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+
+
+async def _read(h2_stream: Any, size: int) -> bytes:
+    try:
+        return bytes(await h2_stream.recv_data(size))
+    except AssertionError:  # grpclib's buffer: the stream ended before ``size`` bytes
+        raise GRPCError(Status.INVALID_ARGUMENT, "request stream ended inside a gRPC message") from None
 
 
 async def send_unary(stream: grpclib.server.Stream[Any, Any], reply: bytes) -> None:
@@ -188,6 +198,22 @@ async def call_unary(
     """
     body = compression.compress(encoding, payload)
     frame = _PREFIX.pack(encoding != compression.IDENTITY, len(body)) + body
+    return await call_framed(
+        channel, path, frame, encoding=encoding, timeout=timeout, metadata=metadata, reply_limit=reply_limit
+    )
+
+
+async def call_framed(
+    channel: grpclib.client.Channel,
+    path: str,
+    frame: bytes,
+    *,
+    encoding: str,
+    timeout: float,
+    metadata: Mapping[str, str] | None = None,
+    reply_limit: int = 4 << 20,
+) -> bytes:
+    """Send an already framed message (prefix and body) with ``grpc-encoding: encoding``."""
     try:
         async with asyncio.timeout(timeout):
             return await _call(channel, path, frame, encoding, timeout, metadata or {}, reply_limit)
@@ -197,6 +223,11 @@ async def call_unary(
         raise CallError(Status.UNAVAILABLE, f"connection failed: {exc}") from None
     except grpclib.exceptions.ProtocolError as exc:
         raise CallError(Status.UNAVAILABLE, f"HTTP/2 protocol error: {exc}") from None
+
+
+def frame_message(body: bytes, *, compressed: bool) -> bytes:
+    """The gRPC length-prefixed message: a compressed flag, a big-endian length, the body."""
+    return _PREFIX.pack(compressed, len(body)) + body
 
 
 async def _call(

@@ -1,0 +1,36 @@
+# Every target does its own set-up on a fresh machine: virtualenv, install, Cython build.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: build run test lint bench docs clean
+
+$(STAMP): setup.py pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel cython
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+build: $(STAMP)
+	$(BIN)/python setup.py --quiet build_ext --inplace
+
+## run: the sidecar with the bundled policies, printing what it forwards (no upstream needed)
+run: build
+	SIDECAR_POLICY_DIR=$${SIDECAR_POLICY_DIR:-policies} $(BIN)/otlp-sidecar run $(if $(CONFIG),--config $(CONFIG),)
+
+## test: the whole suite, on the Cython extensions (and the pure-Python twins where tests say)
+test: build
+	OTLP_SIDECAR_REQUIRE_EXTENSIONS=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check sidecar tests bench setup.py
+
+bench: build
+	$(BIN)/python -m bench.rewrite
+
+docs: $(STAMP)
+	$(BIN)/otlp-sidecar config docs > docs/configuration.md
+
+clean:
+	rm -rf build $(VENV) sidecar/_ext/*.so sidecar/_ext/*.c ext/*.c

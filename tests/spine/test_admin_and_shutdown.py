@@ -1,0 +1,114 @@
+"""The admin port (/health, /ready, /metrics, /policy) and graceful shutdown of a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import aiohttp
+from grpclib.const import Status
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+from tests.conftest import REPO, sidecar_env
+from tests.spine import sdk
+from tests.upstream import Answer
+
+BODY = encode_spans(sdk.make_spans(25)).SerializeToString()
+
+
+async def get(port: int, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}{path}") as response:
+        return response.status, await response.text()
+
+
+async def post_traces(port: int) -> int:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{port}/v1/traces", data=BODY,
+                                headers={"Content-Type": "application/x-protobuf"}) as response:
+            return response.status
+
+
+async def test_health_ready_metrics(upstream, start_sidecar) -> None:
+    sidecar = await start_sidecar(sidecar_env(upstream, "grpc"))
+    admin = sidecar.addresses["admin"][1]
+    assert await get(admin, "/health") == (200, '{"status": "ok"}')
+    status, text = await get(admin, "/ready")
+    assert status == 200 and '"receivers": "up"' in text
+    assert await post_traces(sidecar.addresses["http"][1]) == 200
+    await upstream.wait_for(lambda: len(upstream.spans()) == 25)
+    await asyncio.sleep(0.1)
+    status, text = await get(admin, "/metrics")
+    assert status == 200
+    for line in (
+        'otlp_sidecar_receiver_received_items_total{signal="traces",transport="http"} 25.0',
+        'otlp_sidecar_receiver_accepted_items_total{signal="traces",transport="http"} 25.0',
+        'otlp_sidecar_exporter_sent_items_total{signal="traces"} 25.0',
+        "otlp_sidecar_queue_capacity_bytes",
+        "otlp_sidecar_receiver_request_duration_seconds_bucket",
+        "otlp_sidecar_exporter_batch_size_items_bucket",
+    ):
+        assert line in text, line
+    status, _ = await get(admin, "/policy")
+    assert status == 200
+
+
+async def test_ready_turns_false_when_the_upstream_keeps_failing(upstream, start_sidecar) -> None:
+    upstream.default = Answer(grpc_status=Status.UNAVAILABLE)
+    sidecar = await start_sidecar(sidecar_env(upstream, "grpc"))
+    for _ in range(3):
+        assert await post_traces(sidecar.addresses["http"][1]) == 200
+    admin = sidecar.addresses["admin"][1]
+    for _ in range(200):
+        status, text = await get(admin, "/ready")
+        if status == 503:
+            break
+        await asyncio.sleep(0.05)
+    assert status == 503 and "failing" in text
+    upstream.default = Answer()
+    for _ in range(200):
+        status, _ = await get(admin, "/ready")
+        if status == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert status == 200
+
+
+async def test_sigterm_flushes_accepted_items_and_exits_zero(upstream) -> None:
+    """A real `otlp-sidecar run` process: what was accepted before SIGTERM reaches the upstream."""
+    upstream.default = Answer(delay=0.3)  # a slow upstream, so data is still queued at SIGTERM
+    env = {**os.environ, **sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_BATCH_TIMEOUT="5s",
+                                       SIDECAR_EXPORTER_BATCH_SIZE="100000")}
+    env.pop("SIDECAR_POLICY_DIR", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar", "run", cwd=REPO, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        port = await _wait_for_listener(proc, "http")
+        for _ in range(4):
+            assert await post_traces(port) == 200
+        assert upstream.spans() == []  # the 5 s batch timeout has not passed
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 30)
+        stderr = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+        assert code == 0, stderr
+        assert "Traceback" not in stderr
+        assert len(upstream.spans()) == 100
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _wait_for_listener(proc: asyncio.subprocess.Process, name: str) -> int:
+    """Read the start-up log line that lists the bound addresses (ports were 0)."""
+    assert proc.stderr is not None
+    async with asyncio.timeout(30):
+        while True:
+            line = (await proc.stderr.readline()).decode()
+            assert line, "sidecar exited before it was up"
+            if " up: " in line:
+                part = line.split(f"{name} on ", 1)[1].split(",", 1)[0].split(";", 1)[0]
+                return int(part.rsplit(":", 1)[1])

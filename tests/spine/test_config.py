@@ -1,0 +1,133 @@
+"""Configuration: file, OTEL_* and SIDECAR_* precedence; every invalid value names its key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sidecar import config as config_mod
+from sidecar.config import ConfigError, load
+from sidecar.signals import Signal
+
+TESTDATA = Path(__file__).resolve().parent.parent / "testdata"
+REPO = Path(__file__).resolve().parents[2]
+
+INVALID = {
+    "invalid_compression.toml": "exporter.compression: 'brotli' is not allowed; choose one of 'none', 'gzip', 'zstd'",
+    "invalid_timeout.toml": "exporter.timeout: must be a duration",
+    "invalid_endpoint.toml": "exporter.endpoint: must be a URL such as https://collector:4317",
+    "invalid_listen.toml": "receivers.grpc_endpoint: must be host:port, got 'localhost'",
+    "invalid_batch_size.toml": "exporter.batch_size: must be at least 1, got 0",
+    "invalid_unknown_key.toml": "exporter.batch_sise: unknown key; the keys of [exporter] are:",
+    "invalid_unknown_section.toml": "exporters: unknown section; the sections are:",
+    "invalid_mtls_half.toml": "exporter.client_key: client_certificate and client_key go together",
+    "invalid_syntax.toml": "is not valid TOML",
+    "invalid_size.toml": "receivers.max_request_bytes: must be a size",
+    "invalid_log_level.toml": "log.level: 'verbose' is not allowed",
+}
+
+
+def test_every_invalid_testdata_file_has_a_case() -> None:
+    assert {p.name for p in TESTDATA.glob("invalid_*.toml")} == set(INVALID)
+
+
+@pytest.mark.parametrize(("name", "message"), sorted(INVALID.items()))
+def test_invalid_file_names_the_key(name: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(TESTDATA / name, env={})
+    assert message in str(info.value)
+
+
+def test_defaults_are_the_contract() -> None:
+    cfg = load(None, env={})
+    assert cfg.receivers.grpc_endpoint == "127.0.0.1:4317"
+    assert cfg.receivers.http_endpoint == "127.0.0.1:4318"
+    assert cfg.admin.endpoint == "127.0.0.1:13133"
+    assert cfg.exporter.resolved_type == "debug"  # no upstream: the embedded default
+
+
+def test_full_file() -> None:
+    cfg = load(TESTDATA / "valid_full.toml", env={})
+    assert cfg.receivers.max_request_bytes == 8 * 1024 * 1024
+    assert cfg.exporter.timeout == 5.0
+    assert cfg.exporter.batch_timeout == pytest.approx(0.1)
+    assert cfg.exporter.headers == {"x-scope-orgid": "acme"}
+    assert cfg.exporter.resolved_type == "otlp"
+    assert cfg.exporter.url_for(Signal.TRACES) == "https://collector.observability:4317"
+    assert cfg.log.format == "json"
+
+
+def test_precedence_file_then_otel_then_sidecar() -> None:
+    path = TESTDATA / "valid_full.toml"
+    env = {"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd", "OTEL_EXPORTER_OTLP_TIMEOUT": "2500"}
+    cfg = load(path, env=env)
+    assert cfg.exporter.compression == "zstd"  # OTEL_* over the file
+    assert cfg.exporter.timeout == 2.5  # OTEL timeout is in milliseconds
+    cfg = load(path, env={**env, "SIDECAR_EXPORTER_COMPRESSION": "none"})
+    assert cfg.exporter.compression == "none"  # SIDECAR_* over OTEL_*
+    cfg = load(path, env={"SIDECAR_GRPC_ENDPOINT": "127.0.0.1:5317"})
+    assert cfg.receivers.grpc_endpoint == "127.0.0.1:5317"
+
+
+def test_otel_http_endpoints() -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+           "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "https://logs.example:443/custom/logs"}
+    cfg = load(None, env=env)
+    assert cfg.exporter.insecure  # http:// means plaintext
+    assert cfg.exporter.url_for(Signal.TRACES) == "http://collector:4318/v1/traces"
+    assert cfg.exporter.url_for(Signal.LOGS) == "https://logs.example:443/custom/logs"
+
+
+def test_otel_headers_are_url_decoded_and_secret() -> None:
+    from sidecar.configkit import redacted
+
+    cfg = load(None, env={"OTEL_EXPORTER_OTLP_HEADERS": "api-key=s3cr%3Dt,x-tenant=a"})
+    assert cfg.exporter.headers == {"api-key": "s3cr=t", "x-tenant": "a"}
+    assert "s3cr" not in str(redacted(cfg))
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "exporter.protocol (from OTEL_EXPORTER_OTLP_PROTOCOL)"),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "10s"}, "exporter.timeout (from OTEL_EXPORTER_OTLP_TIMEOUT)"),
+        ({"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}, "exporter.headers"),
+        ({"SIDECAR_RECEIVERS_GRPC_ENABLED": "maybe"}, "receivers.grpc_enabled (from SIDECAR_RECEIVERS_GRPC_ENABLED)"),
+        ({"SIDECAR_HTTP_ENDPOINT": "127.0.0.1:99999"}, "port must be between 0 and 65535"),
+        ({"SIDECAR_EXPORTER_TYPE": "otlp"}, "exporter.endpoint: is required when exporter.type is 'otlp'"),
+        ({"SIDECAR_EXPORTER_CONCURRENCY": "0"}, "exporter.concurrency"),
+    ],
+)
+def test_invalid_environment_names_the_key(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(None, env=env)
+    assert message in str(info.value)
+
+
+def test_docs_are_generated_from_the_code() -> None:
+    """docs/configuration.md lists every key with its default; regenerate with `make docs`."""
+    assert (REPO / "docs" / "configuration.md").read_text(encoding="utf-8") == config_mod.render_docs()
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    run = [sys.executable, "-m", "sidecar", "config", "check"]
+    ok = subprocess.run([*run, str(TESTDATA / "valid_full.toml")], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run([*run, str(TESTDATA / "invalid_compression.toml")], capture_output=True, text=True,
+                         check=False)
+    assert bad.returncode == 1
+    assert "exporter.compression" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_run_refuses_to_start_on_bad_config() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "sidecar", "run", "--config", str(TESTDATA / "invalid_timeout.toml")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 2
+    assert "configuration error: exporter.timeout" in proc.stderr
+    assert "Traceback" not in proc.stderr
