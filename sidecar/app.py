@@ -17,9 +17,10 @@ from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
 from sidecar.admin.server import admin_app
-from sidecar.config import Config
+from sidecar.config import Config, ConfigError
 from sidecar.configkit import parse_endpoint
 from sidecar.export.debug import DebugExporter
+from sidecar.export.disklog import DiskLog
 from sidecar.export.grpc import GrpcExporter
 from sidecar.export.http import HttpExporter
 from sidecar.export.queue import ExportQueue
@@ -45,6 +46,7 @@ class Sidecar:
         self.exporter: Exporter | None = None
         self.sender: Sender | None = None
         self.policy: Any = None
+        self.disk: DiskLog | None = None
         self._grpc_server: grpcwire.Server | None = None
         self._runners: list[web.AppRunner] = []
         self._http_runner: web.AppRunner | None = None
@@ -55,13 +57,29 @@ class Sidecar:
 
     async def start(self) -> None:
         cfg = self.config
+        replay = []
+        if cfg.exporter.disk_queue_dir:
+            self.disk = DiskLog(
+                cfg.exporter.disk_queue_dir,
+                max_bytes=cfg.exporter.disk_queue_max_bytes,
+                segment_bytes=cfg.exporter.disk_queue_segment_bytes,
+                registry=self.metrics.registry,
+            )
+            try:
+                replay = self.disk.open()
+            except OSError as exc:
+                raise ConfigError(
+                    "exporter.disk_queue_dir", f"cannot use {cfg.exporter.disk_queue_dir}: {exc.strerror}"
+                ) from None
         self.queue = ExportQueue(
             capacity_bytes=cfg.exporter.queue_max_bytes,
             batch_items=cfg.exporter.batch_size,
             batch_bytes=cfg.exporter.batch_max_bytes,
             batch_timeout=cfg.exporter.batch_timeout,
             metrics=self.metrics,
+            disk=self.disk,
         )
+        self.queue.restore(replay)
         self.exporter = self._make_exporter()
         await self.exporter.start()
         self.sender = Sender(self.queue, self.exporter, cfg.exporter, self.metrics)
@@ -114,6 +132,9 @@ class Sidecar:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        if self.disk is not None:
+            self.disk.close()
+            self.disk = None
         log.info("otlp-sidecar stopped")
 
     # -- parts ---------------------------------------------------------------------------------

@@ -146,6 +146,28 @@ class ExporterConfig:
         300.0, "Give up on a batch after retrying this long (it is counted as failed).",
         kind="duration", min=0.0,
     )
+    disk_queue_dir: str = setting(
+        "", "Directory of the on-disk queue (empty: memory only). Data is on disk before it is accepted.",
+        kind="path",
+    )
+    disk_queue_max_bytes: int = setting(
+        1024 * 1024 * 1024, "Bytes the on-disk queue may hold; when full, new data is refused retryably.",
+        kind="size", min=1024 * 1024,
+    )
+    disk_queue_segment_bytes: int = setting(
+        16 * 1024 * 1024, "Size of one segment file of the on-disk queue.", kind="size", min=64 * 1024,
+    )
+    circuit_threshold: int = setting(
+        5, "Failed attempts in a row that open the circuit (no attempts until a probe succeeds).",
+        kind="int", min=1,
+    )
+    circuit_open_for: float = setting(
+        1.0, "How long the circuit stays open before a probe (doubles per failed probe).",
+        kind="duration", min=0.0,
+    )
+    circuit_max_open_for: float = setting(
+        30.0, "Longest the circuit stays open between probes.", kind="duration", min=0.0,
+    )
     debug_output: str = setting(
         "-", "Where the debug exporter writes JSON lines: `-` for stdout, or a file path.",
         kind="path",

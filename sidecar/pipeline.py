@@ -128,7 +128,7 @@ class Pipeline:
             raise PermissionDenied("; ".join(dict.fromkeys(result.refusals)) or "refused by policy", items_in)
         if result.items_out > 0:
             try:
-                self._queue.put(signal, result.data, result.items_out)
+                await self._queue.put(signal, result.data, result.items_out)
             except QueueFull as exc:
                 self._metrics.refused_items.labels(*labels, "queue_full").inc(items_in - result.rejected_items)
                 raise Unavailable(str(exc), items_in, retry_after=self._retry_after) from None

@@ -35,6 +35,8 @@ class Answer:
     retry_after: str | None = None
     delay: float = 0.0
     rejected: int = 0
+    #: drop the connection instead of answering
+    reset: bool = False
 
 
 @dataclass
@@ -108,16 +110,16 @@ class Upstream:
         self.received.append(Received(signal, message, transport, headers, encoding))
         self.changed.set()
 
-    async def start(self) -> None:
+    async def start(self, grpc_port: int = 0, http_port: int = 0) -> None:
         self._grpc = grpcwire.Server([self])
-        await self._grpc.start("127.0.0.1", 0)
+        await self._grpc.start("127.0.0.1", grpc_port)
         self.grpc_port = self._grpc._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         app = web.Application(client_max_size=256 * 1024 * 1024)
         for signal in Signal:
             app.router.add_post(signal.http_path, self._http_handler(signal))
         self._runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", http_port)
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -125,8 +127,10 @@ class Upstream:
         if self._grpc is not None:
             self._grpc.close()
             await self._grpc.wait_closed()
+            self._grpc = None
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
 
     def __mapping__(self) -> dict[str, Handler]:
         return {
@@ -140,6 +144,9 @@ class Upstream:
             answer = self._next_answer()
             if answer.delay:
                 await asyncio.sleep(answer.delay)
+            if answer.reset:
+                stream._stream._transport.close()
+                return
             if answer.grpc_status is not Status.OK:
                 raise GRPCError(answer.grpc_status, answer.message or "scripted failure")
             encoding = grpcwire.request_header(stream, "grpc-encoding") or "identity"
@@ -155,6 +162,10 @@ class Upstream:
             answer = self._next_answer()
             if answer.delay:
                 await asyncio.sleep(answer.delay)
+            if answer.reset:
+                assert request.transport is not None
+                request.transport.close()
+                return web.Response(status=500)  # never reaches the client: the connection is gone
             if answer.http_status != 200:
                 headers = {"Retry-After": answer.retry_after} if answer.retry_after else None
                 return web.Response(status=answer.http_status, text=answer.message, headers=headers)

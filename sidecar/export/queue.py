@@ -4,6 +4,11 @@ Capacity is counted in bytes and covers everything accepted and not yet
 exported (waiting and in flight), so memory stays bounded whatever the upstream
 does. Merging is a concatenation: concatenated Export*ServiceRequest messages
 are one valid request (their repeated resource fields append).
+
+With the on-disk queue (:mod:`sidecar.export.disklog`) every request is written
+durably before it is accepted; what does not fit in memory stays on disk only
+("spilled") and is read back when its batch is sent, so the memory bound holds
+while the disk holds hours of backlog.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from sidecar.export.disklog import DiskFull, DiskLog, Record
 from sidecar.metrics import SidecarMetrics
 from sidecar.signals import Signal
 
@@ -30,14 +36,15 @@ class Batch:
     """Requests of one signal, merged; ``items`` spans / data points / log records."""
 
     signal: Signal
-    parts: list[bytes] = field(default_factory=list)
+    #: request bytes, or None for a request spilled to disk (read back by ExportQueue.load)
+    parts: list[bytes | None] = field(default_factory=list)
+    #: the disk record of each part (None without the disk queue)
+    records: list[Record | None] = field(default_factory=list)
     items: int = 0
     nbytes: int = 0
+    #: bytes of this batch held in memory (counted against the capacity)
+    memory_bytes: int = 0
     started: float = 0.0
-
-    @property
-    def data(self) -> bytes:
-        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
 
 
 class ExportQueue:
@@ -49,12 +56,14 @@ class ExportQueue:
         batch_bytes: int,
         batch_timeout: float,
         metrics: SidecarMetrics,
+        disk: DiskLog | None = None,
     ) -> None:
         self.capacity_bytes = capacity_bytes
         self._batch_items = batch_items
         self._batch_bytes = batch_bytes
         self._batch_timeout = batch_timeout
         self._metrics = metrics
+        self._disk = disk
         self._open: dict[Signal, Batch] = {}
         self._timers: dict[Signal, asyncio.TimerHandle] = {}
         self._ready: deque[Batch] = deque()
@@ -75,16 +84,34 @@ class ExportQueue:
     def closed(self) -> bool:
         return self._closed
 
-    def put(self, signal: Signal, data: bytes, items: int) -> None:
-        """Accept ``data`` for export, or raise QueueFull / QueueClosed. Never blocks."""
+    async def put(self, signal: Signal, data: bytes, items: int) -> None:
+        """Accept ``data`` for export (durably, with the disk queue), or raise QueueFull / QueueClosed."""
         if self._closed:
             raise QueueClosed("the sidecar is shutting down")
         size = len(data)
-        if self._held_bytes + size > self.capacity_bytes:
-            raise QueueFull(
-                f"export queue is full ({self._held_bytes} of {self.capacity_bytes} bytes held)"
-            )
-        self._held_bytes += size
+        fits_in_memory = self._held_bytes + size <= self.capacity_bytes
+        record: Record | None = None
+        if self._disk is None:
+            if not fits_in_memory:
+                raise QueueFull(f"export queue is full ({self._held_bytes} of {self.capacity_bytes} bytes held)")
+        else:
+            try:
+                record = await self._disk.append(signal, items, data)
+            except DiskFull as exc:
+                raise QueueFull(str(exc)) from None
+            except OSError as exc:
+                raise QueueFull(f"cannot write the disk queue: {exc.strerror}") from None
+            fits_in_memory = self._held_bytes + size <= self.capacity_bytes
+        self._add(signal, data if fits_in_memory else None, record, size, items)
+
+    def restore(self, records: list[Record]) -> None:
+        """Queue records replayed from disk (spilled: read back when sent)."""
+        for record in records:
+            self._add(record.signal, None, record, record.length, record.items)
+
+    def _add(self, signal: Signal, data: bytes | None, record: Record | None, size: int, items: int) -> None:
+        in_memory = size if data is not None else 0
+        self._held_bytes += in_memory
         self._held_items[signal] += items
         self._drained.clear()
         self._publish()
@@ -99,10 +126,20 @@ class ExportQueue:
             loop = asyncio.get_running_loop()
             self._timers[signal] = loop.call_later(self._batch_timeout, self._seal, signal)
         batch.parts.append(data)
+        batch.records.append(record)
         batch.items += items
         batch.nbytes += size
+        batch.memory_bytes += in_memory
         if batch.items >= self._batch_items or batch.nbytes >= self._batch_bytes:
             self._seal(signal)
+
+    def load(self, batch: Batch) -> bytes:
+        """The batch's request bytes, reading spilled parts back from disk."""
+        parts = [
+            part if part is not None else self._disk.read(record)  # type: ignore[union-attr,arg-type]
+            for part, record in zip(batch.parts, batch.records, strict=True)
+        ]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _seal(self, signal: Signal) -> None:
         batch = self._open.pop(signal, None)
@@ -127,18 +164,26 @@ class ExportQueue:
             self._wake.clear()
             await self._wake.wait()
 
-    def done(self, batch: Batch) -> None:
-        """The batch left the sidecar (sent, or finally failed): free its room."""
-        self._held_bytes -= batch.nbytes
+    @property
+    def durable(self) -> bool:
+        """True with the disk queue: an unsent batch survives a restart."""
+        return self._disk is not None
+
+    def done(self, batch: Batch, *, keep_on_disk: bool = False) -> None:
+        """The batch left the sidecar (sent, or finally failed): free its room.
+
+        ``keep_on_disk``: it did not leave (shutdown); free the memory, keep the disk record
+        for the next start.
+        """
+        self._held_bytes -= batch.memory_bytes
         self._held_items[batch.signal] -= batch.items
+        if self._disk is not None and not keep_on_disk:
+            for record in batch.records:
+                if record is not None:
+                    self._disk.ack(record)
         self._publish()
         if self._held_bytes == 0:
             self._drained.set()
-
-    def requeue_front(self, batch: Batch) -> None:
-        """Put an unfinished batch back first in line (used when shutting down a worker)."""
-        self._ready.appendleft(batch)
-        self._wake.set()
 
     def close(self) -> None:
         """Accept nothing new; what is held is still handed out, then next_batch returns None."""

@@ -14,6 +14,7 @@ import time
 from typing import Protocol
 
 from sidecar.config import ExporterConfig
+from sidecar.export.circuit import CircuitBreaker
 from sidecar.export.queue import Batch, ExportQueue
 from sidecar.export.result import Exported, ExportError
 from sidecar.metrics import SidecarMetrics
@@ -40,14 +41,19 @@ class Sender:
         self._metrics = metrics
         self._workers: list[asyncio.Task[None]] = []
         self._deadline: float | None = None
-        self.consecutive_failures = 0
         self.last_error = ""
         self._logged_final: set[str] = set()
+        self.breaker = CircuitBreaker(
+            threshold=config.circuit_threshold,
+            open_for=config.circuit_open_for,
+            max_open_for=config.circuit_max_open_for,
+            registry=metrics.registry,
+        )
 
     @property
     def healthy(self) -> bool:
-        """False after repeated failed attempts with no success since (fed to /ready)."""
-        return self.consecutive_failures < 5
+        """False while the circuit is open: the upstream keeps failing (fed to /ready)."""
+        return self.breaker.allows_traffic
 
     def start(self) -> None:
         for number in range(self._config.concurrency):
@@ -73,28 +79,37 @@ class Sender:
             try:
                 await self._send(batch)
             except asyncio.CancelledError:
-                # the grace period ran out: say so, loudly and in the metrics, never silently
-                self._fail(batch, ExportError("shutdown", "grace period over before the upstream took it",
-                                              retryable=False))
+                if self._queue.durable:
+                    log.warning("%d %s stay in the disk queue for the next start",
+                                batch.items, batch.signal.item_name)
+                    self._queue.done(batch, keep_on_disk=True)
+                else:
+                    # the grace period ran out: say so, loudly and in the metrics, never silently
+                    self._fail(batch, ExportError("shutdown", "grace period over before the upstream took it",
+                                                  retryable=False))
+                    self._queue.done(batch)
                 raise
-            finally:
-                self._queue.done(batch)
+            self._queue.done(batch)
 
     async def _send(self, batch: Batch) -> None:
         signal = batch.signal.value
         self._metrics.batch_items.labels(signal).observe(batch.items)
         self._metrics.batch_bytes.labels(signal).observe(batch.nbytes)
-        data = batch.data
+        data = self._queue.load(batch)
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
+            await self.breaker.acquire()
             t0 = time.monotonic()
             try:
                 result = await self._exporter.export(batch.signal, data)
             except ExportError as exc:
                 self._metrics.export_duration.labels(signal).observe(time.monotonic() - t0)
-                self.consecutive_failures += 1
+                if exc.retryable:
+                    self.breaker.failure()
+                else:  # the upstream answered: it is up, the data was the problem
+                    self.breaker.success()
                 self.last_error = exc.message
                 delay = self._next_delay(attempt, exc, started)
                 if delay is None:
@@ -104,12 +119,16 @@ class Sender:
                 log.debug("export of %d %s failed (%s), retry in %.2fs", batch.items, signal, exc, delay)
                 await asyncio.sleep(delay)
                 continue
-            except Exception as exc:  # an exporter bug must not kill the worker or lose the count
+            except BaseException as exc:
+                self.breaker.release()
+                if not isinstance(exc, Exception):
+                    raise
+                # an exporter bug must not kill the worker or lose the count
                 log.exception("exporter %s failed unexpectedly", self._exporter.name)
                 self._fail(batch, ExportError("internal", repr(exc), retryable=False))
                 return
             self._metrics.export_duration.labels(signal).observe(time.monotonic() - t0)
-            self.consecutive_failures = 0
+            self.breaker.success()
             sent = batch.items - min(result.rejected, batch.items)
             self._metrics.sent_items.labels(signal).inc(sent)
             if result.rejected:

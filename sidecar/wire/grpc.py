@@ -29,6 +29,7 @@ from grpclib.encoding.base import GRPC_CONTENT_TYPE, CodecBase
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import Deadline, decode_grpc_message, encode_timeout
 from grpclib.protocol import H2Protocol
+from grpclib.utils import Wrapper
 from h2.settings import SettingCodes
 
 from sidecar.wire import compression
@@ -240,7 +241,24 @@ async def _call(
     reply_limit: int,
 ) -> bytes:
     protocol = await channel.__connect__()
-    h2_stream = protocol.processor.connection.create_stream()
+    # the wrapper wakes this task with StreamTerminatedError when the connection is lost
+    wrapper = Wrapper()
+    with wrapper:
+        return await _exchange(protocol, channel, path, frame, encoding, timeout, metadata, reply_limit, wrapper)
+
+
+async def _exchange(
+    protocol: Any,
+    channel: grpclib.client.Channel,
+    path: str,
+    frame: bytes,
+    encoding: str,
+    timeout: float,
+    metadata: Mapping[str, str],
+    reply_limit: int,
+    wrapper: Wrapper,
+) -> bytes:
+    h2_stream = protocol.processor.connection.create_stream(wrapper=wrapper)
     headers = [
         (":method", "POST"),
         (":scheme", channel._scheme),

@@ -25,8 +25,9 @@ async def get(port: int, path: str) -> tuple[int, str]:
 
 async def post_traces(port: int) -> int:
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"http://127.0.0.1:{port}/v1/traces", data=BODY,
-                                headers={"Content-Type": "application/x-protobuf"}) as response:
+        async with session.post(
+            f"http://127.0.0.1:{port}/v1/traces", data=BODY, headers={"Content-Type": "application/x-protobuf"}
+        ) as response:
             return response.status
 
 
@@ -78,12 +79,20 @@ async def test_ready_turns_false_when_the_upstream_keeps_failing(upstream, start
 async def test_sigterm_flushes_accepted_items_and_exits_zero(upstream) -> None:
     """A real `otlp-sidecar run` process: what was accepted before SIGTERM reaches the upstream."""
     upstream.default = Answer(delay=0.3)  # a slow upstream, so data is still queued at SIGTERM
-    env = {**os.environ, **sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_BATCH_TIMEOUT="5s",
-                                       SIDECAR_EXPORTER_BATCH_SIZE="100000")}
+    env = {
+        **os.environ,
+        **sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_BATCH_TIMEOUT="5s", SIDECAR_EXPORTER_BATCH_SIZE="100000"),
+    }
     env.pop("SIDECAR_POLICY_DIR", None)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "run", cwd=REPO, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "sidecar",
+        "run",
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         port = await _wait_for_listener(proc, "http")

@@ -26,8 +26,14 @@ TRUNCATED = b"\x0a\xff\x01\x0a\x02"
 
 @pytest.fixture
 async def sidecar(upstream, start_sidecar):
-    return await start_sidecar(sidecar_env(upstream, "grpc", SIDECAR_RECEIVERS_MAX_REQUEST_BYTES="64KiB",
-                                           SIDECAR_RECEIVERS_MAX_DECOMPRESSED_BYTES="256KiB"))
+    return await start_sidecar(
+        sidecar_env(
+            upstream,
+            "grpc",
+            SIDECAR_RECEIVERS_MAX_REQUEST_BYTES="64KiB",
+            SIDECAR_RECEIVERS_MAX_DECOMPRESSED_BYTES="256KiB",
+        )
+    )
 
 
 async def post(sidecar, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict]:
@@ -47,16 +53,27 @@ CASES = [
     ("malformed protobuf", "/v1/traces", TRUNCATED, PB, 400, "invalid ExportTraceServiceRequest"),
     ("malformed json", "/v1/traces", b'{"resourceSpans": [', JS, 400, "not valid JSON"),
     ("json of the wrong shape", "/v1/logs", b'{"resourceLogs": 7}', JS, 400, "ExportLogsServiceRequest"),
-    ("bad hex trace id", "/v1/traces",
-     b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"0011223344556677"}]}]}]}',
-     JS, 400, "traceId must be a hex string"),
+    (
+        "bad hex trace id",
+        "/v1/traces",
+        b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"0011223344556677"}]}]}]}',
+        JS,
+        400,
+        "traceId must be a hex string",
+    ),
     ("unsupported content type", "/v1/traces", GOOD, {"Content-Type": "text/plain"}, 415, "unsupported content type"),
     ("unsupported encoding", "/v1/traces", GOOD, {**PB, "Content-Encoding": "br"}, 415, "unsupported encoding"),
     ("broken gzip", "/v1/traces", b"\x1f\x8b\x08\x00garbage", {**PB, "Content-Encoding": "gzip"}, 400, "gzip"),
     ("broken zstd", "/v1/traces", b"\x28\xb5\x2f\xfdjunk", {**PB, "Content-Encoding": "zstd"}, 400, "zstd"),
     ("body over the limit", "/v1/traces", b"\x00" * (65 * 1024), PB, 413, "exceeds the limit"),
-    ("zip bomb", "/v1/metrics", gzip.compress(b"\x00" * (1 << 20)), {**PB, "Content-Encoding": "gzip"},
-     413, "exceeds the limit"),
+    (
+        "zip bomb",
+        "/v1/metrics",
+        gzip.compress(b"\x00" * (1 << 20)),
+        {**PB, "Content-Encoding": "gzip"},
+        413,
+        "exceeds the limit",
+    ),
 ]
 
 
@@ -94,8 +111,9 @@ async def test_http_zstd_body(sidecar, upstream) -> None:
     await upstream.wait_for(lambda: len(upstream.spans()) == 3)
 
 
-def grpc_call(port: int, request: bytes, compression: grpc.Compression | None = None,
-              metadata: tuple = ()) -> tuple[grpc.StatusCode, str]:
+def grpc_call(
+    port: int, request: bytes, compression: grpc.Compression | None = None, metadata: tuple = ()
+) -> tuple[grpc.StatusCode, str]:
     """A raw unary call with grpcio (the same client library as the SDK's gRPC exporter)."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary(Signal.TRACES.grpc_path)

@@ -73,8 +73,11 @@ def test_precedence_file_then_otel_then_sidecar() -> None:
 
 
 def test_otel_http_endpoints() -> None:
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-           "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "https://logs.example:443/custom/logs"}
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "https://logs.example:443/custom/logs",
+    }
     cfg = load(None, env=env)
     assert cfg.exporter.insecure  # http:// means plaintext
     assert cfg.exporter.url_for(Signal.TRACES) == "http://collector:4318/v1/traces"
@@ -116,8 +119,9 @@ def test_config_check_command(tmp_path: Path) -> None:
     run = [sys.executable, "-m", "sidecar", "config", "check"]
     ok = subprocess.run([*run, str(TESTDATA / "valid_full.toml")], capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run([*run, str(TESTDATA / "invalid_compression.toml")], capture_output=True, text=True,
-                         check=False)
+    bad = subprocess.run(
+        [*run, str(TESTDATA / "invalid_compression.toml")], capture_output=True, text=True, check=False
+    )
     assert bad.returncode == 1
     assert "exporter.compression" in bad.stderr
     assert "Traceback" not in bad.stderr
@@ -126,7 +130,10 @@ def test_config_check_command(tmp_path: Path) -> None:
 def test_run_refuses_to_start_on_bad_config() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "sidecar", "run", "--config", str(TESTDATA / "invalid_timeout.toml")],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 2
     assert "configuration error: exporter.timeout" in proc.stderr

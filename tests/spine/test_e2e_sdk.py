@@ -31,18 +31,30 @@ def flatten(signal: Signal, messages: list) -> list[bytes]:
         if signal is Signal.TRACES:
             for rs in message.resource_spans:
                 for ss in rs.scope_spans:
-                    out += [rs.resource.SerializeToString() + ss.scope.SerializeToString()
-                            + s.SerializeToString(deterministic=True) for s in ss.spans]
+                    out += [
+                        rs.resource.SerializeToString()
+                        + ss.scope.SerializeToString()
+                        + s.SerializeToString(deterministic=True)
+                        for s in ss.spans
+                    ]
         elif signal is Signal.LOGS:
             for rl in message.resource_logs:
                 for sl in rl.scope_logs:
-                    out += [rl.resource.SerializeToString() + sl.scope.SerializeToString()
-                            + r.SerializeToString(deterministic=True) for r in sl.log_records]
+                    out += [
+                        rl.resource.SerializeToString()
+                        + sl.scope.SerializeToString()
+                        + r.SerializeToString(deterministic=True)
+                        for r in sl.log_records
+                    ]
         else:
             for rm in message.resource_metrics:
                 for sm in rm.scope_metrics:
-                    out += [rm.resource.SerializeToString() + sm.scope.SerializeToString()
-                            + m.SerializeToString(deterministic=True) for m in sm.metrics]
+                    out += [
+                        rm.resource.SerializeToString()
+                        + sm.scope.SerializeToString()
+                        + m.SerializeToString(deterministic=True)
+                        for m in sm.metrics
+                    ]
     return sorted(out)
 
 
@@ -65,9 +77,7 @@ async def assert_all_arrived(upstream, spans, metrics, logs) -> None:
         Signal.METRICS: flatten(Signal.METRICS, [encode_metrics(metrics)]),
         Signal.LOGS: flatten(Signal.LOGS, [encode_logs(logs)]),
     }
-    await upstream.wait_for(
-        lambda: all(len(flatten(s, upstream.messages(s))) >= len(expected[s]) for s in Signal)
-    )
+    await upstream.wait_for(lambda: all(len(flatten(s, upstream.messages(s))) >= len(expected[s]) for s in Signal))
     for signal in Signal:
         assert flatten(signal, upstream.messages(signal)) == expected[signal], signal
 

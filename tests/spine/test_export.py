@@ -83,8 +83,9 @@ async def test_upstream_partial_success_counts_as_rejected(upstream, start_sidec
 async def test_full_queue_refuses_retryably(upstream, start_sidecar) -> None:
     """With the upstream stalled, the byte-bounded queue fills and new data gets 503 + Retry-After."""
     upstream.default = Answer(delay=30.0)
-    env = sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_QUEUE_MAX_BYTES=str(len(BODY) * 3 + 10),
-                      SIDECAR_EXPORTER_TIMEOUT="60")
+    env = sidecar_env(
+        upstream, "grpc", SIDECAR_EXPORTER_QUEUE_MAX_BYTES=str(len(BODY) * 3 + 10), SIDECAR_EXPORTER_TIMEOUT="60"
+    )
     sidecar = await start_sidecar(env)
     port = sidecar.addresses["http"][1]
     statuses = [await post(port) for _ in range(5)]
@@ -92,8 +93,12 @@ async def test_full_queue_refuses_retryably(upstream, start_sidecar) -> None:
     assert statuses[3][0] == 503
     assert statuses[3][1]["Retry-After"] == "1"
     assert sidecar.queue is not None and sidecar.queue.held_bytes <= sidecar.queue.capacity_bytes
-    assert sample(sidecar, "otlp_sidecar_receiver_refused_items_total", signal="traces", transport="http",
-                  reason="queue_full") == 20
+    assert (
+        sample(
+            sidecar, "otlp_sidecar_receiver_refused_items_total", signal="traces", transport="http", reason="queue_full"
+        )
+        == 20
+    )
     upstream.default = Answer()
 
 

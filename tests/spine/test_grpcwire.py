@@ -97,8 +97,15 @@ async def test_call_unary_against_grpcio(encoding: str) -> None:
 async def test_exporter_falls_back_when_the_upstream_lacks_zstd() -> None:
     upstream = _GrpcioUpstream()
     await upstream.server.start()
-    exporter = GrpcExporter(load(None, env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{upstream.port}",
-                                            "OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}).exporter)
+    exporter = GrpcExporter(
+        load(
+            None,
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{upstream.port}",
+                "OTEL_EXPORTER_OTLP_COMPRESSION": "zstd",
+            },
+        ).exporter
+    )
     try:
         for _ in range(2):
             result = await exporter.export(Signal.TRACES, BIG)
@@ -115,8 +122,15 @@ async def test_resource_exhausted_with_retry_info_is_retryable() -> None:
     status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     upstream = _GrpcioUpstream(fail=(grpc.StatusCode.RESOURCE_EXHAUSTED, status.SerializeToString()))
     await upstream.server.start()
-    exporter = GrpcExporter(load(None, env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{upstream.port}",
-                                            "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"}).exporter)
+    exporter = GrpcExporter(
+        load(
+            None,
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{upstream.port}",
+                "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+            },
+        ).exporter
+    )
     try:
         with pytest.raises(ExportError) as info:
             await exporter.export(Signal.TRACES, BIG)

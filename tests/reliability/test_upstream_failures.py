@@ -1,0 +1,192 @@
+"""Nothing acknowledged is lost: real sidecars against an upstream that fails in every way.
+
+Each scenario counts what the app was told was accepted (HTTP 200) and what arrived upstream,
+by span id (unique per span); duplicates, which at-least-once delivery allows, are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import pytest
+from grpclib.const import Status
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+from tests.conftest import REPO, sidecar_env
+from tests.spine import sdk
+from tests.upstream import Answer, Upstream
+
+PB = {"Content-Type": "application/x-protobuf"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class App:
+    """An app sending distinct spans over OTLP/HTTP and remembering which were accepted."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.accepted: set[bytes] = set()
+        self.refused = 0
+
+    async def send(self, requests: int, spans: int = 20) -> None:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(requests):
+                batch = sdk.make_spans(spans)
+                body = encode_spans(batch).SerializeToString()
+                async with session.post(f"http://127.0.0.1:{self.port}/v1/traces", data=body, headers=PB) as resp:
+                    await resp.read()
+                    if resp.status == 200:
+                        self.accepted |= {s.context.span_id.to_bytes(8, "big") for s in batch}
+                    else:
+                        assert resp.status == 503, resp.status  # only ever a retryable refusal
+                        self.refused += 1
+
+
+def arrived(upstream: Upstream) -> Counter[bytes]:
+    return Counter(span.span_id for span in upstream.spans())
+
+
+async def wait_all_arrived(upstream: Upstream, app: App, timeout: float = 20.0) -> Counter[bytes]:
+    await upstream.wait_for(lambda: app.accepted <= set(arrived(upstream)), timeout=timeout)
+    return arrived(upstream)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+@pytest.mark.parametrize(
+    "scenario",
+    ["slow", "503_then_ok", "retry_after", "resets", "flapping"],
+)
+async def test_acknowledged_items_arrive_despite_failures(upstream, start_sidecar, protocol, scenario) -> None:
+    script = {
+        "slow": [Answer(delay=0.3)] * 3,
+        "503_then_ok": [Answer(http_status=503, grpc_status=Status.UNAVAILABLE)] * 4,
+        "retry_after": [Answer(http_status=429, retry_after="1", grpc_status=Status.UNAVAILABLE)] * 2,
+        "resets": [Answer(reset=True)] * 3,
+        "flapping": [
+            Answer(http_status=503, grpc_status=Status.UNAVAILABLE),
+            Answer(),
+            Answer(reset=True),
+            Answer(),
+            Answer(delay=0.2, http_status=502, grpc_status=Status.ABORTED),
+        ]
+        * 2,
+    }[scenario]
+    upstream.script = list(script)
+    sidecar = await start_sidecar(sidecar_env(upstream, protocol, SIDECAR_EXPORTER_BATCH_SIZE="50"))
+    app = App(sidecar.addresses["http"][1])
+    await app.send(10)
+    got = await wait_all_arrived(upstream, app)
+    assert app.accepted <= set(got)
+    assert app.refused == 0
+
+
+async def test_upstream_down_at_start_then_up(start_sidecar) -> None:
+    upstream = Upstream()
+    grpc_port = free_port()
+    upstream.grpc_port = grpc_port
+    env = sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_CIRCUIT_THRESHOLD="2", SIDECAR_EXPORTER_CIRCUIT_OPEN_FOR="0.2")
+    sidecar = await start_sidecar(env)
+    app = App(sidecar.addresses["http"][1])
+    await app.send(5)
+    registry = sidecar.metrics.registry
+    for _ in range(100):
+        if registry.get_sample_value("otlp_sidecar_exporter_circuit_state") == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert registry.get_sample_value("otlp_sidecar_exporter_circuit_state") == 2  # open
+    await upstream.start(grpc_port=grpc_port)
+    try:
+        await wait_all_arrived(upstream, app)
+        for _ in range(100):
+            if registry.get_sample_value("otlp_sidecar_exporter_circuit_state") == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert registry.get_sample_value("otlp_sidecar_exporter_circuit_state") == 0  # closed again
+    finally:
+        await upstream.stop()
+
+
+async def test_memory_stays_bounded_with_a_stalled_upstream(upstream, start_sidecar) -> None:
+    """A bounded load against a stalled upstream: the queue never holds more than its capacity;
+    what does not fit is refused retryably (503), and everything accepted arrives later."""
+    upstream.default = Answer(delay=0.5)
+    capacity = 256 * 1024
+    sidecar = await start_sidecar(
+        sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_QUEUE_MAX_BYTES=str(capacity), SIDECAR_EXPORTER_BATCH_SIZE="200")
+    )
+    assert sidecar.queue is not None
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, sidecar.queue.held_bytes)  # type: ignore[union-attr]
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    apps = [App(sidecar.addresses["http"][1]) for _ in range(4)]
+    await asyncio.gather(*(app.send(15, spans=50) for app in apps))
+    upstream.default = Answer()
+    watcher.cancel()
+    assert 0 < peak <= capacity
+    assert sum(app.refused for app in apps) > 0  # the bound was reached and enforced
+    accepted = set().union(*(app.accepted for app in apps))
+    await upstream.wait_for(lambda: accepted <= set(arrived(upstream)), timeout=30)
+
+
+async def test_kill_9_with_disk_queue_loses_nothing(tmp_path: Path) -> None:
+    """`kill -9` of a real sidecar process: what it acknowledged is on disk and sent after restart."""
+    grpc_port = free_port()
+    upstream = Upstream()
+    upstream.grpc_port = grpc_port  # nothing listens yet: the upstream is down
+    env = {**os.environ, **sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_DISK_QUEUE_DIR=str(tmp_path / "queue"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidecar",
+        "run",
+        cwd=REPO,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        from tests.spine.test_admin_and_shutdown import _wait_for_listener
+
+        port = await _wait_for_listener(proc, "http")
+        app = App(port)
+        await app.send(8)
+        assert len(app.accepted) == 160
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    await upstream.start(grpc_port=grpc_port)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidecar",
+        "run",
+        cwd=REPO,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await _wait_for_listener(proc, "http")
+        got = await wait_all_arrived(upstream, app, timeout=30)
+        duplicates = sum(count - 1 for count in got.values())
+        assert duplicates <= len(app.accepted)  # at least once, duplicates bounded
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+        await upstream.stop()
