@@ -17,8 +17,9 @@ from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
 from sidecar.admin.server import admin_app
-from sidecar.config import Config, ConfigError
+from sidecar.config import Config, ConfigError, ExporterConfig
 from sidecar.configkit import parse_endpoint
+from sidecar.export.by_signal import BySignalExporter
 from sidecar.export.debug import DebugExporter
 from sidecar.export.disklog import DiskLog
 from sidecar.export.grpc import GrpcExporter
@@ -29,6 +30,7 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.pipeline import Pipeline, Planner
 from sidecar.receivers.grpc import GrpcReceiver
 from sidecar.receivers.http import HttpReceiver
+from sidecar.signals import Signal
 from sidecar.wire import grpc as grpcwire
 
 log = logging.getLogger("sidecar")
@@ -150,7 +152,18 @@ class Sidecar:
         return self._receivers_up and exporter_ok and policy_ok, details
 
     def _make_exporter(self) -> Exporter:
-        cfg = self.config.exporter
+        default = self._exporter_from(self.config.exporter)
+        if not self.config.signal_exporters:
+            return default
+        return BySignalExporter(
+            {
+                signal: self._exporter_from(self.config.signal_exporters[signal])
+                if signal in self.config.signal_exporters else default
+                for signal in Signal
+            }
+        )
+
+    def _exporter_from(self, cfg: ExporterConfig) -> Exporter:
         if cfg.resolved_type == "debug":
             return DebugExporter(cfg.debug_output)
         if cfg.protocol == "grpc":

@@ -270,6 +270,11 @@ class Config:
     pod: PodConfig = field(default_factory=PodConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = ""
+    #: exporter settings of a signal that has its own OTEL_EXPORTER_OTLP_<SIGNAL>_* variables
+    signal_exporters: dict[Signal, ExporterConfig] = field(default_factory=dict)
+
+    def exporter_for(self, signal: Signal) -> ExporterConfig:
+        return self.signal_exporters.get(signal, self.exporter)
 
 
 # OTEL_EXPORTER_OTLP_* -> exporter key; per-signal variants handled below
@@ -286,11 +291,17 @@ _OTEL_GENERAL = {
 }
 
 
-def _otel_overrides(env: Mapping[str, str]) -> dict[str, str]:
-    """Translate the standard OTEL_EXPORTER_OTLP_* variables into exporter env overrides."""
+def _otel_overrides(env: Mapping[str, str], signal: Signal | None = None) -> dict[str, str]:
+    """Translate the standard OTEL_EXPORTER_OTLP_* variables into exporter env overrides.
+
+    With ``signal``: only that signal's own variables (``OTEL_EXPORTER_OTLP_TRACES_HEADERS``...).
+    """
     out: dict[str, str] = {}
+    infix = f"{signal.value.upper()}_" if signal is not None else ""
     for suffix, key in _OTEL_GENERAL.items():
-        name = f"OTEL_EXPORTER_OTLP_{suffix}"
+        name = f"OTEL_EXPORTER_OTLP_{infix}{suffix}"
+        if signal is not None and suffix == "ENDPOINT":
+            continue  # per-signal endpoints are their own keys (traces_endpoint...)
         if name in env:
             value = env[name]
             if suffix == "TIMEOUT":
@@ -301,10 +312,11 @@ def _otel_overrides(env: Mapping[str, str]) -> dict[str, str]:
                     "'http/json' is not supported upstream; choose 'grpc' or 'http/protobuf'",
                 )
             out[f"SIDECAR_EXPORTER_{key.upper()}"] = value
-    for signal in Signal:
-        name = f"OTEL_EXPORTER_OTLP_{signal.value.upper()}_ENDPOINT"
-        if name in env:
-            out[f"SIDECAR_EXPORTER_{signal.value.upper()}_ENDPOINT"] = env[name]
+    if signal is None:
+        for each in Signal:
+            name = f"OTEL_EXPORTER_OTLP_{each.value.upper()}_ENDPOINT"
+            if name in env:
+                out[f"SIDECAR_EXPORTER_{each.value.upper()}_ENDPOINT"] = env[name]
     return out
 
 
@@ -341,11 +353,21 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     # OTEL_* sit below SIDECAR_EXPORTER_*: apply them only where SIDECAR_* is silent
     merged_env = {**_otel_overrides(env), **env}
     sections = {name: load_section(cls, name, data.get(name), merged_env) for name, cls, _ in SECTIONS}
-    exporter = sections["exporter"]
+    sections["exporter"] = _plaintext_for_http(sections["exporter"])
+    signal_exporters = {}
+    for signal in Signal:
+        own = _otel_overrides(env, signal)
+        if own:
+            # the most specific wins: a signal's own OTEL variables over the general ones
+            specific = load_section(ExporterConfig, "exporter", data.get("exporter"), {**merged_env, **own})
+            signal_exporters[signal] = _plaintext_for_http(specific)
+    return Config(**sections, source=source, signal_exporters=signal_exporters)
+
+
+def _plaintext_for_http(exporter: ExporterConfig) -> ExporterConfig:
     if exporter.endpoint.startswith("http://") and not exporter.insecure:
-        exporter = dataclasses.replace(exporter, insecure=True)
-    sections["exporter"] = exporter
-    return Config(**sections, source=source)
+        return dataclasses.replace(exporter, insecure=True)
+    return exporter
 
 
 def render_docs() -> str:

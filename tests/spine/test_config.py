@@ -138,3 +138,23 @@ def test_run_refuses_to_start_on_bad_config() -> None:
     assert proc.returncode == 2
     assert "configuration error: exporter.timeout" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_per_signal_otel_variables() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317",
+        "OTEL_EXPORTER_OTLP_HEADERS": "x-team=core",
+        "OTEL_EXPORTER_OTLP_LOGS_HEADERS": "x-team=logs",
+        "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION": "gzip",
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "1500",
+    }
+    cfg = load(None, env=env)
+    assert cfg.exporter_for(Signal.METRICS).headers == {"x-team": "core"}
+    assert cfg.exporter_for(Signal.LOGS).headers == {"x-team": "logs"}
+    assert cfg.exporter_for(Signal.LOGS).compression == "gzip"
+    assert cfg.exporter_for(Signal.METRICS).compression == "zstd"
+    assert cfg.exporter_for(Signal.TRACES).timeout == 1.5
+    assert cfg.exporter_for(Signal.TRACES).headers == {"x-team": "core"}
+    with pytest.raises(ConfigError) as info:
+        load(None, env={"OTEL_EXPORTER_OTLP_METRICS_COMPRESSION": "lz4"})
+    assert "exporter.compression (from SIDECAR_EXPORTER_COMPRESSION)" in str(info.value)

@@ -130,3 +130,15 @@ async def test_batches_merge_many_requests(upstream, start_sidecar) -> None:
     await upstream.wait_for(lambda: len(upstream.spans()) >= 60)
     assert len(upstream.spans()) == 60
     assert len(upstream.messages(Signal.TRACES)) < 12
+
+
+async def test_per_signal_upstream_settings(upstream, start_sidecar) -> None:
+    """OTEL_EXPORTER_OTLP_LOGS_* apply to logs only; the other signals keep the general settings."""
+    env = sidecar_env(upstream, "grpc", OTEL_EXPORTER_OTLP_LOGS_HEADERS="x-pipeline=logs",
+                      OTEL_EXPORTER_OTLP_LOGS_COMPRESSION="gzip", OTEL_EXPORTER_OTLP_HEADERS="x-pipeline=main")
+    sidecar = await start_sidecar(env)
+    spans, metrics, logs = await send_all_signals("http", sidecar.addresses["http"][1], "none")
+    await assert_all_arrived(upstream, spans, metrics, logs)
+    for received in upstream.received:
+        expected = ("logs", "gzip") if received.signal is Signal.LOGS else ("main", "zstd")
+        assert (received.headers.get("x-pipeline"), received.encoding) == expected

@@ -1,0 +1,31 @@
+"""One exporter per signal where a signal has its own upstream settings (OTEL_EXPORTER_OTLP_<SIGNAL>_*)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sidecar.export.result import Exported
+from sidecar.export.sender import Exporter
+from sidecar.signals import Signal
+
+
+class BySignalExporter:
+    """Sends each signal through its own exporter; starts and stops each distinct one once."""
+
+    name = "by_signal"
+
+    def __init__(self, exporters: Mapping[Signal, Exporter]) -> None:
+        self._exporters = dict(exporters)
+        self._distinct = list({id(e): e for e in self._exporters.values()}.values())
+        self.name = "+".join(sorted({e.name for e in self._distinct}))
+
+    async def start(self) -> None:
+        for exporter in self._distinct:
+            await exporter.start()
+
+    async def stop(self) -> None:
+        for exporter in self._distinct:
+            await exporter.stop()
+
+    async def export(self, signal: Signal, data: bytes) -> Exported:
+        return await self._exporters[signal].export(signal, data)
