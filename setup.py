@@ -61,6 +61,7 @@ setup(
         "prometheus-client>=0.20",
         "opentelemetry-proto>=1.27",
         "protobuf>=5",
+        "googleapis-common-protos>=1.60",
     ],
     extras_require={
         "test": [
@@ -74,6 +75,8 @@ setup(
             "helm-python-sdk>=0.2",
             "kubernetes-validate>=1.30",
             "jsonpatch>=1.33",
+            "pyyaml>=6",
+            "grpcio>=1.60",
             "ruff>=0.6",
         ],
     },

@@ -19,6 +19,7 @@ from sidecar import __version__
 from sidecar.admin.server import admin_app
 from sidecar.config import Config, ConfigError, ExporterConfig
 from sidecar.configkit import parse_endpoint
+from sidecar.export.auth import UpstreamAuth
 from sidecar.export.by_signal import BySignalExporter
 from sidecar.export.debug import DebugExporter
 from sidecar.export.disklog import DiskLog
@@ -30,7 +31,12 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.pipeline import Pipeline, Planner
 from sidecar.receivers.grpc import GrpcReceiver
 from sidecar.receivers.http import HttpReceiver
+from sidecar.receivers.peers import grpc_peer_resolver, http_peer_resolver
 from sidecar.signals import Signal
+from sidecar.tls.acceptor import tls_protocol_factory
+from sidecar.tls.config import client_tls
+from sidecar.tls.metrics import TLSMetrics
+from sidecar.tls.server import ServerTLS
 from sidecar.wire import grpc as grpcwire
 
 log = logging.getLogger("sidecar")
@@ -49,6 +55,9 @@ class Sidecar:
         self.sender: Sender | None = None
         self.policy: Any = None
         self.disk: DiskLog | None = None
+        self.auth: UpstreamAuth | None = None
+        self.tls_metrics = TLSMetrics(self.metrics.registry)
+        self._tls_listeners: list[asyncio.AbstractServer] = []
         self._grpc_server: grpcwire.Server | None = None
         self._runners: list[web.AppRunner] = []
         self._http_runner: web.AppRunner | None = None
@@ -93,16 +102,25 @@ class Sidecar:
             app = admin_app(self.metrics.registry, self.readiness, status)
             self.addresses["admin"] = await self._serve_aiohttp(app, cfg.admin.endpoint)
         if cfg.receivers.grpc_enabled:
-            receiver = GrpcReceiver(cfg.receivers, pipeline, self.metrics)
+            grpc_tls = cfg.receivers_tls.server_tls(alpn=("h2",))
+            resolver = grpc_peer_resolver(grpc_tls)
+            receiver = GrpcReceiver(cfg.receivers, pipeline, self.metrics, peer_resolver=resolver)
             self._grpc_server = receiver.server()
             host, port = parse_endpoint(cfg.receivers.grpc_endpoint)
-            await self._grpc_server.start(host, port)
+            if grpc_tls is not None:
+                self.tls_metrics.track(grpc_tls, "grpc")
+            await self._grpc_server.start(host, port, ssl=grpc_tls.context() if grpc_tls else None)
             sock = self._grpc_server._server.sockets[0]  # type: ignore[union-attr]
             self.addresses["grpc"] = sock.getsockname()[:2]
         if cfg.receivers.http_enabled:
-            receiver_http = HttpReceiver(cfg.receivers, pipeline, self.metrics)
+            http_tls = cfg.receivers_tls.server_tls(alpn=())
+            if http_tls is not None:
+                self.tls_metrics.track(http_tls, "http")
+            receiver_http = HttpReceiver(
+                cfg.receivers, pipeline, self.metrics, peer_resolver=http_peer_resolver(http_tls)
+            )
             self.addresses["http"] = await self._serve_aiohttp(
-                receiver_http.app(), cfg.receivers.http_endpoint, receiver=True
+                receiver_http.app(), cfg.receivers.http_endpoint, receiver=True, tls=http_tls
             )
         self._receivers_up = True
         log.info(
@@ -121,6 +139,9 @@ class Sidecar:
         if self._grpc_server is not None:
             await grpcwire.close_gracefully(self._grpc_server, receive_grace)
             self._grpc_server = None
+        for listener in self._tls_listeners:
+            listener.close()
+        self._tls_listeners.clear()
         if self._http_runner is not None:
             await self._http_runner.cleanup()
             self._runners.remove(self._http_runner)
@@ -129,6 +150,9 @@ class Sidecar:
             await self.sender.drain(max(0.0, deadline - loop.time()))
         if self.exporter is not None:
             await self.exporter.stop()
+        if self.auth is not None:
+            await self.auth.close()
+            self.auth = None
         if self.policy is not None:
             await self.policy.stop()
         for runner in reversed(self._runners):
@@ -149,7 +173,8 @@ class Sidecar:
             "exporter": "ok" if exporter_ok else f"failing: {self.sender.last_error if self.sender else ''}",
             "policy": "ok" if policy_ok else "not loaded",
         }
-        return self._receivers_up and exporter_ok and policy_ok, details
+        upstream_ok = exporter_ok or not self.config.admin.ready_requires_upstream
+        return self._receivers_up and upstream_ok and policy_ok, details
 
     def _make_exporter(self) -> Exporter:
         default = self._exporter_from(self.config.exporter)
@@ -166,9 +191,21 @@ class Sidecar:
     def _exporter_from(self, cfg: ExporterConfig) -> Exporter:
         if cfg.resolved_type == "debug":
             return DebugExporter(cfg.debug_output)
-        if cfg.protocol == "grpc":
-            return GrpcExporter(cfg)
-        return HttpExporter(cfg)
+        grpc = cfg.protocol == "grpc"
+        tls = client_tls(cfg, self.config.exporter_tls, alpn=("h2",) if grpc else ())
+        if tls is not None:
+            self.tls_metrics.track(tls, "exporter")
+        if self.auth is None:
+            self.auth = self.config.auth.build()
+        invalidate = getattr(self.auth, "invalidate", None)
+        options: dict[str, Any] = {
+            "ssl_context": tls.context if tls is not None else None,
+            "extra_headers": self.auth.headers if self.auth is not None else None,
+            "server_hostname": tls.server_hostname if tls is not None else None,
+            "on_unauthorized": invalidate if callable(invalidate) else None,
+            "classify": self.tls_metrics.client_failure,
+        }
+        return GrpcExporter(cfg, **options) if grpc else HttpExporter(cfg, **options)
 
     async def _start_policy(self) -> Planner | None:
         if not self.config.policy.dir:
@@ -180,18 +217,24 @@ class Sidecar:
         return self.policy  # type: ignore[no-any-return]
 
     async def _serve_aiohttp(
-        self, app: web.Application, endpoint: str, *, receiver: bool = False
+        self, app: web.Application, endpoint: str, *, receiver: bool = False, tls: ServerTLS | None = None
     ) -> tuple[str, int]:
         host, port = parse_endpoint(endpoint)
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, auto_decompress=False, shutdown_timeout=5.0
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
         self._runners.append(runner)
         if receiver:
             self._http_runner = runner
+        if tls is not None:
+            # our acceptor does the handshake, so failed handshakes are counted and logged
+            factory = tls_protocol_factory(runner.server, tls)  # type: ignore[arg-type]
+            listener = await asyncio.get_running_loop().create_server(factory, host, port)
+            self._tls_listeners.append(listener)
+            return listener.sockets[0].getsockname()[:2]  # type: ignore[no-any-return]
+        site = web.TCPSite(runner, host, port)
+        await site.start()
         server = site._server
         sock = server.sockets[0]  # type: ignore[union-attr]
         return sock.getsockname()[:2]  # type: ignore[no-any-return]

@@ -19,9 +19,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sidecar.configkit import ConfigError, load_section, parse_key_values, render_markdown, setting
+from sidecar.export.auth import AuthConfig
 from sidecar.identity import PodIdentity, read_downward_api_file
 from sidecar.policy.config import PolicyConfig
 from sidecar.signals import Signal
+from sidecar.tls.config import InboundTLSConfig, UpstreamTLSConfig, check_listen_address
 
 __all__ = ["AdminConfig", "Config", "ConfigError", "ExporterConfig", "ReceiversConfig", "load"]
 
@@ -212,6 +214,13 @@ class AdminConfig:
         kind="endpoint", env=["SIDECAR_ADMIN_ENDPOINT"],
     )
     enabled: bool = setting(True, "Serve the admin listener.", kind="bool")
+    ready_requires_upstream: bool = setting(
+        False,
+        "Answer /ready with 503 while the exporter's circuit is open. Off by default: a native "
+        "sidecar's readiness gates its pod, and an upstream outage should not take every app out "
+        "of its Services (data waits in the queue meanwhile). /ready always reports the exporter's state.",
+        kind="bool",
+    )
 
 
 @dataclass(frozen=True)
@@ -253,7 +262,10 @@ class LogConfig:
 #: (section name, class, description), in the order of the docs
 SECTIONS: tuple[tuple[str, type[Any], str], ...] = (
     ("receivers", ReceiversConfig, ReceiversConfig.__doc__ or ""),
+    ("receivers_tls", InboundTLSConfig, InboundTLSConfig.__doc__ or ""),
     ("exporter", ExporterConfig, ExporterConfig.__doc__ or ""),
+    ("exporter_tls", UpstreamTLSConfig, UpstreamTLSConfig.__doc__ or ""),
+    ("auth", AuthConfig, AuthConfig.__doc__ or ""),
     ("policy", PolicyConfig, PolicyConfig.__doc__ or ""),
     ("admin", AdminConfig, AdminConfig.__doc__ or ""),
     ("pod", PodConfig, PodConfig.__doc__ or ""),
@@ -264,7 +276,10 @@ SECTIONS: tuple[tuple[str, type[Any], str], ...] = (
 @dataclass(frozen=True)
 class Config:
     receivers: ReceiversConfig = field(default_factory=ReceiversConfig)
+    receivers_tls: InboundTLSConfig = field(default_factory=InboundTLSConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    exporter_tls: UpstreamTLSConfig = field(default_factory=UpstreamTLSConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     pod: PodConfig = field(default_factory=PodConfig)
@@ -354,6 +369,11 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     merged_env = {**_otel_overrides(env), **env}
     sections = {name: load_section(cls, name, data.get(name), merged_env) for name, cls, _ in SECTIONS}
     sections["exporter"] = _plaintext_for_http(sections["exporter"])
+    receivers, inbound_tls = sections["receivers"], sections["receivers_tls"]
+    if receivers.grpc_enabled:
+        check_listen_address("receivers.grpc_endpoint", receivers.grpc_endpoint, inbound_tls)
+    if receivers.http_enabled:
+        check_listen_address("receivers.http_endpoint", receivers.http_endpoint, inbound_tls)
     signal_exporters = {}
     for signal in Signal:
         own = _otel_overrides(env, signal)

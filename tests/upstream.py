@@ -110,16 +110,17 @@ class Upstream:
         self.received.append(Received(signal, message, transport, headers, encoding))
         self.changed.set()
 
-    async def start(self, grpc_port: int = 0, http_port: int = 0) -> None:
+    async def start(self, grpc_port: int = 0, http_port: int = 0, ssl: Any = None) -> None:
+        """Listen on loopback; ``ssl``: an ``ssl.SSLContext`` to serve TLS (ALPN h2 is added for gRPC)."""
         self._grpc = grpcwire.Server([self])
-        await self._grpc.start("127.0.0.1", grpc_port)
+        await self._grpc.start("127.0.0.1", grpc_port, ssl=ssl)
         self.grpc_port = self._grpc._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         app = web.Application(client_max_size=256 * 1024 * 1024)
         for signal in Signal:
             app.router.add_post(signal.http_path, self._http_handler(signal))
         self._runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", http_port)
+        site = web.TCPSite(self._runner, "127.0.0.1", http_port, ssl_context=ssl)
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 

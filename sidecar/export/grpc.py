@@ -5,16 +5,17 @@ from __future__ import annotations
 import base64
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 import grpclib.client
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+from grpclib.config import Configuration
 from grpclib.const import Status
 
 from sidecar.config import ExporterConfig
-from sidecar.export.http import HeaderSource, SslFactory
+from sidecar.export.http import FailureClassifier, HeaderSource, SslFactory
 from sidecar.export.partial import parse_response
 from sidecar.export.result import Exported, ExportError
 from sidecar.signals import Signal
@@ -44,10 +45,16 @@ class GrpcExporter:
         *,
         ssl_context: SslFactory | None = None,
         extra_headers: HeaderSource | None = None,
+        server_hostname: str | None = None,
+        on_unauthorized: Callable[[], None] | None = None,
+        classify: FailureClassifier | None = None,
     ) -> None:
         self._config = config
         self._ssl_context = ssl_context
         self._extra_headers = extra_headers
+        self._server_hostname = server_hostname
+        self._on_unauthorized = on_unauthorized
+        self._classify = classify
         self._encoding = "identity" if config.compression == "none" else config.compression
         self._channels: dict[tuple[str, int, bool], tuple[grpclib.client.Channel, object]] = {}
         self._retired: list[grpclib.client.Channel] = []
@@ -78,7 +85,10 @@ class GrpcExporter:
             # the TLS material changed: new calls use a new connection; calls in flight
             # finish on the old one, closed at stop()
             self._retired.append(current[0])
-        channel = grpclib.client.Channel(host, port, ssl=context)
+        options = None
+        if context is not None and self._server_hostname:
+            options = Configuration(ssl_target_name_override=self._server_hostname)
+        channel = grpclib.client.Channel(host, port, ssl=context, config=options)
         self._channels[key] = (channel, context)
         return channel
 
@@ -96,7 +106,13 @@ class GrpcExporter:
             except CallError as exc:
                 if self._downgrade(encoding, exc):
                     continue
-                raise grpc_error(exc) from None
+                error = grpc_error(exc)
+                if exc.status is Status.UNAUTHENTICATED and self._on_unauthorized is not None:
+                    self._on_unauthorized()  # a refreshable credential (OAuth2): refresh, retry
+                    error.retryable = True
+                elif exc.status is Status.UNAVAILABLE and exc.__cause__ is not None and self._classify:
+                    error.reason = self._classify(exc.__cause__) or error.reason
+                raise error from None
             return parse_response(signal, reply)
 
     def _downgrade(self, encoding: str, exc: CallError) -> bool:

@@ -22,6 +22,8 @@ RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
 
 SslFactory = Callable[[], ssl.SSLContext | None]
 HeaderSource = Callable[[], Awaitable[dict[str, str]]]
+#: names a transport failure (e.g. "tls_unknown_ca") for the failed-items metric, or None
+FailureClassifier = Callable[[BaseException], str | None]
 
 
 class HttpExporter:
@@ -33,10 +35,16 @@ class HttpExporter:
         *,
         ssl_context: SslFactory | None = None,
         extra_headers: HeaderSource | None = None,
+        server_hostname: str | None = None,
+        on_unauthorized: Callable[[], None] | None = None,
+        classify: FailureClassifier | None = None,
     ) -> None:
         self._config = config
         self._ssl_context = ssl_context
         self._extra_headers = extra_headers
+        self._server_hostname = server_hostname
+        self._on_unauthorized = on_unauthorized
+        self._classify = classify
         self._session: aiohttp.ClientSession | None = None
         self._encoding = "identity" if config.compression == "none" else config.compression
 
@@ -60,23 +68,32 @@ class HttpExporter:
             headers["Content-Encoding"] = self._encoding
         url = self._config.url_for(signal)
         ssl_arg: ssl.SSLContext | bool = True
+        extra: dict[str, str] = {}
         if url.startswith("https://") and self._ssl_context is not None:
             ssl_arg = self._ssl_context() or True
+            if self._server_hostname:
+                extra["server_hostname"] = self._server_hostname
         try:
             async with self._session.post(
                 url, data=body, headers=headers, ssl=ssl_arg,
-                timeout=aiohttp.ClientTimeout(total=self._config.timeout),
+                timeout=aiohttp.ClientTimeout(total=self._config.timeout), **extra,  # type: ignore[arg-type]
             ) as response:
                 payload = await response.read()
                 if response.status == 200:
                     return parse_response(signal, payload)
-                raise _http_error(response.status, response.headers.get("Retry-After"), payload)
+                error = _http_error(response.status, response.headers.get("Retry-After"), payload)
+                if response.status == 401 and self._on_unauthorized is not None:
+                    # a refreshable credential (OAuth2): fetch a new one and try again
+                    self._on_unauthorized()
+                    error.retryable = True
+                raise error
         except TimeoutError:
             raise ExportError(
                 "timeout", f"no answer from {url} within {self._config.timeout:g} s", retryable=True
             ) from None
         except aiohttp.ClientError as exc:
-            raise ExportError("unavailable", f"cannot reach {url}: {exc}", retryable=True) from None
+            reason = (self._classify(exc) if self._classify else None) or "unavailable"
+            raise ExportError(reason, f"cannot reach {url}: {exc}", retryable=True) from None
 
 
 def _http_error(status: int, retry_after: str | None, payload: bytes) -> ExportError:

@@ -14,7 +14,7 @@ import time
 from typing import Protocol
 
 from sidecar.config import ExporterConfig
-from sidecar.export.circuit import CircuitBreaker
+from sidecar.export.circuit import CircuitBreaker, State
 from sidecar.export.queue import Batch, ExportQueue
 from sidecar.export.result import Exported, ExportError
 from sidecar.metrics import SidecarMetrics
@@ -52,8 +52,8 @@ class Sender:
 
     @property
     def healthy(self) -> bool:
-        """False while the circuit is open: the upstream keeps failing (fed to /ready)."""
-        return self.breaker.allows_traffic
+        """False unless the circuit is closed: the upstream keeps failing (fed to /ready)."""
+        return self.breaker.state is State.CLOSED
 
     def start(self) -> None:
         for number in range(self._config.concurrency):

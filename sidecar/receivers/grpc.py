@@ -23,7 +23,9 @@ from sidecar.export.partial import rejected_field
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
 from sidecar.pipeline import InvalidRequest, PermissionDenied, Pipeline, Unavailable
+from sidecar.receivers.peers import grpc_peer_resolver
 from sidecar.signals import Signal
+from sidecar.tls.server import PeerRefused
 from sidecar.wire import grpc as grpcwire
 
 log = logging.getLogger(__name__)
@@ -31,13 +33,6 @@ log = logging.getLogger(__name__)
 TRANSPORT = "grpc"
 
 PeerResolver = Callable[[grpclib.server.Stream[Any, Any]], Peer]
-
-
-def default_peer(stream: grpclib.server.Stream[Any, Any]) -> Peer:
-    addr = stream.peer.addr()
-    address = f"{addr[0]}:{addr[1]}" if addr else ""
-    ssl_object = stream.peer._transport.get_extra_info("ssl_object")
-    return Peer(address=address, tls=ssl_object is not None)
 
 
 class GrpcReceiver:
@@ -49,12 +44,12 @@ class GrpcReceiver:
         pipeline: Pipeline,
         metrics: SidecarMetrics,
         *,
-        peer_resolver: PeerResolver = default_peer,
+        peer_resolver: PeerResolver | None = None,
     ) -> None:
         self._config = config
         self._pipeline = pipeline
         self._metrics = metrics
-        self._peer = peer_resolver
+        self._peer = peer_resolver or grpc_peer_resolver(None)
 
     def __mapping__(self) -> dict[str, Handler]:
         return {
@@ -80,6 +75,11 @@ class GrpcReceiver:
     async def _handle(self, signal: Signal, stream: grpclib.server.Stream[Any, Any]) -> None:
         labels = (signal.value, TRANSPORT)
         try:
+            peer = self._peer(stream)
+        except PeerRefused as exc:
+            self._metrics.refused_requests.labels(*labels, exc.reason).inc()
+            raise GRPCError(Status[exc.grpc_status], exc.message) from None
+        try:
             grpcwire.check_encoding_header(stream)
             data = await grpcwire.recv_unary(
                 stream, self._config.max_request_bytes, self._config.max_decompressed_bytes
@@ -92,7 +92,7 @@ class GrpcReceiver:
             self._metrics.refused_requests.labels(*labels, reason).inc()
             raise
         try:
-            outcome = await self._pipeline.submit(signal, data, TRANSPORT, self._peer(stream))
+            outcome = await self._pipeline.submit(signal, data, TRANSPORT, peer)
         except InvalidRequest as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, exc.message) from None
         except PermissionDenied as exc:

@@ -21,7 +21,9 @@ from sidecar.export.partial import rejected_field
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
 from sidecar.pipeline import InvalidRequest, PermissionDenied, Pipeline, Refused, Unavailable
+from sidecar.receivers.peers import http_peer_resolver
 from sidecar.signals import Signal
+from sidecar.tls.server import PeerRefused
 from sidecar.wire import compression
 from sidecar.wire.otlp_json import InvalidJSON, json_to_protobuf, response_json
 
@@ -32,15 +34,9 @@ JSON = "application/json"
 TRANSPORT = "http"
 
 #: gRPC codes of google.rpc.Status bodies, per HTTP status
-_RPC_CODES = {400: 3, 403: 7, 404: 5, 405: 12, 413: 8, 415: 3, 500: 13, 503: 14}
+_RPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 413: 8, 415: 3, 500: 13, 503: 14}
 
 PeerResolver = Callable[[web.Request], Peer]
-
-
-def default_peer(request: web.Request) -> Peer:
-    peername = request.transport.get_extra_info("peername") if request.transport else None
-    address = f"{peername[0]}:{peername[1]}" if peername else ""
-    return Peer(address=address, tls=request.secure)
 
 
 class HttpReceiver:
@@ -50,12 +46,12 @@ class HttpReceiver:
         pipeline: Pipeline,
         metrics: SidecarMetrics,
         *,
-        peer_resolver: PeerResolver = default_peer,
+        peer_resolver: PeerResolver | None = None,
     ) -> None:
         self._config = config
         self._pipeline = pipeline
         self._metrics = metrics
-        self._peer = peer_resolver
+        self._peer = peer_resolver or http_peer_resolver(None)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._config.max_request_bytes)
@@ -78,6 +74,11 @@ class HttpReceiver:
     async def _handle(self, signal: Signal, request: web.Request) -> web.Response:
         labels = (signal.value, TRANSPORT)
         content_type = request.content_type
+        try:
+            peer = self._peer(request)
+        except PeerRefused as exc:
+            self._metrics.refused_requests.labels(*labels, exc.reason).inc()
+            return _error(exc.http_status, content_type if content_type == JSON else PROTOBUF, exc.message)
         if content_type not in (PROTOBUF, JSON):
             self._metrics.refused_requests.labels(*labels, "unsupported_media_type").inc()
             return _error(
@@ -114,7 +115,7 @@ class HttpReceiver:
                 self._metrics.refused_requests.labels(*labels, "malformed").inc()
                 return _error(400, content_type, str(exc))
         try:
-            outcome = await self._pipeline.submit(signal, body, TRANSPORT, self._peer(request))
+            outcome = await self._pipeline.submit(signal, body, TRANSPORT, peer)
         except InvalidRequest as exc:
             return _error(400, content_type, exc.message)
         except PermissionDenied as exc:

@@ -221,7 +221,8 @@ async def call_framed(
     except TimeoutError:
         raise CallError(Status.DEADLINE_EXCEEDED, f"no answer within {timeout:g} s") from None
     except (StreamTerminatedError, ConnectionError, OSError) as exc:
-        raise CallError(Status.UNAVAILABLE, f"connection failed: {exc}") from None
+        # the cause stays attached: a TLS failure is named from it
+        raise CallError(Status.UNAVAILABLE, f"connection failed: {exc}") from exc
     except grpclib.exceptions.ProtocolError as exc:
         raise CallError(Status.UNAVAILABLE, f"HTTP/2 protocol error: {exc}") from None
 

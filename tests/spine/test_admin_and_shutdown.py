@@ -55,9 +55,12 @@ async def test_health_ready_metrics(upstream, start_sidecar) -> None:
     assert status == 200
 
 
-async def test_ready_turns_false_when_the_upstream_keeps_failing(upstream, start_sidecar) -> None:
+async def test_ready_reports_the_upstream_and_gates_on_it_when_asked(upstream, start_sidecar) -> None:
     upstream.default = Answer(grpc_status=Status.UNAVAILABLE)
-    sidecar = await start_sidecar(sidecar_env(upstream, "grpc"))
+    lenient = await start_sidecar(sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_CIRCUIT_THRESHOLD="1"))
+    sidecar = await start_sidecar(sidecar_env(upstream, "grpc", SIDECAR_ADMIN_READY_REQUIRES_UPSTREAM="true",
+                                              SIDECAR_EXPORTER_CIRCUIT_THRESHOLD="1"))
+    assert await post_traces(lenient.addresses["http"][1]) == 200
     for _ in range(3):
         assert await post_traces(sidecar.addresses["http"][1]) == 200
     admin = sidecar.addresses["admin"][1]
@@ -67,6 +70,9 @@ async def test_ready_turns_false_when_the_upstream_keeps_failing(upstream, start
             break
         await asyncio.sleep(0.05)
     assert status == 503 and "failing" in text
+    # by default the circuit shows in the body, but the pod stays ready (data waits in the queue)
+    status, text = await get(lenient.addresses["admin"][1], "/ready")
+    assert status == 200 and "failing" in text
     upstream.default = Answer()
     for _ in range(200):
         status, _ = await get(admin, "/ready")

@@ -1,0 +1,178 @@
+"""The sidecar's exporters (HTTP and gRPC) against an upstream that demands mTLS with a
+SPIFFE allowlist; client certificate rotation between exports; auth headers beside mTLS.
+
+The exporters take ``ssl_context=ClientTLS.context`` and ``extra_headers=auth.headers``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+from sidecar.config import ExporterConfig
+from sidecar.configkit import load_section
+from sidecar.export.auth import BearerTokenFile
+from sidecar.export.grpc import GrpcExporter
+from sidecar.export.http import HttpExporter
+from sidecar.export.result import ExportError
+from sidecar.signals import Signal
+from sidecar.tls.client import ClientTLS
+from sidecar.tls.server import PeerRefused, ServerTLS
+from tests.tls.pki import make_pki
+from tests.tls.servers import TraceService, peer_cert_serial, serve_grpc, serve_https
+
+
+def payload(name: str) -> bytes:
+    span = Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name=name)
+    return ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])]
+    ).SerializeToString()
+
+
+def span_names(data: bytes) -> list[str]:
+    request = ExportTraceServiceRequest.FromString(data)
+    return [s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+
+def serial_of(path: str) -> int:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(Path(path).read_bytes()).serial_number
+
+
+def exporter_config(endpoint: str, protocol: str) -> ExporterConfig:
+    return load_section(
+        ExporterConfig,
+        "exporter",
+        {"endpoint": endpoint, "protocol": protocol, "compression": "none", "timeout": 10},
+        {},
+    )
+
+
+class Upstream:
+    """An OTLP/HTTP collector that demands mTLS and a SPIFFE ID from the allowlist."""
+
+    def __init__(self, tls: ServerTLS) -> None:
+        self.tls = tls
+        self.received: list[tuple[list[str], str, int, str]] = []
+
+    async def traces(self, request: web.Request) -> web.Response:
+        try:
+            peer = self.tls.authorize_transport(request.transport)
+        except PeerRefused as exc:
+            return web.Response(status=exc.http_status, text=exc.message)
+        serial = peer_cert_serial(request.transport.get_extra_info("ssl_object"))
+        body = await request.read()
+        self.received.append((span_names(body), peer.spiffe_id, serial, request.headers.get("Authorization", "")))
+        return web.Response(
+            body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf"
+        )
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/traces", self.traces)
+        return app
+
+
+@pytest.fixture
+def pki(tmp_path: Path):
+    return make_pki(tmp_path)
+
+
+def upstream_tls(pki, **kwargs: object) -> ServerTLS:
+    return ServerTLS(
+        cert_file=pki.server_cert,
+        key_file=pki.server_key,
+        client_ca_file=pki.ca_cert,
+        require_client_cert=True,
+        spiffe_allow=[pki.client_spiffe_id],
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def test_http_exporter_over_mtls_with_rotation_and_a_bearer_token(pki, tmp_path: Path) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(pki.client_cert, cert)
+    shutil.copy(pki.client_key, key)
+    client = ClientTLS(ca_file=pki.ca_cert, cert_file=str(cert), key_file=str(key), check_interval=0)
+    token = tmp_path / "token"
+    token.write_text("upstream-token")
+    upstream = Upstream(upstream_tls(pki))
+    async with serve_https(upstream.app(), upstream.tls, "acceptor") as port:
+        exporter = HttpExporter(
+            exporter_config(f"https://localhost:{port}", "http/protobuf"),
+            ssl_context=client.context,
+            extra_headers=BearerTokenFile(str(token)).headers,
+        )
+        await exporter.start()
+        try:
+            await exporter.export(Signal.TRACES, payload("first"))
+            next_cert, next_key = pki.issue_client("next")
+            shutil.copy(next_cert, cert)
+            shutil.copy(next_key, key)
+            await exporter.export(Signal.TRACES, payload("second"))
+        finally:
+            await exporter.stop()
+    assert [r[0] for r in upstream.received] == [["first"], ["second"]]
+    assert {r[1] for r in upstream.received} == {pki.client_spiffe_id}
+    assert [r[2] for r in upstream.received] == [serial_of(pki.client_cert), serial_of(next_cert)]
+    assert {r[3] for r in upstream.received} == {"Bearer upstream-token"}
+
+
+async def test_http_exporter_refused_by_the_upstream_is_a_clear_error(pki) -> None:
+    upstream = Upstream(upstream_tls(pki))
+    async with serve_https(upstream.app(), upstream.tls, "acceptor") as port:
+        for client, expected in [
+            (ClientTLS(ca_file=pki.ca_cert), "upstream answered 401"),
+            (
+                ClientTLS(
+                    ca_file=pki.ca_cert,
+                    cert_file=pki.issue_client("x", "spiffe://td/other")[0],
+                    key_file=str(pki.dir / "x.key"),
+                ),
+                "upstream answered 403",
+            ),
+        ]:
+            exporter = HttpExporter(
+                exporter_config(f"https://localhost:{port}", "http/protobuf"), ssl_context=client.context
+            )
+            await exporter.start()
+            try:
+                with pytest.raises(ExportError) as info:
+                    await exporter.export(Signal.TRACES, payload("refused"))
+            finally:
+                await exporter.stop()
+            assert info.value.message.startswith(expected)
+    assert upstream.received == []
+
+
+async def test_grpc_exporter_over_mtls_opens_a_new_channel_after_rotation(pki, tmp_path: Path) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(pki.client_cert, cert)
+    shutil.copy(pki.client_key, key)
+    client = ClientTLS(ca_file=pki.ca_cert, cert_file=str(cert), key_file=str(key), alpn=("h2",), check_interval=0)
+    service = TraceService()
+    async with serve_grpc(service, upstream_tls(pki, alpn=("h2",))) as port:
+        exporter = GrpcExporter(exporter_config(f"https://localhost:{port}", "grpc"), ssl_context=client.context)
+        await exporter.start()
+        try:
+            await exporter.export(Signal.TRACES, payload("first"))
+            next_cert, next_key = pki.issue_client("next")
+            shutil.copy(next_cert, cert)
+            shutil.copy(next_key, key)
+            await exporter.export(Signal.TRACES, payload("second"))
+        finally:
+            await exporter.stop()
+    names = [
+        [s.name for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans] for r, _, _ in service.received
+    ]
+    assert names == [["first"], ["second"]]
+    assert [serial for _, _, serial in service.received] == [serial_of(pki.client_cert), serial_of(next_cert)]
+    assert {spiffe for _, spiffe, _ in service.received} == {pki.client_spiffe_id}
