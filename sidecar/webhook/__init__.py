@@ -1,0 +1,1 @@
+"""The Kubernetes injection webhook: decides, patches and serves AdmissionReview v1."""

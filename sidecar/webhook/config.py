@@ -1,0 +1,269 @@
+"""The injection webhook's settings: the TOML file the Helm chart renders, plus env overrides.
+
+Sections: ``[webhook]`` (the HTTPS listener), ``[injection]`` (what is injected and
+where) and ``[policy_sets.<name>]`` (the ConfigMaps a pod can choose with the
+``otlp-sidecar.io/policy`` annotation). Environment variables override single keys
+as ``SIDECAR_WEBHOOK_<KEY>`` / ``SIDECAR_INJECTION_<KEY>`` (see ``sidecar.configkit``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar.configkit import ConfigError, load_section, render_markdown, setting
+
+#: namespaces never injected, whatever their labels say
+SYSTEM_NAMESPACES = ["kube-system", "kube-public", "kube-node-lease"]
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+def _quantity(value: str) -> str | None:
+    if value and not _QUANTITY.match(value):
+        return f"{value!r} is not a Kubernetes quantity (e.g. 100m, 128Mi)"
+    return None
+
+
+def _dns_name(value: str) -> str | None:
+    if value and (len(value) > 253 or not all(_DNS_LABEL.match(p) for p in value.split("."))):
+        return f"{value!r} is not a valid Kubernetes object name"
+    return None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The webhook's HTTPS listener (AdmissionReview v1 on /mutate)."""
+
+    listen: str = setting("0.0.0.0:8443", "host:port of the HTTPS listener.", kind="endpoint")
+    cert_file: str = setting(
+        "/etc/otlp-sidecar-webhook/tls/tls.crt",
+        "Serving certificate (PEM, chain first).",
+        kind="path",
+    )
+    key_file: str = setting(
+        "/etc/otlp-sidecar-webhook/tls/tls.key",
+        "Serving private key (PEM).",
+        kind="path",
+        secret=True,
+    )
+    cert_reload_interval: float = setting(
+        30.0,
+        "How often the certificate files are checked for rotation (cert-manager renews them).",
+        kind="duration",
+        min=0.1,
+    )
+    max_request_bytes: int = setting(
+        8 * 1024 * 1024,
+        "Largest AdmissionReview accepted.",
+        kind="size",
+        min=1024,
+    )
+
+
+@dataclass(frozen=True)
+class InjectionConfig:
+    """What the webhook injects into a pod, and which pods it leaves alone."""
+
+    image: str = setting("ghcr.io/otlp-sidecar/otlp-sidecar:0.1.0", "Sidecar image.")
+    image_pull_policy: str = setting(
+        "IfNotPresent",
+        "Sidecar image pull policy.",
+        choices=["Always", "IfNotPresent", "Never"],
+    )
+    mode: str = setting(
+        "native",
+        "`native`: an init container with restartPolicy Always (Kubernetes 1.29+), started "
+        "before the app and stopped after it; `container`: a regular container.",
+        choices=["native", "container"],
+    )
+    sidecar_config_file: str = setting(
+        "",
+        "Optional --config path passed to `otlp-sidecar run` (must exist in the image).",
+        kind="path",
+    )
+    app_endpoint: str = setting(
+        "http://127.0.0.1:4318",
+        "OTEL_EXPORTER_OTLP_ENDPOINT set in app containers that do not set it themselves.",
+    )
+    grpc_port: int = setting(4317, "Sidecar OTLP/gRPC port (loopback).", kind="int", min=1, max=65535)
+    http_port: int = setting(4318, "Sidecar OTLP/HTTP port (loopback).", kind="int", min=1, max=65535)
+    admin_port: int = setting(
+        13133,
+        "Sidecar admin port, bound to 0.0.0.0 so kubelet probes reach it.",
+        kind="int",
+        min=1,
+        max=65535,
+    )
+    tenant_label: str = setting("", "Pod label whose value is the tenant (SIDECAR_TENANT).")
+    tenant_annotation: str = setting(
+        "",
+        "Pod annotation whose value is the tenant (used when tenant_label is empty).",
+    )
+    default_policy_set: str = setting(
+        "default",
+        "Policy set used when the pod has no otlp-sidecar.io/policy annotation.",
+    )
+    policy_dir: str = setting(
+        "/etc/otlp-sidecar/policies",
+        "Where the policy ConfigMap is mounted (SIDECAR_POLICY_DIR).",
+        kind="path",
+    )
+    upstream_endpoint: str = setting("", "Upstream collector URL (OTEL_EXPORTER_OTLP_ENDPOINT).")
+    upstream_protocol: str = setting(
+        "grpc",
+        "Upstream protocol (OTEL_EXPORTER_OTLP_PROTOCOL).",
+        choices=["grpc", "http/protobuf"],
+    )
+    upstream_insecure: bool = setting(
+        False,
+        "Plaintext upstream (OTEL_EXPORTER_OTLP_INSECURE); never for production.",
+        kind="bool",
+    )
+    mtls_secret: str = setting(
+        "",
+        "Secret (in the pod's namespace) with tls.crt, tls.key and ca.crt for the upstream.",
+        check=_dns_name,
+    )
+    ca_secret_key: str = setting("ca.crt", "Key of the CA bundle in mtls_secret.")
+    cert_secret_key: str = setting("tls.crt", "Key of the client certificate in mtls_secret.")
+    key_secret_key: str = setting("tls.key", "Key of the client private key in mtls_secret.")
+    hash_key_secret: str = setting(
+        "",
+        "Secret (in the pod's namespace) with the HMAC key for the `hash` action.",
+        check=_dns_name,
+    )
+    hash_key_secret_key: str = setting("hmac.key", "Key of the HMAC key in hash_key_secret.")
+    extra_env: dict[str, str] = setting(
+        {},
+        "Extra environment variables for the sidecar (e.g. SIDECAR_LOG_LEVEL).",
+        kind="map",
+    )
+    cpu_request: str = setting("50m", "Sidecar CPU request.", check=_quantity)
+    memory_request: str = setting("64Mi", "Sidecar memory request.", check=_quantity)
+    cpu_limit: str = setting("", "Sidecar CPU limit (empty: none).", check=_quantity)
+    memory_limit: str = setting("256Mi", "Sidecar memory limit (empty: none).", check=_quantity)
+    run_as_user: int = setting(65532, "UID the sidecar runs as (non-root).", kind="int", min=1)
+    startup_timeout: int = setting(
+        60,
+        "Seconds the sidecar gets to become ready before kubelet restarts it.",
+        kind="int",
+        min=1,
+        max=3600,
+    )
+    startup_path: str = setting(
+        "/ready",
+        "Admin path of the startup probe (gates the app's start in native mode).",
+    )
+    readiness_path: str = setting(
+        "/ready",
+        "Admin path of the readiness probe (a native sidecar's readiness is the pod's).",
+    )
+    liveness_path: str = setting("/health", "Admin path of the liveness probe.")
+    excluded_namespaces: list[str] = setting(
+        list(SYSTEM_NAMESPACES),
+        "Namespaces never injected (the system namespaces).",
+        kind="list",
+    )
+
+    def validate(self) -> None:
+        ports = {self.grpc_port, self.http_port, self.admin_port}
+        if len(ports) != 3:
+            raise ConfigError("injection.admin_port", "grpc_port, http_port and admin_port must differ")
+        if self.tenant_label and self.tenant_annotation:
+            raise ConfigError(
+                "injection.tenant_annotation",
+                "set tenant_label or tenant_annotation, not both",
+            )
+
+
+@dataclass(frozen=True)
+class PolicySetConfig:
+    """One policy set: a ConfigMap in the pod's namespace, and how its keys map to files."""
+
+    config_map: str = setting("", "ConfigMap holding the policies.", check=_dns_name)
+    items: dict[str, str] = setting(
+        {},
+        "ConfigMap key -> relative file path, to restore subdirectories (keys cannot hold '/'); "
+        "empty mounts every key as a file of the same name.",
+        kind="map",
+    )
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, message) for each wrong value; keys are relative to the set's table."""
+        found: list[tuple[str, str]] = []
+        if not self.config_map:
+            found.append(("config_map", "is required"))
+        for key, path in self.items.items():
+            if not path or path.startswith("/") or ".." in path.split("/"):
+                found.append((f"items.{key}", f"{path!r} must be a relative path without '..'"))
+        return found
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    injection: InjectionConfig = field(default_factory=InjectionConfig)
+    policy_sets: dict[str, PolicySetConfig] = field(default_factory=dict)
+    source: str = ""
+
+
+def load_webhook_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> WebhookConfig:
+    """Load the webhook's TOML file (optional) and env overrides; ConfigError names the key."""
+    env = dict(os.environ if env is None else env)
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError("--config", f"file not found: {path}") from None
+        except OSError as exc:
+            raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+    known = ("webhook", "injection", "policy_sets")
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(key, "unknown section; the sections are: " + ", ".join(known))
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a table ([{key}])")
+    server = load_section(ServerConfig, "webhook", data.get("webhook"), env)
+    injection = load_section(InjectionConfig, "injection", data.get("injection"), env)
+    sets: dict[str, PolicySetConfig] = {}
+    for name, table in data.get("policy_sets", {}).items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"policy_sets.{name}", "must be a table")
+        if not _DNS_LABEL.match(name):
+            raise ConfigError(f"policy_sets.{name}", "a set name is lowercase letters, digits and '-'")
+        policy_set = load_section(PolicySetConfig, f"policy_sets.{name}", table, {})
+        for key, message in policy_set.problems():
+            raise ConfigError(f"policy_sets.{name}.{key}", message)
+        sets[name] = policy_set
+    if sets and injection.default_policy_set not in sets:
+        raise ConfigError(
+            "injection.default_policy_set",
+            f"{injection.default_policy_set!r} is not a policy set; the sets are: " + ", ".join(sorted(sets)),
+        )
+    return WebhookConfig(server=server, injection=injection, policy_sets=sets, source=str(path or ""))
+
+
+def render_docs() -> str:
+    """Markdown reference of the webhook's settings (docs/kubernetes.md embeds it)."""
+    main = render_markdown(
+        [
+            ("webhook", ServerConfig, ServerConfig.__doc__ or ""),
+            ("injection", InjectionConfig, InjectionConfig.__doc__ or ""),
+        ]
+    )
+    sets = render_markdown([("policy_sets.<name>", PolicySetConfig, PolicySetConfig.__doc__ or "")])
+    sets = "\n".join(line for line in sets.splitlines() if not line.startswith("  Environment:"))
+    return main.rstrip() + "\n\n" + sets.rstrip() + "\n\n(Policy sets are set in the file only.)\n"

@@ -1,0 +1,421 @@
+"""Decide whether a pod gets the sidecar, and build the JSONPatch that injects it.
+
+Pure functions over plain dicts (the pod as the API server sends it): no I/O, so
+the HTTP layer, the ``webhook inject`` command and the tests share one code path.
+The patch only uses ``add`` operations, ordered so that every index it names is
+still valid when the operation is applied (RFC 6902 applies them in sequence).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar import __version__
+from sidecar.webhook.config import InjectionConfig, PolicySetConfig, WebhookConfig
+
+ANNOTATION_INJECT = "otlp-sidecar.io/inject"
+ANNOTATION_POLICY = "otlp-sidecar.io/policy"
+ANNOTATION_STATUS = "otlp-sidecar.io/status"
+LABEL_INJECTED = "otlp-sidecar.io/injected"
+SIDECAR_NAME = "otlp-sidecar"
+ADMIN_PORT_NAME = "otlp-sc-admin"
+APP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+
+PODINFO_DIR = "/etc/otlp-sidecar/podinfo"
+MTLS_DIR = "/etc/otlp-sidecar/tls"
+HASH_KEY_DIR = "/etc/otlp-sidecar/hash-key"
+
+VOLUME_PODINFO = "otlp-sidecar-podinfo"
+VOLUME_POLICIES = "otlp-sidecar-policies"
+VOLUME_MTLS = "otlp-sidecar-mtls"
+VOLUME_HASH_KEY = "otlp-sidecar-hash-key"
+VOLUME_TMP = "otlp-sidecar-tmp"
+
+
+class Scope(enum.Enum):
+    """Why the webhook was called; each is one entry of the MutatingWebhookConfiguration."""
+
+    #: any namespace: inject only when the pod is annotated ``otlp-sidecar.io/inject: "true"``
+    POD = "pod"
+    #: a namespace labelled for injection: inject unless the pod opts out with ``"false"``
+    NAMESPACE = "namespace"
+    #: a namespace in PCI scope: every pod gets the sidecar; opting out is refused
+    PCI = "pci"
+
+
+class InvalidPod(ValueError):
+    """The pod object is malformed (the message says where)."""
+
+
+class Refused(Exception):
+    """The pod must not be admitted as it is (the message tells the user what to change)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the webhook does with one pod."""
+
+    inject: bool
+    reason: str
+    patch: list[dict[str, Any]] = field(default_factory=list)
+
+
+def pointer(*parts: str | int) -> str:
+    """A JSON Pointer (RFC 6901) to ``parts``, escaping ``~`` and ``/`` in keys."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def decide(pod: Any, namespace: str, scope: Scope, config: WebhookConfig) -> Decision:
+    """Decide for ``pod`` (created in ``namespace``); raise Refused or InvalidPod."""
+    if not isinstance(pod, dict):
+        raise InvalidPod("the object is not a JSON object")
+    metadata = _mapping(pod, "metadata", "metadata")
+    spec = _mapping(pod, "spec", "spec")
+    annotations = _string_map(metadata, "annotations")
+    _string_map(metadata, "labels")
+    containers = _containers(spec, "containers", required=True)
+    init_containers = _containers(spec, "initContainers", required=False)
+    injection = config.injection
+
+    if namespace in injection.excluded_namespaces:
+        return Decision(False, f"namespace {namespace} is excluded from injection")
+    claims_sidecar = ANNOTATION_STATUS in annotations or any(
+        c.get("name") == SIDECAR_NAME for c in containers + init_containers
+    )
+    if scope is Scope.PCI and claims_sidecar and not _has_genuine_sidecar(containers + init_containers, injection):
+        # in PCI scope a copied status annotation or a look-alike container must not skip the sidecar
+        raise Refused(
+            f"namespace {namespace} is in PCI scope: the pod claims an otlp-sidecar ({ANNOTATION_STATUS} "
+            f"or a container named {SIDECAR_NAME}) that is not the injected one ({injection.image}); "
+            "remove the annotation or rename the container"
+        )
+    if ANNOTATION_STATUS in annotations:
+        return Decision(False, f"already injected ({ANNOTATION_STATUS} is set)")
+    if any(c.get("name") == SIDECAR_NAME for c in containers + init_containers):
+        return Decision(False, f"the pod already has a container named {SIDECAR_NAME}")
+
+    wanted = _inject_annotation(annotations)
+    if scope is Scope.PCI:
+        if wanted is False:
+            raise Refused(
+                f"namespace {namespace} is in PCI scope: its pods must run with the otlp-sidecar; "
+                f'remove the annotation {ANNOTATION_INJECT}: "false"'
+            )
+        if spec.get("hostNetwork") is True:
+            raise Refused(
+                f"namespace {namespace} is in PCI scope: hostNetwork pods cannot get the "
+                "otlp-sidecar and are not admitted"
+            )
+    elif scope is Scope.NAMESPACE and wanted is False:
+        return Decision(False, f'opted out ({ANNOTATION_INJECT}: "false")')
+    elif scope is Scope.POD and wanted is not True:
+        return Decision(False, f'not requested ({ANNOTATION_INJECT} is not "true")')
+    if spec.get("hostNetwork") is True:
+        return Decision(False, "hostNetwork pods are not injected (the sidecar's ports would be the node's)")
+
+    set_name, policy_set = _policy_set(annotations, config)
+    return Decision(True, f"injected ({scope.value} scope)", _patch(pod, scope, set_name, policy_set, injection))
+
+
+def _has_genuine_sidecar(containers: list[dict[str, Any]], injection: InjectionConfig) -> bool:
+    """The pod runs the configured sidecar image under the sidecar's name."""
+    return any(c.get("name") == SIDECAR_NAME and c.get("image") == injection.image for c in containers)
+
+
+def _mapping(obj: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = obj.get(key)
+    if not isinstance(value, dict):
+        raise InvalidPod(f"{where} must be an object")
+    return value
+
+
+def _string_map(metadata: Mapping[str, Any], key: str) -> dict[str, str]:
+    value = metadata.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise InvalidPod(f"metadata.{key} must be an object of strings")
+    return value
+
+
+def _containers(spec: Mapping[str, Any], key: str, *, required: bool) -> list[dict[str, Any]]:
+    value = spec.get(key)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list) or (required and not value):
+        raise InvalidPod(f"spec.{key} must be a {'non-empty ' if required else ''}list")
+    for index, container in enumerate(value):
+        if not isinstance(container, dict) or not isinstance(container.get("name"), str):
+            raise InvalidPod(f"spec.{key}[{index}] must be an object with a name")
+        env = container.get("env")
+        if env is not None and (not isinstance(env, list) or not all(isinstance(e, dict) for e in env)):
+            raise InvalidPod(f"spec.{key}[{index}].env must be a list of objects")
+    return value
+
+
+def _inject_annotation(annotations: Mapping[str, str]) -> bool | None:
+    value = annotations.get(ANNOTATION_INJECT)
+    if value is None:
+        return None
+    low = value.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    raise Refused(f'annotation {ANNOTATION_INJECT} must be "true" or "false", got {value!r}')
+
+
+def _policy_set(
+    annotations: Mapping[str, str],
+    config: WebhookConfig,
+) -> tuple[str, PolicySetConfig | None]:
+    requested = annotations.get(ANNOTATION_POLICY)
+    name = requested if requested is not None else config.injection.default_policy_set
+    if name in config.policy_sets:
+        return name, config.policy_sets[name]
+    if requested is None and not config.policy_sets:
+        return "", None
+    known = ", ".join(sorted(config.policy_sets)) or "(none configured)"
+    raise Refused(f"annotation {ANNOTATION_POLICY}: policy set {name!r} does not exist; the sets are: {known}")
+
+
+def _patch(
+    pod: dict[str, Any],
+    scope: Scope,
+    set_name: str,
+    policy_set: PolicySetConfig | None,
+    injection: InjectionConfig,
+) -> list[dict[str, Any]]:
+    spec = pod["spec"]
+    metadata = pod["metadata"]
+    ops: list[dict[str, Any]] = []
+    native = injection.mode == "native"
+
+    # 1. app containers (and, for a native sidecar that starts first, the init containers)
+    targets = [("containers", spec["containers"])]
+    if native and spec.get("initContainers"):
+        targets.append(("initContainers", spec["initContainers"]))
+    given_env: list[str] = []
+    app_env = {"name": APP_ENDPOINT_ENV, "value": injection.app_endpoint}
+    for key, containers in targets:
+        for index, container in enumerate(containers):
+            env = container.get("env")
+            if env is None:
+                ops.append({"op": "add", "path": pointer("spec", key, index, "env"), "value": [app_env]})
+            elif any(item.get("name") == APP_ENDPOINT_ENV for item in env):
+                continue
+            else:
+                ops.append({"op": "add", "path": pointer("spec", key, index, "env", "-"), "value": app_env})
+            given_env.append(container["name"])
+
+    # 2. volumes
+    volumes = _volumes(policy_set, injection)
+    if spec.get("volumes") is None:
+        ops.append({"op": "add", "path": "/spec/volumes", "value": volumes})
+    else:
+        ops.extend({"op": "add", "path": "/spec/volumes/-", "value": v} for v in volumes)
+
+    # 3. the sidecar: first init container (native) or last container
+    sidecar = sidecar_container(policy_set is not None, injection)
+    if native:
+        if spec.get("initContainers") is None:
+            ops.append({"op": "add", "path": "/spec/initContainers", "value": [sidecar]})
+        else:
+            ops.append({"op": "add", "path": "/spec/initContainers/0", "value": sidecar})
+    else:
+        ops.append({"op": "add", "path": "/spec/containers/-", "value": sidecar})
+
+    # 4. record what was done, so a second call (reinvocation) changes nothing
+    status = {
+        "version": __version__,
+        "mode": injection.mode,
+        "scope": scope.value,
+        "policySet": set_name,
+        "image": injection.image,
+        "appEnv": given_env,
+    }
+    _add_map_entry(ops, metadata, "annotations", ANNOTATION_STATUS, json.dumps(status, sort_keys=True))
+    _add_map_entry(ops, metadata, "labels", LABEL_INJECTED, "true")
+    return ops
+
+
+def _add_map_entry(
+    ops: list[dict[str, Any]],
+    metadata: Mapping[str, Any],
+    key: str,
+    name: str,
+    value: str,
+) -> None:
+    if metadata.get(key) is None:
+        ops.append({"op": "add", "path": pointer("metadata", key), "value": {name: value}})
+    else:
+        ops.append({"op": "add", "path": pointer("metadata", key, name), "value": value})
+
+
+def _volumes(policy_set: PolicySetConfig | None, injection: InjectionConfig) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": VOLUME_PODINFO,
+            "downwardAPI": {
+                "items": [
+                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                    {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}},
+                ]
+            },
+        },
+        {"name": VOLUME_TMP, "emptyDir": {"sizeLimit": "64Mi"}},
+    ]
+    if policy_set is not None:
+        source: dict[str, Any] = {"name": policy_set.config_map}
+        if policy_set.items:
+            source["items"] = [{"key": k, "path": p} for k, p in sorted(policy_set.items.items())]
+        volumes.append({"name": VOLUME_POLICIES, "configMap": source})
+    if injection.mtls_secret:
+        volumes.append({"name": VOLUME_MTLS, "secret": {"secretName": injection.mtls_secret}})
+    if injection.hash_key_secret:
+        volumes.append({"name": VOLUME_HASH_KEY, "secret": {"secretName": injection.hash_key_secret}})
+    return volumes
+
+
+def sidecar_container(with_policies: bool, injection: InjectionConfig) -> dict[str, Any]:
+    """The sidecar container (or native sidecar init container) for ``injection``."""
+    command = ["otlp-sidecar", "run"]
+    if injection.sidecar_config_file:
+        command += ["--config", injection.sidecar_config_file]
+    mounts = [
+        {"name": VOLUME_PODINFO, "mountPath": PODINFO_DIR, "readOnly": True},
+        {"name": VOLUME_TMP, "mountPath": "/tmp"},
+    ]
+    if with_policies:
+        mounts.append({"name": VOLUME_POLICIES, "mountPath": injection.policy_dir, "readOnly": True})
+    if injection.mtls_secret:
+        mounts.append({"name": VOLUME_MTLS, "mountPath": MTLS_DIR, "readOnly": True})
+    if injection.hash_key_secret:
+        mounts.append({"name": VOLUME_HASH_KEY, "mountPath": HASH_KEY_DIR, "readOnly": True})
+    container: dict[str, Any] = {
+        "name": SIDECAR_NAME,
+        "image": injection.image,
+        "imagePullPolicy": injection.image_pull_policy,
+        "command": command,
+        "env": _sidecar_env(with_policies, injection),
+        "ports": [{"name": ADMIN_PORT_NAME, "containerPort": injection.admin_port, "protocol": "TCP"}],
+        "volumeMounts": mounts,
+        "resources": _resources(injection),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": injection.run_as_user,
+            "runAsGroup": injection.run_as_user,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # the app waits for this in native mode: kubelet starts the next containers
+        # only once the sidecar's startup probe succeeded
+        "startupProbe": _probe(injection.startup_path, injection, period=1, failures=injection.startup_timeout),
+        "livenessProbe": _probe(injection.liveness_path, injection, period=10, failures=3),
+        "readinessProbe": _probe(injection.readiness_path, injection, period=5, failures=3),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if injection.mode == "native":
+        container["restartPolicy"] = "Always"
+    return container
+
+
+def _probe(path: str, injection: InjectionConfig, *, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": injection.admin_port, "scheme": "HTTP"},
+        "periodSeconds": period,
+        "timeoutSeconds": 1,
+        "failureThreshold": failures,
+    }
+
+
+def _resources(injection: InjectionConfig) -> dict[str, Any]:
+    requests = {k: v for k, v in (("cpu", injection.cpu_request), ("memory", injection.memory_request)) if v}
+    limits = {k: v for k, v in (("cpu", injection.cpu_limit), ("memory", injection.memory_limit)) if v}
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _field_env(name: str, field_path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
+
+
+def _sidecar_env(with_policies: bool, injection: InjectionConfig) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "SIDECAR_GRPC_ENDPOINT", "value": f"127.0.0.1:{injection.grpc_port}"},
+        {"name": "SIDECAR_HTTP_ENDPOINT", "value": f"127.0.0.1:{injection.http_port}"},
+        {"name": "SIDECAR_ADMIN_ENDPOINT", "value": f"0.0.0.0:{injection.admin_port}"},
+        _field_env("SIDECAR_POD_NAME", "metadata.name"),
+        _field_env("SIDECAR_POD_NAMESPACE", "metadata.namespace"),
+        _field_env("SIDECAR_POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        {"name": "SIDECAR_POD_LABELS_FILE", "value": f"{PODINFO_DIR}/labels"},
+        {"name": "SIDECAR_POD_ANNOTATIONS_FILE", "value": f"{PODINFO_DIR}/annotations"},
+    ]
+    if injection.tenant_label:
+        env.append(_field_env("SIDECAR_TENANT", f"metadata.labels['{injection.tenant_label}']"))
+    elif injection.tenant_annotation:
+        env.append(_field_env("SIDECAR_TENANT", f"metadata.annotations['{injection.tenant_annotation}']"))
+    if with_policies:
+        env.append({"name": "SIDECAR_POLICY_DIR", "value": injection.policy_dir})
+    if injection.hash_key_secret:
+        env.append(
+            {
+                "name": "SIDECAR_POLICY_HASH_KEY_FILE",
+                "value": f"{HASH_KEY_DIR}/{injection.hash_key_secret_key}",
+            }
+        )
+    if injection.upstream_endpoint:
+        env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": injection.upstream_endpoint})
+        env.append({"name": "OTEL_EXPORTER_OTLP_PROTOCOL", "value": injection.upstream_protocol})
+        env.append(
+            {
+                "name": "OTEL_EXPORTER_OTLP_INSECURE",
+                "value": "true" if injection.upstream_insecure else "false",
+            }
+        )
+    if injection.mtls_secret:
+        env += [
+            {
+                "name": "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                "value": f"{MTLS_DIR}/{injection.ca_secret_key}",
+            },
+            {
+                "name": "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                "value": f"{MTLS_DIR}/{injection.cert_secret_key}",
+            },
+            {
+                "name": "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+                "value": f"{MTLS_DIR}/{injection.key_secret_key}",
+            },
+        ]
+    fixed = {item["name"] for item in env}
+    env += [{"name": k, "value": v} for k, v in sorted(injection.extra_env.items()) if k not in fixed]
+    return env
+
+
+def apply_patch(document: Any, ops: list[dict[str, Any]]) -> Any:
+    """Apply this module's ``add``-only patch to a copy of ``document`` (``webhook inject``)."""
+    result = json.loads(json.dumps(document))
+    for op in ops:
+        if op.get("op") != "add":
+            raise ValueError(f"unsupported patch operation {op.get('op')!r}")
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        target = result
+        for part in parts[:-1]:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        last = parts[-1]
+        value = json.loads(json.dumps(op["value"]))
+        if isinstance(target, list):
+            target.insert(len(target) if last == "-" else int(last), value)
+        else:
+            target[last] = value
+    return result
