@@ -200,12 +200,21 @@ class Sidecar:
         invalidate = getattr(self.auth, "invalidate", None)
         options: dict[str, Any] = {
             "ssl_context": tls.context if tls is not None else None,
-            "extra_headers": self.auth.headers if self.auth is not None else None,
+            "extra_headers": self._export_headers,
             "server_hostname": tls.server_hostname if tls is not None else None,
             "on_unauthorized": invalidate if callable(invalidate) else None,
             "classify": self.tls_metrics.client_failure,
         }
         return GrpcExporter(cfg, **options) if grpc else HttpExporter(cfg, **options)
+
+    async def _export_headers(self) -> dict[str, str]:
+        """Headers for each export: the policy's egress headers (X-Scope-OrgID), then auth."""
+        headers: dict[str, str] = {}
+        if self.policy is not None:
+            headers.update(self.policy.export_headers())
+        if self.auth is not None:
+            headers.update(await self.auth.headers())
+        return headers
 
     async def _start_policy(self) -> Planner | None:
         if not self.config.policy.dir:

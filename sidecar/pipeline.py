@@ -10,13 +10,15 @@ needs to answer with the right OTLP status.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sidecar.export.queue import ExportQueue, QueueClosed, QueueFull
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
+from sidecar.policy.errors import PolicyUnavailable
 from sidecar.rewrite import MalformedRequest, ResourceInfo, rewrite, split_resources
 from sidecar.rewrite.plan import PASS_THROUGH, Plan
 from sidecar.signals import Signal
@@ -33,6 +35,8 @@ class Planner(Protocol):
 
     def record_counts(self, signal: Signal, counts: dict[tuple[str, str], int]) -> None: ...
 
+    def rate_limit(self) -> Any: ...
+
 
 class PassThrough:
     """The planner when no policy is configured: change nothing."""
@@ -43,6 +47,9 @@ class PassThrough:
         return [PASS_THROUGH] * len(resources)
 
     def record_counts(self, signal: Signal, counts: dict[tuple[str, str], int]) -> None:
+        return None
+
+    def rate_limit(self) -> None:
         return None
 
 
@@ -86,6 +93,33 @@ class Unavailable(Refused):
     reason = "unavailable"
 
 
+class RateLimited(Unavailable):
+    """Over the tenant's items-per-second limit: HTTP 429 with Retry-After, gRPC UNAVAILABLE."""
+
+    reason = "rate_limited"
+
+
+class TokenBucket:
+    """Items per second with a burst. A request larger than the burst passes when the bucket
+    is full (the bucket goes negative), so a large request is slowed down, never refused forever."""
+
+    def __init__(self, per_second: float, burst: float) -> None:
+        self.per_second = per_second
+        self.burst = max(burst, 1.0)
+        self._tokens = self.burst
+        self._at = time.monotonic()
+
+    def take(self, items: int) -> float | None:
+        """Take ``items``; None when allowed, else the seconds to wait before trying again."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.per_second)
+        self._at = now
+        if self._tokens >= min(items, self.burst):
+            self._tokens -= items
+            return None
+        return (min(items, self.burst) - self._tokens) / self.per_second if self.per_second > 0 else 60.0
+
+
 class Pipeline:
     def __init__(
         self,
@@ -99,6 +133,7 @@ class Pipeline:
         self._metrics = metrics
         self._planner: Planner = planner or PassThrough()
         self._retry_after = retry_after
+        self._bucket: TokenBucket | None = None
 
     async def submit(self, signal: Signal, data: bytes, transport: str, peer: Peer) -> Outcome:
         """Apply the policies to one request and queue what remains; raise Refused otherwise."""
@@ -110,15 +145,19 @@ class Pipeline:
             raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
         items_in = sum(r.items for r in resources)
         self._metrics.received_items.labels(*labels).inc(items_in)
+        wait = self._rate_limited(items_in)
+        if wait is not None:
+            self._metrics.refused_items.labels(*labels, RateLimited.reason).inc(items_in)
+            raise RateLimited(f"over the tenant's rate limit; retry in {wait:.1f} s", items_in, retry_after=wait)
         try:
             plans = await self._planner.plans_for(signal, resources, peer, transport)
             result = rewrite(signal, data, plans)
         except MalformedRequest as exc:
             self._metrics.refused_items.labels(*labels, "malformed").inc(items_in)
             raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}", items_in) from None
-        except Refused as exc:
-            self._metrics.refused_items.labels(*labels, exc.reason).inc(items_in)
-            raise
+        except PolicyUnavailable as exc:
+            self._metrics.refused_items.labels(*labels, "policy_unavailable").inc(items_in)
+            raise Unavailable(f"policy engine cannot decide: {exc}", items_in, retry_after=self._retry_after) from None
         self._planner.record_counts(signal, result.counts)
         if result.sampled_out:
             self._metrics.sampled_out_items.labels(signal.value).inc(result.sampled_out)
@@ -141,6 +180,18 @@ class Pipeline:
         self._metrics.accepted_items.labels(*labels).inc(accepted)
         message = "; ".join(dict.fromkeys(result.refusals)) if result.rejected_items else ""
         return Outcome(accepted=accepted, rejected=result.rejected_items, message=message)
+
+
+    def _rate_limited(self, items: int) -> float | None:
+        """Seconds to wait when over the tenant's limit (from the policy's pod settings)."""
+        limit = self._planner.rate_limit()
+        if limit is None:
+            self._bucket = None
+            return None
+        bucket = self._bucket
+        if bucket is None or (bucket.per_second, bucket.burst) != (limit.per_second, max(limit.burst, 1.0)):
+            bucket = self._bucket = TokenBucket(limit.per_second, limit.burst)
+        return bucket.take(items)
 
 
 def _request_name(signal: Signal) -> str:

@@ -20,7 +20,7 @@ from sidecar.config import ReceiversConfig
 from sidecar.export.partial import rejected_field
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
-from sidecar.pipeline import InvalidRequest, PermissionDenied, Pipeline, Refused, Unavailable
+from sidecar.pipeline import InvalidRequest, PermissionDenied, Pipeline, RateLimited, Refused, Unavailable
 from sidecar.receivers.peers import http_peer_resolver
 from sidecar.signals import Signal
 from sidecar.tls.server import PeerRefused
@@ -34,7 +34,7 @@ JSON = "application/json"
 TRANSPORT = "http"
 
 #: gRPC codes of google.rpc.Status bodies, per HTTP status
-_RPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 413: 8, 415: 3, 500: 13, 503: 14}
+_RPC_CODES = {400: 3, 401: 16, 403: 7, 429: 14, 404: 5, 405: 12, 413: 8, 415: 3, 500: 13, 503: 14}
 
 PeerResolver = Callable[[web.Request], Peer]
 
@@ -122,7 +122,8 @@ class HttpReceiver:
             return _error(403, content_type, exc.message)
         except Unavailable as exc:
             headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after or 1)))}
-            return _error(503, content_type, exc.message, headers)
+            status = 429 if isinstance(exc, RateLimited) else 503
+            return _error(status, content_type, exc.message, headers)
         except Refused as exc:  # pragma: no cover - every Refused is one of the above
             return _error(500, content_type, exc.message)
         response = signal.response_class()
