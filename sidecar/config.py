@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sidecar.configkit import ConfigError, load_section, parse_key_values, render_markdown, setting
+from sidecar.configkit import ConfigError, load_section, parse_key_values, read_toml, render_markdown, setting
 from sidecar.export.auth import AuthConfig
 from sidecar.identity import PodIdentity, read_downward_api_file
 from sidecar.policy.config import PolicyConfig
@@ -346,25 +345,8 @@ def _otel_timeout(name: str, value: str) -> str:
 def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Load the config from an optional TOML file and the environment."""
     env = dict(os.environ if env is None else env)
-    data: dict[str, Any] = {}
-    source = ""
-    if path:
-        source = str(path)
-        try:
-            with open(path, "rb") as handle:
-                data = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError("--config", f"file not found: {path}") from None
-        except OSError as exc:
-            raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
-    known = {name for name, _, _ in SECTIONS}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(key, "unknown section; the sections are: " + ", ".join(sorted(known)))
-        if not isinstance(value, dict):
-            raise ConfigError(key, "must be a table ([" + key + "])")
+    source = str(path) if path else ""
+    data = read_toml(path, [name for name, _, _ in SECTIONS])
     # OTEL_* sit below SIDECAR_EXPORTER_*: apply them only where SIDECAR_* is silent
     merged_env = {**_otel_overrides(env), **env}
     sections = {name: load_section(cls, name, data.get(name), merged_env) for name, cls, _ in SECTIONS}

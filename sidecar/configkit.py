@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -173,6 +175,30 @@ def parse_endpoint(value: str) -> tuple[str, int]:
     if not 0 <= number <= 65535:
         raise ValueError(f"port must be between 0 and 65535, got {number}")
     return host, number
+
+
+def read_toml(path: str | os.PathLike[str] | None, sections: Sequence[str]) -> dict[str, Any]:
+    """Read a TOML config file whose top level holds only the tables ``sections``.
+
+    No path gives an empty dict; every problem is a ConfigError naming the file or the section.
+    """
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError("--config", f"file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+    for key, value in data.items():
+        if key not in sections:
+            raise ConfigError(key, "unknown section; the sections are: " + ", ".join(sorted(sections)))
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a table ([{key}])")
+    return data
 
 
 def env_names(section: str, field: dataclasses.Field[Any]) -> tuple[str, ...]:

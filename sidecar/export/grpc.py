@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import grpclib.client
@@ -15,7 +16,7 @@ from grpclib.config import Configuration
 from grpclib.const import Status
 
 from sidecar.config import ExporterConfig
-from sidecar.export.http import FailureClassifier, HeaderSource, SslFactory
+from sidecar.export.http import UpstreamExporter
 from sidecar.export.partial import parse_response
 from sidecar.export.result import Exported, ExportError
 from sidecar.signals import Signal
@@ -36,26 +37,11 @@ RETRYABLE_GRPC = frozenset(
 )
 
 
-class GrpcExporter:
+class GrpcExporter(UpstreamExporter):
     name = "otlp_grpc"
 
-    def __init__(
-        self,
-        config: ExporterConfig,
-        *,
-        ssl_context: SslFactory | None = None,
-        extra_headers: HeaderSource | None = None,
-        server_hostname: str | None = None,
-        on_unauthorized: Callable[[], None] | None = None,
-        classify: FailureClassifier | None = None,
-    ) -> None:
-        self._config = config
-        self._ssl_context = ssl_context
-        self._extra_headers = extra_headers
-        self._server_hostname = server_hostname
-        self._on_unauthorized = on_unauthorized
-        self._classify = classify
-        self._encoding = "identity" if config.compression == "none" else config.compression
+    def __init__(self, config: ExporterConfig, **options: Any) -> None:
+        super().__init__(config, **options)
         self._channels: dict[tuple[str, int, bool], tuple[grpclib.client.Channel, object]] = {}
         self._retired: list[grpclib.client.Channel] = []
 

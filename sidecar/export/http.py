@@ -6,6 +6,7 @@ import email.utils
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from google.protobuf.message import DecodeError
@@ -26,8 +27,10 @@ HeaderSource = Callable[[], Awaitable[dict[str, str]]]
 FailureClassifier = Callable[[BaseException], str | None]
 
 
-class HttpExporter:
-    name = "otlp_http"
+class UpstreamExporter:
+    """What the OTLP exporters share: the upstream's config, TLS, headers and failure naming."""
+
+    name = "otlp"
 
     def __init__(
         self,
@@ -39,14 +42,24 @@ class HttpExporter:
         on_unauthorized: Callable[[], None] | None = None,
         classify: FailureClassifier | None = None,
     ) -> None:
+        """``ssl_context``: the current client TLS context (reloadable); ``extra_headers``:
+        per-export headers (policy egress headers, auth); ``on_unauthorized``: refresh a
+        credential after 401 / UNAUTHENTICATED; ``classify``: name a transport failure."""
         self._config = config
         self._ssl_context = ssl_context
         self._extra_headers = extra_headers
         self._server_hostname = server_hostname
         self._on_unauthorized = on_unauthorized
         self._classify = classify
-        self._session: aiohttp.ClientSession | None = None
         self._encoding = "identity" if config.compression == "none" else config.compression
+
+
+class HttpExporter(UpstreamExporter):
+    name = "otlp_http"
+
+    def __init__(self, config: ExporterConfig, **options: Any) -> None:
+        super().__init__(config, **options)
+        self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=max(4, self._config.concurrency * 2))

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from sidecar.configkit import ConfigError, load_section, render_markdown, setting
+from sidecar.configkit import ConfigError, load_section, read_toml, render_markdown, setting
 
 #: namespaces never injected, whatever their labels say
 SYSTEM_NAMESPACES = ["kube-system", "kube-public", "kube-node-lease"]
@@ -219,23 +217,7 @@ def load_webhook_config(
 ) -> WebhookConfig:
     """Load the webhook's TOML file (optional) and env overrides; ConfigError names the key."""
     env = dict(os.environ if env is None else env)
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            with open(path, "rb") as handle:
-                data = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError("--config", f"file not found: {path}") from None
-        except OSError as exc:
-            raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
-    known = ("webhook", "injection", "policy_sets")
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(key, "unknown section; the sections are: " + ", ".join(known))
-        if not isinstance(value, dict):
-            raise ConfigError(key, f"must be a table ([{key}])")
+    data = read_toml(path, ("webhook", "injection", "policy_sets"))
     server = load_section(ServerConfig, "webhook", data.get("webhook"), env)
     injection = load_section(InjectionConfig, "injection", data.get("injection"), env)
     sets: dict[str, PolicySetConfig] = {}

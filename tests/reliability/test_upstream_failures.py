@@ -7,10 +7,8 @@ by span id (unique per span); duplicates, which at-least-once delivery allows, a
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +17,8 @@ import pytest
 from grpclib.const import Status
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-from tests.conftest import REPO, sidecar_env
+from tests.conftest import sidecar_env
+from tests.processes import SidecarProcess
 from tests.spine import sdk
 from tests.upstream import Answer, Upstream
 
@@ -151,42 +150,21 @@ async def test_kill_9_with_disk_queue_loses_nothing(tmp_path: Path) -> None:
     grpc_port = free_port()
     upstream = Upstream()
     upstream.grpc_port = grpc_port  # nothing listens yet: the upstream is down
-    env = {**os.environ, **sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_DISK_QUEUE_DIR=str(tmp_path / "queue"))}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "run",
-        cwd=REPO,
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    env = sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_DISK_QUEUE_DIR=str(tmp_path / "queue"))
+    first = SidecarProcess(env)
     try:
-        from tests.spine.test_admin_and_shutdown import _wait_for_listener
-
-        port = await _wait_for_listener(proc, "http")
-        app = App(port)
+        app = App((await first.start())["http"])
         await app.send(8)
         assert len(app.accepted) == 160
     finally:
-        proc.send_signal(signal.SIGKILL)
-        await proc.wait()
+        await first.stop(signal.SIGKILL)
     await upstream.start(grpc_port=grpc_port)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "run",
-        cwd=REPO,
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    second = SidecarProcess(env)
     try:
-        await _wait_for_listener(proc, "http")
+        await second.start()
         got = await wait_all_arrived(upstream, app, timeout=30)
         duplicates = sum(count - 1 for count in got.values())
         assert duplicates <= len(app.accepted)  # at least once, duplicates bounded
     finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 30)
+        assert await second.stop() == 0, second.stderr
         await upstream.stop()

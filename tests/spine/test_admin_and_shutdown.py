@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 
 import aiohttp
 from grpclib.const import Status
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-from tests.conftest import REPO, sidecar_env
+from tests.conftest import sidecar_env
+from tests.processes import SidecarProcess
 from tests.spine import sdk
 from tests.upstream import Answer
 
@@ -85,45 +84,16 @@ async def test_ready_reports_the_upstream_and_gates_on_it_when_asked(upstream, s
 async def test_sigterm_flushes_accepted_items_and_exits_zero(upstream) -> None:
     """A real `otlp-sidecar run` process: what was accepted before SIGTERM reaches the upstream."""
     upstream.default = Answer(delay=0.3)  # a slow upstream, so data is still queued at SIGTERM
-    env = {
-        **os.environ,
-        **sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_BATCH_TIMEOUT="5s", SIDECAR_EXPORTER_BATCH_SIZE="100000"),
-    }
-    env.pop("SIDECAR_POLICY_DIR", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "run",
-        cwd=REPO,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    sidecar = SidecarProcess(
+        sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_BATCH_TIMEOUT="5s", SIDECAR_EXPORTER_BATCH_SIZE="100000")
     )
+    ports = await sidecar.start()
     try:
-        port = await _wait_for_listener(proc, "http")
         for _ in range(4):
-            assert await post_traces(port) == 200
+            assert await post_traces(ports["http"]) == 200
         assert upstream.spans() == []  # the 5 s batch timeout has not passed
-        proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 30)
-        stderr = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
-        assert code == 0, stderr
-        assert "Traceback" not in stderr
-        assert len(upstream.spans()) == 100
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def _wait_for_listener(proc: asyncio.subprocess.Process, name: str) -> int:
-    """Read the start-up log line that lists the bound addresses (ports were 0)."""
-    assert proc.stderr is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = (await proc.stderr.readline()).decode()
-            assert line, "sidecar exited before it was up"
-            if " up: " in line:
-                part = line.split(f"{name} on ", 1)[1].split(",", 1)[0].split(";", 1)[0]
-                return int(part.rsplit(":", 1)[1])
+        code = await sidecar.stop(signal.SIGTERM)
+    assert code == 0, sidecar.stderr
+    assert "Traceback" not in sidecar.stderr
+    assert len(upstream.spans()) == 100

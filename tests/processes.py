@@ -1,0 +1,64 @@
+"""A real `otlp-sidecar run` process for tests that need signals, exit codes or kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Mapping
+
+from tests.conftest import REPO
+
+
+class SidecarProcess:
+    """Starts ``python -m sidecar run``, learns its ports from the start-up log line, keeps its stderr."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = {**os.environ, **env}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ports: dict[str, int] = {}
+        self.stderr_lines: list[str] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 30.0) -> dict[str, int]:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sidecar", "run", cwd=REPO, env=self.env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                line = (await self.proc.stderr.readline()).decode()
+                assert line, f"sidecar exited before it was up:\n{''.join(self.stderr_lines)}"
+                self.stderr_lines.append(line)
+                if " up: " in line:
+                    for part in line.split(" up: ", 1)[1].split(";", 1)[0].split(","):
+                        name, _, address = part.strip().partition(" on ")
+                        self.ports[name] = int(address.rsplit(":", 1)[1])
+                    break
+        self._reader = asyncio.create_task(self._drain())
+        return self.ports
+
+    async def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.stderr_lines.append(line.decode())
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.stderr_lines)
+
+    async def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send ``signum`` and wait for the exit code (killed if it does not exit in time)."""
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signum)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._reader is not None:
+            await self._reader
+        return int(self.proc.returncode or 0)
