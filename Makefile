@@ -15,9 +15,17 @@ $(STAMP): setup.py pyproject.toml
 build: $(STAMP)
 	$(BIN)/python setup.py --quiet build_ext --inplace
 
-## run: the sidecar with the bundled policies, printing what it forwards (no upstream needed)
-run: build
-	SIDECAR_POLICY_DIR=$${SIDECAR_POLICY_DIR:-policies} $(BIN)/otlp-sidecar run $(if $(CONFIG),--config $(CONFIG),)
+DEV_KEY := $(VENV)/dev-hash.key
+
+$(DEV_KEY): $(STAMP)
+	$(BIN)/python -c "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600); os.write(fd, os.urandom(32))" $@
+
+## run: the sidecar with the bundled policies (embedded Rego), printing what it forwards (no upstream
+## needed); the PCI policy's keyed hash uses a development key made once in .venv
+run: build $(DEV_KEY)
+	SIDECAR_POLICY_DIR=$${SIDECAR_POLICY_DIR:-policies} \
+	SIDECAR_POLICY_HASH_KEY_FILE=$${SIDECAR_POLICY_HASH_KEY_FILE:-$(DEV_KEY)} \
+	$(BIN)/otlp-sidecar run $(if $(CONFIG),--config $(CONFIG),)
 
 ## test: the whole suite, on the Cython extensions (and the pure-Python twins where tests say)
 test: build

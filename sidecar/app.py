@@ -217,7 +217,7 @@ class Sidecar:
         return headers
 
     async def _start_policy(self) -> Planner | None:
-        if not self.config.policy.dir:
+        if not self.config.policy.dir and self.config.policy.backend != "opa":
             return None
         from sidecar.policy.service import PolicyService
 

@@ -73,10 +73,18 @@ test_missing_tenant_is_refused_when_required if {
 	decision.rule_id == "tenant.missing"
 }
 
-test_egress_header_and_default_rate_limit if {
-	settings := tenant.pod_settings_for(tenant_request({}, "acme"))
+test_egress_header_and_no_rate_limit_by_default if {
+	settings := tenant.pod_settings_for(tenant_request({}, "acme")) with data.otlp_sidecar.config.tenant.rate_limits as {}
+		with data.otlp_sidecar.config.tenant.default_rate_limit as null
 	settings.export_headers == {"X-Scope-OrgID": "acme"}
-	settings.rate_limit == {"spans_per_second": 20000, "burst": 40000}
+	settings.rate_limit == null
+}
+
+test_default_rate_limit_from_data if {
+	limit := {"spans_per_second": 20000, "burst": 40000}
+	settings := tenant.pod_settings_for(tenant_request({}, "acme")) with data.otlp_sidecar.config.tenant.rate_limits as {}
+		with data.otlp_sidecar.config.tenant.default_rate_limit as limit
+	settings.rate_limit == limit
 }
 
 test_rate_limit_per_tenant if {

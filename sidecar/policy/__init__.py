@@ -1,0 +1,1 @@
+"""The policy engine: Rego policies evaluated once per resource into rewriter plans."""

@@ -1,0 +1,176 @@
+"""The embedded back-end: Rego evaluated in-process with regopy (rego-cpp).
+
+A policy set is compiled ONCE per version into a regopy bundle with one
+entrypoint per rule the sidecar queries (``decisions``, ``pod_settings``) and per
+``test_*`` rule; each query then runs the compiled plan (about a quarter of the
+cost of ``Interpreter.query``, which recompiles every time). An interpreter is not
+thread-safe: one :class:`CompiledPolicy` is used from one thread at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import regopy
+from regopy import rego_shared
+
+from sidecar.policy.errors import DecisionError, PolicyLoadError
+from sidecar.policy.rego_errors import error_messages, format_rego_error
+from sidecar.policy.source import PolicySet
+
+#: built-ins OPA has and regopy lacks (stay within what both engines support)
+UNSUPPORTED_HINT = "regopy lacks http.send, net.* and json.match_schema"
+
+_STRING_RE = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`')
+_COMMENT_RE = re.compile(r"#.*$", re.MULTILINE)
+_CALL_RE = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*\(")
+_HEAD_RE = re.compile(r"^([A-Za-z_]\w*)\s*\(", re.MULTILINE)
+_IMPORT_RE = re.compile(r"^import\s+([\w.]+)(?:\s+as\s+(\w+))?", re.MULTILINE)
+_KEYWORDS = {"if", "some", "every", "not", "in", "else", "with", "as", "default", "contains", "set"}
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """The outcome of one ``test_*`` rule."""
+
+    file: str
+    name: str  # data.<package>.<rule>
+    passed: bool
+    error: str = ""
+    seconds: float = 0.0
+
+
+class CompiledPolicy:
+    """One policy set, parsed, checked and compiled into a regopy bundle."""
+
+    def __init__(self, policy_set: PolicySet, decision_path: str, *, with_tests: bool = True) -> None:
+        self.policy_set = policy_set
+        self.version = policy_set.version
+        self.decision_path = decision_path.strip("/")
+        self._interpreter = regopy.Interpreter()
+        self._interpreter.log_level = regopy.LogLevel.NONE
+        modules = [m for m in policy_set.modules if with_tests or not m.is_test]
+        sources = {m.path: m.source for m in modules}
+        for module in modules:
+            try:
+                self._interpreter.add_module(module.path, module.source)
+            except regopy.RegoError as exc:
+                raise PolicyLoadError(format_rego_error(str(exc), sources)) from None
+        for module in modules:
+            self._check_calls(module.path, module.source)
+        try:
+            self._interpreter.add_data(policy_set.data)
+        except regopy.RegoError as exc:
+            raise PolicyLoadError(f"data: {format_rego_error(str(exc), sources)}") from None
+        self._check_decision_rules()
+        self.tests = [(m.path, m.package, rule) for m in modules if m.is_test for rule in m.test_rules()]
+        entrypoints = [self.entrypoint("decisions"), self.entrypoint("pod_settings")]
+        entrypoints += [f"{package.replace('.', '/')}/{rule}" for _, package, rule in self.tests]
+        try:
+            self._bundle = self._interpreter.build(None, entrypoints)
+        except regopy.RegoError as exc:
+            raise PolicyLoadError(format_rego_error(str(exc), sources)) from None
+        if not self._bundle.ok():
+            raise PolicyLoadError("the policy set does not compile (regopy gave no detail)")
+
+    def entrypoint(self, rule: str) -> str:
+        return f"{self.decision_path}/{rule}"
+
+    def _check_decision_rules(self) -> None:
+        package = self.decision_path.replace("/", ".")
+        modules = [m for m in self.policy_set.modules if m.package == package]
+        text = "\n".join(m.source for m in modules)
+        if not modules or not re.search(r"^decisions\b", text, re.MULTILINE):
+            raise PolicyLoadError(
+                f"no package {package} with a `decisions` rule: the sidecar queries "
+                f"data.{package}.decisions (see docs/policy.md)"
+            )
+
+    def _check_calls(self, path: str, source: str) -> None:
+        """Refuse calls to functions that neither regopy nor the policy set defines."""
+        text = _COMMENT_RE.sub("", _STRING_RE.sub('""', source))
+        aliases = {"data", "input"}
+        for full, alias in _IMPORT_RE.findall(text):
+            aliases.add(alias or full.rsplit(".", 1)[-1])
+        local = set(_HEAD_RE.findall(text))
+        for match in _CALL_RE.finditer(text):
+            name = match.group(1)
+            first = name.split(".", 1)[0]
+            if name in _KEYWORDS or first in aliases or ("." not in name and name in local):
+                continue
+            if not self._interpreter.is_builtin(name):
+                line = text.count("\n", 0, match.start()) + 1
+                raise PolicyLoadError(
+                    f"line {line}: {name}() is not a built-in the embedded engine supports "
+                    f"({UNSUPPORTED_HINT}); policies must stay within the built-ins "
+                    "both engines support",
+                    path,
+                )
+
+    def query(self, rule: str, input_document: Any) -> Any | None:
+        """Evaluate ``<decision_path>/<rule>``; None when the result is undefined."""
+        return self._run(self.entrypoint(rule), input_document)
+
+    def _run(self, entrypoint: str, input_document: Any) -> Any | None:
+        interpreter = self._interpreter
+        try:
+            interpreter.set_input(regopy.Input(input_document))
+        except (regopy.RegoError, TypeError, ValueError) as exc:
+            raise DecisionError(f"input cannot be given to the engine: {exc}") from None
+        impl = rego_shared.rego_bundle_query_entrypoint(interpreter._impl, self._bundle._impl, entrypoint)
+        try:
+            ok = rego_shared.rego_output_ok(impl)
+            text = rego_shared.rego_output_string(impl) if ok else _error_tree(
+                rego_shared.rego_output_node(impl)
+            )
+        except regopy.RegoError as exc:
+            raise DecisionError(f"{entrypoint}: evaluation failed: {exc}") from None
+        finally:
+            rego_shared.rego_free_output(impl)
+        if not ok or text.startswith("(error"):
+            detail = "; ".join(error_messages(text)) if text.startswith("(error") else text
+            raise DecisionError(f"{entrypoint}: evaluation failed: {detail or 'unknown error'}")
+        if text == "undefined":
+            return None
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError:
+            raise DecisionError(f"{entrypoint}: the engine returned an unreadable result: {text[:200]}") from None
+        expressions = document.get("expressions") if isinstance(document, dict) else None
+        if not expressions:
+            return None
+        return expressions[0]
+
+    def run_tests(self) -> list[TestResult]:
+        """Run every ``test_*`` rule; a test passes when its value is ``true``."""
+        results: list[TestResult] = []
+        for path, package, rule in self.tests:
+            start = time.perf_counter()
+            name = f"data.{package}.{rule}"
+            try:
+                value = self._run(f"{package.replace('.', '/')}/{rule}", {})
+            except DecisionError as exc:
+                results.append(TestResult(path, name, False, str(exc), time.perf_counter() - start))
+                continue
+            results.append(TestResult(path, name, value is True, "", time.perf_counter() - start))
+        return results
+
+
+def _error_tree(node: int) -> str:
+    """Render an error node tree as the ``(error (errormsg N:...))`` text form."""
+    parts: list[str] = []
+
+    def walk(impl: int) -> None:
+        kind = rego_shared.rego_node_type(impl)
+        if kind == regopy.NodeKind.ErrorMessage:
+            message = rego_shared.rego_node_value(impl)
+            parts.append(f"(errormsg {len(message)}:{message})")
+        for index in range(rego_shared.rego_node_size(impl)):
+            walk(rego_shared.rego_node_get(impl, index))
+
+    walk(node)
+    return "(error " + " ".join(parts) + ")" if parts else "(error)"

@@ -1,0 +1,447 @@
+"""The policy service: decisions per resource, as plans, from a cache or the engine.
+
+The pipeline calls :meth:`PolicyService.plans_for` once per request with the
+request's resources; a plan is looked up in a bounded cache keyed by (resource
+bytes, signal, peer, transport, policy version), and a miss evaluates the Rego
+decision ONCE for that resource. The admin server shows :meth:`status` at
+``/policy``. Hot reload swaps the whole compiled set at once and empties the
+cache; a set that does not compile or fails its tests never goes live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+
+from sidecar.configkit import ConfigError
+from sidecar.identity import Peer, PodIdentity
+from sidecar.policy.cache import PlanCache
+from sidecar.policy.config import PolicyConfig
+from sidecar.policy.decision import PodSettings, RateLimit, compile_plan, pod_settings_from
+from sidecar.policy.decision_log import DecisionLog
+from sidecar.policy.embedded import CompiledPolicy
+from sidecar.policy.errors import DecisionError, PolicyLoadError, PolicyUnavailable
+from sidecar.policy.fallback import strict_plan
+from sidecar.policy.loader import load_policy
+from sidecar.policy.metrics import PolicyMetrics, safe_label
+from sidecar.policy.remote import RemoteBackend, without_userinfo
+from sidecar.policy.source import read_policy_dir, snapshot
+from sidecar.rewrite import ResourceInfo
+from sidecar.rewrite.plan import PASS_THROUGH, Plan
+from sidecar.signals import Signal
+
+log = logging.getLogger(__name__)
+
+SIGNALS_PROBED = (Signal.TRACES, Signal.METRICS, Signal.LOGS)
+_ERROR_LOG_INTERVAL = 10.0
+
+
+@dataclass(frozen=True)
+class _Active:
+    """The policy set that is live."""
+
+    version: str
+    backend: str
+    loaded_at: float
+    files: tuple[str, ...]
+    compiled: CompiledPolicy | None  # None for the remote back-end
+    snapshot: tuple[Any, ...] = ()
+    tests_passed: int = 0
+
+    def file_of(self, package: str) -> str:
+        if self.compiled is None:
+            return ""
+        return self.compiled.policy_set.file_of_package(package)
+
+
+class PolicyService:
+    """Policy decisions for one pod, from embedded Rego or a remote OPA."""
+
+    def __init__(
+        self,
+        config: PolicyConfig,
+        pod: PodIdentity,
+        registry: prometheus_client.CollectorRegistry,
+    ) -> None:
+        self.config = config
+        self.pod = pod
+        self.metrics = PolicyMetrics(registry)
+        self._pod_input = pod.as_input()
+        remote = config.backend == "opa"
+        self._cache: PlanCache[Plan] = PlanCache(config.cache_size, config.remote_cache_ttl if remote else 0.0)
+        self._last_good: PlanCache[Plan] = PlanCache(config.cache_size)
+        self._strict = strict_plan(pod)
+        self._remote = RemoteBackend(config.opa_url, config.opa_path, config.opa_timeout) if remote else None
+        self._active: _Active | None = None
+        self._pod_settings = PodSettings()
+        self._hash_key = b""
+        self._key_stat: tuple[int, int, int] | None = None
+        self._decision_log = DecisionLog(config.decision_log) if config.decision_log else None
+        self._watcher: asyncio.Task[None] | None = None
+        self._inflight: dict[Any, asyncio.Future[Plan]] = {}
+        self._started = False
+        self._last_error = ""
+        self._last_error_at = 0.0
+        self._last_logged: dict[str, float] = {}
+        self._reload_lock = asyncio.Lock()
+        self._failed_snapshot: tuple[Any, ...] | None = None
+        self.metrics.dry_run.set(1 if config.dry_run else 0)
+        self._hits = self.metrics.cache.labels("hit")
+        self._misses = self.metrics.cache.labels("miss")
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Load, compile and test the policies, read the hash key, start the watcher."""
+        if self.config.hash_key_file:
+            self._hash_key, self._key_stat = _read_hash_key(self.config.hash_key_file)
+        if self._remote is not None:
+            await self._start_remote()
+        elif self.config.dir:
+            try:
+                active = await self._load(self.config.dir)
+                self._pod_settings = self._probe(active)
+            except PolicyLoadError as exc:
+                self.metrics.reloads.labels("failed").inc()
+                raise ConfigError("policy.dir", f"{self.config.dir}: {exc}") from None
+            except DecisionError as exc:
+                self.metrics.reloads.labels("failed").inc()
+                key = "policy.hash_key_file" if "hash key" in str(exc) else "policy.dir"
+                raise ConfigError(key, str(exc)) from None
+            self._activate(active)
+        self._started = True
+        if self.config.reload_interval > 0 and (
+            self.config.dir or self.config.hash_key_file or self._remote is not None
+        ):
+            self._watcher = asyncio.create_task(self._watch(), name="policy-watcher")
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        if self._remote is not None:
+            await self._remote.close()
+        if self._decision_log is not None:
+            self._decision_log.close()
+        self._started = False
+
+    async def _start_remote(self) -> None:
+        assert self._remote is not None
+        now = time.time()
+        self._activate(_Active(
+            version=f"opa:{self.config.opa_path}", backend="opa", loaded_at=now, files=(),
+            compiled=None,
+        ))
+        await self._refresh_remote_settings()
+
+    async def _refresh_remote_settings(self) -> None:
+        assert self._remote is not None
+        try:
+            document = await self._remote.query("pod_settings", self._request_input(None, None, ""))
+            self._pod_settings = pod_settings_from(document, f"OPA {without_userinfo(self.config.opa_url)}")
+        except DecisionError as exc:
+            self._note_error(f"pod settings from OPA: {exc}")
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def version(self) -> str:
+        return self._active.version if self._active else ("none" if self._started else "")
+
+    @property
+    def ready(self) -> bool:
+        return self._started
+
+    def export_headers(self) -> dict[str, str]:
+        """Headers the exporter adds upstream, e.g. ``{"X-Scope-OrgID": tenant}``."""
+        return dict(self._pod_settings.export_headers)
+
+    def rate_limit(self) -> RateLimit | None:
+        """The pod's tenant's limit on items per second (None: unlimited)."""
+        return self._pod_settings.rate_limit
+
+    def status(self) -> dict[str, Any]:
+        active = self._active
+        return {
+            "backend": self.config.backend,
+            "dir": self.config.dir,
+            "opa_url": without_userinfo(self.config.opa_url) if self._remote else "",
+            "version": self.version,
+            "loaded_at": active.loaded_at if active else None,
+            "files": list(active.files) if active else [],
+            "tests_passed": active.tests_passed if active else 0,
+            "tenant": self._pod_settings.tenant,
+            "export_headers": sorted(self._pod_settings.export_headers),
+            "on_error": self.config.on_error,
+            "dry_run": self.config.dry_run,
+            "hash_key_loaded": bool(self._hash_key),
+            "cache_entries": len(self._cache),
+            "last_reload_error": self._last_error,
+            "last_reload_error_at": self._last_error_at or None,
+            "ready": self.ready,
+        }
+
+    # ----------------------------------------------------------------- decisions
+
+    async def plans_for(
+        self, signal: Signal, resources: Sequence[ResourceInfo], peer: Peer, transport: str,
+    ) -> list[Plan]:
+        """One plan per resource, in order (cached; a miss evaluates the policies once)."""
+        active = self._active
+        if active is None:
+            return [PASS_THROUGH] * len(resources)
+        plans: list[Plan] = []
+        for resource in resources:
+            key = (resource.key, signal, peer, transport)
+            plan = self._cache.get((active.version, key))
+            if plan is not None:
+                self._hits.inc()
+                plans.append(plan)
+                continue
+            self._misses.inc()
+            plans.append(await self._decide_once(active, key, signal, resource, peer, transport))
+        return plans
+
+    async def _decide_once(
+        self, active: _Active, key: Any, signal: Signal, resource: ResourceInfo, peer: Peer,
+        transport: str,
+    ) -> Plan:
+        """Evaluate for one resource; concurrent misses on the same key share one evaluation."""
+        pending = self._inflight.get((active.version, key))
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Plan] = asyncio.get_running_loop().create_future()
+        self._inflight[(active.version, key)] = future
+        try:
+            plan = await self._decide(active, key, signal, resource, peer, transport)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise
+        else:
+            future.set_result(plan)
+            return plan
+        finally:
+            del self._inflight[(active.version, key)]
+
+    async def _decide(
+        self, active: _Active, key: Any, signal: Signal, resource: ResourceInfo, peer: Peer,
+        transport: str,
+    ) -> Plan:
+        started = time.perf_counter()
+        request = self._request_input(signal, resource, transport, peer)
+        try:
+            if active.compiled is not None:
+                decisions = active.compiled.query("decisions", request)
+            else:
+                assert self._remote is not None
+                decisions = await self._remote.query("decisions", request)
+            plan = compile_plan(
+                decisions, active.file_of, hash_key=self._hash_key, dry_run=self.config.dry_run,
+            )
+        except DecisionError as exc:
+            return self._fallback(active, key, signal, peer, transport, exc, started)
+        seconds = time.perf_counter() - started
+        self.metrics.decision_seconds.labels(active.backend).observe(seconds)
+        self._cache.put((active.version, key), plan)
+        self._last_good.put(key, plan)
+        self._log_decision(active, signal, transport, peer, plan, seconds, "decided")
+        return plan
+
+    def _fallback(
+        self, active: _Active, key: Any, signal: Signal, peer: Peer, transport: str,
+        error: DecisionError, started: float,
+    ) -> Plan:
+        seconds = time.perf_counter() - started
+        self._log_error(f"policy decision failed ({signal.value}): {error}")
+        if self.config.on_error == "refuse":
+            self.metrics.errors.labels("refused").inc()
+            self._log_decision(active, signal, transport, peer, self._strict, seconds, "refused", str(error))
+            raise PolicyUnavailable(f"the policy engine cannot decide: {error}") from None
+        plan = self._last_good.get(key)
+        outcome = "last_good"
+        if plan is None:
+            plan, outcome = self._strict, "strict"
+        self.metrics.errors.labels(outcome).inc()
+        self._log_decision(active, signal, transport, peer, plan, seconds, outcome, str(error))
+        return plan
+
+    def _request_input(
+        self, signal: Signal | None, resource: ResourceInfo | None, transport: str,
+        peer: Peer | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "signal": signal.value if signal else "",
+            "resource": dict(resource.attributes) if resource is not None else {},
+            "pod": self._pod_input,
+            "peer": (peer or Peer()).as_input(),
+            "transport": transport,
+        }
+
+    def record_counts(self, signal: Signal, counts: dict[tuple[str, str], int]) -> None:
+        """Feed the per-rule audit counters from the rewriter's counts ((rule_id, action) -> n)."""
+        for (rule_id, action), number in counts.items():
+            if number > 0:
+                self.metrics.rule_actions.labels(
+                    signal.value, safe_label(rule_id), safe_label(action)
+                ).inc(number)
+        if self._decision_log is not None:
+            self._decision_log.counts(version=self.version, signal=signal.value, counts=counts)
+
+    def _log_decision(
+        self, active: _Active, signal: Signal, transport: str, peer: Peer, plan: Plan,
+        seconds: float, outcome: str, error: str = "",
+    ) -> None:
+        if self._decision_log is None:
+            return
+        self._decision_log.decision(
+            version=active.version, path=f"{self.config.opa_path.strip('/')}/decisions",
+            signal=signal.value, transport=transport, peer_tls=peer.tls, plan=plan,
+            seconds=seconds, outcome=outcome, error=error,
+        )
+
+    def _log_error(self, message: str) -> None:
+        """Log an engine failure, at most once per interval for the same text."""
+        now = time.monotonic()
+        if now - self._last_logged.get(message, -1e9) >= _ERROR_LOG_INTERVAL:
+            self._last_logged[message] = now
+            if len(self._last_logged) > 256:
+                self._last_logged.clear()
+            log.error("%s", message)
+
+    # ----------------------------------------------------------------- loading
+
+    async def _load(self, root: str) -> _Active:
+        """Read, compile and test ``root`` off the event loop; raise PolicyLoadError."""
+        before = await asyncio.to_thread(snapshot, root)
+        compiled, results = await asyncio.to_thread(
+            load_policy, root, self.config.opa_path, run_tests=self.config.run_tests_on_load,
+        )
+        return _Active(
+            version=compiled.version, backend="embedded", loaded_at=time.time(),
+            files=tuple(compiled.policy_set.files), compiled=compiled, snapshot=before,
+            tests_passed=len(results),
+        )
+
+    def _probe(self, active: _Active) -> PodSettings:
+        """Evaluate the new set once per signal and for the pod: errors surface before it is live."""
+        assert active.compiled is not None
+        settings = pod_settings_from(
+            active.compiled.query("pod_settings", self._request_input(None, None, "")),
+            f"{active.file_of(self.config.opa_path.replace('/', '.')) or 'pod_settings'}",
+        )
+        for signal in SIGNALS_PROBED:
+            decisions = active.compiled.query("decisions", self._request_input(signal, None, "grpc"))
+            compile_plan(decisions, active.file_of, hash_key=self._hash_key)
+        return settings
+
+    def _activate(self, active: _Active) -> None:
+        self._active = active
+        self._cache.clear()
+        self.metrics.set_version(active.version, active.backend, active.loaded_at)
+        if active.compiled is not None:
+            self.metrics.reloads.labels("ok").inc()
+            log.info(
+                "policy set %s is live (%d files, %d tests passed)",
+                active.version, len(active.files), active.tests_passed,
+            )
+
+    async def reload(self) -> bool:
+        """Load the directory again; swap it in when it changed and is good. True when swapped."""
+        async with self._reload_lock:
+            root = self.config.dir
+            current = self._active
+            try:
+                policy_set = await asyncio.to_thread(read_policy_dir, root)
+                if current is not None and policy_set.version == current.version:
+                    self._active = _replace_snapshot(current, await asyncio.to_thread(snapshot, root))
+                    self._last_error = ""  # back to the live content: nothing is wrong any more
+                    return False
+                active = await self._load(root)
+                settings = self._probe(active)
+            except (PolicyLoadError, DecisionError) as exc:
+                self.metrics.reloads.labels("failed").inc()
+                self._note_error(str(exc))
+                log.error("policy reload refused, the last good set %s stays: %s", self.version, exc)
+                return False
+            self._pod_settings = settings
+            self._activate(active)
+            self._last_error = ""
+            return True
+
+    def _note_error(self, message: str) -> None:
+        self._last_error = message
+        self._last_error_at = time.time()
+
+    async def _watch(self) -> None:
+        """Poll the directory (and the hash key file) every reload_interval."""
+        interval = self.config.reload_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._check_once()
+            except Exception:  # a watcher must survive anything and try again
+                log.exception("policy watcher failed; retrying in %.1f s", interval)
+
+    async def _check_once(self) -> None:
+        if self.config.hash_key_file:
+            self._check_hash_key()
+        if self._remote is not None:
+            await self._refresh_remote_settings()
+            return
+        if not self.config.dir:
+            return
+        current = self._active
+        now = await asyncio.to_thread(snapshot, self.config.dir)
+        if current is not None and now == current.snapshot:
+            return
+        if now == self._failed_snapshot:
+            return  # the same broken content: refused already
+        if not await self.reload() and self._last_error:
+            self._failed_snapshot = now
+
+    def _check_hash_key(self) -> None:
+        try:
+            stat = Path(self.config.hash_key_file).stat()
+        except OSError:
+            return  # keep the key in memory; a secret update swaps it, never deletes it
+        if (stat.st_ino, stat.st_mtime_ns, stat.st_size) == self._key_stat:
+            return
+        try:
+            self._hash_key, self._key_stat = _read_hash_key(self.config.hash_key_file)
+        except ConfigError as exc:
+            self._note_error(str(exc))
+            return
+        self._cache.clear()
+        self._last_good.clear()
+        log.info("hash key reloaded from policy.hash_key_file")
+
+
+def _replace_snapshot(active: _Active, now: tuple[Any, ...]) -> _Active:
+    return dataclasses.replace(active, snapshot=now)
+
+
+def _read_hash_key(path: str) -> tuple[bytes, tuple[int, int, int]]:
+    """Read the HMAC key (surrounding whitespace stripped); ConfigError when unusable."""
+    try:
+        file = Path(path)
+        stat = file.stat()
+        key = file.read_bytes().strip()
+    except FileNotFoundError:
+        raise ConfigError("policy.hash_key_file", f"{path} does not exist (mount the hash key secret)") from None
+    except OSError as exc:
+        raise ConfigError("policy.hash_key_file", f"cannot read {path}: {exc.strerror}") from None
+    if len(key) < 16:
+        raise ConfigError("policy.hash_key_file", f"{path} holds fewer than 16 bytes; use a random key of 32 bytes")
+    return key, (stat.st_ino, stat.st_mtime_ns, stat.st_size)

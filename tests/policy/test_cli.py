@@ -1,0 +1,112 @@
+"""``otlp-sidecar policy test | eval | explain`` run as a user would (a real child process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.policy.conftest import HASH_KEY, POLICIES, REPO
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "SIDECAR_TENANT": "acme", **env}
+    environment.pop("SIDECAR_POLICY_DIR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "policy", *args],
+        capture_output=True, text=True, env=environment, cwd=REPO, timeout=120, check=False,
+    )
+
+
+def test_policy_test_reports_like_opa_test() -> None:
+    done = run("test", str(POLICIES))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "pci/pci_test.rego:" in lines
+    test_name = "data.otlp_sidecar.pci_test.test_security_codes_track_data_and_pin_blocks_are_dropped"
+    assert any(line.startswith(f"{test_name}: PASS (") for line in lines)
+    assert lines[-1].startswith("PASS: ") and lines[-2] == "-" * 80
+    passed, total = lines[-1].removeprefix("PASS: ").split("/")
+    assert passed == total and int(total) >= 30
+
+
+def test_policy_test_fails_with_exit_code_1(policy_dir: Path) -> None:
+    data_file = policy_dir / "data.json"
+    data = json.loads(data_file.read_text())
+    data["otlp_sidecar"]["config"]["sampling"]["keep_errors"] = False
+    data_file.write_text(json.dumps(data))
+    done = run("test", str(policy_dir), "--quiet")
+    assert done.returncode == 1
+    assert "data.otlp_sidecar.sampling_test.test_errors_are_always_kept: FAIL" in done.stdout
+    assert done.stdout.splitlines()[-1].startswith("FAIL: 1/")
+    assert ": PASS (" not in done.stdout  # --quiet shows failures only
+
+
+def test_policy_test_on_a_broken_set_exits_2(policy_dir: Path) -> None:
+    (policy_dir / "tenant" / "tenant.rego").write_text("package otlp_sidecar.tenant\n\nx := [\n")
+    done = run("test", str(policy_dir))
+    assert done.returncode == 2
+    assert done.stderr.startswith("otlp-sidecar policy: tenant/tenant.rego:")
+    assert "Traceback" not in done.stderr
+
+
+def test_policy_eval_prints_decision_and_plan(tmp_path: Path) -> None:
+    request = tmp_path / "input.json"
+    request.write_text(json.dumps({"signal": "traces", "resource": {"service.name": "api", "tenant.id": "evil"}}))
+    key = tmp_path / "key"
+    key.write_bytes(HASH_KEY)
+    done = run("eval", "--input", str(request), "--dir", str(POLICIES), "--hash-key-file", str(key))
+    assert done.returncode == 0, done.stderr
+    output = json.loads(done.stdout)
+    assert output["decisions"]["otlp_sidecar.tenant"]["rule_id"] == "tenant.spoofed"
+    assert output["plan"]["allow"] is False
+    assert output["plan"]["sampling"]["ratio"] == 0.1
+    assert "hash_key" not in output["plan"] and HASH_KEY.decode() not in done.stdout
+    assert output["pod_settings"]["export_headers"] == {"X-Scope-OrgID": "acme"}
+    assert output["input"]["pod"]["tenant"] == "acme"
+
+
+def test_policy_eval_with_a_bad_input_file(tmp_path: Path) -> None:
+    request = tmp_path / "input.json"
+    request.write_text("{not json")
+    done = run("eval", "--input", str(request), "--dir", str(POLICIES))
+    assert done.returncode == 2
+    assert "is not valid JSON" in done.stderr and "Traceback" not in done.stderr
+
+
+PAYLOAD = {"resourceSpans": [
+    {"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "checkout"}}]},
+     "scopeSpans": [{"spans": [
+         {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "pay",
+          "status": {"code": 2},
+          "attributes": [{"key": "card.number", "value": {"stringValue": "4111 1111 1111 1111"}},
+                         {"key": "payment.card.cvv", "value": {"stringValue": "123"}}]}]}]},
+    {"resource": {"attributes": [{"key": "tenant.id", "value": {"stringValue": "globex"}}]},
+     "scopeSpans": [{"spans": [{"traceId": "5b8efff798038103d269b633813fc60d", "spanId": "eee19b7ec3c1b176",
+                                "name": "add"}]}]},
+]}
+
+
+def test_policy_explain_shows_what_would_change(tmp_path: Path) -> None:
+    payload = tmp_path / "capture.json"
+    payload.write_text(json.dumps(PAYLOAD))
+    done = run("explain", str(payload), "--dir", str(POLICIES))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "attributes['card.number']: changed to \"**** **** **** 1111\"" in out
+    assert "attributes['payment.card.cvv']: dropped" in out
+    assert "resource.attributes['tenant.id']: added \"acme\"" in out
+    assert "resource 1:\n  refused by tenant.spoofed" in out
+    assert "4111 1111 1111 1111" not in out  # values before the change only with --show-values
+    shown = run("explain", str(payload), "--dir", str(POLICIES), "--show-values")
+    assert "(was \"4111 1111 1111 1111\")" in shown.stdout
+
+
+def test_policy_explain_rejects_a_non_otlp_file(tmp_path: Path) -> None:
+    payload = tmp_path / "capture.json"
+    payload.write_text('{"hello": 1}')
+    done = run("explain", str(payload), "--dir", str(POLICIES))
+    assert done.returncode == 2
+    assert "no resourceSpans, resourceMetrics or resourceLogs" in done.stderr

@@ -1,0 +1,179 @@
+"""The decision contract: wrong output is an error naming file and rule; engine failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.configkit import ConfigError
+from sidecar.identity import Peer
+from sidecar.policy.decision import compile_plan, key_patterns
+from sidecar.policy.errors import DecisionError, PolicyUnavailable
+from sidecar.rewrite import rewrite, split_resources
+from sidecar.rewrite.plan import AttributeRule
+from sidecar.signals import Signal
+from tests.policy.conftest import sample_value, trace_request
+from tests.policy.extra import add_extra_policy
+
+PEER = Peer(address="127.0.0.1:1")
+CARD = "5555 5555 5555 4444"
+
+#: fails for resources with `boom = true`: two values for one function (a Rego evaluation error)
+FAILS_ON_BOOM = """
+level(request) := 1 if request.resource.boom == true
+
+level(request) := 2 if request.resource.boom == true
+
+decision_for(request) := {"attributes": [{"rule_id": "extra.boom", "keys": ["boom"], "action": "keep"}]} if {
+\tlevel(request) > 0
+}
+
+decision_for(request) := {} if not request.resource.boom
+"""
+
+
+def no_file(_: str) -> str:
+    return ""
+
+
+async def test_unknown_action_names_file_and_rule(make_service, policy_dir: Path, hash_key_file: Path) -> None:
+    add_extra_policy(policy_dir, """
+decision_for(_) := {"attributes": [{"rule_id": "extra.mask", "keys": ["secret"], "action": "mask"}]}
+""")
+    with pytest.raises(ConfigError) as caught:
+        await make_service(dir=str(policy_dir), hash_key_file=str(hash_key_file))
+    assert caught.value.key == "policy.dir"
+    assert caught.value.message == (
+        "extra/extra.rego (package otlp_sidecar.extra): decision.attributes[0].action: unknown "
+        "action 'mask' (allowed: drop, redact, hash, mask_pan, keep) [rule_id 'extra.mask']"
+    )
+
+
+async def test_wrong_type_names_file_and_rule(make_service, policy_dir: Path, hash_key_file: Path) -> None:
+    add_extra_policy(policy_dir, """
+decision_for(_) := {"sampling": {"rule_id": "extra.sample", "ratio": "half"}}
+""")
+    with pytest.raises(ConfigError) as caught:
+        await make_service(dir=str(policy_dir), hash_key_file=str(hash_key_file))
+    assert caught.value.message == (
+        "extra/extra.rego (package otlp_sidecar.extra): decision.sampling.ratio: must be a number "
+        "from 0 to 1, got a string [rule_id 'extra.sample']"
+    )
+
+
+async def test_unknown_decision_key(make_service, policy_dir: Path, hash_key_file: Path) -> None:
+    add_extra_policy(policy_dir, 'decision_for(_) := {"atributes": []}')
+    with pytest.raises(ConfigError) as caught:
+        await make_service(dir=str(policy_dir), hash_key_file=str(hash_key_file))
+    assert "extra/extra.rego (package otlp_sidecar.extra): decision.atributes: unknown key" in str(caught.value)
+
+
+async def test_refuse_when_the_engine_cannot_decide(make_service, policy_dir: Path, hash_key_file: Path) -> None:
+    add_extra_policy(policy_dir, FAILS_ON_BOOM)
+    service = await make_service(dir=str(policy_dir), hash_key_file=str(hash_key_file), on_error="refuse")
+    data = trace_request([({"service.name": "a", "boom": True}, [{}])])
+    with pytest.raises(PolicyUnavailable) as caught:
+        await service.plans_for(Signal.TRACES, split_resources(Signal.TRACES, data), PEER, "grpc")
+    assert caught.value.retryable
+    assert "evaluation failed" in str(caught.value)
+    registry = service.metrics.registry
+    assert sample_value(registry, "otlp_sidecar_policy_decision_errors_total", fallback="refused") == 1
+    # a failed decision is not cached: the next request asks the engine again
+    with pytest.raises(PolicyUnavailable):
+        await service.plans_for(Signal.TRACES, split_resources(Signal.TRACES, data), PEER, "grpc")
+    # other resources are decided as usual
+    fine = trace_request([({"service.name": "a"}, [{}])])
+    plans = await service.plans_for(Signal.TRACES, split_resources(Signal.TRACES, fine), PEER, "grpc")
+    assert plans[0].detectors
+
+
+async def test_strict_plan_when_no_good_plan_is_known(make_service, policy_dir: Path, hash_key_file: Path) -> None:
+    add_extra_policy(policy_dir, FAILS_ON_BOOM)
+    service = await make_service(dir=str(policy_dir), hash_key_file=str(hash_key_file), on_error="last_good")
+    data = trace_request([
+        ({"service.name": "a", "boom": True, "tenant.id": "evil"},
+         [{"attrs": {"card_cvv": "999", "memo": f"card {CARD}", "cardholder": "Jane Roe"}}]),
+    ])
+    plans = await service.plans_for(Signal.TRACES, split_resources(Signal.TRACES, data), PEER, "grpc")
+    assert {r.rule_id for r in plans[0].attribute_rules} <= {
+        "builtin.strict.sensitive", "builtin.strict.card_number",
+    }
+    out = rewrite(Signal.TRACES, data, plans).data
+    assert b"5555 5555 5555 4444" not in out and b"999" not in out
+    assert b"**** **** **** 4444" in out
+    assert sample_value(service.metrics.registry, "otlp_sidecar_policy_decision_errors_total", fallback="strict") == 1
+
+
+async def test_last_good_plan_when_the_policy_breaks_later(
+    make_service, policy_dir: Path, hash_key_file: Path,
+) -> None:
+    rego = add_extra_policy(policy_dir, 'decision_for(_) := {}')
+    service = await make_service(dir=str(policy_dir), hash_key_file=str(hash_key_file), on_error="last_good")
+    data = trace_request([({"service.name": "a", "boom": True}, [{"attrs": {"cvv": "1"}}])])
+    resources = split_resources(Signal.TRACES, data)
+    good = await service.plans_for(Signal.TRACES, resources, PEER, "grpc")
+    # a new version that fails for this resource but passes its tests goes live
+    rego.write_text("package otlp_sidecar.extra\n\nimport rego.v1\n\n" + FAILS_ON_BOOM)
+    assert await service.reload()
+    again = await service.plans_for(Signal.TRACES, resources, PEER, "grpc")
+    assert again == good
+    errors = "otlp_sidecar_policy_decision_errors_total"
+    assert sample_value(service.metrics.registry, errors, fallback="last_good") == 1
+
+
+def test_compile_plan_orders_rules_most_protective_first() -> None:
+    decisions = {
+        "b": {"attributes": [{"rule_id": "b.keep", "match": "card.*", "action": "keep"}]},
+        "a": {"attributes": [
+            {"rule_id": "a.mask", "keys": ["card_number"], "action": "mask_pan"},
+            {"rule_id": "a.drop", "match": ["card.cvv"], "action": "drop"},
+        ]},
+    }
+    plan = compile_plan(decisions, no_file)
+    assert plan.attribute_rules[0] == AttributeRule("a.drop", "card.cvv", "drop")
+    assert plan.attribute_rules[-1] == AttributeRule("b.keep", "card.*", "keep")
+    assert [r.action for r in plan.attribute_rules[1:-1]] == ["mask_pan"] * len(key_patterns("card_number"))
+
+
+def test_compile_plan_merges_parts() -> None:
+    decisions = {
+        "p1": {"sampling": {"rule_id": "s1", "ratio": 0.5, "keep": [{"rule_id": "k1", "kind": "status_error"}]},
+               "detectors": [{"rule_id": "d1", "kind": "pan", "action": "mask_pan"}]},
+        "p2": {"sampling": {"rule_id": "s2", "ratio": 0.1, "keep": []},
+               "detectors": [{"rule_id": "d2", "kind": "pan", "action": "redact"}],
+               "allow": False, "reason": "no", "rule_id": "p2.no"},
+    }
+    plan = compile_plan(decisions, no_file)
+    assert plan.sampling is not None and plan.sampling.ratio == 0.1 and plan.sampling.rule_id == "s2"
+    assert [k.rule_id for k in plan.sampling.keep] == ["k1"]
+    assert [(d.rule_id, d.action) for d in plan.detectors] == [("d2", "redact")]
+    assert (plan.allow, plan.reason, plan.refuse_rule_id) == (False, "no", "p2.no")
+
+
+def test_conflicting_stamps_are_an_error() -> None:
+    decisions = {
+        "p1": {"stamps": [{"rule_id": "t1", "key": "tenant.id", "value": "a"}]},
+        "p2": {"stamps": [{"rule_id": "t2", "key": "tenant.id", "value": "b"}]},
+    }
+    with pytest.raises(DecisionError, match=r"stamps 'tenant\.id' with another value than package p1"):
+        compile_plan(decisions, no_file)
+
+
+def test_undefined_decision_is_no_change() -> None:
+    assert compile_plan(None, no_file).is_noop
+
+
+def test_key_patterns_cover_spellings_and_nesting() -> None:
+    assert key_patterns("pin_block") == (
+        "pin.block", "*.pin.block", "*_pin.block", "*-pin.block",
+        "pin_block", "*.pin_block", "*_pin_block", "*-pin_block",
+        "pin-block", "*.pin-block", "*_pin-block", "*-pin-block",
+    )
+
+
+def test_errors_never_quote_values_that_may_come_from_telemetry() -> None:
+    decisions = {"p": {"stamps": [{"rule_id": "t", "key": "tenant.id", "value": 4111111111111111}]}}
+    with pytest.raises(DecisionError) as caught:
+        compile_plan(decisions, no_file)
+    assert str(caught.value) == "package p: decision.stamps[0].value: must be a string, got a number [rule_id 't']"

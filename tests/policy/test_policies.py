@@ -1,0 +1,132 @@
+"""The shipped policies, evaluated with real regopy: their own Rego tests, and their decisions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.policy.decision import compile_plan
+from sidecar.policy.loader import load_policy
+from tests.policy.conftest import HASH_KEY, POD, POLICIES
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    policy, results = load_policy(str(POLICIES), "otlp_sidecar/main", run_tests=True, isolate=False)
+    return policy, results
+
+
+def request(signal: str, resource: dict[str, Any], *, tls: bool = False, spiffe_id: str = "") -> dict[str, Any]:
+    return {
+        "signal": signal,
+        "resource": resource,
+        "pod": POD.as_input(),
+        "peer": {"address": "127.0.0.1:40000", "tls": tls, "spiffe_id": spiffe_id},
+        "transport": "grpc",
+    }
+
+
+def plan_for(compiled, signal: str, resource: dict[str, Any], **peer: Any):
+    policy, _ = compiled
+    decisions = policy.query("decisions", request(signal, resource, **peer))
+    return compile_plan(decisions, policy.policy_set.file_of_package, hash_key=HASH_KEY)
+
+
+def test_every_shipped_rego_test_passes(compiled) -> None:
+    _, results = compiled
+    failed = [r.name for r in results if not r.passed]
+    assert failed == []
+    files = {r.file for r in results}
+    # every policy file has its _test.rego beside it, and each ran
+    for rego in POLICIES.rglob("*.rego"):
+        if not rego.name.endswith("_test.rego"):
+            test_file = rego.with_name(rego.stem + "_test.rego")
+            assert test_file.exists(), f"{rego} has no _test.rego beside it"
+            assert test_file.relative_to(POLICIES).as_posix() in files
+    assert len(results) >= 30
+
+
+def test_pci_plan_masks_cards_and_drops_security_codes(compiled) -> None:
+    plan = plan_for(compiled, "logs", {"service.name": "checkout"})
+    assert [(d.kind, d.action, d.rule_id) for d in plan.detectors] == [("pan", "mask_pan", "pci.pan")]
+    by_pattern = {r.pattern: (r.action, r.rule_id) for r in plan.attribute_rules}
+    for key in ("cvv", "*.cvv", "*_cvc", "track1", "pin", "pin_block", "*.pin.block", "security-code"):
+        assert by_pattern[key] == ("drop", "pci.sensitive"), key
+    assert by_pattern["card.number"] == ("mask_pan", "pci.card_number")
+    assert by_pattern["*.card_number"] == ("mask_pan", "pci.card_number")
+    assert by_pattern["cardholder_name"] == ("hash", "pci.holder")
+    assert plan.hash_key == HASH_KEY
+    # most protective first: every drop rule comes before the first hash rule
+    actions = [r.action for r in plan.attribute_rules]
+    assert actions.index("hash") > max(i for i, a in enumerate(actions) if a == "drop")
+
+
+def test_tenant_is_stamped_from_the_pod(compiled) -> None:
+    plan = plan_for(compiled, "traces", {"service.name": "api"})
+    assert plan.allow
+    assert [(s.key, s.value, s.on_conflict) for s in plan.stamps] == [("tenant.id", "acme", "reject")]
+
+
+def test_spoofed_tenant_is_refused(compiled) -> None:
+    plan = plan_for(compiled, "traces", {"service.name": "api", "tenant.id": "globex"})
+    assert not plan.allow
+    assert plan.refuse_rule_id == "tenant.spoofed"
+    assert "globex" in plan.reason
+
+
+def with_data(policy_dir: Path, section: str, **values: Any):
+    """Load the policy copy with tunables in data.json changed."""
+    data_file = policy_dir / "data.json"
+    data = json.loads(data_file.read_text())
+    data["otlp_sidecar"]["config"][section].update(values)
+    data_file.write_text(json.dumps(data))
+    return load_policy(str(policy_dir), "otlp_sidecar/main", run_tests=False, isolate=False)
+
+
+def test_mtls_identity_decides_the_tenant(policy_dir: Path) -> None:
+    gateway = "spiffe://cluster.local/ns/pay/sa/gw"
+    compiled = with_data(policy_dir, "tenant", spiffe_tenants={gateway: "payments"})
+    verified = plan_for(compiled, "traces", {"tenant.id": "payments"}, tls=True, spiffe_id=gateway)
+    assert verified.allow
+    assert [s.value for s in verified.stamps] == ["payments"]
+    # the same SPIFFE ID without a verified TLS session is only a claim: the pod's tenant rules
+    claimed = plan_for(compiled, "traces", {"tenant.id": "payments"}, tls=False, spiffe_id=gateway)
+    assert not claimed.allow
+    assert [s.value for s in claimed.stamps] == ["acme"]
+
+
+def test_tenant_conflict_mode_overwrite_from_policy_data(policy_dir: Path) -> None:
+    compiled = with_data(policy_dir, "tenant", on_conflict="overwrite")
+    plan = plan_for(compiled, "traces", {"tenant.id": "globex"})
+    assert plan.allow
+    assert [(s.value, s.on_conflict) for s in plan.stamps] == [("acme", "overwrite")]
+
+
+def test_vip_users_and_ratio_come_from_policy_data(policy_dir: Path) -> None:
+    compiled = with_data(policy_dir, "sampling", vip_users=["u-7"], ratio=0.25, order_threshold=500)
+    plan = plan_for(compiled, "traces", {"service.name": "checkout"})
+    assert plan.sampling is not None and plan.sampling.ratio == pytest.approx(0.25)
+    keep = {(k.rule_id, k.kind, k.key, k.value) for k in plan.sampling.keep}
+    assert ("sampling.vip_user", "attr_equals", "enduser.id", "u-7") in keep
+    assert ("sampling.large_order", "attr_at_least", "order.amount", 500) in keep
+
+
+def test_sampling_keeps_errors_vips_and_large_orders_of_traces_only(compiled) -> None:
+    plan = plan_for(compiled, "traces", {"service.name": "checkout"})
+    assert plan.sampling is not None
+    assert plan.sampling.ratio == pytest.approx(0.1)
+    kinds = {(k.kind, k.key, k.value) for k in plan.sampling.keep}
+    assert ("status_error", "", None) in kinds
+    assert ("attr_at_least", "order.amount", 1000) in kinds
+    assert plan_for(compiled, "logs", {"service.name": "checkout"}).sampling is None
+    assert plan_for(compiled, "metrics", {"service.name": "checkout"}).sampling is None
+
+
+def test_pod_settings_give_the_egress_header_and_rate_limit(compiled) -> None:
+    policy, _ = compiled
+    settings = policy.query("pod_settings", request("", {}))
+    assert settings["export_headers"] == {"X-Scope-OrgID": "acme"}
+    assert settings["rate_limit"] is None  # unlimited unless data.json sets a limit
