@@ -76,7 +76,7 @@ class HttpExporter(UpstreamExporter):
         headers.update(self._config.headers)
         if self._extra_headers is not None:
             headers.update(await self._extra_headers())
-        body = compression.compress(self._encoding, data)
+        body = await compression.compress_async(self._encoding, data)
         if self._encoding != "identity":
             headers["Content-Encoding"] = self._encoding
         url = self._config.url_for(signal)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import zlib
 
 import zstandard
@@ -10,8 +12,23 @@ import zstandard
 ENCODINGS = ("gzip", "zstd", "deflate")
 IDENTITY = "identity"
 
-_ZSTD_COMPRESSOR = zstandard.ZstdCompressor(level=3)
-_ZSTD_DECOMPRESSOR = zstandard.ZstdDecompressor()
+#: zstandard's (de)compressor objects must not be used by two threads at once (a crash, not an
+#: error): each thread gets its own
+_ZSTD = threading.local()
+
+
+def _zstd_compressor() -> zstandard.ZstdCompressor:
+    compressor = getattr(_ZSTD, "compressor", None)
+    if compressor is None:
+        compressor = _ZSTD.compressor = zstandard.ZstdCompressor(level=3)
+    return compressor
+
+
+def _zstd_decompressor() -> zstandard.ZstdDecompressor:
+    decompressor = getattr(_ZSTD, "decompressor", None)
+    if decompressor is None:
+        decompressor = _ZSTD.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
 
 
 class DecompressionError(ValueError):
@@ -69,10 +86,22 @@ def compress(encoding: str, data: bytes) -> bytes:
         compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
         return compressor.compress(data) + compressor.flush()
     if encoding == "zstd":
-        return _ZSTD_COMPRESSOR.compress(data)
+        return _zstd_compressor().compress(data)
     if encoding == "deflate":
         return zlib.compress(data, 6)
     raise UnsupportedEncoding(encoding)
+
+
+#: payloads at least this large are compressed in a worker thread: zlib and zstd release the
+#: GIL, so a batch compresses on the other core while the event loop keeps answering apps
+THREAD_THRESHOLD = 64 * 1024
+
+
+async def compress_async(encoding: str, data: bytes) -> bytes:
+    """:func:`compress`, off the event loop for large payloads."""
+    if encoding == IDENTITY or len(data) < THREAD_THRESHOLD:
+        return compress(encoding, data)
+    return await asyncio.to_thread(compress, encoding, data)
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
@@ -112,7 +141,7 @@ def _unzstd(data: bytes, limit: int) -> bytes:
             raise TooLarge(limit)
         if size < 0 and _zstd_frame_exceeds(rest, budget):
             raise TooLarge(limit)
-        decoder = _ZSTD_DECOMPRESSOR.decompressobj()
+        decoder = _zstd_decompressor().decompressobj()
         try:
             out += decoder.decompress(rest)
         except zstandard.ZstdError as exc:
@@ -129,7 +158,7 @@ def _zstd_frame_exceeds(frame: bytes, budget: int) -> bool:
     """For a frame that does not state its size: does it decode to more than ``budget``?"""
     produced = 0
     try:
-        with _ZSTD_DECOMPRESSOR.stream_reader(frame, read_across_frames=False) as reader:
+        with _zstd_decompressor().stream_reader(frame, read_across_frames=False) as reader:
             while produced <= budget:
                 chunk = reader.read(min(1 << 20, budget + 1 - produced))
                 if not chunk:

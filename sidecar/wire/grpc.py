@@ -197,7 +197,7 @@ async def call_unary(
     Raises CallError with the call's status on any failure, transport errors as
     UNAVAILABLE and a timeout as DEADLINE_EXCEEDED.
     """
-    body = compression.compress(encoding, payload)
+    body = await compression.compress_async(encoding, payload)
     frame = _PREFIX.pack(encoding != compression.IDENTITY, len(body)) + body
     return await call_framed(
         channel, path, frame, encoding=encoding, timeout=timeout, metadata=metadata, reply_limit=reply_limit
