@@ -56,7 +56,7 @@ class AttributeRule:
 class ValueDetector:
     """Find sensitive values inside every string value and act on each finding.
 
-    ``kind="pan"``: card numbers by the rule in ``docs/policy.md`` (13-19 digits,
+    ``kind="pan"``: card numbers by the rule in ``docs/rewriter.md`` (13-19 digits,
     single spaces or dashes between digits, Luhn-valid, a known brand prefix and
     length). ``mask_pan`` keeps the last four digits and replaces the other digits
     with ``*`` (separators stay, so the length is unchanged); ``redact`` replaces the

@@ -1,0 +1,88 @@
+"""The naive Python proxy the sidecar is measured against, run as its own process.
+
+What a straightforward Python sidecar does per request: decode with upb, apply the same
+policy in Python (sample first, then mask the kept spans: not a straw man), encode, and
+forward to the upstream. It answers the app once the request is rewritten (forwarding runs in
+the background), as the sidecar answers once the request is queued.
+
+``python -m bench.baselines.naive_proxy --upstream-http PORT`` prints
+``grpc=<port> http=<port>`` once listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from grpclib.const import Cardinality, Handler
+
+from bench.baselines.naive_rewrite import naive_rewrite
+from bench.corpus_requests import DEFAULT_PLAN
+from sidecar.signals import Signal
+from sidecar.wire import grpc as grpcwire
+
+
+class NaiveProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.session: aiohttp.ClientSession | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(self, body: bytes) -> None:
+        rewritten = naive_rewrite(body, DEFAULT_PLAN)
+        task = asyncio.create_task(self.forward(rewritten))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def forward(self, body: bytes) -> None:
+        assert self.session is not None
+        async with self.session.post(self.upstream, data=body,
+                                     headers={"Content-Type": "application/x-protobuf"}) as response:
+            await response.read()
+
+    def __mapping__(self) -> dict[str, Handler]:
+        async def export(stream: Any) -> None:
+            body = await grpcwire.recv_unary(stream, 1 << 30, 1 << 30)
+            await self.handle(body)
+            await grpcwire.send_unary(stream, b"")
+
+        return {Signal.TRACES.grpc_path: Handler(export, Cardinality.UNARY_UNARY, bytes, bytes)}
+
+    async def http_export(self, request: web.Request) -> web.Response:
+        await self.handle(await request.read())
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--upstream-http", type=int, required=True)
+    args = parser.parse_args()
+    proxy = NaiveProxy(f"http://127.0.0.1:{args.upstream_http}/v1/traces")
+    proxy.session = aiohttp.ClientSession()
+    # plain grpclib, default frame size: what a straightforward proxy would use
+    server = grpcwire.Server([proxy], max_frame_size=16384)
+    await server.start("127.0.0.1", 0)
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_post("/v1/traces", proxy.http_export)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    grpc_port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"grpc={grpc_port} http={http_port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    server.close()
+    await runner.cleanup()
+    await proxy.session.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,141 @@
+"""The naive baseline: decode with upb, apply the policy in Python, encode.
+
+What a straightforward Python sidecar would do. It implements the same plan semantics as
+the rewriter for trace requests (enough for the benchmark; the test oracle in
+tests/rewrite/reference.py covers all signals).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import re
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from sidecar.rewrite.plan import HASH_PREFIX, Plan
+
+_RUN = re.compile(r"[0-9](?:[ -]?[0-9])*")
+_BRANDS = [("4", "4", (13, 16, 19)), ("51", "55", (16,)), ("2221", "2720", (16,)),
+           ("34", "34", (15,)), ("37", "37", (15,)), ("6011", "6011", (16, 19)),
+           ("644", "649", (16, 19)), ("65", "65", (16, 19)), ("3528", "3589", (16, 17, 18, 19)),
+           ("300", "305", (14, 16)), ("36", "36", (14, 16)), ("38", "39", (14, 16)),
+           ("62", "62", (16, 17, 18, 19)), ("81", "81", (16, 17, 18, 19)),
+           ("2200", "2204", (16, 17, 18, 19))]
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _luhn(d: str) -> bool:
+    s = 0
+    for i, c in enumerate(reversed(d)):
+        v = int(c) * (2 if i % 2 else 1)
+        s += v - 9 if v > 9 else v
+    return s % 10 == 0
+
+
+def _mask(s: str) -> str:
+    out = []
+    last = 0
+    uuids = [m.span() for m in _UUID.finditer(s)]
+    for m in _RUN.finditer(s):
+        d = m.group().replace(" ", "").replace("-", "")
+        i, j = m.span()
+        if not 12 <= len(d) <= 19 or (i and s[i - 1] == "+"):
+            continue
+        if i > 1 and s[i - 1] in ".," and s[i - 2].isdigit():
+            continue
+        if not any(lo <= d[:len(lo)] <= hi and len(d) in ls for lo, hi, ls in _BRANDS):
+            continue
+        if not _luhn(d) or any(a < j and i < b for a, b in uuids):
+            continue
+        piece = list(m.group())
+        seen = 0
+        for k in range(len(piece) - 1, -1, -1):
+            if piece[k].isdigit():
+                seen += 1
+                if seen > 4:
+                    piece[k] = "*"
+        out.append(s[last:i])
+        out.append("".join(piece))
+        last = j
+    if not out:
+        return s
+    out.append(s[last:])
+    return "".join(out)
+
+
+def _value(v: AnyValue) -> None:
+    kind = v.WhichOneof("value")
+    if kind == "string_value":
+        v.string_value = _mask(v.string_value)
+    elif kind == "array_value":
+        for x in v.array_value.values:
+            _value(x)
+    elif kind == "kvlist_value":
+        for x in v.kvlist_value.values:
+            _value(x.value)
+
+
+def _attributes(attrs, rules, plan: Plan) -> None:
+    keep = []
+    for a in attrs:
+        rule = next((r for r in rules if fnmatch.fnmatchcase(a.key.lower(), r.pattern)), None)
+        if rule is None:
+            _value(a.value)
+        elif rule.action == "drop":
+            continue
+        elif rule.action == "hash":
+            digest = hmac.new(plan.hash_key, a.value.string_value.encode(), "sha256").hexdigest()
+            a.value.string_value = HASH_PREFIX + digest
+        elif rule.action == "mask_pan":
+            a.value.string_value = _mask(a.value.string_value)
+        keep.append(a)
+    if len(keep) != len(attrs):
+        kept = [type(a).FromString(a.SerializeToString()) for a in keep]
+        del attrs[:]
+        attrs.extend(kept)
+
+
+def naive_rewrite(data: bytes, plan: Plan) -> bytes:
+    req = ExportTraceServiceRequest.FromString(data)
+    threshold = (1 << 56) - round(plan.sampling.ratio * (1 << 56)) if plan.sampling else 0
+    th = (f"{threshold:014x}".rstrip("0") or "0") if plan.sampling else ""
+    for rs in req.resource_spans:
+        for st in plan.stamps:
+            for a in rs.resource.attributes:
+                if a.key == st.key:
+                    a.value.string_value = st.value
+                    break
+            else:
+                rs.resource.attributes.add(key=st.key).value.string_value = st.value
+        _attributes(rs.resource.attributes, plan.attribute_rules, plan)
+        for ss in rs.scope_spans:
+            kept = []
+            for span in ss.spans:
+                if plan.sampling and int.from_bytes(span.trace_id[-7:], "big") < threshold:
+                    attrs = {a.key: a.value for a in span.attributes}
+                    if not (span.status.code == 2 or any(
+                            (k.kind == "attr_equals" and k.key in attrs
+                             and attrs[k.key].string_value == k.value)
+                            or (k.kind == "attr_at_least" and k.key in attrs
+                                and attrs[k.key].int_value >= k.value)
+                            for k in plan.sampling.keep)):
+                        continue
+                else:
+                    span.trace_state = f"ot=th:{th}" + (
+                        "," + span.trace_state if span.trace_state else "")
+                span.name = _mask(span.name)
+                _attributes(span.attributes, plan.attribute_rules, plan)
+                for ev in span.events:
+                    ev.name = _mask(ev.name)
+                    _attributes(ev.attributes, plan.attribute_rules, plan)
+                for ln in span.links:
+                    _attributes(ln.attributes, plan.attribute_rules, plan)
+                span.status.message = _mask(span.status.message)
+                kept.append(span)
+            if len(kept) != len(ss.spans):
+                copies = [type(s).FromString(s.SerializeToString()) for s in kept]
+                del ss.spans[:]
+                ss.spans.extend(copies)
+    return req.SerializeToString()

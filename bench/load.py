@@ -1,0 +1,337 @@
+"""End-to-end load benchmark: load generators -> sidecar (pinned to one core) -> sink.
+
+Side by side in the same run, on each transport:
+
+- ``passthrough``: the sidecar with no policy;
+- ``policy``: the sidecar with the bundled default policies (embedded Rego, Cython rewriter);
+- ``naive``: a naive Python proxy (upb decode, the same policy in Python, encode, forward).
+
+Measured per row: spans/s the target accepted, the target's CPU time per span (from
+/proc, so it holds whoever is the bottleneck), peak RSS, refused / failed requests, and at a
+fixed rate the latency the app sees (p50 / p99 / p99.9). The table goes to stdout, the
+figures to ``bench/results/load-<date>.json``.
+
+    python -m bench.load                       # both transports, all modes, 8 s each
+    python -m bench.load --duration 3 --modes policy --transports http
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Row:
+    transport: str
+    mode: str
+    spans_per_s: float = 0.0
+    cpu_us_per_span: float = 0.0
+    target_cpu_share: float = 0.0
+    peak_rss_mib: float = 0.0
+    requests_ok: int = 0
+    requests_refused: int = 0
+    requests_failed: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    p999_ms: float = 0.0
+    rate_spans_per_s: float = 0.0
+    limit: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def _pin(core: int | None) -> Any:
+    def pin() -> None:
+        if core is not None and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {core})
+
+    return pin
+
+
+def start_sink() -> tuple[subprocess.Popen[str], int, int]:
+    proc = subprocess.Popen([sys.executable, "-m", "bench.sink"], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=_pin(_other_core()))
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    ports = dict(part.split("=") for part in line.split())
+    return proc, int(ports["grpc"]), int(ports["http"])
+
+
+def start_target(mode: str, sink_grpc: int, sink_http: int, workdir: str) -> tuple[subprocess.Popen[str], int, int]:
+    env = {**os.environ}
+    if mode == "naive":
+        cmd = [sys.executable, "-m", "bench.baselines.naive_proxy", "--upstream-http", str(sink_http)]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, preexec_fn=_pin(0))
+        assert proc.stdout is not None
+        ports = dict(part.split("=") for part in proc.stdout.readline().split())
+        return proc, int(ports["grpc"]), int(ports["http"])
+    env.update({
+        "SIDECAR_GRPC_ENDPOINT": "127.0.0.1:0", "SIDECAR_HTTP_ENDPOINT": "127.0.0.1:0",
+        "SIDECAR_ADMIN_ENDPOINT": "127.0.0.1:0", "SIDECAR_LOG_LEVEL": "warning",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_grpc}", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    })
+    env.pop("SIDECAR_POLICY_DIR", None)
+    if mode == "policy":
+        key = Path(workdir) / "hmac.key"
+        key.write_bytes(os.urandom(32))
+        env.update({"SIDECAR_POLICY_DIR": str(REPO / "policies"), "SIDECAR_POLICY_HASH_KEY_FILE": str(key),
+                    "SIDECAR_TENANT": "acme"})
+    ports_file = Path(workdir) / f"ports-{mode}.json"
+    env["SIDECAR_LOG_LEVEL"] = "info"
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run"], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_pin(0))
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            raise RuntimeError(f"sidecar exited: {proc.wait()}")
+        if " up: " in line:
+            grpc_port = int(line.split("grpc on ", 1)[1].split(",")[0].split(";")[0].rsplit(":", 1)[1])
+            http_port = int(line.split("http on ", 1)[1].split(",")[0].split(";")[0].rsplit(":", 1)[1])
+            ports_file.write_text(json.dumps([grpc_port, http_port]))
+            # keep draining stderr so the sidecar never blocks on a full pipe
+            import threading
+
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+            return proc, grpc_port, http_port
+    raise RuntimeError("sidecar did not come up")
+
+
+def _other_core() -> int | None:
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return cores[1] if len(cores) > 1 else None
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# -- load generators ---------------------------------------------------------------------------
+
+
+async def _generate(transport: str, port: int, body: bytes, duration: float, concurrency: int,
+                    rate: float | None) -> dict[str, Any]:
+    import aiohttp
+    import grpclib.client
+
+    from sidecar.signals import Signal
+    from sidecar.wire.grpc import CallError, call_unary
+
+    ok = refused = failed = 0
+    latencies: list[float] = []
+    deadline = time.monotonic() + duration
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
+    channel = grpclib.client.Channel("127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}/v1/traces"
+    headers = {"Content-Type": "application/x-protobuf"}
+
+    async def one() -> None:
+        nonlocal ok, refused, failed
+        started = time.perf_counter()
+        try:
+            if transport == "http":
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    status = response.status
+                if status == 200:
+                    ok += 1
+                elif status in (429, 503):
+                    refused += 1
+                else:
+                    failed += 1
+            else:
+                await call_unary(channel, Signal.TRACES.grpc_path, body, timeout=10)
+                ok += 1
+        except CallError as exc:
+            if exc.status.name in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):
+                refused += 1
+            else:
+                failed += 1
+        except Exception:
+            failed += 1
+        latencies.append(time.perf_counter() - started)
+
+    async def worker() -> None:
+        while time.monotonic() < deadline:
+            await one()
+
+    if rate is None:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    else:
+        interval = 1.0 / rate
+        tasks = set()
+        next_at = time.monotonic()
+        while next_at < deadline:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            task = asyncio.create_task(one())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            next_at += interval
+        await asyncio.gather(*tasks)
+    await session.close()
+    channel.close()
+    return {"ok": ok, "refused": refused, "failed": failed, "latencies": latencies}
+
+
+def _generator_main(args: tuple, out: Any) -> None:
+    core = _other_core()
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+    out.put(asyncio.run(_generate(*args)))
+
+
+def run_load(transport: str, port: int, body: bytes, duration: float, generators: int, concurrency: int,
+             rate: float | None = None) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_generator_main, args=((transport, port, body, duration, concurrency,
+                                                        None if rate is None else rate / generators), queue))
+             for _ in range(generators)]
+    for proc in procs:
+        proc.start()
+    results = [queue.get(timeout=duration + 120) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return {
+        "ok": sum(r["ok"] for r in results),
+        "refused": sum(r["refused"] for r in results),
+        "failed": sum(r["failed"] for r in results),
+        "latencies": sorted(x for r in results for x in r["latencies"]),
+    }
+
+
+def percentile(values: list[float], share: float) -> float:
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, int(share * len(values)))] * 1000
+
+
+# -- one row -----------------------------------------------------------------------------------
+
+
+def measure(transport: str, mode: str, body: bytes, spans: int, args: argparse.Namespace) -> Row:
+    row = Row(transport, mode)
+    with tempfile.TemporaryDirectory() as workdir:
+        sink, sink_grpc, sink_http = start_sink()
+        target, grpc_port, http_port = start_target(mode, sink_grpc, sink_http, workdir)
+        port = grpc_port if transport == "grpc" else http_port
+        try:
+            run_load(transport, port, body, 1.0, 1, 4)  # warm-up: caches, connections, plans
+            cpu0, t0 = cpu_seconds(target.pid), time.monotonic()
+            result = run_load(transport, port, body, args.duration, args.generators, args.concurrency)
+            elapsed = time.monotonic() - t0
+            cpu = cpu_seconds(target.pid) - cpu0
+            accepted_spans = result["ok"] * spans
+            row.spans_per_s = accepted_spans / elapsed
+            row.cpu_us_per_span = cpu / max(1, accepted_spans) * 1e6
+            row.target_cpu_share = cpu / elapsed
+            row.requests_ok, row.requests_refused, row.requests_failed = (
+                result["ok"], result["refused"], result["failed"])
+            row.limit = "target (its core is busy)" if row.target_cpu_share > 0.9 else "load generator"
+            rate_requests = args.rate / spans
+            latency = run_load(transport, port, body, args.latency_duration, 1, 64, rate=rate_requests)
+            row.rate_spans_per_s = args.rate
+            row.p50_ms = percentile(latency["latencies"], 0.50)
+            row.p99_ms = percentile(latency["latencies"], 0.99)
+            row.p999_ms = percentile(latency["latencies"], 0.999)
+            row.requests_refused += latency["refused"]
+            row.requests_failed += latency["failed"]
+            row.peak_rss_mib = peak_rss_mib(target.pid)
+        finally:
+            target.send_signal(signal.SIGTERM)
+            target.wait(60)
+            sink.send_signal(signal.SIGTERM)
+            sink.wait(60)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of flat-out load per row")
+    parser.add_argument("--latency-duration", type=float, default=5.0, help="seconds of fixed-rate load")
+    parser.add_argument("--rate", type=float, default=50_000, help="spans/s of the latency run")
+    parser.add_argument("--spans", type=int, default=512, help="spans per request")
+    parser.add_argument("--generators", type=int, default=2, help="load generator processes")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per generator")
+    parser.add_argument("--transports", default="http,grpc")
+    parser.add_argument("--modes", default="passthrough,policy,naive")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(REPO))
+    from bench.corpus_requests import trace_request
+    from sidecar.rewrite import IMPLEMENTATION
+
+    body = trace_request(args.spans, seed=7)
+    rows = []
+    for transport in args.transports.split(","):
+        for mode in args.modes.split(","):
+            print(f"measuring {transport} / {mode} ...", file=sys.stderr, flush=True)
+            rows.append(measure(transport, mode, body, args.spans, args))
+    print_table(rows, args, IMPLEMENTATION, len(body))
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"load-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"machine": machine(), "args": vars(args), "rewriter": IMPLEMENTATION,
+                               "request_bytes": len(body), "rows": [asdict(r) for r in rows]}, indent=2))
+    print(f"\nfigures: {out.relative_to(REPO)}")
+    return 0
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d")}
+
+
+def print_table(rows: list[Row], args: argparse.Namespace, implementation: str, request_bytes: int) -> None:
+    info = machine()
+    print(f"\n{info['date']} · {info['cpu']} · {info['cores']} cores · Python {info['python']} · "
+          f"rewriter: {implementation} · {args.spans} spans/request ({request_bytes} bytes) · target on one core")
+    head = ("transport", "mode", "spans/s", "CPU µs/span", "vs naive", "p50 ms", "p99 ms", "p99.9 ms",
+            "peak RSS MiB", "refused", "failed", "limit")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    naive = {r.transport: r for r in rows if r.mode == "naive"}
+    for r in rows:
+        base = naive.get(r.transport)
+        ratio = f"{base.cpu_us_per_span / r.cpu_us_per_span:.1f}x" if base and r.cpu_us_per_span else "-"
+        print(f"| {r.transport} | {r.mode} | {r.spans_per_s:,.0f} | {r.cpu_us_per_span:.2f} | {ratio} | "
+              f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.p999_ms:.2f} | {r.peak_rss_mib:.0f} | "
+              f"{r.requests_refused} | {r.requests_failed} | {r.limit} |")
+    print(f"\nlatency at {args.rate:,.0f} spans/s, fixed rate; 'vs naive' = naive CPU per span / this CPU per span")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

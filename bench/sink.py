@@ -1,0 +1,90 @@
+"""The benchmark's upstream: an OTLP sink (gRPC and HTTP) that counts what it receives, cheaply.
+
+Run in its own process: ``python -m bench.sink``. It prints ``grpc=<port> http=<port>`` on
+stdout once listening, and on SIGTERM prints a JSON line with its counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import signal
+import sys
+from typing import Any
+
+import zstandard
+from aiohttp import web
+from grpclib.const import Cardinality, Handler
+
+from sidecar.rewrite import count_items
+from sidecar.signals import Signal
+from sidecar.wire import grpc as grpcwire
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.items = 0
+        self.bytes = 0
+
+    def take(self, signal: Signal, body: bytes) -> bytes:
+        self.requests += 1
+        self.bytes += len(body)
+        self.items += count_items(signal, body)
+        return b""
+
+    def __mapping__(self) -> dict[str, Handler]:
+        def handler(signal: Signal) -> Any:
+            async def handle(stream: Any) -> None:
+                body = await grpcwire.recv_unary(stream, 1 << 30, 1 << 30)
+                await grpcwire.send_unary(stream, self.take(signal, body))
+
+            return handle
+
+        return {s.grpc_path: Handler(handler(s), Cardinality.UNARY_UNARY, bytes, bytes) for s in Signal}
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 30)
+        for each in Signal:
+            app.router.add_post(each.http_path, self._http(each))
+        return app
+
+    def _http(self, signal: Signal) -> Any:
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.read()
+            encoding = request.headers.get("Content-Encoding", "")
+            if encoding == "zstd":
+                body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+            elif encoding == "gzip":
+                body = gzip.decompress(body)
+            self.take(signal, body)
+            return web.Response(body=b"", content_type="application/x-protobuf")
+
+        return handle
+
+
+async def main() -> None:
+    sink = Sink()
+    server = grpcwire.Server([sink])
+    await server.start("127.0.0.1", 0)
+    runner = web.AppRunner(sink.app(), access_log=None, auto_decompress=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    grpc_port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"grpc={grpc_port} http={http_port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    print(json.dumps({"requests": sink.requests, "items": sink.items, "bytes": sink.bytes}), flush=True)
+    server.close()
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    sys.exit(0)

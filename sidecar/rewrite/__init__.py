@@ -1,0 +1,29 @@
+"""The rewriter: apply per-resource plans to OTLP export requests on their protobuf bytes.
+
+Imports the Cython module ``sidecar._ext.rewrite`` unless ``OTLP_SIDECAR_NO_EXTENSIONS=1``
+is set or it is not built, else the pure-Python twin ``sidecar.rewrite._py``.
+``IMPLEMENTATION`` says which one ("cython" or "python"). See docs/rewriter.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from sidecar.rewrite._common import MalformedRequest, ResourceInfo, RewriteResult
+
+__all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
+           "count_items", "rewrite", "split_resources"]
+
+NO_EXTENSIONS = bool(os.environ.get("OTLP_SIDECAR_NO_EXTENSIONS", "") not in ("", "0")) or (
+    sys.implementation.name != "cpython"
+)
+
+if TYPE_CHECKING or NO_EXTENSIONS:
+    from sidecar.rewrite._py import IMPLEMENTATION, count_items, rewrite, split_resources
+else:
+    try:
+        from sidecar._ext.rewrite import IMPLEMENTATION, count_items, rewrite, split_resources
+    except ImportError:  # pragma: no cover - not built
+        from sidecar.rewrite._py import IMPLEMENTATION, count_items, rewrite, split_resources

@@ -1,0 +1,110 @@
+"""Card numbers: every positive masked wherever it hides, every negative left byte for byte.
+
+The cases are built here from public test numbers and the rule (tests/rewrite/pan_cases.py);
+the shared corpus (<repo>/../shared/corpus/pan_cases.json) is an extra check where it exists.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from sidecar.rewrite.plan import HASH_PREFIX, Plan, ValueDetector
+
+from .builders import ALL_LOCATIONS, parse, request_with
+from .pan_cases import NEGATIVE_CASES, POSITIVE_CASES, VALID_NUMBERS
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "pan_cases.json"
+MASK = Plan(detectors=(ValueDetector("pci.pan", "pan", "mask_pan"),))
+KEY = b"test-hmac-key"
+
+
+def _digits_only(b: bytes) -> bytes:
+    return re.sub(rb"[ -]", b"", b)
+
+
+def _assert_masked(impl, where: str, value: str, pans: list[str]) -> None:
+    signal, req = request_with(where, value)
+    data = req.SerializeToString()
+    result = impl.rewrite(signal, data, [MASK])
+    assert result.counts == {("pci.pan", "mask_pan"): len(pans)}, (where, value)
+    assert len(result.data) == len(data)  # masking keeps every length
+    parse(signal, result.data)
+    flat = _digits_only(result.data)
+    for pan in pans:
+        assert pan.encode() not in flat, (where, value)
+        assert pan[:-4].encode() not in flat, (where, value)
+        assert pan[-4:].encode() in flat  # the last four stay
+
+
+def _assert_untouched(impl, where: str, value: str) -> None:
+    signal, req = request_with(where, value)
+    data = req.SerializeToString()
+    result = impl.rewrite(signal, data, [MASK])
+    assert result.data == data, (where, value)
+    assert result.counts == {}
+
+
+@pytest.mark.parametrize("where", ALL_LOCATIONS)
+def test_generated_positives_masked_everywhere(impl, where):
+    for value, pans in POSITIVE_CASES[::7]:
+        _assert_masked(impl, where, value, pans)
+
+
+@pytest.mark.parametrize("where", ALL_LOCATIONS)
+def test_generated_negatives_untouched_everywhere(impl, where):
+    for value in NEGATIVE_CASES:
+        _assert_untouched(impl, where, value)
+
+
+def test_every_generated_case_in_a_span_attribute(impl):
+    for value, pans in POSITIVE_CASES:
+        _assert_masked(impl, "span.attr", value, pans)
+
+
+def test_find_pans_rule(impl):
+    assert impl.find_pans(b"pay 4111 1111 1111 1111 now") == [(4, 23, b"4111111111111111")]
+    assert impl.find_pans(b"x4111-1111-1111-1111y") == [(1, 20, b"4111111111111111")]
+    for n in VALID_NUMBERS:
+        assert impl.find_pans(n.encode()) == [(0, len(n), n.encode())]
+    assert impl.find_pans(b"+4111111111111111") == []
+    assert impl.find_pans(b"7.4111111111111111") == []
+    assert impl.find_pans(b".4111111111111111") == [(1, 17, b"4111111111111111")]
+    assert impl.find_pans(b"41111111111111111111") == []
+    assert impl.find_pans(b"a4111111111111111 ") == [(1, 17, b"4111111111111111")]
+    assert impl.find_pans(b"{4111111111111111-1234}") == []  # the run goes on: 20 digits
+    uuid = b"41111111-1111-1111-1111-111111111111"
+    assert impl.find_pans(uuid) == []
+
+
+def test_hash_detector_replaces_the_number_with_its_keyed_hash(impl):
+    plan = Plan(detectors=(ValueDetector("pci.pan", "pan", "hash"),), hash_key=KEY)
+    signal, req = request_with("span.name", "card 4111-1111-1111-1111 declined")
+    result = impl.rewrite(signal, req.SerializeToString(), [plan])
+    span = parse(signal, result.data).resource_spans[0].scope_spans[0].spans[0]
+    digest = hmac.new(KEY, b"4111111111111111", "sha256").hexdigest()
+    assert span.name == f"card {HASH_PREFIX}{digest} declined"
+    assert result.counts == {("pci.pan", "hash"): 1}
+
+
+def test_redact_detector_replaces_the_whole_value(impl):
+    plan = Plan(detectors=(ValueDetector("pci.pan", "pan", "redact"),), redaction="<pan>")
+    signal, req = request_with("log.body", "old 4111111111111111, new 5555555555554444")
+    result = impl.rewrite(signal, req.SerializeToString(), [plan])
+    record = parse(signal, result.data).resource_logs[0].scope_logs[0].log_records[0]
+    assert record.body.string_value == "<pan>"
+    assert result.counts == {("pci.pan", "redact"): 2}
+
+
+@pytest.mark.skipif(not CORPUS.exists(), reason="no shared corpus beside this clone")
+def test_shared_corpus(impl):
+    cases = json.loads(CORPUS.read_text())["cases"]
+    for case in cases:
+        if case["expect"] == "mask":
+            _assert_masked(impl, case["where"], case["value"], case["pans"])
+        else:
+            _assert_untouched(impl, case["where"], case["value"])
