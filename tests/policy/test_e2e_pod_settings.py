@@ -66,3 +66,38 @@ async def test_tenant_rate_limit_refuses_retryably(upstream, start_sidecar, poli
     labels = {"signal": "traces", "transport": "http", "reason": "rate_limited"}
     refused = sidecar.metrics.registry.get_sample_value("otlp_sidecar_receiver_refused_items_total", labels)
     assert refused is not None and refused >= 100
+
+
+def two_tenants_request() -> bytes:
+    """One resource of the pod's tenant (3 spans) and one claiming another tenant (2 spans)."""
+    from opentelemetry.sdk.resources import Resource
+
+    own = encode_spans(sdk.make_spans(3, Resource.create({"service.name": "checkout"})))
+    spoofed = encode_spans(sdk.make_spans(2, Resource.create({"service.name": "x", "tenant.id": "globex"})))
+    return own.SerializeToString() + spoofed.SerializeToString()  # concatenated requests are one request
+
+
+async def test_partly_refused_request_answers_partial_success(upstream, start_sidecar, policy_dir,
+                                                               hash_key_file) -> None:
+    env = sidecar_env(upstream, "grpc", SIDECAR_POLICY_DIR=str(policy_dir),
+                      SIDECAR_POLICY_HASH_KEY_FILE=str(hash_key_file), SIDECAR_TENANT="acme")
+    sidecar = await start_sidecar(env)
+    body = two_tenants_request()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{sidecar.addresses['http'][1]}/v1/traces", data=body,
+                                headers=PB) as response:
+            assert response.status == 200
+            answer = Signal.TRACES.response_class.FromString(await response.read())
+    assert answer.partial_success.rejected_spans == 2
+    assert "globex" in answer.partial_success.error_message
+    channel = grpclib.client.Channel("127.0.0.1", sidecar.addresses["grpc"][1])
+    try:
+        reply = await call_unary(channel, Signal.TRACES.grpc_path, body, timeout=5)
+    finally:
+        channel.close()
+    assert Signal.TRACES.response_class.FromString(reply).partial_success.rejected_spans == 2
+    await upstream.wait_for(lambda: len(upstream.spans()) >= 2)
+    assert all(r.message.resource_spans[0].resource.attributes for r in upstream.received)
+    tenants = {kv.value.string_value for r in upstream.received for rs in r.message.resource_spans
+               for kv in rs.resource.attributes if kv.key == "tenant.id"}
+    assert tenants == {"acme"}  # nothing of the spoofing resource went upstream

@@ -117,10 +117,12 @@ async def test_upstream_down_at_start_then_up(start_sidecar) -> None:
         await upstream.stop()
 
 
-async def test_memory_stays_bounded_with_a_stalled_upstream(upstream, start_sidecar) -> None:
-    """A bounded load against a stalled upstream: the queue never holds more than its capacity;
-    what does not fit is refused retryably (503), and everything accepted arrives later."""
-    upstream.default = Answer(delay=0.5)
+async def test_memory_stays_bounded_with_a_flapping_upstream(upstream, start_sidecar) -> None:
+    """A bounded load against an upstream that stalls, fails and drops connections by turns: the
+    queue never holds more than its capacity, what does not fit is refused retryably (503), and
+    everything accepted arrives in the end."""
+    upstream.script = [Answer(delay=0.4), Answer(grpc_status=Status.UNAVAILABLE), Answer(reset=True)] * 8
+    upstream.default = Answer(delay=0.4)
     capacity = 256 * 1024
     sidecar = await start_sidecar(
         sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_QUEUE_MAX_BYTES=str(capacity), SIDECAR_EXPORTER_BATCH_SIZE="200")
