@@ -1885,7 +1885,7 @@ def split_resources(signal, data):
             if st.err:
                 raise _error(&st)
             key = _resource_bytes(&st, t, s, e)
-            out.append(ResourceInfo(index, key, decode_attributes(key), st.items_in - before))
+            out.append(ResourceInfo(index, key, st.items_in - before))
         return out
     finally:
         st_free(&st)

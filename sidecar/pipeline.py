@@ -134,6 +134,8 @@ class Pipeline:
         self._planner: Planner = planner or PassThrough()
         self._retry_after = retry_after
         self._bucket: TokenBucket | None = None
+        # (received, accepted) counters bound per (signal, transport): labels() costs per request
+        self._counters: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     async def submit(self, signal: Signal, data: bytes, transport: str, peer: Peer) -> Outcome:
         """Apply the policies to one request and queue what remains; raise Refused otherwise."""
@@ -144,7 +146,12 @@ class Pipeline:
             self._metrics.refused_requests.labels(*labels, "malformed").inc()
             raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
         items_in = sum(r.items for r in resources)
-        self._metrics.received_items.labels(*labels).inc(items_in)
+        counters = self._counters.get(labels)
+        if counters is None:
+            counters = self._counters[labels] = (
+                self._metrics.received_items.labels(*labels), self._metrics.accepted_items.labels(*labels)
+            )
+        counters[0].inc(items_in)
         wait = self._rate_limited(items_in)
         if wait is not None:
             self._metrics.refused_items.labels(*labels, RateLimited.reason).inc(items_in)
@@ -177,7 +184,7 @@ class Pipeline:
                 )
                 raise Unavailable(str(exc), items_in, retry_after=self._retry_after) from None
         accepted = items_in - result.rejected_items
-        self._metrics.accepted_items.labels(*labels).inc(accepted)
+        counters[1].inc(accepted)
         message = "; ".join(dict.fromkeys(result.refusals)) if result.rejected_items else ""
         return Outcome(accepted=accepted, rejected=result.rejected_items, message=message)
 

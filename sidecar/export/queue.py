@@ -73,6 +73,8 @@ class ExportQueue:
         self._closed = False
         self._drained = asyncio.Event()
         self._drained.set()
+        # bound once: a labels() lookup per request is measurable on the hot path
+        self._item_gauges = {signal: metrics.queue_items.labels(signal.value) for signal in Signal}
         metrics.queue_capacity.set(capacity_bytes)
         metrics.queue_size.set(0)
 
@@ -114,7 +116,7 @@ class ExportQueue:
         self._held_bytes += in_memory
         self._held_items[signal] += items
         self._drained.clear()
-        self._publish()
+        self._publish(signal)
         batch = self._open.get(signal)
         if batch is not None and (
             batch.items + items > self._batch_items or batch.nbytes + size > self._batch_bytes
@@ -177,11 +179,11 @@ class ExportQueue:
         """
         self._held_bytes -= batch.memory_bytes
         self._held_items[batch.signal] -= batch.items
+        self._publish(batch.signal)
         if self._disk is not None and not keep_on_disk:
             for record in batch.records:
                 if record is not None:
                     self._disk.ack(record)
-        self._publish()
         if self._held_bytes == 0:
             self._drained.set()
 
@@ -193,7 +195,6 @@ class ExportQueue:
     async def drained(self) -> None:
         await self._drained.wait()
 
-    def _publish(self) -> None:
+    def _publish(self, signal: Signal) -> None:
         self._metrics.queue_size.set(self._held_bytes)
-        for signal, count in self._held_items.items():
-            self._metrics.queue_items.labels(signal.value).set(count)
+        self._item_gauges[signal].set(self._held_items[signal])

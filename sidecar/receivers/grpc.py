@@ -61,14 +61,14 @@ class GrpcReceiver:
         return grpcwire.Server([self], max_frame_size=self._config.grpc_max_frame_size)
 
     def _handler(self, signal: Signal) -> Callable[[grpclib.server.Stream[Any, Any]], Any]:
+        duration = self._metrics.request_duration.labels(signal.value, TRANSPORT)
+
         async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
             started = time.perf_counter()
             try:
                 await self._handle(signal, stream)
             finally:
-                self._metrics.request_duration.labels(signal.value, TRANSPORT).observe(
-                    time.perf_counter() - started
-                )
+                duration.observe(time.perf_counter() - started)
 
         return handle
 

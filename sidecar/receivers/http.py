@@ -60,14 +60,14 @@ class HttpReceiver:
         return app
 
     def _handler(self, signal: Signal) -> Callable[[web.Request], object]:
+        duration = self._metrics.request_duration.labels(signal.value, TRANSPORT)
+
         async def handle(request: web.Request) -> web.Response:
             started = time.perf_counter()
             try:
                 return await self._handle(signal, request)
             finally:
-                self._metrics.request_duration.labels(signal.value, TRANSPORT).observe(
-                    time.perf_counter() - started
-                )
+                duration.observe(time.perf_counter() - started)
 
         return handle
 

@@ -53,9 +53,14 @@ class ResourceInfo:
     index: int
     #: raw bytes of the Resource sub-message (b"" when absent): the plan-cache key
     key: bytes
-    attributes: dict[str, str | bool | int | float] = field(hash=False)
     #: spans / data points / log records under it
     items: int
+
+    @functools.cached_property
+    def attributes(self) -> dict[str, str | bool | int | float]:
+        """The resource's attributes, decoded on first use: only a plan-cache miss needs them,
+        so the hot path (a cached plan) never pays for decoding."""
+        return decode_attributes(self.key)
 
 
 @dataclass(frozen=True)

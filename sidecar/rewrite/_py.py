@@ -35,7 +35,6 @@ from sidecar.rewrite._common import (
     ResourceInfo,
     RewriteResult,
     compile_plan,
-    decode_attributes,
 )
 from sidecar.rewrite._schema import (
     ANY,
@@ -756,7 +755,7 @@ def split_resources(signal: Signal, data) -> list[ResourceInfo]:
         st = _State(data)
         _walk(st, t, s, e, False)
         key = _resource_bytes(data, signal, s, e)
-        out.append(ResourceInfo(index, key, decode_attributes(key), st.items_in))
+        out.append(ResourceInfo(index, key, st.items_in))
     return out
 
 
