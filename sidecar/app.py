@@ -8,6 +8,7 @@ stop accepting, flush what was accepted, then close the exporter.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Any
@@ -123,6 +124,11 @@ class Sidecar:
                 receiver_http.app(), cfg.receivers.http_endpoint, receiver=True, tls=http_tls
             )
         self._receivers_up = True
+        # Everything made so far (modules, descriptors, the compiled policy) lives as long as the
+        # process: move it out of the cyclic collector's sight. A full collection otherwise walks
+        # it all, a ~40 ms pause of the event loop that shows in the p99.9 answer time.
+        gc.collect()
+        gc.freeze()
         log.info(
             "otlp-sidecar %s up: %s; exporter %s",
             __version__,

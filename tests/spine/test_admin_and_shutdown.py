@@ -97,3 +97,12 @@ async def test_sigterm_flushes_accepted_items_and_exits_zero(upstream) -> None:
     assert code == 0, sidecar.stderr
     assert "Traceback" not in sidecar.stderr
     assert len(upstream.spans()) == 100
+
+
+async def test_startup_objects_are_kept_out_of_the_cyclic_collector(start_sidecar) -> None:
+    """A full GC pass over everything loaded at start stalls the event loop for tens of ms."""
+    import gc
+
+    gc.unfreeze()
+    await start_sidecar(sidecar_env(None))
+    assert gc.get_freeze_count() > 10_000
