@@ -77,6 +77,7 @@ class PolicyService:
         self.metrics = PolicyMetrics(registry)
         self._pod_input = pod.as_input()
         remote = config.backend == "opa"
+        self._interned: dict[Plan, Plan] = {}
         self._cache: PlanCache[Plan] = PlanCache(config.cache_size, config.remote_cache_ttl if remote else 0.0)
         self._last_good: PlanCache[Plan] = PlanCache(config.cache_size)
         self._strict = strict_plan(pod)
@@ -198,6 +199,9 @@ class PolicyService:
         self, signal: Signal, resources: Sequence[ResourceInfo], peer: Peer, transport: str,
     ) -> list[Plan]:
         """One plan per resource, in order (cached; a miss evaluates the policies once)."""
+        # the policy sees the client's host, not its ephemeral port: otherwise every new
+        # connection would miss the cache and run Rego again
+        peer = _without_port(peer)
         active = self._active
         if active is None:
             return [PASS_THROUGH] * len(resources)
@@ -254,6 +258,11 @@ class PolicyService:
             return self._fallback(active, key, signal, peer, transport, exc, started)
         seconds = time.perf_counter() - started
         self.metrics.decision_seconds.labels(active.backend).observe(seconds)
+        # equal plans share one object: the rewriter's compiled-plan cache then finds them by
+        # identity instead of comparing hundreds of rules
+        if len(self._interned) > 4 * self.config.cache_size:
+            self._interned.clear()
+        plan = self._interned.setdefault(plan, plan)
         self._cache.put((active.version, key), plan)
         self._last_good.put(key, plan)
         self._log_decision(active, signal, transport, peer, plan, seconds, "decided")
@@ -426,6 +435,13 @@ class PolicyService:
         self._cache.clear()
         self._last_good.clear()
         log.info("hash key reloaded from policy.hash_key_file")
+
+
+def _without_port(peer: Peer) -> Peer:
+    host, sep, port = peer.address.rpartition(":")
+    if not sep or not port.isdigit():
+        return peer
+    return Peer(address=host.strip("[]"), tls=peer.tls, spiffe_id=peer.spiffe_id)
 
 
 def _replace_snapshot(active: _Active, now: tuple[Any, ...]) -> _Active:

@@ -134,6 +134,15 @@ class Plan:
     #: evaluate and count, but leave the bytes unchanged
     dry_run: bool = False
 
+    def __hash__(self) -> int:
+        # Plans key the rewriter's compiled-plan cache on every request, and a policy's plan
+        # holds hundreds of rules: hash them once, not per request (frozen, so it cannot change).
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+            object.__setattr__(self, "_hash", cached)
+        return int(cached)
+
     @property
     def is_noop(self) -> bool:
         """True when applying the plan can change nothing (pass-through)."""
