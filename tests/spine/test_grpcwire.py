@@ -149,3 +149,17 @@ async def test_unreachable_upstream_is_unavailable() -> None:
         assert info.value.status.name == "UNAVAILABLE"
     finally:
         channel.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 10, 11, 12, 1000, 200_000])
+def test_data_frame_repr_text_is_unchanged(size: int) -> None:
+    """The cheaper hex dump of DATA frames (h2 formats one per received frame) gives the same text."""
+    import binascii
+
+    from hyperframe.frame import DataFrame
+
+    data = bytes(range(256)) * (size // 256 + 1)
+    frame = DataFrame(1, data[:size])
+    full = binascii.hexlify(data[:size]).decode("ascii")
+    expected = "None" if not size else "<hex:" + (full[:20] + "..." if len(full) > 20 else full) + ">"
+    assert repr(frame) == f"DataFrame(stream_id=1, flags=[]): {expected}"
