@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import signal
 import sys
 from typing import Any
 
@@ -17,6 +16,7 @@ import zstandard
 from aiohttp import web
 from grpclib.const import Cardinality, Handler
 
+from bench.serving import serve_until_terminated
 from sidecar.rewrite import count_items
 from sidecar.signals import Signal
 from sidecar.wire import grpc as grpcwire
@@ -66,23 +66,8 @@ class Sink:
 
 async def main() -> None:
     sink = Sink()
-    server = grpcwire.Server([sink])
-    await server.start("127.0.0.1", 0)
-    runner = web.AppRunner(sink.app(), access_log=None, auto_decompress=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    grpc_port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    print(f"grpc={grpc_port} http={http_port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    await stop.wait()
+    await serve_until_terminated(sink, sink.app())
     print(json.dumps({"requests": sink.requests, "items": sink.items, "bytes": sink.bytes}), flush=True)
-    server.close()
-    await runner.cleanup()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from typing import Any
 
 import aiohttp
@@ -22,6 +21,7 @@ from grpclib.const import Cardinality, Handler
 
 from bench.baselines.naive_rewrite import naive_rewrite
 from bench.corpus_requests import DEFAULT_PLAN
+from bench.serving import serve_until_terminated
 from sidecar.signals import Signal
 from sidecar.wire import grpc as grpcwire
 
@@ -63,25 +63,13 @@ async def main() -> None:
     args = parser.parse_args()
     proxy = NaiveProxy(f"http://127.0.0.1:{args.upstream_http}/v1/traces")
     proxy.session = aiohttp.ClientSession()
-    # plain grpclib, default frame size: what a straightforward proxy would use
-    server = grpcwire.Server([proxy], max_frame_size=16384)
-    await server.start("127.0.0.1", 0)
     app = web.Application(client_max_size=1 << 30)
     app.router.add_post("/v1/traces", proxy.http_export)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    grpc_port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    print(f"grpc={grpc_port} http={http_port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    server.close()
-    await runner.cleanup()
-    await proxy.session.close()
+    try:
+        # plain grpclib frame size: what a straightforward proxy would use
+        await serve_until_terminated(proxy, app, max_frame_size=16384)
+    finally:
+        await proxy.session.close()
 
 
 if __name__ == "__main__":
