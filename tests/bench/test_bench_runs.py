@@ -1,0 +1,34 @@
+"""The benchmarks still run (a few hundred milliseconds each): a smoke check, not a timing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=240,
+                          check=False)
+
+
+def test_load_benchmark_measures_every_mode() -> None:
+    proc = run("bench.load", "--duration", "0.5", "--latency-duration", "0.3", "--rate", "5000",
+               "--generators", "1", "--concurrency", "2", "--transports", "http")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| http |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["passthrough", "policy", "naive"]
+    results = REPO / proc.stdout.rsplit("figures: ", 1)[1].strip()
+    figures = json.loads(results.read_text())
+    assert all(row["spans_per_s"] > 0 and row["requests_failed"] == 0 for row in figures["rows"])
+    results.unlink()
+
+
+def test_rewrite_benchmark_compares_against_the_naive_baseline() -> None:
+    proc = run("bench.rewrite", "--seconds", "0.2", "--spans", "64")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = [line.split()[0] for line in proc.stdout.splitlines() if line.split() and line.split()[0] in
+             ("cython", "twin", "naive")]
+    assert set(names) >= {"twin", "naive"}
