@@ -134,8 +134,8 @@ class Pipeline:
         self._planner: Planner = planner or PassThrough()
         self._retry_after = retry_after
         self._bucket: TokenBucket | None = None
-        # (received, accepted) counters bound per (signal, transport): labels() costs per request
-        self._counters: dict[tuple[str, str], tuple[Any, Any]] = {}
+        # (received, accepted, sampled out) counters bound per (signal, transport): labels() costs
+        self._counters: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
 
     async def submit(self, signal: Signal, data: bytes, transport: str, peer: Peer) -> Outcome:
         """Apply the policies to one request and queue what remains; raise Refused otherwise."""
@@ -149,7 +149,9 @@ class Pipeline:
         counters = self._counters.get(labels)
         if counters is None:
             counters = self._counters[labels] = (
-                self._metrics.received_items.labels(*labels), self._metrics.accepted_items.labels(*labels)
+                self._metrics.received_items.labels(*labels),
+                self._metrics.accepted_items.labels(*labels),
+                self._metrics.sampled_out_items.labels(signal.value),
             )
         counters[0].inc(items_in)
         wait = self._rate_limited(items_in)
@@ -171,27 +173,23 @@ class Pipeline:
             raise Unavailable(f"policy engine cannot decide: {exc}", items_in, retry_after=self._retry_after) from None
         self._planner.record_counts(signal, result.counts)
         if result.sampled_out:
-            self._metrics.sampled_out_items.labels(signal.value).inc(result.sampled_out)
+            counters[2].inc(result.sampled_out)
+        message = ""
         if result.rejected_items:
             self._metrics.refused_items.labels(*labels, "policy").inc(result.rejected_items)
-        if result.rejected_items and result.rejected_items == items_in:
-            raise PermissionDenied("; ".join(dict.fromkeys(result.refusals)) or "refused by policy", items_in)
+            message = "; ".join(dict.fromkeys(result.refusals))
+            if result.rejected_items == items_in:
+                raise PermissionDenied(message or "refused by policy", items_in)
+        accepted = items_in - result.rejected_items
         if result.items_out > 0:
             try:
                 await self._queue.put(signal, result.data, result.items_out)
-            except QueueFull as exc:
-                self._metrics.refused_items.labels(*labels, "queue_full").inc(items_in - result.rejected_items)
+            except (QueueFull, QueueClosed) as exc:
+                reason = "queue_full" if isinstance(exc, QueueFull) else "shutting_down"
+                self._metrics.refused_items.labels(*labels, reason).inc(accepted)
                 raise Unavailable(str(exc), items_in, retry_after=self._retry_after) from None
-            except QueueClosed as exc:
-                self._metrics.refused_items.labels(*labels, "shutting_down").inc(
-                    items_in - result.rejected_items
-                )
-                raise Unavailable(str(exc), items_in, retry_after=self._retry_after) from None
-        accepted = items_in - result.rejected_items
         counters[1].inc(accepted)
-        message = "; ".join(dict.fromkeys(result.refusals)) if result.rejected_items else ""
         return Outcome(accepted=accepted, rejected=result.rejected_items, message=message)
-
 
     def _rate_limited(self, items: int) -> float | None:
         """Seconds to wait when over the tenant's limit (from the policy's pod settings)."""

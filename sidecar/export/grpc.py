@@ -16,9 +16,9 @@ from grpclib.config import Configuration
 from grpclib.const import Status
 
 from sidecar.config import ExporterConfig
-from sidecar.export.http import UpstreamExporter
 from sidecar.export.partial import parse_response
 from sidecar.export.result import Exported, ExportError
+from sidecar.export.upstream import UpstreamExporter
 from sidecar.signals import Signal
 from sidecar.wire.grpc import CallError, call_unary
 
@@ -42,6 +42,7 @@ class GrpcExporter(UpstreamExporter):
 
     def __init__(self, config: ExporterConfig, **options: Any) -> None:
         super().__init__(config, **options)
+        self._targets: dict[Signal, tuple[str, int, bool]] = {}
         self._channels: dict[tuple[str, int, bool], tuple[grpclib.client.Channel, object]] = {}
         self._retired: list[grpclib.client.Channel] = []
 
@@ -56,14 +57,21 @@ class GrpcExporter(UpstreamExporter):
         self._channels.clear()
         self._retired.clear()
 
+    def _target(self, signal: Signal) -> tuple[str, int, bool]:
+        """(host, port, TLS?) of the signal's upstream, parsed once."""
+        target = self._targets.get(signal)
+        if target is None:
+            url = urlsplit(self._config.url_for(signal))
+            secure = url.scheme == "https" and not self._config.insecure
+            port = url.port or (443 if url.scheme == "https" else 4317)
+            target = self._targets[signal] = (url.hostname or "localhost", port, secure)
+        return target
+
     def _channel(self, signal: Signal) -> grpclib.client.Channel:
-        url = urlsplit(self._config.url_for(signal))
-        secure = url.scheme == "https" and not self._config.insecure
-        host, port = url.hostname or "localhost", url.port or (443 if url.scheme == "https" else 4317)
+        key = host, port, secure = self._target(signal)
         context: ssl.SSLContext | None = None
         if secure:
             context = (self._ssl_context() if self._ssl_context else None) or _default_context()
-        key = (host, port, secure)
         current = self._channels.get(key)
         if current is not None and current[1] is context:
             return current[0]
@@ -79,9 +87,7 @@ class GrpcExporter(UpstreamExporter):
         return channel
 
     async def export(self, signal: Signal, data: bytes) -> Exported:
-        metadata: dict[str, str] = dict(self._config.headers)
-        if self._extra_headers is not None:
-            metadata.update(await self._extra_headers())
+        metadata = await self._headers()
         while True:
             encoding = self._encoding
             try:
@@ -93,11 +99,10 @@ class GrpcExporter(UpstreamExporter):
                 if self._downgrade(encoding, exc):
                     continue
                 error = grpc_error(exc)
-                if exc.status is Status.UNAUTHENTICATED and self._on_unauthorized is not None:
-                    self._on_unauthorized()  # a refreshable credential (OAuth2): refresh, retry
-                    error.retryable = True
-                elif exc.status is Status.UNAVAILABLE and exc.__cause__ is not None and self._classify:
-                    error.reason = self._classify(exc.__cause__) or error.reason
+                if exc.status is Status.UNAUTHENTICATED:
+                    self._unauthorized(error)
+                elif exc.status is Status.UNAVAILABLE:
+                    error.reason = self._failure_reason(exc.__cause__, error.reason)
                 raise error from None
             return parse_response(signal, reply)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import email.utils
 import ssl
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -15,44 +14,12 @@ from google.rpc import status_pb2
 from sidecar.config import ExporterConfig
 from sidecar.export.partial import parse_response
 from sidecar.export.result import Exported, ExportError
+from sidecar.export.upstream import UpstreamExporter
 from sidecar.signals import Signal
 from sidecar.wire import compression
 
 #: OTLP/HTTP statuses a client retries
 RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
-
-SslFactory = Callable[[], ssl.SSLContext | None]
-HeaderSource = Callable[[], Awaitable[dict[str, str]]]
-#: names a transport failure (e.g. "tls_unknown_ca") for the failed-items metric, or None
-FailureClassifier = Callable[[BaseException], str | None]
-
-
-class UpstreamExporter:
-    """What the OTLP exporters share: the upstream's config, TLS, headers and failure naming."""
-
-    name = "otlp"
-
-    def __init__(
-        self,
-        config: ExporterConfig,
-        *,
-        ssl_context: SslFactory | None = None,
-        extra_headers: HeaderSource | None = None,
-        server_hostname: str | None = None,
-        on_unauthorized: Callable[[], None] | None = None,
-        classify: FailureClassifier | None = None,
-    ) -> None:
-        """``ssl_context``: the current client TLS context (reloadable); ``extra_headers``:
-        per-export headers (policy egress headers, auth); ``on_unauthorized``: refresh a
-        credential after 401 / UNAUTHENTICATED; ``classify``: name a transport failure."""
-        self._config = config
-        self._ssl_context = ssl_context
-        self._extra_headers = extra_headers
-        self._server_hostname = server_hostname
-        self._on_unauthorized = on_unauthorized
-        self._classify = classify
-        self._encoding = "identity" if config.compression == "none" else config.compression
-
 
 class HttpExporter(UpstreamExporter):
     name = "otlp_http"
@@ -72,10 +39,7 @@ class HttpExporter(UpstreamExporter):
 
     async def export(self, signal: Signal, data: bytes) -> Exported:
         assert self._session is not None, "start() first"
-        headers = {"Content-Type": "application/x-protobuf", "User-Agent": "otlp-sidecar"}
-        headers.update(self._config.headers)
-        if self._extra_headers is not None:
-            headers.update(await self._extra_headers())
+        headers = {"Content-Type": "application/x-protobuf", "User-Agent": "otlp-sidecar", **await self._headers()}
         body = await compression.compress_async(self._encoding, data)
         if self._encoding != "identity":
             headers["Content-Encoding"] = self._encoding
@@ -95,17 +59,15 @@ class HttpExporter(UpstreamExporter):
                 if response.status == 200:
                     return parse_response(signal, payload)
                 error = _http_error(response.status, response.headers.get("Retry-After"), payload)
-                if response.status == 401 and self._on_unauthorized is not None:
-                    # a refreshable credential (OAuth2): fetch a new one and try again
-                    self._on_unauthorized()
-                    error.retryable = True
+                if response.status == 401:
+                    self._unauthorized(error)
                 raise error
         except TimeoutError:
             raise ExportError(
                 "timeout", f"no answer from {url} within {self._config.timeout:g} s", retryable=True
             ) from None
         except aiohttp.ClientError as exc:
-            reason = (self._classify(exc) if self._classify else None) or "unavailable"
+            reason = self._failure_reason(exc, "unavailable")
             raise ExportError(reason, f"cannot reach {url}: {exc}", retryable=True) from None
 
 

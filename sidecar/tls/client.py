@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from sidecar.configkit import ConfigError
-from sidecar.tls.files import digest, load_ca_bundle, load_key_pair, load_pair_into
+from sidecar.tls.files import digest, load_ca_into, load_key_pair, load_pair_into
 from sidecar.tls.reload import DEFAULT_CHECK_INTERVAL, Loaded, ReloadingTLS, tls_version
 
 #: the ConfigError keys used when the caller gives none
@@ -87,12 +87,7 @@ class ClientTLS(ReloadingTLS):
         leaf = None
         ca_path = self._files.get("ca_file")
         if ca_path:
-            ca_key = self._keys["ca_file"]
-            contents["ca"] = load_ca_bundle(ca_key, ca_path)
-            try:
-                ctx.load_verify_locations(cadata=contents["ca"].decode("ascii", "replace"))
-            except ssl.SSLError as exc:
-                raise ConfigError(ca_key, f"{ca_path}: OpenSSL refused the CA bundle ({exc.reason})") from None
+            contents["ca"] = load_ca_into(ctx, self._keys["ca_file"], ca_path)
         else:
             ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
         cert_path = self._files.get("cert_file")

@@ -149,6 +149,18 @@ def load_ca_bundle(key: str, path: str) -> bytes:
     return data
 
 
+
+def load_ca_into(ctx: ssl.SSLContext, key: str, path: str) -> bytes:
+    """Load the CA bundle at ``path`` into ``ctx`` as its trust anchors; return its PEM bytes.
+
+    ConfigError names ``key`` and the file when it is missing, expired or refused by OpenSSL."""
+    pem = load_ca_bundle(key, path)
+    try:
+        ctx.load_verify_locations(cadata=pem.decode("ascii", "replace"))
+    except ssl.SSLError as exc:
+        raise ConfigError(key, f"{path}: OpenSSL refused the CA bundle ({exc.reason})") from None
+    return pem
+
 def digest(parts: Mapping[str, bytes]) -> str:
     """One SHA-256 over named contents, to tell whether a reload changed anything."""
     h = hashlib.sha256()

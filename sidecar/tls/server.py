@@ -23,7 +23,7 @@ from typing import Any
 
 from sidecar.configkit import ConfigError
 from sidecar.identity import Peer
-from sidecar.tls.files import digest, load_ca_bundle, load_key_pair, load_pair_into
+from sidecar.tls.files import digest, load_ca_into, load_key_pair, load_pair_into
 from sidecar.tls.reload import DEFAULT_CHECK_INTERVAL, Loaded, ReloadingTLS, log, tls_version
 
 DEFAULT_KEYS = {
@@ -272,12 +272,7 @@ class ServerTLS(ReloadingTLS):
         contents = {"cert": pair.cert_pem, "key": pair.key_pem}
         ca_path = self._files.get("client_ca_file")
         if ca_path:
-            ca_key = self._keys["client_ca_file"]
-            contents["ca"] = load_ca_bundle(ca_key, ca_path)
-            try:
-                ctx.load_verify_locations(cadata=contents["ca"].decode("ascii", "replace"))
-            except ssl.SSLError as exc:
-                raise ConfigError(ca_key, f"{ca_path}: OpenSSL refused the CA bundle ({exc.reason})") from None
+            contents["ca"] = load_ca_into(ctx, self._keys["client_ca_file"], ca_path)
             # requested and verified in the handshake; required (or not) by authorize()
             ctx.verify_mode = ssl.CERT_OPTIONAL
         if self._alpn:

@@ -180,7 +180,7 @@ async def send_unary(stream: grpclib.server.Stream[Any, Any], reply: bytes) -> N
         ]
     )
     stream._send_initial_metadata_done = True
-    await stream._stream.send_data(_PREFIX.pack(False, len(reply)) + reply)
+    await stream._stream.send_data(frame_message(reply, compressed=False))
     stream._send_message_done = True
     stream._messages_sent += 1
 
@@ -219,7 +219,7 @@ async def call_unary(
     UNAVAILABLE and a timeout as DEADLINE_EXCEEDED.
     """
     body = await compression.compress_async(encoding, payload)
-    frame = _PREFIX.pack(encoding != compression.IDENTITY, len(body)) + body
+    frame = frame_message(body, compressed=encoding != compression.IDENTITY)
     return await call_framed(
         channel, path, frame, encoding=encoding, timeout=timeout, metadata=metadata, reply_limit=reply_limit
     )
@@ -265,22 +265,30 @@ async def _call(
     protocol = await channel.__connect__()
     # the wrapper wakes this task with StreamTerminatedError when the connection is lost
     wrapper = Wrapper()
-    with wrapper:
-        return await _exchange(protocol, channel, path, frame, encoding, timeout, metadata, reply_limit, wrapper)
-
-
-async def _exchange(
-    protocol: Any,
-    channel: grpclib.client.Channel,
-    path: str,
-    frame: bytes,
-    encoding: str,
-    timeout: float,
-    metadata: Mapping[str, str],
-    reply_limit: int,
-    wrapper: Wrapper,
-) -> bytes:
     h2_stream = protocol.processor.connection.create_stream(wrapper=wrapper)
+    headers = _request_headers(channel, path, encoding, timeout, metadata)
+    with wrapper:
+        release = await h2_stream.send_request(headers, _processor=protocol.processor)
+        done = False
+        try:
+            await h2_stream.send_data(frame, end_stream=True)
+            response = dict(await h2_stream.recv_headers())
+            reply = await _read_reply(h2_stream, response, reply_limit)
+            trailers = dict(await h2_stream.recv_trailers())
+            done = True
+            _raise_for_status(trailers)
+            return reply
+        except (compression.DecompressionError, compression.UnsupportedEncoding, compression.TooLarge) as exc:
+            raise CallError(Status.INTERNAL, f"bad reply: {exc}") from None
+        finally:
+            if not done and h2_stream.closable:
+                h2_stream.reset_nowait()
+            release()
+
+
+def _request_headers(
+    channel: grpclib.client.Channel, path: str, encoding: str, timeout: float, metadata: Mapping[str, str]
+) -> list[tuple[str, str]]:
     headers = [
         (":method", "POST"),
         (":scheme", channel._scheme),
@@ -295,37 +303,27 @@ async def _exchange(
     if encoding != compression.IDENTITY:
         headers.append(("grpc-encoding", encoding))
     headers.extend((key.lower(), value) for key, value in metadata.items())
-    release = await h2_stream.send_request(headers, _processor=protocol.processor)
-    done = False
-    try:
-        await h2_stream.send_data(frame, end_stream=True)
-        response = dict(await h2_stream.recv_headers())
-        if response.get(":status") != "200":
-            status = _status_from_http(response.get(":status", ""))
-            raise CallError(status, f"upstream answered HTTP {response.get(':status')}", response)
-        if "grpc-status" in response:  # trailers-only response
-            _raise_for_status(response)
-            raise CallError(Status.INTERNAL, "upstream sent no reply message")
-        prefix = await h2_stream.recv_data(5)
-        reply = b""
-        if len(prefix) == 5:
-            compressed, length = _PREFIX.unpack(prefix)
-            if length > reply_limit:
-                raise CallError(Status.RESOURCE_EXHAUSTED, f"reply of {length} bytes is too large")
-            reply = await h2_stream.recv_data(length)
-            if compressed:
-                reply_encoding = compression.normalize(response.get("grpc-encoding"))
-                reply = compression.decompress(reply_encoding, reply, reply_limit)
-        trailers = dict(await h2_stream.recv_trailers())
-        done = True
-        _raise_for_status(trailers)
-        return bytes(reply)
-    except (compression.DecompressionError, compression.UnsupportedEncoding, compression.TooLarge) as exc:
-        raise CallError(Status.INTERNAL, f"bad reply: {exc}") from None
-    finally:
-        if not done and h2_stream.closable:
-            h2_stream.reset_nowait()
-        release()
+    return headers
+
+
+async def _read_reply(h2_stream: Any, response: Mapping[str, str], reply_limit: int) -> bytes:
+    """The reply message after the response headers, decompressed; CallError for a failed call."""
+    if response.get(":status") != "200":
+        status = _status_from_http(response.get(":status", ""))
+        raise CallError(status, f"upstream answered HTTP {response.get(':status')}", response)
+    if "grpc-status" in response:  # trailers-only response
+        _raise_for_status(response)
+        raise CallError(Status.INTERNAL, "upstream sent no reply message")
+    prefix = await h2_stream.recv_data(5)
+    if len(prefix) < 5:
+        return b""
+    compressed, length = _PREFIX.unpack(prefix)
+    if length > reply_limit:
+        raise CallError(Status.RESOURCE_EXHAUSTED, f"reply of {length} bytes is too large")
+    reply = bytes(await h2_stream.recv_data(length))
+    if compressed:
+        reply = compression.decompress(compression.normalize(response.get("grpc-encoding")), reply, reply_limit)
+    return reply
 
 
 def _raise_for_status(headers: Mapping[str, str]) -> None:
