@@ -45,6 +45,37 @@ DEFAULT_PLAN = Plan(
 )
 
 
+def shipped_plan(body: bytes, tenant: str = "acme") -> Plan:
+    """The plan the bundled policies (policies/) give the first resource of ``body``: what the
+    sidecar applies in the benchmarks, asked of the real policy engine once."""
+    import asyncio
+    import tempfile
+
+    import prometheus_client
+
+    from sidecar.identity import Peer, PodIdentity
+    from sidecar.policy.config import PolicyConfig
+    from sidecar.policy.service import PolicyService
+    from sidecar.rewrite import split_resources
+    from sidecar.signals import Signal
+
+    async def ask() -> Plan:
+        with tempfile.TemporaryDirectory() as tmp:
+            key = Path(tmp) / "hash.key"
+            key.write_bytes(b"bench-key-0123456789abcdef0123456")
+            config = PolicyConfig(dir=str(REPO / "policies"), hash_key_file=str(key), reload_interval=0)
+            pod = PodIdentity(name="bench-0", namespace="shop", service_account="bench", tenant=tenant)
+            service = PolicyService(config, pod, prometheus_client.CollectorRegistry())
+            await service.start()
+            try:
+                resources = split_resources(Signal.TRACES, body)
+                return (await service.plans_for(Signal.TRACES, resources[:1], Peer("127.0.0.1"), "http"))[0]
+            finally:
+                await service.stop()
+
+    return asyncio.run(ask())
+
+
 def corpus_values() -> list[str]:
     if CORPUS.exists():
         return [c["value"] for c in json.loads(CORPUS.read_text())["cases"]]

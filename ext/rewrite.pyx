@@ -9,7 +9,7 @@ keyed hashes (rare) call Python's ``hmac``. Plans are compiled once into C struc
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memmove
 
 import hmac as _hmac
@@ -22,7 +22,7 @@ from sidecar.rewrite._common import (
     compile_plan,
     decode_attributes,
 )
-from sidecar.rewrite._schema import FIELDS, ITEMS, MAX_NESTING, NAMES, REQUEST_TYPE, RS_TYPE
+from sidecar.rewrite._schema import FIELDS, HOLDS_ITEMS, ITEMS, MAX_NESTING, NAMES, REQUEST_TYPE, RS_TYPE
 from sidecar.rewrite.plan import Plan
 
 __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
@@ -85,12 +85,14 @@ cdef const char* OT_TH = b"ot=th:"
 cdef const char* OT_EQ = b"ot="
 cdef int FMAP[NTYPES][MAXF]
 cdef bint IS_ITEM[NTYPES]
+cdef bint HOLDS[NTYPES]
 
 
 def _load_schema():
     cdef int t, f
     for t in range(NTYPES):
         IS_ITEM[t] = t in ITEMS
+        HOLDS[t] = t in HOLDS_ITEMS
         for f in range(MAXF):
             FMAP[t][f] = FIELDS.get(t, {}).get(f, 0)
     for t, fmap in FIELDS.items():
@@ -145,6 +147,7 @@ cdef struct Keep:
     int slot
 
 cdef struct CPlan:
+    uint64_t id
     int noop
     int allow
     int refuse_slot
@@ -165,6 +168,10 @@ cdef struct CPlan:
     Py_ssize_t rlen
     int dry_run
     int nslots
+
+
+#: ids of compiled plans, never reused (the key cache below tells plans apart by id)
+cdef uint64_t _NEXT_PLAN_ID = 0
 
 
 cdef class _PlanBox:
@@ -194,6 +201,9 @@ cdef class _PlanBox:
         self.compiled = c
         self.refs = []
         self.hash_key = c.hash_key
+        global _NEXT_PLAN_ID
+        _NEXT_PLAN_ID += 1
+        self.p.id = _NEXT_PLAN_ID
         self.p.noop = c.noop
         self.p.allow = c.allow
         self.p.refuse_slot = c.refuse_slot
@@ -1049,12 +1059,57 @@ cdef bint rule_matches(Rule* r, const unsigned char* key, Py_ssize_t kn) noexcep
     return glob_match(r.pat, r.plen, key, kn)
 
 
-cdef Rule* match_rule(CPlan* plan, const unsigned char* key, Py_ssize_t kn) noexcept:
+# Which rule (if any) matched a key, remembered per plan: the same few keys come back in
+# every item, and a plan of the shipped PCI policy has ~180 rules to try. Direct-mapped and
+# fixed in size (64 KiB for all plans); a slot names its plan by id, so a slot left by a freed
+# plan never answers for another. Used with the GIL held only (the rewriter never drops it).
+cdef enum:
+    KEY_SLOTS = 1024
+    KEY_MAX = 48
+
+cdef struct KeySlot:
+    uint64_t plan_id
+    uint32_t hash
+    int32_t rule
+    int32_t klen
+    unsigned char key[KEY_MAX]
+
+cdef KeySlot _KEY_CACHE[KEY_SLOTS]
+
+
+cdef inline uint32_t key_hash(const unsigned char* key, Py_ssize_t kn) noexcept:
+    cdef uint32_t h = 2166136261u
+    cdef Py_ssize_t i
+    for i in range(kn):
+        h = (h ^ key[i]) * 16777619u
+    return h
+
+
+cdef Rule* scan_rules(CPlan* plan, const unsigned char* key, Py_ssize_t kn) noexcept:
     cdef int i
     for i in range(plan.nrules):
         if rule_matches(&plan.rules[i], key, kn):
             return &plan.rules[i]
     return NULL
+
+
+cdef Rule* match_rule(CPlan* plan, const unsigned char* key, Py_ssize_t kn) noexcept:
+    cdef uint32_t h
+    cdef KeySlot* slot
+    cdef Rule* rule
+    if kn > KEY_MAX or plan.nrules < 4:
+        return scan_rules(plan, key, kn)
+    h = key_hash(key, kn) ^ <uint32_t>(plan.id * 2654435761u)
+    slot = &_KEY_CACHE[h & (KEY_SLOTS - 1)]
+    if slot.plan_id == plan.id and slot.hash == h and slot.klen == kn and memcmp(slot.key, key, kn) == 0:
+        return NULL if slot.rule < 0 else &plan.rules[slot.rule]
+    rule = scan_rules(plan, key, kn)
+    slot.plan_id = plan.id
+    slot.hash = h
+    slot.klen = <int32_t>kn
+    slot.rule = -1 if rule == NULL else <int32_t>(rule - plan.rules)
+    memcpy(slot.key, key, kn)
+    return rule
 
 
 cdef int kv_scalar(St* st, Py_ssize_t vs, Py_ssize_t ve, int scan) noexcept:
@@ -1870,8 +1925,41 @@ cdef bytes _resource_bytes(St* st, int t, Py_ssize_t s, Py_ssize_t e):
     return b"".join(parts)
 
 
-def split_resources(signal, data):
-    """One ResourceInfo per top-level resource, in order."""
+cdef int count_quickly(St* st, int t, Py_ssize_t start, Py_ssize_t end) noexcept:
+    """Count the items in data[start:end], checking the framing of the messages that hold them."""
+    cdef Py_ssize_t pos = start
+    cdef Py_ssize_t tag_pos
+    cdef Field f
+    cdef int code, sub
+    cdef int* fmap = FMAP[t]
+    while pos < end:
+        tag_pos = pos
+        if next_field(st, pos, end, t, &f) < 0:
+            return -1
+        pos = f.ve
+        code = fmap[f.fn] if f.fn < MAXF else 0
+        if code == 0:
+            continue
+        if f.wt != 2:
+            return fail(st, E_WRONG_WT, t, f.fn, f.wt, tag_pos)
+        if code < F_SUB:
+            continue
+        sub = code - F_SUB
+        if IS_ITEM[sub]:
+            st.items_in += 1
+        elif HOLDS[sub]:
+            if count_quickly(st, sub, f.vs, f.ve) < 0:
+                return -1
+    return 0
+
+
+def split_resources(signal, data, bint validate=True):
+    """One ResourceInfo per top-level resource, in order.
+
+    ``validate=False`` checks only the framing down to the items (enough to count them), not
+    the items' insides: for a caller that hands the request to rewrite() next, which checks
+    every byte.
+    """
     cdef bytes b = _as_bytes(data)
     cdef St st
     cdef int t = RS_TYPE[signal]
@@ -1881,7 +1969,10 @@ def split_resources(signal, data):
         out = []
         for index, (_tag, s, e) in enumerate(_resource_ranges(&st, REQUEST_TYPE[signal])):
             before = st.items_in
-            walk(&st, t, s, e, 0)
+            if validate:
+                walk(&st, t, s, e, 0)
+            else:
+                count_quickly(&st, t, s, e)
             if st.err:
                 raise _error(&st)
             key = _resource_bytes(&st, t, s, e)

@@ -19,7 +19,7 @@ from sidecar.export.queue import ExportQueue, QueueClosed, QueueFull
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy.errors import PolicyUnavailable
-from sidecar.rewrite import MalformedRequest, ResourceInfo, RewriteResult, rewrite, split_resources
+from sidecar.rewrite import MalformedRequest, ResourceInfo, rewrite, split_resources
 from sidecar.rewrite.plan import PASS_THROUGH, Plan
 from sidecar.signals import Signal
 
@@ -141,7 +141,8 @@ class Pipeline:
         """Apply the policies to one request and queue what remains; raise Refused otherwise."""
         labels = (signal.value, transport)
         try:
-            resources = split_resources(signal, data)
+            # the quick split checks framing down to the items; rewrite() checks every byte
+            resources = split_resources(signal, data, validate=False)
         except MalformedRequest as exc:
             self._metrics.refused_requests.labels(*labels, "malformed").inc()
             raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
@@ -160,11 +161,7 @@ class Pipeline:
             raise RateLimited(f"over the tenant's rate limit; retry in {wait:.1f} s", items_in, retry_after=wait)
         try:
             plans = await self._planner.plans_for(signal, resources, peer, transport)
-            if all(plan.is_noop for plan in plans):
-                # split_resources already walked and validated every byte: nothing to change
-                result = RewriteResult(data, items_in, items_in, 0, 0, (), {})
-            else:
-                result = rewrite(signal, data, plans)
+            result = rewrite(signal, data, plans)
         except MalformedRequest as exc:
             self._metrics.refused_items.labels(*labels, "malformed").inc(items_in)
             raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}", items_in) from None

@@ -1,8 +1,9 @@
 """The naive Python proxy the sidecar is measured against, run as its own process.
 
 What a straightforward Python sidecar does per request: decode with upb, apply the same
-policy in Python (sample first, then mask the kept spans: not a straw man), encode, and
-forward to the upstream. It answers the app once the request is rewritten (forwarding runs in
+policy in Python (the plan the bundled policies give, asked of the policy engine once at
+start; sample first, then mask the kept spans: not a straw man), encode, and forward to the
+upstream. It answers the app once the request is rewritten (forwarding runs in
 the background), as the sidecar answers once the request is queued.
 
 ``python -m bench.baselines.naive_proxy --upstream-http PORT`` prints
@@ -20,20 +21,22 @@ from aiohttp import web
 from grpclib.const import Cardinality, Handler
 
 from bench.baselines.naive_rewrite import naive_rewrite
-from bench.corpus_requests import DEFAULT_PLAN
+from bench.corpus_requests import shipped_plan, trace_request
 from bench.serving import serve_until_terminated
+from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
 from sidecar.wire import grpc as grpcwire
 
 
 class NaiveProxy:
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, plan: Plan) -> None:
         self.upstream = upstream
+        self.plan = plan
         self.session: aiohttp.ClientSession | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, body: bytes) -> None:
-        rewritten = naive_rewrite(body, DEFAULT_PLAN)
+        rewritten = naive_rewrite(body, self.plan)
         task = asyncio.create_task(self.forward(rewritten))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -61,7 +64,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--upstream-http", type=int, required=True)
     args = parser.parse_args()
-    proxy = NaiveProxy(f"http://127.0.0.1:{args.upstream_http}/v1/traces")
+    # the benchmark's requests all carry one resource: its plan is the only one needed
+    plan = await asyncio.to_thread(shipped_plan, trace_request(1, seed=7))
+    proxy = NaiveProxy(f"http://127.0.0.1:{args.upstream_http}/v1/traces", plan)
     proxy.session = aiohttp.ClientSession()
     app = web.Application(client_max_size=1 << 30)
     app.router.add_post("/v1/traces", proxy.http_export)

@@ -34,7 +34,13 @@ def _luhn(d: str) -> bool:
     return s % 10 == 0
 
 
+#: a run of at least 12 digits (the shortest card number): strings without one need no closer look
+_LONG_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){11}")
+
+
 def _mask(s: str) -> str:
+    if not _LONG_RUN.search(s):
+        return s
     out = []
     last = 0
     uuids = [m.span() for m in _UUID.finditer(s)]
@@ -65,6 +71,18 @@ def _mask(s: str) -> str:
     return "".join(out)
 
 
+def _mask_all_but_last4(s: str) -> str:
+    digits = sum(c in "0123456789" for c in s)
+    out = []
+    for c in s:
+        if c in "0123456789":
+            out.append("*" if digits > 4 else c)
+            digits -= 1
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def _value(v: AnyValue) -> None:
     kind = v.WhichOneof("value")
     if kind == "string_value":
@@ -77,19 +95,44 @@ def _value(v: AnyValue) -> None:
             _value(x.value)
 
 
+#: the rule each key matched, per rules tuple (keyed by id; the tuple is kept alive beside it)
+_MATCHED: dict[int, tuple[tuple, dict]] = {}
+
+
+def _rule_for(key: str, rules: tuple):
+    """The first rule whose pattern matches ``key``, remembered per key as any sensible proxy would."""
+    entry = _MATCHED.get(id(rules))
+    if entry is None or entry[0] is not rules:
+        entry = _MATCHED[id(rules)] = (rules, {})
+    matched = entry[1]
+    if key not in matched:
+        lowered = key.lower()
+        matched[key] = next((r for r in rules if fnmatch.fnmatchcase(lowered, r.pattern)), None)
+    return matched[key]
+
+
 def _attributes(attrs, rules, plan: Plan) -> None:
     keep = []
     for a in attrs:
-        rule = next((r for r in rules if fnmatch.fnmatchcase(a.key.lower(), r.pattern)), None)
+        rule = _rule_for(a.key, rules)
         if rule is None:
             _value(a.value)
         elif rule.action == "drop":
             continue
+        elif rule.action == "redact":
+            a.value.CopyFrom(AnyValue(string_value=plan.redaction))
         elif rule.action == "hash":
-            digest = hmac.new(plan.hash_key, a.value.string_value.encode(), "sha256").hexdigest()
-            a.value.string_value = HASH_PREFIX + digest
+            kind = a.value.WhichOneof("value")
+            material = str(a.value.int_value) if kind == "int_value" else a.value.string_value
+            digest = hmac.new(plan.hash_key, material.encode(), "sha256").hexdigest()
+            a.value.CopyFrom(AnyValue(string_value=HASH_PREFIX + digest))
         elif rule.action == "mask_pan":
-            a.value.string_value = _mask(a.value.string_value)
+            kind = a.value.WhichOneof("value")
+            if kind in ("string_value", "int_value"):
+                text = a.value.string_value if kind == "string_value" else str(a.value.int_value)
+                a.value.CopyFrom(AnyValue(string_value=_mask_all_but_last4(text)))
+            elif kind not in (None, "bool_value"):
+                a.value.CopyFrom(AnyValue(string_value=plan.redaction))
         keep.append(a)
     if len(keep) != len(attrs):
         kept = [type(a).FromString(a.SerializeToString()) for a in keep]
@@ -122,7 +165,7 @@ def naive_rewrite(data: bytes, plan: Plan) -> bytes:
                                 and attrs[k.key].int_value >= k.value)
                             for k in plan.sampling.keep)):
                         continue
-                else:
+                elif plan.sampling:
                     span.trace_state = f"ot=th:{th}" + (
                         "," + span.trace_state if span.trace_state else "")
                 span.name = _mask(span.name)
@@ -132,7 +175,8 @@ def naive_rewrite(data: bytes, plan: Plan) -> bytes:
                     _attributes(ev.attributes, plan.attribute_rules, plan)
                 for ln in span.links:
                     _attributes(ln.attributes, plan.attribute_rules, plan)
-                span.status.message = _mask(span.status.message)
+                if span.status.message:
+                    span.status.message = _mask(span.status.message)
                 kept.append(span)
             if len(kept) != len(ss.spans):
                 copies = [type(s).FromString(s.SerializeToString()) for s in kept]

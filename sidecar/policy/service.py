@@ -97,6 +97,8 @@ class PolicyService:
         self._failed_snapshot: tuple[Any, ...] | None = None
         self.metrics.dry_run.set(1 if config.dry_run else 0)
         self._hits = self.metrics.cache.labels("hit")
+        # bound audit counters per (signal, (rule id, action)): labels() per request is measurable
+        self._rule_counters: dict[tuple[Signal, tuple[str, str]], Any] = {}
         self._misses = self.metrics.cache.labels("miss")
 
     # ----------------------------------------------------------------- lifecycle
@@ -300,11 +302,17 @@ class PolicyService:
 
     def record_counts(self, signal: Signal, counts: dict[tuple[str, str], int]) -> None:
         """Feed the per-rule audit counters from the rewriter's counts ((rule_id, action) -> n)."""
-        for (rule_id, action), number in counts.items():
+        children = self._rule_counters
+        for key, number in counts.items():
             if number > 0:
-                self.metrics.rule_actions.labels(
-                    signal.value, safe_label(rule_id), safe_label(action)
-                ).inc(number)
+                child = children.get((signal, key))
+                if child is None:
+                    if len(children) > 10_000:  # rule ids come from policies; bound it anyway
+                        children.clear()
+                    rule_id, action = key
+                    child = children[(signal, key)] = self.metrics.rule_actions.labels(
+                        signal.value, safe_label(rule_id), safe_label(action))
+                child.inc(number)
         if self._decision_log is not None:
             self._decision_log.counts(version=self.version, signal=signal.value, counts=counts)
 

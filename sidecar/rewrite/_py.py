@@ -44,6 +44,7 @@ from sidecar.rewrite._schema import (
     F_SUB,
     F_TS,
     FIELDS,
+    HOLDS_ITEMS,
     ITEMS,
     KV,
     KVLIST,
@@ -746,17 +747,46 @@ def _resource_bytes(data: bytes, signal: Signal, s: int, e: int) -> bytes:
     return b"".join(parts)
 
 
-def split_resources(signal: Signal, data) -> list[ResourceInfo]:
-    """One :class:`ResourceInfo` per top-level resource, in order."""
+def split_resources(signal: Signal, data, validate: bool = True) -> list[ResourceInfo]:
+    """One :class:`ResourceInfo` per top-level resource, in order.
+
+    ``validate=False`` checks only the framing down to the items (enough to count them), not
+    the items' insides: for a caller that hands the request to :func:`rewrite` next, which
+    checks every byte.
+    """
     data = _as_bytes(data)
     t = RS_TYPE[signal]
     out = []
     for index, (_tag, s, e) in enumerate(_resource_ranges(signal, data)):
         st = _State(data)
-        _walk(st, t, s, e, False)
+        if validate:
+            _walk(st, t, s, e, False)
+        else:
+            _count_quickly(st, t, s, e)
         key = _resource_bytes(data, signal, s, e)
         out.append(ResourceInfo(index, key, st.items_in))
     return out
+
+
+def _count_quickly(st: _State, t: int, start: int, end: int) -> None:
+    """Count the items in data[start:end], checking the framing of the messages that hold them."""
+    buf = st.data
+    fmap = FIELDS[t]
+    pos = start
+    while pos < end:
+        tag_pos = pos
+        fn, wt, vs, ve, _ = _next_field(buf, pos, end, t)
+        pos = ve
+        code = fmap.get(fn, 0)
+        if code == 0:
+            continue
+        if wt != 2:
+            raise _wrong_wire_type(fn, wt, t, tag_pos)
+        sub = code - F_SUB
+        if sub in ITEMS:
+            st.items_in += 1
+        elif sub in HOLDS_ITEMS:
+            _count_quickly(st, sub, vs, ve)
 
 
 def _refusal(st: _State, signal: Signal, s: int, e: int) -> tuple[int, str] | None:

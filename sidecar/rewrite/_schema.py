@@ -56,6 +56,26 @@ FIELDS: dict[int, dict[int, int]] = {
     REQ_LOGS: {1: _S + RS_LOGS},
 }
 ITEMS = frozenset({SPAN, LOG, NDP, HDP, EDP, SDP})
+
+
+def _holding_items() -> frozenset[int]:
+    """Types with items below them (not counting the items' own insides)."""
+    holds: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for t, fmap in FIELDS.items():
+            if t in holds or t in ITEMS:
+                continue
+            subs = {code - F_SUB for code in fmap.values() if code >= F_SUB}
+            if subs & (ITEMS | holds):
+                holds.add(t)
+                changed = True
+    return frozenset(holds)
+
+
+#: what the quick walk of ``split_resources(validate=False)`` descends into
+HOLDS_ITEMS = _holding_items()
 REQUEST_TYPE = {Signal.TRACES: REQ_TRACES, Signal.METRICS: REQ_METRICS, Signal.LOGS: REQ_LOGS}
 RS_TYPE = {Signal.TRACES: RS_SPANS, Signal.METRICS: RS_METRICS, Signal.LOGS: RS_LOGS}
 

@@ -29,6 +29,6 @@ def test_load_benchmark_measures_every_mode() -> None:
 def test_rewrite_benchmark_compares_against_the_naive_baseline() -> None:
     proc = run("bench.rewrite", "--seconds", "0.2", "--spans", "64")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    names = [line.split()[0] for line in proc.stdout.splitlines() if line.split() and line.split()[0] in
-             ("cython", "twin", "naive")]
-    assert set(names) >= {"twin", "naive"}
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    measured = {(row[0], row[1]) for row in rows if len(row) == 4 and row[1] in ("cython", "twin", "naive")}
+    assert measured >= {(plan, name) for plan in ("default", "shipped") for name in ("twin", "naive")}

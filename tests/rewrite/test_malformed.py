@@ -84,6 +84,40 @@ def test_every_byte_corruption_is_an_error_or_a_valid_request(impl):
     assert "ok" in seen and len(seen) > 10  # deep errors in many messages were reached
 
 
+REFUSE = Plan(allow=False, reason="no", refuse_rule_id="r")
+
+
+def _quick_outcome(mod, signal: Signal, data: bytes, plan: Plan):
+    """The pipeline's way: the quick split, then rewrite (which checks every byte)."""
+    try:
+        infos = mod.split_resources(signal, data, validate=False)
+        result = mod.rewrite(signal, data, [plan] * len(infos))
+    except MalformedRequest:
+        return "malformed"
+    return ("ok", infos, result.items_in)
+
+
+def _full_outcome(mod, signal: Signal, data: bytes):
+    try:
+        infos = mod.split_resources(signal, data)
+    except MalformedRequest:
+        return "malformed"
+    return ("ok", infos, sum(info.items for info in infos))
+
+
+@pytest.mark.parametrize("plan", [Plan(), BUSY, REFUSE], ids=["noop", "busy", "refuse"])
+def test_quick_split_then_rewrite_refuses_exactly_what_the_full_split_refuses(impl, plan):
+    seen = set()
+    for signal, data in _requests():
+        for pos in range(len(data)):
+            for mutated in (data[:pos], data[:pos] + bytes([data[pos] ^ 0x08]) + data[pos + 1:],
+                            data[:pos] + b"\xff" + data[pos + 1:]):
+                full = _full_outcome(impl, signal, mutated)
+                assert _quick_outcome(impl, signal, mutated, plan) == full
+                seen.add(full == "malformed")
+    assert seen == {True, False}
+
+
 def test_short_fuzz_run_c_matches_the_twin():
     c = load_c()
     if c is None:
