@@ -138,49 +138,51 @@ def peak_rss_mib(pid: int) -> float:
 
 async def _generate(transport: str, port: int, body: bytes, duration: float, concurrency: int,
                     rate: float | None) -> dict[str, Any]:
-    import aiohttp
-    import grpclib.client
-
+    from bench.loadgen import CallFailed, connect
     from sidecar.signals import Signal
-    from sidecar.wire.grpc import CallError, call_unary
 
     ok = refused = failed = 0
     latencies: list[float] = []
     deadline = time.monotonic() + duration
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
-    channel = grpclib.client.Channel("127.0.0.1", port)
-    url = f"http://127.0.0.1:{port}/v1/traces"
-    headers = {"Content-Type": "application/x-protobuf"}
+    path = Signal.TRACES.http_path if transport == "http" else Signal.TRACES.grpc_path
+    # HTTP/1.1 carries one request at a time per connection; gRPC multiplexes on one
+    connections = [await connect(transport, "127.0.0.1", port, path, body)
+                   for _ in range(concurrency if transport == "http" else 1)]
+    idle = asyncio.Queue()
+    for n in range(concurrency):
+        idle.put_nowait(connections[n % len(connections)])
 
-    async def one() -> None:
+    async def one() -> bool:
+        """One request; False when it was refused retryably."""
         nonlocal ok, refused, failed
+        connection = await idle.get()
         started = time.perf_counter()
+        accepted = True
         try:
-            if transport == "http":
-                async with session.post(url, data=body, headers=headers) as response:
-                    await response.read()
-                    status = response.status
-                if status == 200:
-                    ok += 1
-                elif status in (429, 503):
-                    refused += 1
-                else:
-                    failed += 1
-            else:
-                await call_unary(channel, Signal.TRACES.grpc_path, body, timeout=10)
-                ok += 1
-        except CallError as exc:
-            if exc.status.name in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):
+            await connection.call()
+            ok += 1
+        except CallFailed as exc:
+            if exc.retryable:
                 refused += 1
+                accepted = False
             else:
                 failed += 1
         except Exception:
             failed += 1
         latencies.append(time.perf_counter() - started)
+        idle.put_nowait(connection)
+        return accepted
 
     async def worker() -> None:
+        # back off after a refusal as an OTLP exporter does (exponential, from 50 ms to 1 s):
+        # resending at once would measure how fast the target says no
+        delay = 0.0
         while time.monotonic() < deadline:
-            await one()
+            if await one():
+                delay = 0.0
+            else:
+                delay = min(1.0, max(0.05, delay * 2))
+                await asyncio.sleep(delay)
 
     if rate is None:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -195,8 +197,8 @@ async def _generate(transport: str, port: int, body: bytes, duration: float, con
             task.add_done_callback(tasks.discard)
             next_at += interval
         await asyncio.gather(*tasks)
-    await session.close()
-    channel.close()
+    for connection in connections:
+        connection.close()
     return {"ok": ok, "refused": refused, "failed": failed, "latencies": latencies}
 
 

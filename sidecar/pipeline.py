@@ -155,6 +155,10 @@ class Pipeline:
                 self._metrics.sampled_out_items.labels(signal.value),
             )
         counters[0].inc(items_in)
+        if self._queue.full:
+            # the export is behind: refuse before spending the rewrite on a request that cannot fit
+            self._metrics.refused_items.labels(*labels, "queue_full").inc(items_in)
+            raise Unavailable(self._queue.full_message(), items_in, retry_after=self._retry_after)
         wait = self._rate_limited(items_in)
         if wait is not None:
             self._metrics.refused_items.labels(*labels, RateLimited.reason).inc(items_in)

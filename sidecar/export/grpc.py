@@ -93,7 +93,8 @@ class GrpcExporter(UpstreamExporter):
             try:
                 reply = await call_unary(
                     self._channel(signal), signal.grpc_path, data,
-                    encoding=encoding, timeout=self._config.timeout, metadata=metadata,
+                    encoding=encoding, level=self._config.compression_level, timeout=self._config.timeout,
+                    metadata=metadata,
                 )
             except CallError as exc:
                 if self._downgrade(encoding, exc):

@@ -40,7 +40,7 @@ class HttpExporter(UpstreamExporter):
     async def export(self, signal: Signal, data: bytes) -> Exported:
         assert self._session is not None, "start() first"
         headers = {"Content-Type": "application/x-protobuf", "User-Agent": "otlp-sidecar", **await self._headers()}
-        body = await compression.compress_async(self._encoding, data)
+        body = await compression.compress_async(self._encoding, data, self._config.compression_level)
         if self._encoding != "identity":
             headers["Content-Encoding"] = self._encoding
         url = self._config.url_for(signal)

@@ -86,6 +86,14 @@ class ExportQueue:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def full(self) -> bool:
+        """No byte more fits in memory and there is no disk queue to spill to: refuse early."""
+        return self._disk is None and self._held_bytes >= self.capacity_bytes
+
+    def full_message(self) -> str:
+        return f"export queue is full ({self._held_bytes} of {self.capacity_bytes} bytes held)"
+
     async def put(self, signal: Signal, data: bytes, items: int) -> None:
         """Accept ``data`` for export (durably, with the disk queue), or raise QueueFull / QueueClosed."""
         if self._closed:
@@ -95,7 +103,7 @@ class ExportQueue:
         record: Record | None = None
         if self._disk is None:
             if not fits_in_memory:
-                raise QueueFull(f"export queue is full ({self._held_bytes} of {self.capacity_bytes} bytes held)")
+                raise QueueFull(self.full_message())
         else:
             try:
                 record = await self._disk.append(signal, items, data)

@@ -95,9 +95,8 @@ class HttpReceiver:
             self._metrics.refused_requests.labels(*labels, "too_large").inc()
             message = f"body of {request.content_length} bytes exceeds the limit of {limit} bytes"
             return _error(413, content_type, message)
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+        raw = await _read_body(request, limit)
+        if raw is None:
             self._metrics.refused_requests.labels(*labels, "too_large").inc()
             return _error(413, content_type, f"body exceeds the limit of {limit} bytes")
         try:
@@ -126,11 +125,34 @@ class HttpReceiver:
             return _error(status, content_type, exc.message, headers)
         except Refused as exc:  # pragma: no cover - every Refused is one of the above
             return _error(500, content_type, exc.message)
+        if not outcome.rejected:
+            return web.Response(body=_EMPTY_JSON if content_type == JSON else b"", content_type=content_type)
         response = signal.response_class()
-        if outcome.rejected:
-            setattr(response.partial_success, rejected_field(signal), outcome.rejected)
-            response.partial_success.error_message = outcome.message
+        setattr(response.partial_success, rejected_field(signal), outcome.rejected)
+        response.partial_success.error_message = outcome.message
         return _encode(200, content_type, response)
+
+
+#: the whole success answer without partial_success: an empty Export*ServiceResponse
+_EMPTY_JSON = b"{}"
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None when it exceeds ``limit``.
+
+    Joins the received chunks once (``request.read()`` copies the body twice more).
+    """
+    content = request.content
+    if hasattr(content, "set_read_chunk_size"):  # aiohttp >= 3.13: fewer pause/resume cycles
+        content.set_read_chunk_size(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await content.readany():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _error(status: int, content_type: str, message: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -16,11 +16,13 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from sidecar.configkit import ConfigError
 from sidecar.tls.files import Stamp, describe, stamp
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 log = logging.getLogger("sidecar.tls")
 

@@ -8,7 +8,8 @@ so this module adds, without patching grpclib:
 - :class:`RawCodec`: hands message bytes through untouched (the rewriter works
   on bytes, never on a decoded object tree);
 - :class:`Server`: a grpclib server that keeps each request's headers on its
-  stream (to read ``grpc-encoding``) and advertises a larger HTTP/2 frame size;
+  stream (to read ``grpc-encoding``), advertises a larger HTTP/2 frame size and sends the
+  writes of one event-loop turn together (:class:`CoalescingTransport`);
 - :func:`recv_unary` / :func:`send_unary`: the server side of one unary call,
   decompressing the request and advertising ``grpc-accept-encoding``;
 - :func:`call_unary`: the client side, compressing the request and
@@ -77,11 +78,53 @@ class _HeaderKeepingHandler(grpclib.server.Handler):
         super().accept(stream, headers, release_stream)
 
 
+class CoalescingTransport:
+    """A transport that sends what was written during one event-loop turn in one ``send``.
+
+    grpclib writes a unary response as three writes (headers, message, trailers), plus window
+    updates as it reads: a system call each, and on loopback each one also wakes the client.
+    Writes keep their order; the rest of the transport API is the wrapped transport's.
+    """
+
+    __slots__ = ("_loop", "_parts", "_scheduled", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._parts: list[bytes] = []
+        self._scheduled = False
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self._parts.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        parts, self._parts = self._parts, []
+        if parts and not self._transport.is_closing():
+            self._transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._parts.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class _TunedProtocol(H2Protocol):
     max_frame_size = 16384
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
+        super().connection_made(CoalescingTransport(transport))
         if self.max_frame_size > 16384:
             # One DATA frame per typical request instead of a dozen: less per-frame CPU in h2.
             # Accept the larger frames at once, not only when the peer ACKs the setting: h2
@@ -209,16 +252,17 @@ async def call_unary(
     payload: bytes,
     *,
     encoding: str = compression.IDENTITY,
+    level: int = compression.DEFAULT_LEVEL,
     timeout: float,
     metadata: Mapping[str, str] | None = None,
     reply_limit: int = 4 << 20,
 ) -> bytes:
-    """One unary call on ``channel`` with a compressed request; returns the reply bytes.
+    """One unary call on ``channel`` with a request compressed at ``level``; returns the reply bytes.
 
     Raises CallError with the call's status on any failure, transport errors as
     UNAVAILABLE and a timeout as DEADLINE_EXCEEDED.
     """
-    body = await compression.compress_async(encoding, payload)
+    body = await compression.compress_async(encoding, payload, level)
     frame = frame_message(body, compressed=encoding != compression.IDENTITY)
     return await call_framed(
         channel, path, frame, encoding=encoding, timeout=timeout, metadata=metadata, reply_limit=reply_limit

@@ -15,7 +15,6 @@ import contextlib
 import json
 from typing import Any
 
-from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from sidecar.signals import Signal
@@ -37,6 +36,8 @@ def json_to_protobuf(signal: Signal, body: bytes) -> bytes:
     if not isinstance(document, dict):
         raise InvalidJSON("body must be a JSON object")
     _ids_hex_to_base64(document, "$")
+    from google.protobuf import json_format  # here: ~2 MiB that protobuf-only traffic never needs
+
     message = signal.request_class()
     try:
         json_format.ParseDict(document, message, ignore_unknown_fields=True)
@@ -47,6 +48,8 @@ def json_to_protobuf(signal: Signal, body: bytes) -> bytes:
 
 def message_to_json(message: Message) -> dict[str, Any]:
     """A message as an OTLP/JSON object (hex ids, integer enums, lowerCamelCase keys)."""
+    from google.protobuf import json_format
+
     document = json_format.MessageToDict(
         message, use_integers_for_enums=True, preserving_proto_field_name=False
     )

@@ -25,6 +25,19 @@ def test_round_trip_and_interop(encoding: str) -> None:
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "zstd", "deflate"])
+def test_every_level_round_trips_and_higher_levels_do_not_grow(encoding: str) -> None:
+    data = b"".join(b"span %d GET /api/orders/%d status=200\n" % (i, i % 97) for i in range(20_000))
+    sizes = []
+    for level in (-7, 1, 3, 9, 19):
+        packed = compression.compress(encoding, data, level)
+        assert compression.decompress(encoding, packed, len(data)) == data
+        sizes.append(len(packed))
+    assert sizes[-1] <= sizes[1] <= sizes[0]
+    if encoding == "zstd":  # the level reaches the codec
+        assert sizes[0] > sizes[-1]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd", "deflate"])
 def test_a_bomb_stops_at_the_limit(encoding: str) -> None:
     bomb = compression.compress(encoding, b"\x00" * (32 << 20))
     with pytest.raises(compression.TooLarge):

@@ -102,6 +102,7 @@ def test_otel_headers_are_url_decoded_and_secret() -> None:
         ({"SIDECAR_HTTP_ENDPOINT": "127.0.0.1:99999"}, "port must be between 0 and 65535"),
         ({"SIDECAR_EXPORTER_TYPE": "otlp"}, "exporter.endpoint: is required when exporter.type is 'otlp'"),
         ({"SIDECAR_EXPORTER_CONCURRENCY": "0"}, "exporter.concurrency"),
+        ({"SIDECAR_EXPORTER_COMPRESSION_LEVEL": "20"}, "exporter.compression_level"),
     ],
 )
 def test_invalid_environment_names_the_key(env: dict[str, str], message: str) -> None:

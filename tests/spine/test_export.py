@@ -102,6 +102,22 @@ async def test_full_queue_refuses_retryably(upstream, start_sidecar) -> None:
     upstream.default = Answer()
 
 
+async def test_a_full_queue_refuses_before_rewriting(upstream, start_sidecar) -> None:
+    """Exactly full: the request is refused up front (no rewrite spent on it), with the same answer."""
+    upstream.default = Answer(delay=30.0)
+    env = sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_QUEUE_MAX_BYTES=str(len(BODY) * 3),
+                      SIDECAR_EXPORTER_TIMEOUT="60")
+    sidecar = await start_sidecar(env)
+    port = sidecar.addresses["http"][1]
+    assert [(await post(port))[0] for _ in range(3)] == [200, 200, 200]
+    assert sidecar.queue is not None and sidecar.queue.full
+    status, headers = await post(port)
+    assert (status, headers["Retry-After"]) == (503, "1")
+    assert sample(sidecar, "otlp_sidecar_receiver_refused_items_total", signal="traces", transport="http",
+                  reason="queue_full") == 10
+    upstream.default = Answer()
+
+
 def test_retry_after_forms() -> None:
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)

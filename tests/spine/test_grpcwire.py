@@ -15,7 +15,7 @@ from sidecar.config import load
 from sidecar.export.grpc import GrpcExporter
 from sidecar.export.result import ExportError
 from sidecar.signals import Signal
-from sidecar.wire.grpc import CallError, call_unary
+from sidecar.wire.grpc import CallError, CoalescingTransport, call_unary
 from tests.conftest import sidecar_env
 from tests.spine import sdk
 
@@ -163,3 +163,42 @@ def test_data_frame_repr_text_is_unchanged(size: int) -> None:
     full = binascii.hexlify(data[:size]).decode("ascii")
     expected = "None" if not size else "<hex:" + (full[:20] + "..." if len(full) > 20 else full) + ">"
     assert repr(frame) == f"DataFrame(stream_id=1, flags=[]): {expected}"
+
+
+async def test_coalescing_transport_sends_one_turns_writes_together_in_order() -> None:
+    """grpclib writes a unary answer in three parts; the server sends them with one write."""
+    received = bytearray()
+    got_all = asyncio.Event()
+
+    class Sink(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            received.extend(data)
+            if received.endswith(b"end"):
+                got_all.set()
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Sink, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+    sent: list[bytes] = []
+    real_write = transport.write
+    transport.write = lambda data: (sent.append(bytes(data)), real_write(data))  # type: ignore[method-assign]
+    try:
+        coalescing = CoalescingTransport(transport)
+        for part in (b"headers|", b"", b"message|", b"trailers|"):
+            coalescing.write(part)
+        assert sent == []  # nothing yet: sent at the end of this loop turn
+        await asyncio.sleep(0)
+        assert sent == [b"headers|message|trailers|"]
+        coalescing.write(b"last ")
+        coalescing.write(b"end")
+        coalescing.close()  # closing sends what is pending first
+        await asyncio.wait_for(got_all.wait(), 5)
+        assert bytes(received) == b"headers|message|trailers|last end"
+        assert coalescing.is_closing()
+        coalescing.write(b"after close")  # dropped quietly, as a closed transport would
+        await asyncio.sleep(0)
+    finally:
+        transport.close()
+        server.close()
+        await server.wait_closed()
