@@ -6,7 +6,11 @@ start; sample first, then mask the kept spans: not a straw man), encode, and for
 upstream. It answers the app once the request is rewritten (forwarding runs in
 the background), as the sidecar answers once the request is queued.
 
-``python -m bench.baselines.naive_proxy --upstream-http PORT`` prints
+With ``--rego-per-span`` it also asks the policy engine (embedded Rego, the bundled policies)
+for a decision about every span, with the span's attributes in the input: what a sidecar
+without plans would do, and why this one compiles a plan once per resource instead.
+
+``python -m bench.baselines.naive_proxy --upstream-http PORT [--rego-per-span]`` prints
 ``grpc=<port> http=<port>`` once listening.
 """
 
@@ -29,13 +33,16 @@ from sidecar.wire import grpc as grpcwire
 
 
 class NaiveProxy:
-    def __init__(self, upstream: str, plan: Plan) -> None:
+    def __init__(self, upstream: str, plan: Plan, per_span: Any = None) -> None:
         self.upstream = upstream
         self.plan = plan
+        self.per_span = per_span
         self.session: aiohttp.ClientSession | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, body: bytes) -> None:
+        if self.per_span is not None:
+            self.per_span(body)
         rewritten = naive_rewrite(body, self.plan)
         task = asyncio.create_task(self.forward(rewritten))
         self.tasks.add(task)
@@ -60,13 +67,42 @@ class NaiveProxy:
         return web.Response(body=b"", content_type="application/x-protobuf")
 
 
+def rego_per_span() -> Any:
+    """A function that queries the bundled policies once per span of a trace request."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from bench.corpus_requests import REPO
+    from sidecar.identity import Peer, PodIdentity
+    from sidecar.policy.loader import load_policy
+
+    compiled, _ = load_policy(str(REPO / "policies"), "otlp_sidecar/main", run_tests=False)
+    pod = PodIdentity(name="bench-0", namespace="shop", service_account="bench", tenant="acme").as_input()
+    peer = Peer("127.0.0.1").as_input()
+
+    def decide(body: bytes) -> None:
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in request.resource_spans:
+            resource = {kv.key: kv.value.string_value for kv in resource_spans.resource.attributes}
+            for scope in resource_spans.scope_spans:
+                for span in scope.spans:
+                    attributes = {kv.key: kv.value.string_value or kv.value.int_value for kv in span.attributes}
+                    compiled.query("decisions", {
+                        "signal": "traces", "resource": {**resource, **attributes}, "pod": pod,
+                        "peer": peer, "transport": "http",
+                    })
+
+    return decide
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--upstream-http", type=int, required=True)
+    parser.add_argument("--rego-per-span", action="store_true", help="ask Rego about every span")
     args = parser.parse_args()
     # the benchmark's requests all carry one resource: its plan is the only one needed
     plan = await asyncio.to_thread(shipped_plan, trace_request(1, seed=7))
-    proxy = NaiveProxy(f"http://127.0.0.1:{args.upstream_http}/v1/traces", plan)
+    per_span = await asyncio.to_thread(rego_per_span) if args.rego_per_span else None
+    proxy = NaiveProxy(f"http://127.0.0.1:{args.upstream_http}/v1/traces", plan, per_span)
     proxy.session = aiohttp.ClientSession()
     app = web.Application(client_max_size=1 << 30)
     app.router.add_post("/v1/traces", proxy.http_export)
@@ -74,6 +110,9 @@ async def main() -> None:
         # plain grpclib frame size: what a straightforward proxy would use
         await serve_until_terminated(proxy, app, max_frame_size=16384)
     finally:
+        # let the forwards in flight finish (a slow baseline may still have some) before closing
+        if proxy.tasks:
+            await asyncio.wait(proxy.tasks, timeout=30)
         await proxy.session.close()
 
 
