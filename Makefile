@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: build run test lint bench docs clean
+.PHONY: build run test lint bench bench-rewrite docs clean
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,12 @@ test: build
 lint: $(STAMP)
 	$(BIN)/ruff check sidecar tests bench setup.py
 
+## bench: the end-to-end load benchmark (about 4 minutes): a table on stdout, figures in bench/results/
 bench: build
+	$(BIN)/python -m bench.load $(BENCH_ARGS)
+
+## bench-rewrite: the rewriter alone against its twin and the naive baseline
+bench-rewrite: build
 	$(BIN)/python -m bench.rewrite
 
 docs: $(STAMP)

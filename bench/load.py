@@ -165,8 +165,8 @@ async def _generate(transport: str, port: int, body: bytes, duration: float, con
     async def one() -> bool:
         """One request; False when it was refused retryably."""
         nonlocal ok, refused, failed
+        started = time.perf_counter()  # before waiting for a free connection: that wait counts too
         connection = await idle.get()
-        started = time.perf_counter()
         accepted = True
         try:
             await connection.call()

@@ -27,6 +27,8 @@ END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: our receive window: large, so the server never waits for us
 OUR_WINDOW = 1 << 30
+#: longest wait for one answer: a benchmark run never hangs on a lost one
+CALL_TIMEOUT = 30.0
 _FRAME_HEADER = struct.Struct(">BHBBI")  # length (24 bits as 8 + 16), type, flags, stream id
 
 
@@ -77,13 +79,15 @@ class HttpConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._waiter: asyncio.Future[int] | None = None
         self._transport: asyncio.Transport | None = None
+        self._closed: Exception | None = None
 
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = exc or ConnectionError("connection closed by the server")
         if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(ConnectionError("connection lost"))
+            self._waiter.set_exception(self._closed)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -103,10 +107,12 @@ class HttpConnection(asyncio.Protocol):
             self._waiter.set_result(int(head[0].split()[1]))
 
     async def call(self) -> None:
+        if self._closed is not None:
+            raise self._closed
         assert self._transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
         self._transport.write(self._request)
-        status = await self._waiter
+        status = await asyncio.wait_for(self._waiter, CALL_TIMEOUT)
         if status != 200:
             raise CallFailed(status, status in (429, 502, 503, 504))
 
@@ -154,6 +160,8 @@ class GrpcConnection(asyncio.Protocol):
     async def call(self) -> None:
         if self._closed is not None:
             raise self._closed
+        if self._next_id >= 1 << 31:
+            raise ConnectionError("the server sent GOAWAY")
         assert self._transport is not None
         stream_id = self._next_id
         self._next_id += 2
@@ -163,7 +171,7 @@ class GrpcConnection(asyncio.Protocol):
         self._transport.write(frame(HEADERS, END_HEADERS, stream_id, self._headers))
         self._send_pending()
         try:
-            status = await waiter
+            status = await asyncio.wait_for(waiter, CALL_TIMEOUT)
         finally:
             self._calls.pop(stream_id, None)
         if status != 0:
@@ -225,7 +233,12 @@ class GrpcConnection(asyncio.Protocol):
             elif kind == RST_STREAM:
                 self._finish(stream_id, forced=14)
             elif kind == GOAWAY:
-                self.connection_lost(ConnectionError("GOAWAY"))
+                # streams up to the last one the server names are still answered
+                last = struct.unpack_from(">I", payload)[0] & 0x7FFFFFFF
+                self._next_id = max(self._next_id, 1 << 31)  # no new calls on this connection
+                for stream_id, waiter in list(self._calls.items()):
+                    if stream_id > last and not waiter.done():
+                        waiter.set_exception(ConnectionError("GOAWAY"))
         if replies and self._transport is not None:
             self._transport.write(b"".join(replies))
         if self._pending:

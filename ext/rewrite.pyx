@@ -1926,7 +1926,8 @@ cdef bytes _resource_bytes(St* st, int t, Py_ssize_t s, Py_ssize_t e):
 
 
 cdef int count_quickly(St* st, int t, Py_ssize_t start, Py_ssize_t end) noexcept:
-    """Count the items in data[start:end], checking the framing of the messages that hold them."""
+    """Count the items in data[start:end], checking the framing of the messages that hold them
+    and all of the Resource."""
     cdef Py_ssize_t pos = start
     cdef Py_ssize_t tag_pos
     cdef Field f
@@ -1949,6 +1950,10 @@ cdef int count_quickly(St* st, int t, Py_ssize_t start, Py_ssize_t end) noexcept
             st.items_in += 1
         elif HOLDS[sub]:
             if count_quickly(st, sub, f.vs, f.ve) < 0:
+                return -1
+        elif sub == RESOURCE:
+            # checked whole: the policy engine decodes its attributes before rewrite() runs
+            if validate(st, RESOURCE, f.vs, f.ve) < 0:
                 return -1
     return 0
 

@@ -154,24 +154,30 @@ class Pipeline:
                 self._metrics.accepted_items.labels(*labels),
                 self._metrics.sampled_out_items.labels(signal.value),
             )
-        counters[0].inc(items_in)
+        # Refusals that spare the rewrite come first (the request is then not known to be valid
+        # inside its items: a malformed one gets its 400 once it is let through).
         if self._queue.full:
             # the export is behind: refuse before spending the rewrite on a request that cannot fit
+            counters[0].inc(items_in)
             self._metrics.refused_items.labels(*labels, "queue_full").inc(items_in)
             raise Unavailable(self._queue.full_message(), items_in, retry_after=self._retry_after)
         wait = self._rate_limited(items_in)
         if wait is not None:
+            counters[0].inc(items_in)
             self._metrics.refused_items.labels(*labels, RateLimited.reason).inc(items_in)
             raise RateLimited(f"over the tenant's rate limit; retry in {wait:.1f} s", items_in, retry_after=wait)
         try:
             plans = await self._planner.plans_for(signal, resources, peer, transport)
             result = rewrite(signal, data, plans)
         except MalformedRequest as exc:
-            self._metrics.refused_items.labels(*labels, "malformed").inc(items_in)
-            raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}", items_in) from None
+            # as for a malformed split: a refused request, its items never counted as received
+            self._metrics.refused_requests.labels(*labels, "malformed").inc()
+            raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
         except PolicyUnavailable as exc:
+            counters[0].inc(items_in)
             self._metrics.refused_items.labels(*labels, "policy_unavailable").inc(items_in)
             raise Unavailable(f"policy engine cannot decide: {exc}", items_in, retry_after=self._retry_after) from None
+        counters[0].inc(items_in)
         self._planner.record_counts(signal, result.counts)
         if result.sampled_out:
             counters[2].inc(result.sampled_out)

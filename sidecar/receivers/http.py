@@ -144,7 +144,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
     """
     content = request.content
     if hasattr(content, "set_read_chunk_size"):  # aiohttp >= 3.13: fewer pause/resume cycles
-        content.set_read_chunk_size(limit)
+        # at most 1 MiB buffered ahead of us per request: TCP slows a sender down beyond that
+        content.set_read_chunk_size(min(limit, 1 << 20))
     chunks: list[bytes] = []
     size = 0
     while chunk := await content.readany():

@@ -769,7 +769,8 @@ def split_resources(signal: Signal, data, validate: bool = True) -> list[Resourc
 
 
 def _count_quickly(st: _State, t: int, start: int, end: int) -> None:
-    """Count the items in data[start:end], checking the framing of the messages that hold them."""
+    """Count the items in data[start:end], checking the framing of the messages that hold them
+    and all of the Resource."""
     buf = st.data
     fmap = FIELDS[t]
     pos = start
@@ -787,6 +788,9 @@ def _count_quickly(st: _State, t: int, start: int, end: int) -> None:
             st.items_in += 1
         elif sub in HOLDS_ITEMS:
             _count_quickly(st, sub, vs, ve)
+        elif sub == RESOURCE:
+            # checked whole: the policy engine decodes its attributes before rewrite() runs
+            _walk(st, RESOURCE, vs, ve, False)
 
 
 def _refusal(st: _State, signal: Signal, s: int, e: int) -> tuple[int, str] | None:

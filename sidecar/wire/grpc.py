@@ -86,27 +86,45 @@ class CoalescingTransport:
     Writes keep their order; the rest of the transport API is the wrapped transport's.
     """
 
-    __slots__ = ("_loop", "_parts", "_scheduled", "_transport")
+    __slots__ = ("_held", "_loop", "_parts", "_scheduled", "_transport")
+
+    #: held bytes that are sent at once: a large write is not worth holding, and the wrapped
+    #: transport's flow control (pause_writing) must see the bytes to work
+    MAX_HELD = 64 * 1024
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         self._parts: list[bytes] = []
+        self._held = 0
         self._scheduled = False
 
     def write(self, data: bytes) -> None:
         if not data:
             return
         self._parts.append(data)
-        if not self._scheduled:
+        self._held += len(data)
+        if self._held >= self.MAX_HELD:
+            self.flush()
+        elif not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self.flush)
+            self._loop.call_soon(self._flush_scheduled)
+
+    def _flush_scheduled(self) -> None:
+        self._scheduled = False
+        self.flush()
 
     def flush(self) -> None:
-        self._scheduled = False
-        parts, self._parts = self._parts, []
+        parts, self._parts, self._held = self._parts, [], 0
         if parts and not self._transport.is_closing():
             self._transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def get_write_buffer_size(self) -> int:
+        return self._held + self._transport.get_write_buffer_size()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
 
     def close(self) -> None:
         self.flush()
@@ -114,6 +132,7 @@ class CoalescingTransport:
 
     def abort(self) -> None:
         self._parts.clear()
+        self._held = 0
         self._transport.abort()
 
     def __getattr__(self, name: str) -> Any:

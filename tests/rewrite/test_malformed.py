@@ -178,3 +178,20 @@ def test_deep_nesting_is_refused_not_a_stack_overflow(impl, plan):
             impl.rewrite(Signal.TRACES, data, [plan])
         with pytest.raises(MalformedRequest, match="values nested deeper than 30 levels"):
             impl.count_items(Signal.TRACES, data)
+
+
+def test_quick_split_checks_the_whole_resource(impl):
+    """The policy engine decodes resource attributes before rewrite() runs: the quick split must
+    refuse a malformed resource as the full split does."""
+    value = _nested_array(31)
+    kv = b"\x0a\x01k\x12" + _len(value) + value
+    resource = b"\x0a" + _len(kv) + kv
+    rs = b"\x0a" + _len(resource) + resource
+    data = b"\x0a" + _len(rs) + rs
+    for validate in (True, False):
+        with pytest.raises(MalformedRequest, match="values nested deeper than 30 levels"):
+            impl.split_resources(Signal.TRACES, data, validate=validate)
+    wrong_type = b"\x0a\x04\x0a\x02\x08\x01"  # Resource.attributes as a varint
+    for validate in (True, False):
+        with pytest.raises(MalformedRequest, match="wrong wire type 0 for field 1 in Resource"):
+            impl.split_resources(Signal.TRACES, wrong_type, validate=validate)

@@ -90,6 +90,55 @@ async def test_http_bad_input(sidecar, name, path, body, headers, status, text) 
     assert trace_service_pb2.ExportTraceServiceResponse.FromString(payload).partial_success.rejected_spans == 0
 
 
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    n, length = len(payload), bytearray()
+    while n >= 0x80:
+        length.append(n & 0x7F | 0x80)
+        n >>= 7
+    length.append(n)
+    return bytes([number << 3 | 2]) + bytes(length) + payload
+
+
+def _corrupt_inside_a_span(body: bytes) -> bytes:
+    """GOOD with the first span's first attribute given a wrong wire type: the framing down to
+    the spans is intact, so only the full walk (rewrite) finds it."""
+    request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+    key = request.resource_spans[0].scope_spans[0].spans[0].attributes[0].key.encode()
+    kv = b"\x0a" + bytes([len(key)]) + key
+    at = body.index(kv)
+    # the KeyValue's value field (tag 0x12, length-delimited) becomes a varint field 2 (0x10)
+    value_tag = at + len(kv)
+    assert body[value_tag] == 0x12
+    return body[:value_tag] + b"\x10" + body[value_tag + 1:]
+
+
+@pytest.mark.parametrize("where", ["span attribute", "resource attribute"])
+async def test_malformed_inside_is_refused_whole_and_counted_as_a_request(sidecar, where) -> None:
+    """Malformed bytes deep inside: 400, counted as one refused request, no item received."""
+    if where == "span attribute":
+        body = _corrupt_inside_a_span(GOOD)
+    else:  # arrays nested 40 deep in a resource attribute: the policy engine must never decode it
+        value = b"\x0a\x01x"  # AnyValue{string_value: "x"}
+        for _ in range(40):
+            value = _field(5, _field(1, value))  # AnyValue{array_value: ArrayValue{values: [value]}}
+        resource = _field(1, _field(1, b"k") + _field(2, value))  # Resource{attributes: [{k: value}]}
+        body = _field(1, _field(1, resource))  # request{resource_spans: [{resource}]}
+    code, payload, _ = await post(sidecar, "/v1/traces", body, PB)
+    assert code == 400, payload
+    message = rpc_message(payload)
+    assert "invalid ExportTraceServiceRequest" in message
+    if where == "resource attribute":
+        assert "nested deeper than 30 levels" in message
+    registry = sidecar.metrics.registry
+    labels = {"signal": "traces", "transport": "http"}
+    assert registry.get_sample_value("otlp_sidecar_receiver_refused_requests_total",
+                                     {**labels, "reason": "malformed"}) == 1
+    assert (registry.get_sample_value("otlp_sidecar_receiver_received_items_total", labels) or 0) == 0
+    code, _, _ = await post(sidecar, "/v1/traces", GOOD, PB)
+    assert code == 200
+
+
 async def test_http_unknown_path_and_method(sidecar) -> None:
     assert (await post(sidecar, "/v1/profiles", GOOD, PB))[0] == 404
     port = sidecar.addresses["http"][1]

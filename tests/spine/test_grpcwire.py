@@ -198,6 +198,18 @@ async def test_coalescing_transport_sends_one_turns_writes_together_in_order() -
         assert coalescing.is_closing()
         coalescing.write(b"after close")  # dropped quietly, as a closed transport would
         await asyncio.sleep(0)
+        # a large write is sent at once, with what was held before it (the wrapped transport's
+        # flow control must see it)
+        sent.clear()
+        transport2, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        big = CoalescingTransport(transport2)
+        real_write2 = transport2.write
+        transport2.write = lambda data: (sent.append(bytes(data)), real_write2(data))  # type: ignore[method-assign]
+        big.write(b"head|")
+        big.write(b"x" * CoalescingTransport.MAX_HELD)
+        assert sent == [b"head|" + b"x" * CoalescingTransport.MAX_HELD]
+        assert big.get_write_buffer_size() == transport2.get_write_buffer_size()
+        big.close()
     finally:
         transport.close()
         server.close()
