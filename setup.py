@@ -77,6 +77,7 @@ setup(
             "jsonpatch>=1.33",
             "pyyaml>=6",
             "grpcio>=1.60",
+            "py-spy>=0.3",
             "ruff>=0.6",
         ],
     },

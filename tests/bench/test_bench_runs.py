@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -35,3 +37,16 @@ def test_rewrite_benchmark_compares_against_the_naive_baseline() -> None:
     rows = [line.split() for line in proc.stdout.splitlines()]
     measured = {(row[0], row[1]) for row in rows if len(row) == 4 and row[1] in ("cython", "twin", "naive")}
     assert measured >= {(plan, name) for plan in ("default", "shipped") for name in ("twin", "naive")}
+
+
+def test_profile_names_where_the_time_goes() -> None:
+    proc = run("bench.profile", "--transport", "http", "--mode", "policy", "--seconds", "2", "--top", "40")
+    if proc.returncode != 0 and "Permission" in proc.stderr:
+        pytest.skip(f"py-spy may not read other processes here: {proc.stderr.strip()[-200:]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "own time:" in proc.stdout and "with callees:" in proc.stdout
+    # the request path is in the profile: the HTTP receiver handing requests to the pipeline
+    assert "Pipeline.submit" in proc.stdout
+    folded = REPO / proc.stdout.rsplit("folded stacks: ", 1)[1].strip()
+    assert folded.stat().st_size > 0
+    folded.unlink()
