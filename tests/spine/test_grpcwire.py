@@ -151,18 +151,24 @@ async def test_unreachable_upstream_is_unavailable() -> None:
         channel.close()
 
 
-@pytest.mark.parametrize("size", [0, 1, 10, 11, 12, 1000, 200_000])
-def test_data_frame_repr_text_is_unchanged(size: int) -> None:
-    """The cheaper hex dump of DATA frames (h2 formats one per received frame) gives the same text."""
+@pytest.mark.parametrize("padding", [None, 0, 3, 20])
+@pytest.mark.parametrize("size", [0, 1, 9, 10, 11, 12, 1000, 200_000])
+def test_data_frame_repr_text_is_unchanged(size: int, padding: int | None) -> None:
+    """The cheaper repr of DATA frames (h2 formats one per received frame) gives the same text as
+    hyperframe's own: the hex dump of the serialized body, cut to 20 digits."""
     import binascii
 
     from hyperframe.frame import DataFrame
 
-    data = bytes(range(256)) * (size // 256 + 1)
-    frame = DataFrame(1, data[:size])
-    full = binascii.hexlify(data[:size]).decode("ascii")
-    expected = "None" if not size else "<hex:" + (full[:20] + "..." if len(full) > 20 else full) + ">"
-    assert repr(frame) == f"DataFrame(stream_id=1, flags=[]): {expected}"
+    data = bytes(range(1, 256)) * (size // 255 + 1)
+    if padding is None:
+        frame = DataFrame(1, data[:size])
+    else:
+        frame = DataFrame(1, data[:size], flags=["PADDED"], pad_length=padding)
+    body = frame.serialize_body()  # what hyperframe dumps
+    full = binascii.hexlify(body).decode("ascii")
+    expected = "None" if not body else "<hex:" + (full[:20] + "..." if len(full) > 20 else full) + ">"
+    assert repr(frame) == f"DataFrame(stream_id=1, flags={frame.flags!r}): {expected}"
 
 
 async def test_coalescing_transport_sends_one_turns_writes_together_in_order() -> None:
