@@ -161,7 +161,7 @@ def peak_rss_mib(pid: int) -> float:
 # -- load generators ---------------------------------------------------------------------------
 
 
-async def _generate(transport: str, port: int, body: bytes, duration: float, concurrency: int,
+async def _generate(transport: str, port: int, bodies: list[bytes], duration: float, concurrency: int,
                     rate: float | None) -> dict[str, Any]:
     from bench.loadgen import CallFailed, connect
     from sidecar.signals import Signal
@@ -171,7 +171,7 @@ async def _generate(transport: str, port: int, body: bytes, duration: float, con
     deadline = time.monotonic() + duration
     path = Signal.TRACES.http_path if transport == "http" else Signal.TRACES.grpc_path
     # HTTP/1.1 carries one request at a time per connection; gRPC multiplexes on one
-    connections = [await connect(transport, "127.0.0.1", port, path, body)
+    connections = [await connect(transport, "127.0.0.1", port, path, bodies)
                    for _ in range(concurrency if transport == "http" else 1)]
     idle = asyncio.Queue()
     for n in range(concurrency):
@@ -234,11 +234,11 @@ def _generator_main(args: tuple, out: Any) -> None:
     out.put(asyncio.run(_generate(*args)))
 
 
-def run_load(transport: str, port: int, body: bytes, duration: float, generators: int, concurrency: int,
+def run_load(transport: str, port: int, bodies: list[bytes], duration: float, generators: int, concurrency: int,
              rate: float | None = None) -> dict[str, Any]:
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_generator_main, args=((transport, port, body, duration, concurrency,
+    procs = [ctx.Process(target=_generator_main, args=((transport, port, bodies, duration, concurrency,
                                                         None if rate is None else rate / generators), queue))
              for _ in range(generators)]
     for proc in procs:
@@ -263,17 +263,17 @@ def percentile(values: list[float], share: float) -> float:
 # -- one row -----------------------------------------------------------------------------------
 
 
-def measure(transport: str, mode: str, body: bytes, spans: int, args: argparse.Namespace) -> Row:
+def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: argparse.Namespace) -> Row:
     row = Row(transport, mode)
     with tempfile.TemporaryDirectory() as workdir:
         sink, sink_grpc, sink_http = start_sink()
         target, grpc_port, http_port = start_target(mode, sink_grpc, sink_http, workdir)
         port = grpc_port if transport == "grpc" else http_port
         try:
-            run_load(transport, port, body, 1.0, 1, 4)  # warm-up: caches, connections, plans
+            run_load(transport, port, bodies, 1.0, 1, 4)  # warm-up: caches, connections, plans
             steal0 = steal_ticks()
             cpu0, t0 = cpu_seconds(target.pid), time.monotonic()
-            result = run_load(transport, port, body, args.duration, args.generators, args.concurrency)
+            result = run_load(transport, port, bodies, args.duration, args.generators, args.concurrency)
             elapsed = time.monotonic() - t0
             cpu = cpu_seconds(target.pid) - cpu0
             accepted_spans = result["ok"] * spans
@@ -285,7 +285,7 @@ def measure(transport: str, mode: str, body: bytes, spans: int, args: argparse.N
             row.limit = "target (its core is busy)" if row.target_cpu_share > 0.9 else "load generator"
             if row.spans_per_s >= 1.5 * args.rate:
                 rate_requests = args.rate / spans
-                latency = run_load(transport, port, body, args.latency_duration, 1, 64, rate=rate_requests)
+                latency = run_load(transport, port, bodies, args.latency_duration, 1, 64, rate=rate_requests)
                 row.rate_spans_per_s = args.rate
                 row.p50_ms = percentile(latency["latencies"], 0.50)
                 row.p99_ms = percentile(latency["latencies"], 0.99)
@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-duration", type=float, default=5.0, help="seconds of fixed-rate load")
     parser.add_argument("--rate", type=float, default=50_000, help="spans/s of the latency run")
     parser.add_argument("--spans", type=int, default=512, help="spans per request")
+    parser.add_argument("--requests", type=int, default=8, help="different pre-built requests, sent in turn")
     parser.add_argument("--generators", type=int, default=2, help="load generator processes")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per generator")
     parser.add_argument("--transports", default="http,grpc")
@@ -322,17 +323,19 @@ def main(argv: list[str] | None = None) -> int:
     from bench.corpus_requests import trace_request
     from sidecar.rewrite import IMPLEMENTATION
 
-    body = trace_request(args.spans, seed=7)
+    # different spans, attribute values and card numbers in each request; one resource (one app)
+    bodies = [trace_request(args.spans, seed=seed) for seed in range(7, 7 + args.requests)]
+    request_bytes = sum(map(len, bodies)) // len(bodies)
     rows = []
     for transport in args.transports.split(","):
         for mode in args.modes.split(","):
             print(f"measuring {transport} / {mode} ...", file=sys.stderr, flush=True)
-            rows.append(measure(transport, mode, body, args.spans, args))
-    print_table(rows, args, IMPLEMENTATION, len(body))
+            rows.append(measure(transport, mode, bodies, args.spans, args))
+    print_table(rows, args, IMPLEMENTATION, request_bytes)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"load-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"machine": machine(), "args": vars(args), "rewriter": IMPLEMENTATION,
-                               "request_bytes": len(body), "rows": [asdict(r) for r in rows]}, indent=2))
+                               "request_bytes": request_bytes, "rows": [asdict(r) for r in rows]}, indent=2))
     print(f"\nfigures: {out.relative_to(REPO)}")
     return 0
 
@@ -352,7 +355,8 @@ def machine() -> dict[str, Any]:
 def print_table(rows: list[Row], args: argparse.Namespace, implementation: str, request_bytes: int) -> None:
     info = machine()
     print(f"\n{info['date']} · {info['cpu']} · {info['cores']} cores · Python {info['python']} · "
-          f"rewriter: {implementation} · {args.spans} spans/request ({request_bytes} bytes) · target on one core")
+          f"rewriter: {implementation} · {args.requests} requests of {args.spans} spans "
+          f"({request_bytes} bytes) sent in turn · target on one core")
     head = ("transport", "mode", "spans/s", "CPU µs/span", "vs naive", "p50 ms", "p99 ms", "p99.9 ms",
             "peak RSS MiB", "refused", "failed", "limit", "steal %")
     print("| " + " | ".join(head) + " |")

@@ -2,7 +2,7 @@
 
 A general-purpose client (aiohttp, grpclib) spends more CPU per 512-span request than the
 sidecar does, so on a 2-core machine it, not the sidecar, would be measured. These clients
-send the same pre-built request again and again and read just enough of each answer to know
+send pre-built requests in turn, again and again, and read just enough of each answer to know
 its status:
 
 - :class:`HttpConnection`: HTTP/1.1 keep-alive, one request in flight per connection;
@@ -72,10 +72,13 @@ def _hpack_int(n: int) -> bytes:
 class HttpConnection(asyncio.Protocol):
     """OTLP/HTTP: one pre-built POST at a time on a keep-alive connection."""
 
-    def __init__(self, host: str, port: int, path: str, body: bytes) -> None:
-        head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/x-protobuf\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
-        self._request = head + body
+    def __init__(self, host: str, port: int, path: str, bodies: list[bytes]) -> None:
+        self._requests = [
+            (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/x-protobuf\r\n"
+             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            for body in bodies
+        ]
+        self._sent = 0
         self._buffer = bytearray()
         self._waiter: asyncio.Future[int] | None = None
         self._transport: asyncio.Transport | None = None
@@ -111,7 +114,8 @@ class HttpConnection(asyncio.Protocol):
             raise self._closed
         assert self._transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
-        self._transport.write(self._request)
+        self._transport.write(self._requests[self._sent % len(self._requests)])
+        self._sent += 1
         status = await asyncio.wait_for(self._waiter, CALL_TIMEOUT)
         if status != 200:
             raise CallFailed(status, status in (429, 502, 503, 504))
@@ -124,12 +128,12 @@ class HttpConnection(asyncio.Protocol):
 class GrpcConnection(asyncio.Protocol):
     """OTLP/gRPC: unary calls of one pre-built message, many in flight on one connection."""
 
-    def __init__(self, host: str, port: int, path: str, message: bytes) -> None:
+    def __init__(self, host: str, port: int, path: str, messages: list[bytes]) -> None:
         self._headers = literal_headers([
             (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", f"{host}:{port}"),
             ("content-type", "application/grpc"), ("te", "trailers"),
         ])
-        self._body = b"\x00" + struct.pack(">I", len(message)) + message
+        self._bodies = [b"\x00" + struct.pack(">I", len(message)) + message for message in messages]
         self._decoder = hpack.Decoder()
         self._decoder.max_allowed_table_size = 1 << 16
         self._buffer = bytearray()
@@ -167,7 +171,7 @@ class GrpcConnection(asyncio.Protocol):
         self._next_id += 2
         waiter = self._calls[stream_id] = asyncio.get_running_loop().create_future()
         self._stream_windows[stream_id] = self._initial_window
-        self._pending[stream_id] = memoryview(self._body)
+        self._pending[stream_id] = memoryview(self._bodies[(stream_id >> 1) % len(self._bodies)])
         self._transport.write(frame(HEADERS, END_HEADERS, stream_id, self._headers))
         self._send_pending()
         try:
@@ -286,8 +290,10 @@ def _strip_padding(payload: bytes, flags: int) -> bytes:
     return payload[start:end]
 
 
-async def connect(transport: str, host: str, port: int, path: str, body: bytes) -> HttpConnection | GrpcConnection:
+async def connect(transport: str, host: str, port: int, path: str,
+                  bodies: list[bytes]) -> HttpConnection | GrpcConnection:
+    """A connection that sends ``bodies`` (request messages) in turn."""
     loop = asyncio.get_running_loop()
     factory = HttpConnection if transport == "http" else GrpcConnection
-    _, protocol = await loop.create_connection(lambda: factory(host, port, path, body), host, port)
+    _, protocol = await loop.create_connection(lambda: factory(host, port, path, bodies), host, port)
     return protocol

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(spy).exists():
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)
         return 2
-    body = trace_request(512, seed=7)
+    bodies = [trace_request(512, seed=seed) for seed in range(7, 15)]
     load.RESULTS.mkdir(exist_ok=True)
     out = load.RESULTS / f"profile-{args.transport}-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
     with tempfile.TemporaryDirectory() as workdir:
@@ -77,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         target, grpc_port, http_port = load.start_target(args.mode, sink_grpc, sink_http, workdir)
         port = grpc_port if args.transport == "grpc" else http_port
         try:
-            load.run_load(args.transport, port, body, 1.0, 1, 4)  # warm-up
+            load.run_load(args.transport, port, bodies, 1.0, 1, 4)  # warm-up
             command = [spy, "record", "--pid", str(target.pid), "--duration", str(int(args.seconds)),
                        "--rate", str(args.rate), "--format", "raw", "--output", str(out)]
             if args.native:
                 command.append("--native")
             recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            result = load.run_load(args.transport, port, body, args.seconds, 2, 8)
+            result = load.run_load(args.transport, port, bodies, args.seconds, 2, 8)
             _, errors = recorder.communicate(timeout=args.seconds + 60)
             if recorder.returncode != 0:
                 print(f"py-spy failed: {errors.strip()}", file=sys.stderr)
