@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,46 +265,56 @@ def percentile(values: list[float], share: float) -> float:
 # -- one row -----------------------------------------------------------------------------------
 
 
-def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: argparse.Namespace) -> Row:
-    row = Row(transport, mode)
+@contextlib.contextmanager
+def running(transport: str, mode: str, bodies: list[bytes]) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A sink and the target of ``mode``, warmed up: (target process, its port for ``transport``).
+    Both are stopped on leaving."""
     with tempfile.TemporaryDirectory() as workdir:
         sink, sink_grpc, sink_http = start_sink()
-        target, grpc_port, http_port = start_target(mode, sink_grpc, sink_http, workdir)
-        port = grpc_port if transport == "grpc" else http_port
         try:
-            run_load(transport, port, bodies, 1.0, 1, 4)  # warm-up: caches, connections, plans
-            steal0 = steal_ticks()
-            cpu0, t0 = cpu_seconds(target.pid), time.monotonic()
-            result = run_load(transport, port, bodies, args.duration, args.generators, args.concurrency)
-            elapsed = time.monotonic() - t0
-            cpu = cpu_seconds(target.pid) - cpu0
-            accepted_spans = result["ok"] * spans
-            row.spans_per_s = accepted_spans / elapsed
-            row.cpu_us_per_span = cpu / max(1, accepted_spans) * 1e6
-            row.target_cpu_share = cpu / elapsed
-            row.requests_ok, row.requests_refused, row.requests_failed = (
-                result["ok"], result["refused"], result["failed"])
-            row.limit = "target (its core is busy)" if row.target_cpu_share > 0.9 else "load generator"
-            if row.spans_per_s >= 1.5 * args.rate:
-                rate_requests = args.rate / spans
-                latency = run_load(transport, port, bodies, args.latency_duration, 1, 64, rate=rate_requests)
-                row.rate_spans_per_s = args.rate
-                row.p50_ms = percentile(latency["latencies"], 0.50)
-                row.p99_ms = percentile(latency["latencies"], 0.99)
-                row.p999_ms = percentile(latency["latencies"], 0.999)
-                row.requests_refused += latency["refused"]
-                row.requests_failed += latency["failed"]
-            else:
-                row.notes.append(f"no latency run: it cannot sustain {args.rate:,.0f} spans/s")
-            row.peak_rss_mib = peak_rss_mib(target.pid)
-            steal1 = steal_ticks()
-            if steal1[1] > steal0[1]:
-                row.steal_pct = 100 * (steal1[0] - steal0[0]) / (steal1[1] - steal0[1])
+            target, grpc_port, http_port = start_target(mode, sink_grpc, sink_http, workdir)
+            try:
+                port = grpc_port if transport == "grpc" else http_port
+                run_load(transport, port, bodies, 1.0, 1, 4)  # warm-up: caches, connections, plans
+                yield target, port
+            finally:
+                target.send_signal(signal.SIGTERM)
+                target.wait(60)
         finally:
-            target.send_signal(signal.SIGTERM)
-            target.wait(60)
             sink.send_signal(signal.SIGTERM)
             sink.wait(60)
+
+
+def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: argparse.Namespace) -> Row:
+    row = Row(transport, mode)
+    with running(transport, mode, bodies) as (target, port):
+        steal0 = steal_ticks()
+        cpu0, t0 = cpu_seconds(target.pid), time.monotonic()
+        result = run_load(transport, port, bodies, args.duration, args.generators, args.concurrency)
+        elapsed = time.monotonic() - t0
+        cpu = cpu_seconds(target.pid) - cpu0
+        accepted_spans = result["ok"] * spans
+        row.spans_per_s = accepted_spans / elapsed
+        row.cpu_us_per_span = cpu / max(1, accepted_spans) * 1e6
+        row.target_cpu_share = cpu / elapsed
+        row.requests_ok, row.requests_refused, row.requests_failed = (
+            result["ok"], result["refused"], result["failed"])
+        row.limit = "target (its core is busy)" if row.target_cpu_share > 0.9 else "load generator"
+        if row.spans_per_s >= 1.5 * args.rate:
+            rate_requests = args.rate / spans
+            latency = run_load(transport, port, bodies, args.latency_duration, 1, 64, rate=rate_requests)
+            row.rate_spans_per_s = args.rate
+            row.p50_ms = percentile(latency["latencies"], 0.50)
+            row.p99_ms = percentile(latency["latencies"], 0.99)
+            row.p999_ms = percentile(latency["latencies"], 0.999)
+            row.requests_refused += latency["refused"]
+            row.requests_failed += latency["failed"]
+        else:
+            row.notes.append(f"no latency run: it cannot sustain {args.rate:,.0f} spans/s")
+        row.peak_rss_mib = peak_rss_mib(target.pid)
+        steal1 = steal_ticks()
+        if steal1[1] > steal0[1]:
+            row.steal_pct = 100 * (steal1[0] - steal0[0]) / (steal1[1] - steal0[1])
     return row
 
 

@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import collections
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -72,27 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     bodies = [trace_request(512, seed=seed) for seed in range(7, 15)]
     load.RESULTS.mkdir(exist_ok=True)
     out = load.RESULTS / f"profile-{args.transport}-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
-    with tempfile.TemporaryDirectory() as workdir:
-        sink, sink_grpc, sink_http = load.start_sink()
-        target, grpc_port, http_port = load.start_target(args.mode, sink_grpc, sink_http, workdir)
-        port = grpc_port if args.transport == "grpc" else http_port
-        try:
-            load.run_load(args.transport, port, bodies, 1.0, 1, 4)  # warm-up
-            command = [spy, "record", "--pid", str(target.pid), "--duration", str(int(args.seconds)),
-                       "--rate", str(args.rate), "--format", "raw", "--output", str(out)]
-            if args.native:
-                command.append("--native")
-            recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            result = load.run_load(args.transport, port, bodies, args.seconds, 2, 8)
-            _, errors = recorder.communicate(timeout=args.seconds + 60)
-            if recorder.returncode != 0:
-                print(f"py-spy failed: {errors.strip()}", file=sys.stderr)
-                return 1
-        finally:
-            target.send_signal(signal.SIGTERM)
-            target.wait(60)
-            sink.send_signal(signal.SIGTERM)
-            sink.wait(60)
+    with load.running(args.transport, args.mode, bodies) as (target, port):
+        command = [spy, "record", "--pid", str(target.pid), "--duration", str(int(args.seconds)),
+                   "--rate", str(args.rate), "--format", "raw", "--output", str(out)]
+        if args.native:
+            command.append("--native")
+        recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        result = load.run_load(args.transport, port, bodies, args.seconds, 2, 8)
+        _, errors = recorder.communicate(timeout=args.seconds + 60)
+        if recorder.returncode != 0:
+            print(f"py-spy failed: {errors.strip()}", file=sys.stderr)
+            return 1
     print(f"{args.transport} / {args.mode}: {result['ok'] * 512 / args.seconds:,.0f} spans/s accepted while profiled")
     print(summarize(out, args.top))
     print(f"\nfolded stacks: {out.relative_to(load.REPO)}")

@@ -158,13 +158,11 @@ class Pipeline:
         # inside its items: a malformed one gets its 400 once it is let through).
         if self._queue.full:
             # the export is behind: refuse before spending the rewrite on a request that cannot fit
-            counters[0].inc(items_in)
-            self._metrics.refused_items.labels(*labels, "queue_full").inc(items_in)
+            self._refuse_items(counters[0], labels, "queue_full", items_in)
             raise Unavailable(self._queue.full_message(), items_in, retry_after=self._retry_after)
         wait = self._rate_limited(items_in)
         if wait is not None:
-            counters[0].inc(items_in)
-            self._metrics.refused_items.labels(*labels, RateLimited.reason).inc(items_in)
+            self._refuse_items(counters[0], labels, RateLimited.reason, items_in)
             raise RateLimited(f"over the tenant's rate limit; retry in {wait:.1f} s", items_in, retry_after=wait)
         try:
             plans = await self._planner.plans_for(signal, resources, peer, transport)
@@ -174,8 +172,7 @@ class Pipeline:
             self._metrics.refused_requests.labels(*labels, "malformed").inc()
             raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
         except PolicyUnavailable as exc:
-            counters[0].inc(items_in)
-            self._metrics.refused_items.labels(*labels, "policy_unavailable").inc(items_in)
+            self._refuse_items(counters[0], labels, "policy_unavailable", items_in)
             raise Unavailable(f"policy engine cannot decide: {exc}", items_in, retry_after=self._retry_after) from None
         counters[0].inc(items_in)
         self._planner.record_counts(signal, result.counts)
@@ -197,6 +194,11 @@ class Pipeline:
                 raise Unavailable(str(exc), items_in, retry_after=self._retry_after) from None
         counters[1].inc(accepted)
         return Outcome(accepted=accepted, rejected=result.rejected_items, message=message)
+
+    def _refuse_items(self, received: Any, labels: tuple[str, str], reason: str, items: int) -> None:
+        """Count a whole request's items as received and refused for ``reason``."""
+        received.inc(items)
+        self._metrics.refused_items.labels(*labels, reason).inc(items)
 
     def _rate_limited(self, items: int) -> float | None:
         """Seconds to wait when over the tenant's limit (from the policy's pod settings)."""

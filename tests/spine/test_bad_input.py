@@ -14,6 +14,7 @@ from google.rpc import status_pb2
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from sidecar.rewrite._py import _len_field as _field
 from sidecar.signals import Signal
 from sidecar.wire.grpc import CallError, call_framed, call_unary, frame_message
 from tests.conftest import sidecar_env
@@ -88,16 +89,6 @@ async def test_http_bad_input(sidecar, name, path, body, headers, status, text) 
     code, payload, _ = await post(sidecar, "/v1/traces", GOOD, PB)
     assert code == 200
     assert trace_service_pb2.ExportTraceServiceResponse.FromString(payload).partial_success.rejected_spans == 0
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    n, length = len(payload), bytearray()
-    while n >= 0x80:
-        length.append(n & 0x7F | 0x80)
-        n >>= 7
-    length.append(n)
-    return bytes([number << 3 | 2]) + bytes(length) + payload
 
 
 def _corrupt_inside_a_span(body: bytes) -> bytes:

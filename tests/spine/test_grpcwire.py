@@ -185,10 +185,17 @@ async def test_coalescing_transport_sends_one_turns_writes_together_in_order() -
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Sink, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
     sent: list[bytes] = []
-    real_write = transport.write
-    transport.write = lambda data: (sent.append(bytes(data)), real_write(data))  # type: ignore[method-assign]
+
+    async def spied_connection() -> asyncio.Transport:
+        """A real loopback transport whose writes are recorded in ``sent``."""
+        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        real_write = transport.write
+        transport.write = lambda data: (sent.append(bytes(data)), real_write(data))  # type: ignore[method-assign]
+        return transport
+
+    transport = await spied_connection()
+    transport2: asyncio.Transport | None = None
     try:
         coalescing = CoalescingTransport(transport)
         for part in (b"headers|", b"", b"message|", b"trailers|"):
@@ -207,10 +214,8 @@ async def test_coalescing_transport_sends_one_turns_writes_together_in_order() -
         # a large write is sent at once, with what was held before it (the wrapped transport's
         # flow control must see it)
         sent.clear()
-        transport2, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        transport2 = await spied_connection()
         big = CoalescingTransport(transport2)
-        real_write2 = transport2.write
-        transport2.write = lambda data: (sent.append(bytes(data)), real_write2(data))  # type: ignore[method-assign]
         big.write(b"head|")
         big.write(b"x" * CoalescingTransport.MAX_HELD)
         assert sent == [b"head|" + b"x" * CoalescingTransport.MAX_HELD]
@@ -218,5 +223,7 @@ async def test_coalescing_transport_sends_one_turns_writes_together_in_order() -
         big.close()
     finally:
         transport.close()
+        if transport2 is not None:
+            transport2.close()
         server.close()
         await server.wait_closed()
