@@ -32,13 +32,12 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.pipeline import Pipeline, Planner
 from sidecar.receivers.grpc import GrpcReceiver
 from sidecar.receivers.http import HttpReceiver
-from sidecar.receivers.peers import grpc_peer_resolver, http_peer_resolver
+from sidecar.receivers.peers import peer_resolver
 from sidecar.signals import Signal
-from sidecar.tls.acceptor import tls_protocol_factory
 from sidecar.tls.config import client_tls
 from sidecar.tls.metrics import TLSMetrics
-from sidecar.tls.server import ServerTLS
-from sidecar.wire import grpc as grpcwire
+from sidecar.wire.http1 import Http1Server
+from sidecar.wire.http2 import GrpcServer
 
 log = logging.getLogger("sidecar")
 
@@ -58,10 +57,9 @@ class Sidecar:
         self.disk: DiskLog | None = None
         self.auth: UpstreamAuth | None = None
         self.tls_metrics = TLSMetrics(self.metrics.registry)
-        self._tls_listeners: list[asyncio.AbstractServer] = []
-        self._grpc_server: grpcwire.Server | None = None
+        self._grpc_server: GrpcServer | None = None
         self._runners: list[web.AppRunner] = []
-        self._http_runner: web.AppRunner | None = None
+        self._http_server: Http1Server | None = None
         self.addresses: dict[str, tuple[str, int]] = {}
         self._receivers_up = False
 
@@ -101,28 +99,26 @@ class Sidecar:
         if cfg.admin.enabled:
             status = self.policy.status if self.policy is not None else None
             app = admin_app(self.metrics.registry, self.readiness, status)
-            self.addresses["admin"] = await self._serve_aiohttp(app, cfg.admin.endpoint)
+            self.addresses["admin"] = await self._serve_admin(app, cfg.admin.endpoint)
         if cfg.receivers.grpc_enabled:
             grpc_tls = cfg.receivers_tls.server_tls(alpn=("h2",))
-            resolver = grpc_peer_resolver(grpc_tls)
+            resolver = peer_resolver(grpc_tls)
             receiver = GrpcReceiver(cfg.receivers, pipeline, self.metrics, peer_resolver=resolver)
             self._grpc_server = receiver.server()
             host, port = parse_endpoint(cfg.receivers.grpc_endpoint)
             if grpc_tls is not None:
                 self.tls_metrics.track(grpc_tls, "grpc")
-            await self._grpc_server.start(host, port, ssl=grpc_tls.context() if grpc_tls else None)
-            sock = self._grpc_server._server.sockets[0]  # type: ignore[union-attr]
-            self.addresses["grpc"] = sock.getsockname()[:2]
+            self.addresses["grpc"] = await self._grpc_server.start(host, port, grpc_tls)
         if cfg.receivers.http_enabled:
             http_tls = cfg.receivers_tls.server_tls(alpn=())
             if http_tls is not None:
                 self.tls_metrics.track(http_tls, "http")
             receiver_http = HttpReceiver(
-                cfg.receivers, pipeline, self.metrics, peer_resolver=http_peer_resolver(http_tls)
+                cfg.receivers, pipeline, self.metrics, peer_resolver=peer_resolver(http_tls)
             )
-            self.addresses["http"] = await self._serve_aiohttp(
-                receiver_http.app(), cfg.receivers.http_endpoint, receiver=True, tls=http_tls
-            )
+            self._http_server = receiver_http.server()
+            host, port = parse_endpoint(cfg.receivers.http_endpoint)
+            self.addresses["http"] = await self._http_server.start(host, port, http_tls)
         self._receivers_up = True
         # Everything made so far (modules, descriptors, the compiled policy) lives as long as the
         # process: move it out of the cyclic collector's sight. A full collection otherwise walks
@@ -143,15 +139,11 @@ class Sidecar:
         deadline = loop.time() + grace
         receive_grace = min(5.0, grace / 4)
         if self._grpc_server is not None:
-            await grpcwire.close_gracefully(self._grpc_server, receive_grace)
+            await self._grpc_server.close(receive_grace)
             self._grpc_server = None
-        for listener in self._tls_listeners:
-            listener.close()
-        self._tls_listeners.clear()
-        if self._http_runner is not None:
-            await self._http_runner.cleanup()
-            self._runners.remove(self._http_runner)
-            self._http_runner = None
+        if self._http_server is not None:
+            await self._http_server.close(receive_grace)
+            self._http_server = None
         if self.sender is not None:
             await self.sender.drain(max(0.0, deadline - loop.time()))
         if self.exporter is not None:
@@ -231,23 +223,13 @@ class Sidecar:
         await self.policy.start()
         return self.policy  # type: ignore[no-any-return]
 
-    async def _serve_aiohttp(
-        self, app: web.Application, endpoint: str, *, receiver: bool = False, tls: ServerTLS | None = None
-    ) -> tuple[str, int]:
+    async def _serve_admin(self, app: web.Application, endpoint: str) -> tuple[str, int]:
         host, port = parse_endpoint(endpoint)
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, auto_decompress=False, shutdown_timeout=5.0
         )
         await runner.setup()
         self._runners.append(runner)
-        if receiver:
-            self._http_runner = runner
-        if tls is not None:
-            # our acceptor does the handshake, so failed handshakes are counted and logged
-            factory = tls_protocol_factory(runner.server, tls)  # type: ignore[arg-type]
-            listener = await asyncio.get_running_loop().create_server(factory, host, port)
-            self._tls_listeners.append(listener)
-            return listener.sockets[0].getsockname()[:2]  # type: ignore[no-any-return]
         site = web.TCPSite(runner, host, port)
         await site.start()
         server = site._server

@@ -1,4 +1,4 @@
-"""OTLP/gRPC receiver (grpclib) for the three Export services, on raw bytes.
+"""OTLP/gRPC receiver for the three Export services, on raw bytes (sidecar.wire.http2).
 
 Requests are read as bytes (no decoded object tree), decompressed when the
 client sent gzip or zstd, and handed to the pipeline. Refusals map to the gRPC
@@ -11,32 +11,30 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
-import grpclib.server
-from grpclib.const import Cardinality, Handler, Status
-from grpclib.exceptions import GRPCError
+from grpclib.const import Status
 
 from sidecar.config import ReceiversConfig
 from sidecar.export.partial import rejected_field
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
 from sidecar.pipeline import InvalidRequest, PermissionDenied, Pipeline, Unavailable
-from sidecar.receivers.peers import grpc_peer_resolver
+from sidecar.receivers import peers
 from sidecar.signals import Signal
 from sidecar.tls.server import PeerRefused
-from sidecar.wire import grpc as grpcwire
+from sidecar.wire import compression
+from sidecar.wire.http2 import GrpcError, GrpcServer, Limits, UnaryCall
 
 log = logging.getLogger(__name__)
 
 TRANSPORT = "grpc"
 
-PeerResolver = Callable[[grpclib.server.Stream[Any, Any]], Peer]
+PeerResolver = Callable[[UnaryCall], Peer]
 
 
 class GrpcReceiver:
-    """The servable: ``__mapping__`` gives grpclib one unary handler per signal."""
+    """One unary handler per signal, served by :meth:`server`."""
 
     def __init__(
         self,
@@ -49,58 +47,81 @@ class GrpcReceiver:
         self._config = config
         self._pipeline = pipeline
         self._metrics = metrics
-        self._peer = peer_resolver or grpc_peer_resolver(None)
+        self._peer = peer_resolver or peers.peer_resolver(None)
+        self._signals = {signal.grpc_path: signal for signal in Signal}
 
-    def __mapping__(self) -> dict[str, Handler]:
-        return {
-            signal.grpc_path: Handler(self._handler(signal), Cardinality.UNARY_UNARY, bytes, bytes)
-            for signal in Signal
-        }
+    def server(self) -> GrpcServer:
+        limits = Limits(
+            max_message_bytes=self._config.max_request_bytes,
+            max_frame_size=self._config.grpc_max_frame_size,
+        )
+        routes = {signal.grpc_path: self._handler(signal) for signal in Signal}
+        return GrpcServer(routes, limits, on_refusal=self._refused_by_server)
 
-    def server(self) -> grpcwire.Server:
-        return grpcwire.Server([self], max_frame_size=self._config.grpc_max_frame_size)
+    def _refused_by_server(self, path: str, reason: str) -> None:
+        signal = self._signals.get(path)
+        if signal is not None:  # an unknown method has no signal to count it under
+            self._metrics.refused_requests.labels(signal.value, TRANSPORT, reason).inc()
 
-    def _handler(self, signal: Signal) -> Callable[[grpclib.server.Stream[Any, Any]], Any]:
+    def _handler(self, signal: Signal) -> Callable[[UnaryCall], Awaitable[bytes]]:
         duration = self._metrics.request_duration.labels(signal.value, TRANSPORT)
 
-        async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
+        async def handle(call: UnaryCall) -> bytes:
             started = time.perf_counter()
             try:
-                await self._handle(signal, stream)
+                return await self._handle(signal, call)
             finally:
                 duration.observe(time.perf_counter() - started)
 
         return handle
 
-    async def _handle(self, signal: Signal, stream: grpclib.server.Stream[Any, Any]) -> None:
+    async def _handle(self, signal: Signal, call: UnaryCall) -> bytes:
         labels = (signal.value, TRANSPORT)
         try:
-            peer = self._peer(stream)
+            peer = self._peer(call)
         except PeerRefused as exc:
             self._metrics.refused_requests.labels(*labels, exc.reason).inc()
-            raise GRPCError(Status[exc.grpc_status], exc.message) from None
+            raise GrpcError(Status[exc.grpc_status].value, exc.message) from None
         try:
-            grpcwire.check_encoding_header(stream)
-            data = await grpcwire.recv_unary(
-                stream, self._config.max_request_bytes, self._config.max_decompressed_bytes
-            )
-        except GRPCError as exc:
+            data = self._message(call)
+        except GrpcError as exc:
             reason = {
                 Status.RESOURCE_EXHAUSTED: "too_large",
                 Status.UNIMPLEMENTED: "unsupported_encoding",
-            }.get(exc.status, "bad_compression")
+            }.get(Status(exc.status), "bad_compression")
             self._metrics.refused_requests.labels(*labels, reason).inc()
             raise
         try:
             outcome = await self._pipeline.submit(signal, data, TRANSPORT, peer)
         except InvalidRequest as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, exc.message) from None
+            raise GrpcError(Status.INVALID_ARGUMENT.value, exc.message) from None
         except PermissionDenied as exc:
-            raise GRPCError(Status.PERMISSION_DENIED, exc.message) from None
+            raise GrpcError(Status.PERMISSION_DENIED.value, exc.message) from None
         except Unavailable as exc:
-            raise GRPCError(Status.UNAVAILABLE, exc.message) from None
+            raise GrpcError(Status.UNAVAILABLE.value, exc.message) from None
+        if not outcome.rejected:
+            return b""  # an empty Export*ServiceResponse
         response = signal.response_class()
-        if outcome.rejected:
-            setattr(response.partial_success, rejected_field(signal), outcome.rejected)
-            response.partial_success.error_message = outcome.message
-        await grpcwire.send_unary(stream, response.SerializeToString())
+        setattr(response.partial_success, rejected_field(signal), outcome.rejected)
+        response.partial_success.error_message = outcome.message
+        return response.SerializeToString()  # type: ignore[no-any-return]
+
+    def _message(self, call: UnaryCall) -> bytes:
+        """The request message, decompressed as its ``grpc-encoding`` says."""
+        try:
+            encoding = compression.normalize(call.headers.get("grpc-encoding"))
+        except compression.UnsupportedEncoding as exc:
+            raise GrpcError(Status.UNIMPLEMENTED.value, str(exc)) from None
+        limit = self._config.max_decompressed_bytes
+        if not call.compressed:
+            if len(call.message) > limit:
+                raise GrpcError(Status.RESOURCE_EXHAUSTED.value, f"message exceeds the limit of {limit} bytes")
+            return call.message
+        if encoding == compression.IDENTITY:
+            raise GrpcError(Status.INTERNAL.value, "compressed flag set without a grpc-encoding")
+        try:
+            return compression.decompress(encoding, call.message, limit)
+        except compression.TooLarge as exc:
+            raise GrpcError(Status.RESOURCE_EXHAUSTED.value, f"decompressed message {exc}") from None
+        except compression.DecompressionError as exc:
+            raise GrpcError(Status.INVALID_ARGUMENT.value, str(exc)) from None

@@ -1,9 +1,12 @@
-"""OTLP/HTTP receiver (aiohttp): /v1/traces, /v1/metrics, /v1/logs.
+"""OTLP/HTTP receiver: /v1/traces, /v1/metrics, /v1/logs, on our HTTP/1.1 server (sidecar.wire.http1).
 
 Protobuf or JSON bodies, gzip or zstd content encodings, answered in the
 request's content type with ``partial_success`` when items were rejected. Bad
 input gets the status the OTLP specification names (400, 413, 415) with a
 google.rpc.Status body; a full queue gets 503 with Retry-After so the SDK retries.
+
+What can be decided from the head (path, method, peer, content type and encoding, a declared
+size over the limit) is refused before the body is read, and before ``100 Continue``.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
-from aiohttp import web
 from google.rpc import status_pb2
 
 from sidecar.config import ReceiversConfig
@@ -21,10 +24,11 @@ from sidecar.export.partial import rejected_field
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
 from sidecar.pipeline import InvalidRequest, PermissionDenied, Pipeline, RateLimited, Refused, Unavailable
-from sidecar.receivers.peers import http_peer_resolver
+from sidecar.receivers import peers
 from sidecar.signals import Signal
 from sidecar.tls.server import PeerRefused
 from sidecar.wire import compression
+from sidecar.wire.http1 import Http1Server, Limits, Request, Response
 from sidecar.wire.otlp_json import InvalidJSON, json_to_protobuf, response_json
 
 log = logging.getLogger(__name__)
@@ -32,11 +36,37 @@ log = logging.getLogger(__name__)
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 TRANSPORT = "http"
+#: the media type of a request without Content-Type (as aiohttp reported it)
+_DEFAULT_TYPE = "application/octet-stream"
 
 #: gRPC codes of google.rpc.Status bodies, per HTTP status
-_RPC_CODES = {400: 3, 401: 16, 403: 7, 429: 14, 404: 5, 405: 12, 413: 8, 415: 3, 500: 13, 503: 14}
+_RPC_CODES = {400: 3, 401: 16, 403: 7, 429: 14, 404: 5, 405: 12, 413: 8, 415: 3, 417: 3, 500: 13, 503: 14}
 
-PeerResolver = Callable[[web.Request], Peer]
+PeerResolver = Callable[[Request], Peer]
+
+
+class _Route:
+    """One signal's path: its signal and its metric children (looked up once)."""
+
+    __slots__ = ("duration", "labels", "signal")
+
+    def __init__(self, signal: Signal, metrics: SidecarMetrics) -> None:
+        self.signal = signal
+        self.labels = (signal.value, TRANSPORT)
+        self.duration = metrics.request_duration.labels(*self.labels)
+
+
+class _Accepted:
+    """What ``_check`` learnt from a request's head, for ``_handle``."""
+
+    __slots__ = ("content_type", "encoding", "peer", "route", "started")
+
+    def __init__(self, route: _Route, peer: Peer, content_type: str, encoding: str, started: float) -> None:
+        self.route = route
+        self.peer = peer
+        self.content_type = content_type
+        self.encoding = encoding
+        self.started = started
 
 
 class HttpReceiver:
@@ -51,56 +81,63 @@ class HttpReceiver:
         self._config = config
         self._pipeline = pipeline
         self._metrics = metrics
-        self._peer = peer_resolver or http_peer_resolver(None)
+        self._peer = peer_resolver or peers.peer_resolver(None)
+        self._routes = {signal.http_path: _Route(signal, metrics) for signal in Signal}
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self._config.max_request_bytes)
-        for signal in Signal:
-            app.router.add_post(signal.http_path, self._handler(signal))
-        return app
+    def server(self, limits: Limits | None = None) -> Http1Server:
+        """The HTTP/1.1 server for these routes (``max_request_bytes`` from the configuration)."""
+        limits = limits or Limits(max_request_bytes=self._config.max_request_bytes)
+        return Http1Server(self._handle, check=self._check, refuse=self._refuse, limits=limits)
 
-    def _handler(self, signal: Signal) -> Callable[[web.Request], object]:
-        duration = self._metrics.request_duration.labels(signal.value, TRANSPORT)
-
-        async def handle(request: web.Request) -> web.Response:
-            started = time.perf_counter()
-            try:
-                return await self._handle(signal, request)
-            finally:
-                duration.observe(time.perf_counter() - started)
-
-        return handle
-
-    async def _handle(self, signal: Signal, request: web.Request) -> web.Response:
-        labels = (signal.value, TRANSPORT)
-        content_type = request.content_type
+    def _check(self, request: Request) -> Response | None:
+        """Refuse from the head alone, before the body is read; else note what ``_handle`` needs."""
+        route = self._routes.get(request.path)
+        content_type = _media_type(request.headers.get("content-type"))
+        if route is None:
+            return _error(404, content_type, f"no OTLP endpoint at {request.path}")
+        if request.method != "POST":
+            return _error(405, content_type, f"{request.method} is not allowed; use POST", {"Allow": "POST"})
+        started = time.perf_counter()
+        labels = route.labels
         try:
             peer = self._peer(request)
         except PeerRefused as exc:
             self._metrics.refused_requests.labels(*labels, exc.reason).inc()
-            return _error(exc.http_status, content_type if content_type == JSON else PROTOBUF, exc.message)
+            return _observed(route, started, _error(exc.http_status, content_type, exc.message))
         if content_type not in (PROTOBUF, JSON):
             self._metrics.refused_requests.labels(*labels, "unsupported_media_type").inc()
-            return _error(
-                415, PROTOBUF,
-                f"unsupported content type {content_type!r}; use {PROTOBUF} or {JSON}",
-            )
+            message = f"unsupported content type {content_type!r}; use {PROTOBUF} or {JSON}"
+            return _observed(route, started, _error(415, PROTOBUF, message))
         try:
-            encoding = compression.normalize(request.headers.get("Content-Encoding"))
+            encoding = compression.normalize(request.headers.get("content-encoding"))
         except compression.UnsupportedEncoding as exc:
             self._metrics.refused_requests.labels(*labels, "unsupported_encoding").inc()
-            return _error(415, content_type, str(exc))
-        limit = self._config.max_request_bytes
-        if request.content_length is not None and request.content_length > limit:
-            self._metrics.refused_requests.labels(*labels, "too_large").inc()
-            message = f"body of {request.content_length} bytes exceeds the limit of {limit} bytes"
-            return _error(413, content_type, message)
-        raw = await _read_body(request, limit)
-        if raw is None:
-            self._metrics.refused_requests.labels(*labels, "too_large").inc()
-            return _error(413, content_type, f"body exceeds the limit of {limit} bytes")
+            return _observed(route, started, _error(415, content_type, str(exc)))
+        request.context = _Accepted(route, peer, content_type, encoding, started)
+        return None
+
+    def _refuse(self, request: Request, status: int, message: str) -> Response:
+        """The server's own refusals after the head (413 over the size limit, 417)."""
+        accepted: _Accepted | None = request.context
+        if accepted is None:
+            return _error(status, _media_type(request.headers.get("content-type")), message)
+        if status == 413:
+            self._metrics.refused_requests.labels(*accepted.route.labels, "too_large").inc()
+        return _observed(accepted.route, accepted.started, _error(status, accepted.content_type, message))
+
+    async def _handle(self, request: Request) -> Response:
+        accepted: _Accepted = request.context
         try:
-            body = compression.decompress(encoding, raw, self._config.max_decompressed_bytes)
+            return await self._answer(accepted, request.body)
+        finally:
+            accepted.route.duration.observe(time.perf_counter() - accepted.started)
+
+    async def _answer(self, accepted: _Accepted, raw: bytes) -> Response:
+        signal = accepted.route.signal
+        labels = accepted.route.labels
+        content_type = accepted.content_type
+        try:
+            body = compression.decompress(accepted.encoding, raw, self._config.max_decompressed_bytes)
         except compression.TooLarge as exc:
             self._metrics.refused_requests.labels(*labels, "too_large").inc()
             return _error(413, content_type, f"decompressed body {exc}")
@@ -114,7 +151,7 @@ class HttpReceiver:
                 self._metrics.refused_requests.labels(*labels, "malformed").inc()
                 return _error(400, content_type, str(exc))
         try:
-            outcome = await self._pipeline.submit(signal, body, TRANSPORT, peer)
+            outcome = await self._pipeline.submit(signal, body, TRANSPORT, accepted.peer)
         except InvalidRequest as exc:
             return _error(400, content_type, exc.message)
         except PermissionDenied as exc:
@@ -126,7 +163,7 @@ class HttpReceiver:
         except Refused as exc:  # pragma: no cover - every Refused is one of the above
             return _error(500, content_type, exc.message)
         if not outcome.rejected:
-            return web.Response(body=_EMPTY_JSON if content_type == JSON else b"", content_type=content_type)
+            return _OK_JSON if content_type == JSON else _OK_PROTOBUF
         response = signal.response_class()
         setattr(response.partial_success, rejected_field(signal), outcome.rejected)
         response.partial_success.error_message = outcome.message
@@ -135,36 +172,31 @@ class HttpReceiver:
 
 #: the whole success answer without partial_success: an empty Export*ServiceResponse
 _EMPTY_JSON = b"{}"
+_OK_JSON = Response(200, _EMPTY_JSON, JSON)
+_OK_PROTOBUF = Response(200, b"", PROTOBUF)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The request body, or None when it exceeds ``limit``.
-
-    Joins the received chunks once (``request.read()`` copies the body twice more).
-    """
-    content = request.content
-    if hasattr(content, "set_read_chunk_size"):  # aiohttp >= 3.13: fewer pause/resume cycles
-        # at most 1 MiB buffered ahead of us per request: TCP slows a sender down beyond that
-        content.set_read_chunk_size(min(limit, 1 << 20))
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await content.readany():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+def _media_type(value: str | None) -> str:
+    """The media type of a Content-Type value, lower-case, without parameters."""
+    if not value:
+        return _DEFAULT_TYPE
+    return value.partition(";")[0].strip(" \t").lower()
 
 
-def _error(status: int, content_type: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+def _observed(route: _Route, started: float, response: Response) -> Response:
+    route.duration.observe(time.perf_counter() - started)
+    return response
+
+
+def _error(status: int, content_type: str, message: str, headers: dict[str, str] | None = None) -> Response:
     body = status_pb2.Status(code=_RPC_CODES.get(status, 2), message=message)
     return _encode(status, content_type, body, headers)
 
 
-def _encode(status: int, content_type: str, message: object, headers: dict[str, str] | None = None) -> web.Response:
+def _encode(status: int, content_type: str, message: Any, headers: dict[str, str] | None = None) -> Response:
     if content_type == JSON:
-        payload = response_json(message)  # type: ignore[arg-type]
+        payload = response_json(message)
     else:
-        payload = message.SerializeToString()  # type: ignore[attr-defined]
+        payload = message.SerializeToString()
         content_type = PROTOBUF
-    return web.Response(status=status, body=payload, content_type=content_type, headers=headers)
+    return Response(status, payload, content_type, headers)

@@ -8,36 +8,30 @@ PERMISSION_DENIED) a client without a required certificate or outside the SPIFFE
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-from aiohttp import web
+from typing import Any, Protocol
 
 from sidecar.identity import Peer
 from sidecar.tls.server import ServerTLS, format_address
 
 
-def http_peer_resolver(tls: ServerTLS | None) -> Callable[[web.Request], Peer]:
-    def plaintext(request: web.Request) -> Peer:
+class Received(Protocol):
+    """A request of either receiver (``sidecar.wire.http1.Request``, ``sidecar.wire.http2.UnaryCall``)."""
+
+    @property
+    def transport(self) -> Any: ...
+
+
+def peer_resolver(tls: ServerTLS | None) -> Callable[[Received], Peer]:
+    """The peer of a request, from its connection's transport."""
+
+    def plaintext(request: Received) -> Peer:
         transport = request.transport
         return Peer(address=format_address(transport.get_extra_info("peername")) if transport else "")
 
     if tls is None:
         return plaintext
 
-    def verified(request: web.Request) -> Peer:
+    def verified(request: Received) -> Peer:
         return tls.authorize_transport(request.transport)
-
-    return verified
-
-
-def grpc_peer_resolver(tls: ServerTLS | None) -> Callable[[Any], Peer]:
-    def plaintext(stream: Any) -> Peer:
-        return Peer(address=format_address(stream.peer.addr()))
-
-    if tls is None:
-        return plaintext
-
-    def verified(stream: Any) -> Peer:
-        return tls.authorize_cert(stream.peer.cert(), format_address(stream.peer.addr()))
 
     return verified

@@ -111,7 +111,21 @@ async def test_inbound_mtls_with_spiffe_allowlist(tmp_path: Path, upstream, star
     refused = sidecar.metrics.registry.get_sample_value(
         "otlp_sidecar_tls_refused_peers_total", {"reason": "spiffe_id_not_allowed"})
     assert refused == 2
-    await asyncio.sleep(0)
+    # a plaintext gRPC client on the TLS port fails its handshake, and the gRPC listener counts it
+    failures = {"role": "server", "reason": "not_tls"}
+    before = sidecar.metrics.registry.get_sample_value("otlp_sidecar_tls_handshake_failures_total", failures) or 0
+    channel = grpclib.client.Channel("localhost", grpc_port)
+    try:
+        with pytest.raises(CallError):
+            await call_unary(channel, Signal.TRACES.grpc_path, BODY, timeout=10)
+    finally:
+        channel.close()
+    for _ in range(100):
+        after = sidecar.metrics.registry.get_sample_value("otlp_sidecar_tls_handshake_failures_total", failures)
+        if after == before + 1:
+            break
+        await asyncio.sleep(0.05)
+    assert after == before + 1
 
 
 async def test_plaintext_on_a_public_address_is_refused() -> None:

@@ -1,0 +1,973 @@
+"""A lean HTTP/1.1 server for the OTLP/HTTP receiver (RFC 9112), on the security boundary.
+
+Requests are read into one reused buffer per connection (``asyncio.BufferedProtocol``), so a
+``Content-Length`` body arrives in one contiguous region and reaches the handler as ``bytes``
+after a single copy. The buffer grows to hold a large body whole (with room for the next head,
+so a busy connection settles on one size and moves nothing), and shrinks back once the
+connection has been idle for a tick of the server's sweep. Chunked bodies are decoded in place:
+the data of the second and later chunks moves down once to follow the first chunk's.
+``data_received`` is served too (copying into the buffer): the TLS acceptor hands over the first
+decrypted bytes that way. The parser is strict and rejects what it does not understand:
+
+- request line ``METHOD SP request-target SP HTTP/1.1|HTTP/1.0``; another ``HTTP/x.y`` → 505;
+- header section (request line included) over ``max_header_bytes`` or more than ``max_headers``
+  fields → 431; a request line over ``max_request_line`` → 414; obs-fold, whitespace before the
+  colon, a name that is not a token, a control character in a value, a bare CR or LF → 400;
+- framing: ``Content-Length`` (digits only; repeated with different values → 400) or
+  ``Transfer-Encoding: chunked`` (both → 400; chunked not last or repeated → 400; another coding
+  → 501); neither means no body; a body over ``max_request_bytes`` → 413, decided from
+  ``Content-Length`` before reading it, for chunked bodies as soon as they pass the limit;
+- ``Expect: 100-continue`` gets ``100 Continue`` only after the early checks passed (the
+  ``check`` hook: method, path, size); another expectation → 417.
+
+After answering a request whose body was not read (any refusal before the body, any malformed
+request) the server closes the connection: it half-closes its side and discards what the
+client still sends, for ``linger_timeout`` at most, so the answer is not lost to a TCP reset.
+
+Keep-alive and pipelining: requests on a connection are handled strictly in order; while one
+is being handled (or the client does not read the answers) at most ``read_ahead`` bytes are
+read ahead, then the transport stops reading. Timeouts: ``idle_timeout`` between requests,
+``header_timeout`` from a request's first byte to the end of its headers (slowloris),
+``body_timeout`` without progress while a body arrives or an answer waits to be sent; each
+closes the connection without an answer. A handler's exception is logged once and answered 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any
+
+from sidecar.tls.acceptor import tls_protocol_factory
+from sidecar.tls.server import ServerTLS
+
+log = logging.getLogger("sidecar.http")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one request and one connection may take."""
+
+    #: largest body, as sent (decoded chunked data for chunked bodies) → 413
+    max_request_bytes: int = 16 * 1024 * 1024
+    #: request line and header fields together (also the trailer section) → 431
+    max_header_bytes: int = 32 * 1024
+    #: header fields in a request (also trailer fields) → 431
+    max_headers: int = 100
+    #: the request line → 414
+    max_request_line: int = 8 * 1024
+    #: a chunk-size line, extensions included → 400
+    max_chunk_line: int = 4 * 1024
+    #: bytes read ahead of a request being handled (pipelining) before reading pauses
+    read_ahead: int = 256 * 1024
+    #: seconds a keep-alive connection may wait for its next request
+    idle_timeout: float = 75.0
+    #: seconds from a request's first byte to the end of its headers
+    header_timeout: float = 10.0
+    #: seconds without progress receiving a body or sending an answer
+    body_timeout: float = 30.0
+    #: seconds to discard input after a refusal before closing (so the client reads the answer)
+    linger_timeout: float = 2.0
+    #: the buffer an idle connection keeps (a larger one, grown for a body, is dropped when idle)
+    buffer_size: int = 64 * 1024
+
+
+class Request:
+    """One request. ``headers`` has lower-case names; repeated fields are joined with ``", "``."""
+
+    __slots__ = (
+        "body", "chunked", "content_length", "context", "headers", "keep_alive", "method", "path", "target",
+        "transport", "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        path: str,
+        version: str,
+        headers: dict[str, str],
+        transport: asyncio.BaseTransport,
+    ) -> None:
+        self.method = method
+        #: the request-target as sent; ``path`` is its path without the query, not percent-decoded
+        self.target = target
+        self.path = path
+        self.version = version
+        self.headers = headers
+        #: the connection's transport (peer address, TLS ``ssl_object``)
+        self.transport = transport
+        #: the declared Content-Length (None for chunked bodies)
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        #: the body, once received (``b""`` without one)
+        self.body = b""
+        #: free for the application: ``check`` may leave something here for the handler
+        self.context: Any = None
+
+
+class Response:
+    """An answer. ``headers`` are extra fields (Retry-After, Allow ...)."""
+
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        status: int = 200,
+        body: bytes = b"",
+        content_type: str = "text/plain; charset=utf-8",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers
+
+
+def plain(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    """A short plain-text answer."""
+    return Response(status, f"{message}\n".encode(), headers=headers)
+
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+#: called once the head is in, before the body is read: an answer refuses the request
+Check = Callable[[Request], Response | None]
+#: formats a refusal the server decides after ``check`` (413, 417): (request, status, message)
+Refuse = Callable[[Request, int, str], Response]
+
+
+class HttpError(Exception):
+    """A request the server refuses: status and a short message for the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# -- character classes (bytes.translate(None, allowed) leaves only what is not allowed) --------
+
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_HEX = b"0123456789abcdefABCDEF"
+_VISIBLE = bytes(range(0x21, 0x7F))
+_OBS_TEXT = bytes(range(0x80, 0x100))
+#: anything that may appear in a request head: no control characters but HTAB, CR, LF
+_HEAD_CHARS = b"\t\r\n " + _VISIBLE + _OBS_TEXT
+#: a chunk-size line or a trailer line, without its CRLF
+_LINE_CHARS = b"\t " + _VISIBLE + _OBS_TEXT
+#: a request-target: visible ASCII, no fragment
+_TARGET_CHARS = _VISIBLE.replace(b"#", b"")
+
+# -- connection states ---------------------------------------------------------------------------
+
+_IDLE = 0  # between requests (keep-alive)
+_HEAD = 1  # receiving a request line and headers
+_BODY = 2  # receiving a Content-Length body
+_CHUNKED = 3  # receiving a chunked body
+_HANDLING = 4  # the handler runs; input is read ahead up to a bound
+_LINGER = 5  # answered and closing: input is discarded
+_CLOSED = 6
+
+# chunked body parts
+_SIZE, _DATA, _DATA_END, _TRAILERS = range(4)
+
+#: free space asked for before a read when nothing larger is expected
+_MIN_FREE = 8 * 1024
+#: what a grown buffer keeps beyond the body it was grown for
+_HEAD_ROOM = 16 * 1024
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_INF = math.inf
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        if not 200 <= status <= 599:
+            raise ValueError(f"cannot answer with status {status}")
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {reason}\r\n".encode()
+    return line
+
+
+_STATUS_LINES: dict[int, bytes] = {}
+_date_second = -1
+_date_field = b""
+
+
+def _date() -> bytes:
+    """The ``Date`` field line, formatted once per second."""
+    global _date_second, _date_field
+    now = int(time.time())
+    if now != _date_second:
+        _date_second = now
+        _date_field = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+    return _date_field
+
+
+def serialize(response: Response, *, close: bool = False, keep_alive_10: bool = False, head: bool = False) -> bytes:
+    """The answer on the wire: status line, fields, and the body unless ``head``."""
+    body = response.body
+    content_type = response.content_type
+    if "\r" in content_type or "\n" in content_type:
+        raise ValueError("a line break in the answer's content type")
+    parts = [
+        _status_line(response.status),
+        b"Content-Type: ", content_type.encode("latin-1"), b"\r\n",
+        b"Content-Length: ", str(len(body)).encode(), b"\r\n",
+        _date(),
+    ]
+    if response.headers:
+        for name, value in response.headers.items():
+            if "\r" in name or "\n" in name or "\r" in value or "\n" in value or ":" in name:
+                raise ValueError(f"an invalid answer field {name!r}")
+            parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+    if close:
+        parts.append(b"Connection: close\r\n")
+    elif keep_alive_10:
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    if not head:
+        parts.append(body)
+    return b"".join(parts)
+
+
+class _Connection(asyncio.BufferedProtocol):
+    """One client connection: parse, hand over, answer, in order."""
+
+    def __init__(self, server: Http1Server) -> None:
+        self._server = server
+        self._limits = limits = server.limits
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._tls = False
+        # the buffer of this connection, or a larger one from the server's pool while a large
+        # body arrives (so an idle keep-alive connection holds only the small one)
+        self._small = bytearray(limits.buffer_size)
+        self._buf = self._small
+        self._view = memoryview(self._buf)
+        self._pos = 0  # the next byte to parse
+        self._end = 0  # the end of what was received
+        self._scan = 0  # where the search for the end of an incomplete line or head resumes
+        self._line_seen = False  # the request line of an incomplete head is complete
+        self._state = _IDLE
+        #: when the current phase times out (loop time)
+        self.deadline = _INF
+        #: since when writing is paused (loop time; 0 while not)
+        self.write_paused_at = 0.0
+        self._read_paused = False
+        self._eof = False
+        self._shutdown = False
+        self._request: Request | None = None
+        # the body being received: [_body_start, _decoded_end) holds the decoded part
+        self._length = 0
+        self._body_start = -1
+        self._decoded_end = 0
+        self._part = _SIZE
+        self._chunk_left = 0
+        self._overhead = 0
+        self._trailer_bytes = 0
+        self._trailers = 0
+
+    # -- asyncio protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._tls = transport.get_extra_info("ssl_object") is not None
+        self._server._connections.add(self)
+        self._enter_idle()
+        if self._server.closing:
+            self._close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._state = _CLOSED
+        self.deadline = _INF
+        self.write_paused_at = 0.0
+        self._server._forget(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        state = self._state
+        if state in (_LINGER, _CLOSED):
+            self._pos = self._end = 0
+            return self._view
+        if state == _BODY:
+            need = self._body_start + self._length - self._end
+        elif state == _CHUNKED and self._part == _DATA:
+            need = self._chunk_left
+        else:
+            need = _MIN_FREE
+        free = len(self._buf) - self._end
+        if free < need or free == 0:
+            self._reserve(max(need, 1))
+        return self._view[self._end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        state = self._state
+        if state in (_LINGER, _CLOSED):
+            self._pos = self._end = 0
+            return
+        self._end += nbytes
+        if state in (_BODY, _CHUNKED):
+            self.deadline = self._loop.time() + self._limits.body_timeout
+        self._process()
+
+    def data_received(self, data: bytes) -> None:
+        """Input from a transport that does not fill our buffer (the TLS acceptor, before it
+        hands the connection over)."""
+        if self._state in (_LINGER, _CLOSED):
+            return
+        size = len(data)
+        if len(self._buf) - self._end < size:
+            self._reserve(size)
+        self._view[self._end:self._end + size] = data
+        self.buffer_updated(size)
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        if self._state == _LINGER:
+            self._close()
+        else:
+            self._process()
+        # keep a half-closed TCP connection open to answer what was sent (TLS cannot)
+        return None if self._tls else True
+
+    def pause_writing(self) -> None:
+        self.write_paused_at = self._loop.time()
+
+    def resume_writing(self) -> None:
+        self.write_paused_at = 0.0
+        if self._state == _IDLE:
+            self.deadline = self._loop.time() + self._limits.idle_timeout
+        self._process()
+
+    # -- called by the server ------------------------------------------------------------------
+
+    def timed_out(self) -> None:
+        """A deadline passed: close without an answer."""
+        if self._state == _CLOSED:
+            return
+        log.debug("closing an HTTP connection: timeout in state %d", self._state)
+        self._state = _CLOSED
+        self.deadline = _INF
+        transport = self._transport
+        if transport is not None:
+            if self.write_paused_at or transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
+
+    def idle_since(self) -> float | None:
+        """Since when the connection has waited for a request with nothing buffered, or None."""
+        if self._state != _IDLE or self._end or self.write_paused_at:
+            return None
+        return self.deadline - self._limits.idle_timeout
+
+    def shrink(self) -> None:
+        """Give back a buffer grown for a large body (called while idle with nothing buffered)."""
+        if self._end == 0:
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """Return a grown buffer to the server's pool once nothing in it is needed any more."""
+        if self._buf is not self._small:
+            self._server.buffers.put(self._buf)
+            self._buf = self._small
+            self._view = memoryview(self._small)
+            self._pos = self._end = self._scan = 0
+
+    def shut_down(self) -> None:
+        """The server closes: close now if idle, else after answering the request in progress."""
+        self._shutdown = True
+        if self._state == _IDLE and self._pos == self._end:
+            self._close()
+
+    def abort(self) -> None:
+        self._state = _CLOSED
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- the buffer -----------------------------------------------------------------------------
+
+    def _reserve(self, need: int) -> None:
+        """Room for ``need`` more bytes after ``_end``: move what is still needed to the front of
+        the buffer, or into a larger one: as large as a Content-Length body needs, else at least
+        twice as large, so growth of unknown extent is amortized."""
+        keep = self._body_start if self._body_start >= 0 else self._pos
+        live = self._end - keep
+        size = len(self._buf)
+        if live + need <= size:
+            if live:
+                self._view[:live] = self._view[keep:self._end]  # memoryview: an overlap-safe memmove
+        else:
+            # room for the head of the next request too, so a connection sending bodies of one
+            # size settles on one buffer and never moves a body
+            doubled = 2 * size if live and self._state != _BODY else 0
+            wanted = max(live + need + _HEAD_ROOM, doubled, self._limits.buffer_size)
+            new = self._server.buffers.take(wanted) or bytearray(wanted)
+            new[:live] = self._view[keep:self._end]
+            if self._buf is not self._small:
+                self._server.buffers.put(self._buf)
+            self._buf = new
+            self._view = memoryview(new)
+        self._pos -= keep
+        self._end -= keep
+        self._scan = max(0, self._scan - keep)
+        if self._body_start >= 0:
+            self._body_start -= keep
+            self._decoded_end -= keep
+
+    # -- parsing ---------------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Parse and hand over what the buffer holds, in order, as far as possible."""
+        try:
+            while not self.write_paused_at:
+                state = self._state
+                if state in (_IDLE, _HEAD):
+                    if not self._parse_head():
+                        break
+                elif state == _BODY:
+                    start = self._body_start
+                    stop = start + self._length
+                    if self._end < stop:
+                        break
+                    body = bytes(self._view[start:stop])
+                    self._pos = stop
+                    self._body_start = -1
+                    if stop == self._end:
+                        self._give_back()
+                    self._dispatch(body)
+                elif state == _CHUNKED:
+                    if not self._parse_chunked():
+                        break
+                else:
+                    break
+        except HttpError as exc:
+            self._request = None
+            self._answer(plain(exc.status, exc.message), body_read=False)
+            return
+        state = self._state
+        if self._pos == self._end and self._body_start < 0:
+            self._pos = self._end = self._scan = 0
+        if state == _HANDLING or self.write_paused_at:
+            if not self._read_paused and self._end - self._pos >= self._limits.read_ahead:
+                self._read_paused = True
+                self._transport.pause_reading()  # type: ignore[union-attr]
+        elif self._read_paused and state != _CLOSED:
+            self._read_paused = False
+            self._transport.resume_reading()  # type: ignore[union-attr]
+        if self._eof and state <= _CHUNKED:
+            self._close()  # the client sends no more, and nothing is left to answer
+
+    def _parse_head(self) -> bool:
+        """Take a request line and header section if complete; False when more is needed."""
+        buf, end = self._buf, self._end
+        pos = self._pos
+        while buf.startswith(b"\r\n", pos, end):  # empty lines before a request line (RFC 9112 2.2)
+            pos += 2
+        self._pos = pos
+        if pos == end:
+            return False
+        head_end = buf.find(b"\r\n\r\n", max(pos, self._scan - 3), end)
+        if head_end < 0:
+            self._head_incomplete(pos, end)
+            return False
+        self._scan = 0
+        self._line_seen = False
+        if head_end + 4 - pos > self._limits.max_header_bytes:
+            if buf.find(b"\r\n", pos, head_end + 2) - pos > self._limits.max_request_line:
+                raise HttpError(414, "request line too long")
+            raise HttpError(431, "request header section too large")
+        head = bytes(self._view[pos:head_end])
+        self._pos = head_end + 4
+        self._start_request(head)
+        return True
+
+    def _head_incomplete(self, pos: int, end: int) -> None:
+        """Enforce the head's limits before it is complete, and refuse a bare LF early. Each byte
+        is looked at once however the head is split."""
+        buf, limits = self._buf, self._limits
+        scan = max(pos, self._scan)
+        if self._state == _IDLE:
+            self._state = _HEAD
+            self.deadline = self._loop.time() + limits.header_timeout
+        if buf.count(b"\n", scan, end) != buf.count(b"\r\n", max(pos, scan - 1), end):
+            raise HttpError(400, "bare LF in the request head")
+        if not self._line_seen:
+            eol = buf.find(b"\r\n", max(pos, scan - 1), end)
+            self._line_seen = eol >= 0
+            if (eol if eol >= 0 else end) - pos > limits.max_request_line:
+                raise HttpError(414, "request line too long")
+        if end - pos > limits.max_header_bytes:
+            raise HttpError(431, "request header section too large")
+        self._scan = end
+
+    def _start_request(self, head: bytes) -> None:
+        """Validate a head (without its final CRLFCRLF), then decide how to read the body."""
+        limits = self._limits
+        if head.translate(None, _HEAD_CHARS):
+            raise HttpError(400, "invalid character in the request head")
+        lines = head.split(b"\r\n")
+        if head.count(b"\r") != len(lines) - 1 or head.count(b"\n") != len(lines) - 1:
+            raise HttpError(400, "bare CR or LF in the request head")
+        line = lines[0]
+        if len(line) > limits.max_request_line:
+            raise HttpError(414, "request line too long")
+        method, _, rest = line.partition(b" ")
+        target, _, version = rest.partition(b" ")
+        if not method or method.translate(None, _TCHAR):
+            raise HttpError(400, "invalid method")
+        if version == b"HTTP/1.1":
+            http10 = False
+        elif version == b"HTTP/1.0":
+            http10 = True
+        elif len(version) == 8 and version.startswith(b"HTTP/") and version[5:8:2].isdigit() and version[6] == 46:
+            raise HttpError(505, "HTTP version not supported")
+        else:
+            raise HttpError(400, "invalid request line")
+        if not target or target.translate(None, _TARGET_CHARS):
+            raise HttpError(400, "invalid request target")
+        if len(lines) - 1 > limits.max_headers:
+            raise HttpError(431, "too many header fields")
+        headers = _fields(lines)
+        path = _path(target, method)
+        transport = self._transport
+        assert transport is not None
+        request = Request(
+            method.decode(), target.decode(), path, "HTTP/1.0" if http10 else "HTTP/1.1", headers, transport
+        )
+        # framing (RFC 9112 6.3)
+        te = headers.get("transfer-encoding")
+        cl = headers.get("content-length")
+        length = 0
+        if te is not None:
+            if cl is not None:
+                raise HttpError(400, "both Transfer-Encoding and Content-Length")
+            if http10:
+                raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+            codings = [c for c in (c.strip(" \t").lower() for c in te.split(",")) if c]
+            if codings != ["chunked"]:
+                if not codings or "chunked" in codings[:-1]:
+                    raise HttpError(400, "chunked must be the last transfer coding, and only once")
+                raise HttpError(501, "only the chunked transfer coding is supported")
+            request.chunked = True
+        elif cl is not None:
+            if not (cl.isascii() and cl.isdigit()):
+                raise HttpError(400, "invalid Content-Length")
+            length = int(cl) if len(cl) <= 18 else limits.max_request_bytes + 1
+            request.content_length = length
+        connection = headers.get("connection")
+        if connection is None:
+            request.keep_alive = not http10
+        else:
+            lowered = connection.lower()
+            tokens = (lowered,) if "," not in lowered else [t.strip(" \t") for t in lowered.split(",")]
+            request.keep_alive = "close" not in tokens and (not http10 or "keep-alive" in tokens)
+        if not http10 and "host" not in headers:
+            raise HttpError(400, "missing Host")
+        self._request = request
+        has_body = request.chunked or length > 0
+        expect = headers.get("expect") if not http10 else None  # HTTP/1.0: ignored (RFC 9110 10.1.1)
+        if expect is not None and expect.lower() != "100-continue":
+            self._refuse_late(417, f"unsupported expectation {expect!r}")
+            return
+        # the early checks: the application's (path, method, media type, peer ...), then the size
+        refusal = self._check(request)
+        if refusal is not None:
+            self._answer(refusal, body_read=not has_body)
+            return
+        if length > limits.max_request_bytes:
+            size = (cl or "").lstrip("0")
+            self._refuse_late(413, f"body of {size} bytes exceeds the limit of {limits.max_request_bytes} bytes")
+            return
+        if not has_body:
+            self._dispatch(b"")
+            return
+        if expect is not None and self._pos == self._end:
+            self._transport.write(_CONTINUE)  # type: ignore[union-attr]
+        if request.chunked:
+            self._state = _CHUNKED
+            self._part = _SIZE
+            self._decoded_end = 0
+            self._overhead = self._trailer_bytes = self._trailers = 0
+        else:
+            self._state = _BODY
+            self._body_start = self._pos
+            self._length = length
+        self.deadline = self._loop.time() + limits.body_timeout
+
+    def _check(self, request: Request) -> Response | None:
+        check = self._server.check
+        if check is None:
+            return None
+        try:
+            return check(request)
+        except Exception:
+            log.exception("the HTTP check failed on %s %s", request.method, request.path)
+            return plain(500, "internal error")
+
+    def _parse_chunked(self) -> bool:
+        """Decode chunks in place: the data of later chunks moves down to follow the first
+        chunk's. True once the body was handed over (or refused), False when more is needed."""
+        buf, view, end = self._buf, self._view, self._end
+        limits = self._limits
+        pos = self._pos
+        while True:
+            part = self._part
+            if part == _DATA:
+                size = min(self._chunk_left, end - pos)
+                if size == 0:
+                    break
+                if self._body_start < 0:
+                    self._body_start = self._decoded_end = pos
+                decoded = self._decoded_end
+                if decoded != pos:
+                    view[decoded:decoded + size] = view[pos:pos + size]
+                self._decoded_end = decoded + size
+                pos += size
+                self._chunk_left -= size
+                if self._chunk_left == 0:
+                    self._part = _DATA_END
+            elif part == _SIZE:
+                eol = buf.find(b"\r\n", pos, min(end, pos + limits.max_chunk_line + 2))
+                if eol < 0:
+                    if end - pos > limits.max_chunk_line:
+                        raise HttpError(400, "chunk-size line too long")
+                    break
+                size = _chunk_size(bytes(view[pos:eol]))
+                self._overhead += eol + 4 - pos
+                pos = eol + 2
+                if self._overhead > self._server.max_chunk_overhead:
+                    raise HttpError(400, "too many chunks")
+                if size == 0:
+                    self._part = _TRAILERS
+                    self._scan = pos
+                    continue
+                decoded = self._decoded_end - self._body_start if self._body_start >= 0 else 0
+                if decoded + size > limits.max_request_bytes:
+                    self._refuse_late(413, f"body exceeds the limit of {limits.max_request_bytes} bytes")
+                    return True
+                self._chunk_left = size
+                self._part = _DATA
+            elif part == _DATA_END:
+                if end - pos < 2:
+                    break
+                if buf[pos] != 13 or buf[pos + 1] != 10:
+                    raise HttpError(400, "chunk data not followed by CRLF")
+                pos += 2
+                self._part = _SIZE
+            else:  # trailer fields: checked, then discarded
+                eol = buf.find(b"\r\n", max(pos, self._scan - 1), end)
+                if eol < 0:
+                    self._scan = end
+                    if self._trailer_bytes + end - pos > limits.max_header_bytes:
+                        raise HttpError(431, "trailer section too large")
+                    break
+                self._trailer_bytes += eol + 2 - pos
+                if self._trailer_bytes > limits.max_header_bytes:
+                    raise HttpError(431, "trailer section too large")
+                if eol == pos:  # the empty line: the end of the body
+                    self._pos = eol + 2
+                    self._scan = 0
+                    start = self._body_start
+                    body = bytes(view[start:self._decoded_end]) if start >= 0 else b""
+                    self._body_start = -1
+                    self._dispatch(body)
+                    return True
+                self._trailers += 1
+                if self._trailers > limits.max_headers:
+                    raise HttpError(431, "too many trailer fields")
+                _trailer(bytes(view[pos:eol]))
+                pos = eol + 2
+        self._pos = pos
+        return False
+
+    # -- handing over and answering ------------------------------------------------------------
+
+    def _dispatch(self, body: bytes) -> None:
+        """Run the handler on the complete request, as a task of its own."""
+        request = self._request
+        assert request is not None
+        request.body = body
+        self._state = _HANDLING
+        self.deadline = _INF
+        task = self._loop.create_task(self._server.handler(request))
+        self._server._tasks.add(task)
+        task.add_done_callback(self._handled)
+
+    def _handled(self, task: asyncio.Task[Response]) -> None:
+        self._server._tasks.discard(task)
+        if task.cancelled():
+            self.abort()
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._failed(self._request, exc)
+        else:
+            self._answer(task.result())
+        if self._state != _CLOSED:
+            self._process()
+
+    def _failed(self, request: Request | None, exc: BaseException | None = None) -> None:
+        where = f"{request.method} {request.path}" if request is not None else "a request"
+        log.error("the HTTP handler failed on %s", where, exc_info=exc or True)
+        self._answer(plain(500, "internal error"))
+
+    def _answer(self, response: Response, *, body_read: bool = True) -> None:
+        """Send the answer to the current request; then wait for the next one, or close."""
+        transport = self._transport
+        if self._state == _CLOSED or transport is None:
+            return
+        request = self._request
+        self._request = None
+        close = not body_read or self._shutdown or request is None or not request.keep_alive
+        http10 = request is not None and request.version == "HTTP/1.0"
+        head = request is not None and request.method == "HEAD"
+        try:
+            data = serialize(response, close=close, keep_alive_10=http10, head=head)
+        except Exception:
+            log.exception("the HTTP handler's answer cannot be sent")
+            data = serialize(plain(500, "internal error"), close=close, keep_alive_10=http10, head=head)
+        transport.write(data)
+        if not body_read:
+            self._linger()
+        elif close:
+            self._close()
+        else:
+            self._enter_idle()
+
+    def _refuse_late(self, status: int, message: str) -> None:
+        """Refuse a request whose head was accepted (413, 417), in the application's format."""
+        request = self._request
+        assert request is not None
+        refuse = self._server.refuse
+        response = None
+        if refuse is not None:
+            try:
+                response = refuse(request, status, message)
+            except Exception:
+                log.exception("the HTTP refusal failed on %s %s", request.method, request.path)
+        self._answer(response or plain(status, message), body_read=False)
+
+    def _enter_idle(self) -> None:
+        self._state = _IDLE
+        self.deadline = self._loop.time() + self._limits.idle_timeout
+
+    def _linger(self) -> None:
+        """Answered without reading the whole request: half-close, discard input a while, close."""
+        transport = self._transport
+        assert transport is not None
+        self._state = _LINGER
+        self._pos = self._end = self._scan = 0
+        self._body_start = -1
+        self._line_seen = False
+        self.deadline = self._loop.time() + self._limits.linger_timeout
+        if self._eof:
+            self._close()
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+
+    def _close(self) -> None:
+        self._state = _CLOSED
+        self.deadline = _INF
+        if self._transport is not None:
+            self._transport.close()
+
+
+def _fields(lines: list[bytes]) -> dict[str, str]:
+    """The header fields of a head split into lines (the first is the request line); names
+    lower-cased, values without surrounding whitespace."""
+    headers: dict[str, str] = {}
+    for index in range(1, len(lines)):
+        raw_name, colon, raw_value = lines[index].partition(b":")
+        if not colon or not raw_name or raw_name.translate(None, _TCHAR):
+            # also obs-fold (a line starting with whitespace) and whitespace before the colon
+            raise HttpError(400, "invalid header field")
+        name = raw_name.decode().lower()
+        value = raw_value.strip(b" \t").decode("latin-1")
+        previous = headers.get(name)
+        if previous is None:
+            headers[name] = value
+        elif name == "content-length":
+            if previous != value:
+                raise HttpError(400, "conflicting Content-Length values")
+        elif name == "host":
+            raise HttpError(400, "more than one Host field")
+        else:
+            headers[name] = f"{previous}, {value}"
+    return headers
+
+
+def _path(target: bytes, method: bytes) -> str:
+    """The path of an origin-form or absolute-form request-target, without the query."""
+    if target[:1] == b"/":
+        return target.split(b"?", 1)[0].decode()
+    lowered = target[:8].lower()
+    if lowered.startswith((b"http://", b"https://")):
+        slash = target.find(b"/", target.find(b"//") + 2)
+        return "/" if slash < 0 else target[slash:].split(b"?", 1)[0].decode()
+    if target == b"*" and method == b"OPTIONS":
+        return "*"
+    raise HttpError(400, "invalid request target")
+
+
+def _chunk_size(line: bytes) -> int:
+    """The size on a chunk-size line (extensions are ignored)."""
+    if line.translate(None, _LINE_CHARS):
+        raise HttpError(400, "invalid chunk-size line")
+    semicolon = line.find(b";")
+    digits = line if semicolon < 0 else line[:semicolon].rstrip(b" \t")
+    if not digits or len(digits) > 15 or digits.translate(None, _HEX):
+        raise HttpError(400, "invalid chunk size")
+    return int(digits, 16)
+
+
+def _trailer(line: bytes) -> None:
+    """Validate one trailer field line (its content is discarded)."""
+    name, colon, _ = line.partition(b":")
+    if not colon or not name or name.translate(None, _TCHAR) or line.translate(None, _LINE_CHARS):
+        raise HttpError(400, "invalid trailer field")
+
+
+class BufferPool:
+    """Large receive buffers, shared by a server's connections: a connection holds one only while
+    a large body arrives, so memory follows the requests in flight, not the open connections."""
+
+    def __init__(self, max_buffers: int = 8) -> None:
+        self.max_buffers = max_buffers
+        self._free: list[bytearray] = []
+
+    def take(self, size: int) -> bytearray | None:
+        """A free buffer of at least ``size`` bytes (the smallest such), or None."""
+        fitting = [buf for buf in self._free if len(buf) >= size]
+        if not fitting:
+            return None
+        best = min(fitting, key=len)
+        self._free.remove(best)
+        return best
+
+    def put(self, buf: bytearray) -> None:
+        """Keep ``buf`` for a later body; when full, the smallest buffer is dropped."""
+        self._free.append(buf)
+        if len(self._free) > self.max_buffers:
+            self._free.remove(min(self._free, key=len))
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+
+class Http1Server:
+    """The HTTP/1.1 listener: ``await start(host, port, tls)``, then ``await close(grace)``.
+
+    ``handler(request)`` answers a complete request. ``check(request)``, if given, runs once the
+    head is in and may refuse it before its body is read (and before ``100 Continue``).
+    ``refuse(request, status, message)``, if given, formats the refusals the server decides
+    after the head was accepted (413, 417); malformed requests get a plain-text answer.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        check: Check | None = None,
+        refuse: Refuse | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.handler = handler
+        self.check = check
+        self.refuse = refuse
+        self.limits = limits or Limits()
+        self.closing = False
+        self.buffers = BufferPool()
+        self._connections: set[_Connection] = set()
+        self._tasks: set[asyncio.Task[Response]] = set()
+        self._listener: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._all_closed: asyncio.Event | None = None
+        #: framing bytes a chunked body may add to its data (many tiny chunks cost CPU)
+        self.max_chunk_overhead = max(16 * 1024, self.limits.max_request_bytes // 16)
+        timeouts = (self.limits.idle_timeout, self.limits.header_timeout, self.limits.body_timeout,
+                    self.limits.linger_timeout)
+        #: seconds between deadline checks (a timeout fires up to this much late)
+        self.tick = min(1.0, max(0.005, min(timeouts) / 4))
+
+    @property
+    def connections(self) -> int:
+        """Open connections."""
+        return len(self._connections)
+
+    async def start(self, host: str, port: int, tls: ServerTLS | None = None) -> tuple[str, int]:
+        """Listen on host:port (TLS through ``sidecar.tls.acceptor`` when ``tls`` is given);
+        the bound address."""
+        loop = asyncio.get_running_loop()
+
+        def factory() -> asyncio.BaseProtocol:
+            return _Connection(self)
+
+        if tls is not None:
+            # our acceptor does the handshake, so failed handshakes are counted and logged
+            factory = tls_protocol_factory(factory, tls)  # type: ignore[arg-type]
+        self._listener = await loop.create_server(factory, host, port, backlog=128)
+        self._sweeper = loop.call_later(self.tick, self._sweep)
+        return self._listener.sockets[0].getsockname()[:2]  # type: ignore[no-any-return]
+
+    async def close(self, grace: float) -> None:
+        """Stop listening; close idle connections now, the others once their request is answered
+        (within ``grace`` seconds); then close whatever remains."""
+        self.closing = True
+        if self._listener is not None:
+            self._listener.close()
+        self._all_closed = asyncio.Event()
+        for connection in list(self._connections):
+            connection.shut_down()
+        if self._connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), grace)
+        for connection in list(self._connections):
+            connection.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
+        await asyncio.sleep(0)  # let the transports run their connection_lost
+
+    def _forget(self, connection: _Connection) -> None:
+        self._connections.discard(connection)
+        if self._all_closed is not None and not self._connections:
+            self._all_closed.set()
+
+    def _sweep(self) -> None:
+        """Enforce the deadlines, and drop large buffers of idle connections (every ``tick``)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        body_timeout = self.limits.body_timeout
+        for connection in list(self._connections):
+            paused = connection.write_paused_at
+            if connection.deadline <= now or (paused and now - paused > body_timeout):
+                connection.timed_out()
+                continue
+            since = connection.idle_since()
+            if since is not None and now - since >= self.tick:
+                connection.shrink()
+        self._sweeper = loop.call_later(self.tick, self._sweep)

@@ -1,0 +1,27 @@
+"""A lean HTTP/2 server for unary gRPC calls: the OTLP/gRPC receive path.
+
+grpclib's pure-Python HTTP/2 (h2) cost 1.2 CPU-µs per span before any policy work (docs/
+performance.md). This server reads frames into one reused buffer, copies a request message out
+of it once, answers with pre-encoded header blocks and sends what one event-loop step produced
+in one write. It implements what a gRPC server needs of RFC 9113 and nothing a client could
+ask beyond it:
+
+- the connection preface, SETTINGS (acknowledged, and applied: window, frame size), PING,
+  GOAWAY both ways, RST_STREAM, WINDOW_UPDATE, PRIORITY (ignored), unknown frames (ignored);
+- flow control on receive (windows replenished as data arrives) and on send;
+- HPACK decoding with the ``hpack`` package (and a cache for header blocks that only index the
+  table, which is what clients send after the first call); answers use literals only, never
+  the peer's table;
+- unary calls: one length-prefixed message per stream; the handler's bytes go back with
+  ``grpc-status: 0``, a :class:`GrpcError` as a trailers-only answer.
+
+Bounds: frame size, header list size, concurrent streams (a stream counts until its handler is
+done, reset or not), message size (refused as soon as the prefix announces it), the time to
+the preface. Violations end the connection with GOAWAY, or the stream with RST_STREAM, as the
+RFC says; nothing raises into the event loop.
+"""
+
+from sidecar.wire.http2.calls import GrpcError, Handler, Limits, UnaryCall
+from sidecar.wire.http2.server import GrpcServer
+
+__all__ = ["GrpcError", "GrpcServer", "Handler", "Limits", "UnaryCall"]

@@ -1,0 +1,685 @@
+"""One HTTP/2 client connection of the gRPC server: frames in, calls out, answers back.
+
+Frames are read into one reused buffer (grown for a frame larger than it, given back when the
+connection goes quiet); a request message is copied out of it once. What one read produced
+(acknowledgements, window updates, answers) goes out in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import hpack
+
+from sidecar.tls.server import format_address
+from sidecar.wire.http2.calls import (
+    CONTENT_TYPE,
+    INVALID_ARGUMENT,
+    PREFIX,
+    RESOURCE_EXHAUSTED,
+    UNIMPLEMENTED,
+    GrpcError,
+    UnaryCall,
+    grpc_message_text,
+    is_grpc_content_type,
+)
+from sidecar.wire.http2.frames import (
+    ACK,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    ENABLE_PUSH,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    GOAWAY_HEAD,
+    HEAD,
+    HEADERS,
+    INITIAL_WINDOW_SIZE,
+    INTERNAL_ERROR,
+    MAX_CONCURRENT_STREAMS,
+    MAX_FRAME_SIZE,
+    MAX_HEADER_LIST_SIZE,
+    MAX_WINDOW,
+    MIN_FRAME_SIZE,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTING,
+    SETTINGS,
+    STREAM_CLOSED,
+    U32,
+    WINDOW_UPDATE,
+    ConnectionFailure,
+    HeaderCache,
+    StreamFailure,
+    frame,
+    header_block,
+    request_fields,
+)
+
+if TYPE_CHECKING:
+    from sidecar.wire.http2.server import GrpcServer
+
+log = logging.getLogger("sidecar.wire.http2")
+
+# stream states
+_RECEIVING, _HANDLING, _ANSWERED = 0, 1, 2
+
+
+class Stream:
+    """One request: its headers, the message as it arrives, and the answer waiting for window."""
+
+    __slots__ = (
+        "body", "compressed", "consumed", "headers", "id", "length", "path",
+        "pending", "reset", "send_window", "state",
+    )
+
+    def __init__(self, stream_id: int, path: str, headers: dict[str, str], send_window: int) -> None:
+        self.id = stream_id
+        self.path = path
+        self.headers = headers
+        self.state = _RECEIVING
+        self.body: bytearray | None = None
+        self.length = -1  # the message length once its prefix arrived
+        self.compressed = False
+        self.consumed = 0  # received since the last stream WINDOW_UPDATE
+        self.send_window = send_window
+        self.pending: list[bytes] = []  # answer frames waiting for send window: (DATA payload, trailers)
+        self.reset = False
+
+
+class Connection(asyncio.BufferedProtocol):
+    """One client connection: frames in, calls to the handlers, answers out."""
+
+    MIN_READ = 64 << 10
+
+    def __init__(self, server: GrpcServer) -> None:
+        self._server = server
+        self._limits = server.limits
+        self._buf = bytearray(self.MIN_READ)
+        self._start = 0
+        self._end = 0
+        self._transport: asyncio.Transport | None = None
+        self._preface = False
+        self._settings_seen = False
+        self._dead = False
+        self._closing = False  # GOAWAY sent or received: no new streams
+        self._out: list[bytes] = []
+        self._streams: dict[int, Stream] = {}
+        self._last_stream = 0
+        self._decoder = hpack.Decoder()
+        self._decoder.max_header_list_size = self._limits.max_header_list_bytes
+        self._decoder.max_allowed_table_size = 4096
+        self._header_cache = HeaderCache()
+        self._continuing: tuple[int, int, list[bytes], int] | None = None  # stream, flags, parts, size
+        self._recv_consumed = 0
+        self._send_window = DEFAULT_WINDOW
+        self._peer_initial_window = DEFAULT_WINDOW
+        self._peer_max_frame = MIN_FRAME_SIZE
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self.active = False  # bytes arrived since the server's last sweep
+        self.address = ""
+
+    # -- asyncio protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self.address = format_address(transport.get_extra_info("peername"))
+        self._server.connections.add(self)
+        limits = self._limits
+        settings = b"".join(
+            SETTING.pack(key, value)
+            for key, value in (
+                (MAX_CONCURRENT_STREAMS, limits.max_concurrent_streams),
+                (INITIAL_WINDOW_SIZE, limits.window),
+                (MAX_FRAME_SIZE, limits.max_frame_size),
+                (MAX_HEADER_LIST_SIZE, limits.max_header_list_bytes),
+            )
+        )
+        self._out.append(frame(SETTINGS, 0, 0, settings))
+        if limits.window > DEFAULT_WINDOW:
+            self._out.append(frame(WINDOW_UPDATE, 0, 0, U32.pack(limits.window - DEFAULT_WINDOW)))
+        self._flush()
+        self._handshake_timer = asyncio.get_running_loop().call_later(
+            limits.handshake_timeout, self._handshake_expired
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._dead = True
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        self._server.connections.discard(self)
+        for stream in self._streams.values():
+            stream.reset = True  # a handler still running answers nobody
+        self._out.clear()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        buf, start, end = self._buf, self._start, self._end
+        if start == end:
+            self._start = self._end = start = end = 0
+        need = self._needed()
+        if len(buf) - end < max(need - (end - start), 4096):
+            # move the unread part to the front, in a larger buffer when a frame needs one
+            # (never resized in place: the transport may still hold a view of the old one)
+            size = max(len(buf), need + self.MIN_READ)
+            fresh = bytearray(size) if size > len(buf) else buf
+            fresh[: end - start] = buf[start:end]
+            self._buf, self._start, self._end = fresh, 0, end - start
+            buf, end = fresh, end - start
+        return memoryview(buf)[end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+        self.active = True
+        if self._dead:
+            return
+        try:
+            self._receive()
+        except ConnectionFailure as exc:
+            self._fail(exc.code, str(exc))
+        except Exception:  # a bug, not the client's fault: end this connection, keep serving
+            log.exception("HTTP/2 connection from %s failed", self.address)
+            self._fail(INTERNAL_ERROR, "internal error")
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes handed over by a wrapping protocol (the TLS acceptor) rather than the transport."""
+        view = memoryview(data)
+        while view and not self._dead:
+            target = self.get_buffer(len(view))
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            del target
+            self.buffer_updated(n)
+            view = view[n:]
+
+    def eof_received(self) -> bool:
+        return False  # close; the streams still handled answer nobody
+
+    def pause_writing(self) -> None:
+        # the client does not read what we send (PING or SETTINGS floods): stop reading from it
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    def _needed(self) -> int:
+        """Bytes the next frame needs in one piece (header included)."""
+        if not self._preface:
+            return len(PREFACE) + 9
+        if self._end - self._start < 9:
+            return 9
+        buf, start = self._buf, self._start
+        length = (buf[start] << 16) | (buf[start + 1] << 8) | buf[start + 2]
+        return 9 + min(length, self._limits.max_frame_size)
+
+    def _receive(self) -> None:
+        buf = self._buf
+        if not self._preface:
+            if self._end - self._start < len(PREFACE):
+                if not PREFACE.startswith(bytes(buf[self._start : self._end])):
+                    raise ConnectionFailure(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                return
+            if buf[self._start : self._start + len(PREFACE)] != PREFACE:
+                raise ConnectionFailure(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+            self._start += len(PREFACE)
+            self._preface = True
+        view = memoryview(buf)
+        max_frame = self._limits.max_frame_size
+        while not self._dead and self._end - self._start >= 9:
+            start = self._start
+            high, low, kind, flags, stream_id = HEAD.unpack_from(buf, start)
+            length = (high << 16) | low
+            if length > max_frame:
+                raise ConnectionFailure(FRAME_SIZE_ERROR, f"frame of {length} bytes over the {max_frame} advertised")
+            if self._end - start < 9 + length:
+                return
+            self._start = start + 9 + length
+            stream_id &= 0x7FFFFFFF
+            payload = view[start + 9 : start + 9 + length]
+            if self._continuing is not None and kind != CONTINUATION:
+                raise ConnectionFailure(PROTOCOL_ERROR, "header block interrupted by another frame")
+            if not self._settings_seen and kind != SETTINGS:
+                raise ConnectionFailure(PROTOCOL_ERROR, "the first frame must be SETTINGS")
+            if kind == DATA:
+                self._on_data(flags, stream_id, payload)
+            elif kind in (HEADERS, CONTINUATION):
+                self._on_headers(kind, flags, stream_id, payload)
+            elif kind == SETTINGS:
+                self._on_settings(flags, stream_id, payload)
+            elif kind == WINDOW_UPDATE:
+                self._on_window_update(stream_id, payload)
+            elif kind == PING:
+                self._on_ping(flags, stream_id, payload)
+            elif kind == RST_STREAM:
+                self._on_reset(stream_id, payload)
+            elif kind == GOAWAY:
+                if stream_id != 0 or length < 8:
+                    raise ConnectionFailure(PROTOCOL_ERROR, "malformed GOAWAY")
+                self._closing = True
+                self._close_if_idle()
+            elif kind == PRIORITY:
+                if stream_id == 0:
+                    raise ConnectionFailure(PROTOCOL_ERROR, "PRIORITY on stream 0")
+                if length != 5:
+                    self._reset_stream(stream_id, FRAME_SIZE_ERROR)
+            elif kind == PUSH_PROMISE:
+                raise ConnectionFailure(PROTOCOL_ERROR, "a client cannot push")
+            # other frame types are extensions this server does not know: ignored (section 5.5)
+
+    def _on_data(self, flags: int, stream_id: int, payload: memoryview) -> None:
+        if stream_id == 0:
+            raise ConnectionFailure(PROTOCOL_ERROR, "DATA on stream 0")
+        size = len(payload)
+        # connection flow control counts every DATA byte, padding included, on any stream
+        self._recv_consumed += size
+        if self._recv_consumed > self._limits.window:
+            raise ConnectionFailure(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+        if self._recv_consumed >= self._limits.window // 2:
+            self._out.append(frame(WINDOW_UPDATE, 0, 0, U32.pack(self._recv_consumed)))
+            self._recv_consumed = 0
+        if flags & PADDED:
+            if size < 1 or payload[0] >= size:
+                raise ConnectionFailure(PROTOCOL_ERROR, "padding longer than the frame")
+            payload = payload[1 : size - payload[0]]
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if stream_id > self._last_stream:
+                raise ConnectionFailure(PROTOCOL_ERROR, "DATA on an idle stream")
+            return  # a stream we answered or reset: frames in flight are ignored
+        if stream.state != _RECEIVING:
+            if stream.state == _HANDLING:  # the client ended the stream already
+                self._reset_stream(stream_id, STREAM_CLOSED)
+            return
+        stream.consumed += size
+        if stream.consumed > self._limits.window:
+            self._reset_stream(stream_id, FLOW_CONTROL_ERROR)
+            return
+        self._take_message_bytes(stream, payload, flags & END_STREAM)
+        if stream.state == _RECEIVING and stream.consumed >= self._limits.window // 2:
+            self._out.append(frame(WINDOW_UPDATE, 0, stream_id, U32.pack(stream.consumed)))
+            stream.consumed = 0
+
+    def _take_message_bytes(self, stream: Stream, payload: memoryview, end: int) -> None:
+        if end:
+            stream.state = _HANDLING  # nothing more comes from the client
+        if stream.body is None and end and len(payload) >= 5:
+            # the common case: the whole message in one frame, copied out of the buffer once
+            compressed, length = PREFIX.unpack_from(payload)
+            if len(payload) == 5 + length:
+                if self._message_fits(stream, length):
+                    stream.compressed = compressed
+                    self._dispatch(stream, bytes(payload[5:]))
+                return
+        if stream.body is None:
+            stream.body = bytearray()
+        body = stream.body
+        limit = (stream.length if stream.length >= 0 else self._limits.max_message_bytes) + 5
+        if len(body) + len(payload) > limit:
+            if stream.length >= 0:
+                self._refuse(stream, INVALID_ARGUMENT, "a unary call carries one message", "malformed")
+            else:
+                self._refuse(stream, RESOURCE_EXHAUSTED, f"message exceeds the limit of {limit - 5} bytes", "too_large")
+            return
+        body += payload
+        if stream.length < 0 and len(body) >= 5:
+            compressed, length = PREFIX.unpack_from(body)
+            if not self._message_fits(stream, length):
+                return
+            stream.compressed, stream.length = compressed, length
+            if len(body) > 5 + length:
+                self._refuse(stream, INVALID_ARGUMENT, "a unary call carries one message", "malformed")
+                return
+        if not end:
+            return
+        if stream.length < 0:
+            self._refuse(stream, INVALID_ARGUMENT, "request has no complete gRPC message", "malformed")
+        elif len(body) - 5 < stream.length:
+            got = len(body) - 5
+            message = f"request message is truncated: {got} of {stream.length} bytes"
+            self._refuse(stream, INVALID_ARGUMENT, message, "malformed")
+        else:
+            self._dispatch(stream, bytes(memoryview(body)[5:]))
+
+    def _message_fits(self, stream: Stream, length: int) -> bool:
+        limit = self._limits.max_message_bytes
+        if length <= limit:
+            return True
+        message = f"message of {length} bytes exceeds the limit of {limit} bytes"
+        self._refuse(stream, RESOURCE_EXHAUSTED, message, "too_large")
+        return False
+
+    def _refuse(self, stream: Stream, status: int, message: str, reason: str) -> None:
+        """Answer a call the server refuses itself (framing, size), before or instead of its handler."""
+        self._server.refused(stream.path, reason)
+        self._answer_error(stream, status, message, early=True)
+
+    def _on_headers(self, kind: int, flags: int, stream_id: int, payload: memoryview) -> None:
+        if kind == CONTINUATION:
+            if self._continuing is None or self._continuing[0] != stream_id:
+                raise ConnectionFailure(PROTOCOL_ERROR, "CONTINUATION without a header block to continue")
+            first_stream, first_flags, parts, size = self._continuing
+            size += len(payload)
+            if size > self._limits.max_header_list_bytes:
+                raise ConnectionFailure(ENHANCE_YOUR_CALM, "header block too large")
+            parts.append(bytes(payload))
+            if not flags & END_HEADERS:
+                self._continuing = (first_stream, first_flags, parts, size)
+                return
+            self._continuing = None
+            self._header_block(stream_id, first_flags, b"".join(parts))
+            return
+        if stream_id == 0:
+            raise ConnectionFailure(PROTOCOL_ERROR, "HEADERS on stream 0")
+        size = len(payload)
+        if flags & PADDED:
+            if size < 1 or payload[0] >= size:
+                raise ConnectionFailure(PROTOCOL_ERROR, "padding longer than the frame")
+            payload = payload[1 : size - payload[0]]
+        if flags & PRIORITY_FLAG:
+            if len(payload) < 5:
+                raise ConnectionFailure(FRAME_SIZE_ERROR, "HEADERS too short for its priority fields")
+            payload = payload[5:]
+        if len(payload) > self._limits.max_header_list_bytes:
+            raise ConnectionFailure(ENHANCE_YOUR_CALM, "header block too large")
+        if not flags & END_HEADERS:
+            self._continuing = (stream_id, flags, [bytes(payload)], len(payload))
+            return
+        self._header_block(stream_id, flags, bytes(payload))
+
+    def _decode(self, block: bytes) -> tuple[str, str, dict[str, str]] | StreamFailure:
+        """The block's method, path and other fields, or why the request is malformed.
+        HPACK errors end the connection: the table is then no longer shared."""
+        cached = self._header_cache.get(block)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        try:
+            fields = self._decoder.decode(block)
+        except hpack.OversizedHeaderListError:
+            raise ConnectionFailure(ENHANCE_YOUR_CALM, "header list too large") from None
+        except (hpack.HPACKError, UnicodeDecodeError, IndexError, ValueError) as exc:
+            raise ConnectionFailure(COMPRESSION_ERROR, f"HPACK: {type(exc).__name__}") from None
+        result = request_fields(fields)
+        self._header_cache.put(block, result, HeaderCache.only_indexed(block))
+        return result
+
+    def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
+        decoded = self._decode(block)  # always: the HPACK table must follow every block
+        stream = self._streams.get(stream_id)
+        if stream is not None or stream_id <= self._last_stream:
+            # trailers of a request (they end it) or a block for a stream already done
+            if stream is None:
+                return
+            if not flags & END_STREAM or stream.state != _RECEIVING:
+                self._reset_stream(stream_id, PROTOCOL_ERROR)
+                return
+            self._take_message_bytes(stream, memoryview(b""), END_STREAM)
+            return
+        if stream_id % 2 == 0:
+            raise ConnectionFailure(PROTOCOL_ERROR, "a client stream id must be odd")
+        self._last_stream = stream_id
+        if self._closing:
+            return  # after GOAWAY: not processed, the client retries it elsewhere
+        if len(self._streams) >= self._limits.max_concurrent_streams:
+            self._out.append(frame(RST_STREAM, 0, stream_id, U32.pack(REFUSED_STREAM)))
+            return
+        if isinstance(decoded, StreamFailure):
+            self._out.append(frame(RST_STREAM, 0, stream_id, U32.pack(decoded.code)))
+            return
+        method, path, headers = decoded
+        stream = Stream(stream_id, path, headers, self._peer_initial_window)
+        self._streams[stream_id] = stream
+        if flags & END_STREAM:
+            stream.state = _HANDLING  # nothing more comes from the client
+        if method != "POST":
+            self._answer_http(stream, "405")
+        elif not is_grpc_content_type(headers.get("content-type", "")):
+            self._answer_http(stream, "415")
+        elif self._server.routes.get(path) is None:
+            self._refuse(stream, UNIMPLEMENTED, f"unknown method {path}", "unimplemented")
+        elif flags & END_STREAM:
+            self._take_message_bytes(stream, memoryview(b""), END_STREAM)
+
+    def _on_settings(self, flags: int, stream_id: int, payload: memoryview) -> None:
+        if stream_id != 0:
+            raise ConnectionFailure(PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & ACK:
+            if len(payload):
+                raise ConnectionFailure(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            return
+        if len(payload) % 6:
+            raise ConnectionFailure(FRAME_SIZE_ERROR, "SETTINGS payload not a multiple of 6")
+        for offset in range(0, len(payload), 6):
+            key, value = SETTING.unpack_from(payload, offset)
+            if key == INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise ConnectionFailure(FLOW_CONTROL_ERROR, "initial window over 2^31-1")
+                delta = value - self._peer_initial_window
+                self._peer_initial_window = value
+                for stream in self._streams.values():
+                    stream.send_window += delta
+            elif key == MAX_FRAME_SIZE:
+                if not MIN_FRAME_SIZE <= value <= (1 << 24) - 1:
+                    raise ConnectionFailure(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
+                self._peer_max_frame = value
+            elif key == ENABLE_PUSH and value > 1:
+                raise ConnectionFailure(PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH must be 0 or 1")
+        if not self._settings_seen:
+            self._settings_seen = True
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
+                self._handshake_timer = None
+        self._out.append(frame(SETTINGS, ACK, 0))
+        self._pump_all()
+
+    def _on_window_update(self, stream_id: int, payload: memoryview) -> None:
+        if len(payload) != 4:
+            raise ConnectionFailure(FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong size")
+        increment = U32.unpack_from(payload)[0] & 0x7FFFFFFF
+        if stream_id == 0:
+            if increment == 0:
+                raise ConnectionFailure(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self._send_window += increment
+            if self._send_window > MAX_WINDOW:
+                raise ConnectionFailure(FLOW_CONTROL_ERROR, "connection window over 2^31-1")
+            self._pump_all()
+            return
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if stream_id > self._last_stream:
+                raise ConnectionFailure(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
+            return
+        if increment == 0:
+            self._reset_stream(stream_id, PROTOCOL_ERROR)
+            return
+        stream.send_window += increment
+        if stream.send_window > MAX_WINDOW:
+            self._reset_stream(stream_id, FLOW_CONTROL_ERROR)
+            return
+        self._pump(stream)
+
+    def _on_ping(self, flags: int, stream_id: int, payload: memoryview) -> None:
+        if stream_id != 0:
+            raise ConnectionFailure(PROTOCOL_ERROR, "PING on a stream")
+        if len(payload) != 8:
+            raise ConnectionFailure(FRAME_SIZE_ERROR, "PING payload must be 8 bytes")
+        if not flags & ACK:
+            self._out.append(frame(PING, ACK, 0, bytes(payload)))
+
+    def _on_reset(self, stream_id: int, payload: memoryview) -> None:
+        if stream_id == 0:
+            raise ConnectionFailure(PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if len(payload) != 4:
+            raise ConnectionFailure(FRAME_SIZE_ERROR, "RST_STREAM of the wrong size")
+        if stream_id > self._last_stream:
+            raise ConnectionFailure(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        stream.reset = True
+        stream.pending.clear()
+        if stream.state != _HANDLING:
+            self._drop(stream)
+        # a running handler keeps its slot until it is done (a rapid reset cannot pile them up)
+
+    # -- answering -------------------------------------------------------------------------------
+
+    def _dispatch(self, stream: Stream, message: bytes) -> None:
+        stream.body = None
+        call = UnaryCall(stream.path, stream.headers, message, stream.compressed, self._transport)  # type: ignore[arg-type]
+        self._server.run(self, stream, call)
+
+    def answer(self, stream: Stream, reply: bytes | None, error: GrpcError | None) -> None:
+        """Called by the server when a handler is done."""
+        if stream.reset or self._dead:
+            self._drop(stream)
+            return
+        if error is not None:
+            self._answer_error(stream, error.status, error.message, early=False)
+        else:
+            self._answer_ok(stream, reply or b"")
+        self._flush()
+
+    def _answer_ok(self, stream: Stream, reply: bytes) -> None:
+        stream.state = _ANSWERED
+        sid = stream.id
+        message = PREFIX.pack(False, len(reply)) + reply
+        self._out.append(frame(HEADERS, END_HEADERS, sid, _OK_HEAD))
+        size = len(message)
+        if size <= self._send_window and size <= stream.send_window and size <= self._peer_max_frame:
+            self._send_window -= size
+            self._out.append(frame(DATA, 0, sid, message))
+            self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, sid, _OK_TRAILERS))
+            self._drop(stream)
+            return
+        stream.pending = [message, _OK_TRAILERS]
+        self._pump(stream)
+
+    def _answer_error(self, stream: Stream, status: int, message: str, *, early: bool) -> None:
+        block = header_block(
+            [(":status", "200"), ("content-type", CONTENT_TYPE),
+             ("grpc-status", str(status)), ("grpc-message", grpc_message_text(message))]
+        )
+        self._finish(stream, block, early)
+
+    def _answer_http(self, stream: Stream, status: str) -> None:
+        self._finish(stream, header_block([(":status", status)]), early=True)
+
+    def _finish(self, stream: Stream, block: bytes, early: bool) -> None:
+        self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
+        if early and stream.state == _RECEIVING:
+            # answered before the request ended: ask the client to stop sending (section 8.1)
+            self._out.append(frame(RST_STREAM, 0, stream.id, U32.pack(NO_ERROR)))
+        stream.state = _ANSWERED
+        self._drop(stream)
+
+    def _pump(self, stream: Stream) -> None:
+        """Send what flow control now allows of an answer that was waiting for window."""
+        while stream.pending:
+            part = stream.pending[0]
+            if part is _OK_TRAILERS:
+                self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, part))
+                self._drop(stream)
+                return
+            room = min(self._send_window, stream.send_window, self._peer_max_frame)
+            if room <= 0:
+                return
+            chunk, rest = part[:room], part[room:]
+            self._send_window -= len(chunk)
+            stream.send_window -= len(chunk)
+            self._out.append(frame(DATA, 0, stream.id, chunk))
+            if rest:
+                stream.pending[0] = rest
+            else:
+                stream.pending.pop(0)
+
+    def _pump_all(self) -> None:
+        for stream in list(self._streams.values()):
+            if stream.pending:
+                self._pump(stream)
+
+    def _reset_stream(self, stream_id: int, code: int) -> None:
+        self._out.append(frame(RST_STREAM, 0, stream_id, U32.pack(code)))
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.reset = True
+            stream.pending.clear()
+            if stream.state != _HANDLING:
+                self._drop(stream)
+
+    def _drop(self, stream: Stream) -> None:
+        stream.body = None
+        if self._streams.get(stream.id) is stream:
+            del self._streams[stream.id]
+        self._close_if_idle()
+
+    # -- the connection --------------------------------------------------------------------------
+
+    def goaway(self) -> None:
+        """Graceful close: streams received so far are answered, newer ones are not taken."""
+        if self._dead or self._closing:
+            self._close_if_idle()
+            return
+        self._closing = True
+        self._out.append(frame(GOAWAY, 0, 0, GOAWAY_HEAD.pack(self._last_stream, NO_ERROR)))
+        self._flush()
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if self._closing and not self._streams and self._transport is not None:
+            self._flush()
+            self._transport.close()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._flush()
+            self._transport.close()
+
+    def _fail(self, code: int, message: str) -> None:
+        log.debug("HTTP/2 connection from %s ended: %s", self.address, message)
+        self._out.append(frame(GOAWAY, 0, 0, GOAWAY_HEAD.pack(self._last_stream, code) + message.encode()[:256]))
+        self._flush()
+        self._dead = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if not self._settings_seen and not self._dead:
+            self._fail(PROTOCOL_ERROR, "no connection preface in time")
+
+    def _flush(self) -> None:
+        out = self._out
+        if out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def shrink_if_idle(self) -> None:
+        """Give back a buffer grown for a large frame when the connection went quiet."""
+        if not self.active and self._start == self._end and len(self._buf) > self.MIN_READ:
+            self._buf = bytearray(self.MIN_READ)
+            self._start = self._end = 0
+        self.active = False
+
+
+_OK_HEAD = header_block([(":status", "200"), ("content-type", CONTENT_TYPE)])
+_OK_TRAILERS = header_block([("grpc-status", "0")])

@@ -1,0 +1,532 @@
+"""The HTTP/2 gRPC server (sidecar.wire.http2) at the protocol level, on loopback.
+
+Well-formed traffic comes from real clients (grpcio, grpclib, and the ``h2`` library driven by
+hand where a test needs control of frames, windows or header compression); malformed traffic
+is written frame by frame. Each test asserts what a client sees: answers, status codes, GOAWAY
+and RST_STREAM codes, a connection that stays usable or is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import grpclib.client
+import hpack
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from sidecar.wire.grpc import CallError, call_framed, call_unary, frame_message
+from sidecar.wire.http2 import GrpcError, GrpcServer, Limits, UnaryCall
+from sidecar.wire.http2.calls import grpc_message_text
+from sidecar.wire.http2.frames import PREFACE
+
+PATH = "/test.Echo/Call"
+
+HEAD = struct.Struct(">BHBBL")
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+
+
+class Echo:
+    """Handlers that record calls; ``gate`` holds calls until a test opens it."""
+
+    def __init__(self) -> None:
+        self.calls: list[UnaryCall] = []
+        self.gate: asyncio.Event | None = None
+        self.refusals: list[tuple[str, str]] = []
+
+    async def call(self, call: UnaryCall) -> bytes:
+        self.calls.append(call)
+        if self.gate is not None:
+            await self.gate.wait()
+        if call.message.startswith(b"fail:"):
+            raise GrpcError(int(call.message[5:7]), "refused: caf\u00e9 100%")
+        if call.message == b"crash":
+            raise RuntimeError("a bug in the handler")
+        if call.message.startswith(b"big:"):
+            return b"r" * int(call.message[4:])
+        return b"echo:" + call.message
+
+
+@asynccontextmanager
+async def serving(limits: Limits | None = None) -> AsyncIterator[tuple[GrpcServer, Echo, int]]:
+    echo = Echo()
+    server = GrpcServer({PATH: echo.call}, limits, on_refusal=lambda path, why: echo.refusals.append((path, why)))
+    _, port = await server.start("127.0.0.1", 0)
+    try:
+        yield server, echo, port
+    finally:
+        await server.close(1.0)
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return HEAD.pack(len(payload) >> 16, len(payload) & 0xFFFF, kind, flags, stream_id) + payload
+
+
+def request_headers(path: str = PATH, **extra: str) -> list[tuple[str, str]]:
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "test"),
+               ("content-type", "application/grpc"), ("te", "trailers")]
+    return headers + [(k.replace("_", "-"), v) for k, v in extra.items()]
+
+
+class Raw:
+    """A client that writes frames as given and reads what comes back."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.encoder = hpack.Encoder()
+        self.decoder = hpack.Decoder()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, port: int, *, handshake: bool = True) -> AsyncIterator[Raw]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        if handshake:  # with windows large enough for every answer in these tests
+            client.send(PREFACE + frame(SETTINGS, 0, 0, struct.pack(">HL", 4, 1 << 24)))
+            client.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", 1 << 24)))
+        try:
+            yield client
+        finally:
+            writer.close()
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def headers(self, stream_id: int, headers: list[tuple[str, str]], flags: int = 0x4) -> None:
+        self.send(frame(HEADERS, flags, stream_id, self.encoder.encode(headers)))
+
+    def call(self, stream_id: int, message: bytes, path: str = PATH) -> None:
+        self.headers(stream_id, request_headers(path))
+        self.send(frame(DATA, 0x1, stream_id, frame_message(message, compressed=False)))
+
+    async def read_frame(self, timeout: float = 5.0) -> tuple[int, int, int, bytes] | None:
+        """The next frame, or None when the server closed the connection."""
+        try:
+            head = await asyncio.wait_for(self.reader.readexactly(9), timeout)
+        except asyncio.IncompleteReadError:
+            return None
+        high, low, kind, flags, stream_id = HEAD.unpack(head)
+        payload = await self.reader.readexactly((high << 16) | low)
+        return kind, flags, stream_id & 0x7FFFFFFF, payload
+
+    async def until(self, kind: int, stream_id: int | None = None) -> tuple[int, int, int, bytes]:
+        while True:
+            got = await self.read_frame()
+            assert got is not None, f"connection closed before a frame of type {kind}"
+            if got[0] == kind and (stream_id is None or got[2] == stream_id):
+                return got
+
+    async def answer(self, stream_id: int) -> tuple[dict[str, str], bytes]:
+        """Headers (trailers merged in) and message of one call's answer."""
+        fields: dict[str, str] = {}
+        message = b""
+        while True:
+            kind, flags, _sid, payload = await self.until_any(stream_id)
+            if kind == HEADERS:
+                fields.update(self.decoder.decode(payload))
+            elif kind == DATA:
+                message += payload
+            elif kind == RST_STREAM:
+                fields["rst"] = str(struct.unpack(">L", payload)[0])
+                return fields, message[5:]
+            if flags & 0x1:
+                return fields, message[5:]
+
+    async def until_any(self, stream_id: int, timeout: float = 5.0) -> tuple[int, int, int, bytes]:
+        while True:
+            got = await self.read_frame(timeout)
+            assert got is not None, "connection closed before the answer"
+            if got[2] == stream_id:
+                return got
+
+    async def goaway(self) -> tuple[int, bytes]:
+        """The GOAWAY error code and debug text; then the connection must close."""
+        _, _, _, payload = await self.until(GOAWAY)
+        _, code = struct.unpack(">LL", payload[:8])
+        while await self.read_frame() is not None:
+            pass
+        return code, payload[8:]
+
+
+# -- real clients --------------------------------------------------------------------------
+
+
+def _grpcio_call(port: int, message: bytes, compression: grpc.Compression | None = None) -> tuple[Any, bytes]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        method = channel.unary_unary(PATH, request_serializer=None, response_deserializer=None)
+        try:
+            return grpc.StatusCode.OK, method(message, timeout=10, compression=compression)
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details().encode()
+
+
+async def test_grpcio_calls_one_large_message_and_errors() -> None:
+    async with serving() as (_, _echo, port):
+        big = bytes(range(256)) * 8192  # 2 MiB: many frames and window updates
+        code, reply = await asyncio.to_thread(_grpcio_call, port, big)
+        assert code is grpc.StatusCode.OK and reply == b"echo:" + big
+        code, details = await asyncio.to_thread(_grpcio_call, port, b"fail:09")
+        assert code is grpc.StatusCode.FAILED_PRECONDITION
+        assert details.decode() == "refused: caf\u00e9 100%"
+        code, details = await asyncio.to_thread(_grpcio_call, port, b"crash")
+        assert code is grpc.StatusCode.INTERNAL and details == b"internal error"
+        code, reply = await asyncio.to_thread(_grpcio_call, port, b"after the crash")
+        assert code is grpc.StatusCode.OK and reply == b"echo:after the crash"
+
+
+async def test_grpcio_gzip_message_is_flagged_compressed() -> None:
+    async with serving() as (_, echo, port):
+        code, _ = await asyncio.to_thread(_grpcio_call, port, b"x" * 1000, grpc.Compression.Gzip)
+        assert code is grpc.StatusCode.OK
+        assert echo.calls[-1].compressed and echo.calls[-1].headers["grpc-encoding"] == "gzip"
+
+
+async def test_grpclib_client_many_concurrent_calls_on_one_connection() -> None:
+    async with serving() as (_, echo, port):
+        channel = grpclib.client.Channel("127.0.0.1", port)
+        try:
+            replies = await asyncio.gather(
+                *(call_unary(channel, PATH, f"m{i}".encode() * 1000, timeout=10) for i in range(50))
+            )
+            assert replies == [b"echo:" + f"m{i}".encode() * 1000 for i in range(50)]
+            with pytest.raises(CallError) as info:
+                await call_unary(channel, "/no.Such/Method", b"", timeout=5)
+            assert info.value.status.name == "UNIMPLEMENTED"
+        finally:
+            channel.close()
+        assert ("/no.Such/Method", "unimplemented") in echo.refusals
+
+
+async def test_oversized_message_is_refused_from_its_prefix_and_the_connection_goes_on() -> None:
+    async with serving(Limits(max_message_bytes=1000)) as (_, echo, port):
+        channel = grpclib.client.Channel("127.0.0.1", port)
+        try:
+            with pytest.raises(CallError) as info:
+                await call_unary(channel, PATH, b"x" * 5000, timeout=5)
+            assert info.value.status.name == "RESOURCE_EXHAUSTED"
+            assert "5000 bytes exceeds the limit of 1000" in info.value.message
+            assert await call_unary(channel, PATH, b"ok", timeout=5) == b"echo:ok"
+        finally:
+            channel.close()
+        assert echo.refusals == [(PATH, "too_large")]
+        assert [c.message for c in echo.calls] == [b"ok"]
+
+
+async def test_framing_errors_of_the_grpc_message() -> None:
+    async with serving() as (_, echo, port):
+        channel = grpclib.client.Channel("127.0.0.1", port)
+        try:
+            cases = [
+                (b"", "no complete gRPC message"),
+                (b"\x00\x00\x00", "no complete gRPC message"),
+                (frame_message(b"abcdef", compressed=False)[:-2], "truncated: 4 of 6 bytes"),
+                (frame_message(b"a", compressed=False) * 2, "one message"),
+            ]
+            for body, text in cases:
+                with pytest.raises(CallError) as info:
+                    await call_framed(channel, PATH, body, encoding="identity", timeout=5)
+                assert info.value.status.name == "INVALID_ARGUMENT", body
+                assert text in info.value.message
+        finally:
+            channel.close()
+        assert echo.calls == []
+
+
+# -- frames written by hand ------------------------------------------------------------------
+
+
+async def test_settings_ping_and_a_call_split_into_padded_frames_and_continuations() -> None:
+    async with serving() as (_, echo, port), Raw.open(port) as client:
+        _kind, _, _, payload = await client.until(SETTINGS)
+        advertised = dict(struct.unpack(">HL", payload[i : i + 6]) for i in range(0, len(payload), 6))
+        assert advertised[5] == 1 << 20 and advertised[3] == 100  # MAX_FRAME_SIZE, MAX_CONCURRENT_STREAMS
+        client.send(frame(PING, 0, 0, b"12345678"))
+        assert (await client.until(PING))[1:] == (0x1, 0, b"12345678")
+        block = client.encoder.encode(request_headers())
+        # HEADERS padded with a priority, then two CONTINUATIONs; DATA padded, in three frames
+        client.send(frame(HEADERS, 0x8 | 0x20, 1, b"\x03" + b"\x00\x00\x00\x00\x10" + block[:5] + b"\0\0\0"))
+        client.send(frame(CONTINUATION, 0, 1, block[5:9]) + frame(CONTINUATION, 0x4, 1, block[9:]))
+        body = frame_message(b"hello world", compressed=False)
+        client.send(frame(DATA, 0x8, 1, b"\x02" + body[:4] + b"\0\0"))
+        client.send(frame(DATA, 0, 1, body[4:9]) + frame(DATA, 0x1, 1, body[9:]))
+        fields, message = await client.answer(1)
+        assert fields[":status"] == "200" and fields["grpc-status"] == "0"
+        assert message == b"echo:hello world"
+        assert echo.calls[0].headers["te"] == "trailers"
+
+
+async def test_http_errors_before_any_grpc() -> None:
+    async with serving() as (_, _echo, port), Raw.open(port) as client:
+        client.headers(1, [(":method", "GET"), (":scheme", "http"), (":path", PATH)], flags=0x5)
+        assert (await client.answer(1))[0][":status"] == "405"
+        headers = [h if h[0] != "content-type" else ("content-type", "application/json") for h in request_headers()]
+        client.headers(3, headers)
+        fields, _ = await client.answer(3)
+        assert fields[":status"] == "415"
+        # the client was still sending: it is asked to stop with RST_STREAM(NO_ERROR)
+        assert (await client.until(RST_STREAM, 3))[3] == b"\0\0\0\0"
+        client.call(5, b"still fine")
+        assert (await client.answer(5))[1] == b"echo:still fine"
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ([(":method", "POST"), (":path", PATH)], "no :scheme"),
+        ([*request_headers(), (":authority", "again")], "pseudo-header after fields"),
+        ([*request_headers(), ("X-Upper", "1")], "upper-case name"),
+        ([*request_headers(), ("connection", "keep-alive")], "connection-specific field"),
+        ([*request_headers()[:-1], ("te", "gzip")], "te other than trailers"),
+        ([*request_headers(), ("x-bad", "a\r\nb")], "CR LF in a value"),
+    ],
+)
+async def test_malformed_request_headers_reset_the_stream_only(headers, why) -> None:
+    async with serving() as (_, echo, port), Raw.open(port) as client:
+        client.headers(1, headers)
+        _, _, _, payload = await client.until(RST_STREAM, 1)
+        assert payload == b"\0\0\0\x01", why  # PROTOCOL_ERROR
+        client.call(3, b"next")
+        assert (await client.answer(3))[1] == b"echo:next"
+        assert echo.calls[0].message == b"next"
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "why"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n" + b"x" * 30, 1, "HTTP/1.1 on the gRPC port"),
+        (PREFACE + frame(PING, 0, 0, b"12345678"), 1, "first frame not SETTINGS"),
+        (PREFACE + frame(SETTINGS, 0, 0) + frame(DATA, 0, 0, b"x"), 1, "DATA on stream 0"),
+        (PREFACE + frame(SETTINGS, 0, 0) + frame(DATA, 0, 7, b"x"), 1, "DATA on an idle stream"),
+        (PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, 0x4, 2, b"\x83"), 1, "even stream id"),
+        (PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, 0x4, 1, b"\xff\xff\xff\x7f"), 9, "HPACK garbage"),
+        (PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, 0, 1, b"\x83") + frame(PING, 0, 0, b"8" * 8), 1,
+         "header block interrupted"),
+        (PREFACE + frame(SETTINGS, 0, 0) + frame(CONTINUATION, 0x4, 1, b"\x83"), 1, "stray CONTINUATION"),
+        (PREFACE + frame(SETTINGS, 0, 0, b"\x00\x05\x00\x00\x00\x01"), 1, "MAX_FRAME_SIZE too small"),
+        (PREFACE + frame(SETTINGS, 0, 0, b"\x00\x04\x80\x00\x00\x00"), 3, "window over 2^31-1"),
+        (PREFACE + frame(SETTINGS, 0, 0, b"\x00"), 6, "SETTINGS not a multiple of 6"),
+        (PREFACE + frame(SETTINGS, 0, 0) + frame(PING, 0, 0, b"1234"), 6, "short PING"),
+        (PREFACE + frame(SETTINGS, 0, 0) + frame(WINDOW_UPDATE, 0, 0, b"\0\0\0\0"), 1, "window update of 0"),
+        (PREFACE + frame(SETTINGS, 0, 0) + frame(WINDOW_UPDATE, 0, 0, b"\x7f\xff\xff\xff"), 3,
+         "connection window overflow"),
+        (PREFACE + frame(SETTINGS, 0, 0) + frame(PUSH_PROMISE, 0x4, 1, b"\0\0\0\x02\x83"), 1, "client push"),
+        (PREFACE + frame(SETTINGS, 0, 0) + frame(RST_STREAM, 0, 0, b"\0\0\0\0"), 1, "RST_STREAM on stream 0"),
+    ],
+)
+async def test_connection_errors_end_with_goaway(data, code, why) -> None:
+    async with serving() as (_, _, port), Raw.open(port, handshake=False) as client:
+        client.send(data)
+        got, _ = await client.goaway()
+        assert got == code, why
+
+
+async def test_frame_over_the_advertised_size_and_header_flood() -> None:
+    limits = Limits(max_frame_size=16384, max_header_list_bytes=4096)
+    async with serving(limits) as (_, _, port):
+        async with Raw.open(port) as client:
+            client.send(HEAD.pack(0, 16385, DATA, 0, 1))
+            assert (await client.goaway())[0] == 6  # FRAME_SIZE_ERROR, before the body arrives
+        async with Raw.open(port) as client:
+            client.send(frame(HEADERS, 0, 1, client.encoder.encode(request_headers())))
+            for _ in range(5):
+                client.send(frame(CONTINUATION, 0, 1, b"\x00" * 1000))
+            assert (await client.goaway())[0] == 11  # ENHANCE_YOUR_CALM
+
+
+async def test_flow_control_a_large_answer_waits_for_the_client_window() -> None:
+    async with serving() as (_, _, port), Raw.open(port, handshake=False) as client:
+        # the client allows 1000 bytes per stream at first, in frames of at most 16 KiB
+        client.send(PREFACE + frame(SETTINGS, 0, 0, struct.pack(">HL", 4, 1000)))
+        client.call(1, b"big:40000")
+        got = b""
+        while len(got) < 1000:
+            kind, _, _, payload = await client.until_any(1)
+            if kind == DATA:
+                got += payload
+        assert len(got) == 1000  # no more than the window
+        with pytest.raises(TimeoutError):  # and nothing more until the client gives window
+            await client.until_any(1, timeout=0.3)
+        client.send(frame(WINDOW_UPDATE, 0, 1, struct.pack(">L", 50000)))
+        fields: dict[str, str] = {}
+        while True:
+            kind, flags, _, payload = await client.until_any(1)
+            if kind == DATA:
+                assert len(payload) <= 16384
+                got += payload
+            elif kind == HEADERS:
+                fields.update(client.decoder.decode(payload))
+                if flags & 0x1:
+                    break
+        assert got[5:] == b"r" * 40000 and fields["grpc-status"] == "0"
+
+
+async def test_window_updates_let_a_client_send_more_than_the_windows() -> None:
+    limits = Limits(window=100_000)
+    async with serving(limits) as (_, _echo, port), Raw.open(port) as client:
+        client.headers(1, request_headers())
+        body = frame_message(b"z" * 300_000, compressed=False)
+        sent = 0
+        credit = {0: 100_000, 1: 100_000}
+        while sent < len(body):
+            while min(credit.values()) < 16384 and sent < len(body):
+                _kind, _, sid, payload = await client.until(WINDOW_UPDATE)
+                credit[sid] = credit.get(sid, 0) + struct.unpack(">L", payload)[0]
+            chunk = body[sent : sent + 16384]
+            sent += len(chunk)
+            credit[0] -= len(chunk)
+            credit[1] -= len(chunk)
+            client.send(frame(DATA, 0x1 if sent == len(body) else 0, 1, chunk))
+        assert (await client.answer(1))[1] == b"echo:" + b"z" * 300_000
+
+
+async def test_data_beyond_the_window_is_a_flow_control_error() -> None:
+    async with serving(Limits(window=65535)) as (_, _, port), Raw.open(port) as client:
+        client.headers(1, request_headers())
+        client.send(frame(DATA, 0, 1, b"\0" * 65535))  # the whole window: allowed
+        client.send(frame(DATA, 0, 1, b"\0" * 70000))  # more than any window granted by now
+        assert (await client.goaway())[0] == 3
+
+
+async def test_concurrent_stream_limit_and_resets_keep_their_slot_until_the_handler_is_done() -> None:
+    async with serving(Limits(max_concurrent_streams=2)) as (_, echo, port), Raw.open(port) as client:
+        echo.gate = asyncio.Event()
+        client.call(1, b"a")
+        client.call(3, b"b")
+        while len(echo.calls) < 2:
+            await asyncio.sleep(0.01)
+        client.send(frame(RST_STREAM, 0, 1, b"\0\0\0\x08"))  # CANCEL: the handler still runs
+        client.call(5, b"c")
+        assert (await client.until(RST_STREAM, 5))[3] == b"\0\0\0\x07"  # REFUSED_STREAM
+        echo.gate.set()
+        assert (await client.answer(3))[1] == b"echo:b"
+        client.call(7, b"d")
+        assert (await client.answer(7))[1] == b"echo:d"
+        assert [c.message for c in echo.calls] == [b"a", b"b", b"d"]
+
+
+async def test_graceful_close_answers_calls_in_flight_and_takes_no_new_ones() -> None:
+    echo = Echo()
+    echo.gate = asyncio.Event()
+    server = GrpcServer({PATH: echo.call})
+    _, port = await server.start("127.0.0.1", 0)
+    async with Raw.open(port) as client:
+        client.call(1, b"in flight")
+        while not echo.calls:
+            await asyncio.sleep(0.01)
+        closing = asyncio.ensure_future(server.close(5.0))
+        _, _, _, payload = await client.until(GOAWAY)
+        assert struct.unpack(">LL", payload[:8]) == (1, 0)  # last stream 1, NO_ERROR
+        echo.gate.set()
+        fields, message = await client.answer(1)
+        assert message == b"echo:in flight" and fields["grpc-status"] == "0"
+        await closing
+        assert await client.read_frame() is None
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_a_client_that_says_nothing_is_closed_after_the_handshake_timeout() -> None:
+    async with serving(Limits(handshake_timeout=0.2)) as (_, _, port), Raw.open(port, handshake=False) as client:
+        code, text = await client.goaway()
+        assert code == 1 and b"preface" in text
+
+
+async def test_header_compression_state_follows_every_block() -> None:
+    """Indexed header blocks are decoded from a cache; it must never answer from a stale table."""
+    async with serving() as (_, echo, port), Raw.open(port) as client:
+        sent = []
+        for i in range(12):
+            extra = {"x-tenant": f"t{i % 3}", "x-seq": str(i // 4)}
+            sent.append(extra)
+            client.headers(2 * i + 1, request_headers(**extra))
+            client.send(frame(DATA, 0x1, 2 * i + 1, frame_message(b"%d" % i, compressed=False)))
+            await client.answer(2 * i + 1)
+        seen = {int(c.message): {k: c.headers[k] for k in ("x-tenant", "x-seq")} for c in echo.calls}
+        assert [seen[i] for i in range(12)] == sent
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=40))
+def test_any_split_of_the_byte_stream_gives_the_same_calls(cuts: list[int]) -> None:
+    async def run() -> list[bytes]:
+        async with serving() as (_, echo, port), Raw.open(port, handshake=False) as client:
+            stream = bytearray(PREFACE + frame(SETTINGS, 0, 0))
+            for sid, message in ((1, b"first" * 50), (3, b"second"), (5, b"x" * 3000)):
+                stream += frame(HEADERS, 0x4, sid, client.encoder.encode(request_headers()))
+                stream += frame(DATA, 0x1, sid, frame_message(message, compressed=False))
+            at = 0
+            for cut in cuts:
+                client.send(bytes(stream[at : at + cut]))
+                await client.writer.drain()
+                await asyncio.sleep(0)
+                at += cut
+            client.send(bytes(stream[at:]))
+            answers = [(await client.answer(sid))[1] for sid in (1, 3, 5)]
+            assert answers == [b"echo:" + c.message for c in echo.calls]
+            return [c.message for c in echo.calls]
+
+    assert asyncio.run(run()) == [b"first" * 50, b"second", b"x" * 3000]
+
+
+def test_grpc_message_text_is_percent_encoded_utf8() -> None:
+    assert grpc_message_text("caf\u00e9 100%\n") == "caf%C3%A9 100%25%0A"
+    assert grpc_message_text("plain text") == "plain text"
+
+
+async def test_a_buffer_grown_for_a_large_frame_is_given_back_when_idle() -> None:
+    async with serving() as (server, _, port), Raw.open(port) as client:
+        client.call(1, b"q" * 500_000)
+        await client.answer(1)
+        (connection,) = server.connections
+        assert len(connection._buf) > 500_000
+        connection.shrink_if_idle()  # there was traffic since the last sweep: kept
+        assert len(connection._buf) > 500_000
+        connection.shrink_if_idle()
+        assert len(connection._buf) == connection.MIN_READ
+        client.call(3, b"again")
+        assert (await client.answer(3))[1] == b"echo:again"
+
+
+_frames = st.tuples(
+    st.integers(min_value=0, max_value=11),  # frame type, one past the known ones included
+    st.integers(min_value=0, max_value=255),  # flags
+    st.sampled_from([0, 1, 2, 3, 5, 0x7FFFFFFF]),  # stream id
+    st.binary(max_size=40),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(frames=st.lists(_frames, max_size=8))
+@example(frames=[(GOAWAY, 0, 0, b"\0" * 8)])  # the client's goodbye: closed without a GOAWAY of ours
+def test_arbitrary_frames_never_break_the_server(frames: list[tuple[int, int, int, bytes]]) -> None:
+    """Whatever a client sends after the preface, the server answers with frames or GOAWAY, raises
+    nothing into the event loop, and keeps serving other connections."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        async with serving() as (_, _, port):
+            async with Raw.open(port) as client:
+                for kind, flags, sid, payload in frames:
+                    if kind in (HEADERS, CONTINUATION) and payload[:1] == b"h":
+                        payload = client.encoder.encode(request_headers())  # a valid block too
+                    client.send(frame(kind, flags, sid, payload))
+                client.send(frame(PING, 0, 0, b"survived"))
+                while (got := await client.read_frame()) is not None:
+                    if (got[0] == PING and got[3] == b"survived") or got[0] == GOAWAY:
+                        break
+                said_goodbye = any(kind == GOAWAY and sid == 0 and len(data) >= 8 for kind, _, sid, data in frames)
+                assert got is not None or said_goodbye, "closed without GOAWAY"
+            async with Raw.open(port) as other:
+                other.call(1, b"still serving")
+                assert (await other.answer(1))[1] == b"echo:still serving"
+        assert errors == []
+
+    asyncio.run(run())
