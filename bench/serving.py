@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar.wire import grpc as grpcwire
+from bench import grpclib_server as grpcwire
 
 
 async def serve_until_terminated(servable: Any, app: web.Application, *, max_frame_size: int = 1 << 20) -> None:

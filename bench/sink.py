@@ -16,10 +16,10 @@ import zstandard
 from aiohttp import web
 from grpclib.const import Cardinality, Handler
 
+from bench import grpclib_server as grpcwire
 from bench.serving import serve_until_terminated
 from sidecar.rewrite import count_items
 from sidecar.signals import Signal
-from sidecar.wire import grpc as grpcwire
 
 
 class Sink:

@@ -2,8 +2,8 @@
 
 It records every request it takes as a parsed message, and can be told to
 answer with an error, slowly, or with partial_success, to exercise the
-exporter. The gRPC side uses the sidecar's own grpclib extension (the only
-Python gRPC server here that speaks zstd); the HTTP side decodes bodies with
+exporter. The gRPC side is a grpclib server (bench.grpclib_server: an HTTP/2 stack independent
+of the sidecar's, extended to speak gzip and zstd); the HTTP side decodes bodies with
 zlib / zstandard directly, independent of the code under test.
 """
 
@@ -21,8 +21,8 @@ from google.protobuf.message import Message
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 
+from bench import grpclib_server as grpcwire
 from sidecar.signals import Signal
-from sidecar.wire import grpc as grpcwire
 
 
 @dataclass

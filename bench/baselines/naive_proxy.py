@@ -24,12 +24,12 @@ import aiohttp
 from aiohttp import web
 from grpclib.const import Cardinality, Handler
 
+from bench import grpclib_server as grpcwire
 from bench.baselines.naive_rewrite import naive_rewrite
 from bench.corpus_requests import shipped_plan, trace_request
 from bench.serving import serve_until_terminated
 from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
-from sidecar.wire import grpc as grpcwire
 
 
 class NaiveProxy:

@@ -11,11 +11,12 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
+from bench.grpclib_server import CoalescingTransport
 from sidecar.config import load
 from sidecar.export.grpc import GrpcExporter
 from sidecar.export.result import ExportError
 from sidecar.signals import Signal
-from sidecar.wire.grpc import CallError, CoalescingTransport, call_unary
+from sidecar.wire.grpc import CallError, call_unary
 from tests.conftest import sidecar_env
 from tests.spine import sdk
 
