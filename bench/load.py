@@ -2,8 +2,10 @@
 
 Side by side in the same run, on each transport:
 
-- ``transport``: the servers the sidecar uses (aiohttp, our grpclib server) answering without
-  looking at the request: the floor of receiving;
+- ``transport-libraries``: aiohttp and grpclib answering without looking at the request: what
+  receiving cost on the servers the sidecar used before its own;
+- ``transport``: the servers the sidecar uses (``sidecar.wire.http1``, ``sidecar.wire.http2``)
+  answering without looking at the request: the floor of receiving;
 - ``passthrough``: the sidecar with no policy;
 - ``policy``: the sidecar with the bundled default policies (embedded Rego, Cython rewriter);
 - ``naive``: a naive Python proxy (upb decode, the same policy in Python, encode, forward);
@@ -90,12 +92,13 @@ def start_sink() -> tuple[subprocess.Popen[str], int, int]:
 
 def start_target(mode: str, sink_grpc: int, sink_http: int, workdir: str) -> tuple[subprocess.Popen[str], int, int]:
     env = {**os.environ}
-    if mode in ("naive", "rego-per-span", "transport"):
+    if mode in ("naive", "rego-per-span", "transport", "transport-libraries"):
         cmd = {
             "naive": [sys.executable, "-m", "bench.baselines.naive_proxy", "--upstream-http", str(sink_http)],
             "rego-per-span": [sys.executable, "-m", "bench.baselines.naive_proxy", "--upstream-http",
                               str(sink_http), "--rego-per-span"],
             "transport": [sys.executable, "-m", "bench.baselines.transport_floor"],
+            "transport-libraries": [sys.executable, "-m", "bench.baselines.transport_floor", "--libraries"],
         }[mode]
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, preexec_fn=_pin(0))
         assert proc.stdout is not None
@@ -328,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generators", type=int, default=2, help="load generator processes")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per generator")
     parser.add_argument("--transports", default="http,grpc")
-    parser.add_argument("--modes", default="transport,passthrough,policy,naive,rego-per-span")
+    parser.add_argument("--modes", default="transport-libraries,transport,passthrough,policy,naive,rego-per-span")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO))

@@ -19,12 +19,12 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_load_benchmark_measures_every_mode() -> None:
     proc = run("bench.load", "--duration", "0.5", "--latency-duration", "0.3", "--rate", "5000",
                "--generators", "1", "--concurrency", "2", "--transports", "http,grpc",
-               "--modes", "transport,passthrough,policy,naive,rego-per-span")
+               "--modes", "transport-libraries,transport,passthrough,policy,naive,rego-per-span")
     assert proc.returncode == 0, proc.stderr[-2000:]
     for transport in ("http", "grpc"):
         rows = [line for line in proc.stdout.splitlines() if line.startswith(f"| {transport} |")]
         assert [row.split("|")[2].strip() for row in rows] == [
-            "transport", "passthrough", "policy", "naive", "rego-per-span"]
+            "transport-libraries", "transport", "passthrough", "policy", "naive", "rego-per-span"]
     results = REPO / proc.stdout.rsplit("figures: ", 1)[1].strip()
     figures = json.loads(results.read_text())
     assert all(row["spans_per_s"] > 0 and row["requests_failed"] == 0 for row in figures["rows"])
