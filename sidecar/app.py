@@ -36,6 +36,7 @@ from sidecar.receivers.peers import peer_resolver
 from sidecar.signals import Signal
 from sidecar.tls.config import client_tls
 from sidecar.tls.metrics import TLSMetrics
+from sidecar.wire.budget import ReceiveBudget
 from sidecar.wire.http1 import Http1Server
 from sidecar.wire.http2 import GrpcServer
 
@@ -100,11 +101,14 @@ class Sidecar:
             status = self.policy.status if self.policy is not None else None
             app = admin_app(self.metrics.registry, self.readiness, status)
             self.addresses["admin"] = await self._serve_admin(app, cfg.admin.endpoint)
+        # one budget for the request bytes both listeners hold at once
+        budget = ReceiveBudget(cfg.receivers.max_inflight_bytes)
+        self.metrics.track_receive_budget(budget)
         if cfg.receivers.grpc_enabled:
             grpc_tls = cfg.receivers_tls.server_tls(alpn=("h2",))
             resolver = peer_resolver(grpc_tls)
             receiver = GrpcReceiver(cfg.receivers, pipeline, self.metrics, peer_resolver=resolver)
-            self._grpc_server = receiver.server()
+            self._grpc_server = receiver.server(budget)
             host, port = parse_endpoint(cfg.receivers.grpc_endpoint)
             if grpc_tls is not None:
                 self.tls_metrics.track(grpc_tls, "grpc")
@@ -116,7 +120,7 @@ class Sidecar:
             receiver_http = HttpReceiver(
                 cfg.receivers, pipeline, self.metrics, peer_resolver=peer_resolver(http_tls)
             )
-            self._http_server = receiver_http.server()
+            self._http_server = receiver_http.server(budget=budget)
             host, port = parse_endpoint(cfg.receivers.http_endpoint)
             self.addresses["http"] = await self._http_server.start(host, port, http_tls)
         self._receivers_up = True
@@ -138,12 +142,10 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         receive_grace = min(5.0, grace / 4)
-        if self._grpc_server is not None:
-            await self._grpc_server.close(receive_grace)
-            self._grpc_server = None
-        if self._http_server is not None:
-            await self._http_server.close(receive_grace)
-            self._http_server = None
+        # both listeners stop taking requests at once, then finish theirs within the grace
+        servers = [server for server in (self._grpc_server, self._http_server) if server is not None]
+        await asyncio.gather(*(server.close(receive_grace) for server in servers))
+        self._grpc_server = self._http_server = None
         if self.sender is not None:
             await self.sender.drain(max(0.0, deadline - loop.time()))
         if self.exporter is not None:

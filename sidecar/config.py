@@ -67,6 +67,21 @@ class ReceiversConfig:
         "HTTP/2 SETTINGS_MAX_FRAME_SIZE the gRPC listener advertises (larger frames cost less CPU).",
         kind="size", min=16384, max=16777215,
     )
+    max_inflight_bytes: int = setting(
+        64 * 1024 * 1024,
+        "Request bytes both listeners hold at once (each request reserves its size before it is "
+        "read); beyond it requests get HTTP 503 / gRPC UNAVAILABLE and are retried. At least "
+        "max_request_bytes.",
+        kind="size", min=1024,
+    )
+
+    def validate(self) -> None:
+        if self.max_inflight_bytes < self.max_request_bytes:
+            raise ConfigError(
+                "receivers.max_inflight_bytes",
+                f"must be at least receivers.max_request_bytes ({self.max_request_bytes}), or a "
+                "largest request could never be received",
+            )
 
 
 @dataclass(frozen=True)

@@ -33,3 +33,7 @@ def configure(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # grpclib logs each cancelled or refused stream at INFO: keep the sidecar's log about the sidecar
     logging.getLogger("grpclib").setLevel(max(logging.WARNING, root.level))
+    # hpack and h2 log every header block they decode at DEBUG: request headers (authorization,
+    # API keys) must not reach the log, whatever the level
+    for name in ("hpack", "h2"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

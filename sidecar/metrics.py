@@ -7,7 +7,12 @@ Labels carry only fixed vocabularies (signal, transport, reason), never data.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+if TYPE_CHECKING:
+    from sidecar.wire.budget import ReceiveBudget
 
 PREFIX = "otlp_sidecar"
 
@@ -43,6 +48,14 @@ class SidecarMetrics:
         self.request_duration = Histogram(
             f"{PREFIX}_receiver_request_duration_seconds", "Time to answer an export request.",
             ["signal", "transport"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.receive_budget_in_use = Gauge(
+            f"{PREFIX}_receiver_inflight_bytes",
+            "Request bytes the listeners hold (reserved before reading, freed once handled).",
+            registry=r,
+        )
+        self.receive_budget_limit = Gauge(
+            f"{PREFIX}_receiver_inflight_limit_bytes", "receivers.max_inflight_bytes.", registry=r,
         )
         self.sampled_out_items = Counter(
             f"{PREFIX}_processor_sampled_out_items", "Spans dropped by sampling.", ["signal"], registry=r,
@@ -84,3 +97,8 @@ class SidecarMetrics:
             ["signal"], buckets=tuple(b * 1024 for b in (1, 16, 64, 256, 1024, 4096, 16384)),
             registry=r,
         )
+
+    def track_receive_budget(self, budget: ReceiveBudget) -> None:
+        """Report ``budget`` (shared by the listeners) at every scrape."""
+        self.receive_budget_in_use.set_function(lambda: budget.in_use)
+        self.receive_budget_limit.set(budget.limit)

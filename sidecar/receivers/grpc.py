@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from grpclib.const import Status
 
@@ -24,13 +25,15 @@ from sidecar.receivers import peers
 from sidecar.signals import Signal
 from sidecar.tls.server import PeerRefused
 from sidecar.wire import compression
+from sidecar.wire.budget import ReceiveBudget
 from sidecar.wire.http2 import GrpcError, GrpcServer, Limits, UnaryCall
 
 log = logging.getLogger(__name__)
 
 TRANSPORT = "grpc"
 
-PeerResolver = Callable[[UnaryCall], Peer]
+#: the peer of a connection, from its transport (PeerRefused for a TLS client refused)
+PeerResolver = Callable[[Any], Peer]
 
 
 class GrpcReceiver:
@@ -50,13 +53,24 @@ class GrpcReceiver:
         self._peer = peer_resolver or peers.peer_resolver(None)
         self._signals = {signal.grpc_path: signal for signal in Signal}
 
-    def server(self) -> GrpcServer:
+    def server(self, budget: ReceiveBudget | None = None) -> GrpcServer:
         limits = Limits(
             max_message_bytes=self._config.max_request_bytes,
             max_frame_size=self._config.grpc_max_frame_size,
         )
         routes = {signal.grpc_path: self._handler(signal) for signal in Signal}
-        return GrpcServer(routes, limits, on_refusal=self._refused_by_server)
+        return GrpcServer(
+            routes, limits, authorize=self._authorize, budget=budget, on_refusal=self._refused_by_server
+        )
+
+    def _authorize(self, path: str, transport: Any) -> GrpcError | None:
+        """Refuse a TLS client outside the allowlist as soon as its call's headers arrive."""
+        try:
+            self._peer(transport)
+        except PeerRefused as exc:
+            self._refused_by_server(path, exc.reason)
+            return GrpcError(Status[exc.grpc_status].value, exc.message)
+        return None
 
     def _refused_by_server(self, path: str, reason: str) -> None:
         signal = self._signals.get(path)
@@ -78,7 +92,7 @@ class GrpcReceiver:
     async def _handle(self, signal: Signal, call: UnaryCall) -> bytes:
         labels = (signal.value, TRANSPORT)
         try:
-            peer = self._peer(call)
+            peer = self._peer(call.transport)  # authorized when the headers came: a cached verdict
         except PeerRefused as exc:
             self._metrics.refused_requests.labels(*labels, exc.reason).inc()
             raise GrpcError(Status[exc.grpc_status].value, exc.message) from None

@@ -6,7 +6,8 @@ input gets the status the OTLP specification names (400, 413, 415) with a
 google.rpc.Status body; a full queue gets 503 with Retry-After so the SDK retries.
 
 What can be decided from the head (path, method, peer, content type and encoding, a declared
-size over the limit) is refused before the body is read, and before ``100 Continue``.
+size over the limit) is refused before the body is read, and before ``100 Continue``; so is a
+body that does not fit the receive budget shared with the gRPC listener (503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sidecar.receivers import peers
 from sidecar.signals import Signal
 from sidecar.tls.server import PeerRefused
 from sidecar.wire import compression
+from sidecar.wire.budget import ReceiveBudget
 from sidecar.wire.http1 import Http1Server, Limits, Request, Response
 from sidecar.wire.otlp_json import InvalidJSON, json_to_protobuf, response_json
 
@@ -42,7 +44,10 @@ _DEFAULT_TYPE = "application/octet-stream"
 #: gRPC codes of google.rpc.Status bodies, per HTTP status
 _RPC_CODES = {400: 3, 401: 16, 403: 7, 429: 14, 404: 5, 405: 12, 413: 8, 415: 3, 417: 3, 500: 13, 503: 14}
 
-PeerResolver = Callable[[Request], Peer]
+#: the peer of a connection, from its transport (PeerRefused for a TLS client refused)
+PeerResolver = Callable[[Any], Peer]
+#: the refused-requests reason of the server's own refusals, per status
+_REFUSAL_REASONS = {413: "too_large", 503: "busy"}
 
 
 class _Route:
@@ -84,10 +89,11 @@ class HttpReceiver:
         self._peer = peer_resolver or peers.peer_resolver(None)
         self._routes = {signal.http_path: _Route(signal, metrics) for signal in Signal}
 
-    def server(self, limits: Limits | None = None) -> Http1Server:
-        """The HTTP/1.1 server for these routes (``max_request_bytes`` from the configuration)."""
+    def server(self, limits: Limits | None = None, budget: ReceiveBudget | None = None) -> Http1Server:
+        """The HTTP/1.1 server for these routes (``max_request_bytes`` from the configuration),
+        its bodies reserved in ``budget`` when given."""
         limits = limits or Limits(max_request_bytes=self._config.max_request_bytes)
-        return Http1Server(self._handle, check=self._check, refuse=self._refuse, limits=limits)
+        return Http1Server(self._handle, check=self._check, refuse=self._refuse, limits=limits, budget=budget)
 
     def _check(self, request: Request) -> Response | None:
         """Refuse from the head alone, before the body is read; else note what ``_handle`` needs."""
@@ -100,7 +106,7 @@ class HttpReceiver:
         started = time.perf_counter()
         labels = route.labels
         try:
-            peer = self._peer(request)
+            peer = self._peer(request.transport)
         except PeerRefused as exc:
             self._metrics.refused_requests.labels(*labels, exc.reason).inc()
             return _observed(route, started, _error(exc.http_status, content_type, exc.message))
@@ -117,13 +123,16 @@ class HttpReceiver:
         return None
 
     def _refuse(self, request: Request, status: int, message: str) -> Response:
-        """The server's own refusals after the head (413 over the size limit, 417)."""
+        """The server's own refusals after the head (413 over the size limit, 417, 503 when the
+        receive budget is short: retryable)."""
+        headers = {"Retry-After": "1"} if status == 503 else None
         accepted: _Accepted | None = request.context
         if accepted is None:
-            return _error(status, _media_type(request.headers.get("content-type")), message)
-        if status == 413:
-            self._metrics.refused_requests.labels(*accepted.route.labels, "too_large").inc()
-        return _observed(accepted.route, accepted.started, _error(status, accepted.content_type, message))
+            return _error(status, _media_type(request.headers.get("content-type")), message, headers)
+        reason = _REFUSAL_REASONS.get(status)
+        if reason is not None:
+            self._metrics.refused_requests.labels(*accepted.route.labels, reason).inc()
+        return _observed(accepted.route, accepted.started, _error(status, accepted.content_type, message, headers))
 
     async def _handle(self, request: Request) -> Response:
         accepted: _Accepted = request.context

@@ -8,30 +8,18 @@ PERMISSION_DENIED) a client without a required certificate or outside the SPIFFE
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from sidecar.identity import Peer
 from sidecar.tls.server import ServerTLS, format_address
 
 
-class Received(Protocol):
-    """A request of either receiver (``sidecar.wire.http1.Request``, ``sidecar.wire.http2.UnaryCall``)."""
+def peer_resolver(tls: ServerTLS | None) -> Callable[[Any], Peer]:
+    """The peer on the other end of a connection, from its asyncio transport."""
 
-    @property
-    def transport(self) -> Any: ...
-
-
-def peer_resolver(tls: ServerTLS | None) -> Callable[[Received], Peer]:
-    """The peer of a request, from its connection's transport."""
-
-    def plaintext(request: Received) -> Peer:
-        transport = request.transport
+    def plaintext(transport: Any) -> Peer:
         return Peer(address=format_address(transport.get_extra_info("peername")) if transport else "")
 
     if tls is None:
         return plaintext
-
-    def verified(request: Received) -> Peer:
-        return tls.authorize_transport(request.transport)
-
-    return verified
+    return tls.authorize_transport

@@ -2,10 +2,15 @@
 
 Requests are read into one reused buffer per connection (``asyncio.BufferedProtocol``), so a
 ``Content-Length`` body arrives in one contiguous region and reaches the handler as ``bytes``
-after a single copy. The buffer grows to hold a large body whole (with room for the next head,
-so a busy connection settles on one size and moves nothing), and shrinks back once the
-connection has been idle for a tick of the server's sweep. Chunked bodies are decoded in place:
-the data of the second and later chunks moves down once to follow the first chunk's.
+after a single copy. The buffer is allocated on the first read and dropped once the connection
+has been idle for a tick of the server's sweep (idle keep-alive connections cost little). A
+large body is received in a larger buffer: one from the server's pool that holds the whole body
+if there is one (its memory is committed already), else one grown as the body arrives, by at
+most max(64 KiB, twice what arrived), so a declared size alone allocates nothing. Each body
+reserves its declared size (chunk by chunk for chunked bodies) in a ``ReceiveBudget`` shared
+with the gRPC listener before it is read; what does not fit is refused with 503 and Retry-After.
+Chunked bodies are decoded in place: the data of the second and later chunks moves down once to
+follow the first chunk's.
 ``data_received`` is served too (copying into the buffer): the TLS acceptor hands over the first
 decrypted bytes that way. The parser is strict and rejects what it does not understand:
 
@@ -17,19 +22,25 @@ decrypted bytes that way. The parser is strict and rejects what it does not unde
   ``Transfer-Encoding: chunked`` (both → 400; chunked not last or repeated → 400; another coding
   → 501); neither means no body; a body over ``max_request_bytes`` → 413, decided from
   ``Content-Length`` before reading it, for chunked bodies as soon as they pass the limit;
+  chunk framing over a quarter of the decoded size plus ``max_chunk_overhead`` → 400;
+- a body that does not fit the receive budget → 503 (after the checks above);
 - ``Expect: 100-continue`` gets ``100 Continue`` only after the early checks passed (the
-  ``check`` hook: method, path, size); another expectation → 417.
+  ``check`` hook: method, path, size, budget); another expectation → 417.
 
 After answering a request whose body was not read (any refusal before the body, any malformed
-request) the server closes the connection: it half-closes its side and discards what the
-client still sends, for ``linger_timeout`` at most, so the answer is not lost to a TCP reset.
+request), or with ``Connection: close`` (or while the server shuts down) when input follows
+that was not read, the server closes the connection gracefully: it half-closes its side and
+discards what the client still sends, for ``linger_timeout`` at most, so the answer is not lost
+to a TCP reset.
 
 Keep-alive and pipelining: requests on a connection are handled strictly in order; while one
 is being handled (or the client does not read the answers) at most ``read_ahead`` bytes are
 read ahead, then the transport stops reading. Timeouts: ``idle_timeout`` between requests,
 ``header_timeout`` from a request's first byte to the end of its headers (slowloris),
-``body_timeout`` without progress while a body arrives or an answer waits to be sent; each
-closes the connection without an answer. A handler's exception is logged once and answered 500.
+``body_timeout`` without progress while a body arrives or an answer waits to be sent, and
+``body_deadline`` from the end of a request's head to the end of its body (a trickle cannot
+hold a connection and its reservation forever); each closes the connection without an answer.
+A handler's exception is logged once and answered 500.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ from typing import Any
 
 from sidecar.tls.acceptor import tls_protocol_factory
 from sidecar.tls.server import ServerTLS
+from sidecar.wire.budget import ReceiveBudget
 
 log = logging.getLogger("sidecar.http")
 
@@ -73,10 +85,19 @@ class Limits:
     header_timeout: float = 10.0
     #: seconds without progress receiving a body or sending an answer
     body_timeout: float = 30.0
+    #: seconds from the end of a request's head to the end of its body, however steadily it arrives
+    body_deadline: float = 60.0
     #: seconds to discard input after a refusal before closing (so the client reads the answer)
     linger_timeout: float = 2.0
-    #: the buffer an idle connection keeps (a larger one, grown for a body, is dropped when idle)
+    #: a connection's own buffer, allocated on its first read and dropped once it is idle
     buffer_size: int = 64 * 1024
+    #: framing bytes (chunk-size lines, CRLFs) a chunked body may add beyond a quarter of its
+    #: decoded size (many tiny chunks cost CPU) → 400
+    max_chunk_overhead: int = 16 * 1024
+    #: bytes of large receive buffers the server keeps for later bodies (a larger one is never kept)
+    pool_bytes: int = 8 * 1024 * 1024
+    #: seconds a pooled buffer is kept without being used
+    pool_idle: float = 5.0
 
 
 class Request:
@@ -183,6 +204,11 @@ _SIZE, _DATA, _DATA_END, _TRAILERS = range(4)
 _MIN_FREE = 8 * 1024
 #: what a grown buffer keeps beyond the body it was grown for
 _HEAD_ROOM = 16 * 1024
+#: the least a buffer grows by for a body (beyond it, by up to twice the body received so far)
+_GROW = 64 * 1024
+#: the buffer of a connection that holds none
+_EMPTY = bytearray()
+_EMPTY_VIEW = memoryview(_EMPTY)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _INF = math.inf
 
@@ -247,15 +273,15 @@ class _Connection(asyncio.BufferedProtocol):
 
     def __init__(self, server: Http1Server) -> None:
         self._server = server
-        self._limits = limits = server.limits
+        self._limits = server.limits
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._tls = False
-        # the buffer of this connection, or a larger one from the server's pool while a large
-        # body arrives (so an idle keep-alive connection holds only the small one)
-        self._small = bytearray(limits.buffer_size)
-        self._buf = self._small
-        self._view = memoryview(self._buf)
+        # the buffer of this connection (allocated on the first read, dropped when idle), or a
+        # larger one (pooled or grown) while a large body arrives
+        self._own: bytearray | None = None
+        self._buf = _EMPTY
+        self._view = _EMPTY_VIEW
         self._pos = 0  # the next byte to parse
         self._end = 0  # the end of what was received
         self._scan = 0  # where the search for the end of an incomplete line or head resumes
@@ -278,6 +304,11 @@ class _Connection(asyncio.BufferedProtocol):
         self._overhead = 0
         self._trailer_bytes = 0
         self._trailers = 0
+        #: when the body being received must be complete (loop time)
+        self._body_until = _INF
+        # budget bytes taken for the body being received, and for the one the handler holds
+        self._reserved = 0
+        self._held = 0
 
     # -- asyncio protocol ----------------------------------------------------------------------
 
@@ -294,22 +325,27 @@ class _Connection(asyncio.BufferedProtocol):
         self._state = _CLOSED
         self.deadline = _INF
         self.write_paused_at = 0.0
+        self._release()
         self._server._forget(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         state = self._state
-        if state in (_LINGER, _CLOSED):
-            self._pos = self._end = 0
-            return self._view
         if state == _BODY:
             need = self._body_start + self._length - self._end
         elif state == _CHUNKED and self._part == _DATA:
             need = self._chunk_left
+        elif state >= _LINGER:  # input is discarded
+            self._pos = self._end = 0
+            if not self._buf:
+                self._reserve(_MIN_FREE, amortize=True)
+            return self._view
         else:
             need = _MIN_FREE
-        free = len(self._buf) - self._end
-        if free < need or free == 0:
-            self._reserve(max(need, 1))
+        if len(self._buf) - self._end < need:
+            if need > _MIN_FREE:  # the rest of a body or chunk
+                self._room_for_body(need)
+            else:
+                self._reserve(need, amortize=state != _BODY)
         return self._view[self._end:]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -319,7 +355,8 @@ class _Connection(asyncio.BufferedProtocol):
             return
         self._end += nbytes
         if state in (_BODY, _CHUNKED):
-            self.deadline = self._loop.time() + self._limits.body_timeout
+            deadline = self._loop.time() + self._limits.body_timeout
+            self.deadline = deadline if deadline < self._body_until else self._body_until
         self._process()
 
     def data_received(self, data: bytes) -> None:
@@ -329,7 +366,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         size = len(data)
         if len(self._buf) - self._end < size:
-            self._reserve(size)
+            self._reserve(size, amortize=self._state != _BODY)
         self._view[self._end:self._end + size] = data
         self.buffer_updated(size)
 
@@ -360,6 +397,7 @@ class _Connection(asyncio.BufferedProtocol):
         log.debug("closing an HTTP connection: timeout in state %d", self._state)
         self._state = _CLOSED
         self.deadline = _INF
+        self._release()
         transport = self._transport
         if transport is not None:
             if self.write_paused_at or transport.get_write_buffer_size():
@@ -374,16 +412,21 @@ class _Connection(asyncio.BufferedProtocol):
         return self.deadline - self._limits.idle_timeout
 
     def shrink(self) -> None:
-        """Give back a buffer grown for a large body (called while idle with nothing buffered)."""
-        if self._end == 0:
+        """Drop the buffers (called while idle with nothing buffered): a grown one goes back to
+        the pool, the connection's own one is allocated again on the next read."""
+        if self._end == 0 and self._buf is not _EMPTY:
             self._give_back()
+            self._own = None
+            self._buf = _EMPTY
+            self._view = _EMPTY_VIEW
 
     def _give_back(self) -> None:
         """Return a grown buffer to the server's pool once nothing in it is needed any more."""
-        if self._buf is not self._small:
-            self._server.buffers.put(self._buf)
-            self._buf = self._small
-            self._view = memoryview(self._small)
+        buf = self._buf
+        if buf is not self._own and buf is not _EMPTY:
+            self._server.buffers.put(buf)
+            self._buf = own = self._own if self._own is not None else _EMPTY
+            self._view = memoryview(own)
             self._pos = self._end = self._scan = 0
 
     def shut_down(self) -> None:
@@ -394,32 +437,65 @@ class _Connection(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         self._state = _CLOSED
+        self._release()
         if self._transport is not None:
             self._transport.abort()
 
     # -- the buffer -----------------------------------------------------------------------------
 
-    def _reserve(self, need: int) -> None:
-        """Room for ``need`` more bytes after ``_end``: move what is still needed to the front of
-        the buffer, or into a larger one: as large as a Content-Length body needs, else at least
-        twice as large, so growth of unknown extent is amortized."""
+    def _room_for_body(self, need: int) -> None:
+        """Room for the rest of a body (or of a chunk), ``need`` bytes, of which fewer are free.
+        A pooled buffer that holds it all is taken at once (its memory is committed already);
+        else the free space is read into first, then the buffer grows by at most max(_GROW,
+        twice the body received so far): memory follows the bytes that arrive, not the size
+        a client declares."""
         keep = self._body_start if self._body_start >= 0 else self._pos
         live = self._end - keep
-        size = len(self._buf)
-        if live + need <= size:
+        if live + need > len(self._buf):
+            pooled = self._server.buffers.take(live + need + _HEAD_ROOM)
+            if pooled is not None:
+                self._move(pooled, keep, live)
+                return
+            if len(self._buf) - self._end >= _MIN_FREE:
+                return
+            received = self._end - self._body_start if self._body_start >= 0 else 0
+            need = min(need, max(_GROW, 2 * received))
+        self._reserve(need, amortize=self._state != _BODY)
+
+    def _reserve(self, need: int, *, amortize: bool) -> None:
+        """Room for ``need`` more bytes after ``_end``: move what is still needed to the front of
+        the buffer, or into a larger one: with ``need`` to spare (and room for the next head),
+        or when ``amortize`` (growth of unknown extent) at least twice what it holds."""
+        keep = self._body_start if self._body_start >= 0 else self._pos
+        live = self._end - keep
+        if live + need <= len(self._buf):
             if live:
                 self._view[:live] = self._view[keep:self._end]  # memoryview: an overlap-safe memmove
+            self._shift(keep)
+            return
+        size = self._limits.buffer_size
+        if live + need <= size:  # no buffer yet (a larger one would have had room)
+            new = self._own = self._own if self._own is not None else bytearray(size)
         else:
             # room for the head of the next request too, so a connection sending bodies of one
             # size settles on one buffer and never moves a body
-            doubled = 2 * size if live and self._state != _BODY else 0
-            wanted = max(live + need + _HEAD_ROOM, doubled, self._limits.buffer_size)
+            wanted = max(live + need + _HEAD_ROOM, 2 * live if amortize else 0)
             new = self._server.buffers.take(wanted) or bytearray(wanted)
-            new[:live] = self._view[keep:self._end]
-            if self._buf is not self._small:
-                self._server.buffers.put(self._buf)
-            self._buf = new
-            self._view = memoryview(new)
+        self._move(new, keep, live)
+
+    def _move(self, new: bytearray, keep: int, live: int) -> None:
+        """Continue in ``new`` with the ``live`` bytes from ``keep`` on; a grown buffer left goes
+        back to the pool."""
+        new[:live] = self._view[keep:self._end]
+        old = self._buf
+        if old is not self._own and old is not _EMPTY:
+            self._server.buffers.put(old)
+        self._buf = new
+        self._view = memoryview(new)
+        self._shift(keep)
+
+    def _shift(self, keep: int) -> None:
+        """The buffer's content moved down by ``keep`` bytes."""
         self._pos -= keep
         self._end -= keep
         self._scan = max(0, self._scan - keep)
@@ -594,6 +670,8 @@ class _Connection(asyncio.BufferedProtocol):
         if not has_body:
             self._dispatch(b"")
             return
+        if length and not self._take_budget(length):
+            return
         if expect is not None and self._pos == self._end:
             self._transport.write(_CONTINUE)  # type: ignore[union-attr]
         if request.chunked:
@@ -605,7 +683,27 @@ class _Connection(asyncio.BufferedProtocol):
             self._state = _BODY
             self._body_start = self._pos
             self._length = length
-        self.deadline = self._loop.time() + limits.body_timeout
+        now = self._loop.time()
+        self._body_until = now + limits.body_deadline
+        self.deadline = min(now + limits.body_timeout, self._body_until)
+
+    def _take_budget(self, size: int) -> bool:
+        """Reserve ``size`` more bytes of the receive budget for the body being received; when
+        they do not fit, refuse the request (503) and False."""
+        budget = self._server.budget
+        if budget is None:
+            return True
+        if budget.reserve(size):
+            self._reserved += size
+            return True
+        self._refuse_late(503, budget.message())
+        return False
+
+    def _release(self) -> None:
+        """Give back the budget of a body being received (it was abandoned, or refused)."""
+        if self._reserved:
+            self._server.budget.release(self._reserved)  # type: ignore[union-attr]
+            self._reserved = 0
 
     def _check(self, request: Request) -> Response | None:
         check = self._server.check
@@ -648,15 +746,17 @@ class _Connection(asyncio.BufferedProtocol):
                 size = _chunk_size(bytes(view[pos:eol]))
                 self._overhead += eol + 4 - pos
                 pos = eol + 2
-                if self._overhead > self._server.max_chunk_overhead:
+                decoded = self._decoded_end - self._body_start if self._body_start >= 0 else 0
+                if self._overhead > decoded // 4 + limits.max_chunk_overhead:
                     raise HttpError(400, "too many chunks")
                 if size == 0:
                     self._part = _TRAILERS
                     self._scan = pos
                     continue
-                decoded = self._decoded_end - self._body_start if self._body_start >= 0 else 0
                 if decoded + size > limits.max_request_bytes:
                     self._refuse_late(413, f"body exceeds the limit of {limits.max_request_bytes} bytes")
+                    return True
+                if not self._take_budget(size):
                     return True
                 self._chunk_left = size
                 self._part = _DATA
@@ -701,13 +801,19 @@ class _Connection(asyncio.BufferedProtocol):
         assert request is not None
         request.body = body
         self._state = _HANDLING
-        self.deadline = _INF
+        self.deadline = self._body_until = _INF
+        # the body's budget is the handler's now, until its task is done
+        self._held = self._reserved
+        self._reserved = 0
         task = self._loop.create_task(self._server.handler(request))
         self._server._tasks.add(task)
         task.add_done_callback(self._handled)
 
     def _handled(self, task: asyncio.Task[Response]) -> None:
         self._server._tasks.discard(task)
+        if self._held:
+            self._server.budget.release(self._held)  # type: ignore[union-attr]
+            self._held = 0
         if task.cancelled():
             self.abort()
             return
@@ -740,15 +846,15 @@ class _Connection(asyncio.BufferedProtocol):
             log.exception("the HTTP handler's answer cannot be sent")
             data = serialize(plain(500, "internal error"), close=close, keep_alive_10=http10, head=head)
         transport.write(data)
-        if not body_read:
-            self._linger()
+        if not body_read or (close and (self._end > self._pos or self._read_paused)):
+            self._linger()  # input follows that was not read: closing now could reset the answer
         elif close:
             self._close()
         else:
             self._enter_idle()
 
     def _refuse_late(self, status: int, message: str) -> None:
-        """Refuse a request whose head was accepted (413, 417), in the application's format."""
+        """Refuse a request whose head was accepted (413, 417, 503), in the application's format."""
         request = self._request
         assert request is not None
         refuse = self._server.refuse
@@ -758,7 +864,9 @@ class _Connection(asyncio.BufferedProtocol):
                 response = refuse(request, status, message)
             except Exception:
                 log.exception("the HTTP refusal failed on %s %s", request.method, request.path)
-        self._answer(response or plain(status, message), body_read=False)
+        if response is None:
+            response = plain(status, message, {"Retry-After": "1"} if status == 503 else None)
+        self._answer(response, body_read=False)
 
     def _enter_idle(self) -> None:
         self._state = _IDLE
@@ -769,6 +877,7 @@ class _Connection(asyncio.BufferedProtocol):
         transport = self._transport
         assert transport is not None
         self._state = _LINGER
+        self._release()
         self._pos = self._end = self._scan = 0
         self._body_start = -1
         self._line_seen = False
@@ -785,6 +894,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _close(self) -> None:
         self._state = _CLOSED
         self.deadline = _INF
+        self._release()
         if self._transport is not None:
             self._transport.close()
 
@@ -846,26 +956,53 @@ def _trailer(line: bytes) -> None:
 
 class BufferPool:
     """Large receive buffers, shared by a server's connections: a connection holds one only while
-    a large body arrives, so memory follows the requests in flight, not the open connections."""
+    a large body arrives, so memory follows the requests in flight, not the open connections.
 
-    def __init__(self, max_buffers: int = 8) -> None:
+    It keeps at most ``max_buffers`` buffers of ``max_bytes`` in all (a larger buffer is never
+    kept; past either cap the smallest go), and ``sweep`` drops those unused for ``max_idle``
+    seconds, so a burst of large bodies does not hold its memory forever."""
+
+    def __init__(self, max_bytes: int = 8 * 1024 * 1024, max_buffers: int = 8, max_idle: float = 5.0) -> None:
+        self.max_bytes = max_bytes
         self.max_buffers = max_buffers
+        self.max_idle = max_idle
+        #: the bytes of the buffers kept
+        self.bytes = 0
         self._free: list[bytearray] = []
+        self._since: list[float] = []  # when each was put back (time.monotonic())
 
     def take(self, size: int) -> bytearray | None:
         """A free buffer of at least ``size`` bytes (the smallest such), or None."""
-        fitting = [buf for buf in self._free if len(buf) >= size]
-        if not fitting:
-            return None
-        best = min(fitting, key=len)
-        self._free.remove(best)
-        return best
+        free = self._free
+        best = -1
+        for index in range(len(free)):
+            length = len(free[index])
+            if length >= size and (best < 0 or length < len(free[best])):
+                best = index
+        return None if best < 0 else self._drop(best)
 
     def put(self, buf: bytearray) -> None:
-        """Keep ``buf`` for a later body; when full, the smallest buffer is dropped."""
+        """Keep ``buf`` for a later body, unless it is larger than ``max_bytes``."""
+        if len(buf) > self.max_bytes:
+            return
         self._free.append(buf)
-        if len(self._free) > self.max_buffers:
-            self._free.remove(min(self._free, key=len))
+        self._since.append(time.monotonic())
+        self.bytes += len(buf)
+        while len(self._free) > self.max_buffers or self.bytes > self.max_bytes:
+            self._drop(min(range(len(self._free)), key=lambda index: len(self._free[index])))
+
+    def sweep(self, now: float | None = None) -> None:
+        """Drop the buffers not used for ``max_idle`` seconds (``now``: time.monotonic())."""
+        cutoff = (time.monotonic() if now is None else now) - self.max_idle
+        for index in range(len(self._free) - 1, -1, -1):
+            if self._since[index] <= cutoff:
+                self._drop(index)
+
+    def _drop(self, index: int) -> bytearray:
+        del self._since[index]
+        buf = self._free.pop(index)
+        self.bytes -= len(buf)
+        return buf
 
     def __len__(self) -> int:
         return len(self._free)
@@ -877,7 +1014,9 @@ class Http1Server:
     ``handler(request)`` answers a complete request. ``check(request)``, if given, runs once the
     head is in and may refuse it before its body is read (and before ``100 Continue``).
     ``refuse(request, status, message)``, if given, formats the refusals the server decides
-    after the head was accepted (413, 417); malformed requests get a plain-text answer.
+    after the head was accepted (413, 417, 503 when ``budget`` is short); malformed requests get
+    a plain-text answer. ``budget``, if given, is reserved for each body before it is read, and
+    released once its handler is done (or the request is abandoned).
     """
 
     def __init__(
@@ -887,22 +1026,22 @@ class Http1Server:
         check: Check | None = None,
         refuse: Refuse | None = None,
         limits: Limits | None = None,
+        budget: ReceiveBudget | None = None,
     ) -> None:
         self.handler = handler
         self.check = check
         self.refuse = refuse
-        self.limits = limits or Limits()
+        self.limits = limits = limits or Limits()
+        self.budget = budget
         self.closing = False
-        self.buffers = BufferPool()
+        self.buffers = BufferPool(limits.pool_bytes, max_idle=limits.pool_idle)
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[Response]] = set()
         self._listener: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed: asyncio.Event | None = None
-        #: framing bytes a chunked body may add to its data (many tiny chunks cost CPU)
-        self.max_chunk_overhead = max(16 * 1024, self.limits.max_request_bytes // 16)
-        timeouts = (self.limits.idle_timeout, self.limits.header_timeout, self.limits.body_timeout,
-                    self.limits.linger_timeout)
+        timeouts = (limits.idle_timeout, limits.header_timeout, limits.body_timeout, limits.body_deadline,
+                    limits.linger_timeout)
         #: seconds between deadline checks (a timeout fires up to this much late)
         self.tick = min(1.0, max(0.005, min(timeouts) / 4))
 
@@ -958,7 +1097,8 @@ class Http1Server:
             self._all_closed.set()
 
     def _sweep(self) -> None:
-        """Enforce the deadlines, and drop large buffers of idle connections (every ``tick``)."""
+        """Enforce the deadlines, drop the buffers of idle connections and the pool's unused ones
+        (every ``tick``)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         body_timeout = self.limits.body_timeout
@@ -970,4 +1110,5 @@ class Http1Server:
             since = connection.idle_since()
             if since is not None and now - since >= self.tick:
                 connection.shrink()
+        self.buffers.sweep()
         self._sweeper = loop.call_later(self.tick, self._sweep)

@@ -27,6 +27,7 @@ INVALID = {
     "invalid_syntax.toml": "is not valid TOML",
     "invalid_size.toml": "receivers.max_request_bytes: must be a size",
     "invalid_log_level.toml": "log.level: 'verbose' is not allowed",
+    "invalid_inflight_below_request.toml": "receivers.max_inflight_bytes: must be at least receivers.max_request_bytes",
 }
 
 

@@ -13,7 +13,9 @@ import itertools
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from hypothesis import strategies as st
 
 from sidecar.tls.server import ServerTLS
 from sidecar.wire import http1
+from sidecar.wire.budget import ReceiveBudget
 from sidecar.wire.http1 import Http1Server, Limits, Request, Response
 from tests.tls.pki import make_pki
 
@@ -88,10 +91,15 @@ def refuse_by_path(request: Request) -> Response | None:
 
 @asynccontextmanager
 async def serving(
-    limits: Limits = FAST, *, tls: ServerTLS | None = None, check: Any = refuse_by_path, refuse: Any = None,
+    limits: Limits = FAST,
+    *,
+    tls: ServerTLS | None = None,
+    check: Any = refuse_by_path,
+    refuse: Any = None,
+    budget: ReceiveBudget | None = None,
 ) -> AsyncIterator[tuple[Http1Server, int, Recorder]]:
     recorder = Recorder()
-    server = Http1Server(recorder, check=check, refuse=refuse, limits=limits)
+    server = Http1Server(recorder, check=check, refuse=refuse, limits=limits, budget=budget)
     _, port = await server.start("127.0.0.1", 0, tls)
     try:
         yield server, port, recorder
@@ -747,9 +755,10 @@ async def test_large_bodies_borrow_pooled_buffers_so_connections_keep_only_a_sma
                 await client.send(post("/echo", b"z" * 900_000))
             for client in clients:
                 assert len((await client.answer()).body) == 900_000
-            # between requests every connection is back to its small buffer; the large ones
-            # wait in the pool for the next large body instead of being allocated again
-            assert all(len(c._buf) == FAST.buffer_size for c in server._connections)
+            # between requests every connection is back to its own buffer (or none once idle a
+            # tick); the large ones wait in the pool for the next large body instead of being
+            # allocated again
+            assert all(len(c._buf) in (0, FAST.buffer_size) for c in server._connections)
             assert len(server.buffers) >= 1
             pooled = {id(buf) for buf in server.buffers._free}
             if round_:
@@ -770,6 +779,300 @@ def test_the_buffer_pool_keeps_the_largest_and_hands_out_the_smallest_that_fits(
     assert len(pool.take(150) or b"") == 200
     assert len(pool.take(150) or b"") == 300
     assert pool.take(1) is None
+
+
+# -- memory: buffers follow the bytes that arrive; the receive budget; deadlines -----------------
+
+
+async def until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Wait until ``condition()`` holds (polling), or fail."""
+    loop = asyncio.get_running_loop()
+    stop = loop.time() + timeout
+    while not condition():
+        assert loop.time() < stop, "the condition never held"
+        await asyncio.sleep(0.01)
+
+
+def http1_bytes(snapshot: tracemalloc.Snapshot, base: tracemalloc.Snapshot) -> int:
+    """Bytes allocated by sidecar/wire/http1.py between two snapshots, still held."""
+    only = [tracemalloc.Filter(True, http1.__file__)]
+    stats = snapshot.filter_traces(only).compare_to(base.filter_traces(only), "filename")
+    return sum(stat.size_diff for stat in stats)
+
+
+async def test_a_declared_size_allocates_nothing_until_the_bytes_arrive() -> None:
+    """Content-Length 4 MiB (or a chunk of 4 MiB) and two bytes: before, the whole 4 MiB was
+    allocated at once, so ~100 such connections trickling a byte now and then exhausted memory."""
+    limits = Limits(max_request_bytes=16 << 20, body_timeout=5.0)
+    async with serving(limits) as (server, port, _recorder):
+        clients = [await Client.connect(port) for _ in range(20)]
+        tracemalloc.start()
+        try:
+            base = tracemalloc.take_snapshot()
+            for n, client in enumerate(clients):
+                head = PH + b"Content-Length: %d\r\n\r\n" % (4 << 20) if n % 2 else TE + b"400000\r\n"
+                await client.send(head + b"x")
+            await until(lambda: all(c._state in (http1._BODY, http1._CHUNKED) for c in server._connections))
+            for client in clients:  # the next byte: the buffer for the rest was allocated here
+                await client.send(b"x")
+            await asyncio.sleep(0.1)
+            held = http1_bytes(tracemalloc.take_snapshot(), base)
+        finally:
+            tracemalloc.stop()
+        assert held < 20 * 128 * 1024, f"{held} bytes for 20 bodies of two bytes each"  # was 80 MiB
+        # the rest arrives: the body grows with it, and arrives whole
+        await clients[1].send(b"y" * ((4 << 20) - 2))
+        answer = await clients[1].answer()
+        assert (answer.status, len(answer.body), answer.body[:3]) == (200, 4 << 20, b"xxy")
+        await clients[0].send(b"z" * ((4 << 20) - 2) + b"\r\n0\r\n\r\n")
+        assert len((await clients[0].answer()).body) == 4 << 20
+        for client in clients:
+            await client.close()
+
+
+def test_a_large_body_moves_at_most_twice_and_repeated_bodies_reuse_one_pooled_buffer(monkeypatch) -> None:
+    moves = 0
+    shift = http1._Connection._shift
+
+    def counted(self: http1._Connection, keep: int) -> None:
+        nonlocal moves
+        moves += self._end > keep  # bytes were copied (to the front, or into another buffer)
+        shift(self, keep)
+
+    monkeypatch.setattr(http1._Connection, "_shift", counted)
+    body = bytes(range(256)) * 707  # 181 kB
+
+    async def run() -> None:
+        nonlocal moves
+        recorder = Recorder()
+        server = Http1Server(recorder, limits=Limits())
+        protocol = http1._Connection(server)
+        transport = _Transport()
+        protocol.connection_made(transport)
+        buffers: set[int] = set()
+        for n in range(5):
+            moves = 0
+            data = post("/echo", body)
+            while data:  # as asyncio reads a socket: into what get_buffer offers, 16 KiB at most
+                buffer = protocol.get_buffer(-1)
+                size = min(len(buffer), len(data), 16 * 1024)
+                buffer[:size] = data[:size]
+                protocol.buffer_updated(size)
+                data = data[size:]
+                buffers.add(id(protocol._buf))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert recorder.requests[-1].body == body
+            assert moves <= (2 if n == 0 else 1), f"request {n}: {moves} moves"  # 1 and 1 here
+            if n == 0:
+                first = set(buffers)
+        # the later requests took the first one's large buffer from the pool: nothing new
+        assert buffers == first and len(server.buffers) == 1
+
+    asyncio.run(run())
+
+
+async def test_the_receive_budget_refuses_what_does_not_fit_with_503_and_is_released() -> None:
+    budget = ReceiveBudget(100_000)
+    async with serving(budget=budget) as (_, port, recorder):
+        holder = await Client.connect(port)
+        await holder.send(post("/hold", b"h" * 60_000))
+        await asyncio.wait_for(recorder.holding.wait(), WAIT)
+        assert budget.in_use == 60_000  # the handler holds its body
+        # a second body of that size does not fit: refused before 100 Continue
+        client = await Client.connect(port)
+        await client.send(PH + b"Content-Length: 60000\r\nExpect: 100-continue\r\n\r\n")
+        answer = await client.answer()
+        assert (answer.status, answer.headers["retry-after"], answer.headers["connection"]) == (503, "1", "close")
+        assert await client.closed()
+        await client.close()
+        # one that fits is served meanwhile
+        answer, _ = await exchange(port, post("/echo", b"s" * 30_000), wait_close=0.1)
+        assert answer.status == 200
+        recorder.release.set()
+        assert (await holder.answer()).status == 200
+        await until(lambda: budget.in_use == 0)
+        await holder.close()
+    assert budget.refusals == 1
+
+
+async def test_chunked_bodies_reserve_the_budget_chunk_by_chunk() -> None:
+    budget = ReceiveBudget(10_000)
+    async with serving(budget=budget) as (_, port, recorder):
+        client = await Client.connect(port)
+        await client.send(TE + b"1000\r\n" + b"a" * 4096 + b"\r\n")
+        await until(lambda: budget.in_use == 4096)
+        await client.send(b"2000\r\n")  # 8 KiB more do not fit
+        answer = await client.answer()
+        assert (answer.status, answer.headers["retry-after"]) == (503, "1")
+        assert await client.closed()
+        assert budget.in_use == 0
+        await client.close()
+        answer, _ = await exchange(port, chunked("/echo", [b"b" * 5000, b"c" * 5000]), wait_close=0.1)
+        assert (answer.status, len(answer.body)) == (200, 10_000)
+    await until(lambda: budget.in_use == 0)
+    assert len(recorder.requests) == 1
+
+
+ABANDONED = {
+    "connection lost": (post("/echo", b"a" * 50_000)[:20_000], "close"),
+    "stalled body": (post("/echo", b"a" * 50_000)[:20_000], "wait"),
+    "client half-closes": (post("/echo", b"a" * 50_000)[:20_000], "eof"),
+    "malformed chunk": (TE + b"1000\r\n" + b"a" * 4096 + b"XX", "answer"),
+    "chunked over the limit": (TE + b"1000\r\n" + b"a" * 4096 + b"\r\n100000\r\n", "answer"),
+    "chunk too long a line": (TE + b"1000\r\n" + b"a" * 4096 + b"\r\n1;" + b"e" * 5000, "answer"),
+    "handler fails": (post("/fail", b"f" * 50_000), "answer"),
+}
+
+
+@pytest.mark.parametrize(("raw", "then"), ABANDONED.values(), ids=ABANDONED.keys())
+async def test_the_budget_is_released_once_whatever_happens(raw: bytes, then: str) -> None:
+    budget = ReceiveBudget(1 << 20)
+    async with serving(Limits(max_request_bytes=100_000, body_timeout=0.3), budget=budget) as (_, port, _recorder):
+        client = await Client.connect(port)
+        await client.send(raw)
+        if then == "answer":
+            assert (await client.answer()).status in (400, 413, 500)
+        else:
+            await until(lambda: budget.in_use > 0)
+            if then == "close":
+                await client.close()
+            else:
+                if then == "eof":
+                    client.writer.write_eof()
+                assert await client.closed()  # the server gives up: timeout, or no more input
+        await until(lambda: budget.in_use == 0)
+        await client.close()
+        answer, _ = await exchange(port, post("/echo", b"next"), wait_close=0.1)  # still serving
+        assert answer.status == 200
+    assert budget.in_use == 0
+
+
+async def test_the_budget_of_a_request_in_flight_is_released_when_the_server_closes() -> None:
+    budget = ReceiveBudget(1 << 20)
+    recorder = Recorder()
+    server = Http1Server(recorder, limits=FAST, budget=budget)
+    _, port = await server.start("127.0.0.1", 0)
+    client = await Client.connect(port)
+    await client.send(post("/hold", b"held"))
+    await asyncio.wait_for(recorder.holding.wait(), WAIT)
+    assert budget.in_use == 4
+    await server.close(grace=0.1)  # the handler is cancelled
+    assert budget.in_use == 0
+    await client.close()
+
+
+async def test_a_trickled_body_is_cut_off_at_the_body_deadline() -> None:
+    """A byte every 0.15 s never stalls for body_timeout (0.4 s), but the whole body has
+    body_deadline (1 s); before, it held the connection (and its memory) as long as it trickled."""
+    async with serving(Limits(body_timeout=0.4, body_deadline=1.0)) as (_, port, recorder):
+        client = await Client.connect(port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await client.send(PH + b"Content-Length: 100\r\n\r\n")
+        eof = asyncio.ensure_future(client.reader.read())
+        for _ in range(40):  # 6 s if nobody stops it
+            if eof.done():
+                break
+            client.writer.write(b"x")
+            await asyncio.sleep(0.15)
+        assert eof.done() and (eof.exception() is not None or eof.result() == b"")
+        assert 0.9 < loop.time() - started < 2.0
+        await client.close()
+    assert recorder.requests == []
+
+
+async def test_pooled_buffers_are_dropped_when_unused() -> None:
+    limits = Limits(max_request_bytes=1 << 20, pool_idle=0.3, idle_timeout=0.4)
+    async with serving(limits) as (server, port, _recorder):
+        client = await Client.connect(port)
+        await client.send(post("/echo", b"p" * 900_000))
+        assert len((await client.answer()).body) == 900_000
+        assert len(server.buffers) >= 1 and 900_000 <= server.buffers.bytes <= limits.pool_bytes
+        await until(lambda: len(server.buffers) == 0, timeout=2.0)
+        assert server.buffers.bytes == 0
+        await client.close()
+
+
+def test_the_buffer_pool_is_capped_by_bytes_and_forgets_what_is_not_used() -> None:
+    pool = http1.BufferPool(max_bytes=1000, max_idle=5.0)
+    pool.put(bytearray(2000))  # larger than the cap: never kept
+    assert (len(pool), pool.bytes) == (0, 0)
+    for size in (400, 500, 300):
+        pool.put(bytearray(size))
+    assert sorted(len(b) for b in pool._free) == [400, 500] and pool.bytes == 900  # the smallest went
+    pool.sweep(time.monotonic() + 4.0)
+    assert len(pool) == 2
+    assert len(pool.take(450) or b"") == 500 and pool.bytes == 400
+    pool.sweep(time.monotonic() + 6.0)
+    assert (len(pool), pool.bytes) == (0, 0)
+
+
+async def test_chunk_framing_is_bounded_by_the_decoded_size() -> None:
+    """6000 one-byte chunks (30 kB of framing for 6 kB of data) were accepted (the cap was
+    max_request_bytes / 16); now framing may exceed a quarter of the data by 16 KiB only."""
+    async with serving() as (_, port, _recorder):
+        answer, closed = await exchange(port, chunked("/echo", [b"x"] * 6000))
+        assert (answer.status, answer.body, closed) == (400, b"too many chunks\n", True)
+        answer, _ = await exchange(port, chunked("/echo", [b"y" * 64] * 4000), wait_close=0.1)
+        assert (answer.status, len(answer.body)) == (200, 256_000)  # 24 kB of framing for 256 kB
+    async with serving(Limits(max_chunk_overhead=64 * 1024)) as (_, port, _recorder):
+        answer, _ = await exchange(port, chunked("/echo", [b"x"] * 6000), wait_close=0.1)
+        assert (answer.status, answer.body) == (200, b"x" * 6000)
+
+
+@pytest.mark.parametrize("how", ["Connection: close", "shutdown"])
+async def test_closing_with_pipelined_input_unread_lingers_so_the_answer_is_not_reset(how: str) -> None:
+    """The server closes after this answer while the client still sends (a pipelined request
+    it will not serve): closing at once made the kernel reset the connection."""
+    async with serving() as (server, port, recorder):
+        client = await Client.connect(port)
+        first = post("/hold", b"first", *(["Connection: close"] if how == "Connection: close" else []))
+        client.writer.write(first + post("/echo", b"n" * 3_000_000))  # not drained: the server pauses
+        await asyncio.wait_for(recorder.holding.wait(), WAIT)
+        if how == "shutdown":
+            closing = asyncio.ensure_future(server.close(2.0))
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        recorder.release.set()
+        await asyncio.sleep(0.2)  # the answer is sent and the server closes meanwhile
+        answer = await client.answer()
+        assert (answer.status, answer.body, answer.headers["connection"]) == (200, b"first", "close")
+        assert await asyncio.wait_for(client.reader.read(), WAIT) == b""  # a clean close, no reset
+        await client.close()
+        if how == "shutdown":
+            await closing
+    assert recorder.paths() == ["/hold"]
+
+
+async def test_idle_connections_hold_no_buffer() -> None:
+    async with serving() as (server, port, _recorder):
+        tracemalloc.start()
+        try:
+            base = tracemalloc.take_snapshot()
+            clients = [await Client.connect(port) for _ in range(50)]
+            await until(lambda: server.connections == 50)
+            connected = http1_bytes(tracemalloc.take_snapshot(), base)
+            for client in clients:
+                await client.send(post("/echo", b"once"))
+            for client in clients:
+                assert (await client.answer()).body == b"once"
+            # a tick of the sweep later, the buffers allocated for the requests are gone again
+            await until(lambda: all(len(c._buf) == 0 for c in server._connections), timeout=2.0)
+            idle = http1_bytes(tracemalloc.take_snapshot(), base)
+        finally:
+            tracemalloc.stop()
+        assert connected < 50 * 4096 and idle < 50 * 4096, (connected, idle)  # was 64 KiB each
+        # a busy connection keeps its buffer from request to request
+        busy = clients[0]
+        seen = set()
+        for n in range(20):
+            await busy.send(post("/echo", b"%d" % n))
+            assert (await busy.answer()).body == b"%d" % n
+            seen.update(id(c._buf) for c in server._connections if c._state == http1._IDLE and c._buf)
+        assert len(seen) == 1
+        for client in clients:
+            await client.close()
 
 
 # -- graceful close ------------------------------------------------------------------------------

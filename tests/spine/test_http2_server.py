@@ -9,6 +9,7 @@ and RST_STREAM codes, a connection that stays usable or is closed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,10 +22,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from sidecar.wire.budget import ReceiveBudget
 from sidecar.wire.grpc import CallError, call_framed, call_unary, frame_message
 from sidecar.wire.http2 import GrpcError, GrpcServer, Limits, UnaryCall
 from sidecar.wire.http2.calls import grpc_message_text
-from sidecar.wire.http2.frames import PREFACE
+from sidecar.wire.http2.connection import Connection
+from sidecar.wire.http2.frames import PREFACE, HeaderCache
 
 PATH = "/test.Echo/Call"
 
@@ -308,6 +311,8 @@ async def test_malformed_request_headers_reset_the_stream_only(headers, why) -> 
         (PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, 0, 1, b"\x83") + frame(PING, 0, 0, b"8" * 8), 1,
          "header block interrupted"),
         (PREFACE + frame(SETTINGS, 0, 0) + frame(CONTINUATION, 0x4, 1, b"\x83"), 1, "stray CONTINUATION"),
+        (PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, 0, 1, b"\x83") + frame(CONTINUATION, 0, 1) * 40, 11,
+         "a flood of empty CONTINUATION frames"),
         (PREFACE + frame(SETTINGS, 0, 0, b"\x00\x05\x00\x00\x00\x01"), 1, "MAX_FRAME_SIZE too small"),
         (PREFACE + frame(SETTINGS, 0, 0, b"\x00\x04\x80\x00\x00\x00"), 3, "window over 2^31-1"),
         (PREFACE + frame(SETTINGS, 0, 0, b"\x00"), 6, "SETTINGS not a multiple of 6"),
@@ -485,12 +490,200 @@ async def test_a_buffer_grown_for_a_large_frame_is_given_back_when_idle() -> Non
         await client.answer(1)
         (connection,) = server.connections
         assert len(connection._buf) > 500_000
-        connection.shrink_if_idle()  # there was traffic since the last sweep: kept
+        connection.sweep(server.tick)  # there was traffic since the last sweep: kept
         assert len(connection._buf) > 500_000
-        connection.shrink_if_idle()
+        connection.sweep(server.tick)
         assert len(connection._buf) == connection.MIN_READ
         client.call(3, b"again")
         assert (await client.answer(3))[1] == b"echo:again"
+
+
+async def test_a_declared_frame_length_costs_no_memory_until_its_bytes_arrive() -> None:
+    async with serving() as (server, _, port), Raw.open(port) as client:
+        client.call(1, b"warm")
+        await client.answer(1)
+        client.send(HEAD.pack(0x0F, 0xFFF0, 0xEE, 0, 0))  # an unknown frame type declaring ~1 MiB
+        client.send(b"x" * 100)
+        await client.writer.drain()
+        await asyncio.sleep(0.2)
+        (connection,) = server.connections
+        assert len(connection._buf) <= 2 * connection.MIN_READ
+
+
+@asynccontextmanager
+async def fast_sweeps(limits: Limits) -> AsyncIterator[tuple[GrpcServer, Echo, int]]:
+    """A server whose timeouts (counted in sweeps) run 20 times faster."""
+    original = GrpcServer.SWEEP_EVERY
+    GrpcServer.SWEEP_EVERY = 0.05
+    try:
+        async with serving(limits) as running:
+            yield running
+    finally:
+        GrpcServer.SWEEP_EVERY = original
+
+
+async def test_a_request_that_stops_arriving_is_ended_and_its_budget_freed() -> None:
+    budget = ReceiveBudget(1 << 20)
+    async with fast_sweeps(Limits(stall_timeout=3)) as (server, echo, port):
+        server.budget = budget
+        async with Raw.open(port) as client:
+            client.headers(1, request_headers())
+            client.send(frame(DATA, 0, 1, frame_message(b"x" * 1000, compressed=False)[:500]))
+            fields, _ = await client.answer(1)
+            assert fields["grpc-status"] == "4"  # DEADLINE_EXCEEDED
+            assert "stopped arriving" in fields["grpc-message"]
+            assert budget.in_use == 0 and echo.calls == []
+            assert (PATH, "timeout") in echo.refusals
+
+
+async def test_an_idle_connection_is_closed_with_goaway() -> None:
+    async with fast_sweeps(Limits(idle_timeout=4)) as (_, _, port), Raw.open(port) as client:
+        client.call(1, b"one call")
+        await client.answer(1)
+        code, _ = await client.goaway()
+        assert code == 0  # NO_ERROR: the client reconnects when it has something to send
+
+
+async def test_an_answer_the_client_gives_no_window_for_is_reset() -> None:
+    async with fast_sweeps(Limits(stall_timeout=3)) as (server, _, port), Raw.open(port, handshake=False) as client:
+        client.send(PREFACE + frame(SETTINGS, 0, 0, struct.pack(">HL", 4, 0)))  # zero stream windows
+        client.call(1, b"big:100")
+        _, _, _, payload = await client.until(RST_STREAM, 1)
+        assert payload == struct.pack(">L", 8)  # CANCEL
+        (connection,) = server.connections
+        assert not connection.busy  # the slot is free again
+
+
+async def test_the_receive_budget_refuses_what_does_not_fit_and_is_returned() -> None:
+    budget = ReceiveBudget(150_000)
+    async with serving() as (server, echo, port), Raw.open(port) as client:
+        server.budget = budget
+        echo.gate = asyncio.Event()
+        client.call(1, b"a" * 100_000)
+        while not echo.calls:
+            await asyncio.sleep(0.01)
+        assert budget.in_use == 100_000  # held while the handler has the message
+        client.call(3, b"b" * 100_000)  # does not fit beside the first
+        fields, _ = await client.answer(3)
+        assert fields["grpc-status"] == "14"  # UNAVAILABLE: the client retries
+        assert (PATH, "busy") in echo.refusals
+        echo.gate.set()
+        assert (await client.answer(1))[1] == b"echo:" + b"a" * 100_000
+        assert budget.in_use == 0
+        client.call(5, b"c" * 100_000)  # fits again
+        assert (await client.answer(5))[1].startswith(b"echo:c")
+        # a message whose upload is abandoned returns its reservation too
+        client.headers(7, request_headers())
+        client.send(frame(DATA, 0, 7, frame_message(b"d" * 50_000, compressed=False)[:1000]))
+        while budget.in_use != 50_000:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert budget.in_use == 0  # the connection closed with the upload unfinished
+
+
+async def test_authorization_refuses_a_call_before_its_message_is_read() -> None:
+    echo = Echo()
+
+    def authorize(path: str, transport: Any) -> GrpcError | None:
+        return GrpcError(7, "not on the allowlist")  # PERMISSION_DENIED
+
+    server = GrpcServer({PATH: echo.call}, authorize=authorize)
+    _, port = await server.start("127.0.0.1", 0)
+    try:
+        async with Raw.open(port) as client:
+            client.headers(1, request_headers())
+            fields, _ = await client.answer(1)
+            assert fields["grpc-status"] == "7" and fields["grpc-message"] == "not on the allowlist"
+            assert (await client.until(RST_STREAM, 1))[3] == b"\0\0\0\0"  # stop sending, no error
+    finally:
+        await server.close(1.0)
+    assert echo.calls == []
+
+
+async def test_a_compressed_flag_other_than_0_or_1_is_invalid() -> None:
+    async with serving() as (_, echo, port), Raw.open(port) as client:
+        client.headers(1, request_headers())
+        client.send(frame(DATA, 0x1, 1, b"\x02" + struct.pack(">L", 3) + b"abc"))
+        fields, _ = await client.answer(1)
+        assert fields["grpc-status"] == "3" and "0 or 1" in fields["grpc-message"]
+        assert echo.calls == []
+
+
+async def test_handlers_get_read_only_headers() -> None:
+    async with serving() as (_, echo, port), Raw.open(port) as client:
+        for sid in (1, 3):  # the second call's headers come from the decoded-block cache
+            client.call(sid, b"x")
+            await client.answer(sid)
+        assert echo.calls[0].headers == echo.calls[1].headers
+        with pytest.raises(TypeError):
+            echo.calls[1].headers["te"] = "changed"  # type: ignore[index]
+
+
+def test_the_header_cache_keeps_only_small_blocks_that_decode_small() -> None:
+    cache = HeaderCache()
+    cache.put(b"\x82", "small", True, 100)
+    cache.put(b"\x83", "decodes large", True, 100_000)
+    cache.put(b"\x84" * 300, "a long block", True, 100)
+    assert cache.get(b"\x82") == "small"
+    assert cache.get(b"\x83") is None and cache.get(b"\x84" * 300) is None
+    cache.put(b"\x40", "changes the table", False, 10)
+    assert cache.get(b"\x82") is None
+
+
+async def test_close_lets_an_upload_in_progress_finish() -> None:
+    echo = Echo()
+    server = GrpcServer({PATH: echo.call})
+    _, port = await server.start("127.0.0.1", 0)
+    async with Raw.open(port) as client:
+        client.headers(1, request_headers())
+        body = frame_message(b"u" * 10_000, compressed=False)
+        client.send(frame(DATA, 0, 1, body[:5000]))
+        await client.until(SETTINGS)
+        await asyncio.sleep(0.05)
+        closing = asyncio.ensure_future(server.close(5.0))
+        _, _, _, payload = await client.until(GOAWAY)
+        assert struct.unpack(">LL", payload[:8]) == (1, 0)
+        client.send(frame(DATA, 0x1, 1, body[5000:]))  # the rest arrives during the grace
+        fields, message = await client.answer(1)
+        assert fields["grpc-status"] == "0" and message == b"echo:" + b"u" * 10_000
+        await closing
+
+
+class _Transport(asyncio.Transport):
+    """Records writes (for a connection the test drives by hand)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.written += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+
+async def test_a_connection_accepted_while_the_server_closes_takes_no_call() -> None:
+    """A TLS handshake can finish after close() began: that connection is turned away."""
+    server = GrpcServer({PATH: Echo().call})
+    server.closing = True
+    transport = _Transport()
+    Connection(server).connection_made(transport)
+    kinds = []
+    data = transport.written
+    while data:
+        high, low, kind, _, _ = HEAD.unpack(data[:9])
+        kinds.append(kind)
+        data = data[9 + ((high << 16) | low) :]
+    assert kinds[0] == SETTINGS and kinds[-1] == GOAWAY  # the preface, then goodbye
+    assert transport.closed
 
 
 _frames = st.tuples(
@@ -530,3 +723,32 @@ def test_arbitrary_frames_never_break_the_server(frames: list[tuple[int, int, in
         assert errors == []
 
     asyncio.run(run())
+
+
+async def test_request_headers_never_reach_the_log_even_at_debug() -> None:
+    from sidecar import logsetup
+
+    root = logging.getLogger()
+    saved = (root.level, root.handlers[:], {n: logging.getLogger(n).level for n in ("hpack", "h2", "grpclib")})
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    try:
+        logsetup.configure("debug")
+        root.addHandler(Keep())
+        async with serving() as (_, echo, port), Raw.open(port) as client:
+            client.headers(1, request_headers(authorization="Bearer s3cret-token"))
+            client.send(frame(DATA, 0x1, 1, frame_message(b"x", compressed=False)))
+            await client.answer(1)
+        assert echo.calls[0].headers["authorization"] == "Bearer s3cret-token"
+        logging.getLogger("sidecar.test").debug("probe")
+        assert "probe" in records  # debug logging was on
+        assert not [r for r in records if "s3cret" in r]
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)

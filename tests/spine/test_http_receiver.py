@@ -1,5 +1,6 @@
 """The OTLP/HTTP receiver on sidecar.wire.http1, through a real sidecar: what is decided from the
-head (path, method, media type, size) and the framings clients use (Content-Length, chunked)."""
+head (path, method, media type, size) and the framings clients use (Content-Length, chunked);
+and, on a receiver of its own, the answer to a body that does not fit the receive budget."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ import pytest
 from google.rpc import status_pb2
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
+from sidecar.config import ReceiversConfig
+from sidecar.metrics import SidecarMetrics
+from sidecar.pipeline import Outcome
+from sidecar.receivers.http import HttpReceiver
+from sidecar.wire.budget import ReceiveBudget
 from tests.conftest import sidecar_env
 from tests.spine import sdk
 
@@ -113,3 +119,49 @@ async def test_100_continue_then_the_body(sidecar, upstream) -> None:
     finally:
         writer.close()
     await upstream.wait_for(lambda: len(upstream.spans()) == 4)
+
+
+class HeldPipeline:
+    """A pipeline whose ``submit`` waits for ``release``."""
+
+    def __init__(self) -> None:
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def submit(self, *_: object) -> Outcome:
+        self.holding.set()
+        await self.release.wait()
+        return Outcome(accepted=4)
+
+
+async def test_a_body_over_the_receive_budget_gets_503_with_retry_after_and_is_counted() -> None:
+    metrics = SidecarMetrics()
+    pipeline = HeldPipeline()
+    receiver = HttpReceiver(ReceiversConfig(), pipeline, metrics)  # type: ignore[arg-type]
+    budget = ReceiveBudget(len(GOOD) + 100)  # fits one request
+    server = receiver.server(budget=budget)
+    _, port = await server.start("127.0.0.1", 0)
+    address = f"http://127.0.0.1:{port}/v1/traces"
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def export() -> tuple[int, bytes]:
+                async with session.post(address, data=GOOD, headers=PB) as r:
+                    return r.status, await r.read()
+
+            first = asyncio.ensure_future(export())
+            await asyncio.wait_for(pipeline.holding.wait(), 5)
+            assert budget.in_use == len(GOOD)
+            async with session.post(address, data=GOOD, headers=PB) as r:
+                assert (r.status, r.headers["Retry-After"], r.headers["Content-Type"]) == (
+                    503, "1", "application/x-protobuf"
+                )
+                status = status_pb2.Status.FromString(await r.read())
+            assert (status.code, status.message) == (14, budget.message())  # UNAVAILABLE: retried
+            labels = {"signal": "traces", "transport": "http", "reason": "busy"}
+            assert metrics.registry.get_sample_value("otlp_sidecar_receiver_refused_requests_total", labels) == 1
+            pipeline.release.set()
+            assert await asyncio.wait_for(first, 5) == (200, b"")
+            assert budget.in_use == 0
+    finally:
+        await server.close(1.0)

@@ -15,10 +15,14 @@ ask beyond it:
 - unary calls: one length-prefixed message per stream; the handler's bytes go back with
   ``grpc-status: 0``, a :class:`GrpcError` as a trailers-only answer.
 
-Bounds: frame size, header list size, concurrent streams (a stream counts until its handler is
-done, reset or not), message size (refused as soon as the prefix announces it), the time to
-the preface. Violations end the connection with GOAWAY, or the stream with RST_STREAM, as the
-RFC says; nothing raises into the event loop.
+Bounds: frame size; header lists and the frames of one header block (CONTINUATION floods);
+concurrent streams (a stream counts until its handler is done, reset or not); message size
+(refused as soon as the prefix announces it); request bytes held at once (a budget shared with
+the HTTP/1.1 listener, reserved from the prefix, refused with UNAVAILABLE); receive buffers grown
+only as bytes arrive. Timeouts (counted in sweeps of about a second): the handshake, a request
+that stops arriving, an answer the client takes no window or no bytes for, an idle connection.
+Violations end the connection with GOAWAY, or the stream with RST_STREAM, as the RFC says;
+nothing raises into the event loop.
 """
 
 from sidecar.wire.http2.calls import GrpcError, Handler, Limits, UnaryCall

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 # gRPC status codes used here (the full set is in the gRPC docs: status codes)
-OK, UNKNOWN, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL = 0, 2, 3, 8, 12, 13
+INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED = 3, 4, 8
+UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 12, 13, 14
 
-PREFIX = struct.Struct(">?L")  # the gRPC message prefix: compressed flag, length
+PREFIX = struct.Struct(">BL")  # the gRPC message prefix: compressed flag (0 or 1), length
 CONTENT_TYPE = "application/grpc+proto"
 
 
@@ -25,10 +26,10 @@ class GrpcError(Exception):
 
 @dataclass(slots=True)
 class UnaryCall:
-    """One received call: its path, headers (lower-case names), message and connection."""
+    """One received call: its path, headers (lower-case names, read-only), message and connection."""
 
     path: str
-    headers: dict[str, str]
+    headers: Mapping[str, str]
     message: bytes
     compressed: bool
     transport: asyncio.BaseTransport
@@ -37,25 +38,46 @@ class UnaryCall:
 Handler = Callable[[UnaryCall], Awaitable[bytes]]
 #: told of calls the server refuses before a handler runs: (path, reason)
 RefusalListener = Callable[[str, str], None]
+#: may refuse a call from its path and connection before its message is read
+Authorizer = Callable[[str, "asyncio.BaseTransport | None"], "GrpcError | None"]
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """What a connection and its calls may take. Timeouts are in seconds, checked about once
+    a second."""
+
+    #: a request message as sent (compressed) → RESOURCE_EXHAUSTED
     max_message_bytes: int = 16 << 20
+    #: SETTINGS_MAX_FRAME_SIZE advertised
     max_frame_size: int = 1 << 20
+    #: SETTINGS_MAX_CONCURRENT_STREAMS advertised and enforced (REFUSED_STREAM)
     max_concurrent_streams: int = 100
+    #: SETTINGS_MAX_HEADER_LIST_SIZE, also the bound of one header block as sent
     max_header_list_bytes: int = 64 << 10
+    #: the receive window of the connection and of each stream (at least 65535)
     window: int = 4 << 20
+    #: from connecting to the client's SETTINGS
     handshake_timeout: float = 10.0
+    #: a connection without calls and without traffic is closed (GOAWAY NO_ERROR)
+    idle_timeout: float = 300.0
+    #: a call whose request stops arriving, or whose answer the client stops taking (flow
+    #: control, or not reading at all), is ended
+    stall_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.window < 65_535:
+            raise ValueError("the receive window cannot be below HTTP/2's initial 65535 bytes")
 
 
 def grpc_message_text(message: str) -> str:
-    """``grpc-message`` is percent-encoded UTF-8 (printable ASCII but ``%`` stays as is)."""
+    """``grpc-message`` as sent: UTF-8, at most 1 KiB of it (whole characters), every byte
+    outside printable ASCII and ``%`` itself percent-encoded."""
+    raw = message.encode("utf-8")[:1024].decode("utf-8", "ignore").encode("utf-8")
     out = []
-    for byte in message.encode("utf-8")[:1024]:
+    for byte in raw:
         out.append(chr(byte) if 0x20 <= byte <= 0x7E and byte != 0x25 else f"%{byte:02X}")
     return "".join(out)
-
 
 
 def is_grpc_content_type(content_type: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import hpack
@@ -16,9 +17,11 @@ import hpack
 from sidecar.tls.server import format_address
 from sidecar.wire.http2.calls import (
     CONTENT_TYPE,
+    DEADLINE_EXCEEDED,
     INVALID_ARGUMENT,
     PREFIX,
     RESOURCE_EXHAUSTED,
+    UNAVAILABLE,
     UNIMPLEMENTED,
     GrpcError,
     UnaryCall,
@@ -27,6 +30,7 @@ from sidecar.wire.http2.calls import (
 )
 from sidecar.wire.http2.frames import (
     ACK,
+    CANCEL,
     COMPRESSION_ERROR,
     CONTINUATION,
     DATA,
@@ -78,6 +82,8 @@ log = logging.getLogger("sidecar.wire.http2")
 
 # stream states
 _RECEIVING, _HANDLING, _ANSWERED = 0, 1, 2
+#: HEADERS plus CONTINUATION frames of one header block (empty CONTINUATIONs cost nothing else)
+MAX_HEADER_FRAGMENTS = 32
 
 
 class Stream:
@@ -85,10 +91,10 @@ class Stream:
 
     __slots__ = (
         "body", "compressed", "consumed", "headers", "id", "length", "path",
-        "pending", "reset", "send_window", "state",
+        "pending", "reserved", "reset", "send_window", "state", "touched",
     )
 
-    def __init__(self, stream_id: int, path: str, headers: dict[str, str], send_window: int) -> None:
+    def __init__(self, stream_id: int, path: str, headers: Mapping[str, str], send_window: int, tick: int) -> None:
         self.id = stream_id
         self.path = path
         self.headers = headers
@@ -98,8 +104,10 @@ class Stream:
         self.compressed = False
         self.consumed = 0  # received since the last stream WINDOW_UPDATE
         self.send_window = send_window
-        self.pending: list[bytes] = []  # answer frames waiting for send window: (DATA payload, trailers)
+        self.pending = b""  # the answer's DATA still waiting for send window (trailers follow it)
+        self.reserved = 0  # bytes of the server's receive budget held for this call
         self.reset = False
+        self.touched = tick  # the server's sweep tick of the last progress
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -126,12 +134,15 @@ class Connection(asyncio.BufferedProtocol):
         self._decoder.max_allowed_table_size = 4096
         self._header_cache = HeaderCache()
         self._continuing: tuple[int, int, list[bytes], int] | None = None  # stream, flags, parts, size
+        self._blocked: dict[int, Stream] = {}  # streams whose answer waits for send window
         self._recv_consumed = 0
         self._send_window = DEFAULT_WINDOW
         self._peer_initial_window = DEFAULT_WINDOW
         self._peer_max_frame = MIN_FRAME_SIZE
         self._handshake_timer: asyncio.TimerHandle | None = None
         self.active = False  # bytes arrived since the server's last sweep
+        self._quiet_since = server.tick  # the sweep tick since which nothing arrived
+        self._write_paused_at = 0  # the sweep tick at which the transport paused writing (0: not)
         self.address = ""
 
     # -- asyncio protocol ------------------------------------------------------------------------
@@ -155,6 +166,9 @@ class Connection(asyncio.BufferedProtocol):
         if limits.window > DEFAULT_WINDOW:
             self._out.append(frame(WINDOW_UPDATE, 0, 0, U32.pack(limits.window - DEFAULT_WINDOW)))
         self._flush()
+        if self._server.closing:  # accepted while the server closes: no call is taken
+            self.goaway()
+            return
         self._handshake_timer = asyncio.get_running_loop().call_later(
             limits.handshake_timeout, self._handshake_expired
         )
@@ -164,19 +178,23 @@ class Connection(asyncio.BufferedProtocol):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
         self._server.connections.discard(self)
-        for stream in self._streams.values():
-            stream.reset = True  # a handler still running answers nobody
+        for stream in list(self._streams.values()):
+            stream.reset = True  # a handler still running answers nobody, then frees its slot
+            if stream.state != _HANDLING:
+                self._drop(stream)
         self._out.clear()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         buf, start, end = self._buf, self._start, self._end
         if start == end:
             self._start = self._end = start = end = 0
-        need = self._needed()
-        if len(buf) - end < max(need - (end - start), 4096):
-            # move the unread part to the front, in a larger buffer when a frame needs one
-            # (never resized in place: the transport may still hold a view of the old one)
-            size = max(len(buf), need + self.MIN_READ)
+        need, have = self._needed(), end - start
+        if len(buf) - end < max(need - have, 4096):
+            # move the unread part to the front, in a larger buffer when a frame needs one;
+            # grown as the frame arrives (at most twice what is here), so a declared length
+            # costs nothing until it is sent. Never resized in place: the transport may still
+            # hold a view of the old buffer.
+            size = max(len(buf), min(need + self.MIN_READ, 2 * max(have, self.MIN_READ)))
             fresh = bytearray(size) if size > len(buf) else buf
             fresh[: end - start] = buf[start:end]
             self._buf, self._start, self._end = fresh, 0, end - start
@@ -213,10 +231,13 @@ class Connection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         # the client does not read what we send (PING or SETTINGS floods): stop reading from it
+        # (and give up on it after the stall timeout)
+        self._write_paused_at = self._server.tick or 1
         if self._transport is not None:
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._write_paused_at = 0
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
 
@@ -277,11 +298,9 @@ class Connection(asyncio.BufferedProtocol):
                     raise ConnectionFailure(PROTOCOL_ERROR, "malformed GOAWAY")
                 self._closing = True
                 self._close_if_idle()
-            elif kind == PRIORITY:
+            elif kind == PRIORITY:  # deprecated (RFC 9113 5.3.2): checked, then ignored
                 if stream_id == 0:
                     raise ConnectionFailure(PROTOCOL_ERROR, "PRIORITY on stream 0")
-                if length != 5:
-                    self._reset_stream(stream_id, FRAME_SIZE_ERROR)
             elif kind == PUSH_PROMISE:
                 raise ConnectionFailure(PROTOCOL_ERROR, "a client cannot push")
             # other frame types are extensions this server does not know: ignored (section 5.5)
@@ -311,6 +330,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._reset_stream(stream_id, STREAM_CLOSED)
             return
         stream.consumed += size
+        stream.touched = self._server.tick
         if stream.consumed > self._limits.window:
             self._reset_stream(stream_id, FLOW_CONTROL_ERROR)
             return
@@ -326,7 +346,7 @@ class Connection(asyncio.BufferedProtocol):
             # the common case: the whole message in one frame, copied out of the buffer once
             compressed, length = PREFIX.unpack_from(payload)
             if len(payload) == 5 + length:
-                if self._message_fits(stream, length):
+                if self._message_fits(stream, compressed, length):
                     stream.compressed = compressed
                     self._dispatch(stream, bytes(payload[5:]))
                 return
@@ -343,7 +363,7 @@ class Connection(asyncio.BufferedProtocol):
         body += payload
         if stream.length < 0 and len(body) >= 5:
             compressed, length = PREFIX.unpack_from(body)
-            if not self._message_fits(stream, length):
+            if not self._message_fits(stream, compressed, length):
                 return
             stream.compressed, stream.length = compressed, length
             if len(body) > 5 + length:
@@ -360,13 +380,24 @@ class Connection(asyncio.BufferedProtocol):
         else:
             self._dispatch(stream, bytes(memoryview(body)[5:]))
 
-    def _message_fits(self, stream: Stream, length: int) -> bool:
+    def _message_fits(self, stream: Stream, compressed: int, length: int) -> bool:
+        """Whether a message announced by its prefix may be received; if so, its size is
+        reserved in the server's receive budget. If not, the call is refused."""
         limit = self._limits.max_message_bytes
-        if length <= limit:
-            return True
-        message = f"message of {length} bytes exceeds the limit of {limit} bytes"
-        self._refuse(stream, RESOURCE_EXHAUSTED, message, "too_large")
-        return False
+        if compressed > 1:
+            self._refuse(stream, INVALID_ARGUMENT, "the compressed flag of a message must be 0 or 1", "malformed")
+            return False
+        if length > limit:
+            message = f"message of {length} bytes exceeds the limit of {limit} bytes"
+            self._refuse(stream, RESOURCE_EXHAUSTED, message, "too_large")
+            return False
+        budget = self._server.budget
+        if budget is not None:
+            if not budget.reserve(length):
+                self._refuse(stream, UNAVAILABLE, budget.message(), "busy")
+                return False
+            stream.reserved = length
+        return True
 
     def _refuse(self, stream: Stream, status: int, message: str, reason: str) -> None:
         """Answer a call the server refuses itself (framing, size), before or instead of its handler."""
@@ -379,8 +410,8 @@ class Connection(asyncio.BufferedProtocol):
                 raise ConnectionFailure(PROTOCOL_ERROR, "CONTINUATION without a header block to continue")
             first_stream, first_flags, parts, size = self._continuing
             size += len(payload)
-            if size > self._limits.max_header_list_bytes:
-                raise ConnectionFailure(ENHANCE_YOUR_CALM, "header block too large")
+            if size > self._limits.max_header_list_bytes or len(parts) >= MAX_HEADER_FRAGMENTS:
+                raise ConnectionFailure(ENHANCE_YOUR_CALM, "header block too large or in too many frames")
             parts.append(bytes(payload))
             if not flags & END_HEADERS:
                 self._continuing = (first_stream, first_flags, parts, size)
@@ -406,7 +437,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         self._header_block(stream_id, flags, bytes(payload))
 
-    def _decode(self, block: bytes) -> tuple[str, str, dict[str, str]] | StreamFailure:
+    def _decode(self, block: bytes) -> tuple[str, str, Mapping[str, str]] | StreamFailure:
         """The block's method, path and other fields, or why the request is malformed.
         HPACK errors end the connection: the table is then no longer shared."""
         cached = self._header_cache.get(block)
@@ -419,7 +450,8 @@ class Connection(asyncio.BufferedProtocol):
         except (hpack.HPACKError, UnicodeDecodeError, IndexError, ValueError) as exc:
             raise ConnectionFailure(COMPRESSION_ERROR, f"HPACK: {type(exc).__name__}") from None
         result = request_fields(fields)
-        self._header_cache.put(block, result, HeaderCache.only_indexed(block))
+        decoded_size = sum(len(name) + len(value) for name, value in fields)
+        self._header_cache.put(block, result, HeaderCache.only_indexed(block), decoded_size)
         return result
 
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
@@ -429,8 +461,11 @@ class Connection(asyncio.BufferedProtocol):
             # trailers of a request (they end it) or a block for a stream already done
             if stream is None:
                 return
-            if not flags & END_STREAM or stream.state != _RECEIVING:
-                self._reset_stream(stream_id, PROTOCOL_ERROR)
+            if stream.state != _RECEIVING:
+                self._reset_stream(stream_id, STREAM_CLOSED)  # the client ended it already
+                return
+            if not flags & END_STREAM:
+                self._reset_stream(stream_id, PROTOCOL_ERROR)  # trailers must end the request
                 return
             self._take_message_bytes(stream, memoryview(b""), END_STREAM)
             return
@@ -446,7 +481,7 @@ class Connection(asyncio.BufferedProtocol):
             self._out.append(frame(RST_STREAM, 0, stream_id, U32.pack(decoded.code)))
             return
         method, path, headers = decoded
-        stream = Stream(stream_id, path, headers, self._peer_initial_window)
+        stream = Stream(stream_id, path, headers, self._peer_initial_window, self._server.tick)
         self._streams[stream_id] = stream
         if flags & END_STREAM:
             stream.state = _HANDLING  # nothing more comes from the client
@@ -456,6 +491,8 @@ class Connection(asyncio.BufferedProtocol):
             self._answer_http(stream, "415")
         elif self._server.routes.get(path) is None:
             self._refuse(stream, UNIMPLEMENTED, f"unknown method {path}", "unimplemented")
+        elif (refusal := self._server.authorize(path, self._transport)) is not None:
+            self._answer_error(stream, refusal.status, refusal.message, early=True)  # before the body
         elif flags & END_STREAM:
             self._take_message_bytes(stream, memoryview(b""), END_STREAM)
 
@@ -477,6 +514,8 @@ class Connection(asyncio.BufferedProtocol):
                 self._peer_initial_window = value
                 for stream in self._streams.values():
                     stream.send_window += delta
+                    if stream.send_window > MAX_WINDOW:
+                        raise ConnectionFailure(FLOW_CONTROL_ERROR, "a stream window over 2^31-1")
             elif key == MAX_FRAME_SIZE:
                 if not MIN_FRAME_SIZE <= value <= (1 << 24) - 1:
                     raise ConnectionFailure(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
@@ -536,7 +575,6 @@ class Connection(asyncio.BufferedProtocol):
         if stream is None:
             return
         stream.reset = True
-        stream.pending.clear()
         if stream.state != _HANDLING:
             self._drop(stream)
         # a running handler keeps its slot until it is done (a rapid reset cannot pile them up)
@@ -571,7 +609,9 @@ class Connection(asyncio.BufferedProtocol):
             self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, sid, _OK_TRAILERS))
             self._drop(stream)
             return
-        stream.pending = [message, _OK_TRAILERS]
+        stream.pending = message
+        stream.touched = self._server.tick
+        self._blocked[sid] = stream
         self._pump(stream)
 
     def _answer_error(self, stream: Stream, status: int, message: str, *, early: bool) -> None:
@@ -593,28 +633,25 @@ class Connection(asyncio.BufferedProtocol):
         self._drop(stream)
 
     def _pump(self, stream: Stream) -> None:
-        """Send what flow control now allows of an answer that was waiting for window."""
+        """Send what flow control now allows of an answer that was waiting for window; the
+        trailers once all of it is sent."""
+        if stream.id not in self._blocked:
+            return  # no answer waits (window given early, or to a stream still receiving)
         while stream.pending:
-            part = stream.pending[0]
-            if part is _OK_TRAILERS:
-                self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, part))
-                self._drop(stream)
-                return
             room = min(self._send_window, stream.send_window, self._peer_max_frame)
             if room <= 0:
                 return
-            chunk, rest = part[:room], part[room:]
+            chunk, stream.pending = stream.pending[:room], stream.pending[room:]
             self._send_window -= len(chunk)
             stream.send_window -= len(chunk)
+            stream.touched = self._server.tick
             self._out.append(frame(DATA, 0, stream.id, chunk))
-            if rest:
-                stream.pending[0] = rest
-            else:
-                stream.pending.pop(0)
+        self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, _OK_TRAILERS))
+        self._drop(stream)
 
     def _pump_all(self) -> None:
-        for stream in list(self._streams.values()):
-            if stream.pending:
+        if self._blocked:
+            for stream in list(self._blocked.values()):
                 self._pump(stream)
 
     def _reset_stream(self, stream_id: int, code: int) -> None:
@@ -622,12 +659,17 @@ class Connection(asyncio.BufferedProtocol):
         stream = self._streams.get(stream_id)
         if stream is not None:
             stream.reset = True
-            stream.pending.clear()
             if stream.state != _HANDLING:
                 self._drop(stream)
 
     def _drop(self, stream: Stream) -> None:
+        """The stream is done: its slot, its budget and its buffers are freed."""
         stream.body = None
+        stream.pending = b""
+        self._blocked.pop(stream.id, None)
+        if stream.reserved:
+            self._server.budget.release(stream.reserved)  # type: ignore[union-attr]
+            stream.reserved = 0
         if self._streams.get(stream.id) is stream:
             del self._streams[stream.id]
         self._close_if_idle()
@@ -673,12 +715,39 @@ class Connection(asyncio.BufferedProtocol):
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
 
-    def shrink_if_idle(self) -> None:
-        """Give back a buffer grown for a large frame when the connection went quiet."""
-        if not self.active and self._start == self._end and len(self._buf) > self.MIN_READ:
+    def sweep(self, tick: int) -> None:
+        """Called by the server about once a second (``tick`` counts the calls): end what
+        stalled, close an idle connection, give back a buffer grown for a large frame."""
+        if self._dead or self._transport is None:
+            return
+        limits = self._limits
+        if self.active:
+            self._quiet_since = tick
+        elif self._start == self._end and len(self._buf) > self.MIN_READ:
             self._buf = bytearray(self.MIN_READ)
             self._start = self._end = 0
         self.active = False
+        if self._write_paused_at and tick - self._write_paused_at > limits.stall_timeout:
+            log.debug("HTTP/2 connection from %s aborted: it does not read its answers", self.address)
+            self._dead = True
+            self._transport.abort()
+            return
+        for stream in list(self._streams.values()):
+            if tick - stream.touched <= limits.stall_timeout:
+                continue
+            if stream.state == _RECEIVING:
+                self._server.refused(stream.path, "timeout")
+                self._answer_error(stream, DEADLINE_EXCEEDED, "the request stopped arriving", early=True)
+            elif stream.pending:  # the client gives no window for its answer
+                self._reset_stream(stream.id, CANCEL)
+        if not self._streams and tick - self._quiet_since > limits.idle_timeout:
+            self.goaway()
+        self._flush()
+
+    @property
+    def busy(self) -> bool:
+        """Calls are in progress (being received, handled or answered)."""
+        return bool(self._streams) and not self._dead
 
 
 _OK_HEAD = header_block([(":status", "200"), ("content-type", CONTENT_TYPE)])

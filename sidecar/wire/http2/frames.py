@@ -8,6 +8,8 @@ clients repeat.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -21,10 +23,10 @@ PADDED = 0x8
 PRIORITY_FLAG = 0x20
 # error codes (section 7)
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
-STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM = 5, 6, 7
+STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 5, 6, 7, 8
 COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 9, 11
 # settings
-HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS = 1, 2, 3
+ENABLE_PUSH, MAX_CONCURRENT_STREAMS = 2, 3
 INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = 4, 5, 6
 
 DEFAULT_WINDOW = 65_535
@@ -88,15 +90,17 @@ def header_block(fields: list[tuple[str, str]]) -> bytes:
     return b"\x20" + b"".join(_literal(name, value) for name, value in fields)
 
 
-
 class HeaderCache:
     """Decoded header blocks that consist of indexed fields only.
 
     Such a block does not change the HPACK table, and it means the same while the table does
-    not change; a block that changes the table empties the cache."""
+    not change; a block that changes the table empties the cache. Only small blocks that decode
+    to small lists are kept (a few bytes of indexes could otherwise pin large values)."""
 
     __slots__ = ("_entries",)
     MAX = 64
+    MAX_BLOCK = 256
+    MAX_DECODED = 4096
 
     def __init__(self) -> None:
         self._entries: dict[bytes, Any] = {}
@@ -118,16 +122,15 @@ class HeaderCache:
     def get(self, block: bytes) -> Any:
         return self._entries.get(block)
 
-    def put(self, block: bytes, value: Any, indexed: bool) -> None:
+    def put(self, block: bytes, value: Any, indexed: bool, decoded_size: int) -> None:
         if not indexed:
             self._entries.clear()
-        elif len(self._entries) < self.MAX:
+        elif len(self._entries) < self.MAX and len(block) <= self.MAX_BLOCK and decoded_size <= self.MAX_DECODED:
             self._entries[block] = value
 
 
-
-def request_fields(fields: Any) -> tuple[str, str, dict[str, str]] | StreamFailure:
-    """Check a request's header list (RFC 9113 8.2, 8.3); its method, path and fields."""
+def request_fields(fields: Any) -> tuple[str, str, Mapping[str, str]] | StreamFailure:
+    """Check a request's header list (RFC 9113 8.2, 8.3); its method, path and (read-only) fields."""
     pseudo: dict[str, str] = {}
     headers: dict[str, str] = {}
     for name, value in fields:
@@ -145,5 +148,5 @@ def request_fields(fields: Any) -> tuple[str, str, dict[str, str]] | StreamFailu
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     if not pseudo.get(":method") or not pseudo.get(":scheme") or not pseudo.get(":path"):
         return StreamFailure(PROTOCOL_ERROR, "a request without :method, :scheme or :path")
-    return pseudo[":method"], pseudo[":path"], headers
+    return pseudo[":method"], pseudo[":path"], MappingProxyType(headers)
 

@@ -7,27 +7,51 @@ import logging
 
 from sidecar.tls.acceptor import tls_protocol_factory
 from sidecar.tls.server import ServerTLS
-from sidecar.wire.http2.calls import INTERNAL, GrpcError, Handler, Limits, RefusalListener, UnaryCall
+from sidecar.wire.budget import ReceiveBudget
+from sidecar.wire.http2.calls import (
+    INTERNAL,
+    UNAVAILABLE,
+    Authorizer,
+    GrpcError,
+    Handler,
+    Limits,
+    RefusalListener,
+    UnaryCall,
+)
 from sidecar.wire.http2.connection import Connection, Stream
 
 log = logging.getLogger("sidecar.wire.http2")
 
 
 class GrpcServer:
-    """Serves unary gRPC ``routes`` ({path: handler}) over HTTP/2, plaintext or TLS."""
+    """Serves unary gRPC ``routes`` ({path: handler}) over HTTP/2, plaintext or TLS.
 
-    SWEEP_EVERY = 10.0
+    ``authorize(path, transport)`` may refuse a call from its connection as soon as its headers
+    arrive (a GrpcError), before its message is read; ``budget`` bounds the request bytes held
+    at once (shared with other listeners); ``on_refusal(path, reason)`` hears of the calls the
+    server refuses itself.
+    """
+
+    #: seconds between sweeps (timeouts are counted in sweeps)
+    SWEEP_EVERY = 1.0
 
     def __init__(
         self,
         routes: dict[str, Handler],
         limits: Limits | None = None,
         *,
+        authorize: Authorizer | None = None,
+        budget: ReceiveBudget | None = None,
         on_refusal: RefusalListener | None = None,
     ) -> None:
         self.routes = routes
         self.limits = limits or Limits()
+        self.budget = budget
         self.connections: set[Connection] = set()
+        self.closing = False
+        #: sweeps so far: the clock of the timeouts
+        self.tick = 0
+        self._authorize = authorize
         self._on_refusal = on_refusal
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.AbstractServer | None = None
@@ -45,6 +69,15 @@ class GrpcServer:
         self._sweeper = loop.call_later(self.SWEEP_EVERY, self._sweep)
         return self._listener.sockets[0].getsockname()[:2]  # type: ignore[no-any-return]
 
+    def authorize(self, path: str, transport: asyncio.BaseTransport | None) -> GrpcError | None:
+        if self._authorize is None:
+            return None
+        try:
+            return self._authorize(path, transport)
+        except Exception:
+            log.exception("authorizing a call to %s failed", path)
+            return GrpcError(INTERNAL, "internal error")
+
     def refused(self, path: str, reason: str) -> None:
         if self._on_refusal is not None:
             self._on_refusal(path, reason)
@@ -60,6 +93,9 @@ class GrpcServer:
             reply = await handler(call)
         except GrpcError as exc:
             connection.answer(stream, None, exc)
+        except asyncio.CancelledError:  # the server closes: the client retries the call
+            connection.answer(stream, None, GrpcError(UNAVAILABLE, "the sidecar is shutting down"))
+            raise
         except Exception:
             log.exception("gRPC handler for %s failed", call.path)
             connection.answer(stream, None, GrpcError(INTERNAL, "internal error"))
@@ -67,22 +103,29 @@ class GrpcServer:
             connection.answer(stream, reply, None)
 
     def _sweep(self) -> None:
+        self.tick += 1
         for connection in list(self.connections):
-            connection.shrink_if_idle()
+            connection.sweep(self.tick)
         self._sweeper = asyncio.get_running_loop().call_later(self.SWEEP_EVERY, self._sweep)
 
     async def close(self, grace: float) -> None:
-        """Stop listening, send GOAWAY, let calls in flight finish within ``grace``, close."""
+        """Stop listening and send GOAWAY; calls already started (being received, handled or
+        answered) have ``grace`` seconds to finish; then close everything."""
+        self.closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         if self._listener is not None:
             self._listener.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
         for connection in list(self.connections):
             connection.goaway()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
+        while loop.time() < deadline and any(c.busy for c in self.connections):
+            await asyncio.sleep(0.02)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for task in list(self._tasks):
             task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=1.0)
         for connection in list(self.connections):
             connection.close()
         if self._listener is not None:
