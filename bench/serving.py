@@ -1,4 +1,4 @@
-"""Run a gRPC servable and an aiohttp app on loopback ports until SIGTERM (the bench's processes)."""
+"""Run the bench's servers on loopback ports until SIGTERM: a grpclib servable and an aiohttp app."""
 
 from __future__ import annotations
 
@@ -22,12 +22,17 @@ async def serve_until_terminated(servable: Any, app: web.Application, *, max_fra
     grpc_port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     print(f"grpc={grpc_port} http={http_port}", flush=True)
+    try:
+        await terminated()
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
+async def terminated() -> None:
+    """Return on SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        server.close()
-        await runner.cleanup()
+    await stop.wait()

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from typing import Any
 
 from aiohttp import web
 from grpclib.const import Cardinality, Handler
 
 from bench import grpclib_server as grpcwire
-from bench.serving import serve_until_terminated
+from bench.serving import serve_until_terminated, terminated
 from sidecar.signals import Signal
 from sidecar.wire.http1 import Http1Server, Request, Response
 from sidecar.wire.http1 import Limits as HttpLimits
@@ -44,12 +43,8 @@ async def serve_ours() -> None:
     _, grpc_port = await grpc.start("127.0.0.1", 0)
     _, http_port = await http.start("127.0.0.1", 0)
     print(f"grpc={grpc_port} http={http_port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
     try:
-        await stop.wait()
+        await terminated()
     finally:
         await grpc.close(1.0)
         await http.close(1.0)
