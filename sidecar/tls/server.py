@@ -212,7 +212,7 @@ class ServerTLS(ReloadingTLS):
         return cached
 
     def authorize_transport(self, transport: Any) -> Peer:
-        """:meth:`authorize` for an asyncio transport (aiohttp ``request.transport``)."""
+        """:meth:`authorize` for the asyncio transport of a connection (both receivers use it)."""
         address = format_address(transport.get_extra_info("peername")) if transport else ""
         ssl_object = transport.get_extra_info("ssl_object") if transport else None
         return self.authorize(ssl_object, address)
