@@ -35,7 +35,7 @@ def test_rewrite_benchmark_compares_against_the_naive_baseline() -> None:
     proc = run("bench.rewrite", "--seconds", "0.2", "--spans", "64")
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split() for line in proc.stdout.splitlines()]
-    measured = {(row[0], row[1]) for row in rows if len(row) == 4 and row[1] in ("cython", "twin", "naive")}
+    measured = {(row[0], row[1]) for row in rows if len(row) == 5 and row[1] in ("cython", "twin", "naive")}
     assert measured >= {(plan, name) for plan in ("default", "shipped") for name in ("twin", "naive")}
 
 
