@@ -63,14 +63,14 @@ class GrpcReceiver:
             routes, limits, authorize=self._authorize, budget=budget, on_refusal=self._refused_by_server
         )
 
-    def _authorize(self, path: str, transport: Any) -> GrpcError | None:
-        """Refuse a TLS client outside the allowlist as soon as its call's headers arrive."""
+    def _authorize(self, path: str, transport: Any) -> Peer:
+        """The peer of a call, as soon as its headers arrive (it reaches the handler as the
+        call's context); a TLS client outside the allowlist is refused there, before its message."""
         try:
-            self._peer(transport)
+            return self._peer(transport)
         except PeerRefused as exc:
             self._refused_by_server(path, exc.reason)
-            return GrpcError(Status[exc.grpc_status].value, exc.message)
-        return None
+            raise GrpcError(Status[exc.grpc_status].value, exc.message) from None
 
     def _refused_by_server(self, path: str, reason: str) -> None:
         signal = self._signals.get(path)
@@ -91,11 +91,7 @@ class GrpcReceiver:
 
     async def _handle(self, signal: Signal, call: UnaryCall) -> bytes:
         labels = (signal.value, TRANSPORT)
-        try:
-            peer = self._peer(call.transport)  # authorized when the headers came: a cached verdict
-        except PeerRefused as exc:
-            self._metrics.refused_requests.labels(*labels, exc.reason).inc()
-            raise GrpcError(Status[exc.grpc_status].value, exc.message) from None
+        peer: Peer = call.context  # resolved by _authorize when the call's headers came
         try:
             data = self._message(call)
         except GrpcError as exc:

@@ -584,8 +584,8 @@ async def test_the_receive_budget_refuses_what_does_not_fit_and_is_returned() ->
 async def test_authorization_refuses_a_call_before_its_message_is_read() -> None:
     echo = Echo()
 
-    def authorize(path: str, transport: Any) -> GrpcError | None:
-        return GrpcError(7, "not on the allowlist")  # PERMISSION_DENIED
+    def authorize(path: str, transport: Any) -> None:
+        raise GrpcError(7, "not on the allowlist")  # PERMISSION_DENIED
 
     server = GrpcServer({PATH: echo.call}, authorize=authorize)
     _, port = await server.start("127.0.0.1", 0)

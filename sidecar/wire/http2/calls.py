@@ -6,6 +6,7 @@ import asyncio
 import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 # gRPC status codes used here (the full set is in the gRPC docs: status codes)
 INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED = 3, 4, 8
@@ -26,20 +27,24 @@ class GrpcError(Exception):
 
 @dataclass(slots=True)
 class UnaryCall:
-    """One received call: its path, headers (lower-case names, read-only), message and connection."""
+    """One received call: its path, headers (lower-case names, read-only), message, connection,
+    and what the server's authorizer returned for it (``context``)."""
 
     path: str
     headers: Mapping[str, str]
     message: bytes
     compressed: bool
     transport: asyncio.BaseTransport
+    context: Any = None
 
 
 Handler = Callable[[UnaryCall], Awaitable[bytes]]
 #: told of calls the server refuses before a handler runs: (path, reason)
 RefusalListener = Callable[[str, str], None]
-#: may refuse a call from its path and connection before its message is read
-Authorizer = Callable[[str, "asyncio.BaseTransport | None"], "GrpcError | None"]
+#: may refuse a call from its path and connection before its message is read;
+#: returns what the call's handler gets as ``UnaryCall.context`` (e.g. the peer), or raises
+#: GrpcError to refuse the call
+Authorizer = Callable[[str, "asyncio.BaseTransport | None"], Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,7 +90,7 @@ class Stream:
     """One request: its headers, the message as it arrives, and the answer waiting for window."""
 
     __slots__ = (
-        "body", "compressed", "consumed", "headers", "id", "length", "path",
+        "body", "compressed", "consumed", "context", "headers", "id", "length", "path",
         "pending", "reserved", "reset", "send_window", "state", "touched",
     )
 
@@ -106,6 +106,7 @@ class Stream:
         self.send_window = send_window
         self.pending = b""  # the answer's DATA still waiting for send window (trailers follow it)
         self.reserved = 0  # bytes of the server's receive budget held for this call
+        self.context: object = None  # what the server's authorizer returned for this call
         self.reset = False
         self.touched = tick  # the server's sweep tick of the last progress
 
@@ -450,8 +451,9 @@ class Connection(asyncio.BufferedProtocol):
         except (hpack.HPACKError, UnicodeDecodeError, IndexError, ValueError) as exc:
             raise ConnectionFailure(COMPRESSION_ERROR, f"HPACK: {type(exc).__name__}") from None
         result = request_fields(fields)
-        decoded_size = sum(len(name) + len(value) for name, value in fields)
-        self._header_cache.put(block, result, HeaderCache.only_indexed(block), decoded_size)
+        indexed = HeaderCache.only_indexed(block)
+        decoded_size = sum(len(name) + len(value) for name, value in fields) if indexed else 0
+        self._header_cache.put(block, result, indexed, decoded_size)
         return result
 
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
@@ -491,10 +493,12 @@ class Connection(asyncio.BufferedProtocol):
             self._answer_http(stream, "415")
         elif self._server.routes.get(path) is None:
             self._refuse(stream, UNIMPLEMENTED, f"unknown method {path}", "unimplemented")
-        elif (refusal := self._server.authorize(path, self._transport)) is not None:
-            self._answer_error(stream, refusal.status, refusal.message, early=True)  # before the body
-        elif flags & END_STREAM:
-            self._take_message_bytes(stream, memoryview(b""), END_STREAM)
+        else:
+            stream.context, refusal = self._server.authorize(path, self._transport)
+            if refusal is not None:
+                self._answer_error(stream, refusal.status, refusal.message, early=True)  # before the body
+            elif flags & END_STREAM:
+                self._take_message_bytes(stream, memoryview(b""), END_STREAM)
 
     def _on_settings(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id != 0:
@@ -583,7 +587,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def _dispatch(self, stream: Stream, message: bytes) -> None:
         stream.body = None
-        call = UnaryCall(stream.path, stream.headers, message, stream.compressed, self._transport)  # type: ignore[arg-type]
+        call = UnaryCall(
+            stream.path, stream.headers, message, stream.compressed, self._transport, stream.context  # type: ignore[arg-type]
+        )
         self._server.run(self, stream, call)
 
     def answer(self, stream: Stream, reply: bytes | None, error: GrpcError | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from sidecar.tls.acceptor import tls_protocol_factory
 from sidecar.tls.server import ServerTLS
@@ -27,7 +28,8 @@ class GrpcServer:
     """Serves unary gRPC ``routes`` ({path: handler}) over HTTP/2, plaintext or TLS.
 
     ``authorize(path, transport)`` may refuse a call from its connection as soon as its headers
-    arrive (a GrpcError), before its message is read; ``budget`` bounds the request bytes held
+    arrive (by raising GrpcError), before its message is read; what it returns reaches the
+    handler as ``UnaryCall.context``; ``budget`` bounds the request bytes held
     at once (shared with other listeners); ``on_refusal(path, reason)`` hears of the calls the
     server refuses itself.
     """
@@ -69,14 +71,17 @@ class GrpcServer:
         self._sweeper = loop.call_later(self.SWEEP_EVERY, self._sweep)
         return self._listener.sockets[0].getsockname()[:2]  # type: ignore[no-any-return]
 
-    def authorize(self, path: str, transport: asyncio.BaseTransport | None) -> GrpcError | None:
+    def authorize(self, path: str, transport: asyncio.BaseTransport | None) -> tuple[Any, GrpcError | None]:
+        """(the call's context, None), or (None, why the call is refused)."""
         if self._authorize is None:
-            return None
+            return None, None
         try:
-            return self._authorize(path, transport)
+            return self._authorize(path, transport), None
+        except GrpcError as exc:
+            return None, exc
         except Exception:
             log.exception("authorizing a call to %s failed", path)
-            return GrpcError(INTERNAL, "internal error")
+            return None, GrpcError(INTERNAL, "internal error")
 
     def refused(self, path: str, reason: str) -> None:
         if self._on_refusal is not None:
