@@ -769,43 +769,85 @@ cdef int validate_fields(St* st, int t, Py_ssize_t start, Py_ssize_t end) noexce
     cdef Py_ssize_t pos = start
     cdef Py_ssize_t tag_pos
     cdef Field f
-    cdef int code, sub
     cdef int* fmap = FMAP[t]
     while pos < end:
         tag_pos = pos
         if next_field(st, pos, end, t, &f) < 0:
             return -1
         pos = f.ve
-        code = fmap[f.fn] if f.fn < MAXF else 0
-        if code == 0:
-            continue
-        if f.wt != 2:
-            return fail(st, E_WRONG_WT, t, f.fn, f.wt, tag_pos)
-        if code == F_KV:
-            if validate_kv(st, f.vs, f.ve) < 0:
-                return -1
-            continue
-        elif code >= F_SUB:
-            sub = code - F_SUB
-            if IS_ITEM[sub]:
-                st.items_in += 1
-        else:
-            continue
-        if f.ve > f.vs and validate(st, sub, f.vs, f.ve) < 0:
+        if check_field(st, t, fmap[f.fn] if f.fn < MAXF else 0, &f, tag_pos) < 0:
             return -1
     return 0
 
 
-cdef int validate_kv(St* st, Py_ssize_t start, Py_ssize_t end) noexcept:
-    """validate(KV, ...) without a call per level for the common scalar values."""
+cdef inline int check_field(St* st, int t, int code, Field* f, Py_ssize_t tag_pos) noexcept:
+    """validate()'s checks of one field of a message of type t, whose code in FMAP[t] is code."""
+    cdef Py_ssize_t ks, ke
+    cdef int sub
+    if code == 0:
+        return 0
+    if f.wt != 2:
+        return fail(st, E_WRONG_WT, t, f.fn, f.wt, tag_pos)
+    if code == F_KV:
+        return validate_kv(st, f.vs, f.ve, &ks, &ke)
+    if code >= F_SUB:
+        sub = code - F_SUB
+        if IS_ITEM[sub]:
+            st.items_in += 1
+        if f.ve > f.vs:
+            return validate(st, sub, f.vs, f.ve)
+    return 0
+
+
+cdef inline bint scalar_value(const unsigned char* d, Py_ssize_t vs, Py_ssize_t ve) noexcept:
+    """Whether the AnyValue in d[vs:ve] is well formed and one short string, an int, a double or
+    a bool, or empty (validate_kv's checks pass; anything else is left to them)."""
+    cdef unsigned char tag
+    cdef Py_ssize_t n, i
+    if vs == ve:
+        return True
+    tag = d[vs]
+    n = ve - vs - 1
+    if tag == 0x0A:  # string_value
+        return n >= 1 and d[vs + 1] == n - 1
+    if tag == 0x21:  # double_value
+        return n == 8
+    if tag == 0x18 or tag == 0x10:  # int_value, bool_value: one varint of at most 10 bytes
+        if n < 1 or n > 10 or d[ve - 1] >= 0x80:
+            return False
+        for i in range(vs + 1, ve - 1):
+            if d[i] < 0x80:
+                return False
+        return True
+    return False
+
+
+cdef int validate_kv(St* st, Py_ssize_t start, Py_ssize_t end, Py_ssize_t* ks,
+                     Py_ssize_t* ke) noexcept:
+    """validate(KV, ...) without a call per level for the common scalar values; finds the key
+    on the way (as kv_key)."""
     cdef Py_ssize_t pos = start, p, tag_pos, vtag
     cdef Field f, g
+    cdef const unsigned char* d = st.data
+    # fast path: a short key, then one short value holding one string, int, double or bool
+    if end - start >= 4 and d[start] == 0x0A and d[start + 1] < 0x80:
+        p = start + 2 + d[start + 1]
+        if p + 2 <= end and d[p] == 0x12 and d[p + 1] < 0x80 and p + 2 + d[p + 1] == end:
+            ks[0] = start + 2
+            ke[0] = p
+            if scalar_value(d, p + 2, end):
+                return 0
+    ks[0] = start
+    ke[0] = start
     while pos < end:
         tag_pos = pos
         if next_field(st, pos, end, KV, &f) < 0:
             return -1
         pos = f.ve
         if f.fn != 2:
+            if f.fn == 1 and f.wt == 2:
+                ks[0] = f.vs
+                ke[0] = f.ve
             continue
         if f.wt != 2:
             return fail(st, E_WRONG_WT, KV, f.fn, f.wt, tag_pos)
@@ -1605,15 +1647,50 @@ cdef Py_ssize_t span(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve) n
     cdef int slot, new_ts = 0, r
     cdef Py_ssize_t* na
     cdef Py_ssize_t ks, ke
-    cdef Keep* kp
     cdef Py_ssize_t d
+    cdef int* fmap = FMAP[SPAN]
+    cdef unsigned char c
+    # this first pass also makes validate()'s checks, field by field, until one fails (then
+    # checked = 0 and its error is cleared): a dropped span that passed them all needs no
+    # second walk. The errors reported stay the twin's: a span that failed them is walked
+    # again, and the keys of its attributes are read where the twin reads them.
+    cdef bint checked = 1
     st.items_in += 1
     st.nattrs = 0
     while pos < ve:
         ftag = pos
+        c = buf[pos]
+        if (c == 0x39 or c == 0x41) and ve - pos >= 9:
+            pos += 9  # start or end time (fixed64): nothing to check or note
+            continue
         if next_field(st, pos, ve, SPAN, &f) < 0:
             return 0
         pos = f.ve
+        if f.fn == 9 and f.wt == 2 and plan.keep_attrs:
+            # remember every attribute for the keep rules: (start, end, key start, key end)
+            ks = -1
+            ke = -1
+            if checked and validate_kv(st, f.vs, f.ve, &ks, &ke) < 0:
+                st.err = E_NONE
+                checked = 0
+                ks = -1
+            if st.nattrs + 4 > st.capattrs:
+                na = <Py_ssize_t*>PyMem_Realloc(
+                    st.attrs, sizeof(Py_ssize_t) * (st.capattrs * 2 + 32))
+                if na == NULL:
+                    fail(st, E_MEMORY, 0, 0, 0, 0)
+                    return 0
+                st.attrs = na
+                st.capattrs = st.capattrs * 2 + 32
+            st.attrs[st.nattrs] = f.vs
+            st.attrs[st.nattrs + 1] = f.ve
+            st.attrs[st.nattrs + 2] = ks
+            st.attrs[st.nattrs + 3] = ke
+            st.nattrs += 4
+            continue
+        if checked and check_field(st, SPAN, fmap[f.fn] if f.fn < MAXF else 0, &f, ftag) < 0:
+            st.err = E_NONE
+            checked = 0
         if f.wt != 2:
             continue
         if f.fn == 1:
@@ -1631,27 +1708,6 @@ cdef Py_ssize_t span(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve) n
                 if g.fn == 3 and g.wt == 0:
                     status_code = g.v
                 p = g.ve
-        elif f.fn == 9 and plan.keep_attrs:
-            # remember the attributes whose key a keep rule names: (rule, start, end)
-            if kv_key(st, f.vs, f.ve, &ks, &ke) < 0:
-                return 0
-            for r in range(plan.nkeeps):
-                kp = &plan.keeps[r]
-                if kp.kind == KEEP_STATUS_ERROR or kp.klen != ke - ks or \
-                        memcmp(buf + ks, kp.key, kp.klen) != 0:
-                    continue
-                if st.nattrs + 3 > st.capattrs:
-                    na = <Py_ssize_t*>PyMem_Realloc(
-                        st.attrs, sizeof(Py_ssize_t) * (st.capattrs * 2 + 24))
-                    if na == NULL:
-                        fail(st, E_MEMORY, 0, 0, 0, 0)
-                        return 0
-                    st.attrs = na
-                    st.capattrs = st.capattrs * 2 + 24
-                st.attrs[st.nattrs] = r
-                st.attrs[st.nattrs + 1] = f.vs
-                st.attrs[st.nattrs + 2] = f.ve
-                st.nattrs += 3
     parse_ts(buf + ts_s, ts_e - ts_s, &ts)
     if ts.rv >= 0:
         randomness = <uint64_t>ts.rv
@@ -1674,9 +1730,10 @@ cdef Py_ssize_t span(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve) n
         if slot < 0:
             st.counts[plan.sample_slot] += 1
             st.sampled_out += 1
-            walk(st, SPAN, vs, ve, 0)
-            if st.err:
-                return 0
+            if not checked:
+                walk(st, SPAN, vs, ve, 0)
+                if st.err:
+                    return 0
             add_edit(st, tag_pos, ve, st.arena.n, -1)
             return -(ve - tag_pos)
         st.counts[slot] += 1
@@ -1721,6 +1778,8 @@ cdef Py_ssize_t span_walk(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t 
 
 
 cdef int keep_rule(St* st, uint64_t status_code) noexcept:
+    """The count slot of the first keep rule the span meets (its attributes in st.attrs), or -1
+    (-1 with st.err set on error: the twin's errors, in its order)."""
     cdef CPlan* plan = st.plan
     cdef Keep* k
     cdef int i, kind, found
@@ -1734,10 +1793,14 @@ cdef int keep_rule(St* st, uint64_t status_code) noexcept:
             continue
         j = 0
         while j < st.nattrs:
-            s = st.attrs[j + 1]
-            e = st.attrs[j + 2]
-            j += 3
-            if st.attrs[j - 3] != i:
+            s = st.attrs[j]
+            e = st.attrs[j + 1]
+            ks = st.attrs[j + 2]
+            ke = st.attrs[j + 3]
+            j += 4
+            if ks < 0 and kv_key(st, s, e, &ks, &ke) < 0:
+                return -1
+            if ke - ks != k.klen or memcmp(st.data + ks, k.key, k.klen) != 0:
                 continue
             found = last_value(st, s, e, &tp, &vs_, &ve_, 0, &dummy)
             if found < 0:

@@ -8,12 +8,14 @@ import importlib
 import random
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from sidecar.rewrite import MalformedRequest
 from sidecar.rewrite.plan import AttributeRule, KeepRule, Plan, ResourceStamp, Sampling
 from sidecar.rewrite.plan import ValueDetector as Det
 from sidecar.signals import Signal
 
+from .builders import kv as attr
 from .builders import request_with
 from .conftest import load_c
 
@@ -195,3 +197,62 @@ def test_quick_split_checks_the_whole_resource(impl):
     for validate in (True, False):
         with pytest.raises(MalformedRequest, match="wrong wire type 0 for field 1 in Resource"):
             impl.split_resources(Signal.TRACES, wrong_type, validate=validate)
+
+
+SAMPLE_OUT = Plan(detectors=(Det("p", "pan", "mask_pan"),),
+                  sampling=Sampling("s", 0.0, (KeepRule("e", "status_error"),
+                                               KeepRule("k", "attr_at_least", "amount", 100))))
+HALF = Plan(attribute_rules=(AttributeRule("d", "*cvv*", "drop"),),
+            sampling=Sampling("s", 0.5, (KeepRule("k", "attr_equals", "note", "x"),)))
+
+
+def _sampled_spans() -> bytes:
+    """Spans a sampling plan drops and keeps (by the threshold, a status, an attribute),
+    with attributes of every kind, an event and a link."""
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.append(attr("service.name", "checkout"))
+    spans = rs.scope_spans.add().spans
+    for i in range(6):
+        sp = spans.add(trace_id=bytes([i * 40]) * 16, span_id=bytes([i + 1]) * 8, name=f"op{i}",
+                       kind=2, start_time_unix_nano=1_700_000_000_000_000_000 + i,
+                       end_time_unix_nano=1_700_000_000_050_000_000)
+        sp.attributes.extend([attr("note", "x" if i == 1 else "card 4111 1111 1111 1111"),
+                              attr("amount", 150 if i == 2 else 7), attr("ok", True),
+                              attr("ratio", 0.5), attr("tags", ["a", 1]), attr("m", {"k": "v"})])
+        if i == 3:
+            sp.status.code = 2
+        sp.events.add(time_unix_nano=5, name="ev").attributes.append(attr("cvv", "123"))
+        sp.links.add(trace_id=bytes(16), span_id=bytes(8)).attributes.append(attr("l", 1))
+    return req.SerializeToString()
+
+
+def _pipeline_outcome(mod, data: bytes, plan: Plan):
+    """The pipeline's way, with the error's text: the quick split, then rewrite."""
+    try:
+        infos = mod.split_resources(Signal.TRACES, data, validate=False)
+        result = mod.rewrite(Signal.TRACES, data, [plan] * len(infos))
+    except MalformedRequest as exc:
+        return ("malformed", str(exc))
+    return ("ok", infos, result)
+
+
+@pytest.mark.parametrize("plan", [SAMPLE_OUT, HALF], ids=["sample_out", "half"])
+def test_sampled_spans_malformed_the_pipeline_way_c_matches_the_twin(plan):
+    """The Cython rewriter checks a span it drops in its first pass (no second walk): what it
+    refuses, and the error it names, must stay the twin's."""
+    c = load_c()
+    if c is None:
+        pytest.skip("sidecar._ext.rewrite is not built")
+    data = _sampled_spans()
+    kinds = set()
+    outcome = _pipeline_outcome(c, data, plan)
+    assert outcome == _pipeline_outcome(PY, data, plan)
+    assert 0 < outcome[2].sampled_out < outcome[2].items_in  # some spans kept, some dropped
+    for pos in range(len(data)):
+        for mutated in (data[:pos], *(data[:pos] + bytes([v]) + data[pos + 1:]
+                                      for v in (0x00, 0x07, 0x7F, 0x80, 0xFF, data[pos] ^ 0x08))):
+            outcome = _pipeline_outcome(c, mutated, plan)
+            assert outcome == _pipeline_outcome(PY, mutated, plan), pos
+            kinds.add(outcome[1].split(" at ")[0] if outcome[0] == "malformed" else "ok")
+    assert "ok" in kinds and len(kinds) > 10
