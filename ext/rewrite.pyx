@@ -322,7 +322,6 @@ cdef struct Buf:
 cdef struct St:
     const unsigned char* data
     Py_ssize_t size
-    unsigned char* work
     Edit* edits
     Py_ssize_t nedits
     Py_ssize_t capedits
@@ -459,6 +458,11 @@ cdef int add_edit(St* st, Py_ssize_t start, Py_ssize_t end, Py_ssize_t mark,
     if st.dry:
         st.arena.n = mark
         return 0
+    if st.nedits and (at < 0 or at >= st.nedits) and st.arena.n == mark:
+        e = &st.edits[st.nedits - 1]
+        if e.rlen == 0 and e.end == start:  # a deletion right after a deletion (dropped spans)
+            e.end = end
+            return 0
     if st.nedits == st.capedits:
         cap = st.capedits * 2 if st.capedits else 64
         e = <Edit*>PyMem_Realloc(st.edits, sizeof(Edit) * cap)
@@ -476,15 +480,6 @@ cdef int add_edit(St* st, Py_ssize_t start, Py_ssize_t end, Py_ssize_t mark,
     e.end = end
     e.roff = mark
     e.rlen = st.arena.n - mark
-    return 0
-
-
-cdef inline int writable(St* st) noexcept:
-    if st.work == NULL:
-        st.work = <unsigned char*>PyMem_Malloc(st.size + 1)
-        if st.work == NULL:
-            return fail(st, E_MEMORY, 0, 0, 0, 0)
-        memcpy(st.work, st.data, st.size)
     return 0
 
 
@@ -737,6 +732,22 @@ cdef inline void mask_digits(unsigned char* b, Py_ssize_t i, Py_ssize_t j) noexc
         k -= 1
 
 
+cdef int mask_edit(St* st, Py_ssize_t vs, Py_ssize_t ve, int n) noexcept:
+    """Replace data[vs:ve] by a copy whose n card numbers (st.pans, offsets from vs) are masked;
+    n < 0: every digit but the last four of it."""
+    cdef Py_ssize_t mark = st.arena.n
+    cdef int k
+    if st.dry:
+        return 0
+    if buf_put(st, &st.arena, st.data + vs, ve - vs) < 0:
+        return -1
+    if n < 0:
+        mask_digits(st.arena.p + mark, 0, ve - vs)
+    for k in range(n):
+        mask_digits(st.arena.p + mark, st.pans[k].i, st.pans[k].j)
+    return add_edit(st, vs, ve, mark, -1)
+
+
 cdef int put_hmac(St* st, Buf* b, const unsigned char* material, Py_ssize_t n) noexcept:
     """Append ``hmac-sha256:<hex>`` of material under the plan's key (Python's hmac: rare)."""
     cdef bytes out
@@ -822,21 +833,27 @@ cdef inline bint scalar_value(const unsigned char* d, Py_ssize_t vs, Py_ssize_t 
     return False
 
 
-cdef int validate_kv(St* st, Py_ssize_t start, Py_ssize_t end, Py_ssize_t* ks,
-                     Py_ssize_t* ke) noexcept:
+cdef inline int validate_kv(St* st, Py_ssize_t start, Py_ssize_t end, Py_ssize_t* ks,
+                            Py_ssize_t* ke) noexcept:
     """validate(KV, ...) without a call per level for the common scalar values; finds the key
     on the way (as kv_key)."""
-    cdef Py_ssize_t pos = start, p, tag_pos, vtag
-    cdef Field f, g
     cdef const unsigned char* d = st.data
+    cdef Py_ssize_t p
     # fast path: a short key, then one short value holding one string, int, double or bool
     if end - start >= 4 and d[start] == 0x0A and d[start + 1] < 0x80:
         p = start + 2 + d[start + 1]
-        if p + 2 <= end and d[p] == 0x12 and d[p + 1] < 0x80 and p + 2 + d[p + 1] == end:
+        if p + 2 <= end and d[p] == 0x12 and d[p + 1] < 0x80 and p + 2 + d[p + 1] == end \
+                and scalar_value(d, p + 2, end):
             ks[0] = start + 2
             ke[0] = p
-            if scalar_value(d, p + 2, end):
-                return 0
+            return 0
+    return validate_kv_fields(st, start, end, ks, ke)
+
+
+cdef int validate_kv_fields(St* st, Py_ssize_t start, Py_ssize_t end, Py_ssize_t* ks,
+                            Py_ssize_t* ke) noexcept:
+    cdef Py_ssize_t pos = start, p, tag_pos, vtag
+    cdef Field f, g
     ks[0] = start
     ke[0] = start
     while pos < end:
@@ -994,11 +1011,7 @@ cdef Py_ssize_t scan_string(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_
         return 0
     st.counts[plan.det_slot] += n
     if plan.det_action == ACT_MASK:
-        if not st.dry:
-            if writable(st) < 0:
-                return 0
-            for k in range(n):
-                mask_digits(st.work, vs + st.pans[k].i, vs + st.pans[k].j)
+        mask_edit(st, vs, ve, n)
         return 0
     st.scratch.n = 0
     if plan.det_action == ACT_REDACT:
@@ -1202,11 +1215,8 @@ cdef int kv_scalar(St* st, Py_ssize_t vs, Py_ssize_t ve, int scan) noexcept:
             return -1
         if n:
             st.counts[st.plan.det_slot] += n
-            if not st.dry:
-                if writable(st) < 0:
-                    return -1
-                for k in range(n):
-                    mask_digits(st.work, ss[m] + st.pans[k].i, ss[m] + st.pans[k].j)
+            if mask_edit(st, ss[m], se[m], n) < 0:
+                return -1
     return 1
 
 
@@ -1350,16 +1360,13 @@ cdef Py_ssize_t replace_value(St* st, Py_ssize_t vs, Py_ssize_t ve, int action) 
                 return 0
     else:
         if kind == 1:
-            if not st.dry:
-                if writable(st) < 0:
+            pos = s
+            while pos < e:
+                if next_field(st, pos, e, ANY, &f) < 0:
                     return 0
-                pos = s
-                while pos < e:
-                    if next_field(st, pos, e, ANY, &f) < 0:
-                        return 0
-                    if f.fn == 1 and f.wt == 2:
-                        mask_digits(st.work, f.vs, f.ve)
-                    pos = f.ve
+                if f.fn == 1 and f.wt == 2 and mask_edit(st, f.vs, f.ve, -1) < 0:
+                    return 0
+                pos = f.ve
             return delta
         if kind == 0 or kind == 2:
             return delta
@@ -1898,7 +1905,6 @@ cdef int refusal(St* st, int t, Py_ssize_t s, Py_ssize_t e) noexcept:
 cdef void st_init(St* st, bytes data) noexcept:
     st.data = <const unsigned char*>PyBytes_AS_STRING(data)
     st.size = PyBytes_GET_SIZE(data)
-    st.work = NULL
     st.edits = NULL
     st.nedits = 0
     st.capedits = 0
@@ -1929,7 +1935,6 @@ cdef void st_init(St* st, bytes data) noexcept:
 
 
 cdef void st_free(St* st) noexcept:
-    PyMem_Free(st.work)
     PyMem_Free(st.edits)
     PyMem_Free(st.arena.p)
     PyMem_Free(st.scratch.p)
@@ -2132,16 +2137,12 @@ def rewrite(signal, data, plans):
 
 cdef bytes _splice(St* st, bytes b):
     cdef const unsigned char* src = st.data
-    if st.work != NULL:
-        src = st.work
     cdef Py_ssize_t out_len = st.size, i, pos = 0, n
     cdef Edit* e
     cdef bytes out
     cdef unsigned char* o
     if st.nedits == 0:
-        if st.work == NULL:
-            return b
-        return PyBytes_FromStringAndSize(<const char*>st.work, st.size)
+        return b
     for i in range(st.nedits):
         out_len += st.edits[i].rlen - (st.edits[i].end - st.edits[i].start)
     out = PyBytes_FromStringAndSize(NULL, out_len)
