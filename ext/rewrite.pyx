@@ -1993,9 +1993,9 @@ cdef bytes _resource_bytes(St* st, int t, Py_ssize_t s, Py_ssize_t e):
     return b"".join(parts)
 
 
-cdef int count_quickly(St* st, int t, Py_ssize_t start, Py_ssize_t end) noexcept:
+cdef int count_quickly(St* st, int t, Py_ssize_t start, Py_ssize_t end, bint descend) noexcept:
     """Count the items in data[start:end], checking the framing of the messages that hold them
-    and all of the Resource."""
+    and all of the Resource; descend=0: only this message's framing and the Resource."""
     cdef Py_ssize_t pos = start
     cdef Py_ssize_t tag_pos
     cdef Field f
@@ -2017,7 +2017,7 @@ cdef int count_quickly(St* st, int t, Py_ssize_t start, Py_ssize_t end) noexcept
         if IS_ITEM[sub]:
             st.items_in += 1
         elif HOLDS[sub]:
-            if count_quickly(st, sub, f.vs, f.ve) < 0:
+            if descend and count_quickly(st, sub, f.vs, f.ve, 1) < 0:
                 return -1
         elif sub == RESOURCE:
             # checked whole: the policy engine decodes its attributes before rewrite() runs
@@ -2026,12 +2026,13 @@ cdef int count_quickly(St* st, int t, Py_ssize_t start, Py_ssize_t end) noexcept
     return 0
 
 
-def split_resources(signal, data, bint validate=True):
+def split_resources(signal, data, bint validate=True, bint count=True):
     """One ResourceInfo per top-level resource, in order.
 
     ``validate=False`` checks only the framing down to the items (enough to count them), not
     the items' insides: for a caller that hands the request to rewrite() next, which checks
-    every byte.
+    every byte. ``count=False`` (with ``validate=False``) does not go down to the items either:
+    it checks the framing of the resources and all of each Resource, and every ``items`` is 0.
     """
     cdef bytes b = _as_bytes(data)
     cdef St st
@@ -2045,7 +2046,7 @@ def split_resources(signal, data, bint validate=True):
             if validate:
                 walk(&st, t, s, e, 0)
             else:
-                count_quickly(&st, t, s, e)
+                count_quickly(&st, t, s, e, count)
             if st.err:
                 raise _error(&st)
             key = _resource_bytes(&st, t, s, e)

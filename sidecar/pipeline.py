@@ -141,12 +141,11 @@ class Pipeline:
         """Apply the policies to one request and queue what remains; raise Refused otherwise."""
         labels = (signal.value, transport)
         try:
-            # the quick split checks framing down to the items; rewrite() checks every byte
-            resources = split_resources(signal, data, validate=False)
+            # the quickest split: the resources, not their items; rewrite() checks every byte
+            resources = split_resources(signal, data, validate=False, count=False)
         except MalformedRequest as exc:
             self._metrics.refused_requests.labels(*labels, "malformed").inc()
             raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
-        items_in = sum(r.items for r in resources)
         counters = self._counters.get(labels)
         if counters is None:
             counters = self._counters[labels] = (
@@ -155,15 +154,21 @@ class Pipeline:
                 self._metrics.sampled_out_items.labels(signal.value),
             )
         # Refusals that spare the rewrite come first (the request is then not known to be valid
-        # inside its items: a malformed one gets its 400 once it is let through).
-        if self._queue.full:
-            # the export is behind: refuse before spending the rewrite on a request that cannot fit
-            self._refuse_items(counters[0], labels, "queue_full", items_in)
-            raise Unavailable(self._queue.full_message(), items_in, retry_after=self._retry_after)
-        wait = self._rate_limited(items_in)
-        if wait is not None:
-            self._refuse_items(counters[0], labels, RateLimited.reason, items_in)
-            raise RateLimited(f"over the tenant's rate limit; retry in {wait:.1f} s", items_in, retry_after=wait)
+        # inside its items: a malformed one gets its 400 once it is let through). They need the
+        # items counted first; the rewrite counts them otherwise.
+        limit = self._planner.rate_limit()
+        if self._queue.full or limit is not None:
+            items_in = self._count(signal, data, labels)
+            if self._queue.full:
+                # the export is behind: refuse before spending the rewrite on a request that cannot fit
+                self._refuse_items(counters[0], labels, "queue_full", items_in)
+                raise Unavailable(self._queue.full_message(), items_in, retry_after=self._retry_after)
+            wait = self._rate_limited(limit, items_in)
+            if wait is not None:
+                self._refuse_items(counters[0], labels, RateLimited.reason, items_in)
+                raise RateLimited(f"over the tenant's rate limit; retry in {wait:.1f} s", items_in, retry_after=wait)
+        else:
+            self._bucket = None
         try:
             plans = await self._planner.plans_for(signal, resources, peer, transport)
             result = rewrite(signal, data, plans)
@@ -172,8 +177,10 @@ class Pipeline:
             self._metrics.refused_requests.labels(*labels, "malformed").inc()
             raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
         except PolicyUnavailable as exc:
+            items_in = self._count(signal, data, labels)
             self._refuse_items(counters[0], labels, "policy_unavailable", items_in)
             raise Unavailable(f"policy engine cannot decide: {exc}", items_in, retry_after=self._retry_after) from None
+        items_in = result.items_in
         counters[0].inc(items_in)
         self._planner.record_counts(signal, result.counts)
         if result.sampled_out:
@@ -200,12 +207,16 @@ class Pipeline:
         received.inc(items)
         self._metrics.refused_items.labels(*labels, reason).inc(items)
 
-    def _rate_limited(self, items: int) -> float | None:
+    def _count(self, signal: Signal, data: bytes, labels: tuple[str, str]) -> int:
+        """The items of a request not rewritten (yet): the quick split, counting."""
+        try:
+            return sum(r.items for r in split_resources(signal, data, validate=False))
+        except MalformedRequest as exc:
+            self._metrics.refused_requests.labels(*labels, "malformed").inc()
+            raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
+
+    def _rate_limited(self, limit: Any, items: int) -> float | None:
         """Seconds to wait when over the tenant's limit (from the policy's pod settings)."""
-        limit = self._planner.rate_limit()
-        if limit is None:
-            self._bucket = None
-            return None
         bucket = self._bucket
         if bucket is None or (bucket.per_second, bucket.burst) != (limit.per_second, max(limit.burst, 1.0)):
             bucket = self._bucket = TokenBucket(limit.per_second, limit.burst)

@@ -747,12 +747,14 @@ def _resource_bytes(data: bytes, signal: Signal, s: int, e: int) -> bytes:
     return b"".join(parts)
 
 
-def split_resources(signal: Signal, data, validate: bool = True) -> list[ResourceInfo]:
+def split_resources(signal: Signal, data, validate: bool = True, count: bool = True) -> list[ResourceInfo]:
     """One :class:`ResourceInfo` per top-level resource, in order.
 
     ``validate=False`` checks only the framing down to the items (enough to count them), not
     the items' insides: for a caller that hands the request to :func:`rewrite` next, which
-    checks every byte.
+    checks every byte. ``count=False`` (with ``validate=False``) does not go down to the items
+    either: it checks the framing of the resources and all of each ``Resource``, and every
+    ``items`` is 0.
     """
     data = _as_bytes(data)
     t = RS_TYPE[signal]
@@ -762,15 +764,15 @@ def split_resources(signal: Signal, data, validate: bool = True) -> list[Resourc
         if validate:
             _walk(st, t, s, e, False)
         else:
-            _count_quickly(st, t, s, e)
+            _count_quickly(st, t, s, e, count)
         key = _resource_bytes(data, signal, s, e)
         out.append(ResourceInfo(index, key, st.items_in))
     return out
 
 
-def _count_quickly(st: _State, t: int, start: int, end: int) -> None:
+def _count_quickly(st: _State, t: int, start: int, end: int, descend: bool = True) -> None:
     """Count the items in data[start:end], checking the framing of the messages that hold them
-    and all of the Resource."""
+    and all of the Resource; ``descend=False``: only this message's framing and the Resource."""
     buf = st.data
     fmap = FIELDS[t]
     pos = start
@@ -787,7 +789,8 @@ def _count_quickly(st: _State, t: int, start: int, end: int) -> None:
         if sub in ITEMS:
             st.items_in += 1
         elif sub in HOLDS_ITEMS:
-            _count_quickly(st, sub, vs, ve)
+            if descend:
+                _count_quickly(st, sub, vs, ve)
         elif sub == RESOURCE:
             # checked whole: the policy engine decodes its attributes before rewrite() runs
             _walk(st, RESOURCE, vs, ve, False)

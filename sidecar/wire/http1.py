@@ -486,12 +486,13 @@ class _Connection(asyncio.BufferedProtocol):
     def _move(self, new: bytearray, keep: int, live: int) -> None:
         """Continue in ``new`` with the ``live`` bytes from ``keep`` on; a grown buffer left goes
         back to the pool."""
-        new[:live] = self._view[keep:self._end]
+        view = memoryview(new)
+        view[:live] = self._view[keep:self._end]  # view to view: one copy (a bytearray slice makes two)
         old = self._buf
         if old is not self._own and old is not _EMPTY:
             self._server.buffers.put(old)
         self._buf = new
-        self._view = memoryview(new)
+        self._view = view
         self._shift(keep)
 
     def _shift(self, keep: int) -> None:

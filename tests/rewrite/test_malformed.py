@@ -89,14 +89,16 @@ def test_every_byte_corruption_is_an_error_or_a_valid_request(impl):
 REFUSE = Plan(allow=False, reason="no", refuse_rule_id="r")
 
 
-def _quick_outcome(mod, signal: Signal, data: bytes, plan: Plan):
-    """The pipeline's way: the quick split, then rewrite (which checks every byte)."""
+def _quick_outcome(mod, signal: Signal, data: bytes, plan: Plan, count: bool):
+    """The pipeline's way: a quick split, then rewrite (which checks every byte)."""
     try:
-        infos = mod.split_resources(signal, data, validate=False)
+        infos = mod.split_resources(signal, data, validate=False, count=count)
         result = mod.rewrite(signal, data, [plan] * len(infos))
     except MalformedRequest:
         return "malformed"
-    return ("ok", infos, result.items_in)
+    items = [info.items for info in infos]
+    assert items == [0] * len(infos) if not count else sum(items) == result.items_in
+    return ("ok", [(info.index, info.key, info.attributes) for info in infos], result.items_in)
 
 
 def _full_outcome(mod, signal: Signal, data: bytes):
@@ -104,18 +106,20 @@ def _full_outcome(mod, signal: Signal, data: bytes):
         infos = mod.split_resources(signal, data)
     except MalformedRequest:
         return "malformed"
-    return ("ok", infos, sum(info.items for info in infos))
+    return ("ok", [(info.index, info.key, info.attributes) for info in infos],
+            sum(info.items for info in infos))
 
 
+@pytest.mark.parametrize("count", [True, False], ids=["counting", "resources_only"])
 @pytest.mark.parametrize("plan", [Plan(), BUSY, REFUSE], ids=["noop", "busy", "refuse"])
-def test_quick_split_then_rewrite_refuses_exactly_what_the_full_split_refuses(impl, plan):
+def test_quick_split_then_rewrite_refuses_exactly_what_the_full_split_refuses(impl, plan, count):
     seen = set()
     for signal, data in _requests():
         for pos in range(len(data)):
             for mutated in (data[:pos], data[:pos] + bytes([data[pos] ^ 0x08]) + data[pos + 1:],
                             data[:pos] + b"\xff" + data[pos + 1:]):
                 full = _full_outcome(impl, signal, mutated)
-                assert _quick_outcome(impl, signal, mutated, plan) == full
+                assert _quick_outcome(impl, signal, mutated, plan, count) == full
                 seen.add(full == "malformed")
     assert seen == {True, False}
 
@@ -230,7 +234,7 @@ def _sampled_spans() -> bytes:
 def _pipeline_outcome(mod, data: bytes, plan: Plan):
     """The pipeline's way, with the error's text: the quick split, then rewrite."""
     try:
-        infos = mod.split_resources(Signal.TRACES, data, validate=False)
+        infos = mod.split_resources(Signal.TRACES, data, validate=False, count=False)
         result = mod.rewrite(Signal.TRACES, data, [plan] * len(infos))
     except MalformedRequest as exc:
         return ("malformed", str(exc))

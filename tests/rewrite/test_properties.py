@@ -8,6 +8,7 @@ More examples: ``OTLP_SIDECAR_PROPERTY_EXAMPLES=2000 pytest --timeout=0 tests/re
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 
@@ -38,11 +39,14 @@ def test_both_implementations_match_the_reference(signal, data):
     result = PY.rewrite(signal, payload, plan_list)
     infos = PY.split_resources(signal, payload)
     assert PY.split_resources(signal, payload, validate=False) == infos
+    uncounted = [dataclasses.replace(info, items=0) for info in infos]
+    assert PY.split_resources(signal, payload, validate=False, count=False) == uncounted
     c = load_c()
     if c is not None:  # crossed byte for byte
         assert c.rewrite(signal, payload, plan_list) == result
         assert c.split_resources(signal, payload) == infos
         assert c.split_resources(signal, payload, validate=False) == infos
+        assert c.split_resources(signal, payload, validate=False, count=False) == uncounted
         assert c.count_items(signal, payload) == result.items_in
 
     parsed = signal.request_class.FromString(result.data)  # upb accepts the output
