@@ -7,6 +7,7 @@ keyed hashes (rare) call Python's ``hmac``. Plans are compiled once into C struc
 (memoized per Plan). See docs/rewriter.md.
 """
 
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
@@ -1902,9 +1903,9 @@ cdef int refusal(St* st, int t, Py_ssize_t s, Py_ssize_t e) noexcept:
 
 # ---- the public API ----
 
-cdef void st_init(St* st, bytes data) noexcept:
-    st.data = <const unsigned char*>PyBytes_AS_STRING(data)
-    st.size = PyBytes_GET_SIZE(data)
+cdef void st_init(St* st, const unsigned char* data, Py_ssize_t size) noexcept:
+    st.data = data
+    st.size = size
     st.edits = NULL
     st.nedits = 0
     st.capedits = 0
@@ -1949,6 +1950,21 @@ cdef bytes _as_bytes(data):
     return bytes(data)
 
 
+cdef int st_open(St* st, object data, Py_buffer* view) except -1:
+    """Point st at the bytes of data, in place: bytes, bytearray or a contiguous memoryview (a
+    request body the HTTP/1.1 server did not copy). PyBuffer_Release(view) after st_free(st)."""
+    PyObject_GetBuffer(data, view, PyBUF_SIMPLE)
+    st_init(st, <const unsigned char*>view.buf, view.len)
+    return 0
+
+
+cdef bytes _unchanged(St* st, object data):
+    """The request, unchanged, as bytes: data itself when it is bytes."""
+    if type(data) is bytes:
+        return data
+    return PyBytes_FromStringAndSize(<const char*>st.data, st.size)
+
+
 cdef list _resource_ranges(St* st, int t):
     cdef Py_ssize_t pos = 0, tag_pos
     cdef Field f
@@ -1968,9 +1984,9 @@ cdef list _resource_ranges(St* st, int t):
 
 def count_items(signal, data):
     """Validate the request and count its spans / data points / log records."""
-    cdef bytes b = _as_bytes(data)
+    cdef Py_buffer view
     cdef St st
-    st_init(&st, b)
+    st_open(&st, data, &view)
     try:
         walk(&st, REQUEST_TYPE[signal], 0, st.size, 0)
         if st.err:
@@ -1978,6 +1994,7 @@ def count_items(signal, data):
         return st.items_in
     finally:
         st_free(&st)
+        PyBuffer_Release(&view)
 
 
 cdef bytes _resource_bytes(St* st, int t, Py_ssize_t s, Py_ssize_t e):
@@ -2034,11 +2051,11 @@ def split_resources(signal, data, bint validate=True, bint count=True):
     every byte. ``count=False`` (with ``validate=False``) does not go down to the items either:
     it checks the framing of the resources and all of each Resource, and every ``items`` is 0.
     """
-    cdef bytes b = _as_bytes(data)
+    cdef Py_buffer view
     cdef St st
     cdef int t = RS_TYPE[signal]
     cdef Py_ssize_t before
-    st_init(&st, b)
+    st_open(&st, data, &view)
     try:
         out = []
         for index, (_tag, s, e) in enumerate(_resource_ranges(&st, REQUEST_TYPE[signal])):
@@ -2054,11 +2071,13 @@ def split_resources(signal, data, bint validate=True, bint count=True):
         return out
     finally:
         st_free(&st)
+        PyBuffer_Release(&view)
 
 
 def rewrite(signal, data, plans):
-    """Apply plans (aligned with split_resources) to the request data."""
-    cdef bytes b = _as_bytes(data)
+    """Apply plans (aligned with split_resources) to the request data (bytes-like, read in
+    place); the result's data is bytes."""
+    cdef Py_buffer view
     cdef St st
     cdef int t = RS_TYPE[signal]
     cdef int i, maxslots = 1, r
@@ -2072,7 +2091,7 @@ def rewrite(signal, data, plans):
             maxslots = box.p.nslots
         if not box.p.noop:
             all_noop = False
-    st_init(&st, b)
+    st_open(&st, data, &view)
     try:
         ranges = _resource_ranges(&st, REQUEST_TYPE[signal])
         if len(ranges) != len(boxes):
@@ -2081,7 +2100,7 @@ def rewrite(signal, data, plans):
             walk(&st, REQUEST_TYPE[signal], 0, st.size, 0)
             if st.err:
                 raise _error(&st)
-            return RewriteResult(b, st.items_in, st.items_in, 0, 0, (), {})
+            return RewriteResult(_unchanged(&st, data), st.items_in, st.items_in, 0, 0, (), {})
         st.counts = <int64_t*>PyMem_Malloc(sizeof(int64_t) * maxslots)
         if st.counts == NULL:
             raise MemoryError()
@@ -2128,22 +2147,23 @@ def rewrite(signal, data, plans):
                 if st.counts[k]:
                     key = box.compiled.slots[k]
                     counts[key] = counts.get(key, 0) + st.counts[k]
-        out = _splice(&st, b)
+        out = _splice(&st, data)
         sampled = st.sampled_out
         return RewriteResult(out, st.items_in, st.items_in - rejected - sampled, rejected,
                              sampled, tuple(refusals), counts)
     finally:
         st_free(&st)
+        PyBuffer_Release(&view)
 
 
-cdef bytes _splice(St* st, bytes b):
+cdef bytes _splice(St* st, object data):
     cdef const unsigned char* src = st.data
     cdef Py_ssize_t out_len = st.size, i, pos = 0, n
     cdef Edit* e
     cdef bytes out
     cdef unsigned char* o
     if st.nedits == 0:
-        return b
+        return _unchanged(st, data)
     for i in range(st.nedits):
         out_len += st.edits[i].rlen - (st.edits[i].end - st.edits[i].start)
     out = PyBytes_FromStringAndSize(NULL, out_len)
@@ -2165,7 +2185,7 @@ def find_pans(s):
     cdef bytes b = _as_bytes(s)
     cdef St st
     cdef int n, k
-    st_init(&st, b)
+    st_init(&st, <const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
     try:
         n = find_pans_c(&st, st.data, st.size)
         if n < 0:

@@ -137,8 +137,11 @@ class Pipeline:
         # (received, accepted, sampled out) counters bound per (signal, transport): labels() costs
         self._counters: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
 
-    async def submit(self, signal: Signal, data: bytes, transport: str, peer: Peer) -> Outcome:
-        """Apply the policies to one request and queue what remains; raise Refused otherwise."""
+    async def submit(self, signal: Signal, data: bytes | memoryview, transport: str, peer: Peer) -> Outcome:
+        """Apply the policies to one request and queue what remains; raise Refused otherwise.
+
+        ``data`` may be a view of a receive buffer: it is read in place and never kept (what is
+        queued is the rewrite's bytes)."""
         labels = (signal.value, transport)
         try:
             # the quickest split: the resources, not their items; rewrite() checks every byte
@@ -207,7 +210,7 @@ class Pipeline:
         received.inc(items)
         self._metrics.refused_items.labels(*labels, reason).inc(items)
 
-    def _count(self, signal: Signal, data: bytes, labels: tuple[str, str]) -> int:
+    def _count(self, signal: Signal, data: bytes | memoryview, labels: tuple[str, str]) -> int:
         """The items of a request not rewritten (yet): the quick split, counting."""
         try:
             return sum(r.items for r in split_resources(signal, data, validate=False))

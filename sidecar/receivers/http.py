@@ -141,7 +141,7 @@ class HttpReceiver:
         finally:
             accepted.route.duration.observe(time.perf_counter() - accepted.started)
 
-    async def _answer(self, accepted: _Accepted, raw: bytes) -> Response:
+    async def _answer(self, accepted: _Accepted, raw: bytes | memoryview) -> Response:
         signal = accepted.route.signal
         labels = accepted.route.labels
         content_type = accepted.content_type

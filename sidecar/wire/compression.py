@@ -73,8 +73,9 @@ def normalize(encoding: str | None) -> str:
     return value
 
 
-def decompress(encoding: str, data: bytes, limit: int) -> bytes:
-    """Decode ``data``; never produce more than ``limit`` bytes (raises TooLarge)."""
+def decompress(encoding: str, data: bytes | memoryview, limit: int) -> bytes | memoryview:
+    """Decode ``data``; never produce more than ``limit`` bytes (raises TooLarge). Identity
+    returns ``data`` itself."""
     if encoding == IDENTITY:
         if len(data) > limit:
             raise TooLarge(limit)
@@ -123,7 +124,7 @@ async def compress_async(encoding: str, data: bytes, level: int = DEFAULT_LEVEL)
     return await asyncio.get_running_loop().run_in_executor(_WORKER, compress, encoding, data, level)
 
 
-def _gunzip(data: bytes, limit: int) -> bytes:
+def _gunzip(data: bytes | memoryview, limit: int) -> bytes:
     out = bytearray()
     view = memoryview(data)
     # concatenated gzip members are valid gzip: decode member after member
@@ -144,7 +145,7 @@ def _gunzip(data: bytes, limit: int) -> bytes:
         view = memoryview(rest)
 
 
-def _unzstd(data: bytes, limit: int) -> bytes:
+def _unzstd(data: bytes | memoryview, limit: int) -> bytes:
     if not data:
         raise DecompressionError("invalid zstd data: empty body")
     out = bytearray()

@@ -1,16 +1,18 @@
 """A lean HTTP/1.1 server for the OTLP/HTTP receiver (RFC 9112), on the security boundary.
 
 Requests are read into one reused buffer per connection (``asyncio.BufferedProtocol``), so a
-``Content-Length`` body arrives in one contiguous region and reaches the handler as ``bytes``
-after a single copy. The buffer is allocated on the first read and dropped once the connection
-has been idle for a tick of the server's sweep (idle keep-alive connections cost little). A
-large body is received in a larger buffer: one from the server's pool that holds the whole body
-if there is one (its memory is committed already), else one grown as the body arrives, by at
-most max(64 KiB, twice what arrived), so a declared size alone allocates nothing. Each body
-reserves its declared size (chunk by chunk for chunked bodies) in a ``ReceiveBudget`` shared
-with the gRPC listener before it is read; what does not fit is refused with 503 and Retry-After.
-Chunked bodies are decoded in place: the data of the second and later chunks moves down once to
-follow the first chunk's.
+``Content-Length`` body arrives in one contiguous region. It reaches the handler as ``bytes``
+after a single copy, or, when it outgrew the connection's buffer, in place: a memoryview of the
+larger buffer it was received in, which goes back to the pool once the handler is done (the
+connection goes on in its own buffer meanwhile). The buffer is allocated on the first read and
+dropped once the connection has been idle for a tick of the server's sweep (idle keep-alive
+connections cost little). A large body is received in a larger buffer: one from the server's
+pool that holds the whole body if there is one (its memory is committed already), else one grown
+as the body arrives, by at most max(64 KiB, twice what arrived), so a declared size alone
+allocates nothing. Each body reserves its declared size (chunk by chunk for chunked bodies) in a
+``ReceiveBudget`` shared with the gRPC listener before it is read; what does not fit is refused
+with 503 and Retry-After. Chunked bodies are decoded in place: the data of the second and later
+chunks moves down once to follow the first chunk's.
 ``data_received`` is served too (copying into the buffer): the TLS acceptor hands over the first
 decrypted bytes that way. The parser is strict and rejects what it does not understand:
 
@@ -129,8 +131,10 @@ class Request:
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = True
-        #: the body, once received (``b""`` without one)
-        self.body = b""
+        #: the body, once received (``b""`` without one): bytes, or for a body that outgrew the
+        #: connection's buffer a memoryview of the buffer it was received in, valid only until
+        #: the handler returns (then emptied)
+        self.body: bytes | memoryview = b""
         #: free for the application: ``check`` may leave something here for the handler
         self.context: Any = None
 
@@ -309,6 +313,8 @@ class _Connection(asyncio.BufferedProtocol):
         # budget bytes taken for the body being received, and for the one the handler holds
         self._reserved = 0
         self._held = 0
+        # the grown buffer a body was handed over in, until its handler is done
+        self._lent: bytearray | None = None
 
     # -- asyncio protocol ----------------------------------------------------------------------
 
@@ -420,6 +426,16 @@ class _Connection(asyncio.BufferedProtocol):
             self._buf = _EMPTY
             self._view = _EMPTY_VIEW
 
+    def _lend(self, start: int, stop: int) -> memoryview:
+        """The body in place, not copied: the grown buffer it ends goes to the handler with it (to
+        the pool once the handler is done), and the connection goes on in its own buffer."""
+        body = self._view[start:stop]
+        self._lent = self._buf
+        self._buf = own = self._own if self._own is not None else _EMPTY
+        self._view = memoryview(own)
+        self._pos = self._end = self._scan = 0
+        return body
+
     def _give_back(self) -> None:
         """Return a grown buffer to the server's pool once nothing in it is needed any more."""
         buf = self._buf
@@ -519,11 +535,14 @@ class _Connection(asyncio.BufferedProtocol):
                     stop = start + self._length
                     if self._end < stop:
                         break
-                    body = bytes(self._view[start:stop])
                     self._pos = stop
                     self._body_start = -1
-                    if stop == self._end:
-                        self._give_back()
+                    if stop != self._end:  # more follows (pipelined): the buffer stays
+                        body: bytes | memoryview = bytes(self._view[start:stop])
+                    elif self._buf is self._own:
+                        body = bytes(self._view[start:stop])
+                    else:
+                        body = self._lend(start, stop)
                     self._dispatch(body)
                 elif state == _CHUNKED:
                     if not self._parse_chunked():
@@ -796,7 +815,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     # -- handing over and answering ------------------------------------------------------------
 
-    def _dispatch(self, body: bytes) -> None:
+    def _dispatch(self, body: bytes | memoryview) -> None:
         """Run the handler on the complete request, as a task of its own."""
         request = self._request
         assert request is not None
@@ -812,19 +831,31 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _handled(self, task: asyncio.Task[Response]) -> None:
         self._server._tasks.discard(task)
+        request = self._request
         if self._held:
             self._server.budget.release(self._held)  # type: ignore[union-attr]
             self._held = 0
         if task.cancelled():
+            self._return_lent(request)
             self.abort()
             return
         exc = task.exception()
         if exc is not None:
-            self._failed(self._request, exc)
+            self._failed(request, exc)
         else:
             self._answer(task.result())
+        self._return_lent(request)  # after the answer, which may hold the body
         if self._state != _CLOSED:
             self._process()
+
+    def _return_lent(self, request: Request | None) -> None:
+        """The buffer a body was handed over in goes back to the pool: nothing reads it now."""
+        lent = self._lent
+        if lent is not None:
+            self._lent = None
+            if request is not None:
+                request.body = b""
+            self._server.buffers.put(lent)
 
     def _failed(self, request: Request | None, exc: BaseException | None = None) -> None:
         where = f"{request.method} {request.path}" if request is not None else "a request"

@@ -27,10 +27,10 @@ class InvalidJSON(ValueError):
     """The body is not an OTLP/JSON request of the expected signal."""
 
 
-def json_to_protobuf(signal: Signal, body: bytes) -> bytes:
+def json_to_protobuf(signal: Signal, body: bytes | memoryview) -> bytes:
     """Convert an OTLP/JSON request body to the protobuf bytes of the same request."""
     try:
-        document = json.loads(body)
+        document = json.loads(body if not isinstance(body, memoryview) else body.tobytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidJSON(f"body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):

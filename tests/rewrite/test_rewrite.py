@@ -161,6 +161,21 @@ def test_no_op_plans_return_the_input_object(impl):
     assert (result.items_in, result.items_out, result.counts) == (1, 1, {})
 
 
+@pytest.mark.parametrize("plan", [Plan(), Plan(detectors=(PAN,))], ids=["noop", "mask"])
+def test_a_buffer_of_the_request_reads_like_bytes_and_gives_bytes(impl, plan):
+    """The HTTP receiver hands over a large body as a view of its receive buffer."""
+    data = _trace(("a", "4111111111111111"), ("b", "x"))
+    expected = impl.rewrite(Signal.TRACES, data, [plan])
+    for view in (bytearray(data), memoryview(bytearray(data)), memoryview(b"--" + data)[2:]):
+        result = impl.rewrite(Signal.TRACES, view, [plan])
+        assert result == expected and type(result.data) is bytes
+        assert impl.split_resources(Signal.TRACES, view) == impl.split_resources(Signal.TRACES, data)
+        assert impl.split_resources(Signal.TRACES, view, validate=False, count=False)[0].key == b""
+        assert impl.count_items(Signal.TRACES, view) == 1
+    with pytest.raises(TypeError):
+        impl.rewrite(Signal.TRACES, data.decode("latin-1"), [plan])
+
+
 def test_unknown_fields_are_carried_through(impl):
     # a span with an unknown varint field 99 and an unknown length-delimited field 100
     span = (b"\x2a\x02op" + b"\x98\x06\x07" + b"\xa2\x06\x03abc"
