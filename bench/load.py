@@ -79,11 +79,17 @@ def _pin(core: int | None, nice: int = 0) -> Any:
     return pin
 
 
+#: the sink's niceness during a latency run (see ``measure``)
+SINK_NICE = 10
+
+
 def start_sink() -> tuple[subprocess.Popen[str], int, int]:
+    # the sink stands for a remote collector: during a flat-out row it runs at the generators'
+    # priority so that it keeps up as a collector on its own machine would (starved, it makes the
+    # target's export queue grow, and the target's memory with it); ``measure`` lowers it for
+    # the latency run, where it must not delay the clients whose timing is measured
     proc = subprocess.Popen([sys.executable, "-m", "bench.sink"], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                            # the sink stands for a remote collector: it must not delay the load
-                            # generators it shares a core with (their timing is the latency measured)
-                            preexec_fn=_pin(_other_core(), nice=10))
+                            preexec_fn=_pin(_other_core()))
     assert proc.stdout is not None
     line = proc.stdout.readline()
     ports = dict(part.split("=") for part in line.split())
@@ -269,9 +275,11 @@ def percentile(values: list[float], share: float) -> float:
 
 
 @contextlib.contextmanager
-def running(transport: str, mode: str, bodies: list[bytes]) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """A sink and the target of ``mode``, warmed up: (target process, its port for ``transport``).
-    Both are stopped on leaving."""
+def running(
+    transport: str, mode: str, bodies: list[bytes],
+) -> Iterator[tuple[subprocess.Popen[str], int, subprocess.Popen[str]]]:
+    """A sink and the target of ``mode``, warmed up: (target process, its port for ``transport``,
+    sink process). Both are stopped on leaving."""
     with tempfile.TemporaryDirectory() as workdir:
         sink, sink_grpc, sink_http = start_sink()
         try:
@@ -279,7 +287,7 @@ def running(transport: str, mode: str, bodies: list[bytes]) -> Iterator[tuple[su
             try:
                 port = grpc_port if transport == "grpc" else http_port
                 run_load(transport, port, bodies, 1.0, 1, 4)  # warm-up: caches, connections, plans
-                yield target, port
+                yield target, port, sink
             finally:
                 target.send_signal(signal.SIGTERM)
                 target.wait(60)
@@ -290,7 +298,7 @@ def running(transport: str, mode: str, bodies: list[bytes]) -> Iterator[tuple[su
 
 def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: argparse.Namespace) -> Row:
     row = Row(transport, mode)
-    with running(transport, mode, bodies) as (target, port):
+    with running(transport, mode, bodies) as (target, port, sink):
         steal0 = steal_ticks()
         cpu0, t0 = cpu_seconds(target.pid), time.monotonic()
         result = run_load(transport, port, bodies, args.duration, args.generators, args.concurrency)
@@ -304,6 +312,7 @@ def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: ar
             result["ok"], result["refused"], result["failed"])
         row.limit = "target (its core is busy)" if row.target_cpu_share > 0.9 else "load generator"
         if row.spans_per_s >= 1.5 * args.rate:
+            os.setpriority(os.PRIO_PROCESS, sink.pid, SINK_NICE)  # raising niceness needs no privilege
             rate_requests = args.rate / spans
             latency = run_load(transport, port, bodies, args.latency_duration, 1, 64, rate=rate_requests)
             row.rate_spans_per_s = args.rate

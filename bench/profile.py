@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     bodies = [trace_request(512, seed=seed) for seed in range(7, 15)]
     load.RESULTS.mkdir(exist_ok=True)
     out = load.RESULTS / f"profile-{args.transport}-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
-    with load.running(args.transport, args.mode, bodies) as (target, port):
+    with load.running(args.transport, args.mode, bodies) as (target, port, _sink):
         command = [spy, "record", "--pid", str(target.pid), "--duration", str(int(args.seconds)),
                    "--rate", str(args.rate), "--format", "raw", "--output", str(out)]
         if args.native:
