@@ -136,7 +136,7 @@ async def bench_cached(rounds: int, spans: int) -> dict[str, float]:
             plans = await service.plans_for(Signal.TRACES, resources, PEER, "grpc")
 
             async def plan_path() -> None:
-                found = split_resources(Signal.TRACES, data, validate=False)  # as the pipeline does
+                found = split_resources(Signal.TRACES, data, validate=False, count=False)  # as the pipeline does
                 rewrite(Signal.TRACES, data, await service.plans_for(Signal.TRACES, found, PEER, "grpc"))
 
             samples = []
