@@ -1952,8 +1952,12 @@ cdef bytes _as_bytes(data):
 
 cdef int st_open(St* st, object data, Py_buffer* view) except -1:
     """Point st at the bytes of data, in place: bytes, bytearray or a contiguous memoryview (a
-    request body the HTTP/1.1 server did not copy). PyBuffer_Release(view) after st_free(st)."""
-    PyObject_GetBuffer(data, view, PyBUF_SIMPLE)
+    request body the HTTP/1.1 server did not copy); a copy of any other buffer (as the twin
+    reads it). PyBuffer_Release(view) after st_free(st)."""
+    try:
+        PyObject_GetBuffer(data, view, PyBUF_SIMPLE)
+    except BufferError:  # not contiguous
+        PyObject_GetBuffer(bytes(memoryview(data)), view, PyBUF_SIMPLE)  # the view keeps it alive
     st_init(st, <const unsigned char*>view.buf, view.len)
     return 0
 

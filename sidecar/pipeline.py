@@ -143,9 +143,16 @@ class Pipeline:
         ``data`` may be a view of a receive buffer: it is read in place and never kept (what is
         queued is the rewrite's bytes)."""
         labels = (signal.value, transport)
+        # Refusals that spare the rewrite come first (the request is then not known to be valid
+        # inside its items: a malformed one gets its 400 once it is let through). They need the
+        # items counted by the split; else the split stops at the resources, and the rewrite
+        # counts the items (a request malformed inside its items is then planned before the
+        # rewrite refuses it: the policy engine sees only its Resource, which is checked whole).
+        limit = self._planner.rate_limit()
+        full = self._queue.full
+        counting = full or limit is not None
         try:
-            # the quickest split: the resources, not their items; rewrite() checks every byte
-            resources = split_resources(signal, data, validate=False, count=False)
+            resources = split_resources(signal, data, validate=False, count=counting)
         except MalformedRequest as exc:
             self._metrics.refused_requests.labels(*labels, "malformed").inc()
             raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
@@ -156,13 +163,9 @@ class Pipeline:
                 self._metrics.accepted_items.labels(*labels),
                 self._metrics.sampled_out_items.labels(signal.value),
             )
-        # Refusals that spare the rewrite come first (the request is then not known to be valid
-        # inside its items: a malformed one gets its 400 once it is let through). They need the
-        # items counted first; the rewrite counts them otherwise.
-        limit = self._planner.rate_limit()
-        if self._queue.full or limit is not None:
-            items_in = self._count(signal, data, labels)
-            if self._queue.full:
+        if counting:
+            items_in = sum(r.items for r in resources)
+            if full:
                 # the export is behind: refuse before spending the rewrite on a request that cannot fit
                 self._refuse_items(counters[0], labels, "queue_full", items_in)
                 raise Unavailable(self._queue.full_message(), items_in, retry_after=self._retry_after)
@@ -180,7 +183,7 @@ class Pipeline:
             self._metrics.refused_requests.labels(*labels, "malformed").inc()
             raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
         except PolicyUnavailable as exc:
-            items_in = self._count(signal, data, labels)
+            items_in = sum(r.items for r in resources) if counting else self._count(signal, data, labels)
             self._refuse_items(counters[0], labels, "policy_unavailable", items_in)
             raise Unavailable(f"policy engine cannot decide: {exc}", items_in, retry_after=self._retry_after) from None
         items_in = result.items_in
@@ -211,7 +214,7 @@ class Pipeline:
         self._metrics.refused_items.labels(*labels, reason).inc(items)
 
     def _count(self, signal: Signal, data: bytes | memoryview, labels: tuple[str, str]) -> int:
-        """The items of a request not rewritten (yet): the quick split, counting."""
+        """The items of a request that could not be rewritten: the quick split, counting."""
         try:
             return sum(r.items for r in split_resources(signal, data, validate=False))
         except MalformedRequest as exc:

@@ -708,7 +708,8 @@ def _keep_matches(k, kind: int, buf: bytes, ks: int, ke: int, kv: int) -> bool:
 # ---- the public API ----
 
 def _as_bytes(data) -> bytes:
-    return data if isinstance(data, bytes) else bytes(data)
+    """The request's bytes: any buffer (bytes, bytearray, a memoryview), never an int or str."""
+    return data if isinstance(data, bytes) else bytes(memoryview(data))
 
 
 def _resource_ranges(signal: Signal, data: bytes) -> list[tuple[int, int, int]]:

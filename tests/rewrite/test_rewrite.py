@@ -166,14 +166,16 @@ def test_a_buffer_of_the_request_reads_like_bytes_and_gives_bytes(impl, plan):
     """The HTTP receiver hands over a large body as a view of its receive buffer."""
     data = _trace(("a", "4111111111111111"), ("b", "x"))
     expected = impl.rewrite(Signal.TRACES, data, [plan])
-    for view in (bytearray(data), memoryview(bytearray(data)), memoryview(b"--" + data)[2:]):
+    strided = memoryview(bytes(b for b in data for _ in range(2)))[::2]  # not contiguous: read a copy
+    for view in (bytearray(data), memoryview(bytearray(data)), memoryview(b"--" + data)[2:], strided):
         result = impl.rewrite(Signal.TRACES, view, [plan])
         assert result == expected and type(result.data) is bytes
         assert impl.split_resources(Signal.TRACES, view) == impl.split_resources(Signal.TRACES, data)
         assert impl.split_resources(Signal.TRACES, view, validate=False, count=False)[0].key == b""
         assert impl.count_items(Signal.TRACES, view) == 1
-    with pytest.raises(TypeError):
-        impl.rewrite(Signal.TRACES, data.decode("latin-1"), [plan])
+    for not_bytes in (data.decode("latin-1"), len(data)):
+        with pytest.raises(TypeError):
+            impl.rewrite(Signal.TRACES, not_bytes, [plan])
 
 
 def test_unknown_fields_are_carried_through(impl):
