@@ -1177,7 +1177,7 @@ cdef int kv_scalar(St* st, Py_ssize_t vs, Py_ssize_t ve, int scan) noexcept:
     """
     cdef Py_ssize_t pos = vs, p, tag_pos, vtag
     cdef Field f, g
-    cdef int n, k
+    cdef int n
     cdef Py_ssize_t ss[8]
     cdef Py_ssize_t se[8]
     cdef int ns = 0, m
@@ -1652,7 +1652,7 @@ cdef Py_ssize_t span(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve) n
     cdef uint64_t status_code = 0, randomness = 0, threshold
     cdef Field f, g
     cdef TS ts
-    cdef int slot, new_ts = 0, r
+    cdef int slot, new_ts = 0
     cdef Py_ssize_t* na
     cdef Py_ssize_t ks, ke
     cdef Py_ssize_t d
@@ -2087,7 +2087,7 @@ def rewrite(signal, data, plans):
     cdef int i, maxslots = 1, r
     cdef _PlanBox box
     cdef Py_ssize_t delta = 0, before_items, before_sampled, n, tag_pos, s, e
-    cdef Py_ssize_t rejected = 0, out_len, pos, k
+    cdef Py_ssize_t rejected = 0, k
     cdef list boxes = [_box(p) for p in plans]
     cdef bint all_noop = True
     for box in boxes:

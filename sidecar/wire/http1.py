@@ -427,8 +427,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._view = _EMPTY_VIEW
 
     def _lend(self, start: int, stop: int) -> memoryview:
-        """The body in place, not copied: the grown buffer it ends goes to the handler with it (to
-        the pool once the handler is done), and the connection goes on in its own buffer."""
+        """The body in place, not copied: the grown buffer that ends with it goes to the handler
+        too (to the pool once the handler is done), and the connection goes on in its own buffer."""
         body = self._view[start:stop]
         self._lent = self._buf
         self._buf = own = self._own if self._own is not None else _EMPTY
