@@ -537,10 +537,10 @@ class _Connection(asyncio.BufferedProtocol):
                         break
                     self._pos = stop
                     self._body_start = -1
-                    if stop != self._end:  # more follows (pipelined): the buffer stays
+                    # a body in a grown buffer that nothing follows is lent; else it is copied
+                    # (the connection's own buffer, or pipelined input after it, stays in use)
+                    if stop != self._end or self._buf is self._own:
                         body: bytes | memoryview = bytes(self._view[start:stop])
-                    elif self._buf is self._own:
-                        body = bytes(self._view[start:stop])
                     else:
                         body = self._lend(start, stop)
                     self._dispatch(body)
