@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: build run test lint bench bench-rewrite docs clean
+.PHONY: build run test lint bench bench-rewrite docs clean peers
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: build
 ## bench-rewrite: the rewriter alone against its twin and the naive baseline
 bench-rewrite: build
 	$(BIN)/python -m bench.rewrite
+
+## peers: OPA, an OpenTelemetry Collector, telemetrygen and h2spec built from their pinned Go modules
+## (tests/peers/) into ~/.cache/otlp-sidecar/peers/bin (or $OTLP_SIDECAR_PEERS_DIR/bin), once per version (needs Go 1.26)
+peers:
+	bash tests/peers/build.sh
 
 docs: $(STAMP)
 	$(BIN)/otlp-sidecar config docs > docs/configuration.md

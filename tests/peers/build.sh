@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Build the test peers (OPA, an OpenTelemetry Collector, telemetrygen, h2spec) from their pinned
+# Go modules into ${OTLP_SIDECAR_PEERS_DIR:-$HOME/.cache/otlp-sidecar/peers}/bin, once per version:
+# each binary has a stamp (hash of its module's go.mod, go.sum, sources and the Go version) and is
+# rebuilt only when that changes. Usage: build.sh [peer...]   (default: all)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+dest="${OTLP_SIDECAR_PEERS_DIR:-$HOME/.cache/otlp-sidecar/peers}"
+go_min=26  # the modules' go.mod say go 1.26
+
+# name  module-folder  package
+peers=(
+  "opa opa github.com/open-policy-agent/opa"
+  "otelcol otelcol ."
+  "telemetrygen telemetrygen github.com/open-telemetry/opentelemetry-collector-contrib/cmd/telemetrygen"
+  "h2spec h2spec github.com/summerwind/h2spec/cmd/h2spec"
+)
+
+if ! command -v go >/dev/null; then
+  echo "peers: Go 1.$go_min or later is needed (https://go.dev/dl/); not found on PATH" >&2
+  exit 2
+fi
+minor="$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')"
+if [ "${minor:-0}" -lt "$go_min" ]; then
+  echo "peers: Go 1.$go_min or later is needed, found $(go env GOVERSION)" >&2
+  exit 2
+fi
+
+wanted=("$@")
+mkdir -p "$dest/bin" "$dest/stamps"
+for line in "${peers[@]}"; do
+  read -r name dir pkg <<<"$line"
+  if [ "${#wanted[@]}" -gt 0 ] && [[ " ${wanted[*]} " != *" $name "* ]]; then
+    continue
+  fi
+  stamp="$( (go env GOVERSION; cd "$here/$dir" && cat go.mod go.sum ./*.go 2>/dev/null) | sha256sum | cut -c1-16)"
+  if [ -x "$dest/bin/$name" ] && [ "$(cat "$dest/stamps/$name" 2>/dev/null)" = "$stamp" ]; then
+    echo "peers: $name up to date ($dest/bin/$name)"
+    continue
+  fi
+  echo "peers: building $name ..."
+  start=$SECONDS
+  (cd "$here/$dir" && nice -n 10 go build -mod=readonly -buildvcs=false -trimpath \
+      -o "$dest/bin/$name.tmp" "$pkg")
+  mv "$dest/bin/$name.tmp" "$dest/bin/$name"
+  echo "$stamp" >"$dest/stamps/$name"
+  echo "peers: built $name in $((SECONDS - start)) s ($dest/bin/$name)"
+done
