@@ -4,6 +4,7 @@
 # each binary has a stamp (hash of its module's go.mod, go.sum, sources and the Go version) and is
 # rebuilt only when that changes. Usage: build.sh [peer...]   (default: all)
 set -euo pipefail
+shopt -s nullglob
 here="$(cd "$(dirname "$0")" && pwd)"
 dest="${OTLP_SIDECAR_PEERS_DIR:-$HOME/.cache/otlp-sidecar/peers}"
 go_min=26  # the modules' go.mod say go 1.26
@@ -33,7 +34,8 @@ for line in "${peers[@]}"; do
   if [ "${#wanted[@]}" -gt 0 ] && [[ " ${wanted[*]} " != *" $name "* ]]; then
     continue
   fi
-  stamp="$( (go env GOVERSION; cd "$here/$dir" && cat go.mod go.sum ./*.go 2>/dev/null) | sha256sum | cut -c1-16)"
+  sources=("$here/$dir/go.mod" "$here/$dir/go.sum" "$here/$dir"/*.go)
+  stamp="$( (go env GOVERSION; echo "$pkg"; cat "${sources[@]}") | sha256sum | cut -c1-16)"
   if [ -x "$dest/bin/$name" ] && [ "$(cat "$dest/stamps/$name" 2>/dev/null)" = "$stamp" ]; then
     echo "peers: $name up to date ($dest/bin/$name)"
     continue
