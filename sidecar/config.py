@@ -252,6 +252,19 @@ class PodConfig:
     tenant: str = setting("", "The pod's tenant (from a label or annotation).", env=["SIDECAR_TENANT"])
     labels_file: str = setting("", "Downward API file with the pod's labels.", kind="path")
     annotations_file: str = setting("", "Downward API file with the pod's annotations.", kind="path")
+    uid: str = setting("", "Pod UID (metadata.uid).", env=["SIDECAR_POD_UID"])
+    node_name: str = setting("", "Node the pod runs on (spec.nodeName).", env=["SIDECAR_NODE_NAME"])
+    cluster_name: str = setting(
+        "", "The cluster's name (the chart's `clusterName`).", env=["SIDECAR_CLUSTER_NAME"],
+    )
+    workload_kind: str = setting(
+        "", "Kind of the pod's controller: Deployment, StatefulSet, DaemonSet, Job, CronJob, ReplicaSet "
+        "(the injector derives it from ownerReferences).", env=["SIDECAR_WORKLOAD_KIND"],
+    )
+    workload_name: str = setting(
+        "", "Name of the pod's controller (a Deployment's name, not its ReplicaSet's).",
+        env=["SIDECAR_WORKLOAD_NAME"],
+    )
 
     def identity(self) -> PodIdentity:
         try:
@@ -267,6 +280,8 @@ class PodConfig:
         return PodIdentity(
             name=self.name, namespace=self.namespace, service_account=self.service_account,
             tenant=self.tenant, labels=labels, annotations=annotations,
+            uid=self.uid, node_name=self.node_name, cluster_name=self.cluster_name,
+            workload_kind=self.workload_kind, workload_name=self.workload_name,
         )
 
 

@@ -29,6 +29,15 @@ class PodIdentity:
     tenant: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    #: metadata.uid of the pod
+    uid: str = ""
+    #: spec.nodeName, the node the pod runs on
+    node_name: str = ""
+    #: the cluster's name, from the chart value ``clusterName``
+    cluster_name: str = ""
+    #: the pod's controller, derived by the injector from ownerReferences (``Deployment``...)
+    workload_kind: str = ""
+    workload_name: str = ""
 
     def as_input(self) -> dict[str, object]:
         return {
@@ -38,6 +47,11 @@ class PodIdentity:
             "tenant": self.tenant,
             "labels": dict(self.labels),
             "annotations": dict(self.annotations),
+            "uid": self.uid,
+            "node_name": self.node_name,
+            "cluster_name": self.cluster_name,
+            "workload_kind": self.workload_kind,
+            "workload_name": self.workload_name,
         }
 
 
