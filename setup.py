@@ -49,7 +49,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["sidecar", "sidecar.*"]),
-    package_data={"sidecar": ["py.typed"]},
+    # the bundled policy set: what `otlp-sidecar run` applies with no policy directory
+    package_data={"sidecar": [
+        "py.typed", "policy/bundled/*.json", "policy/bundled/*.rego", "policy/bundled/*/*.rego",
+    ]},
     ext_modules=extensions(),
     install_requires=[
         "aiohttp>=3.9,<4",

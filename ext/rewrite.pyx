@@ -1245,9 +1245,9 @@ cdef Py_ssize_t kv(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve,
     walk(st, KV, vs, ve, 0)
     if st.err:
         return 0
+    st.counts[rule.slot] += 1  # a `keep` (an exemption) is counted too: each use is audited
     if rule.action == ACT_KEEP:
         return 0
-    st.counts[rule.slot] += 1
     if rule.action == ACT_DROP:
         add_edit(st, tag_pos, ve, st.arena.n, -1)
         return -(ve - tag_pos)

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Copy the repo's policies/ into the Helm chart (a chart can only read files inside itself).
+"""Copy the repo's policies/ into the Helm chart and into the package (its bundled set).
 
-    python helm/sync-policies.py          # write helm/otlp-sidecar/policies/
-    python helm/sync-policies.py --check  # exit 1 and list the differences if the copy drifted
+A chart can only read files inside itself, and ``otlp-sidecar run`` with no policy
+directory applies the set shipped inside the package (sidecar/policy/bundled/).
+
+    python helm/sync-policies.py          # write both copies
+    python helm/sync-policies.py --check  # exit 1 and list the differences if a copy drifted
 
 The chart's ConfigMap flattens each file's path into a key (``/`` becomes ``__``,
 ``pci/pci.rego`` -> ``pci__pci.rego``) and the sidecar's volume restores the tree
@@ -20,6 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "policies"
 TARGET = REPO / "helm" / "otlp-sidecar" / "policies"
+BUNDLED = REPO / "sidecar" / "policy" / "bundled"
+#: every copy of policies/ the repository ships
+TARGETS = (TARGET, BUNDLED)
 KEY_SEPARATOR = "__"
 _CONFIGMAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
@@ -79,14 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(bad), file=sys.stderr)
         return 1
     if args.check:
-        drift = differences()
+        drift = [f"{t.relative_to(REPO)}: {d}" for t in TARGETS for d in differences(SOURCE, t)]
         if drift:
             print("\n".join(drift), file=sys.stderr)
             print("run: python helm/sync-policies.py", file=sys.stderr)
             return 1
         return 0
-    sync()
-    print(f"copied {len(policy_files(SOURCE))} files from policies/ to {TARGET.relative_to(REPO)}")
+    for target in TARGETS:
+        sync(SOURCE, target)
+        print(f"copied {len(policy_files(SOURCE))} files from policies/ to {target.relative_to(REPO)}")
     return 0
 
 

@@ -216,14 +216,13 @@ class Sidecar:
             headers.update(await self.auth.headers())
         return headers
 
-    async def _start_policy(self) -> Planner | None:
-        if not self.config.policy.dir and self.config.policy.backend != "opa":
-            return None
-        from sidecar.policy.service import PolicyService
+    async def _start_policy(self) -> Planner:
+        """The policy engine for policy.mode (the bundled set when no directory is given)."""
+        from sidecar.policy.modes import start_policy
 
-        self.policy = PolicyService(self.config.policy, self.config.pod.identity(), self.metrics.registry)
-        await self.policy.start()
-        return self.policy  # type: ignore[no-any-return]
+        self.policy, planner = await start_policy(
+            self.config.policy, self.config.pod.identity(), self.metrics.registry)
+        return planner
 
     async def _serve_admin(self, app: web.Application, endpoint: str) -> tuple[str, int]:
         host, port = parse_endpoint(endpoint)

@@ -39,7 +39,7 @@ class Planner(Protocol):
 
 
 class PassThrough:
-    """The planner when no policy is configured: change nothing."""
+    """The planner of ``policy.mode = "passthrough"`` only (sidecar.policy.modes): change nothing."""
 
     async def plans_for(
         self, signal: Signal, resources: Sequence[ResourceInfo], peer: Peer, transport: str
@@ -125,13 +125,14 @@ class Pipeline:
         self,
         queue: ExportQueue,
         metrics: SidecarMetrics,
-        planner: Planner | None = None,
+        planner: Planner,
         *,
         retry_after: float = 1.0,
     ) -> None:
         self._queue = queue
         self._metrics = metrics
-        self._planner: Planner = planner or PassThrough()
+        # no default: forwarding unmasked is an explicit choice (policy.mode), never a fallback
+        self._planner: Planner = planner
         self._retry_after = retry_after
         self._bucket: TokenBucket | None = None
         # (received, accepted, sampled out) counters bound per (signal, transport): labels() costs

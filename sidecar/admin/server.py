@@ -25,9 +25,14 @@ def admin_app(
 
     async def readiness(_: web.Request) -> web.Response:
         ok, details = ready()
-        return web.json_response(
-            {"status": "ready" if ok else "not ready", **details}, status=200 if ok else 503
-        )
+        body = {"status": "ready" if ok else "not ready", **details}
+        if policy_status is not None:
+            # how the data is treated belongs beside "ready": dry_run / passthrough mask nothing
+            status = policy_status()
+            body["policy_mode"] = status.get("mode", "")
+            if status.get("warning"):
+                body["policy_warning"] = status["warning"]
+        return web.json_response(body, status=200 if ok else 503)
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(registry)

@@ -7,6 +7,9 @@ from urllib.parse import urlsplit
 
 from sidecar.configkit import ConfigError, setting
 
+#: how the policies apply: only `enforce` masks card numbers
+MODES = ("enforce", "dry_run", "passthrough")
+
 
 def _opa_url(value: str) -> str | None:
     if not value:
@@ -33,8 +36,16 @@ class PolicyConfig:
     """The policy engine: where the Rego policies are and how they are evaluated."""
 
     dir: str = setting(
-        "", "Directory of .rego policies (empty: no policy, pass-through).",
+        "", "Directory of .rego policies (empty: the policy set bundled with the package).",
         kind="path", env=["SIDECAR_POLICY_DIR"],
+    )
+    mode: str = setting(
+        "enforce",
+        "`enforce` applies the policies; `dry_run` evaluates and counts them but forwards the data "
+        "unchanged (card numbers in clear); `passthrough` loads no policy and forwards everything "
+        "unchanged. Anything but `enforce` is logged as a WARNING at start and shown in `/policy`, "
+        "`/ready` and the `otlp_sidecar_policy_mode` metric.",
+        choices=list(MODES),
     )
     backend: str = setting(
         "embedded",
@@ -69,7 +80,7 @@ class PolicyConfig:
         choices=["refuse", "last_good"],
     )
     dry_run: bool = setting(
-        False, "Evaluate and count decisions, but leave the data unchanged.", kind="bool",
+        False, "Alias of `mode = \"dry_run\"` (kept for existing configurations).", kind="bool",
     )
     hash_key_file: str = setting(
         "", "File with the HMAC-SHA256 key for `hash` actions (a Kubernetes secret).",
@@ -92,6 +103,26 @@ class PolicyConfig:
         kind="bool",
     )
 
+    def __post_init__(self) -> None:
+        # `dry_run = true` is the older spelling of mode "dry_run": keep both views in step
+        if self.dry_run and self.mode == "enforce":
+            object.__setattr__(self, "mode", "dry_run")
+        elif self.mode == "dry_run" and not self.dry_run:
+            object.__setattr__(self, "dry_run", True)
+
+    @property
+    def enforcing(self) -> bool:
+        return self.mode == "enforce"
+
     def validate(self) -> None:
+        if self.mode == "passthrough" and self.dry_run:
+            raise ConfigError(
+                "policy.mode", "is 'passthrough' but policy.dry_run is true: choose one of the two"
+            )
+        if self.mode == "passthrough" and (self.dir or self.backend == "opa"):
+            raise ConfigError(
+                "policy.mode", "is 'passthrough' (no policy applied) but a policy is configured "
+                "(policy.dir or backend 'opa'): remove one of the two"
+            )
         if self.backend == "opa" and not self.opa_url:
             raise ConfigError("policy.opa_url", "is required when policy.backend is 'opa'")

@@ -12,6 +12,9 @@ one :class:`~sidecar.rewrite.plan.Plan`:
 - stamps of the same key must agree;
 - the lowest sampling ratio wins, keep rules are united;
 - any part that refuses refuses the resource.
+
+Then the engine's PCI guarantee applies (:mod:`sidecar.policy.invariant`): a plan always
+detects card numbers, and only the set's exemptions may keep an attribute from it.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.policy.errors import DecisionError
+from sidecar.policy.invariant import Exemption, enforce, exemptions_from
 from sidecar.rewrite.plan import (
     ATTRIBUTE_ACTIONS,
     CONFLICT_ACTIONS,
@@ -65,6 +69,8 @@ class PodSettings:
     tenant: str = ""
     export_headers: dict[str, str] = field(default_factory=dict)
     rate_limit: RateLimit | None = None
+    #: attribute keys that may carry card numbers, each with its reason
+    exemptions: tuple[Exemption, ...] = ()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -238,10 +244,16 @@ def compile_plan(
     *,
     hash_key: bytes = b"",
     dry_run: bool = False,
+    exemptions: Sequence[Exemption] = (),
+    ignored: list[str] | None = None,
 ) -> Plan:
-    """Check the decision document (``{package: part}``) and compile it into one plan."""
+    """Check the decision document (``{package: part}``) and compile it into one plan.
+
+    The PCI guarantee is applied last: ``exemptions`` are the only ``keep`` rules honoured;
+    the ids of the policies' other ``keep`` rules are appended to ``ignored`` when given.
+    """
     if decisions is None:
-        return Plan(dry_run=dry_run)
+        decisions = {}
     if not isinstance(decisions, dict):
         raise DecisionError("decisions: must be an object mapping policy packages to their part")
     refusal: tuple[str, str] | None = None
@@ -286,12 +298,15 @@ def compile_plan(
             if not isinstance(part["redaction"], str):
                 raise where.fail("redaction", "must be a string")
             redaction = part["redaction"]
+    rules, guarded, dropped_keeps = enforce(rules, list(detectors.values()), exemptions)
+    if ignored is not None:
+        ignored += dropped_keeps
     plan = Plan(
         allow=refusal is None,
         reason=refusal[0] if refusal else "",
         refuse_rule_id=refusal[1] if refusal else "",
         attribute_rules=_order_rules(rules),
-        detectors=tuple(detectors[k] for k in sorted(detectors)),
+        detectors=tuple(sorted(guarded, key=lambda d: d.kind)),
         stamps=tuple(stamps[k][0] for k in sorted(stamps)),
         sampling=sampling,
         redaction=redaction,
@@ -360,4 +375,7 @@ def pod_settings_from(document: Any, origin: str) -> PodSettings:
                 f"{origin}: pod_settings.rate_limit needs spans_per_second > 0 and burst >= 0"
             )
         rate_limit = RateLimit(float(per_second), float(burst))
-    return PodSettings(tenant=tenant, export_headers=dict(headers), rate_limit=rate_limit)
+    return PodSettings(
+        tenant=tenant, export_headers=dict(headers), rate_limit=rate_limit,
+        exemptions=exemptions_from(document.get("exemptions"), origin),
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -62,6 +63,18 @@ class PolicyMetrics:
             "otlp_sidecar_policy_dry_run", "1 when decisions are counted but data is left unchanged.",
             registry=registry,
         )
+        self.mode = Gauge(
+            "otlp_sidecar_policy_mode",
+            "1 for the policy mode in force (enforce, dry_run, passthrough); only `enforce` masks "
+            "card numbers.",
+            ["mode"], registry=registry,
+        )
+        self.exemptions = Gauge(
+            "otlp_sidecar_policy_exemptions",
+            "Attribute keys the active policy set exempts from card-number masking, by rule id "
+            "(each use is counted in otlp_sidecar_policy_rule_actions with action `keep`).",
+            ["rule_id"], registry=registry,
+        )
         self._version: tuple[str, str] | None = None
 
     def set_version(self, version: str, backend: str, loaded_at: float) -> None:
@@ -71,3 +84,14 @@ class PolicyMetrics:
         self._version = (version, backend)
         self.info.labels(version, backend).set(1)
         self.loaded_timestamp.set(loaded_at)
+
+    def set_mode(self, mode: str) -> None:
+        from sidecar.policy.config import MODES
+
+        for name in MODES:
+            self.mode.labels(name).set(1 if name == mode else 0)
+
+    def set_exemptions(self, rule_ids: Iterable[str]) -> None:
+        self.exemptions.clear()
+        for rule_id in rule_ids:
+            self.exemptions.labels(safe_label(rule_id)).inc()

@@ -6,6 +6,10 @@ bytes, signal, peer, transport, policy version), and a miss evaluates the Rego
 decision ONCE for that resource. The admin server shows :meth:`status` at
 ``/policy``. Hot reload swaps the whole compiled set at once and empties the
 cache; a set that does not compile or fails its tests never goes live.
+
+With no policy directory the set bundled with the package applies. On every load the
+engine's PCI probe (:mod:`sidecar.policy.probe`) rewrites card numbers in every place
+they can hide with the new set's plans; a set that lets one through never goes live.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,8 +38,10 @@ from sidecar.policy.errors import DecisionError, PolicyLoadError, PolicyUnavaila
 from sidecar.policy.fallback import strict_plan
 from sidecar.policy.loader import load_policy
 from sidecar.policy.metrics import PolicyMetrics, safe_label
+from sidecar.policy.pod_input import pod_input
+from sidecar.policy.probe import PROBES, survivors
 from sidecar.policy.remote import RemoteBackend, without_userinfo
-from sidecar.policy.source import read_policy_dir, snapshot
+from sidecar.policy.source import BUNDLED_DIR, read_policy_dir, snapshot
 from sidecar.rewrite import ResourceInfo
 from sidecar.rewrite.plan import PASS_THROUGH, Plan
 from sidecar.signals import Signal
@@ -42,7 +49,9 @@ from sidecar.signals import Signal
 log = logging.getLogger(__name__)
 
 SIGNALS_PROBED = (Signal.TRACES, Signal.METRICS, Signal.LOGS)
+TRANSPORTS_PROBED = ("grpc", "http")
 _ERROR_LOG_INTERVAL = 10.0
+_PLACES_SHOWN = 6
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,9 @@ class _Active:
     compiled: CompiledPolicy | None  # None for the remote back-end
     snapshot: tuple[Any, ...] = ()
     tests_passed: int = 0
+    #: the probe: card numbers planted, and the policies' `keep` rules the engine ignored
+    probed_cards: int = 0
+    ignored_keeps: tuple[str, ...] = ()
 
     def file_of(self, package: str) -> str:
         if self.compiled is None:
@@ -75,7 +87,10 @@ class PolicyService:
         self.config = config
         self.pod = pod
         self.metrics = PolicyMetrics(registry)
-        self._pod_input = pod.as_input()
+        self._pod_input = pod_input(pod)
+        #: the directory loaded: policy.dir, else the set bundled with the package
+        self._dir = config.dir or str(BUNDLED_DIR)
+        self._hash_key_source = ""
         remote = config.backend == "opa"
         self._interned: dict[Plan, Plan] = {}
         self._cache: PlanCache[Plan] = PlanCache(config.cache_size, config.remote_cache_ttl if remote else 0.0)
@@ -96,6 +111,7 @@ class PolicyService:
         self._reload_lock = asyncio.Lock()
         self._failed_snapshot: tuple[Any, ...] | None = None
         self.metrics.dry_run.set(1 if config.dry_run else 0)
+        self.metrics.set_mode(config.mode)
         self._hits = self.metrics.cache.labels("hit")
         # bound audit counters per (signal, (rule id, action)): labels() per request is measurable
         self._rule_counters: dict[tuple[Signal, tuple[str, str]], Any] = {}
@@ -104,27 +120,42 @@ class PolicyService:
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Load, compile and test the policies, read the hash key, start the watcher."""
+        """Load, compile, test and probe the policies, read the hash key, start the watcher."""
+        if self.config.mode == "passthrough":
+            raise ConfigError("policy.mode", "'passthrough' loads no policy (see sidecar.policy.modes)")
         if self.config.hash_key_file:
             self._hash_key, self._key_stat = _read_hash_key(self.config.hash_key_file)
+            self._hash_key_source = "file"
+        else:
+            self._hash_key, self._hash_key_source = secrets.token_bytes(32), "random"
+            log.warning(
+                "no policy.hash_key_file: `hash` rules use a random key made for this pod; hashed "
+                "values differ between pods and restarts (mount a hash key secret to join on them)"
+            )
+        if self.config.mode == "dry_run":
+            log.warning(
+                "policy.mode is dry_run: decisions are evaluated and counted, but the data is "
+                "forwarded UNCHANGED - card numbers are NOT masked, tenants NOT stamped"
+            )
         if self._remote is not None:
             await self._start_remote()
-        elif self.config.dir:
+        else:
+            origin = self.config.dir or f"{self._dir} (the bundled policy set)"
             try:
-                active = await self._load(self.config.dir)
-                self._pod_settings = self._probe(active)
+                active = await self._load(self._dir)
+                active, self._pod_settings = self._probe(active)
             except PolicyLoadError as exc:
                 self.metrics.reloads.labels("failed").inc()
-                raise ConfigError("policy.dir", f"{self.config.dir}: {exc}") from None
+                raise ConfigError("policy.dir", f"{origin}: {exc}") from None
             except DecisionError as exc:
                 self.metrics.reloads.labels("failed").inc()
                 key = "policy.hash_key_file" if "hash key" in str(exc) else "policy.dir"
-                raise ConfigError(key, str(exc)) from None
+                raise ConfigError(key, str(exc) if self.config.dir else f"{origin}: {exc}") from None
             self._activate(active)
         self._started = True
         if self.config.reload_interval > 0 and (
             self.config.dir or self.config.hash_key_file or self._remote is not None
-        ):
+        ):  # the bundled set never changes: it is not watched
             self._watcher = asyncio.create_task(self._watch(), name="policy-watcher")
 
     async def stop(self) -> None:
@@ -177,8 +208,11 @@ class PolicyService:
     def status(self) -> dict[str, Any]:
         active = self._active
         return {
+            "mode": self.config.mode,
+            "warning": MODE_WARNINGS.get(self.config.mode, ""),
             "backend": self.config.backend,
-            "dir": self.config.dir,
+            "dir": self._dir if self._remote is None else "",
+            "bundled": self._remote is None and not self.config.dir,
             "opa_url": without_userinfo(self.config.opa_url) if self._remote else "",
             "version": self.version,
             "loaded_at": active.loaded_at if active else None,
@@ -189,6 +223,14 @@ class PolicyService:
             "on_error": self.config.on_error,
             "dry_run": self.config.dry_run,
             "hash_key_loaded": bool(self._hash_key),
+            "hash_key": {"file": "from policy.hash_key_file", "random": "random, made for this pod"}.get(
+                self._hash_key_source, "none"),
+            "exemptions": [e.as_status() for e in self._pod_settings.exemptions],
+            "pci_probe": {
+                "cards_planted": active.probed_cards if active else 0,
+                "survived": 0,
+                "ignored_keep_rules": list(active.ignored_keeps) if active else [],
+            },
             "cache_entries": len(self._cache),
             "last_reload_error": self._last_error,
             "last_reload_error_at": self._last_error_at or None,
@@ -255,6 +297,7 @@ class PolicyService:
                 decisions = await self._remote.query("decisions", request)
             plan = compile_plan(
                 decisions, active.file_of, hash_key=self._hash_key, dry_run=self.config.dry_run,
+                exemptions=self._pod_settings.exemptions,
             )
         except DecisionError as exc:
             return self._fallback(active, key, signal, peer, transport, exc, started)
@@ -351,33 +394,74 @@ class PolicyService:
             tests_passed=len(results),
         )
 
-    def _probe(self, active: _Active) -> PodSettings:
-        """Evaluate the new set once per signal and for the pod: errors surface before it is live."""
+    def _probe(self, active: _Active) -> tuple[_Active, PodSettings]:
+        """Evaluate the new set for the pod and probe it per signal before it is live.
+
+        For each signal and transport the plan of the probe request's resource is compiled
+        as a request would get it, and the probe request (card numbers in every place they
+        can hide) goes through the real rewriter with it: one card number out whole refuses
+        the set (PolicyLoadError naming the places).
+        """
         assert active.compiled is not None
         settings = pod_settings_from(
             active.compiled.query("pod_settings", self._request_input(None, None, "")),
             f"{active.file_of(self.config.opa_path.replace('/', '.')) or 'pod_settings'}",
         )
+        places: list[str] = []
+        ignored: list[str] = []
+        planted = 0
         for signal in SIGNALS_PROBED:
-            decisions = active.compiled.query("decisions", self._request_input(signal, None, "grpc"))
-            compile_plan(decisions, active.file_of, hash_key=self._hash_key)
-        return settings
+            probe = PROBES[signal]
+            planted += len(probe.cards)
+            for transport in TRANSPORTS_PROBED:
+                decisions = active.compiled.query(
+                    "decisions", self._request_input(signal, probe.resource, transport))
+                plan = compile_plan(
+                    decisions, active.file_of, hash_key=self._hash_key,
+                    exemptions=settings.exemptions, ignored=ignored,
+                )
+                places += [p for p in survivors(probe, plan) if p not in places]
+        if places:
+            shown = ", ".join(places[:_PLACES_SHOWN])
+            more = f" and {len(places) - _PLACES_SHOWN} more" if len(places) > _PLACES_SHOWN else ""
+            raise PolicyLoadError(
+                f"the PCI probe found card numbers left unmasked by this policy set in: {shown}{more} "
+                "(a card number may only pass under an exemption naming its exact key; see "
+                "docs/policy.md, 'The PCI guarantee'); the set is refused"
+            )
+        probed = dataclasses.replace(
+            active, probed_cards=planted, ignored_keeps=tuple(dict.fromkeys(ignored)))
+        return probed, settings
 
     def _activate(self, active: _Active) -> None:
         self._active = active
         self._cache.clear()
         self.metrics.set_version(active.version, active.backend, active.loaded_at)
+        self.metrics.set_exemptions(e.rule_id for e in self._pod_settings.exemptions)
         if active.compiled is not None:
             self.metrics.reloads.labels("ok").inc()
-            log.info(
-                "policy set %s is live (%d files, %d tests passed)",
-                active.version, len(active.files), active.tests_passed,
+            log.log(
+                logging.INFO if self.config.mode == "enforce" else logging.WARNING,
+                "policy set %s%s is live: mode %s, %d files, %d tests passed, PCI probe: %d card "
+                "numbers in every signal masked",
+                active.version, "" if self.config.dir else " (bundled)", self.config.mode,
+                len(active.files), active.tests_passed, active.probed_cards,
+            )
+            for rule_id in active.ignored_keeps:
+                log.warning(
+                    "policy rule %r keeps attributes that are not exempted: card numbers in them "
+                    "are masked anyway (only an exemption naming an exact key keeps them)", rule_id,
+                )
+        for exemption in self._pod_settings.exemptions:
+            log.warning(
+                "PCI exemption %s: attribute %r may carry card numbers unmasked (reason: %s)",
+                exemption.rule_id, exemption.key, exemption.reason,
             )
 
     async def reload(self) -> bool:
         """Load the directory again; swap it in when it changed and is good. True when swapped."""
         async with self._reload_lock:
-            root = self.config.dir
+            root = self._dir
             current = self._active
             try:
                 policy_set = await asyncio.to_thread(read_policy_dir, root)
@@ -386,7 +470,7 @@ class PolicyService:
                     self._last_error = ""  # back to the live content: nothing is wrong any more
                     return False
                 active = await self._load(root)
-                settings = self._probe(active)
+                active, settings = self._probe(active)
             except (PolicyLoadError, DecisionError) as exc:
                 self.metrics.reloads.labels("failed").inc()
                 self._note_error(str(exc))
@@ -443,6 +527,15 @@ class PolicyService:
         self._cache.clear()
         self._last_good.clear()
         log.info("hash key reloaded from policy.hash_key_file")
+
+
+#: what /policy and /ready say when the data is not masked
+MODE_WARNINGS = {
+    "dry_run": "dry run: policies are evaluated and counted, data is forwarded unchanged "
+               "(card numbers are not masked)",
+    "passthrough": "pass-through: no policy is applied, data is forwarded unchanged "
+                   "(card numbers are not masked)",
+}
 
 
 def _without_port(peer: Peer) -> Peer:

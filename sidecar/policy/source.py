@@ -21,6 +21,9 @@ from sidecar.policy.errors import PolicyLoadError
 _PACKAGE_RE = re.compile(r"^package\s+([A-Za-z_][\w.]*)", re.MULTILINE)
 _TEST_RULE_RE = re.compile(r"^(test_\w+)\b", re.MULTILINE)
 DATA_FILE = "data.json"
+#: the policy set shipped inside the package (a copy of the repository's policies/,
+#: kept in step by helm/sync-policies.py): what applies when policy.dir is empty
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 
 
 @dataclass(frozen=True)

@@ -453,9 +453,9 @@ def _kv(st: _State, tag_pos: int, vs: int, ve: int, active: bool) -> int:
     if rule is None:
         return _sub(st, KV, tag_pos, vs, ve, True)
     _walk(st, KV, vs, ve, False)  # validate what the rule replaces or exempts
+    _count(st, rule.slot, 1)  # a `keep` (an exemption) is counted too: each use is audited
     if rule.action == ACT_KEEP:
         return 0
-    _count(st, rule.slot, 1)
     if rule.action == ACT_DROP:
         st.edit(tag_pos, ve, b"")
         return -(ve - tag_pos)

@@ -10,8 +10,9 @@ from sidecar.configkit import ConfigError
 from sidecar.identity import Peer
 from sidecar.policy.decision import compile_plan, key_patterns
 from sidecar.policy.errors import DecisionError, PolicyUnavailable
+from sidecar.policy.invariant import ENGINE_PAN_RULE, Exemption
 from sidecar.rewrite import rewrite, split_resources
-from sidecar.rewrite.plan import AttributeRule
+from sidecar.rewrite.plan import AttributeRule, ValueDetector
 from sidecar.signals import Signal
 from tests.policy.conftest import sample_value, trace_request
 from tests.policy.extra import add_extra_policy
@@ -130,9 +131,11 @@ def test_compile_plan_orders_rules_most_protective_first() -> None:
             {"rule_id": "a.drop", "match": ["card.cvv"], "action": "drop"},
         ]},
     }
-    plan = compile_plan(decisions, no_file)
+    exemption = Exemption("b.exempt", "card.test", "the processor's published test numbers")
+    plan = compile_plan(decisions, no_file, exemptions=[exemption])
     assert plan.attribute_rules[0] == AttributeRule("a.drop", "card.cvv", "drop")
-    assert plan.attribute_rules[-1] == AttributeRule("b.keep", "card.*", "keep")
+    # a `keep` glob is no exemption: the engine removes it; the exemption's exact key is kept
+    assert plan.attribute_rules[-1] == AttributeRule("b.exempt", "card.test", "keep")
     assert [r.action for r in plan.attribute_rules[1:-1]] == ["mask_pan"] * len(key_patterns("card_number"))
 
 
@@ -160,8 +163,10 @@ def test_conflicting_stamps_are_an_error() -> None:
         compile_plan(decisions, no_file)
 
 
-def test_undefined_decision_is_no_change() -> None:
-    assert compile_plan(None, no_file).is_noop
+def test_undefined_decision_still_masks_card_numbers() -> None:
+    plan = compile_plan(None, no_file)
+    assert plan.detectors == (ValueDetector(ENGINE_PAN_RULE, "pan", "mask_pan"),)
+    assert (plan.attribute_rules, plan.stamps, plan.sampling, plan.allow) == ((), (), None, True)
 
 
 def test_key_patterns_cover_spellings_and_nesting() -> None:

@@ -10,8 +10,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from sidecar.configkit import ConfigError
 from sidecar.identity import Peer, PodIdentity
+from sidecar.policy.source import read_policy_dir
 from sidecar.rewrite import rewrite, split_resources
-from sidecar.rewrite.plan import PASS_THROUGH
+from sidecar.rewrite.plan import HASH_PREFIX, PASS_THROUGH
 from sidecar.signals import Signal
 from tests.policy.conftest import HASH_KEY, POLICIES, attrs_of, sample_value, trace_request
 
@@ -19,11 +20,16 @@ PEER = Peer(address="127.0.0.1:50000")
 CARD = "4111 1111 1111 1111"
 
 
-async def test_no_policy_dir_passes_everything_through(make_service) -> None:
+async def test_no_policy_dir_applies_the_bundled_set(make_service) -> None:
     service = await make_service(dir="")
-    data = trace_request([({"service.name": "a"}, [{}])])
+    data = trace_request([({"service.name": "a"}, [{"attrs": {"note": CARD}, "error": True}])])
     plans = await service.plans_for(Signal.TRACES, split_resources(Signal.TRACES, data), PEER, "grpc")
-    assert plans == [PASS_THROUGH]
+    assert plans != [PASS_THROUGH]
+    result = rewrite(Signal.TRACES, data, plans)
+    assert CARD.encode() not in result.data and b"**** **** **** 1111" in result.data
+    status = service.status()
+    assert (status["mode"], status["bundled"], status["hash_key"]) == ("enforce", True, "random, made for this pod")
+    assert status["version"] == read_policy_dir(str(POLICIES)).version  # the package's copy is policies/
     assert service.ready
 
 
@@ -129,11 +135,19 @@ async def test_dry_run_counts_but_changes_nothing(make_service, hash_key_file: P
     assert any(n > 0 for n in result.counts.values())
 
 
-async def test_missing_hash_key_is_a_start_up_error(make_service) -> None:
-    with pytest.raises(ConfigError) as caught:
-        await make_service(dir=str(POLICIES))
-    assert caught.value.key == "policy.hash_key_file"
-    assert "pci.holder" in caught.value.message and "hash" in caught.value.message
+async def test_no_hash_key_file_hashes_with_a_random_key_per_pod(make_service, caplog) -> None:
+    first = await make_service(dir=str(POLICIES))
+    second = await make_service(dir=str(POLICIES))
+    assert "random key made for this pod" in caplog.text
+    data = trace_request([({"service.name": "a"}, [{"attrs": {"cardholder_name": "Jane Roe"}, "error": True}])])
+    outputs = []
+    for service in (first, second):
+        assert service.status()["hash_key"] == "random, made for this pod"
+        plans = await service.plans_for(Signal.TRACES, split_resources(Signal.TRACES, data), PEER, "grpc")
+        result = rewrite(Signal.TRACES, data, plans)
+        assert b"Jane Roe" not in result.data and HASH_PREFIX.encode() in result.data
+        outputs.append(result.data)
+    assert outputs[0] != outputs[1]  # two pods, two keys
 
 
 async def test_hash_key_file_that_does_not_exist(make_service, tmp_path: Path) -> None:

@@ -136,9 +136,9 @@ class Reference:
         if r is None:
             self.value(a.value)
             return True
+        self.counts[(r.rule_id, r.action)] += 1
         if r.action == "keep":
             return True
-        self.counts[(r.rule_id, r.action)] += 1
         if r.action == "drop":
             return False
         kind = a.value.WhichOneof("value")

@@ -1,0 +1,217 @@
+"""The load-time probe: card numbers in every place they can hide, through the real rewriter.
+
+On every load (start and hot reload) the service asks the new policy set for the plan
+of the probe's resource, per signal and transport, and rewrites the probe request of
+that signal with it through the same rewriter the pipeline uses (the Cython one when
+it is built). A card number that comes out whole refuses the set, naming the place.
+
+Each place holds its own Luhn-valid number (Visa, Mastercard or American Express,
+written plain, with spaces or with dashes, alone or inside text), so a survivor names
+its place. The numbers are made up here; none is printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from sidecar.rewrite import ResourceInfo, rewrite, split_resources
+from sidecar.rewrite.plan import Plan
+from sidecar.signals import Signal
+
+PROBE_SERVICE = "otlp-sidecar-pci-probe"
+
+
+@dataclass(frozen=True)
+class Card:
+    """One planted card number: where it is and how it was written."""
+
+    place: str
+    digits: str
+    written: str
+
+
+def _luhn_complete(body: str) -> str:
+    """``body`` with the Luhn check digit appended."""
+    total = 0
+    for index, char in enumerate(reversed(body)):
+        value = int(char)
+        if index % 2 == 0:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return body + str((10 - total % 10) % 10)
+
+
+def _card(index: int) -> tuple[str, str, str]:
+    """The ``index``-th probe number: (digits, the number as written, the text planted)."""
+    brand = index % 3
+    if brand == 0:
+        digits = _luhn_complete(f"4{index + 1:014d}")  # Visa, 16
+        groups = [digits[i:i + 4] for i in range(0, 16, 4)]
+    elif brand == 1:
+        digits = _luhn_complete(f"55{index + 1:013d}")  # Mastercard, 16
+        groups = [digits[i:i + 4] for i in range(0, 16, 4)]
+    else:
+        digits = _luhn_complete(f"37{index + 1:012d}")  # American Express, 15
+        groups = [digits[:4], digits[4:10], digits[10:]]
+    style = (index // 3) % 4
+    written = (digits, " ".join(groups), "-".join(groups), " ".join(groups))[style]
+    return digits, written, f"paid with {written} today" if style == 3 else written
+
+
+class _Planter:
+    """Hands out one card number per named place."""
+
+    def __init__(self, signal: Signal) -> None:
+        self.signal = signal
+        self.cards: list[Card] = []
+        self._numbers = itertools.count()
+
+    def text(self, place: str) -> str:
+        digits, written, text = _card(next(self._numbers))
+        self.cards.append(Card(f"{self.signal.value} {place}", digits, written))
+        return text
+
+    def kv(self, key: str, place: str) -> KeyValue:
+        return KeyValue(key=key, value=AnyValue(string_value=self.text(place)))
+
+    def nested(self, place: str) -> KeyValue:
+        """A map holding a map and an array, each with a card number."""
+        value = AnyValue()
+        outer = value.kvlist_value.values
+        outer.add(key="note", value=AnyValue(string_value=self.text(f"{place} map value")))
+        inner = outer.add(key="inner").value.kvlist_value.values
+        inner.add(key="deeper", value=AnyValue(string_value=self.text(f"{place} map in a map")))
+        array = outer.add(key="list").value.array_value.values
+        array.add(int_value=7)
+        array.add(string_value=self.text(f"{place} array in a map"))
+        array.add().kvlist_value.values.add(
+            key="item", value=AnyValue(string_value=self.text(f"{place} map in an array")))
+        return KeyValue(key="otlp_sidecar.probe.nested", value=value)
+
+    def attributes(self, place: str) -> list[KeyValue]:
+        return [
+            self.kv("otlp_sidecar.probe.note", f"{place} attribute"),
+            self.kv("card_number", f"{place} attribute named like a card number"),
+            self.nested(f"{place} attribute"),
+        ]
+
+    def resource(self, resource: object) -> None:
+        attributes = resource.attributes  # type: ignore[attr-defined]
+        attributes.add(key="service.name", value=AnyValue(string_value=PROBE_SERVICE))
+        attributes.extend(self.attributes("resource"))
+
+
+def _traces(planter: _Planter) -> bytes:
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    planter.resource(rs.resource)
+    ss = rs.scope_spans.add()
+    ss.scope.name = "probe"
+    ss.scope.attributes.extend(planter.attributes("scope"))
+    span = ss.spans.add(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)))
+    span.name = planter.text("span name")
+    span.attributes.extend(planter.attributes("span"))
+    span.status.code = 2
+    span.status.message = planter.text("status message")
+    event = span.events.add(name=planter.text("event name"))
+    event.attributes.extend(planter.attributes("event"))
+    link = span.links.add(trace_id=bytes(range(2, 18)), span_id=bytes(range(2, 10)))
+    link.attributes.extend(planter.attributes("link"))
+    return request.SerializeToString()
+
+
+def _logs(planter: _Planter) -> bytes:
+    request = ExportLogsServiceRequest()
+    rl = request.resource_logs.add()
+    planter.resource(rl.resource)
+    sl = rl.scope_logs.add()
+    sl.scope.attributes.extend(planter.attributes("scope"))
+    record = sl.log_records.add(severity_text="INFO")
+    record.body.string_value = planter.text("log body")
+    record.attributes.extend(planter.attributes("log record"))
+    record.event_name = planter.text("log event name")
+    structured = sl.log_records.add()
+    structured.body.CopyFrom(planter.nested("log body").value)
+    return request.SerializeToString()
+
+
+def _metrics(planter: _Planter) -> bytes:
+    request = ExportMetricsServiceRequest()
+    rm = request.resource_metrics.add()
+    planter.resource(rm.resource)
+    sm = rm.scope_metrics.add()
+    sm.scope.attributes.extend(planter.attributes("scope"))
+    gauge = sm.metrics.add(name="probe.gauge")
+    gauge.metadata.append(planter.kv("otlp_sidecar.probe.meta", "metric metadata"))
+    point = gauge.gauge.data_points.add(as_int=1)
+    point.attributes.extend(planter.attributes("gauge data point"))
+    exemplar = point.exemplars.add(as_double=1.0)
+    exemplar.filtered_attributes.extend(planter.attributes("exemplar"))
+    total = sm.metrics.add(name="probe.sum")
+    total.sum.data_points.add(as_int=1).attributes.extend(planter.attributes("sum data point"))
+    histogram = sm.metrics.add(name="probe.histogram")
+    hp = histogram.histogram.data_points.add(count=1)
+    hp.attributes.extend(planter.attributes("histogram data point"))
+    hp.exemplars.add(as_int=1).filtered_attributes.extend(planter.attributes("histogram exemplar"))
+    exponential = sm.metrics.add(name="probe.exponential")
+    exponential.exponential_histogram.data_points.add(count=1).attributes.extend(
+        planter.attributes("exponential histogram data point"))
+    summary = sm.metrics.add(name="probe.summary")
+    summary.summary.data_points.add(count=1).attributes.extend(planter.attributes("summary data point"))
+    return request.SerializeToString()
+
+
+_BUILDERS: dict[Signal, Callable[[_Planter], bytes]] = {
+    Signal.TRACES: _traces, Signal.LOGS: _logs, Signal.METRICS: _metrics,
+}
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """The probe request of one signal, its resource and the cards planted in it."""
+
+    signal: Signal
+    data: bytes
+    resource: ResourceInfo
+    cards: tuple[Card, ...]
+
+
+def probe_request(signal: Signal) -> ProbeRequest:
+    planter = _Planter(signal)
+    data = _BUILDERS[signal](planter)
+    (resource,) = split_resources(signal, data)
+    return ProbeRequest(signal, data, resource, tuple(planter.cards))
+
+
+#: built once: the requests never change
+PROBES: dict[Signal, ProbeRequest] = {signal: probe_request(signal) for signal in _BUILDERS}
+
+
+def as_probed(plan: Plan) -> Plan:
+    """The plan as the probe applies it: nothing refused or sampled away, never a dry run.
+
+    A refusal or a sampled-out span would hide the cards from the check; what is checked is
+    what the plan does to the data it lets through.
+    """
+    stamps = tuple(dataclasses.replace(s, on_conflict="overwrite") for s in plan.stamps)
+    return dataclasses.replace(plan, allow=True, sampling=None, dry_run=False, stamps=stamps)
+
+
+def survivors(probe: ProbeRequest, plan: Plan) -> list[str]:
+    """The places of the probe request where a card number comes out of the rewriter whole."""
+    result = rewrite(probe.signal, probe.data, [as_probed(plan)])
+    out = result.data
+    return [
+        card.place for card in probe.cards
+        if card.written.encode() in out or card.digits.encode() in out
+    ]
