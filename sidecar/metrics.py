@@ -97,6 +97,12 @@ class SidecarMetrics:
             ["signal"], buckets=tuple(b * 1024 for b in (1, 16, 64, 256, 1024, 4096, 16384)),
             registry=r,
         )
+        self.compression_downgrades = Counter(
+            f"{PREFIX}_exporter_compression_downgrades",
+            "Times the upstream refused the exporter's compression and the next one was used "
+            "(zstd -> gzip -> none; the refused batch is sent again, not lost).",
+            ["from_encoding", "to_encoding"], registry=r,
+        )
 
     def track_receive_budget(self, budget: ReceiveBudget) -> None:
         """Report ``budget`` (shared by the listeners) at every scrape."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from sidecar.export.negotiate import DowngradeListener
 from sidecar.export.result import Exported
 from sidecar.export.sender import Exporter
 from sidecar.signals import Signal
@@ -26,6 +27,12 @@ class BySignalExporter:
     async def stop(self) -> None:
         for exporter in self._distinct:
             await exporter.stop()
+
+    def watch_downgrades(self, listener: DowngradeListener) -> None:
+        for exporter in self._distinct:
+            watch = getattr(exporter, "watch_downgrades", None)
+            if watch is not None:
+                watch(listener)
 
     async def export(self, signal: Signal, data: bytes) -> Exported:
         return await self._exporters[signal].export(signal, data)

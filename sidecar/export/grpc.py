@@ -1,7 +1,8 @@
-"""OTLP/gRPC exporter (grpclib): raw bytes, gzip / zstd message compression, one reused channel."""
+"""OTLP/gRPC exporter (grpclib): raw bytes, gzip / zstd negotiated down on refusal, one reused channel."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import ssl
@@ -16,6 +17,7 @@ from grpclib.config import Configuration
 from grpclib.const import Status
 
 from sidecar.config import ExporterConfig
+from sidecar.export.negotiate import names_encoding, parse_accepted
 from sidecar.export.partial import parse_response
 from sidecar.export.result import Exported, ExportError
 from sidecar.export.upstream import UpstreamExporter
@@ -43,14 +45,14 @@ class GrpcExporter(UpstreamExporter):
     def __init__(self, config: ExporterConfig, **options: Any) -> None:
         super().__init__(config, **options)
         self._targets: dict[Signal, tuple[str, int, bool]] = {}
-        self._channels: dict[tuple[str, int, bool], tuple[grpclib.client.Channel, object]] = {}
+        self._channels: dict[tuple[str, int, bool], tuple[grpclib.client.Channel, object, int]] = {}
         self._retired: list[grpclib.client.Channel] = []
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
-        for channel, _ in self._channels.values():
+        for channel, _, _ in self._channels.values():
             channel.close()
         for channel in self._retired:
             channel.close()
@@ -72,24 +74,36 @@ class GrpcExporter(UpstreamExporter):
         context: ssl.SSLContext | None = None
         if secure:
             context = (self._ssl_context() if self._ssl_context else None) or _default_context()
+        generation = self.negotiator.generation
         current = self._channels.get(key)
-        if current is not None and current[1] is context:
+        if current is not None and current[1] is context and current[2] == generation:
             return current[0]
         if current is not None:
-            # the TLS material changed: new calls use a new connection; calls in flight
-            # finish on the old one, closed at stop()
-            self._retired.append(current[0])
+            # the TLS material or the compression changed: new calls use a new connection (a
+            # C-core server refuses gzip on a connection that carried a zstd call); calls in flight
+            # finish on the old one, closed once they have had their timeout
+            self._retire(current[0])
         options = None
         if context is not None and self._server_hostname:
             options = Configuration(ssl_target_name_override=self._server_hostname)
         channel = grpclib.client.Channel(host, port, ssl=context, config=options)
-        self._channels[key] = (channel, context)
+        self._channels[key] = (channel, context, generation)
         return channel
+
+    def _retire(self, channel: grpclib.client.Channel) -> None:
+        self._retired.append(channel)
+
+        def close() -> None:
+            if channel in self._retired:
+                self._retired.remove(channel)
+                channel.close()
+
+        asyncio.get_running_loop().call_later(self._config.timeout + 1.0, close)
 
     async def export(self, signal: Signal, data: bytes) -> Exported:
         metadata = await self._headers()
         while True:
-            encoding = self._encoding
+            encoding = self.negotiator.select()
             try:
                 reply = await call_unary(
                     self._channel(signal), signal.grpc_path, data,
@@ -97,8 +111,10 @@ class GrpcExporter(UpstreamExporter):
                     metadata=metadata,
                 )
             except CallError as exc:
-                if self._downgrade(encoding, exc):
-                    continue
+                if _refuses_encoding(encoding, exc) and self.negotiator.refused(
+                    encoding, exc.message, parse_accepted(exc.trailers.get("grpc-accept-encoding"))
+                ) is not None:
+                    continue  # the same batch again, compressed the next way, on a fresh connection
                 error = grpc_error(exc)
                 if exc.status is Status.UNAUTHENTICATED:
                     self._unauthorized(error)
@@ -107,22 +123,17 @@ class GrpcExporter(UpstreamExporter):
                 raise error from None
             return parse_response(signal, reply)
 
-    def _downgrade(self, encoding: str, exc: CallError) -> bool:
-        """The upstream does not take our compression: fall back (zstd, gzip, none), once each."""
-        if encoding == "identity":
-            return False
-        accepted = exc.trailers.get("grpc-accept-encoding")
-        refused = (accepted is not None and encoding not in accepted.replace(" ", "").split(",")) or (
-            exc.status in (Status.UNIMPLEMENTED, Status.INTERNAL) and "encoding" in exc.message.lower()
-        )
-        if not refused:
-            return False
-        self._encoding = "gzip" if encoding == "zstd" else "identity"
-        log.warning(
-            "upstream does not accept %s compression (%s); using %s from now on",
-            encoding, exc.message, self._encoding,
-        )
+
+def _refuses_encoding(encoding: str, exc: CallError) -> bool:
+    """The call failed because the server does not take ``encoding``: its grpc-accept-encoding
+    leaves it out, or UNIMPLEMENTED / INTERNAL naming the encoding (C-core: "Error parsing
+    'grpc-encoding' metadata", "Compression algorithm ... is disabled")."""
+    if encoding == "identity":
+        return False
+    accepted = parse_accepted(exc.trailers.get("grpc-accept-encoding"))
+    if accepted is not None and encoding not in accepted:
         return True
+    return exc.status in (Status.UNIMPLEMENTED, Status.INTERNAL) and names_encoding(exc.message)
 
 
 def grpc_error(exc: CallError) -> ExportError:

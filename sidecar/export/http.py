@@ -1,4 +1,4 @@
-"""OTLP/HTTP exporter (aiohttp): protobuf bodies, gzip / zstd, connection reuse."""
+"""OTLP/HTTP exporter (aiohttp): protobuf bodies, gzip / zstd negotiated down on refusal, connection reuse."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from sidecar.config import ExporterConfig
+from sidecar.export.negotiate import names_encoding, parse_accepted
 from sidecar.export.partial import parse_response
 from sidecar.export.result import Exported, ExportError
 from sidecar.export.upstream import UpstreamExporter
@@ -38,11 +39,21 @@ class HttpExporter(UpstreamExporter):
             self._session = None
 
     async def export(self, signal: Signal, data: bytes) -> Exported:
+        """POST the batch; an upstream refusing our compression gets it again with the next one."""
+        while True:
+            encoding = self.negotiator.select()
+            try:
+                return await self._post(signal, data, encoding)
+            except _EncodingRefused as refusal:
+                if self.negotiator.refused(encoding, refusal.error.message, refusal.accepted) is None:
+                    raise refusal.error from None
+
+    async def _post(self, signal: Signal, data: bytes, encoding: str) -> Exported:
         assert self._session is not None, "start() first"
         headers = {"Content-Type": "application/x-protobuf", "User-Agent": "otlp-sidecar", **await self._headers()}
-        body = await compression.compress_async(self._encoding, data, self._config.compression_level)
-        if self._encoding != "identity":
-            headers["Content-Encoding"] = self._encoding
+        body = await compression.compress_async(encoding, data, self._config.compression_level)
+        if encoding != "identity":
+            headers["Content-Encoding"] = encoding
         url = self._config.url_for(signal)
         ssl_arg: ssl.SSLContext | bool = True
         extra: dict[str, str] = {}
@@ -59,6 +70,8 @@ class HttpExporter(UpstreamExporter):
                 if response.status == 200:
                     return parse_response(signal, payload)
                 error = _http_error(response.status, response.headers.get("Retry-After"), payload)
+                if encoding != "identity" and _refuses_encoding(response.status, error.message):
+                    raise _EncodingRefused(error, parse_accepted(response.headers.get("Accept-Encoding")))
                 if response.status == 401:
                     self._unauthorized(error)
                 raise error
@@ -69,6 +82,21 @@ class HttpExporter(UpstreamExporter):
         except aiohttp.ClientError as exc:
             reason = self._failure_reason(exc, "unavailable")
             raise ExportError(reason, f"cannot reach {url}: {exc}", retryable=True) from None
+
+
+class _EncodingRefused(Exception):
+    """The upstream cannot decode the request's Content-Encoding (415, or 400 naming the encoding)."""
+
+    def __init__(self, error: ExportError, accepted: frozenset[str] | None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.accepted = accepted
+
+
+def _refuses_encoding(status: int, message: str) -> bool:
+    """415 Unsupported Media Type (RFC 7694: an unsupported Content-Encoding), or a 400 whose
+    message is about the encoding (aiohttp: "Can not decode content-encoding: zstandard")."""
+    return status == 415 or (status == 400 and names_encoding(message))
 
 
 def _http_error(status: int, retry_after: str | None, payload: bytes) -> ExportError:

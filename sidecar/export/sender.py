@@ -49,6 +49,9 @@ class Sender:
             max_open_for=config.circuit_max_open_for,
             registry=metrics.registry,
         )
+        watch = getattr(exporter, "watch_downgrades", None)
+        if watch is not None:
+            watch(lambda old, new: metrics.compression_downgrades.labels(old, new).inc())
 
     @property
     def healthy(self) -> bool:

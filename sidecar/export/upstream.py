@@ -6,6 +6,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 from sidecar.config import ExporterConfig
+from sidecar.export.negotiate import DowngradeListener, Negotiator
 from sidecar.export.result import ExportError
 
 SslFactory = Callable[[], ssl.SSLContext | None]
@@ -38,7 +39,12 @@ class UpstreamExporter:
         self._server_hostname = server_hostname
         self._on_unauthorized = on_unauthorized
         self._classify = classify
-        self._encoding = "identity" if config.compression == "none" else config.compression
+        #: the compression sent now: the configured one, lowered when the upstream refuses it
+        self.negotiator = Negotiator("identity" if config.compression == "none" else config.compression)
+
+    def watch_downgrades(self, listener: DowngradeListener) -> None:
+        """``listener(from, to)`` each time the upstream's refusal lowers the compression."""
+        self.negotiator.watch(listener)
 
     async def _headers(self) -> dict[str, str]:
         """The configured headers, then the per-export ones (policy egress headers, auth)."""
