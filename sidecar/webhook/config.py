@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from sidecar.configkit import ConfigError, load_section, read_toml, render_markdown, setting
 
@@ -25,6 +26,21 @@ _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti
 def _quantity(value: str) -> str | None:
     if value and not _QUANTITY.match(value):
         return f"{value!r} is not a Kubernetes quantity (e.g. 100m, 128Mi)"
+    return None
+
+
+#: protocols an app can use towards the sidecar (OTEL_EXPORTER_OTLP_PROTOCOL values)
+APP_PROTOCOLS = ("http/protobuf", "http/json", "grpc")
+
+
+def _http_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{value!r} must be a URL such as http://127.0.0.1:4318"
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return f"{value!r} has an invalid port"
     return None
 
 
@@ -87,7 +103,18 @@ class InjectionConfig:
     )
     app_endpoint: str = setting(
         "http://127.0.0.1:4318",
-        "OTEL_EXPORTER_OTLP_ENDPOINT set in app containers that do not set it themselves.",
+        "OTEL_EXPORTER_OTLP_ENDPOINT set in app containers that do not set it themselves, for "
+        "OTLP/HTTP; an app using gRPC gets the same host with grpc_port.",
+        check=_http_url,
+    )
+    app_protocol: str = setting(
+        "http/protobuf",
+        "OTEL_EXPORTER_OTLP_PROTOCOL set with the endpoint (the pod annotation "
+        "otlp-sidecar.io/protocol chooses per pod); the endpoint's port follows it.",
+        choices=list(APP_PROTOCOLS),
+    )
+    cluster_name: str = setting(
+        "", "The cluster's name, given to the sidecar as SIDECAR_CLUSTER_NAME (k8s.cluster.name).",
     )
     grpc_port: int = setting(4317, "Sidecar OTLP/gRPC port (loopback).", kind="int", min=1, max=65535)
     http_port: int = setting(4318, "Sidecar OTLP/HTTP port (loopback).", kind="int", min=1, max=65535)
@@ -173,6 +200,19 @@ class InjectionConfig:
         ports = {self.grpc_port, self.http_port, self.admin_port}
         if len(ports) != 3:
             raise ConfigError("injection.admin_port", "grpc_port, http_port and admin_port must differ")
+        port = urlsplit(self.app_endpoint).port
+        if port is not None and port == self.grpc_port and self.app_protocol != "grpc":
+            raise ConfigError(
+                "injection.app_endpoint",
+                f"port {port} is the sidecar's OTLP/gRPC listener but app_protocol is "
+                f"{self.app_protocol!r}: use port {self.http_port}, or set app_protocol = \"grpc\"",
+            )
+        if port is not None and port == self.http_port and self.app_protocol == "grpc":
+            raise ConfigError(
+                "injection.app_endpoint",
+                f"port {port} is the sidecar's OTLP/HTTP listener but app_protocol is 'grpc': "
+                f"use port {self.grpc_port}, or an http protocol",
+            )
         if self.tenant_label and self.tenant_annotation:
             raise ConfigError(
                 "injection.tenant_annotation",

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from sidecar import __version__
-from sidecar.webhook.config import InjectionConfig, PolicySetConfig, WebhookConfig
+from sidecar.webhook.config import APP_PROTOCOLS, InjectionConfig, PolicySetConfig, WebhookConfig
 
 ANNOTATION_INJECT = "otlp-sidecar.io/inject"
 ANNOTATION_POLICY = "otlp-sidecar.io/policy"
 ANNOTATION_STATUS = "otlp-sidecar.io/status"
+ANNOTATION_PROTOCOL = "otlp-sidecar.io/protocol"
 LABEL_INJECTED = "otlp-sidecar.io/injected"
 SIDECAR_NAME = "otlp-sidecar"
 ADMIN_PORT_NAME = "otlp-sc-admin"
 APP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+APP_PROTOCOL_ENV = "OTEL_EXPORTER_OTLP_PROTOCOL"
 
 PODINFO_DIR = "/etc/otlp-sidecar/podinfo"
 MTLS_DIR = "/etc/otlp-sidecar/tls"
@@ -118,7 +122,68 @@ def decide(pod: Any, namespace: str, scope: Scope, config: WebhookConfig) -> Dec
         return Decision(False, "hostNetwork pods are not injected (the sidecar's ports would be the node's)")
 
     set_name, policy_set = _policy_set(annotations, config)
-    return Decision(True, f"injected ({scope.value} scope)", _patch(pod, scope, set_name, policy_set, injection))
+    if scope is Scope.PCI and policy_set is None:
+        raise Refused(
+            f"namespace {namespace} is in PCI scope but the webhook has no policy set to give the pod "
+            "(no [policy_sets] in its settings: the chart's policies.enabled=false without "
+            "policies.defaultSet, or `webhook inject` without --config); PCI-scope pods are only "
+            "admitted with the chart's policies"
+        )
+    protocol = _app_protocol(annotations, injection)
+    return Decision(
+        True, f"injected ({scope.value} scope)", _patch(pod, scope, set_name, policy_set, injection, protocol)
+    )
+
+
+def _app_protocol(annotations: Mapping[str, str], injection: InjectionConfig) -> str:
+    value = annotations.get(ANNOTATION_PROTOCOL)
+    if value is None:
+        return injection.app_protocol
+    if value.strip() not in APP_PROTOCOLS:
+        allowed = ", ".join(f'"{p}"' for p in APP_PROTOCOLS)
+        raise Refused(f"annotation {ANNOTATION_PROTOCOL} must be one of {allowed}, got {value!r}")
+    return value.strip()
+
+
+def app_endpoint(protocol: str, injection: InjectionConfig) -> str:
+    """The sidecar's endpoint for an app speaking ``protocol``: app_endpoint's host, the listener's port."""
+    parts = urlsplit(injection.app_endpoint)
+    port = injection.grpc_port if protocol == "grpc" else injection.http_port
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"
+
+
+#: a Job a CronJob created is named <cronjob>-<scheduled time in minutes since the epoch>
+_CRONJOB_JOB = re.compile(r"^(?P<name>.+)-(?P<minutes>[0-9]{8,})$")
+
+
+def workload_of(metadata: Mapping[str, Any]) -> tuple[str, str]:
+    """(kind, name) of the workload that owns the pod, from its ownerReferences ("", "" for none).
+
+    A ReplicaSet named ``<deployment>-<pod-template-hash>`` is its Deployment; a Job named
+    ``<cronjob>-<minutes>`` is its CronJob. Other controllers are named as they are.
+    """
+    owners = metadata.get("ownerReferences")
+    if not isinstance(owners, list):
+        return "", ""
+    refs = [o for o in owners if isinstance(o, dict) and isinstance(o.get("kind"), str)
+            and isinstance(o.get("name"), str) and o.get("name")]
+    controllers = [o for o in refs if o.get("controller") is True] or refs
+    if not controllers:
+        return "", ""
+    kind, name = controllers[0]["kind"], controllers[0]["name"]
+    labels = metadata.get("labels") if isinstance(metadata.get("labels"), dict) else {}
+    if kind == "ReplicaSet":
+        template_hash = labels.get("pod-template-hash")
+        if isinstance(template_hash, str) and template_hash and name.endswith("-" + template_hash):
+            return "Deployment", name[: -len(template_hash) - 1]
+    if kind == "Job":
+        match = _CRONJOB_JOB.match(name)
+        if match:
+            return "CronJob", match.group("name")
+    return kind, name
 
 
 def _has_genuine_sidecar(containers: list[dict[str, Any]], injection: InjectionConfig) -> bool:
@@ -187,6 +252,7 @@ def _patch(
     set_name: str,
     policy_set: PolicySetConfig | None,
     injection: InjectionConfig,
+    protocol: str,
 ) -> list[dict[str, Any]]:
     spec = pod["spec"]
     metadata = pod["metadata"]
@@ -198,16 +264,17 @@ def _patch(
     if native and spec.get("initContainers"):
         targets.append(("initContainers", spec["initContainers"]))
     given_env: list[str] = []
-    app_env = {"name": APP_ENDPOINT_ENV, "value": injection.app_endpoint}
     for key, containers in targets:
         for index, container in enumerate(containers):
             env = container.get("env")
-            if env is None:
-                ops.append({"op": "add", "path": pointer("spec", key, index, "env"), "value": [app_env]})
-            elif any(item.get("name") == APP_ENDPOINT_ENV for item in env):
+            added = _app_env(env or [], protocol, injection)
+            if not added:
                 continue
+            if env is None:
+                ops.append({"op": "add", "path": pointer("spec", key, index, "env"), "value": added})
             else:
-                ops.append({"op": "add", "path": pointer("spec", key, index, "env", "-"), "value": app_env})
+                path = pointer("spec", key, index, "env", "-")
+                ops.extend({"op": "add", "path": path, "value": item} for item in added)
             given_env.append(container["name"])
 
     # 2. volumes
@@ -218,7 +285,7 @@ def _patch(
         ops.extend({"op": "add", "path": "/spec/volumes/-", "value": v} for v in volumes)
 
     # 3. the sidecar: first init container (native) or last container
-    sidecar = sidecar_container(policy_set is not None, injection)
+    sidecar = sidecar_container(policy_set is not None, injection, workload_of(metadata))
     if native:
         if spec.get("initContainers") is None:
             ops.append({"op": "add", "path": "/spec/initContainers", "value": [sidecar]})
@@ -235,10 +302,31 @@ def _patch(
         "policySet": set_name,
         "image": injection.image,
         "appEnv": given_env,
+        "appProtocol": protocol,
     }
     _add_map_entry(ops, metadata, "annotations", ANNOTATION_STATUS, json.dumps(status, sort_keys=True))
     _add_map_entry(ops, metadata, "labels", LABEL_INJECTED, "true")
     return ops
+
+
+def _app_env(env: list[dict[str, Any]], protocol: str, injection: InjectionConfig) -> list[dict[str, Any]]:
+    """The endpoint (and protocol) variables an app container gets; none when it set its endpoint.
+
+    A container that sets OTEL_EXPORTER_OTLP_PROTOCOL itself keeps it, and gets the endpoint
+    of that protocol.
+    """
+    names = {item.get("name"): item for item in env}
+    if APP_ENDPOINT_ENV in names:
+        return []
+    own = names.get(APP_PROTOCOL_ENV)
+    if own is not None:
+        value = own.get("value")
+        chosen = value.strip() if isinstance(value, str) and value.strip() in APP_PROTOCOLS else protocol
+        return [{"name": APP_ENDPOINT_ENV, "value": app_endpoint(chosen, injection)}]
+    return [
+        {"name": APP_ENDPOINT_ENV, "value": app_endpoint(protocol, injection)},
+        {"name": APP_PROTOCOL_ENV, "value": protocol},
+    ]
 
 
 def _add_map_entry(
@@ -279,8 +367,13 @@ def _volumes(policy_set: PolicySetConfig | None, injection: InjectionConfig) -> 
     return volumes
 
 
-def sidecar_container(with_policies: bool, injection: InjectionConfig) -> dict[str, Any]:
-    """The sidecar container (or native sidecar init container) for ``injection``."""
+def sidecar_container(
+    with_policies: bool, injection: InjectionConfig, workload: tuple[str, str] = ("", ""),
+) -> dict[str, Any]:
+    """The sidecar container (or native sidecar init container) for ``injection``.
+
+    ``workload`` is the (kind, name) of the pod's controller (:func:`workload_of`).
+    """
     command = ["otlp-sidecar", "run"]
     if injection.sidecar_config_file:
         command += ["--config", injection.sidecar_config_file]
@@ -299,7 +392,7 @@ def sidecar_container(with_policies: bool, injection: InjectionConfig) -> dict[s
         "image": injection.image,
         "imagePullPolicy": injection.image_pull_policy,
         "command": command,
-        "env": _sidecar_env(with_policies, injection),
+        "env": _sidecar_env(with_policies, injection, workload),
         "ports": [{"name": ADMIN_PORT_NAME, "containerPort": injection.admin_port, "protocol": "TCP"}],
         "volumeMounts": mounts,
         "resources": _resources(injection),
@@ -349,7 +442,9 @@ def _field_env(name: str, field_path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
 
 
-def _sidecar_env(with_policies: bool, injection: InjectionConfig) -> list[dict[str, Any]]:
+def _sidecar_env(
+    with_policies: bool, injection: InjectionConfig, workload: tuple[str, str],
+) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "SIDECAR_GRPC_ENDPOINT", "value": f"127.0.0.1:{injection.grpc_port}"},
         {"name": "SIDECAR_HTTP_ENDPOINT", "value": f"127.0.0.1:{injection.http_port}"},
@@ -357,9 +452,17 @@ def _sidecar_env(with_policies: bool, injection: InjectionConfig) -> list[dict[s
         _field_env("SIDECAR_POD_NAME", "metadata.name"),
         _field_env("SIDECAR_POD_NAMESPACE", "metadata.namespace"),
         _field_env("SIDECAR_POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        _field_env("SIDECAR_POD_UID", "metadata.uid"),
+        _field_env("SIDECAR_NODE_NAME", "spec.nodeName"),
         {"name": "SIDECAR_POD_LABELS_FILE", "value": f"{PODINFO_DIR}/labels"},
         {"name": "SIDECAR_POD_ANNOTATIONS_FILE", "value": f"{PODINFO_DIR}/annotations"},
     ]
+    if injection.cluster_name:
+        env.append({"name": "SIDECAR_CLUSTER_NAME", "value": injection.cluster_name})
+    kind, name = workload
+    if kind and name:
+        env.append({"name": "SIDECAR_WORKLOAD_KIND", "value": kind})
+        env.append({"name": "SIDECAR_WORKLOAD_NAME", "value": name})
     if injection.tenant_label:
         env.append(_field_env("SIDECAR_TENANT", f"metadata.labels['{injection.tenant_label}']"))
     elif injection.tenant_annotation:

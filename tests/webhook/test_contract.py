@@ -24,6 +24,8 @@ def test_injected_environment_is_a_valid_sidecar_config(config: WebhookConfig, t
         "metadata.namespace": "shop",
         "spec.serviceAccountName": "checkout",
         "metadata.labels['team']": "payments",
+        "metadata.uid": "5f0c3f0e-2222-4c2b-9a53-d1f3c1a1e0aa",
+        "spec.nodeName": "node-a",
     }
     env: dict[str, str] = {}
     for item in sidecar["env"]:
@@ -55,6 +57,9 @@ def test_injected_environment_is_a_valid_sidecar_config(config: WebhookConfig, t
         "payments",
     )
     assert identity.labels["team"] == "payments"
+    # the Kubernetes identity: from the downward API, and the workload derived at injection
+    assert (identity.uid, identity.node_name) == ("5f0c3f0e-2222-4c2b-9a53-d1f3c1a1e0aa", "node-a")
+    assert (identity.workload_kind, identity.workload_name) == ("Deployment", "checkout")
 
     # and the injected command is one the sidecar's CLI knows
     args = build_parser().parse_args(sidecar["command"][1:])

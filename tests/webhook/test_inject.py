@@ -22,6 +22,9 @@ from tests.webhook.conftest import (
     status_of,
 )
 
+#: what an app container gets: the sidecar's OTLP/HTTP endpoint and the protocol that goes with it
+APP_ENV = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+
 
 def inject(
     pod: dict[str, Any], config: WebhookConfig, scope: Scope = Scope.POD, namespace: str = "shop"
@@ -56,7 +59,7 @@ def test_deployment_pod_gets_a_native_sidecar_first(config: WebhookConfig) -> No
     }
     # the app is untouched apart from the endpoint
     app = result["spec"]["containers"][0]
-    assert env_of(app) == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    assert env_of(app) == APP_ENV
     assert app["image"] == pod["spec"]["containers"][0]["image"]
     assert result["metadata"]["labels"]["otlp-sidecar.io/injected"] == "true"
     assert status_of(result)["mode"] == "native"
@@ -126,12 +129,9 @@ def test_existing_env_is_kept_and_a_set_endpoint_is_not_overridden(config: Webho
     result = inject(pod, config)
     containers = {c["name"]: env_of(c) for c in result["spec"]["containers"]}
 
-    assert containers["api"] == {
-        "LOG_LEVEL": "debug",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
-    }
+    assert containers["api"] == {"LOG_LEVEL": "debug", **APP_ENV}
     assert containers["worker"] == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://other:4318"}
-    assert containers["proxy"] == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    assert containers["proxy"] == APP_ENV
     assert status_of(result)["appEnv"] == ["api", "proxy"]
 
 
@@ -145,8 +145,8 @@ def test_init_containers_run_after_the_native_sidecar(config: WebhookConfig) -> 
     init = result["spec"]["initContainers"]
 
     assert [c["name"] for c in init] == ["otlp-sidecar", "migrate", "warmup"]
-    assert env_of(init[1]) == {"DB": "x", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
-    assert env_of(init[2]) == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    assert env_of(init[1]) == {"DB": "x", **APP_ENV}
+    assert env_of(init[2]) == APP_ENV
 
 
 def test_container_mode_appends_a_regular_container(config: WebhookConfig) -> None:
@@ -271,7 +271,7 @@ def test_tenant_from_an_annotation(config: WebhookConfig) -> None:
     }
 
 
-def test_minimal_config_injects_a_pass_through_sidecar() -> None:
+def test_minimal_config_injects_a_sidecar_with_its_bundled_policies() -> None:
     config = WebhookConfig()
     result = inject(deployment_pod(**{"otlp-sidecar.io/inject": "true"}), config)
     env = env_of(sidecar_of(result))
