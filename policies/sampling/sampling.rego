@@ -3,7 +3,8 @@
 # description: |
 #   Spans of a trace are kept at `ratio` (10 % by default), consistently by trace
 #   id. Spans with an error status, spans of VIP users and orders at or above the
-#   threshold are always kept. A service can have its own ratio.
+#   threshold are always kept. A service can have its own ratio. Numbers may be given
+#   as text (`helm --set` passes strings): they are read with to_number.
 #   Tunables: `data.otlp_sidecar.config.sampling`.
 package otlp_sidecar.sampling
 
@@ -15,9 +16,9 @@ settings := data.otlp_sidecar.config.sampling
 
 # METADATA
 # title: The ratio of the resource's service, else the default
-ratio(request) := settings.service_ratios[lib.service_name(request)] if {
+ratio(request) := to_number(settings.service_ratios[lib.service_name(request)]) if {
 	settings.service_ratios[lib.service_name(request)]
-} else := settings.ratio
+} else := to_number(settings.ratio)
 
 errors_kept := [{"rule_id": "sampling.errors", "kind": "status_error"} | settings.keep_errors == true]
 
@@ -32,7 +33,7 @@ large_orders_kept := [rule |
 		"rule_id": "sampling.large_order",
 		"kind": "attr_at_least",
 		"key": settings.order_attribute,
-		"value": settings.order_threshold,
+		"value": to_number(settings.order_threshold),
 	}
 ]
 

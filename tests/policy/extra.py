@@ -27,7 +27,8 @@ def add_extra_policy(policy_dir: Path, body: str) -> Path:
         text = text.replace(
             "import data.otlp_sidecar.pci\n", "import data.otlp_sidecar.extra\nimport data.otlp_sidecar.pci\n"
         )
-        text = text.replace("sampling_part(request)])", "sampling_part(request), extra_part(request)])")
+        text = text.replace("k8s_part(request),\n])", "k8s_part(request), extra_part(request),\n])")
+        assert "extra_part(request)" in text, "main.rego's decisions_for changed: update tests/policy/extra.py"
         text += PART
         main.write_text(text)
     return rego

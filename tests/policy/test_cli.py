@@ -35,11 +35,11 @@ def test_policy_test_reports_like_opa_test() -> None:
 def test_policy_test_fails_with_exit_code_1(policy_dir: Path) -> None:
     data_file = policy_dir / "data.json"
     data = json.loads(data_file.read_text())
-    data["otlp_sidecar"]["config"]["sampling"]["keep_errors"] = False
+    data["otlp_sidecar"]["config"]["k8s"]["stamp"] = "yes"  # not a boolean: the tests say so
     data_file.write_text(json.dumps(data))
     done = run("test", str(policy_dir), "--quiet")
     assert done.returncode == 1
-    assert "data.otlp_sidecar.sampling_test.test_errors_are_always_kept: FAIL" in done.stdout
+    assert "data.otlp_sidecar.k8s_test.test_data_setting_is_a_boolean: FAIL" in done.stdout
     assert done.stdout.splitlines()[-1].startswith("FAIL: 1/")
     assert ": PASS (" not in done.stdout  # --quiet shows failures only
 

@@ -29,12 +29,12 @@ def test_syntax_error_names_file_line_and_column(policy_dir: Path) -> None:
 def test_failing_policy_test_refuses_the_set(policy_dir: Path) -> None:
     data_file = policy_dir / "data.json"
     data = json.loads(data_file.read_text())
-    data["otlp_sidecar"]["config"]["sampling"]["ratio"] = 0.5  # the Rego tests expect 10 %
+    data["otlp_sidecar"]["config"]["sampling"]["ratio"] = 1.5  # not a probability: the tests say so
     data_file.write_text(json.dumps(data))
     with pytest.raises(PolicyLoadError) as caught:
         load(policy_dir)
     assert "policy tests fail" in str(caught.value)
-    assert "data.otlp_sidecar.sampling_test.test_default_ratio_is_ten_percent" in str(caught.value)
+    assert "data.otlp_sidecar.sampling_test.test_ratio_of_the_data_is_a_probability" in str(caught.value)
 
 
 def test_builtin_the_embedded_engine_lacks_is_named(policy_dir: Path) -> None:

@@ -35,6 +35,10 @@ def plan_for(compiled, signal: str, resource: dict[str, Any], **peer: Any):
     return compile_plan(decisions, policy.policy_set.file_of_package, hash_key=HASH_KEY)
 
 
+def tenant_stamps(plan):
+    return [s for s in plan.stamps if s.rule_id == "tenant.stamp"]
+
+
 def test_every_shipped_rego_test_passes(compiled) -> None:
     _, results = compiled
     failed = [r.name for r in results if not r.passed]
@@ -67,7 +71,11 @@ def test_pci_plan_masks_cards_and_drops_security_codes(compiled) -> None:
 def test_tenant_is_stamped_from_the_pod(compiled) -> None:
     plan = plan_for(compiled, "traces", {"service.name": "api"})
     assert plan.allow
-    assert [(s.key, s.value, s.on_conflict) for s in plan.stamps] == [("tenant.id", "acme", "reject")]
+    assert [(s.key, s.value, s.on_conflict) for s in tenant_stamps(plan)] == [("tenant.id", "acme", "reject")]
+    # and the pod's Kubernetes attributes, overwriting whatever the app claims
+    assert {(s.key, s.value, s.on_conflict) for s in plan.stamps if s.rule_id == "k8s.stamp"} == {
+        ("k8s.namespace.name", "shop", "overwrite"), ("k8s.pod.name", "api-0", "overwrite"),
+    }
 
 
 def test_spoofed_tenant_is_refused(compiled) -> None:
@@ -91,18 +99,18 @@ def test_mtls_identity_decides_the_tenant(policy_dir: Path) -> None:
     compiled = with_data(policy_dir, "tenant", spiffe_tenants={gateway: "payments"})
     verified = plan_for(compiled, "traces", {"tenant.id": "payments"}, tls=True, spiffe_id=gateway)
     assert verified.allow
-    assert [s.value for s in verified.stamps] == ["payments"]
+    assert [s.value for s in tenant_stamps(verified)] == ["payments"]
     # the same SPIFFE ID without a verified TLS session is only a claim: the pod's tenant rules
     claimed = plan_for(compiled, "traces", {"tenant.id": "payments"}, tls=False, spiffe_id=gateway)
     assert not claimed.allow
-    assert [s.value for s in claimed.stamps] == ["acme"]
+    assert [s.value for s in tenant_stamps(claimed)] == ["acme"]
 
 
 def test_tenant_conflict_mode_overwrite_from_policy_data(policy_dir: Path) -> None:
     compiled = with_data(policy_dir, "tenant", on_conflict="overwrite")
     plan = plan_for(compiled, "traces", {"tenant.id": "globex"})
     assert plan.allow
-    assert [(s.value, s.on_conflict) for s in plan.stamps] == [("acme", "overwrite")]
+    assert [(s.value, s.on_conflict) for s in tenant_stamps(plan)] == [("acme", "overwrite")]
 
 
 def test_vip_users_and_ratio_come_from_policy_data(policy_dir: Path) -> None:
@@ -130,3 +138,50 @@ def test_pod_settings_give_the_egress_header_and_rate_limit(compiled) -> None:
     settings = policy.query("pod_settings", request("", {}))
     assert settings["export_headers"] == {"X-Scope-OrgID": "acme"}
     assert settings["rate_limit"] is None  # unlimited unless data.json sets a limit
+
+
+#: values the chart (or an operator) may put into data.json: the shipped tests must pass with each
+DATA_VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("sampling ratio 0.2", {"sampling": {"ratio": 0.2}}),
+    ("sampling ratio 1", {"sampling": {"ratio": 1}}),
+    ("sampling ratio 0", {"sampling": {"ratio": 0}}),
+    ("sampling ratio as helm --set text", {"sampling": {"ratio": "0.35"}}),
+    ("order threshold 5000, no error keep", {"sampling": {"order_threshold": 5000, "keep_errors": False}}),
+    ("order threshold as text", {"sampling": {"order_threshold": "250"}}),
+    ("tenant label and annotation", {"tenant": {"label": "example.com/team", "annotation": "example.com/owner"}}),
+    ("tenant attribute and overwrite", {"tenant": {"attribute": "org.id", "on_conflict": "overwrite"}}),
+    ("tenant required, no egress header", {"tenant": {"require_tenant": True, "egress_header": ""}}),
+    ("pci: hash numbers, redact codes, drop holders",
+     {"pci": {"pan_action": "hash", "sensitive_action": "redact", "card_number_action": "drop",
+              "holder_action": "drop"}}),
+    ("pci: fewer keys", {"pci": {"sensitive_keys": ["cvv"], "card_number_keys": ["pan"], "holder_keys": []}}),
+    ("k8s stamps off", {"k8s": {"stamp": False}}),
+    ("an exemption", {"exemptions": [
+        {"rule_id": "qa.cards", "key": "test.card_number", "reason": "the processor's published test numbers"}]}),
+]
+
+
+@pytest.mark.parametrize(("name", "change"), DATA_VARIANTS, ids=[n for n, _ in DATA_VARIANTS])
+def test_shipped_tests_pass_with_any_valid_data(tmp_path: Path, name: str, change: dict[str, Any]) -> None:
+    """Issue 15: documented chart values (a ratio, a label, a threshold) used to fail the shipped tests."""
+    import shutil
+
+    target = tmp_path / "policies"
+    shutil.copytree(POLICIES, target)
+    data_file = target / "data.json"
+    data = json.loads(data_file.read_text())
+    config = data["otlp_sidecar"]["config"]
+    for section, values in change.items():
+        if isinstance(values, dict):
+            config[section].update(values)
+        else:
+            config[section] = values
+    data_file.write_text(json.dumps(data))
+    policy, results = load_policy(str(target), "otlp_sidecar/main", run_tests=True, isolate=False)
+    assert [r.name for r in results if not r.passed] == [], name
+    assert len(results) >= 50
+    decisions = policy.query("decisions", request("traces", {"service.name": "checkout"}))
+    plan = compile_plan(decisions, policy.policy_set.file_of_package, hash_key=HASH_KEY)
+    assert any(d.kind == "pan" for d in plan.detectors)
+    if "ratio" in change.get("sampling", {}):
+        assert plan.sampling is not None and plan.sampling.ratio == float(change["sampling"]["ratio"])

@@ -1,9 +1,11 @@
 """The remote OPA back-end against an OPA-compatible REST API served by the test.
 
-No OPA binary installs here, so the test serves OPA's Data API itself (aiohttp on
-127.0.0.1): ``POST /v1/data/<path>`` with ``{"input": ...}``, answered by evaluating
-the shipped policies with regopy behind it; an undefined result is 200 without a
+A stand-in, kept for what a real OPA cannot be made to do on cue (answer exactly
+when told, in milliseconds): it serves OPA's Data API (aiohttp on 127.0.0.1):
+``POST /v1/data/<path>`` with ``{"input": ...}``, answered by evaluating the
+shipped policies with regopy behind it; an undefined result is 200 without a
 ``result`` key, errors are 4xx/5xx with a ``code``/``message`` body, as OPA does.
+The same behaviours against the real OPA (``make peers``) are in test_remote_opa.py.
 """
 
 from __future__ import annotations
@@ -110,11 +112,19 @@ async def test_remote_decisions_match_the_embedded_engine(make_service, opa: Fak
     assert service.status()["backend"] == "opa"
 
 
-async def test_undefined_decision_means_no_change(make_service, opa: FakeOpa, hash_key_file) -> None:
+async def test_undefined_decision_fails_closed(make_service, opa: FakeOpa, hash_key_file) -> None:
     service = await make_service(**remote(opa, hash_key_file))
     opa.mode = "undefined"
+    with pytest.raises(PolicyUnavailable, match="no decision for otlp_sidecar/main/decisions"):
+        await service.plans_for(Signal.TRACES, resources("a"), PEER, "grpc")
+    assert sample_value(service.metrics.registry, "otlp_sidecar_policy_decision_errors_total", fallback="refused") == 1
+
+
+async def test_undefined_decision_with_last_good_is_the_strict_plan(make_service, opa: FakeOpa, hash_key_file) -> None:
+    service = await make_service(**remote(opa, hash_key_file, on_error="last_good"))
+    opa.mode = "undefined"
     plans = await service.plans_for(Signal.TRACES, resources("a"), PEER, "grpc")
-    assert plans[0].is_noop
+    assert not plans[0].is_noop and plans[0].detectors[0].rule_id == "builtin.strict.pan"
 
 
 async def test_opa_error_refuses_retryably(make_service, opa: FakeOpa, hash_key_file) -> None:

@@ -17,16 +17,27 @@ main_request(signal) := {
 
 test_traces_get_every_part if {
 	parts := object.keys(main.decisions_for(main_request("traces")))
-	{"otlp_sidecar.pci", "otlp_sidecar.tenant", "otlp_sidecar.sampling"} - parts == set()
+	{"otlp_sidecar.pci", "otlp_sidecar.tenant", "otlp_sidecar.sampling", "otlp_sidecar.k8s"} - parts == set()
 }
 
 test_logs_are_not_sampled if {
 	parts := object.keys(main.decisions_for(main_request("logs")))
-	{"otlp_sidecar.pci", "otlp_sidecar.tenant"} - parts == set()
+	{"otlp_sidecar.pci", "otlp_sidecar.tenant", "otlp_sidecar.k8s"} - parts == set()
 	not "otlp_sidecar.sampling" in parts
 }
 
 test_spoofed_tenant_refuses_the_resource if {
-	req := object.union(main_request("traces"), {"resource": {"tenant.id": "globex"}})
-	main.decisions_for(req)["otlp_sidecar.tenant"].allow == false
+	attribute := data.otlp_sidecar.config.tenant.attribute
+	req := object.union(main_request("traces"), {"resource": {attribute: "globex"}})
+	decision := main.decisions_for(req) with data.otlp_sidecar.config.tenant.on_conflict as "reject"
+	decision["otlp_sidecar.tenant"].allow == false
+}
+
+test_exemptions_of_the_data_are_listed if {
+	main.exemptions == object.get(data.otlp_sidecar.config, "exemptions", [])
+}
+
+test_exemptions_come_from_the_data if {
+	exemption := {"rule_id": "qa.cards", "key": "test.card_number", "reason": "published test numbers"}
+	main.exemptions == [exemption] with data.otlp_sidecar.config.exemptions as [exemption]
 }

@@ -5,11 +5,13 @@
 #   contributes for one resource; the sidecar validates every part and compiles
 #   them into one plan. `pod_settings` is queried once per policy version with the
 #   pod's identity: egress headers and the rate limit of the pod's tenant.
-#   A new policy adds one `part(...)` line to `decisions_for`.
+#   A new policy adds one `part(...)` line to `decisions_for`. `pod_settings`
+#   also lists the set's PCI exemptions.
 package otlp_sidecar.main
 
 import rego.v1
 
+import data.otlp_sidecar.k8s
 import data.otlp_sidecar.pci
 import data.otlp_sidecar.sampling
 import data.otlp_sidecar.tenant
@@ -26,10 +28,24 @@ sampling_part(request) := {"otlp_sidecar.sampling": decision} if {
 	decision := sampling.decision_for(request)
 } else := {}
 
+k8s_part(request) := {"otlp_sidecar.k8s": decision} if {
+	decision := k8s.decision_for(request)
+} else := {}
+
 # METADATA
 # title: Every policy's part of the decision for one request, by package
-decisions_for(request) := object.union_n([pci_part(request), tenant_part(request), sampling_part(request)])
+decisions_for(request) := object.union_n([
+	pci_part(request), tenant_part(request), sampling_part(request), k8s_part(request),
+])
 
 decisions := decisions_for(input)
 
-pod_settings := tenant.pod_settings_for(input)
+# METADATA
+# title: Attribute keys that may carry card numbers unmasked, each with its reason
+# description: |
+#   Exact keys only (the engine refuses a glob); each use is counted per rule id.
+#   None by default: `data.otlp_sidecar.config.exemptions`, e.g.
+#   [{"rule_id": "qa.test_cards", "key": "test.card_number", "reason": "..."}].
+exemptions := object.get(data.otlp_sidecar.config, "exemptions", [])
+
+pod_settings := object.union(tenant.pod_settings_for(input), {"exemptions": exemptions})
