@@ -123,19 +123,27 @@ class _Session:
             self.key_note = "throwaway key (no --hash-key-file): hashes will not match the sidecar's"
 
     def request(self, partial: dict[str, Any]) -> dict[str, Any]:
+        from sidecar.policy.pod_input import pod_input
+
         return {
             "signal": partial.get("signal", "traces"),
             "resource": partial.get("resource", {}),
-            "pod": {**self.pod.as_input(), **partial.get("pod", {})},
+            "pod": {**pod_input(self.pod), **partial.get("pod", {})},
             "peer": {"address": "", "tls": False, "spiffe_id": "", **partial.get("peer", {})},
             "transport": partial.get("transport", "grpc"),
         }
 
     def plan(self, request: dict[str, Any]) -> tuple[Any, Any]:
-        from sidecar.policy.decision import compile_plan
+        """The decision and the plan as the sidecar compiles it (the PCI guarantee, exemptions)."""
+        from sidecar.policy.decision import compile_plan, pod_settings_from
 
+        document = self.compiled.query("pod_settings", self.request({"resource": {}}))
+        settings = pod_settings_from(document, "pod_settings")
         decisions = self.compiled.query("decisions", request)
-        plan = compile_plan(decisions, self.compiled.policy_set.file_of_package, hash_key=self.hash_key)
+        plan = compile_plan(
+            decisions, self.compiled.policy_set.file_of_package, hash_key=self.hash_key,
+            exemptions=settings.exemptions,
+        )
         return decisions, plan
 
 

@@ -3,7 +3,9 @@
 Each resource is run on its own through split -> decision -> plan -> rewrite,
 and the request before and after is compared: attributes dropped, masked,
 hashed or stamped, spans sampled out, resources refused. Values before the
-change are shown only on request (they may be card numbers).
+change are shown only on request (they may be card numbers): without ``--show-values``
+an item is named by its index and by what the upstream would receive, and every line
+is passed through the card-number masker as well (a dry run changes nothing).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from typing import Any
 
 from sidecar.rewrite import rewrite, split_resources
+from sidecar.rewrite._py import find_pans
 from sidecar.signals import Signal
 from sidecar.wire.otlp_json import json_to_protobuf, protobuf_to_json
 
@@ -81,11 +84,14 @@ class _Differ:
     def items(self, path: str, id_key: str, before: list[Any], after: list[Any]) -> None:
         kept = {item.get(id_key): item for item in after}
         for index, item in enumerate(before):
-            name = f"{path}[{index}] {item.get('name', '')!r}"
-            if item.get(id_key) not in kept:
+            survivor = kept.get(item.get(id_key))
+            # the original name only on request; else the name the upstream would receive
+            shown = item if self.show_values else survivor
+            name = f"{path}[{index}]" + (f" {shown.get('name', '')!r}" if shown and shown.get("name") else "")
+            if survivor is None:
                 self.lines.append(f"  {name}: sampled out")
             else:
-                self.walk(name, item, kept[item.get(id_key)])
+                self.walk(name, item, survivor)
 
 
 def explain_payload(
@@ -115,7 +121,8 @@ def explain_payload(
         result = rewrite(signal, data, [plan])
         for key, number in result.counts.items():
             totals[key] = totals.get(key, 0) + number
-        service = resources[0].attributes.get("service.name", "")
+        service = resources[0].attributes.get("service.name", "") if show_values else _service_after(
+            signal, result.data)
         lines.append(f"resource {index}" + (f" (service.name {service!r})" if service else "") + ":")
         if result.rejected_items and result.items_out == 0:
             reason = "; ".join(result.refusals) or plan.reason or "refused by policy"
@@ -131,4 +138,24 @@ def explain_payload(
             lines.append("  (dry run: the sidecar would count these but leave the data unchanged)")
     if totals:
         lines.append("counts: " + ", ".join(f"{r} {a} {n}" for (r, a), n in sorted(totals.items())))
-    return lines
+    return lines if show_values else [mask_card_numbers(line) for line in lines]
+
+
+def _service_after(signal: Signal, data: bytes) -> str:
+    """The ``service.name`` the upstream would receive ("" when the resource is refused)."""
+    resources = split_resources(signal, data) if data else []
+    return str(resources[0].attributes.get("service.name", "")) if resources else ""
+
+
+def mask_card_numbers(text: str) -> str:
+    """``text`` with every card number masked to its last four digits (as ``mask_pan`` does)."""
+    raw = bytearray(text.encode("utf-8"))
+    for start, end, _ in find_pans(bytes(raw)):
+        keep = 4
+        for at in range(end - 1, start - 1, -1):
+            if 48 <= raw[at] <= 57:
+                if keep:
+                    keep -= 1
+                else:
+                    raw[at] = 42
+    return raw.decode("utf-8")

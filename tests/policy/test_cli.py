@@ -110,3 +110,32 @@ def test_policy_explain_rejects_a_non_otlp_file(tmp_path: Path) -> None:
     done = run("explain", str(payload), "--dir", str(POLICIES))
     assert done.returncode == 2
     assert "no resourceSpans, resourceMetrics or resourceLogs" in done.stderr
+
+
+def test_policy_explain_never_prints_a_card_number_without_show_values(tmp_path: Path) -> None:
+    """Issue 15, item 5: every location label carried the span's original name."""
+    visa, amex, mastercard = "4111 1111 1111 1111", "378282246310005", "5555-5555-5555-4444"
+    spans = [
+        {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": f"eee19b7ec3c1b1{n:02x}",
+         "name": f"charge {visa}", "status": {"code": 2 if n == 0 else 0},
+         "attributes": [{"key": "note", "value": {"stringValue": f"card {mastercard}"}},
+                        {"key": "payment.card.cvv", "value": {"stringValue": "123"}}]}
+        for n in range(12)  # every span but the error is sampled out at 10 % by this trace id
+    ]
+    payload = {"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": f"shop {amex}"}}]},
+        "scopeSpans": [{"spans": spans}],
+    }]}
+    capture = tmp_path / "capture.json"
+    capture.write_text(json.dumps(payload))
+    done = run("explain", str(capture), "--dir", str(POLICIES))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "sampled out" in out and "attributes['payment.card.cvv']: dropped" in out
+    for number in (visa, amex, mastercard, "4111111111111111", "5555555555554444"):
+        assert number not in out
+    assert "'charge **** **** **** 1111'" in out  # named as the upstream would see it
+    assert "(service.name 'shop ***********0005')" in out
+    shown = run("explain", str(capture), "--dir", str(POLICIES), "--show-values")
+    assert shown.returncode == 0, shown.stderr
+    assert f"'charge {visa}'" in shown.stdout and f"service.name 'shop {amex}'" in shown.stdout
