@@ -1,11 +1,14 @@
 """The remote back-end: decisions from an OPA server over its REST API.
 
 ``POST <opa_url>/v1/data/<opa_path>/decisions`` with ``{"input": ...}``. OPA
-answers an undefined decision with 200 and no ``result`` key ("no decision":
-the resource passes with no changes from the policies), and errors with 4xx/5xx
-and a ``{"code", "message"}`` body. Any failure (refused connection, timeout,
-error status, unreadable body) is a :class:`DecisionError`; the service then
-refuses or falls back as configured.
+answers an undefined decision with 200 and no ``result`` key, and errors with
+4xx/5xx and a ``{"code", "message"}`` body. Any failure (refused connection,
+timeout, error status, unreadable body) is a :class:`DecisionError`; the service
+then refuses or falls back as configured (``on_error``).
+
+An undefined decision fails closed too: it means a wrong ``opa_path`` or a policy
+that OPA has not loaded (yet), never "no changes", so data does not pass unmasked
+and untenanted because OPA was set up wrong.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ class _DecisionClient(AsyncOpaClient):
                 code = message = ""
                 if isinstance(body, dict):
                     code, message = str(body.get("code", "")), str(body.get("message", ""))
+                    causes = body.get("errors")
+                    if isinstance(causes, list) and causes and isinstance(causes[0], dict):
+                        # OPA's evaluation errors: the first one says what went wrong
+                        message += f" ({causes[0].get('code', '')}: {causes[0].get('message', '')})"
                 detail = f"{code}: {message}" if code or message else "no error body"
                 raise DecisionError(f"OPA answered {response.status} for {path} ({detail})")
             if not isinstance(body, dict):
@@ -73,16 +80,23 @@ class RemoteBackend:
             timeout=timeout,
         )
 
-    async def query(self, rule: str, input_document: Any) -> Any | None:
+    async def query(self, rule: str, input_document: Any) -> Any:
+        """The rule's value for ``input_document``; DecisionError if OPA fails or has none."""
         path = f"{self.path}/{rule}"
         try:
-            return await asyncio.wait_for(self._client.decide(path, input_document), self.timeout)
+            result = await asyncio.wait_for(self._client.decide(path, input_document), self.timeout)
         except DecisionError:
             raise
         except TimeoutError:
             raise DecisionError(f"OPA at {self.url} did not answer within {self.timeout:g} s") from None
         except aiohttp.ClientError as exc:
             raise DecisionError(f"OPA at {self.url} is unreachable: {type(exc).__name__}") from None
+        if result is None:
+            raise DecisionError(
+                f"OPA at {self.url} has no decision for {path} (undefined: is opa_path right, "
+                "and is the policy loaded into OPA?)"
+            )
+        return result
 
     async def close(self) -> None:
         await self._client.close_connection()
