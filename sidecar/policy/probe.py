@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,10 +24,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from sidecar.rewrite import ResourceInfo, rewrite, split_resources
+from sidecar.rewrite._py import find_pans
 from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
 
 PROBE_SERVICE = "otlp-sidecar-pci-probe"
+#: a keyed hash in the output: its hex may hold a digit run that looks like a card by chance
+_HASHED = re.compile(rb"hmac-sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -208,10 +212,20 @@ def as_probed(plan: Plan) -> Plan:
 
 
 def survivors(probe: ProbeRequest, plan: Plan) -> list[str]:
-    """The places of the probe request where a card number comes out of the rewriter whole."""
+    """The places where a card number comes out of the rewriter whole.
+
+    A planted number found in the output names its place; any other card number in the
+    output (outside keyed hashes) was written by the plan itself: a stamp or the redaction
+    text holding one.
+    """
     result = rewrite(probe.signal, probe.data, [as_probed(plan)])
     out = result.data
-    return [
+    places = [
         card.place for card in probe.cards
         if card.written.encode() in out or card.digits.encode() in out
     ]
+    planted = {card.digits.encode() for card in probe.cards}
+    if any(digits not in planted for _, _, digits in find_pans(_HASHED.sub(b"", out))):
+        places.append(f"{probe.signal.value}: a card number the policies write themselves "
+                      "(a stamp or the redaction text)")
+    return places
