@@ -10,8 +10,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
+import sys
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -63,11 +67,35 @@ class Sidecar:
         self._http_server: Http1Server | None = None
         self.addresses: dict[str, tuple[str, int]] = {}
         self._receivers_up = False
+        self._planner: Planner | None = None
+        self._grpc_tls: Any = None
+        self._http_tls: Any = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
+    async def prepare(self) -> None:
+        """Everything ``run`` checks before it serves; ``config check`` runs exactly this.
+
+        The listen and upstream addresses (at load), the disk queue directory, the upstream's
+        TLS files and auth secrets, the receivers' TLS files, the pod identity files, and the
+        policy set: loaded, its tests run, the PCI probe, the hash key. Raises ConfigError.
+        """
+        cfg = self.config
+        for notice in cfg.notices:
+            log.warning("%s", notice)
+        if cfg.exporter.disk_queue_dir:
+            _check_writable_dir("exporter.disk_queue_dir", cfg.exporter.disk_queue_dir)
+        self.exporter = self._make_exporter()
+        if cfg.receivers.grpc_enabled:
+            self._grpc_tls = cfg.receivers_tls.server_tls(alpn=("h2",))
+        if cfg.receivers.http_enabled:
+            self._http_tls = cfg.receivers_tls.server_tls(alpn=())
+        self._planner = await self._start_policy()
+
     async def start(self) -> None:
         cfg = self.config
+        await self.prepare()
+        assert self.exporter is not None and self._planner is not None
         replay = []
         if cfg.exporter.disk_queue_dir:
             self.disk = DiskLog(
@@ -91,12 +119,10 @@ class Sidecar:
             disk=self.disk,
         )
         self.queue.restore(replay)
-        self.exporter = self._make_exporter()
         await self.exporter.start()
         self.sender = Sender(self.queue, self.exporter, cfg.exporter, self.metrics)
         self.sender.start()
-        planner = await self._start_policy()
-        pipeline = Pipeline(self.queue, self.metrics, planner)
+        pipeline = Pipeline(self.queue, self.metrics, self._planner)
         if cfg.admin.enabled:
             status = self.policy.status if self.policy is not None else None
             app = admin_app(self.metrics.registry, self.readiness, status)
@@ -105,7 +131,7 @@ class Sidecar:
         budget = ReceiveBudget(cfg.receivers.max_inflight_bytes)
         self.metrics.track_receive_budget(budget)
         if cfg.receivers.grpc_enabled:
-            grpc_tls = cfg.receivers_tls.server_tls(alpn=("h2",))
+            grpc_tls = self._grpc_tls
             resolver = peer_resolver(grpc_tls)
             receiver = GrpcReceiver(cfg.receivers, pipeline, self.metrics, peer_resolver=resolver)
             self._grpc_server = receiver.server(budget)
@@ -114,7 +140,7 @@ class Sidecar:
                 self.tls_metrics.track(grpc_tls, "grpc")
             self.addresses["grpc"] = await self._grpc_server.start(host, port, grpc_tls)
         if cfg.receivers.http_enabled:
-            http_tls = cfg.receivers_tls.server_tls(alpn=())
+            http_tls = self._http_tls
             if http_tls is not None:
                 self.tls_metrics.track(http_tls, "http")
             receiver_http = HttpReceiver(
@@ -129,14 +155,40 @@ class Sidecar:
         # it all, a ~40 ms pause of the event loop that shows in the p99.9 answer time.
         gc.collect()
         gc.freeze()
-        log.info(
-            "otlp-sidecar %s up: %s; exporter %s",
-            __version__,
-            ", ".join(f"{name} on {host}:{port}" for name, (host, port) in self.addresses.items()),
-            self.exporter.name,
+        enforcing = cfg.policy.mode == "enforce"
+        log.log(logging.INFO if enforcing else logging.WARNING, "%s", self.start_line())
+
+    def start_line(self) -> str:
+        """One line that says what this sidecar does: listeners, upstream, policy, tenant, rewriter."""
+        from sidecar.rewrite import IMPLEMENTATION
+
+        cfg = self.config
+        listening = ", ".join(f"{name} on {host}:{port}" for name, (host, port) in self.addresses.items())
+        status: dict[str, Any] = {}
+        if self.policy is not None and callable(getattr(self.policy, "status", None)):
+            status = self.policy.status()
+        mode = str(status.get("mode", cfg.policy.mode))
+        if mode == "passthrough":
+            policy = "NONE (policy.mode passthrough: card numbers forwarded UNMASKED)"
+        else:
+            if cfg.policy.backend == "opa":
+                source = f"remote OPA {status.get('opa_url') or cfg.policy.opa_url}"
+            elif cfg.policy.dir:
+                source = cfg.policy.dir
+            else:
+                source = "bundled"
+            version = status.get("version")
+            policy = f"{source}{f' (version {version})' if version else ''}, mode {mode}"
+            if mode != "enforce":
+                policy += " (card numbers NOT masked)"
+        tenant = status.get("tenant") or cfg.pod.tenant or "none"
+        rewriter = "C (Cython)" if IMPLEMENTATION == "cython" else "pure Python (the C rewriter is not in use)"
+        return (
+            f"otlp-sidecar {__version__} up: {listening}; upstream {describe_upstream(cfg)}; "
+            f"policy {policy}; tenant {tenant}; rewriter {rewriter}"
         )
 
-    async def stop(self, grace: float = DEFAULT_GRACE) -> None:
+    async def stop(self, grace: float = DEFAULT_GRACE, quiet: bool = False) -> None:
         """Stop accepting, flush what was accepted (within ``grace`` seconds), close."""
         self._receivers_up = False
         loop = asyncio.get_running_loop()
@@ -161,7 +213,8 @@ class Sidecar:
         if self.disk is not None:
             self.disk.close()
             self.disk = None
-        log.info("otlp-sidecar stopped")
+        if not quiet:
+            log.info("otlp-sidecar stopped")
 
     # -- parts ---------------------------------------------------------------------------------
 
@@ -238,6 +291,59 @@ class Sidecar:
         return sock.getsockname()[:2]  # type: ignore[no-any-return]
 
 
+def describe_upstream(config: Config) -> str:
+    """Where the data goes: URL, protocol, compression and TLS mode (per signal when they differ)."""
+    parts: list[str] = []
+    for signal_ in Signal:
+        exporter = config.exporter_for(signal_)
+        if exporter.resolved_type == "debug":
+            target = "stdout" if exporter.debug_output == "-" else exporter.debug_output
+            text = f"none: debug exporter, JSON lines to {target}"
+        else:
+            url = exporter.url_for(signal_)
+            if urlsplit(url).scheme == "http":
+                tls = "plaintext"
+            elif exporter.client_certificate:
+                tls = "mTLS"
+            else:
+                tls = "TLS"
+            text = f"{url} ({exporter.protocol}, {exporter.compression}, {tls})"
+        parts.append(text)
+    if len(set(parts)) == 1:
+        return parts[0]
+    return ", ".join(f"{s.value} to {p}" for s, p in zip(Signal, parts, strict=True))
+
+
+def _check_writable_dir(key: str, path: str) -> None:
+    """``path`` is a directory this process can write, or can be made in one."""
+    target = Path(path)
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(key, f"{path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(key, f"{path}: {existing} is not writable by this process")
+
+
+async def check(config: Config) -> None:
+    """What ``otlp-sidecar config check`` runs: :meth:`Sidecar.prepare`, then undo it."""
+    sidecar = Sidecar(config)
+    try:
+        await sidecar.prepare()
+    finally:
+        await sidecar.stop(grace=0.0, quiet=True)
+
+
+def start_error(exc: BaseException) -> tuple[str, int] | None:
+    """(message, exit code) for an error that stops the start, or None for a bug."""
+    if isinstance(exc, ConfigError):
+        return f"otlp-sidecar: configuration error: {exc}", 2
+    if isinstance(exc, OSError):
+        return f"otlp-sidecar: cannot start: {exc}", 1
+    return None
+
+
 async def serve(config: Config, grace: float = DEFAULT_GRACE) -> int:
     """Run until SIGTERM or SIGINT; then shut down gracefully and return the exit code."""
     sidecar = Sidecar(config)
@@ -247,9 +353,14 @@ async def serve(config: Config, grace: float = DEFAULT_GRACE) -> int:
         loop.add_signal_handler(signum, stop.set)
     try:
         await sidecar.start()
-    except Exception:
+    except Exception as exc:
+        known = start_error(exc)
+        if known is not None:  # the reason first, then what stopping printed
+            print(known[0], file=sys.stderr, flush=True)
         await sidecar.stop(grace=1.0)
-        raise
+        if known is None:
+            raise
+        return known[1]
     await stop.wait()
     log.info("shutting down: no new requests; flushing what was accepted")
     await sidecar.stop(grace)

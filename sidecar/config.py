@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sidecar.configkit import ConfigError, load_section, parse_key_values, read_toml, render_markdown, setting
+from sidecar.configkit import (
+    ConfigError,
+    load_section,
+    parse_endpoint,
+    parse_key_values,
+    read_toml,
+    render_markdown,
+    setting,
+)
 from sidecar.export.auth import AuthConfig
 from sidecar.identity import PodIdentity, read_downward_api_file
 from sidecar.policy.config import PolicyConfig
@@ -28,9 +36,15 @@ __all__ = ["AdminConfig", "Config", "ConfigError", "ExporterConfig", "ReceiversC
 
 
 def _endpoint_url(value: str) -> str | None:
+    if "://" not in value:
+        try:
+            parse_endpoint(value)
+        except ValueError:
+            return "must be a URL such as https://collector:4317, or host:port such as collector:4317"
+        return None
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "must be a URL such as https://collector:4317 (scheme http or https)"
+        return "must be a URL such as https://collector:4317 (scheme http or https), or host:port"
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
@@ -94,7 +108,8 @@ class ExporterConfig:
         choices=["auto", "otlp", "debug"],
     )
     endpoint: str = setting(
-        "", "Upstream URL, e.g. https://collector.observability:4317 (OTEL_EXPORTER_OTLP_ENDPOINT).",
+        "", "Upstream URL, e.g. https://collector.observability:4317, or host:port (TLS unless `insecure`) "
+        "(OTEL_EXPORTER_OTLP_ENDPOINT).",
         check=lambda v: _endpoint_url(v) if v else None,
     )
     traces_endpoint: str = setting(
@@ -122,14 +137,17 @@ class ExporterConfig:
         kind="int", min=-7, max=19,
     )
     timeout: float = setting(
-        10.0, "Timeout of one export request (OTEL_EXPORTER_OTLP_TIMEOUT, in ms there).",
-        kind="duration", min=0.001,
+        10.0, "Timeout of one export request (OTEL_EXPORTER_OTLP_TIMEOUT, in milliseconds there as the "
+        "spec says).",
+        kind="duration", min=0.001, max=300.0,
     )
     headers: dict[str, str] = setting(
         {}, "Headers sent with every export (OTEL_EXPORTER_OTLP_HEADERS).", kind="map", secret=True,
     )
     insecure: bool = setting(
-        False, "Plaintext to an endpoint without scheme http:// (OTEL_EXPORTER_OTLP_INSECURE).",
+        False, "Plaintext to an endpoint given without a scheme (`collector:4317`); such an endpoint uses "
+        "TLS otherwise. `http://` is always plaintext; an explicit `https://` always stays TLS (a warning "
+        "says the setting was ignored) (OTEL_EXPORTER_OTLP_INSECURE).",
         kind="bool",
     )
     certificate: str = setting(
@@ -149,7 +167,7 @@ class ExporterConfig:
         4 * 1024 * 1024, "Bytes that fill a batch and send it at once.", kind="size", min=1024,
     )
     batch_timeout: float = setting(
-        0.2, "Longest a batch waits to fill before it is sent.", kind="duration", min=0.0,
+        0.2, "Longest a batch waits to fill before it is sent.", kind="duration", min=0.0, max=60.0,
     )
     queue_max_bytes: int = setting(
         64 * 1024 * 1024,
@@ -321,6 +339,8 @@ class Config:
     source: str = ""
     #: exporter settings of a signal that has its own OTEL_EXPORTER_OTLP_<SIGNAL>_* variables
     signal_exporters: dict[Signal, ExporterConfig] = field(default_factory=dict)
+    #: what the loader decided for the user that they should know (logged as warnings at start)
+    notices: tuple[str, ...] = ()
 
     def exporter_for(self, signal: Signal) -> ExporterConfig:
         return self.signal_exporters.get(signal, self.exporter)
@@ -385,7 +405,8 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     # OTEL_* sit below SIDECAR_EXPORTER_*: apply them only where SIDECAR_* is silent
     merged_env = {**_otel_overrides(env), **env}
     sections = {name: load_section(cls, name, data.get(name), merged_env) for name, cls, _ in SECTIONS}
-    sections["exporter"] = _plaintext_for_http(sections["exporter"])
+    notices: list[str] = []
+    sections["exporter"] = _with_schemes(sections["exporter"], notices)
     receivers, inbound_tls = sections["receivers"], sections["receivers_tls"]
     if receivers.grpc_enabled:
         check_listen_address("receivers.grpc_endpoint", receivers.grpc_endpoint, inbound_tls)
@@ -397,14 +418,83 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
         if own:
             # the most specific wins: a signal's own OTEL variables over the general ones
             specific = load_section(ExporterConfig, "exporter", data.get("exporter"), {**merged_env, **own})
-            signal_exporters[signal] = _plaintext_for_http(specific)
-    return Config(**sections, source=source, signal_exporters=signal_exporters)
+            signal_exporters[signal] = _with_schemes(specific, notices)
+    config = Config(
+        **sections, source=source, signal_exporters=signal_exporters, notices=tuple(dict.fromkeys(notices)),
+    )
+    check_no_loop(config)
+    return config
 
 
-def _plaintext_for_http(exporter: ExporterConfig) -> ExporterConfig:
-    if exporter.endpoint.startswith("http://") and not exporter.insecure:
-        return dataclasses.replace(exporter, insecure=True)
-    return exporter
+_ENDPOINT_KEYS = ("endpoint", "traces_endpoint", "metrics_endpoint", "logs_endpoint")
+
+
+def _with_schemes(exporter: ExporterConfig, notices: list[str]) -> ExporterConfig:
+    """Every endpoint with its scheme, and ``insecure`` as the OTLP spec means it.
+
+    ``insecure`` applies only to an endpoint given without a scheme (``collector:4317``:
+    ``http://`` with it, ``https://`` without). ``http://`` is plaintext and an explicit
+    ``https://`` stays TLS whatever ``insecure`` says (noted in ``notices``). Afterwards
+    ``insecure`` is true exactly when every endpoint in use is ``http://``.
+    """
+    changes: dict[str, Any] = {}
+    for key in _ENDPOINT_KEYS:
+        value = getattr(exporter, key)
+        if not value:
+            continue
+        if "://" not in value:
+            changes[key] = ("http://" if exporter.insecure else "https://") + value
+        elif value.startswith("https://") and exporter.insecure:
+            notices.append(
+                f"exporter.insecure (OTEL_EXPORTER_OTLP_INSECURE) is ignored for {value}: an explicit "
+                "https:// endpoint stays TLS; the setting applies only to endpoints without a scheme"
+            )
+    resolved = dataclasses.replace(exporter, **changes) if changes else exporter
+    if resolved.resolved_type != "otlp":
+        return resolved
+    plaintext = all(urlsplit(resolved.url_for(signal)).scheme == "http" for signal in Signal)
+    return dataclasses.replace(resolved, insecure=plaintext) if plaintext != resolved.insecure else resolved
+
+
+#: host names that reach this pod's own loopback listeners
+_LOOPBACK = {"localhost", "::1", "0.0.0.0", "::", "ip6-localhost"}
+
+
+def _is_local(host: str) -> bool:
+    host = host.strip("[]").lower()
+    return host in _LOOPBACK or host.startswith("127.") or host.endswith(".localhost")
+
+
+def check_no_loop(config: Config) -> None:
+    """Refuse an upstream that is one of the sidecar's own receivers: it would export to itself forever."""
+    listeners: list[tuple[str, str, int]] = []
+    for name, enabled, endpoint in (
+        ("receivers.grpc_endpoint", config.receivers.grpc_enabled, config.receivers.grpc_endpoint),
+        ("receivers.http_endpoint", config.receivers.http_enabled, config.receivers.http_endpoint),
+    ):
+        if enabled:
+            host, port = parse_endpoint(endpoint)
+            if port:
+                listeners.append((name, host, port))
+    for signal in Signal:
+        exporter = config.exporter_for(signal)
+        if exporter.resolved_type != "otlp":
+            continue
+        url = urlsplit(exporter.url_for(signal))
+        host = url.hostname or ""
+        port = url.port or (443 if url.scheme == "https" else 4317 if exporter.protocol == "grpc" else 80)
+        for name, listen_host, listen_port in listeners:
+            same_host = host == listen_host.strip("[]").lower() or (
+                _is_local(host) and (_is_local(listen_host) or listen_host in ("", "0.0.0.0", "::"))
+            )
+            if same_host and port == listen_port:
+                raise ConfigError(
+                    "exporter.endpoint",
+                    f"the upstream for {signal.value} ({url.geturl()}) is this sidecar's own listener "
+                    f"{name} = {config.receivers.grpc_endpoint if 'grpc' in name else config.receivers.http_endpoint}: "
+                    "it would export to itself forever. Point OTEL_EXPORTER_OTLP_ENDPOINT at the collector "
+                    "(the app's OTEL_* variables are not the sidecar's)",
+                )
 
 
 def render_docs() -> str:

@@ -73,6 +73,9 @@ _SIZE_UNITS = {
 }
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
+#: longest duration a setting takes when it declares no ``max`` (a day)
+DURATION_MAX = 86400.0
+
 
 def _parse(kind: str, value: Any, from_env: bool) -> Any:
     """Convert ``value`` to the setting's kind, or raise ValueError with what is allowed."""
@@ -125,7 +128,9 @@ def _parse(kind: str, value: Any, from_env: bool) -> Any:
             match = _DURATION_RE.match(value)
             if match:
                 return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
-        raise ValueError("must be a duration: seconds as a number, or a string like '200ms', '5s', '1m'")
+        raise ValueError(
+            "must be a duration: a string with a unit like '500ms', '5s', '2m', '1h', or a bare number of seconds"
+        )
     if kind == "size":
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -254,6 +259,16 @@ def _check(dotted: str, meta: Mapping[str, Any], value: Any) -> None:
         allowed = ", ".join(repr(c) for c in choices)
         raise ConfigError(dotted, f"{value!r} is not allowed; choose one of {allowed}")
     low, high = meta.get("min"), meta.get("max")
+    if meta.get("kind") == "duration":
+        high = DURATION_MAX if high is None else high
+        if low is not None and value < low:
+            raise ConfigError(dotted, f"must be at least {_seconds(low)}, got {_seconds(value)}")
+        if value > high:
+            raise ConfigError(
+                dotted,
+                f"must be at most {_seconds(high)}, got {_seconds(value)} (a bare number is seconds: "
+                f"write '{value:g}ms' if you meant milliseconds)",
+            )
     if low is not None and value < low:
         raise ConfigError(dotted, f"must be at least {low}, got {value}")
     if high is not None and value > high:
@@ -265,8 +280,12 @@ def _check(dotted: str, meta: Mapping[str, Any], value: Any) -> None:
             raise ConfigError(dotted, problem)
 
 
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
 def redacted(obj: Any) -> dict[str, Any]:
-    """The section as a dict with secret settings replaced, safe to log or print."""
+    """The section as a dict with secret settings replaced, safe to log or print (JSON keys)."""
     out: dict[str, Any] = {}
     for field in dataclasses.fields(obj):
         value = getattr(obj, field.name)
@@ -274,8 +293,22 @@ def redacted(obj: Any) -> dict[str, Any]:
             value = "<redacted>"
         elif dataclasses.is_dataclass(value):
             value = redacted(value)
+        elif isinstance(value, dict):
+            # e.g. Config.signal_exporters: keyed by an enum, values are sections
+            value = {
+                str(getattr(key, "value", key)): redacted(item) if dataclasses.is_dataclass(item) else item
+                for key, item in value.items()
+            }
         out[field.name] = value
     return out
+
+
+def _kind_doc(meta: Mapping[str, Any]) -> str:
+    """How the docs name a setting's kind (durations say their unit and bounds)."""
+    if meta["kind"] != "duration":
+        return str(meta["kind"])
+    high = DURATION_MAX if meta.get("max") is None else meta["max"]
+    return f"duration: `'500ms'`, `'5s'`, `'2m'`, or a bare number of seconds; at most {_seconds(high)}"
 
 
 def render_markdown(sections: Sequence[tuple[str, type[Any], str]]) -> str:
@@ -292,7 +325,7 @@ def render_markdown(sections: Sequence[tuple[str, type[Any], str]]) -> str:
             else:
                 default = "(required)"
             env = ", ".join(f"`{e}`" for e in env_names(name, field))
-            lines.append(f"- `{field.name}` (default = `{default!r}`; {meta['kind']}): {meta['doc']}")
+            lines.append(f"- `{field.name}` (default = `{default!r}`; {_kind_doc(meta)}): {meta['doc']}")
             if meta.get("choices"):
                 lines.append("  Allowed: " + ", ".join(f"`{c}`" for c in meta["choices"]) + ".")
             lines.append(f"  Environment: {env}.")

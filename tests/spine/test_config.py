@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 INVALID = {
     "invalid_compression.toml": "exporter.compression: 'brotli' is not allowed; choose one of 'none', 'gzip', 'zstd'",
     "invalid_timeout.toml": "exporter.timeout: must be a duration",
-    "invalid_endpoint.toml": "exporter.endpoint: must be a URL such as https://collector:4317",
+    "invalid_endpoint.toml": "exporter.endpoint: must be a URL such as https://collector:4317 (scheme http or https)",
+    "invalid_timeout_bare_number.toml": "exporter.timeout: must be at most 300 s, got 5000 s (a bare number is "
+    "seconds: write '5000ms' if you meant milliseconds)",
     "invalid_listen.toml": "receivers.grpc_endpoint: must be host:port, got 'localhost'",
     "invalid_batch_size.toml": "exporter.batch_size: must be at least 1, got 0",
     "invalid_unknown_key.toml": "exporter.batch_sise: unknown key; the keys of [exporter] are:",
@@ -80,9 +82,12 @@ def test_otel_http_endpoints() -> None:
         "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "https://logs.example:443/custom/logs",
     }
     cfg = load(None, env=env)
-    assert cfg.exporter.insecure  # http:// means plaintext
     assert cfg.exporter.url_for(Signal.TRACES) == "http://collector:4318/v1/traces"
     assert cfg.exporter.url_for(Signal.LOGS) == "https://logs.example:443/custom/logs"
+    # the https:// logs endpoint needs TLS, so the exporter is not insecure; http:// is plaintext by its scheme
+    assert not cfg.exporter.insecure
+    del env["OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"]
+    assert load(None, env=env).exporter.insecure  # every endpoint http://: plaintext
 
 
 def test_otel_headers_are_url_decoded_and_secret() -> None:
