@@ -228,7 +228,6 @@ class PolicyService:
             "exemptions": [e.as_status() for e in self._pod_settings.exemptions],
             "pci_probe": {
                 "cards_planted": active.probed_cards if active else 0,
-                "survived": 0,
                 "ignored_keep_rules": list(active.ignored_keeps) if active else [],
             },
             "cache_entries": len(self._cache),

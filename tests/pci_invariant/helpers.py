@@ -3,8 +3,14 @@ process, and an OTLP/HTTP client that sends protobuf the way the SDKs do."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import shutil
+import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -80,6 +86,79 @@ async def post_traces(port: int, body: bytes) -> tuple[int, bytes]:
         return response.status, await response.read()
 
 
-def copy_tree(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
+#: a package that stamps a card number on every resource (no detector can see a stamp)
+STAMP_CARD = """\
+package otlp_sidecar.leaky
+
+import rego.v1
+
+decision_for(_) := {"stamps": [{"rule_id": "leaky.stamp", "key": "payment.example", "value": "4111-1111-1111-1111"}]}
+"""
+
+STAMP_CARD_TEST = """\
+package otlp_sidecar.leaky_test
+
+import rego.v1
+
+import data.otlp_sidecar.leaky
+
+test_stamps_an_example if {
+\tcount(leaky.decision_for({}).stamps) == 1
+}
+"""
+
+
+def with_data(policies: Path, **sections: Any) -> Path:
+    """Set ``data.otlp_sidecar.config.<section>`` of a policy copy."""
+    data_file = policies / "data.json"
+    data = json.loads(data_file.read_text())
+    data["otlp_sidecar"]["config"].update(sections)
+    data_file.write_text(json.dumps(data))
+    return policies
+
+
+def copy_of_policies(tmp_path: Path) -> Path:
+    target = tmp_path / "policies"
+    shutil.copytree(POLICIES, target)
     return target
+
+
+async def get(port: int, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(
+        f"http://127.0.0.1:{port}{path}", timeout=aiohttp.ClientTimeout(total=10),
+    ) as response:
+        return response.status, await response.text()
+
+
+async def get_json(port: int, path: str) -> Any:
+    _, body = await get(port, path)
+    return json.loads(body)
+
+
+async def run_until_exit(env: Mapping[str, str], timeout: float = 60.0) -> tuple[int, str]:
+    """Run ``python -m sidecar run`` expecting it to stop by itself: (exit code, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar", "run", cwd=REPO, env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError("the sidecar kept running; it should have refused to start") from None
+    return int(process.returncode or 0), stderr.decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in a Prometheus text exposition (None when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        metric_name, _, label_text = series.partition("{")
+        got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+        if metric_name == name and got == wanted:
+            return float(value)
+    return None
