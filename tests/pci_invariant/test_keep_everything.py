@@ -15,6 +15,7 @@ from tests.pci_invariant.helpers import (
     KEEP_ALL,
     KEEP_ALL_TEST,
     MASTERCARD,
+    get_json,
     policy_set_with,
     post_traces,
     span_request,
@@ -35,10 +36,13 @@ async def test_keep_all_package_does_not_unmask_card_numbers(upstream, tmp_path:
         status, _ = await post_traces(ports["http"], span_request({"note": f"paid with {MASTERCARD}"}))
         assert status == 200
         await upstream.wait_for(lambda: len(upstream.spans()) >= 1)
+        policy = await get_json(ports["admin"], "/policy")
     finally:
         assert await sidecar.stop() == 0
     raw = b"".join(m.SerializeToString() for m in upstream.messages(Signal.TRACES))
     assert MASTERCARD.encode() not in raw
     assert b"**** **** **** 4444" in raw
-    # the keep rule is not an exemption: the start names it as ignored
-    assert "debugging.keep_all" in sidecar.stderr
+    # the keep rule is not an exemption: the start line and /policy name it as ignored
+    assert "policy rule 'debugging.keep_all' keeps attributes that are not exempted" in sidecar.stderr
+    assert policy["pci_probe"]["ignored_keep_rules"] == ["debugging.keep_all"]
+    assert policy["exemptions"] == []
