@@ -103,8 +103,8 @@ class InjectionConfig:
     )
     app_endpoint: str = setting(
         "http://127.0.0.1:4318",
-        "OTEL_EXPORTER_OTLP_ENDPOINT set in app containers that do not set it themselves, for "
-        "OTLP/HTTP; an app using gRPC gets the same host with grpc_port.",
+        "OTEL_EXPORTER_OTLP_ENDPOINT set in app containers that do not set it themselves: its scheme "
+        "and host, with the sidecar's port for the app's protocol (http_port, or grpc_port for grpc).",
         check=_http_url,
     )
     app_protocol: str = setting(
@@ -132,7 +132,8 @@ class InjectionConfig:
     )
     default_policy_set: str = setting(
         "default",
-        "Policy set used when the pod has no otlp-sidecar.io/policy annotation.",
+        "Policy set used when the pod has no otlp-sidecar.io/policy annotation (empty: none; the "
+        "sidecar then applies the policies bundled in its image, and PCI-scope pods are refused).",
     )
     policy_dir: str = setting(
         "/etc/otlp-sidecar/policies",
@@ -200,19 +201,6 @@ class InjectionConfig:
         ports = {self.grpc_port, self.http_port, self.admin_port}
         if len(ports) != 3:
             raise ConfigError("injection.admin_port", "grpc_port, http_port and admin_port must differ")
-        port = urlsplit(self.app_endpoint).port
-        if port is not None and port == self.grpc_port and self.app_protocol != "grpc":
-            raise ConfigError(
-                "injection.app_endpoint",
-                f"port {port} is the sidecar's OTLP/gRPC listener but app_protocol is "
-                f"{self.app_protocol!r}: use port {self.http_port}, or set app_protocol = \"grpc\"",
-            )
-        if port is not None and port == self.http_port and self.app_protocol == "grpc":
-            raise ConfigError(
-                "injection.app_endpoint",
-                f"port {port} is the sidecar's OTLP/HTTP listener but app_protocol is 'grpc': "
-                f"use port {self.grpc_port}, or an http protocol",
-            )
         if self.tenant_label and self.tenant_annotation:
             raise ConfigError(
                 "injection.tenant_annotation",
@@ -270,7 +258,7 @@ def load_webhook_config(
         for key, message in policy_set.problems():
             raise ConfigError(f"policy_sets.{name}.{key}", message)
         sets[name] = policy_set
-    if sets and injection.default_policy_set not in sets:
+    if sets and injection.default_policy_set and injection.default_policy_set not in sets:
         raise ConfigError(
             "injection.default_policy_set",
             f"{injection.default_policy_set!r} is not a policy set; the sets are: " + ", ".join(sorted(sets)),

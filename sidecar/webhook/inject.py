@@ -240,7 +240,7 @@ def _policy_set(
     name = requested if requested is not None else config.injection.default_policy_set
     if name in config.policy_sets:
         return name, config.policy_sets[name]
-    if requested is None and not config.policy_sets:
+    if requested is None and (not config.policy_sets or not name):
         return "", None
     known = ", ".join(sorted(config.policy_sets)) or "(none configured)"
     raise Refused(f"annotation {ANNOTATION_POLICY}: policy set {name!r} does not exist; the sets are: {known}")

@@ -151,6 +151,7 @@ def test_defaults_objects(render: Any) -> None:
             "MutatingWebhookConfiguration",
             "PodDisruptionBudget",
             "Secret",
+            "Secret",
             "Service",
             "ServiceAccount",
         ]

@@ -89,8 +89,8 @@ def test_service_monitor_scrapes_the_webhook_service(render: Any) -> None:
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["scheme"] == "https" and endpoint["path"] == "/metrics"
     ca = endpoint["tlsConfig"]["ca"]["secret"]
-    secret = objects.one("Secret")
-    assert ca["name"] == secret["metadata"]["name"] and ca["key"] in secret["data"]
+    secret = objects.one("Secret", ca["name"])  # the webhook's TLS Secret
+    assert ca["key"] in secret["data"] and secret["type"] == "kubernetes.io/tls"
 
 
 def test_pod_monitor_finds_injected_sidecars(render: Any) -> None:

@@ -15,6 +15,7 @@ from tests.helm.conftest import CHART_DIR, NAMESPACE, RELEASE, render_chart
 from tests.tls.pki import make_pki
 
 SERVICE = f"{RELEASE}-otlp-sidecar-webhook"
+TLS_SECRET = f"{SERVICE}-tls"
 
 
 def _decode(secret: dict[str, Any], key: str) -> bytes:
@@ -23,7 +24,7 @@ def _decode(secret: dict[str, Any], key: str) -> bytes:
 
 def test_generated_certificate_is_signed_by_the_ca_bundle(render: Any) -> None:
     objects = render()
-    secret = objects.one("Secret")
+    secret = objects.one("Secret", TLS_SECRET)
     hooks = objects.one("MutatingWebhookConfiguration")["webhooks"]
     bundles = {h["clientConfig"]["caBundle"] for h in hooks}
     assert len(bundles) == 1, "every webhook entry trusts the same CA"
@@ -53,8 +54,8 @@ def _pem():
 
 
 def test_each_install_generates_its_own_ca(render: Any) -> None:
-    first = render().one("Secret")["data"]["ca.crt"]
-    second = render().one("Secret")["data"]["ca.crt"]
+    first = render().one("Secret", TLS_SECRET)["data"]["ca.crt"]
+    second = render().one("Secret", TLS_SECRET)["data"]["ca.crt"]
     assert first != second
 
 
@@ -82,17 +83,17 @@ def test_upgrade_reuses_the_existing_secret(tmp_path: Path) -> None:
         upgraded = render_chart(chart, {"testExistingSecret": existing}, is_upgrade=True)
         fresh = render_chart(chart, {"testExistingSecret": {}})
 
-    secret = upgraded.one("Secret")
+    secret = upgraded.one("Secret", TLS_SECRET)
     assert secret["data"] == existing["data"]
     hooks = upgraded.one("MutatingWebhookConfiguration")["webhooks"]
     assert {h["clientConfig"]["caBundle"] for h in hooks} == {existing["data"]["ca.crt"]}
     # without an existing Secret, a new CA is made
-    assert fresh.one("Secret")["data"]["ca.crt"] != existing["data"]["ca.crt"]
+    assert fresh.one("Secret", TLS_SECRET)["data"]["ca.crt"] != existing["data"]["ca.crt"]
 
 
 def test_cert_manager_self_signed_chain(render: Any) -> None:
     objects = render({"webhook": {"tls": {"certManager": {"enabled": True}}}})
-    assert objects.of_kind("Secret") == []  # cert-manager writes it
+    assert [s for s in objects.of_kind("Secret") if s["metadata"]["name"] == TLS_SECRET] == []  # cert-manager
     hooks = objects.one("MutatingWebhookConfiguration")
     assert all("caBundle" not in h["clientConfig"] for h in hooks["webhooks"])
     assert hooks["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/{SERVICE}"

@@ -99,17 +99,20 @@ def test_a_wrong_protocol_annotation_is_refused(config: WebhookConfig) -> None:
         decide(deployment_pod(**{"otlp-sidecar.io/protocol": "thrift"}), "shop", Scope.NAMESPACE, config)
 
 
-def test_the_default_protocol_is_a_setting_and_must_match_the_endpoint_port(tmp_path: Path) -> None:
+def test_the_default_protocol_is_a_setting_and_the_port_follows_it(tmp_path: Path) -> None:
     path = tmp_path / "webhook.toml"
-    path.write_text('[injection]\napp_protocol = "grpc"\napp_endpoint = "http://localhost:4317"\n', encoding="utf-8")
+    path.write_text('[injection]\napp_protocol = "grpc"\napp_endpoint = "http://localhost:4318"\n', encoding="utf-8")
     config = load_webhook_config(path, env={})
     app = injected(deployment_pod(), config)["spec"]["containers"][0]
+    # an SDK told grpc gets the gRPC listener, never the HTTP port it would fail on
     assert env_of(app) == {
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://localhost:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
     }
-
     path.write_text('[injection]\napp_endpoint = "http://127.0.0.1:4317"\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match="port 4317 is the sidecar's OTLP/gRPC listener but app_protocol is"):
+    app = injected(deployment_pod(), load_webhook_config(path, env={}))["spec"]["containers"][0]
+    assert env_of(app)["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:4318"
+    path.write_text('[injection]\napp_protocol = "thrift"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"injection\.app_protocol: 'thrift' is not allowed"):
         load_webhook_config(path, env={})
 
 

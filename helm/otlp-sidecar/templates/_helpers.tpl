@@ -26,6 +26,30 @@
 {{- printf "%s-policies" (include "otlp-sidecar.fullname" . | trunc 54 | trimSuffix "-") -}}
 {{- end -}}
 
+{{/* The hash key Secret the chart makes when hashKey.secretName is empty. */}}
+{{- define "otlp-sidecar.generatedHashKeyName" -}}
+{{- printf "%s-hash-key" (include "otlp-sidecar.fullname" . | trunc 54 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* The hash key Secret the sidecars mount: the user's, or the one the chart makes. */}}
+{{- define "otlp-sidecar.hashKeyName" -}}
+{{- default (include "otlp-sidecar.generatedHashKeyName" .) .Values.hashKey.secretName -}}
+{{- end -}}
+
+{{/* Namespaces that get the policies ConfigMap and the generated hash key Secret. */}}
+{{- define "otlp-sidecar.injectedNamespaces" -}}
+{{- toJson (concat (list .Release.Namespace) .Values.policies.namespaces | uniq) -}}
+{{- end -}}
+
+{{/* The policy set a pod gets without the otlp-sidecar.io/policy annotation ("" for none). */}}
+{{- define "otlp-sidecar.defaultSet" -}}
+{{- if .Values.policies.defaultSet -}}
+{{- .Values.policies.defaultSet -}}
+{{- else if .Values.policies.enabled -}}
+default
+{{- end -}}
+{{- end -}}
+
 {{- define "otlp-sidecar.tlsSecretName" -}}
 {{- printf "%s-tls" (include "otlp-sidecar.webhookName" . | trunc 59 | trimSuffix "-") -}}
 {{- end -}}
@@ -76,7 +100,7 @@ app.kubernetes.io/component: webhook
 {{- $data := .Files.Get "policies/data.json" | fromJson -}}
 {{- $config := dig "otlp_sidecar" "config" dict $data -}}
 {{- if hasKey $config "sampling" -}}
-{{- $_ := set $config.sampling "ratio" .Values.sampling.ratio -}}
+{{- $_ := set $config.sampling "ratio" (float64 .Values.sampling.ratio) -}}
 {{- end -}}
 {{- if hasKey $config "tenant" -}}
 {{- $_ := set $config.tenant "label" .Values.tenant.label -}}

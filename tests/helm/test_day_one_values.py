@@ -1,0 +1,160 @@
+"""Issue 15 in the chart: the defaults start, `--set` values pass the schema, no PCI pod without policies."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import pytest
+
+from sidecar.webhook.config import load_webhook_config
+from sidecar.webhook.inject import Refused, Scope, decide
+from tests.helm.conftest import CHART_DIR, NAMESPACE, RELEASE, render_chart
+from tests.helm.test_chart import validate_all, webhook_toml
+from tests.webhook.conftest import apply, deployment_pod, env_of, sidecar_of
+
+HASH_SECRET = f"{RELEASE}-otlp-sidecar-hash-key"
+
+
+def hash_secrets(objects: Any) -> list[dict[str, Any]]:
+    return [s for s in objects.of_kind("Secret") if s["metadata"]["name"] == HASH_SECRET]
+
+
+def injected_with(objects: Any, tmp_path: Path, pod: dict[str, Any] | None = None,
+                  scope: Scope = Scope.NAMESPACE, namespace: str = "shop") -> dict[str, Any]:
+    path = tmp_path / "webhook.toml"
+    path.write_text(webhook_toml(objects), encoding="utf-8")
+    config = load_webhook_config(path, env={})
+    pod = pod or deployment_pod()
+    decision = decide(pod, namespace, scope, config)
+    assert decision.inject, decision.reason
+    return apply(pod, decision.patch)
+
+
+def test_the_defaults_give_every_injected_namespace_a_random_hash_key(render: Any, tmp_path: Path) -> None:
+    objects = render({"policies": {"namespaces": ["shop", "payments"]}})
+    validate_all(objects)
+    secrets = hash_secrets(objects)
+    assert sorted(s["metadata"]["namespace"] for s in secrets) == sorted([NAMESPACE, "shop", "payments"])
+    keys = {s["data"]["hmac.key"] for s in secrets}
+    assert len(keys) == 1, "one key for every namespace: hashes join across them"
+    key = base64.b64decode(keys.pop())
+    assert len(key) >= 32 and key.isalnum()
+
+    # the injected pod mounts that Secret and points the sidecar at the file
+    pod = injected_with(objects, tmp_path)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["otlp-sidecar-hash-key"]["secret"]["secretName"] == HASH_SECRET
+    assert env_of(sidecar_of(pod))["SIDECAR_POLICY_HASH_KEY_FILE"] == "/etc/otlp-sidecar/hash-key/hmac.key"
+
+    # a new install makes a new key; the user's own Secret means none is made
+    assert hash_secrets(render())[0]["data"] != hash_secrets(render())[0]["data"]
+    own = render({"hashKey": {"secretName": "corp-hmac", "key": "key"}})
+    assert hash_secrets(own) == []
+    assert env_of(sidecar_of(injected_with(own, tmp_path)))["SIDECAR_POLICY_HASH_KEY_FILE"].endswith("/key")
+
+
+def test_an_upgrade_keeps_the_hash_key(tmp_path: Path) -> None:
+    # offline rendering answers `lookup` with nothing; as in test_tls, a copy of the chart has
+    # its lookup replaced by what the cluster would answer (from .Values here)
+    chart_copy = tmp_path / "otlp-sidecar"
+    shutil.copytree(CHART_DIR, chart_copy)
+    template = chart_copy / "templates" / "hash-key-secret.yaml"
+    text = template.read_text(encoding="utf-8")
+    lookup = 'lookup "v1" "Secret" . $name'
+    assert text.count(lookup) == 1
+    template.write_text(text.replace(lookup, "index $.Values.testExisting ."), encoding="utf-8")
+
+    earlier = base64.b64encode(b"k" * 64).decode()
+    existing = {"shop": {"data": {"hmac.key": earlier}}}  # found in one namespace only
+    values = {"policies": {"namespaces": ["shop", "payments"]}, "testExisting": existing}
+    with helm_python.Chart.load(chart_copy) as chart:
+        upgraded = render_chart(chart, values, is_upgrade=True)
+        fresh = render_chart(chart, {**values, "testExisting": {}})
+    assert {s["data"]["hmac.key"] for s in hash_secrets(upgraded)} == {earlier}
+    assert len(hash_secrets(upgraded)) == 3  # and the namespace added since gets the same key
+    assert {s["data"]["hmac.key"] for s in hash_secrets(fresh)} != {earlier}
+
+
+@pytest.mark.parametrize(
+    ("values", "check"),
+    [
+        # what `helm --set sampling.ratio=0.2` passes: a string
+        ({"sampling": {"ratio": "0.2"}}, lambda data, toml: data["sampling"]["ratio"] == 0.2),
+        ({"sampling": {"ratio": "1"}}, lambda data, toml: data["sampling"]["ratio"] == 1),
+        ({"sampling": {"ratio": 0}}, lambda data, toml: data["sampling"]["ratio"] == 0),
+        # `--set injection.pciScopeLabelValue=true` passes a boolean
+        ({"injection": {"pciScopeLabelValue": True}}, lambda data, toml: True),
+        ({"upstream": {"endpoint": "collector.observability:4317", "insecure": True}},
+         lambda data, toml: 'upstream_endpoint = "collector.observability:4317"' in toml),
+    ],
+    ids=["ratio-string", "ratio-one-string", "ratio-zero", "label-value-bool", "endpoint-host-port"],
+)
+def test_values_as_helm_set_gives_them_pass_the_schema(render: Any, values: dict[str, Any], check: Any) -> None:
+    objects = render(values)
+    validate_all(objects)
+    policies = next(o for o in objects.of_kind("ConfigMap") if "data.json" in o.get("data", {}))
+    data = json.loads(policies["data"]["data.json"])["otlp_sidecar"]["config"]
+    assert check(data, webhook_toml(objects))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"sampling": {"ratio": "0.2x"}}, "at '/sampling/ratio'"),
+        ({"sampling": {"ratio": "1.5"}}, "at '/sampling/ratio'"),
+        ({"upstream": {"endpoint": "ftp://collector:21"}}, "at '/upstream/endpoint'"),
+        ({"injection": {"appProtocol": "thrift"}}, "at '/injection/appProtocol'"),
+    ],
+)
+def test_wrong_set_values_are_still_refused(chart: helm_python.Chart, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm_python.HelmValuesError) as caught:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    assert message in str(caught.value)
+
+
+def test_policies_disabled_the_pci_scope_pods_are_refused(chart: helm_python.Chart, render: Any,
+                                                          tmp_path: Path) -> None:
+    objects = render({"policies": {"enabled": False}})
+    validate_all(objects)
+    path = tmp_path / "webhook.toml"
+    path.write_text(webhook_toml(objects), encoding="utf-8")
+    config = load_webhook_config(path, env={})
+    with pytest.raises(Refused, match="is in PCI scope but the webhook has no policy set"):
+        decide(deployment_pod(), "payments", Scope.PCI, config)
+    # elsewhere the pod is injected, and its sidecar applies the policies bundled in the image
+    pod = injected_with(objects, tmp_path)
+    assert "SIDECAR_POLICY_DIR" not in env_of(sidecar_of(pod))
+    notes = chart.render({"policies": {"enabled": False}}, name=RELEASE, namespace=NAMESPACE)[
+        "otlp-sidecar/templates/NOTES.txt"
+    ]
+    assert "REFUSES every pod in a PCI-scope namespace" in notes
+
+
+def test_policies_disabled_with_an_own_default_set(render: Any, tmp_path: Path) -> None:
+    values = {"policies": {"enabled": False, "defaultSet": "corp",
+                           "extraSets": {"corp": {"configMap": "corp-policies"}}}}
+    objects = render(values)
+    validate_all(objects)
+    pod = injected_with(objects, tmp_path, scope=Scope.PCI, namespace="payments")
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["otlp-sidecar-policies"]["configMap"] == {"name": "corp-policies"}
+
+
+def test_an_unknown_default_set_fails_the_render(chart: helm_python.Chart) -> None:
+    with pytest.raises(helm_python.HelmRenderError) as caught:
+        chart.render({"policies": {"defaultSet": "strict"}}, name=RELEASE, namespace=NAMESPACE)
+    assert 'policies.defaultSet: "strict" is not a policy set' in str(caught.value)
+
+
+def test_cluster_name_and_app_protocol_reach_the_pod(render: Any, tmp_path: Path) -> None:
+    objects = render({"clusterName": "prod-eu-1", "injection": {"appProtocol": "grpc"}})
+    pod = injected_with(objects, tmp_path)
+    assert env_of(sidecar_of(pod))["SIDECAR_CLUSTER_NAME"] == "prod-eu-1"
+    app = next(c for c in pod["spec"]["containers"] if c["name"] == "app")
+    assert env_of(app) == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+                           "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
