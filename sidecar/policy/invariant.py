@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.policy.errors import DecisionError
-from sidecar.rewrite.plan import AttributeRule, Plan, ValueDetector
+from sidecar.rewrite.plan import AttributeRule, ValueDetector
 
 #: the rule id of the detector the engine adds to a plan that has none
 ENGINE_PAN_RULE = "engine.pci.pan"
@@ -102,7 +102,3 @@ def enforce(
         found.append(ValueDetector(ENGINE_PAN_RULE, "pan", "mask_pan"))
     return kept, found, list(dict.fromkeys(ignored))
 
-
-def holds_guarantee(plan: Plan) -> bool:
-    """True when ``plan`` scans every string for card numbers (or is a refusal or a dry run)."""
-    return not plan.allow or plan.dry_run or any(d.kind == "pan" for d in plan.detectors)
