@@ -33,6 +33,7 @@ from sidecar.export.http import HttpExporter
 from sidecar.export.queue import ExportQueue
 from sidecar.export.sender import Exporter, Sender
 from sidecar.metrics import SidecarMetrics
+from sidecar.overload.budget import MemoryBudget
 from sidecar.pipeline import Pipeline, Planner
 from sidecar.receivers.grpc import GrpcReceiver
 from sidecar.receivers.http import HttpReceiver
@@ -40,7 +41,6 @@ from sidecar.receivers.peers import peer_resolver
 from sidecar.signals import Signal
 from sidecar.tls.config import client_tls
 from sidecar.tls.metrics import TLSMetrics
-from sidecar.wire.budget import ReceiveBudget
 from sidecar.wire.http1 import Http1Server
 from sidecar.wire.http2 import GrpcServer
 
@@ -127,9 +127,12 @@ class Sidecar:
             status = self.policy.status if self.policy is not None else None
             app = admin_app(self.metrics.registry, self.readiness, status)
             self.addresses["admin"] = await self._serve_admin(app, cfg.admin.endpoint)
-        # one budget for the request bytes both listeners hold at once
-        budget = ReceiveBudget(cfg.receivers.max_inflight_bytes)
+        # one budget for every byte clients make the sidecar hold, on every listener (sidecar.overload)
+        budget = MemoryBudget(
+            cfg.limits.budget_limit(cfg.receivers.max_inflight_bytes), cfg.limits.connection_share_bytes
+        )
         self.metrics.track_receive_budget(budget)
+        self.metrics.overload.track(budget, cfg.limits.max_memory_bytes)
         if cfg.receivers.grpc_enabled:
             grpc_tls = self._grpc_tls
             resolver = peer_resolver(grpc_tls)

@@ -28,6 +28,7 @@ from sidecar.configkit import (
 )
 from sidecar.export.auth import AuthConfig
 from sidecar.identity import PodIdentity, read_downward_api_file
+from sidecar.overload.config import LimitsConfig
 from sidecar.policy.config import PolicyConfig
 from sidecar.signals import Signal
 from sidecar.tls.config import InboundTLSConfig, UpstreamTLSConfig, check_listen_address
@@ -83,9 +84,9 @@ class ReceiversConfig:
     )
     max_inflight_bytes: int = setting(
         64 * 1024 * 1024,
-        "Request bytes both listeners hold at once (each request reserves its size before it is "
-        "read); beyond it requests get HTTP 503 / gRPC UNAVAILABLE and are retried. At least "
-        "max_request_bytes.",
+        "Deprecated (use limits.budget_bytes, the smaller of the two applies): request bytes both "
+        "listeners hold at once; beyond it requests get HTTP 503 / gRPC UNAVAILABLE and are "
+        "retried. At least max_request_bytes.",
         kind="size", min=1024,
     )
 
@@ -320,6 +321,7 @@ SECTIONS: tuple[tuple[str, type[Any], str], ...] = (
     ("auth", AuthConfig, AuthConfig.__doc__ or ""),
     ("policy", PolicyConfig, PolicyConfig.__doc__ or ""),
     ("admin", AdminConfig, AdminConfig.__doc__ or ""),
+    ("limits", LimitsConfig, LimitsConfig.__doc__ or ""),
     ("pod", PodConfig, PodConfig.__doc__ or ""),
     ("log", LogConfig, LogConfig.__doc__ or ""),
 )
@@ -334,6 +336,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     pod: PodConfig = field(default_factory=PodConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = ""

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from sidecar.overload.metrics import OverloadMetrics
+
 if TYPE_CHECKING:
     from sidecar.wire.budget import ReceiveBudget
 
@@ -103,6 +105,8 @@ class SidecarMetrics:
             "(zstd -> gzip -> none; the refused batch is sent again, not lost).",
             ["from_encoding", "to_encoding"], registry=r,
         )
+        #: protective actions, connections per listener, the receive budget (sidecar.overload)
+        self.overload = OverloadMetrics(r)
 
     def track_receive_budget(self, budget: ReceiveBudget) -> None:
         """Report ``budget`` (shared by the listeners) at every scrape."""

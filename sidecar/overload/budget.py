@@ -1,0 +1,124 @@
+"""One memory budget for everything clients make the sidecar hold.
+
+Every byte a client makes the sidecar hold is taken from it before (or as) it is held, and given
+back once it is no longer held (for a request: once its data was put on the export queue, or it
+was refused): wire bytes as they arrive (never a declared size), decompressed bytes step by step,
+decoded or converted bytes (OTLP/JSON), partial HTTP/2 frames and read-ahead.
+
+Each connection (or any other holder) takes through its own :class:`Account`, which may hold at
+most ``per_connection`` bytes: a few slow or greedy clients cannot take the whole budget from the
+others. ``account.close()`` gives back whatever the account still holds, so a connection that goes
+away cannot leak budget.
+
+    budget = MemoryBudget(64 << 20, per_connection=32 << 20)
+    account = budget.account()
+    if not account.take(len(chunk)):
+        refuse(account.refused)          # Action.budget_full or Action.connection_share
+    ...
+    account.give(len(chunk))             # or account.close() when the connection ends
+"""
+
+from __future__ import annotations
+
+from sidecar.overload.reasons import Action
+
+
+class MemoryBudget:
+    """A byte budget shared by every listener, taken from through per-connection accounts."""
+
+    __slots__ = ("in_use", "limit", "peak", "per_connection", "refusals", "refused_by")
+
+    def __init__(self, limit: int, per_connection: int | None = None) -> None:
+        self.limit = limit
+        #: the most one account may hold
+        self.per_connection = min(limit, per_connection) if per_connection else limit
+        self.in_use = 0
+        #: the most held at once since start
+        self.peak = 0
+        #: refusals since start (all reasons), and per reason
+        self.refusals = 0
+        self.refused_by: dict[Action, int] = {}
+
+    def account(self, share: int | None = None) -> Account:
+        """A new account (one per connection), holding at most ``share`` (default: the
+        per-connection share)."""
+        return Account(self, self.per_connection if share is None else min(share, self.limit))
+
+    def fits_connection(self, size: int) -> bool:
+        """Could one account ever hold ``size`` bytes (else the request is too large, not busy)?"""
+        return size <= self.per_connection
+
+    # -- the budget itself (accounts call these; ``reserve``/``release`` also serve holders
+    #    without an account) --------------------------------------------------------------------
+
+    def reserve(self, size: int) -> bool:
+        """Take ``size`` bytes; False (and nothing taken) when they do not fit."""
+        if self.in_use + size > self.limit:
+            self._refused(Action.budget_full)
+            return False
+        self.in_use += size
+        if self.in_use > self.peak:
+            self.peak = self.in_use
+        return True
+
+    def release(self, size: int) -> None:
+        self.in_use -= size
+        assert self.in_use >= 0, "released more than was reserved"
+
+    def message(self, action: Action = Action.budget_full) -> str:
+        """What a refused client is told."""
+        if action is Action.connection_share:
+            return (f"this connection holds its share of the sidecar's receive memory "
+                    f"({self.per_connection} bytes) already; retry shortly")
+        return f"the sidecar holds {self.limit} bytes of requests already; retry shortly"
+
+    def _refused(self, action: Action) -> None:
+        self.refusals += 1
+        self.refused_by[action] = self.refused_by.get(action, 0) + 1
+
+
+class Account:
+    """What one connection (or request) holds of a :class:`MemoryBudget`."""
+
+    __slots__ = ("budget", "held", "peak", "refused", "share")
+
+    def __init__(self, budget: MemoryBudget, share: int) -> None:
+        self.budget = budget
+        self.share = share
+        self.held = 0
+        self.peak = 0
+        #: why the last ``take`` failed (None until one does)
+        self.refused: Action | None = None
+
+    def take(self, size: int) -> bool:
+        """Take ``size`` bytes from the budget; False (nothing taken, ``refused`` set) when the
+        account's share or the budget is short."""
+        if size <= 0:
+            return True
+        if self.held + size > self.share:
+            self.refused = Action.connection_share
+            self.budget._refused(Action.connection_share)
+            return False
+        if not self.budget.reserve(size):
+            self.refused = Action.budget_full
+            return False
+        self.held += size
+        if self.held > self.peak:
+            self.peak = self.held
+        return True
+
+    def give(self, size: int) -> None:
+        """Give back ``size`` bytes (at most what is held)."""
+        size = min(size, self.held)
+        if size > 0:
+            self.held -= size
+            self.budget.release(size)
+
+    def close(self) -> None:
+        """Give back everything still held."""
+        if self.held:
+            self.budget.release(self.held)
+            self.held = 0
+
+    def message(self) -> str:
+        return self.budget.message(self.refused or Action.budget_full)

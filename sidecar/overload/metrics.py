@@ -1,0 +1,90 @@
+"""The overload metrics: one counter per protective action, connections per listener, the budget.
+
+All children are created at zero at start (every listener x action), so an alert on
+``increase(otlp_sidecar_overload_actions_total[5m]) > 0`` works from the first scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from sidecar.overload.budget import MemoryBudget
+from sidecar.overload.reasons import LISTENERS, Action
+
+PREFIX = "otlp_sidecar"
+
+
+class OverloadMetrics:
+    """``actions.labels(listener, action)``, ``connections.labels(listener)``, budget gauges."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.actions = Counter(
+            f"{PREFIX}_overload_actions",
+            "Protective actions taken against what clients sent, by listener and action "
+            "(refusals by reason, timeouts, connections closed at the cap; docs/limits.md).",
+            ["listener", "action"], registry=registry,
+        )
+        self.connections = Gauge(
+            f"{PREFIX}_receiver_connections", "Open connections per listener.", ["listener"], registry=registry,
+        )
+        self.connection_limit = Gauge(
+            f"{PREFIX}_receiver_connections_limit", "Connections each listener accepts at most.",
+            ["listener"], registry=registry,
+        )
+        self.budget_in_use = Gauge(
+            f"{PREFIX}_overload_budget_in_use_bytes",
+            "Bytes of the receive budget held now (wire, decompressed and decoded bytes).", registry=registry,
+        )
+        self.budget_peak = Gauge(
+            f"{PREFIX}_overload_budget_peak_bytes", "The most of the receive budget held at once.",
+            registry=registry,
+        )
+        self.budget_limit = Gauge(
+            f"{PREFIX}_overload_budget_limit_bytes", "limits.budget_bytes (the receive budget).", registry=registry,
+        )
+        self.memory_limit = Gauge(
+            f"{PREFIX}_overload_memory_limit_bytes", "limits.max_memory_bytes (the memory ceiling).",
+            registry=registry,
+        )
+        self._children = {
+            (listener, action): self.actions.labels(listener, action.value)
+            for listener in LISTENERS
+            for action in Action
+        }
+        for listener in LISTENERS:
+            self.connections.labels(listener)
+
+    def count(self, listener: str, action: Action, n: int = 1) -> None:
+        """Count ``n`` protective actions of ``listener``."""
+        child = self._children.get((listener, action))
+        if child is None:
+            child = self._children[(listener, action)] = self.actions.labels(listener, action.value)
+        child.inc(n)
+
+    def track(self, budget: MemoryBudget, memory_limit: int) -> None:
+        """Report ``budget`` at every scrape."""
+        self.budget_in_use.set_function(lambda: budget.in_use)
+        self.budget_peak.set_function(lambda: budget.peak)
+        self.budget_limit.set(budget.limit)
+        self.memory_limit.set(memory_limit)
+
+    def track_connections(self, listener: str, count: Callable[[], float], limit: int) -> None:
+        """Report the open connections of ``listener`` (``count()``) and its cap."""
+        self.connections.labels(listener).set_function(count)
+        self.connection_limit.labels(listener).set(limit)
+
+
+class Counted:
+    """A listener's view of :class:`OverloadMetrics` (or none, in unit tests): ``count(action)``."""
+
+    __slots__ = ("listener", "metrics")
+
+    def __init__(self, metrics: OverloadMetrics | None, listener: str) -> None:
+        self.metrics = metrics
+        self.listener = listener
+
+    def __call__(self, action: Action, n: int = 1) -> None:
+        if self.metrics is not None:
+            self.metrics.count(self.listener, action, n)
