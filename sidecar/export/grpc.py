@@ -102,8 +102,8 @@ class GrpcExporter(UpstreamExporter):
 
     async def export(self, signal: Signal, data: bytes) -> Exported:
         metadata = await self._headers()
+        encoding = self.negotiator.select()
         while True:
-            encoding = self.negotiator.select()
             try:
                 reply = await call_unary(
                     self._channel(signal), signal.grpc_path, data,
@@ -111,10 +111,14 @@ class GrpcExporter(UpstreamExporter):
                     metadata=metadata,
                 )
             except CallError as exc:
-                if _refuses_encoding(encoding, exc) and self.negotiator.refused(
+                lower = self.negotiator.refused(
                     encoding, exc.message, parse_accepted(exc.trailers.get("grpc-accept-encoding"))
-                ) is not None:
-                    continue  # the same batch again, compressed the next way, on a fresh connection
+                ) if _refuses_encoding(encoding, exc) else None
+                if lower is not None:
+                    # the same batch again, compressed the next way (always lower: this loop ends),
+                    # on a fresh connection
+                    encoding = lower
+                    continue
                 error = grpc_error(exc)
                 if exc.status is Status.UNAUTHENTICATED:
                     self._unauthorized(error)

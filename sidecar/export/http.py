@@ -40,12 +40,15 @@ class HttpExporter(UpstreamExporter):
 
     async def export(self, signal: Signal, data: bytes) -> Exported:
         """POST the batch; an upstream refusing our compression gets it again with the next one."""
+        encoding: str | None = self.negotiator.select()
         while True:
-            encoding = self.negotiator.select()
+            assert encoding is not None
             try:
                 return await self._post(signal, data, encoding)
             except _EncodingRefused as refusal:
-                if self.negotiator.refused(encoding, refusal.error.message, refusal.accepted) is None:
+                # each retry is a lower encoding than the last: this ends at none at the latest
+                encoding = self.negotiator.refused(encoding, refusal.error.message, refusal.accepted)
+                if encoding is None:
                     raise refusal.error from None
 
     async def _post(self, signal: Signal, data: bytes, encoding: str) -> Exported:

@@ -236,6 +236,7 @@ class AiohttpUpstream:
         self.received: list[Recorded] = []
         self.port = 0
         self._runner: web.AppRunner | None = None
+        self._had_zstd = False
 
     async def _traces(self, request: web.Request) -> web.Response:
         encoding = request.headers.get("Content-Encoding", "identity")
@@ -250,6 +251,7 @@ class AiohttpUpstream:
         from aiohttp import http_parser
 
         # the point of this upstream: whatever is installed, it does not decode zstd
+        self._had_zstd = http_parser.HAS_ZSTD  # type: ignore[attr-defined]
         http_parser.HAS_ZSTD = False  # type: ignore[attr-defined]
         app = web.Application()
         app.router.add_post("/v1/traces", self._traces)
@@ -260,8 +262,12 @@ class AiohttpUpstream:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def stop(self) -> None:
+        from aiohttp import http_parser
+
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
+            http_parser.HAS_ZSTD = self._had_zstd  # type: ignore[attr-defined]
 
 
 # -- what arrived -------------------------------------------------------------------------------
