@@ -1,0 +1,254 @@
+"""The kubelet's part for one injected container, played on this machine (no cluster runs here).
+
+The chart is rendered by the real Helm engine and the pod injected by the real webhook code;
+what a kubelet then does is done here, as Kubernetes documents it:
+
+- volumes: ConfigMap and Secret volumes are written with the kubelet's atomic-writer layout
+  (files in a ``..<timestamp>`` directory, a ``..data`` symlink to it, and one symlink per
+  top-level entry), honouring ``items``; a missing ConfigMap or Secret keeps the pod in
+  ContainerCreating (:class:`Pending`); downwardAPI files hold ``key="value"`` lines;
+  emptyDir is an empty directory;
+- env: ``value`` as is, ``fieldRef`` resolved from the pod object (name, namespace, uid, node,
+  service account, a label or an annotation);
+- then the container's ``command`` runs with exactly that environment.
+
+Two rewrites make it runnable beside other tests, and the test says so where it matters: mount
+paths become directories under a temp dir, and the sidecar's listeners bind port 0 on loopback
+(the start line tells the ports; the app's endpoint is mapped to them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: the sidecar's listener variables and what replaces them (loopback, a free port)
+LISTENER_ENV = {
+    "SIDECAR_GRPC_ENDPOINT": "grpc",
+    "SIDECAR_HTTP_ENDPOINT": "http",
+    "SIDECAR_ADMIN_ENDPOINT": "admin",
+}
+VENV_BIN = Path(sys.executable).parent
+
+
+class Pending(Exception):
+    """The pod would stay in ContainerCreating: a volume's ConfigMap or Secret does not exist."""
+
+
+@dataclass
+class Cluster:
+    """The objects the API server would hold: the chart's, and what the user created beside it."""
+
+    objects: list[dict[str, Any]] = field(default_factory=list)
+
+    def find(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        for obj in self.objects:
+            meta = obj["metadata"]
+            if obj["kind"] == kind and meta["name"] == name and meta.get("namespace") == namespace:
+                return obj
+        return None
+
+
+def admitted(pod: dict[str, Any], namespace: str, *, suffix: str = "x2x9q", node: str = "node-a") -> dict[str, Any]:
+    """The pod as it runs: the API server's name (from generateName) and uid, the scheduler's node."""
+    pod = json.loads(json.dumps(pod))
+    meta = pod["metadata"]
+    meta.setdefault("name", meta.get("generateName", "pod-") + suffix)
+    meta["namespace"] = namespace
+    meta["uid"] = "7c1a3b9e-5d2f-4e8a-9b6c-0d1e2f3a4b5c"
+    pod["spec"]["nodeName"] = node
+    pod["spec"].setdefault("serviceAccountName", "default")
+    return pod
+
+
+def _field(pod: dict[str, Any], path: str) -> str:
+    simple = {
+        "metadata.name": pod["metadata"]["name"],
+        "metadata.namespace": pod["metadata"]["namespace"],
+        "metadata.uid": pod["metadata"]["uid"],
+        "spec.nodeName": pod["spec"]["nodeName"],
+        "spec.serviceAccountName": pod["spec"]["serviceAccountName"],
+    }
+    if path in simple:
+        return str(simple[path])
+    match = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
+    if match:
+        return str((pod["metadata"].get(match.group(1)) or {}).get(match.group(2), ""))
+    raise NotImplementedError(f"fieldRef {path} is not one this kubelet knows")
+
+
+def _downward_file(values: dict[str, str]) -> bytes:
+    return "".join(f"{key}={json.dumps(value)}\n" for key, value in sorted(values.items())).encode()
+
+
+def _atomic_write(target: Path, files: dict[str, bytes]) -> None:
+    """The kubelet's AtomicWriter layout: ..<ts>/files, ..data -> ..<ts>, top-level symlinks."""
+    stamp = target / "..2026_12_04_10_00_00.000000001"
+    for relative, content in files.items():
+        path = stamp / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "..data").symlink_to(stamp.name)
+    for top in sorted({relative.split("/", 1)[0] for relative in files}):
+        (target / top).symlink_to(f"..data/{top}")
+
+
+def _volume_files(volume: dict[str, Any], pod: dict[str, Any], cluster: Cluster) -> dict[str, bytes] | None:
+    namespace = pod["metadata"]["namespace"]
+    if "configMap" in volume or "secret" in volume:
+        secret = "secret" in volume
+        source = volume["secret"] if secret else volume["configMap"]
+        name = source["secretName"] if secret else source["name"]
+        obj = cluster.find("Secret" if secret else "ConfigMap", namespace, name)
+        if obj is None:
+            if source.get("optional"):
+                return {}
+            kind = "secret" if secret else "configmap"
+            raise Pending(f'MountVolume.SetUp failed for volume "{volume["name"]}": {kind} "{name}" not found')
+        data = obj.get("data") or {}
+        values = {k: base64.b64decode(v) if secret else v.encode() for k, v in data.items()}
+        items = source.get("items")
+        if not items:
+            return values
+        return {item["path"]: values[item["key"]] for item in items}
+    if "downwardAPI" in volume:
+        out = {}
+        for item in volume["downwardAPI"]["items"]:
+            path = item["fieldRef"]["fieldPath"]
+            kind = {"metadata.labels": "labels", "metadata.annotations": "annotations"}.get(path)
+            if kind is None:
+                out[item["path"]] = _field(pod, path).encode()
+            else:
+                out[item["path"]] = _downward_file(pod["metadata"].get(kind) or {})
+        return out
+    if "emptyDir" in volume:
+        return None
+    raise NotImplementedError(f"volume {volume['name']}: a kind this kubelet does not project")
+
+
+@dataclass
+class Runtime:
+    """What the kubelet gives one container: its command and env, its mounts under ``root``."""
+
+    command: list[str]
+    env: dict[str, str]
+    root: Path
+    #: the ports the injector chose for the listeners (the app's endpoint names them)
+    injected_ports: dict[str, int]
+
+
+def prepare(pod: dict[str, Any], container_name: str, cluster: Cluster, root: Path) -> Runtime:
+    """Project the container's volumes under ``root`` and resolve its environment."""
+    containers = pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
+    container = next(c for c in containers if c["name"] == container_name)
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+    mounts: dict[str, Path] = {}
+    for mount in container.get("volumeMounts", []):
+        local = root / mount["mountPath"].lstrip("/")
+        files = _volume_files(volumes[mount["name"]], pod, cluster)
+        if files is None:
+            local.mkdir(parents=True, exist_ok=True)
+        else:
+            _atomic_write(local, files)
+        mounts[mount["mountPath"]] = local
+
+    def local_path(value: str) -> str:
+        for mount_path, local in sorted(mounts.items(), key=lambda m: -len(m[0])):
+            if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+                return str(local) + value[len(mount_path.rstrip("/")):]
+        return value
+
+    env: dict[str, str] = {}
+    injected_ports: dict[str, int] = {}
+    for item in container.get("env", []):
+        name = item["name"]
+        if "value" in item:
+            value = local_path(item["value"])
+        else:
+            ref = item["valueFrom"]
+            if "fieldRef" not in ref:
+                raise NotImplementedError(f"env {name}: only fieldRef is resolved here")
+            value = _field(pod, ref["fieldRef"]["fieldPath"])
+        if name in LISTENER_ENV:
+            injected_ports[LISTENER_ENV[name]] = int(value.rsplit(":", 1)[1])
+            value = "127.0.0.1:0"  # rewritten: loopback, a free port
+        env[name] = value
+    command = [local_path(part) for part in container["command"]]
+    return Runtime(command, env, root, injected_ports)
+
+
+class Process:
+    """The container's command as a process: its ports from the start line, stdout to a file."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ports: dict[str, int] = {}
+        self.stderr_lines: list[str] = []
+        self.stdout_path = runtime.root / "stdout.jsonl"
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 30.0) -> dict[str, int]:
+        # the image's PATH has the virtualenv's bin first: the command resolves as it does there
+        env = {"PATH": f"{VENV_BIN}{os.pathsep}/usr/bin:/bin", "LANG": "C.UTF-8", **self.runtime.env}
+        stdout = open(self.stdout_path, "wb")  # noqa: SIM115 - the child owns it
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.runtime.command, env=env, cwd=self.runtime.root,
+                stdout=stdout, stderr=asyncio.subprocess.PIPE,
+            )
+        finally:
+            stdout.close()
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                line = (await self.proc.stderr.readline()).decode()
+                if not line:
+                    await self.proc.wait()
+                    raise AssertionError(
+                        f"the sidecar exited ({self.proc.returncode}) before it was up:\n{self.stderr}"
+                    )
+                self.stderr_lines.append(line)
+                if " up: " in line:
+                    for part in line.split(" up: ", 1)[1].split(";", 1)[0].split(","):
+                        name, _, address = part.strip().partition(" on ")
+                        self.ports[name] = int(address.rsplit(":", 1)[1])
+                    break
+        self._reader = asyncio.create_task(self._drain())
+        return self.ports
+
+    async def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.stderr_lines.append(line.decode())
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.stderr_lines)
+
+    def stdout_lines(self) -> list[dict[str, Any]]:
+        text = self.stdout_path.read_text(encoding="utf-8") if self.stdout_path.exists() else ""
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, as the kubelet stops a container; killed if it does not exit in time."""
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._reader is not None:
+            await self._reader
+        return int(self.proc.returncode or 0)

@@ -1,0 +1,423 @@
+"""Day one in a cluster, for every value documented in values.yaml and docs/kubernetes.md (issue 15).
+
+Each case renders the chart with the real Helm engine (helm-python-sdk) and validates every
+object; the real webhook code injects a real Pod manifest (as a ReplicaSet creates it) with the
+settings the chart rendered; `tests.day_one.kubelet` lays out the ConfigMap and Secret files as
+the kubelet would and resolves the environment; the injected container's command then runs as
+a process with exactly that environment. It must become ready through the injected probes, and
+the app (the OpenTelemetry SDK, configured from the env the injector gave the app container)
+sends card numbers that must arrive masked: in the debug exporter's output, or at an upstream
+collector this test runs (with TLS and mTLS as the values ask).
+
+No cluster runs here: where a cluster would differ, it is said so. The collector's Service name
+is rewritten to this loopback upstream (its certificate is for localhost), and the sidecar's
+listeners bind free loopback ports (port 0; the app's endpoint is mapped to them).
+
+Values that do not reach the sidecar (the webhook's Deployment, monitoring, ...) still render,
+validate and inject; a case whose sidecar (command, environment, files) is the same as one
+already run reuses that run's result: one process per distinct sidecar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import re
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from google.protobuf.json_format import MessageToDict
+
+from sidecar.rewrite import IMPLEMENTATION
+from sidecar.webhook.config import load_webhook_config
+from sidecar.webhook.inject import Scope, decide
+from tests.day_one import app
+from tests.day_one.kubelet import Cluster, Pending, Process, admitted, prepare
+from tests.helm.conftest import CHART_DIR, REPO, render_chart
+from tests.helm.test_chart import validate_all, webhook_toml
+from tests.helm.test_docs import leaf_paths
+from tests.tls.pki import PKI, make_pki
+from tests.upstream import Upstream
+from tests.webhook.conftest import apply, assert_valid_pod, deployment_pod
+
+#: the install line of docs/kubernetes.md: the namespaces where pods are injected get the policies
+DOCS_NAMESPACES = {"policies": {"namespaces": ["shop", "payments"]}}
+MTLS_SECRET = "otlp-client"
+
+
+@dataclass(frozen=True)
+class Case:
+    values: dict[str, Any]
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    scope: Scope = Scope.NAMESPACE
+    namespace: str = "shop"
+    #: the tenant the resources must be stamped with
+    tenant: str = ""
+
+
+CASES: dict[str, Case] = {
+    "docs install": Case({
+        "upstream": {"endpoint": "https://collector.observability:4317", "tls": {"secretName": MTLS_SECRET}},
+        "clusterName": "prod-eu-1",
+        **DOCS_NAMESPACES,
+    }),
+    "defaults": Case(DOCS_NAMESPACES),
+    "pci scope": Case(DOCS_NAMESPACES, scope=Scope.PCI, namespace="payments"),
+    "image and names": Case({
+        **DOCS_NAMESPACES,
+        "image": {"repository": "registry.example/otlp-sidecar", "tag": "0.1.0-rc1", "pullPolicy": "Always"},
+        "imagePullSecrets": [{"name": "registry"}],
+        "nameOverride": "telemetry",
+    }),
+    "full name": Case({**DOCS_NAMESPACES, "fullnameOverride": "otel-injector"}),
+    "webhook deployment": Case({
+        **DOCS_NAMESPACES,
+        "webhook": {
+            "replicas": 3, "port": 9443, "logLevel": "debug", "timeoutSeconds": 10, "failurePolicy": "Fail",
+            "reinvocationPolicy": "Never", "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
+            "resources": {"requests": {"cpu": "100m", "memory": "96Mi"}, "limits": {"memory": "192Mi"}},
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "tolerations": [{"key": "infra", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["system"]}]}]}}},
+            "priorityClassName": "system-cluster-critical",
+            "podAnnotations": {"example.com/team": "platform"},
+            "tls": {"validityDays": 365},
+        },
+    }),
+    "cert-manager": Case({
+        **DOCS_NAMESPACES,
+        "webhook": {"tls": {"certManager": {
+            "enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"},
+            "duration": "2160h", "renewBefore": "360h",
+        }}},
+    }),
+    "container mode": Case({**DOCS_NAMESPACES, "injection": {"mode": "container"}}),
+    "injection labels": Case({
+        **DOCS_NAMESPACES,
+        "injection": {
+            "namespaceLabel": "telemetry.example/sidecar", "namespaceLabelValue": "on",
+            "pciScopeLabel": "compliance.example/pci", "pciScopeLabelValue": "yes",
+            "excludedNamespaces": ["kube-system", "kube-public", "kube-node-lease", "batch"],
+        },
+    }),
+    "app over gRPC": Case({**DOCS_NAMESPACES, "injection": {"appEndpoint": "http://localhost:4318",
+                                                              "appProtocol": "grpc"}}),
+    "app protocol annotation": Case(DOCS_NAMESPACES, annotations={"otlp-sidecar.io/protocol": "grpc"}),
+    "sidecar settings": Case({
+        **DOCS_NAMESPACES,
+        "sidecar": {
+            "image": "registry.example/otlp-sidecar:debug",
+            "resources": {"requests": {"cpu": "20m", "memory": "48Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+            "startupTimeoutSeconds": 30,
+            "probes": {"startupPath": "/health", "readinessPath": "/health", "livenessPath": "/health"},
+            "logLevel": "debug",
+            "extraEnv": {"SIDECAR_LOG_FORMAT": "json"},
+        },
+    }),
+    "upstream gRPC mTLS, own key names": Case({
+        **DOCS_NAMESPACES,
+        "upstream": {"endpoint": "https://collector.observability:4317", "protocol": "grpc",
+                     "tls": {"secretName": MTLS_SECRET, "caKey": "root.pem", "certKey": "client.pem",
+                             "keyKey": "client-key.pem"}},
+    }),
+    "upstream http plaintext": Case({
+        **DOCS_NAMESPACES,
+        "upstream": {"endpoint": "http://collector.observability:4318", "protocol": "http/protobuf"},
+    }),
+    "upstream host:port insecure": Case({
+        **DOCS_NAMESPACES, "upstream": {"endpoint": "collector.observability:4317", "insecure": True},
+    }),
+    "upstream host:port TLS": Case({
+        **DOCS_NAMESPACES,
+        "upstream": {"endpoint": "collector.observability:4317", "tls": {"secretName": MTLS_SECRET}},
+    }),
+    "upstream https stays TLS with insecure": Case({
+        **DOCS_NAMESPACES,
+        "upstream": {"endpoint": "https://collector.observability:4318", "protocol": "http/protobuf",
+                     "insecure": True, "tls": {"secretName": MTLS_SECRET}},
+    }),
+    "own hash key": Case({**DOCS_NAMESPACES, "hashKey": {"secretName": "corp-hmac", "key": "key"}}),
+    "tenant label": Case({**DOCS_NAMESPACES, "tenant": {"label": "team"}}, labels={"team": "payments"},
+                         tenant="payments"),
+    "tenant annotation": Case({**DOCS_NAMESPACES, "tenant": {"label": "", "annotation": "acme.io/tenant"}},
+                              annotations={"acme.io/tenant": "acme"}, tenant="acme"),
+    "default tenant label": Case(DOCS_NAMESPACES, labels={"otlp-sidecar.io/tenant": "shop-team"}, tenant="shop-team"),
+    "sampling as --set gives it": Case({**DOCS_NAMESPACES, "sampling": {"ratio": "0.2"}}),
+    "policies disabled": Case({**DOCS_NAMESPACES, "policies": {"enabled": False, "namespaces": ["shop"]}}),
+    "own default set": Case({
+        **DOCS_NAMESPACES,
+        "policies": {"enabled": False, "namespaces": ["shop", "payments"], "defaultSet": "corp",
+                     "extraSets": {"corp": {"configMap": "corp-policies"}}},
+    }, scope=Scope.PCI, namespace="payments"),
+    "extra set by annotation": Case({
+        "policies": {"namespaces": ["shop"], "extraSets": {"strict": {"configMap": "corp-policies"}}},
+    }, annotations={"otlp-sidecar.io/policy": "strict"}),
+    "monitoring": Case({
+        **DOCS_NAMESPACES,
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}},
+            "podMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "prom"}, "refusalRatio": 0.1,
+                               "exportFailureRatio": 0.02, "queueFullRatio": 0.9, "certExpiryDays": 14},
+            "grafanaDashboard": {"enabled": True, "labels": {"grafana_dashboard": "1"}, "namespace": "grafana"},
+        },
+    }),
+    "network policy": Case({**DOCS_NAMESPACES, "networkPolicy": {"enabled": True,
+                                                                 "from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}}),
+}
+
+#: fingerprint of a sidecar (command, env, files) -> the case that ran it and passed
+_PASSED: dict[str, str] = {}
+
+
+def _dotted(values: dict[str, Any], prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        out.add(path)
+        if isinstance(value, dict):
+            out |= _dotted(value, path + ".")
+    return out
+
+
+def test_the_table_covers_every_documented_value() -> None:
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text(encoding="utf-8"))
+    covered = set().union(*(_dotted(case.values) for case in CASES.values()))
+    missing = [path for path in leaf_paths(values) if path not in covered]
+    assert missing == [], f"documented values no day-one case sets: {missing}"
+    # and the pod annotations docs/kubernetes.md documents
+    doc = (REPO / "docs" / "kubernetes.md").read_text(encoding="utf-8")
+    used = set().union(*(case.annotations for case in CASES.values()))
+    for annotation in set(re.findall(r"otlp-sidecar\.io/(?:protocol|policy)", doc)):
+        assert annotation in used, annotation
+
+
+def _policy_files() -> dict[str, str]:
+    root = CHART_DIR / "policies"
+    return {p.relative_to(root).as_posix(): p.read_text(encoding="utf-8") for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def user_objects(case: Case, pki: PKI | None) -> list[dict[str, Any]]:
+    """What the user created beside the chart, as docs/kubernetes.md tells them to."""
+    objects: list[dict[str, Any]] = []
+    values = case.values
+    tls = values.get("upstream", {}).get("tls", {})
+    if tls.get("secretName") and pki is not None:
+        files = {tls.get("caKey", "ca.crt"): pki.ca_cert, tls.get("certKey", "tls.crt"): pki.client_cert,
+                 tls.get("keyKey", "tls.key"): pki.client_key}
+        data = {k: base64.b64encode(Path(v).read_bytes()).decode() for k, v in files.items()}
+        objects.append(_object("Secret", tls["secretName"], case.namespace, data))
+    if values.get("hashKey", {}).get("secretName"):
+        key = base64.b64encode(b"a corporate hmac key of 32 bytes!").decode()
+        objects.append(_object("Secret", values["hashKey"]["secretName"], case.namespace,
+                               {values["hashKey"]["key"]: key}))
+    for spec in values.get("policies", {}).get("extraSets", {}).values():
+        # the user's own ConfigMap: here the chart's policies, flattened as the chart does
+        data = {path.replace("/", "__"): text for path, text in _policy_files().items()}
+        objects.append(_object("ConfigMap", spec["configMap"], case.namespace, data))
+    return objects
+
+
+def _object(kind: str, name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": kind, "metadata": {"name": name, "namespace": namespace}, "data": data}
+
+
+def _fingerprint(runtime: Any, app_env: dict[str, str], tenant: str) -> str:
+    digest = hashlib.sha256()
+    root = str(runtime.root)
+    env = {k: v.replace(root, "<root>") for k, v in runtime.env.items()}
+    digest.update(json.dumps([runtime.command[1:], env, app_env, tenant], sort_keys=True).encode())
+    for path in sorted(runtime.root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            content = path.read_bytes()
+            if "hash-key" in path.parts:
+                content = b"<random key>"
+            digest.update(path.relative_to(runtime.root).as_posix().encode() + b"\0" + content)
+    return digest.hexdigest()
+
+
+async def _ready(port: int, container: dict[str, Any], timeout: float) -> None:
+    """The kubelet's probes: startup until it passes, then readiness and liveness."""
+    probes = [container[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")]
+    async with aiohttp.ClientSession() as session:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for path in probes:
+            while True:
+                async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+                    if response.status == 200:
+                        break
+                    body = await response.text()
+                assert loop.time() < deadline, f"probe {path}: {response.status} {body}"
+                await asyncio.sleep(0.2)
+
+
+def _upstream_tls(pki: PKI, mutual: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    if mutual:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(pki.ca_cert)
+    return context
+
+
+def _resources(request: dict[str, Any]) -> list[dict[str, str]]:
+    out = []
+    for key in ("resourceSpans", "resourceLogs", "resourceMetrics"):
+        for entry in request.get(key, []):
+            attributes = entry.get("resource", {}).get("attributes", [])
+            out.append({a["key"]: a["value"].get("stringValue", "") for a in attributes})
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_day_one(name: str, tmp_path: Path) -> None:
+    case = CASES[name]
+    from tests.helm.conftest import helm_python  # the real Helm engine
+
+    with helm_python.Chart.load(CHART_DIR) as chart:
+        objects = render_chart(chart, case.values)
+    validate_all(objects)
+
+    # the webhook, with the settings the chart rendered, on a pod as a ReplicaSet creates it
+    settings = tmp_path / "webhook.toml"
+    settings.write_text(webhook_toml(objects), encoding="utf-8")
+    config = load_webhook_config(settings, env={})
+    pod = deployment_pod(**case.annotations)
+    pod["metadata"]["labels"].update(case.labels)
+    decision = decide(pod, case.namespace, case.scope, config)
+    assert decision.inject, decision.reason
+    injected = admitted(apply(pod, decision.patch), case.namespace)
+    assert_valid_pod(injected)
+
+    upstream_values = case.values.get("upstream", {})
+    pki = make_pki(tmp_path) if upstream_values.get("endpoint") else None
+    cluster = Cluster([*objects, *user_objects(case, pki)])
+    try:
+        runtime = prepare(injected, "otlp-sidecar", cluster, tmp_path / "node")
+    except Pending as exc:  # a pod a cluster would leave in ContainerCreating
+        raise AssertionError(f"the pod would not start: {exc}") from None
+    app_container = next(c for c in injected["spec"]["containers"] if c["name"] == "app")
+    app_env = {e["name"]: e["value"] for e in app_container["env"] if "value" in e}
+    fingerprint = _fingerprint(runtime, app_env, case.tenant)
+    if fingerprint in _PASSED:
+        # the same sidecar, files and app env as a case already run: its run stands for this value
+        return
+
+    # the collector's Service is this loopback upstream; TLS as the OTLP spec reads the endpoint
+    upstream: Upstream | None = None
+    endpoint = runtime.env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    if endpoint:
+        assert pki is not None
+        scheme = endpoint.split("://", 1)[0] if "://" in endpoint else ""
+        insecure = runtime.env.get("OTEL_EXPORTER_OTLP_INSECURE") == "true"
+        tls = scheme == "https" or (not scheme and not insecure)
+        mutual = bool(upstream_values.get("tls", {}).get("secretName"))
+        upstream = Upstream()
+        await upstream.start(ssl=_upstream_tls(pki, mutual) if tls else None)
+        protocol = runtime.env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        port = upstream.grpc_port if protocol == "grpc" else upstream.http_port
+        runtime.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = (f"{scheme}://" if scheme else "") + f"localhost:{port}"
+
+    process = Process(runtime)
+    try:
+        ports = await process.start()
+        sidecar = next(c for c in injected["spec"].get("initContainers", []) + injected["spec"]["containers"]
+                       if c["name"] == "otlp-sidecar")
+        await _ready(ports["admin"], sidecar, timeout=min(30.0, float(sidecar["startupProbe"]["failureThreshold"])))
+
+        # the app, as the injector configured it
+        protocol = app_env["OTEL_EXPORTER_OTLP_PROTOCOL"]
+        app_endpoint = app_env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        by_port = {runtime.injected_ports["grpc"]: ports["grpc"], runtime.injected_ports["http"]: ports["http"]}
+        injected_port = int(app_endpoint.rsplit(":", 1)[1].split("/", 1)[0])
+        assert injected_port == runtime.injected_ports["grpc" if protocol == "grpc" else "http"], (
+            f"the app's endpoint {app_endpoint} is not the sidecar's {protocol} listener")
+        local_endpoint = re.sub(r"//[^/]+", f"//127.0.0.1:{by_port[injected_port]}", app_endpoint, count=1)
+        corpus = app.corpus_cases() if name == "defaults" else []
+        await asyncio.to_thread(app.send, local_endpoint, protocol, corpus)
+
+        requests = await _output(process, upstream)
+        exit_code = await process.stop()
+    finally:
+        if process.proc is not None and process.proc.returncode is None:
+            await process.stop()
+        if upstream is not None:
+            await upstream.stop()
+
+    text = json.dumps(requests)
+    pans = list(app.CARDS) + [pan for c in corpus for pan in c["pans"]]
+    assert app.surviving(text, pans) == [], "card numbers reached the upstream unmasked"
+    assert app.surviving(process.stderr, pans) == [], "card numbers in the sidecar's log"
+    assert app.MARKER in text  # masked, not dropped: the payment span and log arrived
+    assert "POST /pay?card=" in text and "1111" in text  # the last four digits may remain
+    resources = [r for request in requests for r in _resources(request)]
+    assert resources
+    for attributes in resources:
+        # the pod's identity from the downward API and the workload the injector derived
+        assert attributes.get("k8s.pod.uid") == injected["metadata"]["uid"]
+        assert attributes.get("k8s.node.name") == "node-a"
+        assert attributes.get("k8s.namespace.name") == case.namespace
+        assert attributes.get("k8s.pod.name") == injected["metadata"]["name"]
+        assert attributes.get("k8s.deployment.name") == "checkout"
+        if case.values.get("clusterName"):
+            assert attributes.get("k8s.cluster.name") == case.values["clusterName"]
+        if case.tenant:
+            assert attributes.get("tenant.id") == case.tenant
+    if corpus:
+        assert text.count("corpus") >= len(corpus), "every corpus item arrived"
+
+    start_line = next(line for line in process.stderr_lines if " up: " in line)
+    assert "mode enforce" in start_line
+    if IMPLEMENTATION == "cython":
+        assert "rewriter C (Cython)" in start_line
+    if upstream is not None:
+        assert "localhost:" in start_line and ("plaintext" in start_line) == (not tls)
+    if case.values.get("upstream", {}).get("insecure") and endpoint.startswith("https://"):
+        assert "ignored for https://localhost" in process.stderr  # and it stayed TLS: the upstream took it
+    assert exit_code == 0, process.stderr
+    assert "Traceback" not in process.stderr
+    _PASSED[fingerprint] = name
+
+
+def test_a_namespace_not_listed_keeps_its_pods_pending_not_unprotected(tmp_path: Path) -> None:
+    """docs/kubernetes.md: list every injected namespace in policies.namespaces; one that is not
+    gets no ConfigMap or hash key there, and the kubelet leaves the pod in ContainerCreating."""
+    from tests.helm.conftest import helm_python
+
+    with helm_python.Chart.load(CHART_DIR) as chart:
+        objects = render_chart(chart, {})
+    settings = tmp_path / "webhook.toml"
+    settings.write_text(webhook_toml(objects), encoding="utf-8")
+    pod = deployment_pod()
+    decision = decide(pod, "shop", Scope.NAMESPACE, load_webhook_config(settings, env={}))
+    injected = admitted(apply(pod, decision.patch), "shop")
+    with pytest.raises(Pending, match=r'(configmap "obs-otlp-sidecar-policies"|secret "obs-otlp-sidecar-hash-key") '
+                                      r"not found"):
+        prepare(injected, "otlp-sidecar", Cluster(list(objects)), tmp_path / "node")
+
+
+async def _output(process: Process, upstream: Upstream | None, timeout: float = 15.0) -> list[dict[str, Any]]:
+    """The OTLP requests that left the sidecar (as OTLP/JSON), once the app's span and log are there."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if upstream is None:
+            requests = [line["request"] for line in process.stdout_lines()]
+        else:
+            requests = [MessageToDict(r.message) for r in upstream.received]
+        text = json.dumps(requests)
+        if text.count(app.MARKER) >= 2:  # the span and the log record
+            return requests
+        assert loop.time() < deadline, f"the app's data did not arrive; sidecar log:\n{process.stderr}"
+        await asyncio.sleep(0.1)
