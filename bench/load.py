@@ -9,7 +9,10 @@ Side by side in the same run, on each transport:
 - ``passthrough``: the sidecar with no policy;
 - ``policy``: the sidecar with the bundled default policies (embedded Rego, Cython rewriter);
 - ``naive``: a naive Python proxy (upb decode, the same policy in Python, encode, forward);
-- ``rego-per-span``: the naive proxy asking Rego about every span as well (why plans).
+- ``rego-per-span``: the naive proxy asking Rego about every span as well (why plans);
+- ``collector``: the OpenTelemetry Collector (``make peers``) configured as a sidecar doing the
+  same job: a card-number pattern redacted, the tenant stamped, 10 % probabilistic sampling,
+  batching, zstd upstream; ``GOMAXPROCS=1`` on the same core (skipped if not built).
 
 The load comes from ``bench.loadgen`` (pre-built requests on raw connections, cheap enough to
 saturate the target from one core). Measured per row: spans/s the target accepted, the target's
@@ -96,7 +99,65 @@ def start_sink() -> tuple[subprocess.Popen[str], int, int]:
     return proc, int(ports["grpc"]), int(ports["http"])
 
 
+def collector_binary() -> Path:
+    peers = os.environ.get("OTLP_SIDECAR_PEERS_DIR") or str(Path.home() / ".cache" / "otlp-sidecar" / "peers")
+    return Path(peers) / "bin" / "otelcol"
+
+
+#: a card number as the redaction processor sees it: 13 to 19 digits, spaces or dashes between
+CARD_PATTERN = r"\b(?:\d[ -]?){12,18}\d\b"
+
+
+def start_collector(sink_grpc: int, workdir: str) -> tuple[subprocess.Popen[str], int, int]:
+    """The Collector as a sidecar doing the sidecar's job, on core 0 with GOMAXPROCS=1."""
+    import socket
+    import urllib.request
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    grpc_port, http_port, health = free_port(), free_port(), free_port()
+    processors = ["memory_limiter", "resource", "redaction", "probabilistic_sampler", "batch"]
+    config = {
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"},
+                                             "http": {"endpoint": f"127.0.0.1:{http_port}"}}}},
+        "processors": {
+            "memory_limiter": {"check_interval": "1s", "limit_mib": 512, "spike_limit_mib": 128},
+            "resource": {"attributes": [{"key": "tenant.id", "value": "acme", "action": "upsert"}]},
+            "redaction": {"allow_all_keys": True, "blocked_values": [CARD_PATTERN], "summary": "silent"},
+            "probabilistic_sampler": {"sampling_percentage": 10},
+            "batch": {},
+        },
+        "exporters": {"otlp_grpc": {"endpoint": f"127.0.0.1:{sink_grpc}", "tls": {"insecure": True},
+                                    "compression": "zstd"}},
+        "extensions": {"health_check": {"endpoint": f"127.0.0.1:{health}"}},
+        "service": {
+            "extensions": ["health_check"],
+            "pipelines": {"traces": {"receivers": ["otlp"], "processors": processors, "exporters": ["otlp_grpc"]}},
+            "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+        },
+    }
+    path = Path(workdir) / "otelcol.json"
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "GOMAXPROCS": "1"}
+    proc = subprocess.Popen([str(collector_binary()), "--config", f"file:{path}"], env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_pin(0))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{health}/", timeout=1) as response:
+                if response.status == 200:
+                    return proc, grpc_port, http_port
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the Collector did not become healthy")
+
+
 def start_target(mode: str, sink_grpc: int, sink_http: int, workdir: str) -> tuple[subprocess.Popen[str], int, int]:
+    if mode == "collector":
+        return start_collector(sink_grpc, workdir)
     env = {**os.environ}
     if mode in ("naive", "rego-per-span", "transport", "transport-libraries"):
         cmd = {
@@ -340,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generators", type=int, default=2, help="load generator processes")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per generator")
     parser.add_argument("--transports", default="http,grpc")
-    parser.add_argument("--modes", default="transport-libraries,transport,passthrough,policy,naive,rego-per-span")
+    parser.add_argument("--modes",
+                        default="transport-libraries,transport,passthrough,policy,naive,rego-per-span,collector")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
@@ -351,8 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     bodies = [trace_request(args.spans, seed=seed) for seed in range(7, 7 + args.requests)]
     request_bytes = sum(map(len, bodies)) // len(bodies)
     rows = []
+    modes = args.modes.split(",")
+    if "collector" in modes and not collector_binary().exists():
+        print(f"no Collector at {collector_binary()}: run `make peers` for the collector row", file=sys.stderr)
+        modes.remove("collector")
     for transport in args.transports.split(","):
-        for mode in args.modes.split(","):
+        for mode in modes:
             print(f"measuring {transport} / {mode} ...", file=sys.stderr, flush=True)
             rows.append(measure(transport, mode, bodies, args.spans, args))
     print_table(rows, args, IMPLEMENTATION, request_bytes)
