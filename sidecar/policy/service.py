@@ -183,9 +183,15 @@ class PolicyService:
         assert self._remote is not None
         try:
             document = await self._remote.query("pod_settings", self._request_input(None, None, ""))
-            self._pod_settings = pod_settings_from(document, f"OPA {without_userinfo(self.config.opa_url)}")
+            settings = pod_settings_from(document, f"OPA {without_userinfo(self.config.opa_url)}")
         except DecisionError as exc:
             self._note_error(f"pod settings from OPA: {exc}")
+            return
+        changed = settings.exemptions != self._pod_settings.exemptions
+        self._pod_settings = settings
+        if changed:  # plans were compiled with the other exemptions
+            self._cache.clear()
+            self._announce_exemptions()
 
     # ----------------------------------------------------------------- properties
 
@@ -436,7 +442,6 @@ class PolicyService:
         self._active = active
         self._cache.clear()
         self.metrics.set_version(active.version, active.backend, active.loaded_at)
-        self.metrics.set_exemptions(e.rule_id for e in self._pod_settings.exemptions)
         if active.compiled is not None:
             self.metrics.reloads.labels("ok").inc()
             log.log(
@@ -451,6 +456,11 @@ class PolicyService:
                     "policy rule %r keeps attributes that are not exempted: card numbers in them "
                     "are masked anyway (only an exemption naming an exact key keeps them)", rule_id,
                 )
+            self._announce_exemptions()
+
+    def _announce_exemptions(self) -> None:
+        """Log and count the exemptions in force (at every load: they are the one way around masking)."""
+        self.metrics.set_exemptions(e.rule_id for e in self._pod_settings.exemptions)
         for exemption in self._pod_settings.exemptions:
             log.warning(
                 "PCI exemption %s: attribute %r may carry card numbers unmasked (reason: %s)",
