@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,85 @@ def test_per_signal_otel_variables() -> None:
     with pytest.raises(ConfigError) as info:
         load(None, env={"OTEL_EXPORTER_OTLP_METRICS_COMPRESSION": "lz4"})
     assert "exporter.compression (from SIDECAR_EXPORTER_COMPRESSION)" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("500ms", 0.5), ("5s", 5.0), ("2m", 120.0), (5, 5.0), (0.25, 0.25), ("1.5s", 1.5)],
+)
+def test_durations_take_units_and_a_bare_number_is_seconds(tmp_path: Path, value: object, seconds: float) -> None:
+    path = tmp_path / "sidecar.toml"
+    path.write_text(f"[exporter]\ntimeout = {value!r}\n".replace("'", '"'), encoding="utf-8")
+    assert load(path, env={}).exporter.timeout == pytest.approx(seconds)
+
+
+def test_a_bare_number_above_a_durations_largest_value_is_refused_with_a_hint() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(None, env={"SIDECAR_EXPORTER_BATCH_TIMEOUT": "200"})
+    assert "exporter.batch_timeout (from SIDECAR_EXPORTER_BATCH_TIMEOUT): must be at most 60 s, got 200 s" in str(
+        info.value)
+    assert "write '200ms' if you meant milliseconds" in str(info.value)
+    # the docs say the unit and the bound
+    assert "`timeout` (default = `10.0`; duration: `'500ms'`, `'5s'`, `'2m'`, or a bare number of seconds; " \
+        "at most 300 s)" in config_mod.render_docs()
+
+
+@pytest.mark.parametrize(
+    ("env", "url", "insecure", "notice"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317"}, "https://collector:4317", False, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317", "OTEL_EXPORTER_OTLP_INSECURE": "true"},
+         "http://collector:4317", True, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector:4317", "OTEL_EXPORTER_OTLP_INSECURE": "true"},
+         "https://collector:4317", False, True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}, "http://collector:4317", True, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "[fd00::1]:4317"}, "https://[fd00::1]:4317", False, False),
+    ],
+    ids=["host-port", "host-port-insecure", "https-insecure-ignored", "http", "ipv6-host-port"],
+)
+def test_insecure_as_the_otlp_spec_says(env: dict[str, str], url: str, insecure: bool, notice: bool) -> None:
+    cfg = load(None, env=env)
+    assert cfg.exporter.url_for(Signal.TRACES) == url
+    assert cfg.exporter.insecure is insecure
+    assert any("is ignored for https://collector:4317" in n for n in cfg.notices) is notice
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://localhost:4317"},
+        {"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://127.0.0.2:4318/v1/logs",
+         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://10.0.0.5:4317", "SIDECAR_GRPC_ENDPOINT": "10.0.0.5:4317",
+         "SIDECAR_RECEIVERS_TLS_ALLOW_PLAINTEXT_REMOTE": "true"},
+    ],
+    ids=["app-http", "localhost-grpc", "logs-only", "same-address"],
+)
+def test_an_upstream_on_the_sidecars_own_listener_is_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(None, env=env)
+    assert "it would export to itself forever" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4319"},  # another port on loopback: a local collector
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "SIDECAR_HTTP_ENDPOINT": "127.0.0.1:5318",
+         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "SIDECAR_RECEIVERS_HTTP_ENABLED": "false",
+         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+    ],
+    ids=["other-port", "listener-moved", "listener-off"],
+)
+def test_a_loopback_upstream_that_is_not_a_listener_is_fine(env: dict[str, str]) -> None:
+    assert load(None, env=env).exporter.resolved_type == "otlp"
+
+
+def test_print_names_the_signals_of_their_own_settings() -> None:
+    from sidecar.configkit import redacted
+
+    cfg = load(None, env={"OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-key=s3cret", "OTEL_EXPORTER_OTLP_ENDPOINT": "c:4317"})
+    printed = json.loads(json.dumps(redacted(cfg)))  # what `config check --print` prints
+    assert printed["signal_exporters"]["traces"]["headers"] == "<redacted>"
