@@ -1,6 +1,7 @@
 """Clients we did not write, into a real sidecar process: the OpenTelemetry Python SDK (gRPC and
-HTTP/protobuf, none and gzip), the Go client telemetrygen (gRPC and HTTP), and the Collector
-forwarding to the sidecar (otlp_grpc and otlp_http exporters; none, gzip and zstd).
+HTTP/protobuf, none and gzip), the OpenTelemetry JS SDK (grpc-js, HTTP/protobuf, HTTP/JSON; none
+and gzip), the Go client telemetrygen (gRPC and HTTP), and the Collector forwarding to the sidecar
+(otlp_grpc and otlp_http exporters; none, gzip and zstd).
 
 Every span the client had acknowledged must reach the upstream once, card numbers masked, the
 tenant stamped and the egress header set.
@@ -9,6 +10,7 @@ tenant stamped and the egress header set.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,26 @@ async def test_python_sdk(upstream: Upstream, hash_key_file: Path, transport: st
     try:
         sent = await send_spans(sidecar.ports[transport], transport, compression)
         await check_upstream(upstream, sent)
+    finally:
+        await sidecar.stop()
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf", "http/json"])
+async def test_js_sdk(upstream: Upstream, hash_key_file: Path, protocol: str, compression: str) -> None:
+    script = peer("js")
+    sidecar = await start_sidecar(hash_key_file, upstream_env(upstream))
+    try:
+        port = sidecar.ports["grpc" if protocol == "grpc" else "http"]
+        proc = await asyncio.create_subprocess_exec(
+            "node", str(script), protocol, str(port), compression, "120", json.dumps(SPAN_ATTRIBUTES),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode(errors="replace")
+        result = json.loads(out)
+        assert result["error"] is None and len(result["acknowledged"]) == 120, result
+        await check_upstream(upstream, set(result["acknowledged"]))
     finally:
         await sidecar.stop()
 

@@ -2,7 +2,9 @@
 # Build the test peers (OPA, an OpenTelemetry Collector, telemetrygen, h2spec) from their pinned
 # Go modules into ${OTLP_SIDECAR_PEERS_DIR:-$HOME/.cache/otlp-sidecar/peers}/bin, once per version:
 # each binary has a stamp (hash of its module's go.mod, go.sum, sources and the Go version) and is
-# rebuilt only when that changes. Usage: build.sh [peer...]   (default: all)
+# rebuilt only when that changes. Then the OpenTelemetry JS SDK's exporters (peer "js", from
+# tests/peers/js/package-lock.json, with npm ci into $dest/js) where npm is installed.
+# Usage: build.sh [peer...]   (default: all)
 set -euo pipefail
 shopt -s nullglob
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -28,12 +30,11 @@ if [ "${minor:-0}" -lt "$go_min" ]; then
 fi
 
 wanted=("$@")
+want() { [ "${#wanted[@]}" -eq 0 ] || [[ " ${wanted[*]} " == *" $1 "* ]]; }
 mkdir -p "$dest/bin" "$dest/stamps"
 for line in "${peers[@]}"; do
   read -r name dir pkg <<<"$line"
-  if [ "${#wanted[@]}" -gt 0 ] && [[ " ${wanted[*]} " != *" $name "* ]]; then
-    continue
-  fi
+  want "$name" || continue
   sources=("$here/$dir/go.mod" "$here/$dir/go.sum" "$here/$dir"/*.go)
   stamp="$( (go env GOVERSION; echo "$pkg"; cat "${sources[@]}") | sha256sum | cut -c1-16)"
   if [ -x "$dest/bin/$name" ] && [ "$(cat "$dest/stamps/$name" 2>/dev/null)" = "$stamp" ]; then
@@ -48,3 +49,24 @@ for line in "${peers[@]}"; do
   echo "$stamp" >"$dest/stamps/$name"
   echo "peers: built $name in $((SECONDS - start)) s ($dest/bin/$name)"
 done
+
+# the OpenTelemetry JS SDK's OTLP exporters (optional where there is no npm)
+if want js; then
+  if ! command -v npm >/dev/null; then
+    echo "peers: npm not found: the JS SDK peer is not installed (its tests skip)" >&2
+  else
+    js_files=("$here/js/package.json" "$here/js/package-lock.json" "$here/js/send_spans.cjs")
+    stamp="$( (node --version; cat "${js_files[@]}") | sha256sum | cut -c1-16)"
+    if [ -d "$dest/js/node_modules" ] && [ "$(cat "$dest/stamps/js" 2>/dev/null)" = "$stamp" ]; then
+      echo "peers: js up to date ($dest/js)"
+    else
+      echo "peers: installing js ..."
+      start=$SECONDS
+      rm -rf "$dest/js" && mkdir -p "$dest/js"
+      cp "${js_files[@]}" "$dest/js/"
+      (cd "$dest/js" && nice -n 10 npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
+      echo "$stamp" >"$dest/stamps/js"
+      echo "peers: installed js in $((SECONDS - start)) s ($dest/js)"
+    fi
+  fi
+fi
