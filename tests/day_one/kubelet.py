@@ -239,6 +239,14 @@ class Process:
         text = self.stdout_path.read_text(encoding="utf-8") if self.stdout_path.exists() else ""
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
+    def peak_rss(self) -> int:
+        """VmHWM of the running process, in bytes (what a memory limit is held against)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM in /proc status")
+
     async def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, as the kubelet stops a container; killed if it does not exit in time."""
         assert self.proc is not None

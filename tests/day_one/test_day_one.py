@@ -177,6 +177,8 @@ CASES: dict[str, Case] = {
 
 #: fingerprint of a sidecar (command, env, files) -> the case that ran it and passed
 _PASSED: dict[str, str] = {}
+#: case -> peak RSS (VmHWM) of its sidecar process
+_PEAKS: dict[str, int] = {}
 
 
 def _dotted(values: dict[str, Any], prefix: str = "") -> set[str]:
@@ -348,6 +350,7 @@ async def test_day_one(name: str, tmp_path: Path) -> None:
         await asyncio.to_thread(app.send, local_endpoint, protocol, corpus)
 
         requests = await _output(process, upstream)
+        peak = process.peak_rss()
         exit_code = await process.stop()
     finally:
         if process.proc is not None and process.proc.returncode is None:
@@ -387,7 +390,24 @@ async def test_day_one(name: str, tmp_path: Path) -> None:
         assert "ignored for https://localhost" in process.stderr  # and it stayed TLS: the upstream took it
     assert exit_code == 0, process.stderr
     assert "Traceback" not in process.stderr
+    # it fits in the memory limit the chart gives it (the kubelet would OOM-kill it otherwise)
+    limit = _bytes(sidecar["resources"]["limits"]["memory"])
+    assert peak < limit, f"peak RSS {peak / 2**20:.0f} MiB over the limit {limit / 2**20:.0f} MiB"
     _PASSED[fingerprint] = name
+    _PEAKS[name] = peak
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    return int(quantity[:-2]) * units[quantity[-2:]] if quantity[-2:] in units else int(quantity)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _summary() -> Any:
+    yield
+    if _PEAKS:
+        print(f"\nday one: {len(CASES)} cases, {len(_PEAKS)} sidecar processes, peak RSS "
+              f"{min(_PEAKS.values()) / 2**20:.0f}-{max(_PEAKS.values()) / 2**20:.0f} MiB")
 
 
 def test_a_namespace_not_listed_keeps_its_pods_pending_not_unprotected(tmp_path: Path) -> None:
