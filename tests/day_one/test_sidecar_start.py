@@ -254,3 +254,21 @@ def test_config_alone_prints_its_help() -> None:
     done = sidecar("config", env={})
     assert done.returncode == 2
     assert "usage: otlp-sidecar config" in done.stderr and "check" in done.stderr and "docs" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("mode", "says"),
+    [
+        ("passthrough", "policy NONE (policy.mode passthrough: card numbers forwarded UNMASKED)"),
+        ("dry_run", "mode dry_run (card numbers NOT masked)"),
+    ],
+)
+async def test_a_mode_that_does_not_mask_is_loud_in_the_start_line(mode: str, says: str) -> None:
+    process = SidecarProcess({**LOOPBACK_LISTENERS, "SIDECAR_POLICY_MODE": mode})
+    try:
+        await process.start()
+    finally:
+        code = await process.stop()
+    assert code == 0, process.stderr
+    start = next(line for line in process.stderr_lines if " up: " in line)
+    assert " WARNING " in start and says in start, start
