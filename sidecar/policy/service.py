@@ -143,7 +143,7 @@ class PolicyService:
             origin = self.config.dir or f"{self._dir} (the bundled policy set)"
             try:
                 active = await self._load(self._dir)
-                active, self._pod_settings = self._probe(active)
+                active, self._pod_settings = await asyncio.to_thread(self._probe, active)
             except PolicyLoadError as exc:
                 self.metrics.reloads.labels("failed").inc()
                 raise ConfigError("policy.dir", f"{origin}: {exc}") from None
@@ -405,7 +405,8 @@ class PolicyService:
         For each signal and transport the plan of the probe request's resource is compiled
         as a request would get it, and the probe request (card numbers in every place they
         can hide) goes through the real rewriter with it: one card number out whole refuses
-        the set (PolicyLoadError naming the places).
+        the set (PolicyLoadError naming the places). Runs in a worker thread: the new set is
+        not live yet, so nothing else uses its interpreter, and the event loop keeps serving.
         """
         assert active.compiled is not None
         settings = pod_settings_from(
@@ -479,7 +480,7 @@ class PolicyService:
                     self._last_error = ""  # back to the live content: nothing is wrong any more
                     return False
                 active = await self._load(root)
-                active, settings = self._probe(active)
+                active, settings = await asyncio.to_thread(self._probe, active)
             except (PolicyLoadError, DecisionError) as exc:
                 self.metrics.reloads.labels("failed").inc()
                 self._note_error(str(exc))
