@@ -27,6 +27,7 @@ from sidecar.identity import Peer
 from sidecar.policy.errors import PolicyUnavailable
 from sidecar.rewrite import split_resources
 from sidecar.signals import Signal
+from tests.conftest import SHARED_CORPUS
 from tests.peers import peer
 from tests.policy.conftest import POLICIES, sample_value, trace_request
 
@@ -139,6 +140,14 @@ async def test_decisions_equal_the_embedded_engine(make_service, opa: Opa, hash_
         assert got == want
         compared += len(got)
     assert compared == 160
+    # the shared card-number corpus, where it exists, as resource attribute values (extra check)
+    corpus = SHARED_CORPUS / "pan_cases.json"
+    if corpus.exists():
+        values = [c["value"] for c in json.loads(corpus.read_text())["cases"] if c["where"] == "resource.attr"]
+        batch = [{"service.name": "checkout", "note": value} for value in values[:60]]
+        infos = split_resources(Signal.TRACES, _request_for(Signal.TRACES, batch))
+        assert await via_opa.plans_for(Signal.TRACES, infos, PEER, "grpc") == await embedded.plans_for(
+            Signal.TRACES, infos, PEER, "grpc")
     # and the decisions did come from OPA: its decision log has the sidecar's queries
     logged = [e for e in opa.decision_logs() if e.get("path") == "otlp_sidecar/main/decisions"]
     assert logged and all(e["input"]["pod"]["tenant"] == "acme" for e in logged)
