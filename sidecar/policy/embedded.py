@@ -3,24 +3,60 @@
 A policy set is compiled ONCE per version into a regopy bundle with one
 entrypoint per rule the sidecar queries (``decisions``, ``pod_settings``) and per
 ``test_*`` rule; each query then runs the compiled plan (about a quarter of the
-cost of ``Interpreter.query``, which recompiles every time). An interpreter is not
-thread-safe: one :class:`CompiledPolicy` is used from one thread at a time.
+cost of ``Interpreter.query``, which recompiles every time).
+
+rego-cpp is not known to be thread-safe, even across interpreters: every call into it
+(compile, query, tests, freeing) holds :data:`ENGINE_LOCK`. The sidecar runs its queries on
+one engine thread (:mod:`sidecar.policy.worker`), so the lock is rarely contended.
+
+Memory: ``librego_shared.so`` exports its own ``operator new``/``delete``. When libstdc++ is
+already loaded before it (``google._upb._message`` links it, as any C++ extension does), the
+libstdc++ code rego-cpp calls keeps glibc's new/delete while rego-cpp's own code uses its
+bundled allocator: memory crosses allocators and about 65 KiB per evaluation is never given
+back. :func:`_share_libstdcxx` loads libstdc++ into the global scope BEFORE regopy is imported,
+so both resolve to one allocator (docs/policy-engine.md).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import re
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import regopy
-from regopy import rego_shared
-
 from sidecar.policy.errors import DecisionError, PolicyLoadError
 from sidecar.policy.rego_errors import error_messages, format_rego_error
 from sidecar.policy.source import PolicySet
+
+
+def _share_libstdcxx() -> bool:
+    """Load libstdc++ with RTLD_GLOBAL (promoting it when already loaded) before regopy.
+
+    True when it worked; False when regopy was imported already (too late) or libstdc++ is
+    not found (then regopy brings its own and nothing is mixed either).
+    """
+    if "regopy" in sys.modules:
+        return False
+    try:
+        ctypes.CDLL("libstdc++.so.6", mode=os.RTLD_GLOBAL)
+    except OSError:
+        return False
+    return True
+
+
+#: whether libstdc++ was shared before regopy loaded (shown in docs and checked by tests)
+LIBSTDCXX_SHARED = _share_libstdcxx()
+
+import regopy  # noqa: E402 - after _share_libstdcxx, on purpose
+from regopy import rego_shared  # noqa: E402
+
+#: held around every call into rego-cpp (any thread)
+ENGINE_LOCK = threading.RLock()
 
 #: built-ins OPA has and regopy lacks (stay within what both engines support)
 UNSUPPORTED_HINT = "regopy lacks http.send, net.* and json.match_schema"
@@ -51,6 +87,17 @@ class CompiledPolicy:
         self.policy_set = policy_set
         self.version = policy_set.version
         self.decision_path = decision_path.strip("/")
+        with ENGINE_LOCK:
+            self._compile(with_tests)
+
+    def __del__(self) -> None:
+        # free the native interpreter and bundle under the engine lock, whichever thread drops them
+        with ENGINE_LOCK:
+            self.__dict__.pop("_bundle", None)
+            self.__dict__.pop("_interpreter", None)
+
+    def _compile(self, with_tests: bool) -> None:
+        policy_set = self.policy_set
         self._interpreter = regopy.Interpreter()
         self._interpreter.log_level = regopy.LogLevel.NONE
         modules = [m for m in policy_set.modules if with_tests or not m.is_test]
@@ -116,6 +163,21 @@ class CompiledPolicy:
         return self._run(self.entrypoint(rule), input_document)
 
     def _run(self, entrypoint: str, input_document: Any) -> Any | None:
+        with ENGINE_LOCK:
+            text = self._output(entrypoint, input_document)
+        if text == "undefined":
+            return None
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError:
+            raise DecisionError(f"{entrypoint}: the engine returned an unreadable result: {text[:200]}") from None
+        expressions = document.get("expressions") if isinstance(document, dict) else None
+        if not expressions:
+            return None
+        return expressions[0]
+
+    def _output(self, entrypoint: str, input_document: Any) -> str:
+        """The engine's output text for one query (``undefined``, or a JSON document)."""
         interpreter = self._interpreter
         try:
             interpreter.set_input(regopy.Input(input_document))
@@ -134,16 +196,7 @@ class CompiledPolicy:
         if not ok or text.startswith("(error"):
             detail = "; ".join(error_messages(text)) if text.startswith("(error") else text
             raise DecisionError(f"{entrypoint}: evaluation failed: {detail or 'unknown error'}")
-        if text == "undefined":
-            return None
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError:
-            raise DecisionError(f"{entrypoint}: the engine returned an unreadable result: {text[:200]}") from None
-        expressions = document.get("expressions") if isinstance(document, dict) else None
-        if not expressions:
-            return None
-        return expressions[0]
+        return text
 
     def run_tests(self) -> list[TestResult]:
         """Run every ``test_*`` rule; a test passes when its value is ``true``."""

@@ -75,6 +75,35 @@ class PolicyMetrics:
             "(each use is counted in otlp_sidecar_policy_rule_actions with action `keep`).",
             ["rule_id"], registry=registry,
         )
+        self.cache_entries = Gauge(
+            "otlp_sidecar_policy_cache_entries",
+            "Entries held by the plan caches (cache: plans, last_good).", ["cache"], registry=registry,
+        )
+        self.cache_plans = Gauge(
+            "otlp_sidecar_policy_cache_distinct_plans",
+            "Distinct plans held by the plan caches (equal plans are held once).", ["cache"],
+            registry=registry,
+        )
+        self.cache_bytes = Gauge(
+            "otlp_sidecar_policy_cache_bytes",
+            "Estimated memory held by the plan caches (bounded by the policy engine's cache bytes).",
+            ["cache"], registry=registry,
+        )
+        self.cache_evictions = Counter(
+            "otlp_sidecar_policy_cache_evictions",
+            "Plans evicted from the plan caches, by why: entries (over policy.cache_size), bytes "
+            "(over the cache's byte bound), ttl (remote back-end).",
+            ["cache", "reason"], registry=registry,
+        )
+        self.evaluations_refused = Counter(
+            "otlp_sidecar_policy_evaluations_refused",
+            "New resources not evaluated because the policy engine was at its rate or burst; "
+            "their requests got 503 / UNAVAILABLE with Retry-After.", registry=registry,
+        )
+        self.engine_pending = Gauge(
+            "otlp_sidecar_policy_engine_pending",
+            "Evaluations waiting for or running on the policy engine thread.", registry=registry,
+        )
         self._version: tuple[str, str] | None = None
 
     def set_version(self, version: str, backend: str, loaded_at: float) -> None:

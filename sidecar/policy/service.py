@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import hashlib
 import logging
 import secrets
 import time
@@ -29,7 +31,7 @@ import prometheus_client
 
 from sidecar.configkit import ConfigError
 from sidecar.identity import Peer, PodIdentity
-from sidecar.policy.cache import PlanCache
+from sidecar.policy.cache import PlanCache, plan_bytes
 from sidecar.policy.config import PolicyConfig
 from sidecar.policy.decision import PodSettings, RateLimit, compile_plan, pod_settings_from
 from sidecar.policy.decision_log import DecisionLog
@@ -42,6 +44,7 @@ from sidecar.policy.pod_input import pod_input
 from sidecar.policy.probe import PROBES, survivors
 from sidecar.policy.remote import RemoteBackend, without_userinfo
 from sidecar.policy.source import BUNDLED_DIR, read_policy_dir, snapshot
+from sidecar.policy.worker import EngineLimits, EngineThread, EvaluationRate, PolicyBusy
 from sidecar.rewrite import ResourceInfo
 from sidecar.rewrite.plan import PASS_THROUGH, Plan
 from sidecar.signals import Signal
@@ -83,18 +86,25 @@ class PolicyService:
         config: PolicyConfig,
         pod: PodIdentity,
         registry: prometheus_client.CollectorRegistry,
+        limits: EngineLimits | None = None,
     ) -> None:
         self.config = config
         self.pod = pod
         self.metrics = PolicyMetrics(registry)
+        self.limits = limits or EngineLimits.from_config(config)
         self._pod_input = pod_input(pod)
         #: the directory loaded: policy.dir, else the set bundled with the package
         self._dir = config.dir or str(BUNDLED_DIR)
         self._hash_key_source = ""
         remote = config.backend == "opa"
-        self._interned: dict[Plan, Plan] = {}
-        self._cache: PlanCache[Plan] = PlanCache(config.cache_size, config.remote_cache_ttl if remote else 0.0)
-        self._last_good: PlanCache[Plan] = PlanCache(config.cache_size)
+        self._cache: PlanCache[Plan] = self._plan_cache("plans", config.remote_cache_ttl if remote else 0.0)
+        self._last_good: PlanCache[Plan] = self._plan_cache("last_good")
+        #: evaluations run on this thread, new resources admitted at this rate (sidecar.policy.worker)
+        self._engine = EngineThread()
+        self._rate = EvaluationRate(self.limits.evaluations_per_second, self.limits.evaluation_burst)
+        self.metrics.engine_pending.set_function(lambda: self._engine.pending)
+        #: plan-cache keys hold a keyed digest of the resource, not its bytes (bounded per entry)
+        self._digest_key = secrets.token_bytes(16)
         self._strict = strict_plan(pod)
         self._remote = RemoteBackend(config.opa_url, config.opa_path, config.opa_timeout) if remote else None
         self._active: _Active | None = None
@@ -103,7 +113,7 @@ class PolicyService:
         self._key_stat: tuple[int, int, int] | None = None
         self._decision_log = DecisionLog(config.decision_log) if config.decision_log else None
         self._watcher: asyncio.Task[None] | None = None
-        self._inflight: dict[Any, asyncio.Future[Plan]] = {}
+        self._inflight: dict[Any, asyncio.Task[Plan]] = {}
         self._started = False
         self._last_error = ""
         self._last_error_at = 0.0
@@ -164,6 +174,9 @@ class PolicyService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+        for task in list(self._inflight.values()):
+            task.cancel()
+        self._engine.close()
         if self._remote is not None:
             await self._remote.close()
         if self._decision_log is not None:
@@ -247,76 +260,144 @@ class PolicyService:
     async def plans_for(
         self, signal: Signal, resources: Sequence[ResourceInfo], peer: Peer, transport: str,
     ) -> list[Plan]:
-        """One plan per resource, in order (cached; a miss evaluates the policies once)."""
+        """One plan per resource, in order.
+
+        A cached plan is used as is; a miss is evaluated ONCE on the engine thread (concurrent
+        misses on the same resource share it). More new resources than the engine may take now
+        raise :class:`PolicyBusy` (retryable) once the admitted ones are started.
+        """
         # the policy sees the client's host, not its ephemeral port: otherwise every new
         # connection would miss the cache and run Rego again
         peer = _without_port(peer)
         active = self._active
         if active is None:
             return [PASS_THROUGH] * len(resources)
-        plans: list[Plan] = []
+        plans: list[Plan | None] = []
+        keys: list[Any] = []
+        missing: dict[Any, ResourceInfo] = {}
         for resource in resources:
-            key = (resource.key, signal, peer, transport)
+            key = (self._digest(resource.key), signal, peer, transport)
             plan = self._cache.get((active.version, key))
             if plan is not None:
                 self._hits.inc()
-                plans.append(plan)
-                continue
-            self._misses.inc()
-            plans.append(await self._decide_once(active, key, signal, resource, peer, transport))
-        return plans
+            else:
+                self._misses.inc()
+                missing.setdefault(key, resource)
+            plans.append(plan)
+            keys.append(key)
+        if not missing:
+            return plans  # type: ignore[return-value]  # every one found
+        decided = await self._decide_missing(active, missing, signal, peer, transport)
+        return [plan if plan is not None else decided[key] for plan, key in zip(plans, keys, strict=True)]
 
-    async def _decide_once(
+    def _digest(self, resource: bytes) -> bytes:
+        """The plan-cache key of a resource: 16 bytes whatever its size (keyed: not forgeable)."""
+        return hashlib.blake2b(resource, digest_size=16, key=self._digest_key).digest()
+
+    async def _decide_missing(
+        self, active: _Active, missing: dict[Any, ResourceInfo], signal: Signal, peer: Peer,
+        transport: str,
+    ) -> dict[Any, Plan]:
+        """Plans for the resources the cache lacks: join evaluations in flight, start new ones
+        as the rate admits, and refuse the request (PolicyBusy) when some could not start."""
+        version = active.version
+        new = sum(1 for key in missing if (version, key) not in self._inflight)
+        admitted = self._rate.admit(new, self._engine.pending) if new else 0
+        refused = new - admitted
+        tasks: dict[Any, asyncio.Task[Plan]] = {}
+        for key, resource in missing.items():
+            task = self._inflight.get((version, key))
+            if task is None:
+                if admitted == 0:
+                    continue
+                admitted -= 1
+                task = self._decide_once(active, key, signal, resource, peer, transport)
+            tasks[key] = task
+        if refused:
+            # the started ones go on and fill the cache: the retry finds them
+            self.metrics.evaluations_refused.inc(refused)
+            retry_after = self._rate.retry_after(refused)
+            raise PolicyBusy(
+                f"{refused} of the request's {len(missing)} new resources wait for the policy engine "
+                f"(at most {self.limits.evaluations_per_second:g} new resources per second); "
+                f"retry in {retry_after:.0f} s", retry_after,
+            )
+        plans = await asyncio.gather(*(asyncio.shield(task) for task in tasks.values()))
+        return dict(zip(tasks, plans, strict=True))
+
+    def _decide_once(
         self, active: _Active, key: Any, signal: Signal, resource: ResourceInfo, peer: Peer,
         transport: str,
-    ) -> Plan:
-        """Evaluate for one resource; concurrent misses on the same key share one evaluation."""
-        pending = self._inflight.get((active.version, key))
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Plan] = asyncio.get_running_loop().create_future()
-        self._inflight[(active.version, key)] = future
-        try:
-            plan = await self._decide(active, key, signal, resource, peer, transport)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody else must
-            raise
-        else:
-            future.set_result(plan)
-            return plan
-        finally:
-            del self._inflight[(active.version, key)]
+    ) -> asyncio.Task[Plan]:
+        """The evaluation for one resource, as a task of its own: concurrent misses on the same
+        key share it, and a requester that goes away does not stop it (its plan is cached)."""
+        inflight = (active.version, key)
+        task = self._inflight.get(inflight)
+        if task is None:
+            task = asyncio.create_task(
+                self._decide(active, key, signal, resource, peer, transport), name="policy-decision")
+            self._inflight[inflight] = task
+            task.add_done_callback(functools.partial(self._decided, inflight))
+        return task
+
+    def _decided(self, inflight: Any, task: asyncio.Task[Plan]) -> None:
+        if self._inflight.get(inflight) is task:
+            del self._inflight[inflight]
+        if not task.cancelled():
+            task.exception()  # retrieved: waiters re-raise it, nobody else must
 
     async def _decide(
         self, active: _Active, key: Any, signal: Signal, resource: ResourceInfo, peer: Peer,
         transport: str,
     ) -> Plan:
         started = time.perf_counter()
-        request = self._request_input(signal, resource, transport, peer)
+        hash_key, exemptions = self._hash_key, self._pod_settings.exemptions
         try:
             if active.compiled is not None:
-                decisions = active.compiled.query("decisions", request)
+                plan = await self._engine.call(
+                    self._evaluate, active, signal, resource, transport, peer, hash_key, exemptions)
             else:
                 assert self._remote is not None
-                decisions = await self._remote.query("decisions", request)
-            plan = compile_plan(
-                decisions, active.file_of, hash_key=self._hash_key, dry_run=self.config.dry_run,
-                exemptions=self._pod_settings.exemptions,
-            )
+                decisions = await self._remote.query(
+                    "decisions", self._request_input(signal, resource, transport, peer))
+                plan = await self._engine.call(self._plan_from, active, decisions, hash_key, exemptions)
         except DecisionError as exc:
             return self._fallback(active, key, signal, peer, transport, exc, started)
         seconds = time.perf_counter() - started
         self.metrics.decision_seconds.labels(active.backend).observe(seconds)
-        # equal plans share one object: the rewriter's compiled-plan cache then finds them by
-        # identity instead of comparing hundreds of rules
-        if len(self._interned) > 4 * self.config.cache_size:
-            self._interned.clear()
-        plan = self._interned.setdefault(plan, plan)
-        self._cache.put((active.version, key), plan)
-        self._last_good.put(key, plan)
+        if (self._active is active and self._hash_key is hash_key
+                and self._pod_settings.exemptions == exemptions):
+            # (else the set, key or exemptions changed meanwhile: the plan answers this request only)
+            plan = self._cache.put((active.version, key), plan)
+            self._last_good.put(key, plan)
         self._log_decision(active, signal, transport, peer, plan, seconds, "decided")
         return plan
+
+    def _evaluate(
+        self, active: _Active, signal: Signal, resource: ResourceInfo, transport: str, peer: Peer,
+        hash_key: bytes, exemptions: Any,
+    ) -> Plan:
+        """On the engine thread: the embedded engine's decisions for one resource, as its plan."""
+        assert active.compiled is not None
+        decisions = active.compiled.query("decisions", self._request_input(signal, resource, transport, peer))
+        return self._plan_from(active, decisions, hash_key, exemptions)
+
+    def _plan_from(self, active: _Active, decisions: Any, hash_key: bytes, exemptions: Any) -> Plan:
+        return compile_plan(
+            decisions, active.file_of, hash_key=hash_key, dry_run=self.config.dry_run, exemptions=exemptions,
+        )
+
+    def _plan_cache(self, name: str, ttl: float = 0.0) -> PlanCache[Plan]:
+        """A plan cache bounded in entries and bytes (half of the engine's cache bytes each)."""
+        evictions = self.metrics.cache_evictions
+        cache: PlanCache[Plan] = PlanCache(
+            self.config.cache_size, ttl, max_bytes=self.limits.cache_max_bytes // 2, size_of=plan_bytes,
+            on_evict=lambda why: evictions.labels(name, why).inc(),
+        )
+        self.metrics.cache_entries.labels(name).set_function(lambda: len(cache))
+        self.metrics.cache_plans.labels(name).set_function(lambda: cache.distinct)
+        self.metrics.cache_bytes.labels(name).set_function(lambda: cache.bytes)
+        return cache
 
     def _fallback(
         self, active: _Active, key: Any, signal: Signal, peer: Peer, transport: str,
