@@ -18,9 +18,13 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from sidecar.signals import Signal
 from tests.interop.harness import (
+    CARD_BYTES,
     EGRESS_HEADER,
+    HEADER_ATTRIBUTE,
+    MASTERCARD,
     SPAN_ATTRIBUTES,
     TENANT,
+    VISA,
     AiohttpUpstream,
     Collector,
     Delivery,
@@ -32,6 +36,7 @@ from tests.interop.harness import (
     upstream_collector_config,
     wait_until,
 )
+from tests.policy.conftest import attrs_of
 from tests.spine import sdk
 from tests.tls.pki import make_pki
 from tests.upstream import Upstream
@@ -154,3 +159,72 @@ async def test_aiohttp_upstream_without_zstd_gets_everything(hash_key_file: Path
         await sidecar.stop()
         await server.stop()
     assert "does not accept zstd compression" in sidecar.stderr
+
+
+def make_card_logs(count: int) -> list:
+    """Log records from the SDK's logging bridge with a card number in the body and an attribute."""
+    import logging
+
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+    memory = InMemoryLogRecordExporter()
+    provider = LoggerProvider(resource=Resource.create({"service.name": "checkout"}))
+    provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
+    logger = logging.getLogger(f"tests.interop.{id(memory)}")
+    logger.propagate = False
+    handler = LoggingHandler(logger_provider=provider)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    for index in range(count):
+        logger.info("order %d paid with %s", index, VISA, extra={"card.number": MASTERCARD})
+    logger.removeHandler(handler)
+    provider.shutdown()
+    return list(memory.get_finished_logs())
+
+
+async def test_logs_and_metrics_through_the_real_collector(
+    upstream: Upstream, hash_key_file: Path, tmp_path: Path,
+) -> None:
+    from opentelemetry.sdk._logs.export import LogRecordExportResult
+    from opentelemetry.sdk.metrics.export import MetricExportResult
+
+    grpc_port, http_port = free_port(), free_port()
+    collector = Collector(upstream_collector_config(upstream.http_port, grpc_port=grpc_port, http_port=http_port),
+                          tmp_path)
+    await collector.start()
+    sidecar = await start_sidecar(hash_key_file, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{grpc_port}",
+                                                  "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    try:
+        _, metric_exporter, log_exporter = sdk.exporters("grpc", sidecar.ports["grpc"], "gzip")
+        logs = make_card_logs(50)
+        metrics = sdk.make_metrics()
+        points = sum(len(m.data.data_points) for rm in metrics.resource_metrics
+                     for sm in rm.scope_metrics for m in sm.metrics)
+        try:
+            assert await asyncio.to_thread(log_exporter.export, logs) is LogRecordExportResult.SUCCESS
+            assert await asyncio.to_thread(metric_exporter.export, metrics) is MetricExportResult.SUCCESS
+        finally:
+            await asyncio.to_thread(log_exporter.shutdown)
+            await asyncio.to_thread(metric_exporter.shutdown)
+
+        def arrived_points() -> int:
+            return sum(len(getattr(m, m.WhichOneof("data")).data_points) for m in upstream.metrics())
+
+        await upstream.wait_for(lambda: len(upstream.log_records()) >= 50 and arrived_points() >= points, 20)
+        await asyncio.sleep(0.3)
+    finally:
+        await sidecar.stop()
+        await collector.stop()
+    records = upstream.log_records()
+    assert len(records) == 50 and arrived_points() == points
+    assert sorted(r.body.string_value for r in records) == sorted(
+        f"order {i} paid with **** **** **** 1111" for i in range(50))
+    raw = b"".join(m.SerializeToString() for s in (Signal.LOGS, Signal.METRICS) for m in upstream.messages(s))
+    for digits in CARD_BYTES:
+        assert digits not in raw
+    for signal_, field in ((Signal.LOGS, "resource_logs"), (Signal.METRICS, "resource_metrics")):
+        for message in upstream.messages(signal_):
+            for resource in getattr(message, field):
+                attrs = attrs_of(resource.resource.attributes)
+                assert attrs["tenant.id"] == TENANT and attrs[HEADER_ATTRIBUTE] == TENANT
