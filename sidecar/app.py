@@ -137,7 +137,7 @@ class Sidecar:
             grpc_tls = self._grpc_tls
             resolver = peer_resolver(grpc_tls)
             receiver = GrpcReceiver(cfg.receivers, pipeline, self.metrics, peer_resolver=resolver)
-            self._grpc_server = receiver.server(budget)
+            self._grpc_server = receiver.server(budget, cfg.limits)
             host, port = parse_endpoint(cfg.receivers.grpc_endpoint)
             if grpc_tls is not None:
                 self.tls_metrics.track(grpc_tls, "grpc")

@@ -20,17 +20,22 @@ from sidecar.config import ReceiversConfig
 from sidecar.export.partial import rejected_field
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
+from sidecar.overload.budget import MemoryBudget
+from sidecar.overload.config import LimitsConfig
+from sidecar.overload.metrics import Counted
+from sidecar.overload.reasons import Action
 from sidecar.pipeline import InvalidRequest, PermissionDenied, Pipeline, Unavailable
 from sidecar.receivers import peers
 from sidecar.signals import Signal
 from sidecar.tls.server import PeerRefused
 from sidecar.wire import compression
-from sidecar.wire.budget import ReceiveBudget
 from sidecar.wire.http2 import GrpcError, GrpcServer, Limits, UnaryCall
 
 log = logging.getLogger(__name__)
 
 TRANSPORT = "grpc"
+#: the listener's name in the overload metrics
+LISTENER = "otlp_grpc"
 
 #: the peer of a connection, from its transport (PeerRefused for a TLS client refused)
 PeerResolver = Callable[[Any], Peer]
@@ -52,16 +57,26 @@ class GrpcReceiver:
         self._metrics = metrics
         self._peer = peer_resolver or peers.peer_resolver(None)
         self._signals = {signal.grpc_path: signal for signal in Signal}
+        self._count = Counted(None, LISTENER)
+        self._limits = LimitsConfig()
 
-    def server(self, budget: ReceiveBudget | None = None) -> GrpcServer:
-        limits = Limits(
-            max_message_bytes=self._config.max_request_bytes,
-            max_frame_size=self._config.grpc_max_frame_size,
+    def server(self, budget: MemoryBudget | None = None, limits: LimitsConfig | None = None) -> GrpcServer:
+        """The gRPC server, bounded by the ``limits`` section (its defaults when None); its
+        protective actions and open connections are reported in the overload metrics."""
+        limits = self._limits = limits or LimitsConfig()
+        cap = limits.connection_caps()[LISTENER]
+        wire_limits = Limits.from_config(
+            limits, self._config.max_request_bytes, self._config.grpc_max_frame_size, cap
         )
         routes = {signal.grpc_path: self._handler(signal) for signal in Signal}
-        return GrpcServer(
-            routes, limits, authorize=self._authorize, budget=budget, on_refusal=self._refused_by_server
+        overload = self._metrics.overload
+        self._count = Counted(overload, LISTENER)
+        server = GrpcServer(
+            routes, wire_limits, authorize=self._authorize, budget=budget, on_refusal=self._refused_by_server,
+            count=self._count,
         )
+        overload.track_connections(LISTENER, lambda: server.open_connections, cap)
+        return server
 
     def _authorize(self, path: str, transport: Any) -> Peer:
         """The peer of a call, as soon as its headers arrive (it reaches the handler as the
@@ -93,11 +108,12 @@ class GrpcReceiver:
         labels = (signal.value, TRANSPORT)
         peer: Peer = call.context  # resolved by _authorize when the call's headers came
         try:
-            data = self._message(call)
+            data = await self._message(call)
         except GrpcError as exc:
             reason = {
                 Status.RESOURCE_EXHAUSTED: "too_large",
                 Status.UNIMPLEMENTED: "unsupported_encoding",
+                Status.UNAVAILABLE: "busy",
             }.get(Status(exc.status), "bad_compression")
             self._metrics.refused_requests.labels(*labels, reason).inc()
             raise
@@ -109,6 +125,9 @@ class GrpcReceiver:
             raise GrpcError(Status.PERMISSION_DENIED.value, exc.message) from None
         except Unavailable as exc:
             raise GrpcError(Status.UNAVAILABLE.value, exc.message) from None
+        finally:
+            if call.account is not None and data is not call.message:
+                call.account.give(len(data))  # the decompressed bytes: queued or refused now
         if not outcome.rejected:
             return b""  # an empty Export*ServiceResponse
         response = signal.response_class()
@@ -116,8 +135,10 @@ class GrpcReceiver:
         response.partial_success.error_message = outcome.message
         return response.SerializeToString()  # type: ignore[no-any-return]
 
-    def _message(self, call: UnaryCall) -> bytes:
-        """The request message, decompressed as its ``grpc-encoding`` says."""
+    async def _message(self, call: UnaryCall) -> bytes | memoryview:
+        """The request message, decompressed as its ``grpc-encoding`` says: in bounded steps that
+        give the event loop a turn, each taken from the connection's account (given back by
+        :meth:`_handle` once the request is queued or refused)."""
         try:
             encoding = compression.normalize(call.headers.get("grpc-encoding"))
         except compression.UnsupportedEncoding as exc:
@@ -125,13 +146,26 @@ class GrpcReceiver:
         limit = self._config.max_decompressed_bytes
         if not call.compressed:
             if len(call.message) > limit:
+                self._count(Action.request_too_large)
                 raise GrpcError(Status.RESOURCE_EXHAUSTED.value, f"message exceeds the limit of {limit} bytes")
             return call.message
         if encoding == compression.IDENTITY:
             raise GrpcError(Status.INTERNAL.value, "compressed flag set without a grpc-encoding")
+        limits = self._limits
         try:
-            return compression.decompress(encoding, call.message, limit)
+            return await compression.decompress_bounded(
+                encoding, call.message, limit, account=call.account,
+                step=limits.decompress_step_bytes, max_members=limits.max_compression_members,
+            )
         except compression.TooLarge as exc:
+            self._count(Action.decompressed_too_large)
             raise GrpcError(Status.RESOURCE_EXHAUSTED.value, f"decompressed message {exc}") from None
+        except compression.BudgetExhausted as exc:
+            self._count(exc.action)
+            raise GrpcError(Status.UNAVAILABLE.value, str(exc)) from None
+        except compression.TooManyMembers as exc:
+            self._count(Action.too_many_members)
+            raise GrpcError(Status.INVALID_ARGUMENT.value, str(exc)) from None
         except compression.DecompressionError as exc:
+            self._count(Action.bad_compression)
             raise GrpcError(Status.INVALID_ARGUMENT.value, str(exc)) from None

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sidecar.wire.budget import ReceiveBudget
+from sidecar.overload.budget import MemoryBudget as ReceiveBudget
 from sidecar.wire.grpc import CallError, call_framed, call_unary, frame_message
 from sidecar.wire.http2 import GrpcError, GrpcServer, Limits, UnaryCall
 from sidecar.wire.http2.calls import grpc_message_text
@@ -490,10 +490,12 @@ async def test_a_buffer_grown_for_a_large_frame_is_given_back_when_idle() -> Non
         await client.answer(1)
         (connection,) = server.connections
         assert len(connection._buf) > 500_000
+        # the buffer beyond its first size is held in the budget, the message is not any more
+        assert server.budget.in_use == len(connection._buf) - connection.FIRST_READ
         connection.sweep(server.tick)  # there was traffic since the last sweep: kept
         assert len(connection._buf) > 500_000
         connection.sweep(server.tick)
-        assert len(connection._buf) == connection.MIN_READ
+        assert len(connection._buf) == 0 and server.budget.in_use == 0  # allocated again when bytes come
         client.call(3, b"again")
         assert (await client.answer(3))[1] == b"echo:again"
 
@@ -555,29 +557,44 @@ async def test_an_answer_the_client_gives_no_window_for_is_reset() -> None:
 
 
 async def test_the_receive_budget_refuses_what_does_not_fit_and_is_returned() -> None:
-    budget = ReceiveBudget(150_000)
-    async with serving() as (server, echo, port), Raw.open(port) as client:
+    # a read buffer of 64 KiB (60 KiB of it held in the budget), one message, not two
+    budget = ReceiveBudget(210_000)
+
+    def call_in_small_frames(client: Raw, stream_id: int, message: bytes) -> None:
+        # frames smaller than the read buffer: only the message is held, not a grown buffer
+        data = frame_message(message, compressed=False)
+        client.headers(stream_id, request_headers())
+        for offset in range(0, len(data), 16_384):
+            last = offset + 16_384 >= len(data)
+            client.send(frame(DATA, 0x1 if last else 0, stream_id, data[offset : offset + 16_384]))
+
+    async with serving() as (server, echo, port):
         server.budget = budget
-        echo.gate = asyncio.Event()
-        client.call(1, b"a" * 100_000)
-        while not echo.calls:
-            await asyncio.sleep(0.01)
-        assert budget.in_use == 100_000  # held while the handler has the message
-        client.call(3, b"b" * 100_000)  # does not fit beside the first
-        fields, _ = await client.answer(3)
-        assert fields["grpc-status"] == "14"  # UNAVAILABLE: the client retries
-        assert (PATH, "busy") in echo.refusals
-        echo.gate.set()
-        assert (await client.answer(1))[1] == b"echo:" + b"a" * 100_000
-        assert budget.in_use == 0
-        client.call(5, b"c" * 100_000)  # fits again
-        assert (await client.answer(5))[1].startswith(b"echo:c")
-        # a message whose upload is abandoned returns its reservation too
-        client.headers(7, request_headers())
-        client.send(frame(DATA, 0, 7, frame_message(b"d" * 50_000, compressed=False)[:1000]))
-        while budget.in_use != 50_000:
-            await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)
+        async with Raw.open(port) as client:
+            echo.gate = asyncio.Event()
+            call_in_small_frames(client, 1, b"a" * 100_000)
+            while not echo.calls:
+                await asyncio.sleep(0.01)
+            (connection,) = server.connections
+            buffer = len(connection._buf) - connection.FIRST_READ
+            assert buffer == 60 << 10
+            assert budget.in_use == 100_005 + buffer  # the message held while the handler has it
+            call_in_small_frames(client, 3, b"b" * 100_000)  # does not fit beside the first
+            fields, _ = await client.answer(3)
+            assert fields["grpc-status"] == "14"  # UNAVAILABLE: the client retries
+            assert "retry" in fields["grpc-message"]
+            assert (PATH, "busy") in echo.refusals
+            echo.gate.set()
+            assert (await client.answer(1))[1] == b"echo:" + b"a" * 100_000
+            assert budget.in_use == buffer
+            call_in_small_frames(client, 5, b"c" * 100_000)  # fits again
+            assert (await client.answer(5))[1].startswith(b"echo:c")
+            # a message whose upload is abandoned returns what it holds too
+            client.headers(7, request_headers())
+            client.send(frame(DATA, 0, 7, frame_message(b"d" * 50_000, compressed=False)[:1000]))
+            while budget.in_use != 1000 + buffer:  # what arrived, not the 50,000 bytes declared
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
     assert budget.in_use == 0  # the connection closed with the upload unfinished
 
 

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.overload.budget import Account
+
 # gRPC status codes used here (the full set is in the gRPC docs: status codes)
 INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED = 3, 4, 8
 UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 12, 13, 14
@@ -36,6 +38,9 @@ class UnaryCall:
     compressed: bool
     transport: asyncio.BaseTransport
     context: Any = None
+    #: the connection's share of the receive budget: what the handler makes the sidecar hold
+    #: beyond the message (decompressed bytes) is taken from it, and given back by the handler
+    account: Account | None = None
 
 
 Handler = Callable[[UnaryCall], Awaitable[bytes]]
@@ -50,7 +55,7 @@ Authorizer = Callable[[str, "asyncio.BaseTransport | None"], Any]
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What a connection and its calls may take. Timeouts are in seconds, checked about once
-    a second."""
+    a second (the server's sweeps)."""
 
     #: a request message as sent (compressed) → RESOURCE_EXHAUSTED
     max_message_bytes: int = 16 << 20
@@ -62,17 +67,42 @@ class Limits:
     max_header_list_bytes: int = 64 << 10
     #: the receive window of the connection and of each stream (at least 65535)
     window: int = 4 << 20
-    #: from connecting to the client's SETTINGS
+    #: open connections; more are answered GOAWAY and closed at once (limits.grpc_max_connections)
+    max_connections: int = 512
+    #: from connecting to the client's preface and SETTINGS (limits.header_timeout)
     handshake_timeout: float = 10.0
     #: a connection without calls and without traffic is closed (GOAWAY NO_ERROR)
-    idle_timeout: float = 300.0
+    idle_timeout: float = 75.0
+    #: bytes a second a connection must send on average, over a window of ``min_rate_grace``
+    #: seconds, while it holds a partial frame or a request being received (0: no minimum)
+    min_receive_rate: int = 1024
+    min_rate_grace: float = 5.0
+    #: from a request's headers to its last byte; also the longest one frame may take to arrive
+    request_deadline: float = 60.0
     #: a call whose request stops arriving, or whose answer the client stops taking (flow
     #: control, or not reading at all), is ended
     stall_timeout: float = 30.0
+    #: answer bytes a connection may leave waiting (for window, or in the socket because the
+    #: client does not read) for longer than ``stall_timeout`` before it is closed
+    max_outbound_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
         if self.window < 65_535:
             raise ValueError("the receive window cannot be below HTTP/2's initial 65535 bytes")
+
+    @classmethod
+    def from_config(cls, limits: Any, max_message_bytes: int, max_frame_size: int, max_connections: int) -> Limits:
+        """From the ``limits`` config section (sidecar.overload.LimitsConfig) and the receiver's sizes."""
+        return cls(
+            max_message_bytes=max_message_bytes,
+            max_frame_size=max_frame_size,
+            max_connections=max_connections,
+            handshake_timeout=limits.header_timeout,
+            idle_timeout=limits.idle_timeout,
+            min_receive_rate=limits.min_receive_rate,
+            min_rate_grace=limits.min_rate_grace,
+            request_deadline=limits.request_deadline,
+        )
 
 
 def grpc_message_text(message: str) -> str:

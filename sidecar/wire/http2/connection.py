@@ -1,19 +1,28 @@
 """One HTTP/2 client connection of the gRPC server: frames in, calls out, answers back.
 
-Frames are read into one reused buffer (grown for a frame larger than it, given back when the
-connection goes quiet); a request message is copied out of it once. What one read produced
-(acknowledgements, window updates, answers) goes out in one write.
+Frames are read into one reused buffer (allocated when bytes first arrive, grown for a frame
+larger than it, given back when the connection goes quiet); a request message is copied out of it
+once. What one read produced (acknowledgements, window updates, answers) goes out in one write.
+
+What a client makes the connection hold is taken from the server's memory budget through the
+connection's account as the bytes arrive, never from a declared size: the read buffer beyond its
+first ``FIRST_READ`` bytes (read-ahead, a partial frame), and request messages until their
+handler is done. A
+buffer that cannot grow stops reading from the client (the kernel holds the bytes) until the
+budget has room; a client that sends too slowly while it holds any of it is cut off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import hpack
 
+from sidecar.overload.reasons import Action
 from sidecar.tls.server import format_address
 from sidecar.wire.http2.calls import (
     CONTENT_TYPE,
@@ -84,13 +93,21 @@ log = logging.getLogger("sidecar.wire.http2")
 _RECEIVING, _HANDLING, _ANSWERED = 0, 1, 2
 #: HEADERS plus CONTINUATION frames of one header block (empty CONTINUATIONs cost nothing else)
 MAX_HEADER_FRAGMENTS = 32
+#: streams we reset while the client may still be sending on them, whose frames in flight are
+#: ignored (RFC 9113 5.1, "closed"); older ones are forgotten, their late frames are errors
+RECENT_RESETS = 128
+#: a flag of our own on a header block: its HEADERS frame made the stream depend on itself
+_SELF_DEPENDENT = 0x100
+#: a buffer that cannot grow may take this share of the budget at most, so that requests
+#: without partial frames (a normal client's) always find the rest
+BUFFER_SHARE_OF_BUDGET = 7 / 8
 
 
 class Stream:
     """One request: its headers, the message as it arrives, and the answer waiting for window."""
 
     __slots__ = (
-        "body", "compressed", "consumed", "context", "headers", "id", "length", "path",
+        "body", "compressed", "consumed", "context", "headers", "id", "length", "opened", "path",
         "pending", "reserved", "reset", "send_window", "state", "touched",
     )
 
@@ -105,21 +122,30 @@ class Stream:
         self.consumed = 0  # received since the last stream WINDOW_UPDATE
         self.send_window = send_window
         self.pending = b""  # the answer's DATA still waiting for send window (trailers follow it)
-        self.reserved = 0  # bytes of the server's receive budget held for this call
+        self.reserved = 0  # bytes of the connection's account held for this call
         self.context: object = None  # what the server's authorizer returned for this call
         self.reset = False
         self.touched = tick  # the server's sweep tick of the last progress
+        self.opened = tick  # the sweep tick of its headers (the request deadline counts from it)
 
 
 class Connection(asyncio.BufferedProtocol):
     """One client connection: frames in, calls to the handlers, answers out."""
 
+    #: the buffer of a first read (a preface, small frames, or the end of the connection),
+    #: allocated when bytes arrive: a connection that says nothing costs no buffer at all.
+    #: Beyond it the buffer is taken from the budget.
+    FIRST_READ = 4096
+    #: the read buffer's size once a frame does not fit the first one (read-ahead)
     MIN_READ = 64 << 10
 
     def __init__(self, server: GrpcServer) -> None:
         self._server = server
         self._limits = server.limits
-        self._buf = bytearray(self.MIN_READ)
+        self._account = server.budget.account()
+        self._buf = bytearray()
+        self._charged = 0  # bytes of the buffer beyond MIN_READ, held in the account
+        self._starved = False  # reading paused: the buffer could not grow within the budget
         self._start = 0
         self._end = 0
         self._transport: asyncio.Transport | None = None
@@ -130,6 +156,8 @@ class Connection(asyncio.BufferedProtocol):
         self._out: list[bytes] = []
         self._streams: dict[int, Stream] = {}
         self._last_stream = 0
+        self._goaway_last: int | None = None  # the last stream id our GOAWAY said we take
+        self._recent_resets: deque[int] = deque()  # streams whose frames in flight are ignored
         self._decoder = hpack.Decoder()
         self._decoder.max_header_list_size = self._limits.max_header_list_bytes
         self._decoder.max_allowed_table_size = 4096
@@ -144,6 +172,10 @@ class Connection(asyncio.BufferedProtocol):
         self.active = False  # bytes arrived since the server's last sweep
         self._quiet_since = server.tick  # the sweep tick since which nothing arrived
         self._write_paused_at = 0  # the sweep tick at which the transport paused writing (0: not)
+        self._received = 0  # bytes since the last sweep
+        self._rates: deque[int] = deque()  # bytes of each recent sweep while holding something
+        self._frame_since = 0  # the sweep tick since which a partial frame waits (0: none)
+        self._outbound_since = 0  # the sweep tick since which answers waiting exceed the bound
         self.address = ""
 
     # -- asyncio protocol ------------------------------------------------------------------------
@@ -152,8 +184,15 @@ class Connection(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self.address = format_address(transport.get_extra_info("peername"))
-        self._server.connections.add(self)
         limits = self._limits
+        if len(self._server.connections) >= limits.max_connections:
+            self._server.count(Action.connection_limit)
+            self._dead = True
+            goodbye = GOAWAY_HEAD.pack(0, ENHANCE_YOUR_CALM) + b"too many connections"
+            transport.write(frame(SETTINGS, 0, 0) + frame(GOAWAY, 0, 0, goodbye))
+            transport.close()
+            return
+        self._server.connections.add(self)
         settings = b"".join(
             SETTING.pack(key, value)
             for key, value in (
@@ -184,31 +223,33 @@ class Connection(asyncio.BufferedProtocol):
             if stream.state != _HANDLING:
                 self._drop(stream)
         self._out.clear()
+        self._buf = bytearray()
+        self._start = self._end = 0
+        self._account.give(self._charged)
+        self._charged = 0
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        buf, start, end = self._buf, self._start, self._end
-        if start == end:
-            self._start = self._end = start = end = 0
-        need, have = self._needed(), end - start
-        if len(buf) - end < max(need - have, 4096):
-            # move the unread part to the front, in a larger buffer when a frame needs one;
-            # grown as the frame arrives (at most twice what is here), so a declared length
-            # costs nothing until it is sent. Never resized in place: the transport may still
-            # hold a view of the old buffer.
-            size = max(len(buf), min(need + self.MIN_READ, 2 * max(have, self.MIN_READ)))
-            fresh = bytearray(size) if size > len(buf) else buf
-            fresh[: end - start] = buf[start:end]
-            self._buf, self._start, self._end = fresh, 0, end - start
-            buf, end = fresh, end - start
-        return memoryview(buf)[end:]
+        if not self._buf:  # a first read, or the first after a quiet spell (or the end: EOF)
+            self._buf = bytearray(self.FIRST_READ)
+        elif len(self._buf) - self._end < 4096:
+            # a fresh or quiet connection (its buffer given back), or room made short by a
+            # refused growth while the transport was already reading: the first size, or room
+            # at the front, never growth beyond what the account holds
+            self._make_room(grow=len(self._buf) < self.MIN_READ)
+            if len(self._buf) == self._end:  # never an empty buffer (asyncio would fail)
+                self._buf = self._buf + bytes(4096)
+        return memoryview(self._buf)[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
+        self._received += nbytes
         self.active = True
         if self._dead:
             return
         try:
             self._receive()
+            if not self._dead:
+                self._make_room(grow=True)
         except ConnectionFailure as exc:
             self._fail(exc.code, str(exc))
         except Exception:  # a bug, not the client's fault: end this connection, keep serving
@@ -220,12 +261,71 @@ class Connection(asyncio.BufferedProtocol):
         """Bytes handed over by a wrapping protocol (the TLS acceptor) rather than the transport."""
         view = memoryview(data)
         while view and not self._dead:
+            if self._starved:  # cannot wait in the kernel: these bytes were read already
+                self._server.count(self._account.refused or Action.budget_full)
+                self._fail(ENHANCE_YOUR_CALM, "a frame larger than the receive budget has room for")
+                return
             target = self.get_buffer(len(view))
             n = min(len(target), len(view))
             target[:n] = view[:n]
             del target
             self.buffer_updated(n)
             view = view[n:]
+
+    def _make_room(self, *, grow: bool) -> None:
+        """Room in the read buffer for the next frame: the unread part moved to the front, in a
+        larger buffer when a frame needs one. Grown as the frame arrives (at most twice what is
+        here), so a declared length costs nothing until it is sent, and beyond ``MIN_READ`` only
+        with bytes from the account; when the account or the budget refuse, reading pauses.
+        Never resized in place: the transport may still hold a view of the old buffer."""
+        buf, start, end = self._buf, self._start, self._end
+        if start == end:
+            self._start = self._end = start = end = 0
+        need, have = self._needed(), end - start
+        if len(buf) - end >= max(need - have, 4096):
+            return
+        if not grow or need <= self.MIN_READ:
+            size = max(len(buf), self.MIN_READ)
+        else:
+            size = max(len(buf), min(need + self.MIN_READ, 2 * max(have, self.MIN_READ)))
+        if size > len(buf) and not self._charge_buffer(size):
+            size = len(buf)
+            if len(buf) - have < max(need - have, 4096):
+                self._starve()
+        if size == len(buf) and start == 0:
+            return
+        fresh = bytearray(size) if size > len(buf) else buf
+        fresh[:have] = buf[start:end]
+        self._buf, self._start, self._end = fresh, 0, have
+
+    def _charge_buffer(self, size: int) -> bool:
+        """Take what a buffer of ``size`` bytes holds beyond ``FIRST_READ`` from the account;
+        beyond ``MIN_READ`` (a partial large frame) only while the budget keeps room for others."""
+        extra = size - self.FIRST_READ - self._charged
+        if extra <= 0:
+            return True
+        budget = self._account.budget
+        if size > self.MIN_READ and budget.in_use + extra > budget.limit * BUFFER_SHARE_OF_BUDGET:
+            self._account.refused = Action.budget_full
+            return False
+        if not self._account.take(extra):
+            return False
+        self._charged += extra
+        return True
+
+    def _starve(self) -> None:
+        if not self._starved:
+            self._starved = True
+            self._server.count(self._account.refused or Action.budget_full)
+            if self._transport is not None:
+                self._transport.pause_reading()
+
+    def _feed(self) -> None:
+        """Called at sweeps while starved: read again once the buffer may grow."""
+        self._starved = False
+        self._make_room(grow=True)
+        if not self._starved and not self._write_paused_at and self._transport is not None:
+            self._transport.resume_reading()
 
     def eof_received(self) -> bool:
         return False  # close; the streams still handled answer nobody
@@ -239,7 +339,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused_at = 0
-        if self._transport is not None and not self._transport.is_closing():
+        if self._transport is not None and not self._transport.is_closing() and not self._starved:
             self._transport.resume_reading()
 
     # -- receiving -------------------------------------------------------------------------------
@@ -300,11 +400,41 @@ class Connection(asyncio.BufferedProtocol):
                 self._closing = True
                 self._close_if_idle()
             elif kind == PRIORITY:  # deprecated (RFC 9113 5.3.2): checked, then ignored
-                if stream_id == 0:
-                    raise ConnectionFailure(PROTOCOL_ERROR, "PRIORITY on stream 0")
+                self._on_priority(stream_id, payload)
             elif kind == PUSH_PROMISE:
                 raise ConnectionFailure(PROTOCOL_ERROR, "a client cannot push")
             # other frame types are extensions this server does not know: ignored (section 5.5)
+
+    def _on_priority(self, stream_id: int, payload: memoryview) -> None:
+        if stream_id == 0:
+            raise ConnectionFailure(PROTOCOL_ERROR, "PRIORITY on stream 0")
+        if len(payload) != 5:
+            self._reset_stream(stream_id, FRAME_SIZE_ERROR)  # a stream error (RFC 9113 6.3)
+        elif U32.unpack_from(payload)[0] & 0x7FFFFFFF == stream_id:  # a stream error (5.3.1)
+            if stream_id > self._last_stream:  # no RST_STREAM on an idle stream (5.1)
+                raise ConnectionFailure(PROTOCOL_ERROR, "a stream cannot depend on itself")
+            self._reset_stream(stream_id, PROTOCOL_ERROR)
+
+    def _closed_stream(self, stream_id: int, kind: str) -> None:
+        """A DATA or HEADERS frame for a stream that is not open: ignored when we reset that
+        stream (or refused it by GOAWAY) while the client may have been sending; otherwise the
+        client broke RFC 9113 5.1 / 5.1.1 and the connection ends."""
+        if stream_id in self._recent_resets or (self._goaway_last is not None and stream_id > self._goaway_last):
+            return
+        if kind == "HEADERS":
+            raise ConnectionFailure(
+                PROTOCOL_ERROR, f"HEADERS on stream {stream_id}: closed, or not above the last stream id used"
+            )
+        raise ConnectionFailure(STREAM_CLOSED, f"DATA on closed stream {stream_id}")
+
+    def _note_reset(self, stream: Stream | int) -> None:
+        """We end a stream the client may still be sending on: its frames in flight are ignored."""
+        stream_id = stream if isinstance(stream, int) else stream.id
+        if isinstance(stream, Stream) and stream.state != _RECEIVING:
+            return  # the client had ended it: nothing more may come
+        self._recent_resets.append(stream_id)
+        if len(self._recent_resets) > RECENT_RESETS:
+            self._recent_resets.popleft()
 
     def _on_data(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id == 0:
@@ -325,7 +455,8 @@ class Connection(asyncio.BufferedProtocol):
         if stream is None:
             if stream_id > self._last_stream:
                 raise ConnectionFailure(PROTOCOL_ERROR, "DATA on an idle stream")
-            return  # a stream we answered or reset: frames in flight are ignored
+            self._closed_stream(stream_id, "DATA")
+            return
         if stream.state != _RECEIVING:
             if stream.state == _HANDLING:  # the client ended the stream already
                 self._reset_stream(stream_id, STREAM_CLOSED)
@@ -347,7 +478,7 @@ class Connection(asyncio.BufferedProtocol):
             # the common case: the whole message in one frame, copied out of the buffer once
             compressed, length = PREFIX.unpack_from(payload)
             if len(payload) == 5 + length:
-                if self._message_fits(stream, compressed, length):
+                if self._message_fits(stream, compressed, length) and self._hold(stream, length):
                     stream.compressed = compressed
                     self._dispatch(stream, bytes(payload[5:]))
                 return
@@ -357,9 +488,12 @@ class Connection(asyncio.BufferedProtocol):
         limit = (stream.length if stream.length >= 0 else self._limits.max_message_bytes) + 5
         if len(body) + len(payload) > limit:
             if stream.length >= 0:
-                self._refuse(stream, INVALID_ARGUMENT, "a unary call carries one message", "malformed")
+                self._malformed(stream, "a unary call carries one message")
             else:
-                self._refuse(stream, RESOURCE_EXHAUSTED, f"message exceeds the limit of {limit - 5} bytes", "too_large")
+                message = f"message exceeds the limit of {limit - 5} bytes"
+                self._refuse(stream, RESOURCE_EXHAUSTED, message, "too_large", Action.request_too_large)
+            return
+        if not self._hold(stream, len(payload)):
             return
         body += payload
         if stream.length < 0 and len(body) >= 5:
@@ -368,41 +502,56 @@ class Connection(asyncio.BufferedProtocol):
                 return
             stream.compressed, stream.length = compressed, length
             if len(body) > 5 + length:
-                self._refuse(stream, INVALID_ARGUMENT, "a unary call carries one message", "malformed")
+                self._malformed(stream, "a unary call carries one message")
                 return
         if not end:
             return
         if stream.length < 0:
-            self._refuse(stream, INVALID_ARGUMENT, "request has no complete gRPC message", "malformed")
+            self._malformed(stream, "request has no complete gRPC message")
         elif len(body) - 5 < stream.length:
             got = len(body) - 5
             message = f"request message is truncated: {got} of {stream.length} bytes"
-            self._refuse(stream, INVALID_ARGUMENT, message, "malformed")
+            self._malformed(stream, message)
         else:
             self._dispatch(stream, bytes(memoryview(body)[5:]))
 
     def _message_fits(self, stream: Stream, compressed: int, length: int) -> bool:
-        """Whether a message announced by its prefix may be received; if so, its size is
-        reserved in the server's receive budget. If not, the call is refused."""
-        limit = self._limits.max_message_bytes
+        """Whether a message announced by its prefix may be received. If not, the call is
+        refused. Nothing is taken from the budget for a declared size: bytes are, as they come."""
+        limit = min(self._limits.max_message_bytes, self._account.share)
         if compressed > 1:
-            self._refuse(stream, INVALID_ARGUMENT, "the compressed flag of a message must be 0 or 1", "malformed")
+            self._malformed(stream, "the compressed flag of a message must be 0 or 1")
             return False
         if length > limit:
             message = f"message of {length} bytes exceeds the limit of {limit} bytes"
-            self._refuse(stream, RESOURCE_EXHAUSTED, message, "too_large")
+            self._refuse(stream, RESOURCE_EXHAUSTED, message, "too_large", Action.request_too_large)
             return False
-        budget = self._server.budget
-        if budget is not None:
-            if not budget.reserve(length):
-                self._refuse(stream, UNAVAILABLE, budget.message(), "busy")
-                return False
-            stream.reserved = length
         return True
 
-    def _refuse(self, stream: Stream, status: int, message: str, reason: str) -> None:
+    def _hold(self, stream: Stream, size: int) -> bool:
+        """Take ``size`` more bytes of the stream's message from the account; if they do not
+        fit (the connection's share, or the budget), the call is refused as retryable."""
+        if self._account.take(size):
+            stream.reserved += size
+            return True
+        action = self._account.refused or Action.budget_full
+        self._refuse(stream, UNAVAILABLE, self._account.message(), "busy", action)
+        return False
+
+    def release(self, stream: Stream) -> None:
+        """The handler is done with the stream's message: its bytes go back to the budget."""
+        if stream.reserved:
+            self._account.give(stream.reserved)
+            stream.reserved = 0
+
+    def _malformed(self, stream: Stream, message: str) -> None:
+        self._refuse(stream, INVALID_ARGUMENT, message, "malformed", Action.malformed_request)
+
+    def _refuse(self, stream: Stream, status: int, message: str, reason: str, action: Action | None = None) -> None:
         """Answer a call the server refuses itself (framing, size), before or instead of its handler."""
         self._server.refused(stream.path, reason)
+        if action is not None:
+            self._server.count(action)
         self._answer_error(stream, status, message, early=True)
 
     def _on_headers(self, kind: int, flags: int, stream_id: int, payload: memoryview) -> None:
@@ -430,6 +579,8 @@ class Connection(asyncio.BufferedProtocol):
         if flags & PRIORITY_FLAG:
             if len(payload) < 5:
                 raise ConnectionFailure(FRAME_SIZE_ERROR, "HEADERS too short for its priority fields")
+            if U32.unpack_from(payload)[0] & 0x7FFFFFFF == stream_id:
+                flags |= _SELF_DEPENDENT
             payload = payload[5:]
         if len(payload) > self._limits.max_header_list_bytes:
             raise ConnectionFailure(ENHANCE_YOUR_CALM, "header block too large")
@@ -460,8 +611,9 @@ class Connection(asyncio.BufferedProtocol):
         decoded = self._decode(block)  # always: the HPACK table must follow every block
         stream = self._streams.get(stream_id)
         if stream is not None or stream_id <= self._last_stream:
-            # trailers of a request (they end it) or a block for a stream already done
+            # trailers of a request (they end it), or a block for a stream already done
             if stream is None:
+                self._closed_stream(stream_id, "HEADERS")
                 return
             if stream.state != _RECEIVING:
                 self._reset_stream(stream_id, STREAM_CLOSED)  # the client ended it already
@@ -476,11 +628,17 @@ class Connection(asyncio.BufferedProtocol):
         self._last_stream = stream_id
         if self._closing:
             return  # after GOAWAY: not processed, the client retries it elsewhere
-        if len(self._streams) >= self._limits.max_concurrent_streams:
-            self._out.append(frame(RST_STREAM, 0, stream_id, U32.pack(REFUSED_STREAM)))
-            return
-        if isinstance(decoded, StreamFailure):
-            self._out.append(frame(RST_STREAM, 0, stream_id, U32.pack(decoded.code)))
+        refusal = None
+        if flags & _SELF_DEPENDENT:
+            refusal = PROTOCOL_ERROR  # RFC 9113 5.3.1: a stream error
+        elif len(self._streams) >= self._limits.max_concurrent_streams:
+            refusal = REFUSED_STREAM
+        elif isinstance(decoded, StreamFailure):
+            refusal = decoded.code
+        if refusal is not None:
+            self._out.append(frame(RST_STREAM, 0, stream_id, U32.pack(refusal)))
+            if not flags & END_STREAM:
+                self._note_reset(stream_id)
             return
         method, path, headers = decoded
         stream = Stream(stream_id, path, headers, self._peer_initial_window, self._server.tick)
@@ -550,6 +708,8 @@ class Connection(asyncio.BufferedProtocol):
         if stream is None:
             if stream_id > self._last_stream:
                 raise ConnectionFailure(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
+            if increment == 0:  # a stream error whatever the stream's state (RFC 9113 6.9)
+                self._out.append(frame(RST_STREAM, 0, stream_id, U32.pack(PROTOCOL_ERROR)))
             return
         if increment == 0:
             self._reset_stream(stream_id, PROTOCOL_ERROR)
@@ -575,6 +735,8 @@ class Connection(asyncio.BufferedProtocol):
             raise ConnectionFailure(FRAME_SIZE_ERROR, "RST_STREAM of the wrong size")
         if stream_id > self._last_stream:
             raise ConnectionFailure(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+        if stream_id in self._recent_resets:  # the client sends nothing more on it
+            self._recent_resets.remove(stream_id)
         stream = self._streams.get(stream_id)
         if stream is None:
             return
@@ -588,7 +750,8 @@ class Connection(asyncio.BufferedProtocol):
     def _dispatch(self, stream: Stream, message: bytes) -> None:
         stream.body = None
         call = UnaryCall(
-            stream.path, stream.headers, message, stream.compressed, self._transport, stream.context  # type: ignore[arg-type]
+            stream.path, stream.headers, message, stream.compressed,
+            self._transport, stream.context, self._account,  # type: ignore[arg-type]
         )
         self._server.run(self, stream, call)
 
@@ -635,6 +798,7 @@ class Connection(asyncio.BufferedProtocol):
         if early and stream.state == _RECEIVING:
             # answered before the request ended: ask the client to stop sending (section 8.1)
             self._out.append(frame(RST_STREAM, 0, stream.id, U32.pack(NO_ERROR)))
+            self._note_reset(stream)
         stream.state = _ANSWERED
         self._drop(stream)
 
@@ -664,6 +828,7 @@ class Connection(asyncio.BufferedProtocol):
         self._out.append(frame(RST_STREAM, 0, stream_id, U32.pack(code)))
         stream = self._streams.get(stream_id)
         if stream is not None:
+            self._note_reset(stream)
             stream.reset = True
             if stream.state != _HANDLING:
                 self._drop(stream)
@@ -673,9 +838,7 @@ class Connection(asyncio.BufferedProtocol):
         stream.body = None
         stream.pending = b""
         self._blocked.pop(stream.id, None)
-        if stream.reserved:
-            self._server.budget.release(stream.reserved)  # type: ignore[union-attr]
-            stream.reserved = 0
+        self.release(stream)
         if self._streams.get(stream.id) is stream:
             del self._streams[stream.id]
         self._close_if_idle()
@@ -688,6 +851,7 @@ class Connection(asyncio.BufferedProtocol):
             self._close_if_idle()
             return
         self._closing = True
+        self._goaway_last = self._last_stream
         self._out.append(frame(GOAWAY, 0, 0, GOAWAY_HEAD.pack(self._last_stream, NO_ERROR)))
         self._flush()
         self._close_if_idle()
@@ -702,18 +866,29 @@ class Connection(asyncio.BufferedProtocol):
             self._flush()
             self._transport.close()
 
-    def _fail(self, code: int, message: str) -> None:
+    def _fail(self, code: int, message: str, action: Action | None = Action.protocol_error) -> None:
         log.debug("HTTP/2 connection from %s ended: %s", self.address, message)
+        if action is not None:
+            self._server.count(action)
         self._out.append(frame(GOAWAY, 0, 0, GOAWAY_HEAD.pack(self._last_stream, code) + message.encode()[:256]))
         self._flush()
         self._dead = True
         if self._transport is not None:
             self._transport.close()
 
+    def _cut(self, action: Action, message: str) -> None:
+        """End a connection that holds budget without sending fast enough: its requests being
+        received are answered DEADLINE_EXCEEDED, then GOAWAY and close."""
+        for stream in list(self._streams.values()):
+            if stream.state == _RECEIVING:
+                self._server.refused(stream.path, "timeout")
+                self._answer_error(stream, DEADLINE_EXCEEDED, message, early=True)
+        self._fail(ENHANCE_YOUR_CALM, message, action)
+
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
         if not self._settings_seen and not self._dead:
-            self._fail(PROTOCOL_ERROR, "no connection preface in time")
+            self._fail(PROTOCOL_ERROR, "no connection preface in time", Action.header_timeout)
 
     def _flush(self) -> None:
         out = self._out
@@ -723,32 +898,94 @@ class Connection(asyncio.BufferedProtocol):
 
     def sweep(self, tick: int) -> None:
         """Called by the server about once a second (``tick`` counts the calls): end what
-        stalled, close an idle connection, give back a buffer grown for a large frame."""
+        stalled or is too slow, close an idle connection, give back a quiet connection's buffer,
+        read again once a buffer that could not grow may."""
         if self._dead or self._transport is None:
             return
         limits = self._limits
         if self.active:
             self._quiet_since = tick
-        elif self._start == self._end and len(self._buf) > self.MIN_READ:
-            self._buf = bytearray(self.MIN_READ)
+        elif self._start == self._end and self._buf:
+            self._buf = bytearray()  # allocated again when bytes arrive
             self._start = self._end = 0
+            self._account.give(self._charged)
+            self._charged = 0
         self.active = False
+        if self._starved:
+            self._feed()
         if self._write_paused_at and tick - self._write_paused_at > limits.stall_timeout:
             log.debug("HTTP/2 connection from %s aborted: it does not read its answers", self.address)
+            self._server.count(Action.slow_body)
             self._dead = True
             self._transport.abort()
             return
+        if self._too_slow(tick) or self._outbound_stuck(tick):
+            return
         for stream in list(self._streams.values()):
-            if tick - stream.touched <= limits.stall_timeout:
-                continue
             if stream.state == _RECEIVING:
-                self._server.refused(stream.path, "timeout")
-                self._answer_error(stream, DEADLINE_EXCEEDED, "the request stopped arriving", early=True)
-            elif stream.pending:  # the client gives no window for its answer
-                self._reset_stream(stream.id, CANCEL)
+                if tick - stream.opened > limits.request_deadline:
+                    self._server.refused(stream.path, "timeout")
+                    self._server.count(Action.request_deadline)
+                    message = f"the request did not arrive within {limits.request_deadline:g} s"
+                    self._answer_error(stream, DEADLINE_EXCEEDED, message, early=True)
+                elif tick - stream.touched > limits.stall_timeout:
+                    self._server.refused(stream.path, "timeout")
+                    self._server.count(Action.slow_body)
+                    self._answer_error(stream, DEADLINE_EXCEEDED, "the request stopped arriving", early=True)
+            elif stream.pending and tick - stream.touched > limits.stall_timeout:
+                self._reset_stream(stream.id, CANCEL)  # the client gives no window for its answer
         if not self._streams and tick - self._quiet_since > limits.idle_timeout:
+            self._server.count(Action.idle_timeout)
             self.goaway()
         self._flush()
+
+    def _too_slow(self, tick: int) -> bool:
+        """Whether the connection was cut: it holds a partial frame or a request being received
+        and sent less than ``min_receive_rate`` on average over the last ``min_rate_grace``
+        seconds, or one frame took longer than ``request_deadline``."""
+        limits = self._limits
+        received, self._received = self._received, 0
+        partial = self._settings_seen and self._end > self._start
+        if not partial:
+            self._frame_since = 0
+        elif not self._frame_since:
+            self._frame_since = tick
+        holding = partial or any(stream.state == _RECEIVING for stream in self._streams.values())
+        if not holding:
+            self._rates.clear()
+            return False
+        rates = self._rates
+        rates.append(received)
+        window = max(1, round(limits.min_rate_grace))
+        if len(rates) > window:
+            rates.popleft()
+        if limits.min_receive_rate and len(rates) >= window and sum(rates) < limits.min_receive_rate * window:
+            self._cut(Action.slow_body, f"the request arrives slower than {limits.min_receive_rate} bytes/s")
+            return True
+        if self._frame_since and tick - self._frame_since > limits.request_deadline:
+            self._cut(Action.request_deadline, f"a frame did not arrive within {limits.request_deadline:g} s")
+            return True
+        return False
+
+    def _outbound_stuck(self, tick: int) -> bool:
+        """Whether the connection was closed: answers waiting for the client (for window, or in
+        the socket) exceeded ``max_outbound_bytes`` for longer than ``stall_timeout``."""
+        assert self._transport is not None
+        waiting = self._transport.get_write_buffer_size()
+        for stream in self._blocked.values():
+            waiting += len(stream.pending)
+        if waiting <= self._limits.max_outbound_bytes:
+            self._outbound_since = 0
+            return False
+        if not self._outbound_since:
+            self._outbound_since = tick
+        if tick - self._outbound_since <= self._limits.stall_timeout:
+            return False
+        log.debug("HTTP/2 connection from %s aborted: %d answer bytes wait for it", self.address, waiting)
+        self._server.count(Action.slow_body)
+        self._dead = True
+        self._transport.abort()
+        return True
 
     @property
     def busy(self) -> bool:

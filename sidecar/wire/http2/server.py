@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from sidecar.overload.budget import MemoryBudget
+from sidecar.overload.reasons import Action
 from sidecar.tls.acceptor import tls_protocol_factory
 from sidecar.tls.server import ServerTLS
-from sidecar.wire.budget import ReceiveBudget
 from sidecar.wire.http2.calls import (
     INTERNAL,
     UNAVAILABLE,
@@ -29,9 +31,11 @@ class GrpcServer:
 
     ``authorize(path, transport)`` may refuse a call from its connection as soon as its headers
     arrive (by raising GrpcError), before its message is read; what it returns reaches the
-    handler as ``UnaryCall.context``; ``budget`` bounds the request bytes held
-    at once (shared with other listeners); ``on_refusal(path, reason)`` hears of the calls the
-    server refuses itself.
+    handler as ``UnaryCall.context``; ``budget`` bounds the bytes clients make the server hold
+    (shared with other listeners; each connection takes from it through its own account: partial
+    frames and request messages as they arrive, until the handler is done); ``on_refusal(path,
+    reason)`` hears of the calls the server refuses itself; ``count(action)`` of every protective
+    action (sidecar.overload.Action).
     """
 
     #: seconds between sweeps (timeouts are counted in sweeps)
@@ -43,12 +47,15 @@ class GrpcServer:
         limits: Limits | None = None,
         *,
         authorize: Authorizer | None = None,
-        budget: ReceiveBudget | None = None,
+        budget: MemoryBudget | None = None,
         on_refusal: RefusalListener | None = None,
+        count: Callable[[Action], None] | None = None,
     ) -> None:
         self.routes = routes
         self.limits = limits or Limits()
-        self.budget = budget
+        #: without a budget of its own the server still accounts, without a limit
+        self.budget = budget if budget is not None else MemoryBudget(1 << 62)
+        self.count: Callable[[Action], None] = count or (lambda action: None)
         self.connections: set[Connection] = set()
         self.closing = False
         #: sweeps so far: the clock of the timeouts
@@ -97,15 +104,25 @@ class GrpcServer:
         try:
             reply = await handler(call)
         except GrpcError as exc:
+            connection.release(stream)
             connection.answer(stream, None, exc)
         except asyncio.CancelledError:  # the server closes: the client retries the call
+            connection.release(stream)
             connection.answer(stream, None, GrpcError(UNAVAILABLE, "the sidecar is shutting down"))
             raise
         except Exception:
             log.exception("gRPC handler for %s failed", call.path)
+            connection.release(stream)
             connection.answer(stream, None, GrpcError(INTERNAL, "internal error"))
         else:
+            # the request is queued or refused: its bytes go back to the budget now, not once a
+            # client that gives no window has taken the answer
+            connection.release(stream)
             connection.answer(stream, reply, None)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.connections)
 
     def _sweep(self) -> None:
         self.tick += 1
