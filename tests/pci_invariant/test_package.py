@@ -74,3 +74,17 @@ async def test_the_wheel_ships_the_policies_and_applies_them_with_nothing_config
     assert policy["dir"] == str(tmp_path / "site" / "sidecar" / "policy" / "bundled") and policy["bundled"]
     raw = b"".join(m.SerializeToString() for m in upstream.messages(Signal.TRACES))
     assert MASTERCARD.encode() not in raw and b"**** **** **** 4444" in raw
+
+
+def test_the_bundled_copy_is_the_repositorys_policies() -> None:
+    """What `run` applies with nothing configured is policies/ as reviewed (helm/sync-policies.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sync_policies", REPO / "helm" / "sync-policies.py")
+    assert spec and spec.loader
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    assert sync.BUNDLED in sync.TARGETS
+    drift = sync.differences(sync.SOURCE, sync.BUNDLED)
+    assert drift == [], "run: python helm/sync-policies.py\n" + "\n".join(drift)
+    assert (sync.BUNDLED / "main.rego").read_bytes() == (POLICIES / "main.rego").read_bytes()
