@@ -470,15 +470,14 @@ def _is_local(host: str) -> bool:
 
 def check_no_loop(config: Config) -> None:
     """Refuse an upstream that is one of the sidecar's own receivers: it would export to itself forever."""
-    listeners: list[tuple[str, str, int]] = []
+    listeners: list[tuple[str, str, str, int]] = []
     for name, enabled, endpoint in (
         ("receivers.grpc_endpoint", config.receivers.grpc_enabled, config.receivers.grpc_endpoint),
         ("receivers.http_endpoint", config.receivers.http_enabled, config.receivers.http_endpoint),
     ):
-        if enabled:
-            host, port = parse_endpoint(endpoint)
-            if port:
-                listeners.append((name, host, port))
+        host, port = parse_endpoint(endpoint)
+        if enabled and port:
+            listeners.append((name, endpoint, host.strip("[]").lower(), port))
     for signal in Signal:
         exporter = config.exporter_for(signal)
         if exporter.resolved_type != "otlp":
@@ -486,17 +485,15 @@ def check_no_loop(config: Config) -> None:
         url = urlsplit(exporter.url_for(signal))
         host = url.hostname or ""
         port = url.port or (443 if url.scheme == "https" else 4317 if exporter.protocol == "grpc" else 80)
-        for name, listen_host, listen_port in listeners:
-            same_host = host == listen_host.strip("[]").lower() or (
-                _is_local(host) and (_is_local(listen_host) or listen_host in ("", "0.0.0.0", "::"))
-            )
+        for name, endpoint, listen_host, listen_port in listeners:
+            same_host = host == listen_host or (_is_local(host) and _is_local(listen_host))
             if same_host and port == listen_port:
                 raise ConfigError(
                     "exporter.endpoint",
                     f"the upstream for {signal.value} ({url.geturl()}) is this sidecar's own listener "
-                    f"{name} = {config.receivers.grpc_endpoint if 'grpc' in name else config.receivers.http_endpoint}: "
-                    "it would export to itself forever. Point OTEL_EXPORTER_OTLP_ENDPOINT at the collector "
-                    "(the app's OTEL_* variables are not the sidecar's)",
+                    f"{name} = {endpoint}: it would export to itself forever. Point "
+                    "OTEL_EXPORTER_OTLP_ENDPOINT at the collector (the app's OTEL_* variables are not "
+                    "the sidecar's)",
                 )
 
 

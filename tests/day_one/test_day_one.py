@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import helm_python
 import pytest
 import yaml
 from google.protobuf.json_format import MessageToDict
@@ -285,8 +286,6 @@ def _resources(request: dict[str, Any]) -> list[dict[str, str]]:
 @pytest.mark.parametrize("name", list(CASES))
 async def test_day_one(name: str, tmp_path: Path) -> None:
     case = CASES[name]
-    from tests.helm.conftest import helm_python  # the real Helm engine
-
     with helm_python.Chart.load(CHART_DIR) as chart:
         objects = render_chart(chart, case.values)
     validate_all(objects)
@@ -413,8 +412,6 @@ def _summary() -> Any:
 def test_a_namespace_not_listed_keeps_its_pods_pending_not_unprotected(tmp_path: Path) -> None:
     """docs/kubernetes.md: list every injected namespace in policies.namespaces; one that is not
     gets no ConfigMap or hash key there, and the kubelet leaves the pod in ContainerCreating."""
-    from tests.helm.conftest import helm_python
-
     with helm_python.Chart.load(CHART_DIR) as chart:
         objects = render_chart(chart, {})
     settings = tmp_path / "webhook.toml"
