@@ -61,9 +61,11 @@ async def send_spans(port: int, transport: str = "grpc", compression: str = "non
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
-@pytest.mark.parametrize("mtls", [False, True], ids=["plaintext", "mtls"])
+@pytest.mark.parametrize(("mtls", "compression"),
+                         [(False, "none"), (False, "gzip"), (False, "zstd"), (True, "zstd")],
+                         ids=["plaintext-none", "plaintext-gzip", "plaintext-zstd", "mtls-zstd"])
 async def test_real_collector_upstream(
-    upstream: Upstream, hash_key_file: Path, tmp_path: Path, protocol: str, mtls: bool,
+    upstream: Upstream, hash_key_file: Path, tmp_path: Path, protocol: str, mtls: bool, compression: str,
 ) -> None:
     pki = make_pki(tmp_path) if mtls else None
     grpc_port, http_port = free_port(), free_port()
@@ -74,7 +76,8 @@ async def test_real_collector_upstream(
     await collector.start()
     scheme = "https" if mtls else "http"
     port = grpc_port if protocol == "grpc" else http_port
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"{scheme}://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_PROTOCOL": protocol}
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"{scheme}://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+           "OTEL_EXPORTER_OTLP_COMPRESSION": compression}
     if pki is not None:
         env |= {"OTEL_EXPORTER_OTLP_CERTIFICATE": pki.ca_cert,
                 "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": pki.client_cert,
