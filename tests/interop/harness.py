@@ -111,6 +111,14 @@ class Collector:
             str(peer("otelcol")), "--config", f"file:{path}", stdout=log, stderr=log,
         )
         log.close()
+        try:
+            await self._wait_healthy(timeout)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _wait_healthy(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while True:

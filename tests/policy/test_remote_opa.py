@@ -62,16 +62,20 @@ class Opa:
             stdout=log, stderr=log,
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while True:
-                assert self.proc.returncode is None, self.log_path.read_text()
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{self.url}/health") as response:
-                        if response.status == 200:
-                            return
-                assert time.monotonic() < deadline, f"OPA not healthy in {timeout} s"
-                await asyncio.sleep(0.05)
+        try:
+            deadline = time.monotonic() + timeout
+            async with aiohttp.ClientSession() as session:
+                while True:
+                    assert self.proc.returncode is None, self.log_path.read_text()
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with session.get(f"{self.url}/health") as response:
+                            if response.status == 200:
+                                return
+                    assert time.monotonic() < deadline, f"OPA not healthy in {timeout} s"
+                    await asyncio.sleep(0.05)
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
