@@ -38,6 +38,17 @@ from tests.upstream import Upstream
 pytestmark = pytest.mark.timeout(90)
 
 
+async def communicate(proc: asyncio.subprocess.Process, timeout: float = 60.0) -> tuple[bytes, bytes]:
+    """The client's output; a client still running after ``timeout`` is killed and the test fails."""
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return out, err or b""
+
+
 def upstream_env(upstream: Upstream) -> dict[str, str]:
     return {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{upstream.grpc_port}",
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
@@ -74,7 +85,7 @@ async def test_js_sdk(upstream: Upstream, hash_key_file: Path, protocol: str, co
             "node", str(script), protocol, str(port), compression, "120", json.dumps(SPAN_ATTRIBUTES),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        out, err = await communicate(proc)
         assert proc.returncode == 0, err.decode(errors="replace")
         result = json.loads(out)
         assert result["error"] is None and len(result["acknowledged"]) == 120, result
@@ -101,7 +112,7 @@ async def test_go_client_telemetrygen(upstream: Upstream, hash_key_file: Path, t
         proc = await asyncio.create_subprocess_exec(
             str(peer("telemetrygen")), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
-        output = (await asyncio.wait_for(proc.communicate(), 60))[0].decode(errors="replace")
+        output = (await communicate(proc))[0].decode(errors="replace")
         assert proc.returncode == 0, output
         # the Go SDK logs a failed export at WARN or ERROR level
         assert not [line for line in output.splitlines() if "\tERROR\t" in line or "\tWARN\t" in line], output
