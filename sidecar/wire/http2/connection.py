@@ -272,7 +272,7 @@ class Connection(asyncio.BufferedProtocol):
             self.buffer_updated(n)
             view = view[n:]
 
-    def _make_room(self, *, grow: bool) -> None:
+    def _make_room(self, *, grow: bool, counted: bool = False) -> None:
         """Room in the read buffer for the next frame: the unread part moved to the front, in a
         larger buffer when a frame needs one. Grown as the frame arrives (at most twice what is
         here), so a declared length costs nothing until it is sent, and beyond ``MIN_READ`` only
@@ -291,7 +291,7 @@ class Connection(asyncio.BufferedProtocol):
         if size > len(buf) and not self._charge_buffer(size):
             size = len(buf)
             if len(buf) - have < max(need - have, 4096):
-                self._starve()
+                self._starve(counted)
         if size == len(buf) and start == 0:
             return
         fresh = bytearray(size) if size > len(buf) else buf
@@ -313,17 +313,19 @@ class Connection(asyncio.BufferedProtocol):
         self._charged += extra
         return True
 
-    def _starve(self) -> None:
+    def _starve(self, counted: bool = False) -> None:
         if not self._starved:
             self._starved = True
-            self._server.count(self._account.refused or Action.budget_full)
+            if not counted:
+                self._server.count(self._account.refused or Action.budget_full)
             if self._transport is not None:
                 self._transport.pause_reading()
 
     def _feed(self) -> None:
-        """Called at sweeps while starved: read again once the buffer may grow."""
+        """Called at sweeps while starved: read again once the buffer may grow (a refusal
+        again is the same protective action, not counted twice)."""
         self._starved = False
-        self._make_room(grow=True)
+        self._make_room(grow=True, counted=True)
         if not self._starved and not self._write_paused_at and self._transport is not None:
             self._transport.resume_reading()
 

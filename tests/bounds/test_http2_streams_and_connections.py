@@ -1,0 +1,101 @@
+"""The gRPC listener's streams and connections against a REAL sidecar process (issue 14).
+
+Before: HEADERS reusing a finished stream id, or lower than one used, were ignored (the client
+waited for its deadline); 2,000 idle connections without a preface cost about 65 KiB each
+(+131 MiB, kept after they closed) and there was no cap on connections. Here: RFC 9113 5.1.1
+(GOAWAY PROTOCOL_ERROR at once), a cap per listener (limits.grpc_max_connections), a read buffer
+only once bytes arrive, the preface and idle timeouts; a normal grpcio client is served meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import pytest
+
+from sidecar.signals import Signal
+from tests.bounds.harness import SMALL_TRACES, BoundedSidecar, MiB, Probe
+from tests.spine.test_http2_server import Raw
+
+TRACES = Signal.TRACES.grpc_path
+PROTOCOL_ERROR, ENHANCE_YOUR_CALM = 1, 11
+
+
+async def connections(sidecar: BoundedSidecar) -> float:
+    return await sidecar.metric("otlp_sidecar_receiver_connections", listener="otlp_grpc")
+
+
+@pytest.mark.timeout(60)
+async def test_headers_on_a_finished_or_a_lower_stream_id_end_the_connection_with_protocol_error() -> None:
+    async with BoundedSidecar() as sidecar, Probe(sidecar, "grpc") as probe:
+        for reused in (3, 1):  # the stream just answered; a stream id below it
+            async with Raw.open(sidecar.grpc) as client:
+                client.call(3, SMALL_TRACES, TRACES)
+                fields, _ = await client.answer(3)
+                assert fields["grpc-status"] == "0"
+                started = time.monotonic()
+                client.call(reused, SMALL_TRACES, TRACES)
+                code, debug = await client.goaway()  # and the connection closes
+                assert code == PROTOCOL_ERROR, debug
+                assert b"not above the last stream id" in debug
+                assert time.monotonic() - started < 2.0  # at once, not at the client's deadline
+        probe.assert_served(max_latency=1.0)
+        assert await sidecar.action("otlp_grpc", "protocol_error") == 2
+        sidecar.assert_peak_under()
+
+
+@pytest.mark.timeout(120)
+async def test_idle_connections_without_a_preface_are_capped_cost_little_and_give_it_back() -> None:
+    async with BoundedSidecar() as sidecar, Probe(sidecar, "grpc", interval=0.2) as probe:
+        await asyncio.sleep(0.5)
+        before = sidecar.rss()
+        opened = []
+        for _ in range(2000):
+            opened.append(await asyncio.open_connection("127.0.0.1", sidecar.grpc))
+        await asyncio.sleep(2.0)
+        held = sidecar.rss() - before
+        cap = 512  # limits.grpc_max_connections (the descriptor limit here allows all of it)
+        assert await connections(sidecar) == cap  # the probe's connection among them
+        assert await sidecar.action("otlp_grpc", "connection_limit") >= 2000 - cap
+        # those beyond the cap were told and closed at once
+        refused = 0
+        for reader, _ in opened:
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                if await asyncio.wait_for(reader.read(), 0.01):
+                    refused += 1
+        assert refused >= 2000 - cap
+        for _, writer in opened:
+            writer.close()
+        await asyncio.sleep(2.0)
+        after = sidecar.rss() - before
+        probe.assert_served(max_latency=1.0)
+        assert await connections(sidecar) == 1  # the probe's
+        print(f"2,000 idle connections: +{held / MiB:.1f} MiB open, +{after / MiB:.1f} MiB after close")
+        assert held < 16 * MiB, f"{held / MiB:.1f} MiB for 2,000 idle connections"
+        assert after < 6 * MiB, f"{after / MiB:.1f} MiB kept after they closed"
+        sidecar.assert_peak_under()
+
+
+@pytest.mark.timeout(60)
+async def test_the_preface_and_idle_timeouts_close_connections() -> None:
+    env = {"SIDECAR_LIMITS_HEADER_TIMEOUT": "1", "SIDECAR_LIMITS_IDLE_TIMEOUT": "2"}
+    async with BoundedSidecar(**env) as sidecar:
+        # no preface: closed after the header timeout (counted in sweeps of about a second)
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.grpc)
+        started = time.monotonic()
+        data = await asyncio.wait_for(reader.read(), 10)  # SETTINGS, GOAWAY, then the end
+        assert b"no connection preface in time" in data
+        assert 0.9 < time.monotonic() - started < 4.0
+        writer.close()
+        assert await sidecar.action("otlp_grpc", "header_timeout") == 1
+        # a call, then nothing: GOAWAY NO_ERROR after the idle timeout
+        async with Raw.open(sidecar.grpc) as client:
+            client.call(1, SMALL_TRACES, TRACES)
+            assert (await client.answer(1))[0]["grpc-status"] == "0"
+            started = time.monotonic()
+            code, _ = await client.goaway()
+            assert code == 0 and 1.9 < time.monotonic() - started < 6.0
+        assert await sidecar.action("otlp_grpc", "idle_timeout") == 1
+        assert await connections(sidecar) == 0
