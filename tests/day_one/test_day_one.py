@@ -1,8 +1,10 @@
 """Day one in a cluster, for every value documented in values.yaml and docs/kubernetes.md (issue 15).
 
 Each case renders the chart with the real Helm engine (helm-python-sdk) and validates every
-object; the real webhook code injects a real Pod manifest (as a ReplicaSet creates it) with the
-settings the chart rendered; `tests.day_one.kubelet` lays out the ConfigMap and Secret files as
+object; the webhook server serves the settings the chart rendered over HTTPS with the chart's own
+certificate, and answers an AdmissionReview for a real Pod manifest (as a ReplicaSet creates it)
+sent to the entry whose namespaceSelector picks the pod's namespace, verified with that entry's
+caBundle as the API server does; `tests.day_one.kubelet` lays out the ConfigMap and Secret files as
 the kubelet would and resolves the environment; the injected container's command then runs as
 a process with exactly that environment. It must become ready through the injected probes, and
 the app (the OpenTelemetry SDK, configured from the env the injector gave the app container)
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import re
@@ -39,14 +42,15 @@ from google.protobuf.json_format import MessageToDict
 from sidecar.rewrite import IMPLEMENTATION
 from sidecar.webhook.config import load_webhook_config
 from sidecar.webhook.inject import Scope, decide
+from sidecar.webhook.server import running
 from tests.day_one import app
 from tests.day_one.kubelet import Cluster, Pending, Process, admitted, prepare
 from tests.helm.conftest import CHART_DIR, REPO, render_chart
-from tests.helm.test_chart import validate_all, webhook_toml
+from tests.helm.test_chart import selects, validate_all, webhook_toml
 from tests.helm.test_docs import leaf_paths
 from tests.tls.pki import PKI, make_pki
 from tests.upstream import Upstream
-from tests.webhook.conftest import apply, assert_valid_pod, deployment_pod
+from tests.webhook.conftest import admission_review, apply, assert_valid_pod, deployment_pod
 
 #: the install line of docs/kubernetes.md: the namespaces where pods are injected get the policies
 DOCS_NAMESPACES = {"policies": {"namespaces": ["shop", "payments"]}}
@@ -231,6 +235,55 @@ def user_objects(case: Case, pki: PKI | None) -> list[dict[str, Any]]:
     return objects
 
 
+async def _admission(objects: Any, case: Case, pod: dict[str, Any], root: Path) -> list[dict[str, Any]]:
+    """The JSONPatch the webhook answers for ``pod``, asked the way the API server asks.
+
+    The webhook serves the chart's webhook.toml with the chart's TLS Secret (laid out as its
+    Deployment mounts them); the entry is the one whose namespaceSelector selects the pod's
+    namespace (labelled as the case's scope says); the call goes to that entry's path and
+    verifies the server with the entry's caBundle, for the Service's DNS name.
+    """
+    root.mkdir(parents=True)
+    settings = root / "webhook.toml"
+    settings.write_text(webhook_toml(objects), encoding="utf-8")
+    config = load_webhook_config(settings, env={})
+    values = case.values.get("injection", {})
+    if case.scope is Scope.PCI:
+        label = values.get("pciScopeLabel", "otlp-sidecar.io/pci-scope"), values.get("pciScopeLabelValue", "true")
+    else:
+        label = values.get("namespaceLabel", "otlp-sidecar.io/inject"), values.get("namespaceLabelValue", "enabled")
+    labels = {label[0]: str(label[1])}
+    labels["kubernetes.io/metadata.name"] = case.namespace
+    entries = [h for h in objects.one("MutatingWebhookConfiguration")["webhooks"]
+               if selects(h["namespaceSelector"], labels) and selects(h["objectSelector"], pod["metadata"]["labels"])]
+    assert len(entries) == 1, f"namespace labels {labels} reach {len(entries)} webhook entries"
+    entry = entries[0]
+    service = entry["clientConfig"]["service"]
+    secrets = [s for s in objects.of_kind("Secret") if s["type"] == "kubernetes.io/tls"]
+    if secrets:  # the chart's own CA and serving certificate
+        for key in ("tls.crt", "tls.key"):
+            (root / key).write_bytes(base64.b64decode(secrets[0]["data"][key]))
+        ca = base64.b64decode(entry["clientConfig"]["caBundle"]).decode()
+        cert, key = str(root / "tls.crt"), str(root / "tls.key")
+    else:  # cert-manager issues them in a cluster: a CA of this test stands in
+        pki = make_pki(root)
+        cert, key = pki.issue_server("webhook", dns_names=(f"{service['name']}.{service['namespace']}.svc",))
+        ca = Path(pki.ca_cert).read_text(encoding="utf-8")
+    server = dataclasses.replace(config.server, listen="127.0.0.1:0", cert_file=cert, key_file=key)
+    client = ssl.create_default_context(cadata=ca)
+    review = admission_review(pod, namespace=case.namespace)
+    async with running(dataclasses.replace(config, server=server)) as (_, port):
+        async with aiohttp.ClientSession() as session, session.post(
+            f"https://127.0.0.1:{port}{service['path']}", json=review, ssl=client,
+            server_hostname=f"{service['name']}.{service['namespace']}.svc",
+        ) as response:
+            assert response.status == 200
+            answer = (await response.json())["response"]
+    assert answer["uid"] == review["request"]["uid"]
+    assert answer["allowed"] is True and answer.get("patchType") == "JSONPatch", answer
+    return json.loads(base64.b64decode(answer["patch"]))
+
+
 def _object(kind: str, name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": kind, "metadata": {"name": name, "namespace": namespace}, "data": data}
 
@@ -290,15 +343,11 @@ async def test_day_one(name: str, tmp_path: Path) -> None:
         objects = render_chart(chart, case.values)
     validate_all(objects)
 
-    # the webhook, with the settings the chart rendered, on a pod as a ReplicaSet creates it
-    settings = tmp_path / "webhook.toml"
-    settings.write_text(webhook_toml(objects), encoding="utf-8")
-    config = load_webhook_config(settings, env={})
+    # the webhook, serving the settings the chart rendered, asked as the API server asks it
     pod = deployment_pod(**case.annotations)
     pod["metadata"]["labels"].update(case.labels)
-    decision = decide(pod, case.namespace, case.scope, config)
-    assert decision.inject, decision.reason
-    injected = admitted(apply(pod, decision.patch), case.namespace)
+    patch = await _admission(objects, case, pod, tmp_path / "webhook")
+    injected = admitted(apply(pod, patch), case.namespace)
     assert_valid_pod(injected)
 
     upstream_values = case.values.get("upstream", {})
