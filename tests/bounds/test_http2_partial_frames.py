@@ -57,14 +57,16 @@ async def test_300_connections_holding_a_partial_1_mib_frame_stay_inside_the_bud
         ends = await asyncio.gather(*(asyncio.wait_for(until_closed(reader), 30) for reader, _ in held))
         cut_after = time.monotonic() - started
         assert all(end == b"" or struct.pack(">L", ENHANCE_YOUR_CALM) in end for end in ends)
+        # those read slowly: too slow; those we stopped reading (no room in the budget): retry
         assert any(b"slower than 1024 bytes/s" in end for end in ends)
         for _, writer in held:
             writer.close()
         await asyncio.sleep(1.5)
         assert await sidecar.metric("otlp_sidecar_overload_budget_in_use_bytes") == 0
-        assert await sidecar.action("otlp_grpc", "slow_body") >= 300
-        # buffers that could not grow (each counted once, however long it waited)
-        assert 1 <= await sidecar.action("otlp_grpc", "budget_full") <= 300
+        # buffers that could not grow (each counted once, however long it waited), the others cut
+        # for sending too slowly
+        slow, starved = await sidecar.action("otlp_grpc", "slow_body"), await sidecar.action("otlp_grpc", "budget_full")
+        assert slow >= 1 and starved >= 1 and slow + starved >= 300
         peak = sidecar.assert_peak_under()
     probe.assert_served(max_latency=1.0)
     print(f"300 partial 1 MiB frames: peak {peak / MiB:.0f} MiB, budget {in_use / MiB:.1f} MiB held, "

@@ -878,13 +878,13 @@ class Connection(asyncio.BufferedProtocol):
         if self._transport is not None:
             self._transport.close()
 
-    def _cut(self, action: Action, message: str) -> None:
-        """End a connection that holds budget without sending fast enough: its requests being
-        received are answered DEADLINE_EXCEEDED, then GOAWAY and close."""
+    def _cut(self, action: Action | None, message: str, status: int = DEADLINE_EXCEEDED) -> None:
+        """End a connection that holds budget without sending fast enough (or waits for budget
+        too long): its requests being received are answered ``status``, then GOAWAY and close."""
         for stream in list(self._streams.values()):
             if stream.state == _RECEIVING:
-                self._server.refused(stream.path, "timeout")
-                self._answer_error(stream, DEADLINE_EXCEEDED, message, early=True)
+                self._server.refused(stream.path, "timeout" if status == DEADLINE_EXCEEDED else "busy")
+                self._answer_error(stream, status, message, early=True)
         self._fail(ENHANCE_YOUR_CALM, message, action)
 
     def _handshake_expired(self) -> None:
@@ -962,7 +962,11 @@ class Connection(asyncio.BufferedProtocol):
         if len(rates) > window:
             rates.popleft()
         if limits.min_receive_rate and len(rates) >= window and sum(rates) < limits.min_receive_rate * window:
-            self._cut(Action.slow_body, f"the request arrives slower than {limits.min_receive_rate} bytes/s")
+            if self._starved:  # not the client's slowness: we stopped reading, the budget is full
+                message = "the sidecar's receive budget had no room for this request's frames; retry shortly"
+                self._cut(None, message, UNAVAILABLE)  # counted when reading stopped
+            else:
+                self._cut(Action.slow_body, f"the request arrives slower than {limits.min_receive_rate} bytes/s")
             return True
         if self._frame_since and tick - self._frame_since > limits.request_deadline:
             self._cut(Action.request_deadline, f"a frame did not arrive within {limits.request_deadline:g} s")
