@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
-from sidecar.admin.server import admin_app
+from sidecar.admin.server import AdminServer, admin_app
 from sidecar.config import Config, ConfigError, ExporterConfig
 from sidecar.configkit import parse_endpoint
 from sidecar.export.auth import UpstreamAuth
@@ -33,7 +32,9 @@ from sidecar.export.http import HttpExporter
 from sidecar.export.queue import ExportQueue
 from sidecar.export.sender import Exporter, Sender
 from sidecar.metrics import SidecarMetrics
+from sidecar.overload.accept import AcceptBackoffLog
 from sidecar.overload.budget import MemoryBudget
+from sidecar.overload.memory import tune_malloc
 from sidecar.pipeline import Pipeline, Planner
 from sidecar.receivers.grpc import GrpcReceiver
 from sidecar.receivers.http import HttpReceiver
@@ -63,7 +64,7 @@ class Sidecar:
         self.auth: UpstreamAuth | None = None
         self.tls_metrics = TLSMetrics(self.metrics.registry)
         self._grpc_server: GrpcServer | None = None
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[AdminServer] = []
         self._http_server: Http1Server | None = None
         self.addresses: dict[str, tuple[str, int]] = {}
         self._receivers_up = False
@@ -122,10 +123,15 @@ class Sidecar:
         await self.exporter.start()
         self.sender = Sender(self.queue, self.exporter, cfg.exporter, self.metrics)
         self.sender.start()
-        pipeline = Pipeline(self.queue, self.metrics, self._planner)
+        pipeline = Pipeline(
+            self.queue, self.metrics, self._planner, max_resources=cfg.limits.max_resources_per_request
+        )
+        tune_malloc()  # large buffers in their own mappings: grown without copies, freed at once
         if cfg.admin.enabled:
             status = self.policy.status if self.policy is not None else None
-            app = admin_app(self.metrics.registry, self.readiness, status)
+            app = admin_app(
+                self.metrics.registry, self.readiness, status, limits=cfg.limits, overload=self.metrics.overload
+            )
             self.addresses["admin"] = await self._serve_admin(app, cfg.admin.endpoint)
         # one budget for every byte clients make the sidecar hold, on every listener (sidecar.overload)
         budget = MemoryBudget(
@@ -147,12 +153,17 @@ class Sidecar:
             if http_tls is not None:
                 self.tls_metrics.track(http_tls, "http")
             receiver_http = HttpReceiver(
-                cfg.receivers, pipeline, self.metrics, peer_resolver=peer_resolver(http_tls)
+                cfg.receivers, pipeline, self.metrics, peer_resolver=peer_resolver(http_tls), limits=cfg.limits
             )
             self._http_server = receiver_http.server(budget=budget)
             host, port = parse_endpoint(cfg.receivers.http_endpoint)
             self.addresses["http"] = await self._http_server.start(host, port, http_tls)
         self._receivers_up = True
+        # out of descriptors: one log line per pause of accepting, not a traceback per connection
+        backoff = AcceptBackoffLog(self.metrics.overload.count)
+        for name, address in self.addresses.items():
+            backoff.register({"http": "otlp_http", "grpc": "otlp_grpc"}.get(name, name), address)
+        backoff.install(asyncio.get_running_loop())
         # Everything made so far (modules, descriptors, the compiled policy) lives as long as the
         # process: move it out of the cyclic collector's sight. A full collection otherwise walks
         # it all, a ~40 ms pause of the event loop that shows in the p99.9 answer time.
@@ -280,18 +291,11 @@ class Sidecar:
             self.config.policy, self.config.pod.identity(), self.metrics.registry)
         return planner
 
-    async def _serve_admin(self, app: web.Application, endpoint: str) -> tuple[str, int]:
+    async def _serve_admin(self, app: AdminServer, endpoint: str) -> tuple[str, int]:
         host, port = parse_endpoint(endpoint)
-        runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, auto_decompress=False, shutdown_timeout=5.0
-        )
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        server = site._server
-        sock = server.sockets[0]  # type: ignore[union-attr]
-        return sock.getsockname()[:2]  # type: ignore[no-any-return]
+        address = await app.start(host, port)
+        self._runners.append(app)
+        return address
 
 
 def describe_upstream(config: Config) -> str:

@@ -18,12 +18,16 @@ from typing import Any, Protocol
 from sidecar.export.queue import ExportQueue, QueueClosed, QueueFull
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
+from sidecar.overload.reasons import Action
 from sidecar.policy.errors import PolicyUnavailable
 from sidecar.rewrite import MalformedRequest, ResourceInfo, rewrite, split_resources
 from sidecar.rewrite.plan import PASS_THROUGH, Plan
 from sidecar.signals import Signal
 
 log = logging.getLogger(__name__)
+
+#: the overload listener of each transport
+_LISTENERS = {"http": "otlp_http", "grpc": "otlp_grpc"}
 
 
 class Planner(Protocol):
@@ -81,6 +85,13 @@ class InvalidRequest(Refused):
     reason = "malformed"
 
 
+class TooManyResources(InvalidRequest):
+    """More resources in one request than ``limits.max_resources_per_request`` (each may cost a
+    policy evaluation): HTTP 413; gRPC INVALID_ARGUMENT unless the receiver maps it further."""
+
+    reason = "too_many_resources"
+
+
 class PermissionDenied(Refused):
     """Every resource was refused by policy: gRPC PERMISSION_DENIED, HTTP 403."""
 
@@ -128,8 +139,11 @@ class Pipeline:
         planner: Planner,
         *,
         retry_after: float = 1.0,
+        max_resources: int = 0,
     ) -> None:
         self._queue = queue
+        #: resources one request may hold (limits.max_resources_per_request; 0: no cap)
+        self._max_resources = max_resources
         self._metrics = metrics
         # no default: forwarding unmasked is an explicit choice (policy.mode), never a fallback
         self._planner: Planner = planner
@@ -157,6 +171,14 @@ class Pipeline:
         except MalformedRequest as exc:
             self._metrics.refused_requests.labels(*labels, "malformed").inc()
             raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
+        if self._max_resources and len(resources) > self._max_resources:
+            # before any policy evaluation: thousands of new resources must not stall every port
+            self._metrics.refused_requests.labels(*labels, TooManyResources.reason).inc()
+            self._metrics.overload.count(_LISTENERS.get(transport, transport), Action.too_many_resources)
+            raise TooManyResources(
+                f"the request holds {len(resources)} resources, more than the "
+                f"{self._max_resources} allowed (limits.max_resources_per_request); send them in smaller requests"
+            )
         counters = self._counters.get(labels)
         if counters is None:
             counters = self._counters[labels] = (

@@ -107,6 +107,19 @@ class Account:
             self.peak = self.held
         return True
 
+    def fits(self, size: int) -> bool:
+        """Would ``size`` more bytes fit now? Nothing is taken (a declared size is checked, never
+        reserved: a client that declares much and sends little holds nothing); a refusal is
+        counted and ``refused`` set, as for ``take``."""
+        if self.held + size > self.share:
+            self.refused = Action.connection_share
+        elif self.budget.in_use + size > self.budget.limit:
+            self.refused = Action.budget_full
+        else:
+            return True
+        self.budget._refused(self.refused)
+        return False
+
     def give(self, size: int) -> None:
         """Give back ``size`` bytes (at most what is held)."""
         size = min(size, self.held)

@@ -24,14 +24,25 @@ from sidecar.config import ReceiversConfig
 from sidecar.export.partial import rejected_field
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
-from sidecar.pipeline import InvalidRequest, PermissionDenied, Pipeline, RateLimited, Refused, Unavailable
+from sidecar.overload.budget import Account, MemoryBudget
+from sidecar.overload.config import LimitsConfig
+from sidecar.overload.metrics import Counted
+from sidecar.overload.reasons import Action
+from sidecar.pipeline import (
+    InvalidRequest,
+    PermissionDenied,
+    Pipeline,
+    RateLimited,
+    Refused,
+    TooManyResources,
+    Unavailable,
+)
 from sidecar.receivers import peers
 from sidecar.signals import Signal
 from sidecar.tls.server import PeerRefused
 from sidecar.wire import compression
-from sidecar.wire.budget import ReceiveBudget
 from sidecar.wire.http1 import Http1Server, Limits, Request, Response
-from sidecar.wire.otlp_json import InvalidJSON, json_to_protobuf, response_json
+from sidecar.wire.otlp_json import InvalidJSON, JsonRefused, json_to_protobuf_bounded, response_json
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +53,18 @@ TRANSPORT = "http"
 _DEFAULT_TYPE = "application/octet-stream"
 
 #: gRPC codes of google.rpc.Status bodies, per HTTP status
-_RPC_CODES = {400: 3, 401: 16, 403: 7, 429: 14, 404: 5, 405: 12, 413: 8, 415: 3, 417: 3, 500: 13, 503: 14}
+_RPC_CODES = {400: 3, 401: 16, 403: 7, 408: 4, 429: 14, 404: 5, 405: 12, 413: 8, 415: 3, 417: 3, 500: 13, 503: 14}
 
 #: the peer of a connection, from its transport (PeerRefused for a TLS client refused)
 PeerResolver = Callable[[Any], Peer]
 #: the refused-requests reason of the server's own refusals, per status
-_REFUSAL_REASONS = {413: "too_large", 503: "busy"}
+_REFUSAL_REASONS = {408: "too_slow", 413: "too_large", 503: "busy"}
+#: this listener's name in the overload metrics
+LISTENER = "otlp_http"
+
+
+#: the account of a server without a budget (unit tests): nothing is ever refused
+_UNBOUNDED = MemoryBudget(1 << 62)
 
 
 class _Route:
@@ -82,18 +99,35 @@ class HttpReceiver:
         metrics: SidecarMetrics,
         *,
         peer_resolver: PeerResolver | None = None,
+        limits: LimitsConfig | None = None,
     ) -> None:
         self._config = config
+        self._limits = limits or LimitsConfig()
+        self._count = Counted(metrics.overload, LISTENER)
         self._pipeline = pipeline
         self._metrics = metrics
         self._peer = peer_resolver or peers.peer_resolver(None)
         self._routes = {signal.http_path: _Route(signal, metrics) for signal in Signal}
 
-    def server(self, limits: Limits | None = None, budget: ReceiveBudget | None = None) -> Http1Server:
-        """The HTTP/1.1 server for these routes (``max_request_bytes`` from the configuration),
-        its bodies reserved in ``budget`` when given."""
-        limits = limits or Limits(max_request_bytes=self._config.max_request_bytes)
-        return Http1Server(self._handle, check=self._check, refuse=self._refuse, limits=limits, budget=budget)
+    def server(self, limits: Limits | None = None, budget: MemoryBudget | None = None) -> Http1Server:
+        """The HTTP/1.1 server for these routes (limits from ``receivers`` and ``limits``), its
+        bodies taken from ``budget`` as they arrive when given."""
+        if limits is None:
+            config = self._limits
+            limits = Limits(
+                max_request_bytes=self._config.max_request_bytes,
+                header_timeout=config.header_timeout,
+                idle_timeout=config.idle_timeout,
+                body_deadline=config.request_deadline,
+                min_receive_rate=config.min_receive_rate,
+                min_rate_grace=config.min_rate_grace,
+                max_connections=config.connection_caps()[LISTENER],
+            )
+        server = Http1Server(
+            self._handle, check=self._check, refuse=self._refuse, limits=limits, budget=budget, count=self._count
+        )
+        self._metrics.overload.track_connections(LISTENER, lambda: server.connections, limits.max_connections)
+        return server
 
     def _check(self, request: Request) -> Response | None:
         """Refuse from the head alone, before the body is read; else note what ``_handle`` needs."""
@@ -136,31 +170,60 @@ class HttpReceiver:
 
     async def _handle(self, request: Request) -> Response:
         accepted: _Accepted = request.context
+        # what this request holds beyond its body (decompressed, decoded bytes) is taken from the
+        # connection's account, and given back once it is queued or refused
+        account = request.account or Account(_UNBOUNDED, _UNBOUNDED.limit)
+        held = account.held
         try:
-            return await self._answer(accepted, request.body)
+            return await self._answer(accepted, request.body, account)
         finally:
+            account.give(account.held - held)
             accepted.route.duration.observe(time.perf_counter() - accepted.started)
 
-    async def _answer(self, accepted: _Accepted, raw: bytes | memoryview) -> Response:
+    async def _answer(self, accepted: _Accepted, raw: bytes | memoryview, account: Account) -> Response:
         signal = accepted.route.signal
         labels = accepted.route.labels
         content_type = accepted.content_type
+        limits = self._limits
         try:
-            body = compression.decompress(accepted.encoding, raw, self._config.max_decompressed_bytes)
+            body = await compression.decompress_bounded(
+                accepted.encoding, raw, self._config.max_decompressed_bytes, account=account,
+                step=limits.decompress_step_bytes, max_members=limits.max_compression_members,
+            )
         except compression.TooLarge as exc:
             self._metrics.refused_requests.labels(*labels, "too_large").inc()
+            self._count(Action.decompressed_too_large)
             return _error(413, content_type, f"decompressed body {exc}")
+        except compression.TooManyMembers as exc:
+            self._metrics.refused_requests.labels(*labels, "bad_compression").inc()
+            self._count(Action.too_many_members)
+            return _error(400, content_type, str(exc))
         except compression.DecompressionError as exc:
             self._metrics.refused_requests.labels(*labels, "bad_compression").inc()
+            self._count(Action.bad_compression)
             return _error(400, content_type, str(exc))
+        except compression.BudgetExhausted as exc:
+            self._metrics.refused_requests.labels(*labels, "busy").inc()
+            self._count(exc.action)
+            return _error(503, content_type, str(exc), {"Retry-After": "1"})
         if content_type == JSON:
             try:
-                body = json_to_protobuf(signal, body)
+                body = await json_to_protobuf_bounded(
+                    signal, body, account=account, max_depth=limits.json_max_depth, max_items=limits.json_max_items
+                )
+            except JsonRefused as exc:
+                self._metrics.refused_requests.labels(*labels, exc.reason).inc()
+                self._count(exc.action)
+                status = exc.action.status
+                headers = {"Retry-After": "1"} if status is not None and status.retryable else None
+                return _error(status.http if status is not None else 400, content_type, str(exc), headers)
             except InvalidJSON as exc:
                 self._metrics.refused_requests.labels(*labels, "malformed").inc()
                 return _error(400, content_type, str(exc))
         try:
             outcome = await self._pipeline.submit(signal, body, TRANSPORT, accepted.peer)
+        except TooManyResources as exc:
+            return _error(413, content_type, exc.message)
         except InvalidRequest as exc:
             return _error(400, content_type, exc.message)
         except PermissionDenied as exc:

@@ -1,13 +1,25 @@
-"""gzip, deflate and zstd for request bodies and gRPC messages, with a bound on the decompressed size."""
+"""gzip, deflate and zstd for request bodies and gRPC messages, decoded in bounded steps.
+
+Decoding never produces more than a limit (TooLarge), counts gzip members / zstd frames as they
+start (TooManyMembers), feeds the decoders bounded pieces of input (no copy of the rest of the body
+per member) and bounds each call's output (zlib's ``max_length``; zstd one block header at a time),
+so a bomb or an empty-member flood costs bounded memory and a few milliseconds per step.
+:func:`decompress_bounded` yields to the event loop between steps and charges each step's output
+to a receive-budget account (both receivers use it: Content-Encoding and grpc-encoding)."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import threading
+import weakref
 import zlib
+from collections.abc import Generator, Iterator
 
 import zstandard
+
+from sidecar.overload.budget import Account
+from sidecar.overload.reasons import Action
 
 #: encodings the sidecar accepts, in the order it advertises them
 ENCODINGS = ("gzip", "zstd", "deflate")
@@ -47,8 +59,17 @@ class DecompressionError(ValueError):
 class TooLarge(ValueError):
     """The body, or what it decompresses to, exceeds the configured limit."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request exceeds the limit of {limit} bytes")
+    def __init__(self, limit: int, message: str | None = None) -> None:
+        super().__init__(message or f"request exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+class TooManyMembers(DecompressionError):
+    """More gzip members or zstd frames than allowed (limits.max_compression_members)."""
+
+    def __init__(self, limit: int, encoding: str) -> None:
+        kind = "zstd frames" if encoding == "zstd" else f"{encoding} members"
+        super().__init__(f"the body holds more than {limit} {kind} (limits.max_compression_members)")
         self.limit = limit
 
 
@@ -73,19 +94,256 @@ def normalize(encoding: str | None) -> str:
     return value
 
 
-def decompress(encoding: str, data: bytes | memoryview, limit: int) -> bytes | memoryview:
+#: bytes decompressed per step unless told (limits.decompress_step_bytes)
+DEFAULT_STEP = 256 * 1024
+#: gzip members / zstd frames per body unless told (limits.max_compression_members)
+DEFAULT_MAX_MEMBERS = 64
+#: input fed to zlib per call: what a finished member leaves over is copied at most this much
+_IN_CHUNK = 64 * 1024
+#: zstd blocks fed per call (each decodes to at most 128 KiB)
+_ZSTD_BLOCKS = 8
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_ZSTD_MAX_BLOCK = 128 * 1024
+
+
+def decompress(
+    encoding: str, data: bytes | memoryview, limit: int, *, max_members: int = DEFAULT_MAX_MEMBERS
+) -> bytes | memoryview:
     """Decode ``data``; never produce more than ``limit`` bytes (raises TooLarge). Identity
-    returns ``data`` itself."""
+    returns ``data`` itself. In one go: :func:`decompress_bounded` is the same in steps that
+    yield to the event loop and are charged to a budget account."""
     if encoding == IDENTITY:
         if len(data) > limit:
             raise TooLarge(limit)
         return data
-    if encoding in ("gzip", "deflate"):
-        # zlib's auto-detection takes both the gzip and the zlib ("deflate") container
-        return _gunzip(data, limit)
-    if encoding == "zstd":
-        return _unzstd(data, limit)
-    raise UnsupportedEncoding(encoding)
+    decoder = Decoder(encoding, data, limit, max_members=max_members)
+    for _ in decoder.steps():
+        pass
+    return decoder.result()
+
+
+async def decompress_bounded(
+    encoding: str,
+    data: bytes | memoryview,
+    limit: int,
+    *,
+    account: Account | None = None,
+    step: int = DEFAULT_STEP,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+) -> bytes | memoryview:
+    """Decode ``data`` in steps of at most ``step`` output bytes (and ~64 KiB of input), giving
+    the event loop a turn between steps, so no body stalls the other clients.
+
+    Each step's output is taken from ``account`` before it is kept; the caller gives it back
+    (``account.give(len(result))``) once the request is done. Raises TooLarge (413 /
+    RESOURCE_EXHAUSTED: over ``limit``, or more than one connection may ever hold),
+    BudgetExhausted (503 / UNAVAILABLE: the budget is short now), TooManyMembers or
+    DecompressionError (400 / INVALID_ARGUMENT). On any error nothing stays taken."""
+    if encoding == IDENTITY:
+        if len(data) > limit:
+            raise TooLarge(limit)
+        return data
+    decoder = Decoder(encoding, data, limit, step=step, max_members=max_members)
+    taken = 0
+    large: asyncio.Semaphore | None = None
+    try:
+        for produced in decoder.steps():
+            if large is None and len(decoder.out) > LARGE_OUTPUT:
+                # large outputs go one at a time: eight bombs at once are refused one after the
+                # other (413 each), instead of sharing the budget out until all get 503
+                large = _large_lock()
+                await large.acquire()
+            if account is not None and produced and not account.take(produced):
+                await _wait_for_budget(account, produced, taken + len(data))
+            taken += produced if account is not None else 0
+            await asyncio.sleep(0)
+        return decoder.result()
+    except BaseException:
+        if account is not None:
+            account.give(taken)
+        raise
+    finally:
+        if large is not None:
+            large.release()
+
+
+#: decompressed bytes past which a body waits for its turn (one large decompression at a time)
+LARGE_OUTPUT = 1024 * 1024
+_LARGE: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _large_lock() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    lock = _LARGE.get(loop)
+    if lock is None:
+        lock = _LARGE[loop] = asyncio.Semaphore(1)
+    return lock
+
+
+#: seconds a decompression waits for the budget others hold before it answers 503
+BUDGET_WAIT = 2.0
+
+
+async def _wait_for_budget(account: Account, size: int, request_bytes: int) -> None:
+    """Take ``size`` once the budget has room: others' requests are refused or queued within
+    moments. Raises TooLarge when this request alone outgrows a connection's share (it never
+    fits), BudgetExhausted when the budget stays short for ``BUDGET_WAIT`` seconds."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + BUDGET_WAIT
+    while True:
+        if account.refused is Action.connection_share and request_bytes + size > account.share // 2:
+            raise TooLarge(
+                account.share, f"exceeds the {account.share} bytes one connection may hold"
+            )
+        if loop.time() >= until:
+            raise BudgetExhausted(account.message(), account.refused or Action.budget_full)
+        await asyncio.sleep(0.02)
+        if account.take(size):
+            return
+
+
+class BudgetExhausted(Exception):
+    """The receive budget (or the connection's share) is short now: retry shortly (503 / UNAVAILABLE)."""
+
+    def __init__(self, message: str, action: Action) -> None:
+        super().__init__(message)
+        self.action = action
+
+
+class Decoder:
+    """One compressed body, decoded in bounded steps: iterate :meth:`steps` (each yields the
+    bytes it added), then :meth:`result`. Input is fed in pieces of bounded size and output is
+    bounded per call, so a step costs little CPU whatever the body; members / frames are counted
+    as they start (an empty-member flood is refused after ``max_members``), and nothing is
+    copied per member beyond the piece being fed."""
+
+    def __init__(
+        self, encoding: str, data: bytes | memoryview, limit: int, *,
+        step: int = DEFAULT_STEP, max_members: int = DEFAULT_MAX_MEMBERS,
+    ) -> None:
+        if encoding not in ENCODINGS:
+            raise UnsupportedEncoding(encoding)
+        self.encoding = encoding
+        self.view = memoryview(data).cast("B")
+        self.limit = limit
+        self.step = step
+        self.max_members = max_members
+        self.members = 0
+        self.out = bytearray()
+
+    def result(self) -> bytes | memoryview:
+        return memoryview(self.out)
+
+    def steps(self) -> Iterator[int]:
+        if self.encoding == "zstd":
+            return self._zstd_steps()
+        return self._zlib_steps()
+
+    def _add(self, chunk: bytes) -> int:
+        if len(self.out) + len(chunk) > self.limit:
+            raise TooLarge(self.limit)
+        self.out += chunk
+        return len(chunk)
+
+    def _member(self) -> None:
+        self.members += 1
+        if self.members > self.max_members:
+            raise TooManyMembers(self.max_members, self.encoding)
+
+    # -- gzip and deflate (zlib's auto-detection takes both containers) --------------------------
+
+    def _zlib_steps(self) -> Iterator[int]:
+        view, end = self.view, len(self.view)
+        pos = 0
+        carry: bytes | memoryview = b""  # input handed back by a finished member or max_length
+        self._member()
+        decoder = zlib.decompressobj(47)  # 32 + 15: gzip or zlib header, auto-detected
+        while True:
+            if carry:
+                piece, carry = carry, b""
+            else:
+                piece = view[pos:pos + _IN_CHUNK]
+                pos += len(piece)
+            try:
+                chunk = decoder.decompress(piece, self.step)
+            except zlib.error as exc:
+                raise DecompressionError(f"invalid {self.encoding} data: {exc}") from None
+            carry = decoder.unconsumed_tail
+            yield self._add(chunk)
+            if decoder.eof:
+                rest = decoder.unused_data
+                if not rest.strip(b"\x00") and _zeros(view, pos):
+                    return
+                self._member()
+                decoder = zlib.decompressobj(47)
+                carry = rest
+            elif not carry and pos >= end and not chunk:
+                raise DecompressionError(f"invalid {self.encoding} data: truncated stream")
+
+    # -- zstd: frames and blocks are walked from their headers (RFC 8878), so each call decodes
+    #    a few blocks (at most 128 KiB each) whatever the compression ratio -------------------------
+
+    def _zstd_steps(self) -> Iterator[int]:
+        view, end = self.view, len(self.view)
+        if not end:
+            raise DecompressionError("invalid zstd data: empty body")
+        pos = 0
+        while pos < end:
+            self._member()
+            if end - pos < 8:
+                raise DecompressionError("invalid zstd data: truncated frame header")
+            magic = bytes(view[pos:pos + 4])
+            if magic[1:] == b"\x2a\x4d\x18" and magic[0] & 0xF0 == 0x50:  # a skippable frame
+                size = int.from_bytes(view[pos + 4:pos + 8], "little")
+                pos += 8 + size
+                if pos > end:
+                    raise DecompressionError("invalid zstd data: truncated skippable frame")
+                yield 0
+                continue
+            if magic != _ZSTD_MAGIC:
+                raise DecompressionError("invalid zstd data: unknown frame magic")
+            pos = yield from self._zstd_frame(view, pos, end)
+
+    def _zstd_frame(self, view: memoryview, start: int, end: int) -> Generator[int, None, int]:
+        descriptor = view[start + 4]
+        fcs_flag, single, dict_flag = descriptor >> 6, descriptor >> 5 & 1, descriptor & 3
+        checksum = descriptor >> 2 & 1
+        if descriptor & 0x08:
+            raise DecompressionError("invalid zstd data: reserved bit set")
+        header = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag] + (1 if single else 0, 2, 4, 8)[fcs_flag]
+        pos = start + header
+        decoder = _zstd_decompressor().decompressobj()
+        piece_start = start
+        blocks = 0
+        while True:
+            if pos + 3 > end:
+                raise DecompressionError("invalid zstd data: truncated frame")
+            block = int.from_bytes(view[pos:pos + 3], "little")
+            last, kind, size = block & 1, block >> 1 & 3, block >> 3
+            if kind == 3 or size > _ZSTD_MAX_BLOCK:
+                raise DecompressionError("invalid zstd data: invalid block header")
+            pos += 3 + (1 if kind == 1 else size)
+            blocks += 1
+            if last:
+                pos += 4 if checksum else 0
+            if pos > end:
+                raise DecompressionError("invalid zstd data: truncated frame")
+            if last or blocks >= _ZSTD_BLOCKS or pos - piece_start >= _IN_CHUNK:
+                try:
+                    chunk = decoder.decompress(view[piece_start:pos])
+                except zstandard.ZstdError as exc:
+                    raise DecompressionError(f"invalid zstd data: {exc}") from None
+                piece_start = pos
+                blocks = 0
+                yield self._add(chunk)
+            if last:
+                return pos
+
+
+def _zeros(view: memoryview, pos: int) -> bool:
+    """Is everything from ``pos`` on a zero byte (padding after the last gzip member)?"""
+    step = 1 << 20
+    return all(not bytes(view[offset:offset + step]).strip(b"\x00") for offset in range(pos, len(view), step))
 
 
 def compress(encoding: str, data: bytes, level: int = DEFAULT_LEVEL) -> bytes:
@@ -122,68 +380,3 @@ async def compress_async(encoding: str, data: bytes, level: int = DEFAULT_LEVEL)
     if _WORKER is None:
         _WORKER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compress")
     return await asyncio.get_running_loop().run_in_executor(_WORKER, compress, encoding, data, level)
-
-
-def _gunzip(data: bytes | memoryview, limit: int) -> bytes:
-    out = bytearray()
-    view = memoryview(data)
-    # concatenated gzip members are valid gzip: decode member after member
-    while True:
-        decoder = zlib.decompressobj(47)  # 32 + 15: gzip or zlib header, auto-detected
-        try:
-            chunk = decoder.decompress(view, limit + 1 - len(out))
-        except zlib.error as exc:
-            raise DecompressionError(f"invalid gzip/deflate data: {exc}") from None
-        out += chunk
-        if len(out) > limit or decoder.unconsumed_tail:
-            raise TooLarge(limit)
-        if not decoder.eof:
-            raise DecompressionError("invalid gzip/deflate data: truncated stream")
-        rest = decoder.unused_data
-        if not rest.strip(b"\x00"):
-            return bytes(out)
-        view = memoryview(rest)
-
-
-def _unzstd(data: bytes | memoryview, limit: int) -> bytes:
-    if not data:
-        raise DecompressionError("invalid zstd data: empty body")
-    out = bytearray()
-    rest = data
-    # frame by frame: concatenated frames are valid zstd
-    while rest:
-        budget = limit - len(out)
-        try:
-            size = zstandard.frame_content_size(rest)
-        except zstandard.ZstdError as exc:
-            raise DecompressionError(f"invalid zstd data: {exc}") from None
-        if size > budget:
-            raise TooLarge(limit)
-        if size < 0 and _zstd_frame_exceeds(rest, budget):
-            raise TooLarge(limit)
-        decoder = _zstd_decompressor().decompressobj()
-        try:
-            out += decoder.decompress(rest)
-        except zstandard.ZstdError as exc:
-            raise DecompressionError(f"invalid zstd data: {exc}") from None
-        if not decoder.eof:
-            raise DecompressionError("invalid zstd data: truncated frame")
-        rest = decoder.unused_data
-    if len(out) > limit:
-        raise TooLarge(limit)
-    return bytes(out)
-
-
-def _zstd_frame_exceeds(frame: bytes, budget: int) -> bool:
-    """For a frame that does not state its size: does it decode to more than ``budget``?"""
-    produced = 0
-    try:
-        with _zstd_decompressor().stream_reader(frame, read_across_frames=False) as reader:
-            while produced <= budget:
-                chunk = reader.read(min(1 << 20, budget + 1 - produced))
-                if not chunk:
-                    return False
-                produced += len(chunk)
-    except zstandard.ZstdError as exc:
-        raise DecompressionError(f"invalid zstd data: {exc}") from None
-    return True

@@ -58,9 +58,10 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
+from sidecar.overload.budget import Account, MemoryBudget
+from sidecar.overload.reasons import Action
 from sidecar.tls.acceptor import tls_protocol_factory
 from sidecar.tls.server import ServerTLS
-from sidecar.wire.budget import ReceiveBudget
 
 log = logging.getLogger("sidecar.http")
 
@@ -100,14 +101,21 @@ class Limits:
     pool_bytes: int = 8 * 1024 * 1024
     #: seconds a pooled buffer is kept without being used
     pool_idle: float = 5.0
+    #: bytes per second a body must arrive at on average once ``min_rate_grace`` has passed
+    #: (0: no minimum) → 408 and close
+    min_receive_rate: int = 0
+    #: seconds a body may arrive slower than ``min_receive_rate``
+    min_rate_grace: float = 5.0
+    #: open connections the listener keeps; more are closed at once (0: no cap)
+    max_connections: int = 0
 
 
 class Request:
     """One request. ``headers`` has lower-case names; repeated fields are joined with ``", "``."""
 
     __slots__ = (
-        "body", "chunked", "content_length", "context", "headers", "keep_alive", "method", "path", "target",
-        "transport", "version",
+        "account", "body", "chunked", "content_length", "context", "headers", "keep_alive", "method", "path",
+        "target", "transport", "version",
     )
 
     def __init__(
@@ -137,6 +145,9 @@ class Request:
         self.body: bytes | memoryview = b""
         #: free for the application: ``check`` may leave something here for the handler
         self.context: Any = None
+        #: the connection's receive-budget account (None without a budget): the handler takes what
+        #: it holds beyond the body from it (decompressed, decoded bytes) and gives it back
+        self.account: Account | None = None
 
 
 class Response:
@@ -203,6 +214,10 @@ _CLOSED = 6
 
 # chunked body parts
 _SIZE, _DATA, _DATA_END, _TRAILERS = range(4)
+
+#: what a timeout in each state is counted as
+_TIMEOUT_ACTIONS = {_IDLE: Action.idle_timeout, _HEAD: Action.header_timeout, _BODY: Action.slow_body,
+                    _CHUNKED: Action.slow_body, _HANDLING: Action.slow_body}
 
 #: free space asked for before a read when nothing larger is expected
 _MIN_FREE = 8 * 1024
@@ -295,6 +310,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.deadline = _INF
         #: since when writing is paused (loop time; 0 while not)
         self.write_paused_at = 0.0
+        #: since when the connection has waited for a request, or for the rest of its head
+        self.waiting_since = 0.0
         self._read_paused = False
         self._eof = False
         self._shutdown = False
@@ -313,6 +330,11 @@ class _Connection(asyncio.BufferedProtocol):
         # budget bytes taken for the body being received, and for the one the handler holds
         self._reserved = 0
         self._held = 0
+        #: this connection's account of the receive budget (bytes are taken as they arrive)
+        self._account: Account | None = None
+        #: when the body being received started (loop time) and its bytes received so far
+        self._body_started = 0.0
+        self._body_received = 0
         # the grown buffer a body was handed over in, until its handler is done
         self._lent: bytearray | None = None
 
@@ -321,8 +343,18 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        server = self._server
+        cap = self._limits.max_connections
+        if cap and len(server._connections) >= cap and not server.evict():
+            # over the listener's cap with every connection busy: closed at once
+            self._state = _CLOSED
+            server.count(Action.connection_limit)
+            transport.abort()
+            return
         self._tls = transport.get_extra_info("ssl_object") is not None
-        self._server._connections.add(self)
+        server._connections.add(self)
+        if server.budget is not None:
+            self._account = server.budget.account()
         self._enter_idle()
         if self._server.closing:
             self._close()
@@ -332,6 +364,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.deadline = _INF
         self.write_paused_at = 0.0
         self._release()
+        if self._account is not None and not self._held:
+            self._account.close()  # with a handler running, its bytes go back when it is done
         self._server._forget(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -363,6 +397,9 @@ class _Connection(asyncio.BufferedProtocol):
         if state in (_BODY, _CHUNKED):
             deadline = self._loop.time() + self._limits.body_timeout
             self.deadline = deadline if deadline < self._body_until else self._body_until
+            self._body_received += nbytes
+            if not self._take_budget(nbytes):
+                return
         self._process()
 
     def data_received(self, data: bytes) -> None:
@@ -397,10 +434,17 @@ class _Connection(asyncio.BufferedProtocol):
     # -- called by the server ------------------------------------------------------------------
 
     def timed_out(self) -> None:
-        """A deadline passed: close without an answer."""
-        if self._state == _CLOSED:
+        """A deadline passed: a body past its deadline is answered 408, else close without an answer."""
+        state = self._state
+        if state == _CLOSED:
             return
-        log.debug("closing an HTTP connection: timeout in state %d", self._state)
+        if state in (_BODY, _CHUNKED) and self._loop.time() >= self._body_until and not self.write_paused_at:
+            self.too_slow(Action.request_deadline)
+            return
+        action = _TIMEOUT_ACTIONS.get(state)
+        if action is not None:
+            self._server.count(action)
+        log.debug("closing an HTTP connection: timeout in state %d", state)
         self._state = _CLOSED
         self.deadline = _INF
         self._release()
@@ -410,6 +454,29 @@ class _Connection(asyncio.BufferedProtocol):
                 transport.abort()
             else:
                 transport.close()
+
+    def too_slow(self, action: Action) -> None:
+        """The body being received is too slow (``min_receive_rate``) or late (``body_deadline``):
+        answer 408 and close."""
+        self._server.count(action)
+        if action is Action.slow_body:
+            message = (f"request body arrived slower than {self._limits.min_receive_rate} bytes/s "
+                       f"({self._body_received} bytes in {self._loop.time() - self._body_started:.0f} s)")
+        else:
+            message = f"request body not received within {self._limits.body_deadline:g} s"
+        self._refuse_late(408, message)
+
+    def waiting(self) -> bool:
+        """Between requests, or sending a head: nothing of it is being handled."""
+        return self._state <= _HEAD
+
+    def receive_rate_low(self, now: float) -> bool:
+        """Is a body arriving slower than ``min_receive_rate``, past the grace?"""
+        rate = self._limits.min_receive_rate
+        if not rate or self._state not in (_BODY, _CHUNKED):
+            return False
+        elapsed = now - self._body_started
+        return elapsed > self._limits.min_rate_grace and self._body_received < rate * elapsed
 
     def idle_since(self) -> float | None:
         """Since when the connection has waited for a request with nothing buffered, or None."""
@@ -551,6 +618,7 @@ class _Connection(asyncio.BufferedProtocol):
                     break
         except HttpError as exc:
             self._request = None
+            self._server.count(Action.malformed_request)
             self._answer(plain(exc.status, exc.message), body_read=False)
             return
         state = self._state
@@ -643,6 +711,7 @@ class _Connection(asyncio.BufferedProtocol):
         request = Request(
             method.decode(), target.decode(), path, "HTTP/1.0" if http10 else "HTTP/1.1", headers, transport
         )
+        request.account = self._account
         # framing (RFC 9112 6.3)
         te = headers.get("transfer-encoding")
         cl = headers.get("content-length")
@@ -676,6 +745,7 @@ class _Connection(asyncio.BufferedProtocol):
         has_body = request.chunked or length > 0
         expect = headers.get("expect") if not http10 else None  # HTTP/1.0: ignored (RFC 9110 10.1.1)
         if expect is not None and expect.lower() != "100-continue":
+            self._server.count(Action.malformed_request)
             self._refuse_late(417, f"unsupported expectation {expect!r}")
             return
         # the early checks: the application's (path, method, media type, peer ...), then the size
@@ -685,12 +755,20 @@ class _Connection(asyncio.BufferedProtocol):
             return
         if length > limits.max_request_bytes:
             size = (cl or "").lstrip("0")
+            self._server.count(Action.request_too_large)
             self._refuse_late(413, f"body of {size} bytes exceeds the limit of {limits.max_request_bytes} bytes")
+            return
+        account = self._account
+        if account is not None and length > account.share:
+            # the budget is taken as bytes arrive, never from a declared size; a body that one
+            # connection could never hold is refused now
+            self._server.count(Action.request_too_large)
+            self._refuse_late(413, f"body of {length} bytes exceeds the {account.share} bytes one connection may hold")
             return
         if not has_body:
             self._dispatch(b"")
             return
-        if length and not self._take_budget(length):
+        if length and not self._fits(length):
             return
         if expect is not None and self._pos == self._end:
             self._transport.write(_CONTINUE)  # type: ignore[union-attr]
@@ -704,25 +782,46 @@ class _Connection(asyncio.BufferedProtocol):
             self._body_start = self._pos
             self._length = length
         now = self._loop.time()
+        self._body_started = now
+        self._body_received = self._end - self._pos  # what arrived with the head
+        if not self._take_budget(self._body_received):
+            return
         self._body_until = now + limits.body_deadline
         self.deadline = min(now + limits.body_timeout, self._body_until)
 
     def _take_budget(self, size: int) -> bool:
-        """Reserve ``size`` more bytes of the receive budget for the body being received; when
-        they do not fit, refuse the request (503) and False."""
-        budget = self._server.budget
-        if budget is None:
+        """Take ``size`` bytes that just arrived for the body being received from the connection's
+        account; when they do not fit, refuse the request and False: 413 when the body alone is
+        more than a connection may hold, else 503 (retryable: the budget is short now)."""
+        account = self._account
+        if account is None:
             return True
-        if budget.reserve(size):
+        if account.take(size):
             self._reserved += size
             return True
-        self._refuse_late(503, budget.message())
+        action = account.refused or Action.budget_full
+        self._server.count(action)
+        if action is Action.connection_share and self._body_received > account.share:
+            self._refuse_late(413, f"body exceeds the {account.share} bytes one connection may hold")
+        else:
+            self._refuse_late(503, account.message())
+        return False
+
+    def _fits(self, size: int) -> bool:
+        """Would a declared size fit the budget now? Checked, not reserved (bytes are taken as
+        they arrive); when not, refuse at once (503, before ``100 Continue``) and False."""
+        account = self._account
+        if account is None or size <= 0 or account.fits(size):
+            return True
+        action = account.refused or Action.budget_full
+        self._server.count(action)
+        self._refuse_late(503, account.message())
         return False
 
     def _release(self) -> None:
         """Give back the budget of a body being received (it was abandoned, or refused)."""
         if self._reserved:
-            self._server.budget.release(self._reserved)  # type: ignore[union-attr]
+            self._account.give(self._reserved)  # type: ignore[union-attr]
             self._reserved = 0
 
     def _check(self, request: Request) -> Response | None:
@@ -774,9 +873,10 @@ class _Connection(asyncio.BufferedProtocol):
                     self._scan = pos
                     continue
                 if decoded + size > limits.max_request_bytes:
+                    self._server.count(Action.request_too_large)
                     self._refuse_late(413, f"body exceeds the limit of {limits.max_request_bytes} bytes")
                     return True
-                if not self._take_budget(size):
+                if not self._fits(size - (end - pos)):
                     return True
                 self._chunk_left = size
                 self._part = _DATA
@@ -833,8 +933,10 @@ class _Connection(asyncio.BufferedProtocol):
         self._server._tasks.discard(task)
         request = self._request
         if self._held:
-            self._server.budget.release(self._held)  # type: ignore[union-attr]
+            self._account.give(self._held)  # type: ignore[union-attr]
             self._held = 0
+        if self._state == _CLOSED and self._account is not None:
+            self._account.close()  # the connection went while the handler ran
         if task.cancelled():
             self._return_lent(request)
             self.abort()
@@ -902,7 +1004,8 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _enter_idle(self) -> None:
         self._state = _IDLE
-        self.deadline = self._loop.time() + self._limits.idle_timeout
+        self.waiting_since = now = self._loop.time()
+        self.deadline = now + self._limits.idle_timeout
 
     def _linger(self) -> None:
         """Answered without reading the whole request: half-close, discard input a while, close."""
@@ -1040,6 +1143,10 @@ class BufferPool:
         return len(self._free)
 
 
+def _uncounted(action: Action) -> None:
+    return None
+
+
 class Http1Server:
     """The HTTP/1.1 listener: ``await start(host, port, tls)``, then ``await close(grace)``.
 
@@ -1058,9 +1165,12 @@ class Http1Server:
         check: Check | None = None,
         refuse: Refuse | None = None,
         limits: Limits | None = None,
-        budget: ReceiveBudget | None = None,
+        budget: MemoryBudget | None = None,
+        count: Callable[[Action], None] | None = None,
     ) -> None:
         self.handler = handler
+        #: counts the protective actions taken (sidecar.overload.metrics.Counted)
+        self.count: Callable[[Action], None] = count or _uncounted
         self.check = check
         self.refuse = refuse
         self.limits = limits = limits or Limits()
@@ -1123,6 +1233,21 @@ class Http1Server:
             self._listener = None
         await asyncio.sleep(0)  # let the transports run their connection_lost
 
+    def evict(self) -> bool:
+        """At the connection cap: close the connection that has waited longest for a request (or
+        for the rest of its head), so a new client is served rather than a silent one; False
+        when every connection is busy with a request."""
+        victim: _Connection | None = None
+        for connection in self._connections:
+            if connection.waiting() and (victim is None or connection.waiting_since < victim.waiting_since):
+                victim = connection
+        if victim is None:
+            return False
+        self.count(Action.connection_limit)
+        victim.abort()
+        self._connections.discard(victim)
+        return True
+
     def _forget(self, connection: _Connection) -> None:
         self._connections.discard(connection)
         if self._all_closed is not None and not self._connections:
@@ -1138,6 +1263,9 @@ class Http1Server:
             paused = connection.write_paused_at
             if connection.deadline <= now or (paused and now - paused > body_timeout):
                 connection.timed_out()
+                continue
+            if connection.receive_rate_low(now):
+                connection.too_slow(Action.slow_body)
                 continue
             since = connection.idle_since()
             if since is not None and now - since >= self.tick:

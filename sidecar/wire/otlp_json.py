@@ -9,14 +9,18 @@ protobuf requests.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import json
 from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
+from sidecar.overload.budget import Account
+from sidecar.overload.reasons import Action
 from sidecar.signals import Signal
 
 #: JSON keys holding ids that OTLP encodes as hex, with their byte lengths
@@ -27,12 +31,107 @@ class InvalidJSON(ValueError):
     """The body is not an OTLP/JSON request of the expected signal."""
 
 
-def json_to_protobuf(signal: Signal, body: bytes | memoryview) -> bytes:
-    """Convert an OTLP/JSON request body to the protobuf bytes of the same request."""
+class JsonRefused(InvalidJSON):
+    """A body refused by a bound before or while decoding: ``action`` says which (and its status)."""
+
+    def __init__(self, message: str, action: Action) -> None:
+        super().__init__(message)
+        self.action = action
+        #: the refused-requests metric reason
+        self.reason = "busy" if action in (Action.budget_full, Action.connection_share) else (
+            "too_large" if action is Action.json_too_many_items else "malformed")
+
+
+#: default bounds (limits.json_max_depth, limits.json_max_items)
+MAX_DEPTH = 64
+MAX_ITEMS = 200_000
+#: bytes a decoded object or array costs, about (a dict with its keys, a list, the upb message
+#: they become), charged to the budget before decoding, with twice the text's size
+ITEM_COST = 200
+#: one thread converts OTLP/JSON: json.loads and json_format hold the GIL, but the event loop
+#: gets it back every switch interval (5 ms), so a large body never freezes the other clients
+_WORKER: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def json_cost(text: bytes) -> tuple[int, int]:
+    """(objects and arrays at most, bytes to charge) for an OTLP/JSON text, without decoding it.
+    Braces inside strings count too: an upper bound, found at C speed."""
+    items = text.count(b"{") + text.count(b"[")
+    return items, 2 * len(text) + items * ITEM_COST
+
+
+async def json_to_protobuf_bounded(
+    signal: Signal,
+    body: bytes | memoryview,
+    *,
+    account: Account | None = None,
+    max_depth: int = MAX_DEPTH,
+    max_items: int = MAX_ITEMS,
+) -> bytes:
+    """:func:`json_to_protobuf` within bounds, off the event loop: more than ``max_items`` objects
+    and arrays (counted before decoding) → 413; nested deeper than ``max_depth`` → 400; what
+    decoding costs is taken from ``account`` first (503 when the budget is short, 413 when more
+    than a connection may hold). The caller gives back what ``account`` holds beyond before."""
+    text = body.tobytes() if isinstance(body, memoryview) else bytes(body)
+    items, cost = json_cost(text)
+    if items > max_items:
+        raise JsonRefused(
+            f"the JSON body holds {items} objects and arrays, more than the {max_items} allowed "
+            "(limits.json_max_items); send smaller requests", Action.json_too_many_items)
+    if account is not None and not account.take(cost):
+        if cost > account.share:
+            raise JsonRefused(
+                f"the JSON body would take about {cost} bytes decoded, more than the {account.share} "
+                "one connection may hold; send smaller requests", Action.json_too_many_items)
+        raise JsonRefused(account.message(), account.refused or Action.budget_full)
+    global _WORKER
+    if _WORKER is None:
+        _WORKER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="otlp-json")
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_WORKER, _convert, signal, text, max_depth)
+
+
+def _convert(signal: Signal, text: bytes, max_depth: int) -> bytes:
+    document = _loads(text)
+    del text
+    _check_depth(document, max_depth)
+    return _to_protobuf(signal, document)
+
+
+def _loads(text: bytes) -> Any:
     try:
-        document = json.loads(body if not isinstance(body, memoryview) else body.tobytes())
+        return json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidJSON(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise JsonRefused("body is not valid OTLP/JSON: nested too deeply", Action.json_too_deep) from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4,300)
+        raise JsonRefused(f"body is not valid OTLP/JSON: {exc}", Action.json_invalid) from None
+
+
+def _check_depth(document: Any, max_depth: int) -> None:
+    """Refuse a document nested deeper than ``max_depth`` (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise JsonRefused(
+                f"the JSON body is nested more than {max_depth} levels deep (limits.json_max_depth)",
+                Action.json_too_deep)
+        if isinstance(node, dict):
+            stack.extend((value, depth + 1) for value in node.values() if isinstance(value, dict | list))
+        elif isinstance(node, list):
+            stack.extend((value, depth + 1) for value in node if isinstance(value, dict | list))
+
+
+def json_to_protobuf(signal: Signal, body: bytes | memoryview, max_depth: int = MAX_DEPTH) -> bytes:
+    """Convert an OTLP/JSON request body to the protobuf bytes of the same request."""
+    document = _loads(body if not isinstance(body, memoryview) else body.tobytes())
+    _check_depth(document, max_depth)
+    return _to_protobuf(signal, document)
+
+
+def _to_protobuf(signal: Signal, document: Any) -> bytes:
     if not isinstance(document, dict):
         raise InvalidJSON("body must be a JSON object")
     _ids_hex_to_base64(document, "$")
@@ -41,7 +140,7 @@ def json_to_protobuf(signal: Signal, body: bytes | memoryview) -> bytes:
     message = signal.request_class()
     try:
         json_format.ParseDict(document, message, ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, TypeError) as exc:
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
         raise InvalidJSON(f"not a valid {message.DESCRIPTOR.name}: {exc}") from None
     return bytes(message.SerializeToString())
 

@@ -939,20 +939,21 @@ async def test_the_receive_budget_refuses_what_does_not_fit_with_503_and_is_rele
     assert budget.refusals == 1
 
 
-async def test_chunked_bodies_reserve_the_budget_chunk_by_chunk() -> None:
+async def test_chunked_bodies_take_the_budget_as_they_arrive() -> None:
     budget = ReceiveBudget(10_000)
     async with serving(budget=budget) as (_, port, recorder):
         client = await Client.connect(port)
         await client.send(TE + b"1000\r\n" + b"a" * 4096 + b"\r\n")
-        await until(lambda: budget.in_use == 4096)
-        await client.send(b"2000\r\n")  # 8 KiB more do not fit
+        await until(lambda: budget.in_use == 4096 + 8)  # the bytes received: data and chunk framing
+        await client.send(b"2000\r\n")  # 8 KiB more would not fit: refused before they arrive
         answer = await client.answer()
         assert (answer.status, answer.headers["retry-after"]) == (503, "1")
         assert await client.closed()
         assert budget.in_use == 0
         await client.close()
-        answer, _ = await exchange(port, chunked("/echo", [b"b" * 5000, b"c" * 5000]), wait_close=0.1)
-        assert (answer.status, len(answer.body)) == (200, 10_000)
+        # what fits (9,800 bytes and their framing) is served
+        answer, _ = await exchange(port, chunked("/echo", [b"b" * 4900, b"c" * 4900]), wait_close=0.1)
+        assert (answer.status, len(answer.body)) == (200, 9_800)
     await until(lambda: budget.in_use == 0)
     assert len(recorder.requests) == 1
 
@@ -1007,7 +1008,8 @@ async def test_the_budget_of_a_request_in_flight_is_released_when_the_server_clo
 
 async def test_a_trickled_body_is_cut_off_at_the_body_deadline() -> None:
     """A byte every 0.15 s never stalls for body_timeout (0.4 s), but the whole body has
-    body_deadline (1 s); before, it held the connection (and its memory) as long as it trickled."""
+    body_deadline (1 s); before, it held the connection (and its memory) as long as it trickled.
+    The client is told: 408 and the connection closed."""
     async with serving(Limits(body_timeout=0.4, body_deadline=1.0)) as (_, port, recorder):
         client = await Client.connect(port)
         loop = asyncio.get_running_loop()
@@ -1019,7 +1021,9 @@ async def test_a_trickled_body_is_cut_off_at_the_body_deadline() -> None:
                 break
             client.writer.write(b"x")
             await asyncio.sleep(0.15)
-        assert eof.done() and (eof.exception() is not None or eof.result() == b"")
+        assert eof.done() and eof.exception() is None
+        assert eof.result().startswith(b"HTTP/1.1 408 ")
+        assert b"Connection: close" in eof.result() and b"not received within 1 s" in eof.result()
         assert 0.9 < loop.time() - started < 2.0
         await client.close()
     assert recorder.requests == []
