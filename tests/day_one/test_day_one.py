@@ -410,7 +410,7 @@ async def test_day_one(name: str, tmp_path: Path) -> None:
     pans = list(app.CARDS) + [pan for c in corpus for pan in c["pans"]]
     assert app.surviving(text, pans) == [], "card numbers reached the upstream unmasked"
     assert app.surviving(process.stderr, pans) == [], "card numbers in the sidecar's log"
-    assert app.MARKER in text  # masked, not dropped: the payment span and log arrived
+    assert text.count(app.MARKER) >= 3  # masked, not dropped: the payment span, log and metric arrived
     assert "POST /pay?card=" in text and "1111" in text  # the last four digits may remain
     resources = [r for request in requests for r in _resources(request)]
     assert resources
@@ -425,8 +425,11 @@ async def test_day_one(name: str, tmp_path: Path) -> None:
             assert attributes.get("k8s.cluster.name") == case.values["clusterName"]
         if case.tenant:
             assert attributes.get("tenant.id") == case.tenant
-    if corpus:
-        assert text.count("corpus") >= len(corpus), "every corpus item arrived"
+    for case_ in corpus:  # every corpus item arrived (masked), each where it was put
+        if case_["where"] not in ("span.name", "log.body") and not case_["where"].startswith("metric."):
+            assert f"corpus {case_['id']}" in text, case_
+    metric_items = sum(1 for c in corpus if c["where"].startswith("metric."))
+    assert text.count('"detail"') >= metric_items
 
     start_line = next(line for line in process.stderr_lines if " up: " in line)
     assert "mode enforce" in start_line
@@ -474,7 +477,7 @@ def test_a_namespace_not_listed_keeps_its_pods_pending_not_unprotected(tmp_path:
 
 
 async def _output(process: Process, upstream: Upstream | None, timeout: float = 15.0) -> list[dict[str, Any]]:
-    """The OTLP requests that left the sidecar (as OTLP/JSON), once the app's span and log are there."""
+    """The OTLP requests that left the sidecar (as OTLP/JSON), once the app's span, log and metric are there."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -483,7 +486,7 @@ async def _output(process: Process, upstream: Upstream | None, timeout: float = 
         else:
             requests = [MessageToDict(r.message) for r in upstream.received]
         text = json.dumps(requests)
-        if text.count(app.MARKER) >= 2:  # the span and the log record
+        if text.count(app.MARKER) >= 3:  # the span, the log record and the data point
             return requests
         assert loop.time() < deadline, f"the app's data did not arrive; sidecar log:\n{process.stderr}"
         await asyncio.sleep(0.1)
