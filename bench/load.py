@@ -177,6 +177,8 @@ def start_target(mode: str, sink_grpc: int, sink_http: int, workdir: str) -> tup
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_grpc}", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
     })
     env.pop("SIDECAR_POLICY_DIR", None)
+    # no policy is an explicit mode: with nothing configured the sidecar applies its bundled set
+    env["SIDECAR_POLICY_MODE"] = "enforce" if mode == "policy" else "passthrough"
     if mode == "policy":
         key = Path(workdir) / "hmac.key"
         key.write_bytes(os.urandom(32))
