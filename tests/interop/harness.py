@@ -165,7 +165,8 @@ def upstream_collector_config(record_http_port: int, *, grpc_port: int, http_por
         ]}},
         "exporters": {"otlp_http": {
             "endpoint": f"http://127.0.0.1:{record_http_port}", "compression": "none",
-            "retry_on_failure": {"enabled": False},
+            # no queue: the Collector acknowledges a request only once it has handed it on
+            "retry_on_failure": {"enabled": False}, "sending_queue": {"enabled": False},
         }},
         "service": {"pipelines": {"traces": pipeline, "logs": pipeline, "metrics": pipeline}},
     }
