@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sidecar.overload.budget import MemoryBudget as ReceiveBudget
+from sidecar.overload.reasons import Action
 from sidecar.wire.grpc import CallError, call_framed, call_unary, frame_message
 from sidecar.wire.http2 import GrpcError, GrpcServer, Limits, UnaryCall
 from sidecar.wire.http2.calls import grpc_message_text
@@ -42,6 +43,7 @@ class Echo:
         self.calls: list[UnaryCall] = []
         self.gate: asyncio.Event | None = None
         self.refusals: list[tuple[str, str]] = []
+        self.actions: list[Action] = []  # the protective actions the server counted
 
     async def call(self, call: UnaryCall) -> bytes:
         self.calls.append(call)
@@ -59,7 +61,10 @@ class Echo:
 @asynccontextmanager
 async def serving(limits: Limits | None = None) -> AsyncIterator[tuple[GrpcServer, Echo, int]]:
     echo = Echo()
-    server = GrpcServer({PATH: echo.call}, limits, on_refusal=lambda path, why: echo.refusals.append((path, why)))
+    server = GrpcServer(
+        {PATH: echo.call}, limits, on_refusal=lambda path, why: echo.refusals.append((path, why)),
+        count=echo.actions.append,
+    )
     _, port = await server.start("127.0.0.1", 0)
     try:
         yield server, echo, port
@@ -769,3 +774,152 @@ async def test_request_headers_never_reach_the_log_even_at_debug() -> None:
         root.handlers[:] = saved[1]
         for name, level in saved[2].items():
             logging.getLogger(name).setLevel(level)
+
+
+# -- RFC 9113 5.1 / 5.1.1: stream ids and closed streams ------------------------------------------
+
+
+@pytest.mark.parametrize("reused", [1, 3], ids=["finished", "lower"])
+async def test_headers_on_a_finished_or_lower_stream_id_is_a_protocol_error(reused: int) -> None:
+    async with serving() as (_, echo, port), Raw.open(port) as client:
+        client.call(1, b"one")
+        await client.answer(1)
+        client.call(5, b"two")
+        await client.answer(5)
+        client.call(reused, b"again")  # 1: finished; 3: never used, but below 5
+        code, debug = await client.goaway()
+        assert code == 1 and b"not above the last stream id" in debug  # PROTOCOL_ERROR
+        assert [call.message for call in echo.calls] == [b"one", b"two"]
+        assert echo.actions == [Action.protocol_error]
+
+
+async def test_data_on_a_stream_the_client_ended_is_stream_closed() -> None:
+    async with serving() as (_, _, port), Raw.open(port) as client:
+        client.call(1, b"one")
+        await client.answer(1)
+        client.send(frame(DATA, 0x1, 1, frame_message(b"more", compressed=False)))
+        code, _ = await client.goaway()
+        assert code == 5  # STREAM_CLOSED
+
+
+async def test_frames_in_flight_on_a_stream_we_reset_are_ignored_until_the_client_resets_it() -> None:
+    async with serving(Limits(max_message_bytes=1000)) as (_, _, port), Raw.open(port) as client:
+        client.headers(1, request_headers())
+        client.send(frame(DATA, 0, 1, frame_message(b"x" * 5000, compressed=False)[:100]))
+        fields, _ = await client.answer(1)
+        assert fields["grpc-status"] == "8"  # refused from its prefix, RST_STREAM NO_ERROR follows
+        assert (await client.until(RST_STREAM, 1))[3] == b"\0\0\0\0"
+        client.send(frame(DATA, 0, 1, b"x" * 100))  # were on their way: ignored
+        client.call(3, b"goes on")
+        assert (await client.answer(3))[1] == b"echo:goes on"
+        client.send(frame(RST_STREAM, 0, 1, struct.pack(">L", 8)))  # the client is done with it
+        client.send(frame(DATA, 0, 1, b"x"))  # now a frame on a closed stream
+        code, _ = await client.goaway()
+        assert code == 5  # STREAM_CLOSED
+
+
+async def test_priority_frames_are_checked_and_a_stream_cannot_depend_on_itself() -> None:
+    async with serving() as (_, echo, port), Raw.open(port) as client:
+        client.call(1, b"one")
+        await client.answer(1)
+        client.send(frame(PRIORITY, 0, 1, b"\0\0\0\0"))  # 4 bytes, not 5
+        assert (await client.until(RST_STREAM, 1))[3] == struct.pack(">L", 6)  # FRAME_SIZE_ERROR
+        client.send(frame(PRIORITY, 0, 1, struct.pack(">LB", 1, 16)))  # depends on itself
+        assert (await client.until(RST_STREAM, 1))[3] == struct.pack(">L", 1)  # PROTOCOL_ERROR
+        block = client.encoder.encode(request_headers())
+        client.send(frame(HEADERS, 0x4 | 0x20, 3, struct.pack(">LB", 3, 16) + block))  # HEADERS, itself
+        client.send(frame(DATA, 0x1, 3, frame_message(b"lost", compressed=False)))  # in flight: ignored
+        assert (await client.until(RST_STREAM, 3))[3] == struct.pack(">L", 1)
+        client.call(5, b"goes on")
+        assert (await client.answer(5))[1] == b"echo:goes on"
+        assert [call.message for call in echo.calls] == [b"one", b"goes on"]
+        client.send(frame(WINDOW_UPDATE, 0, 1, struct.pack(">L", 0)))  # 0 on a closed stream
+        assert (await client.until(RST_STREAM, 1))[3] == struct.pack(">L", 1)
+
+
+# -- what a connection costs and holds ---------------------------------------------------------
+
+
+async def test_connections_over_the_cap_are_told_and_closed_and_cost_no_buffer_until_bytes_come() -> None:
+    async with serving(Limits(max_connections=2)) as (server, echo, port):
+        first = await asyncio.open_connection("127.0.0.1", port)
+        second = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.1)
+        assert server.open_connections == 2
+        assert all(len(connection._buf) == 0 for connection in server.connections)  # said nothing yet
+        async with Raw.open(port, handshake=False) as third:
+            code, debug = await third.goaway()
+            assert code == 11 and debug == b"too many connections"  # ENHANCE_YOUR_CALM
+        assert echo.actions == [Action.connection_limit]
+        first[1].close()
+        await asyncio.sleep(0.1)
+        async with Raw.open(port) as fourth:  # room again
+            fourth.call(1, b"in")
+            assert (await fourth.answer(1))[1] == b"echo:in"
+        second[1].close()
+
+
+async def test_a_slow_sender_holding_a_partial_frame_is_cut_and_gives_its_budget_back() -> None:
+    budget = ReceiveBudget(1 << 30)
+    async with fast_sweeps(Limits(min_receive_rate=1000, min_rate_grace=3)) as (server, echo, port):
+        server.budget = budget
+        async with Raw.open(port) as client:
+            client.headers(1, request_headers())
+            message = frame_message(b"x" * 200_000, compressed=False)
+            client.send(frame(DATA, 0x1, 1, message)[:-1])  # all but its last byte
+            while budget.in_use == 0:
+                await asyncio.sleep(0.01)
+            fields, _ = await client.answer(1)
+            assert fields["grpc-status"] == "4" and "slower than 1000 bytes/s" in fields["grpc-message"]
+            code, _ = await client.goaway()
+            assert code == 11  # ENHANCE_YOUR_CALM
+        await asyncio.sleep(0.05)
+        assert budget.in_use == 0 and echo.calls == []
+        assert Action.slow_body in echo.actions
+
+
+async def test_a_request_arriving_steadily_but_too_long_meets_the_request_deadline() -> None:
+    async with fast_sweeps(Limits(min_receive_rate=0, request_deadline=5)) as (_, echo, port):
+        async with Raw.open(port) as client:
+            client.headers(1, request_headers())
+            client.send(frame(DATA, 0, 1, b"\0" + struct.pack(">L", 1000)))
+
+            async def drip() -> None:
+                while True:
+                    await asyncio.sleep(0.02)
+                    client.send(frame(DATA, 0, 1, b"x"))
+
+            dripping = asyncio.create_task(drip())
+            try:
+                fields, _ = await client.answer(1)
+            finally:
+                dripping.cancel()
+            assert fields["grpc-status"] == "4" and "did not arrive within 5 s" in fields["grpc-message"]
+        assert Action.request_deadline in echo.actions
+
+
+async def test_request_bytes_go_back_when_the_handler_is_done_not_when_the_answer_is_taken() -> None:
+    budget = ReceiveBudget(1 << 30)
+    async with serving() as (server, _, port):
+        server.budget = budget
+        async with Raw.open(port, handshake=False) as client:
+            client.send(PREFACE + frame(SETTINGS, 0, 0, struct.pack(">HL", 4, 0)))  # zero stream windows
+            client.call(1, b"big:1000")
+            await client.until(HEADERS, 1)  # handled: the answer's message waits for window
+            (connection,) = server.connections
+            assert connection.busy and budget.in_use == 0
+            client.send(frame(WINDOW_UPDATE, 0, 1, struct.pack(">L", 10_000)))
+            assert (await client.answer(1))[1] == b"r" * 1000
+
+
+async def test_answers_left_waiting_beyond_the_outbound_bound_close_the_connection() -> None:
+    async with fast_sweeps(Limits(max_outbound_bytes=10_000, min_rate_grace=2)) as (_, echo, port):
+        async with Raw.open(port, handshake=False) as client:
+            client.send(PREFACE + frame(SETTINGS, 0, 0, struct.pack(">HL", 4, 0)))
+            for stream_id in (1, 3, 5):
+                client.call(stream_id, b"big:5000")
+            frames = []
+            while (got := await client.read_frame()) is not None:  # until the server aborts
+                frames.append(got[0])
+            assert frames.count(HEADERS) == 3 and DATA not in frames
+        assert Action.slow_body in echo.actions

@@ -83,7 +83,7 @@ class Limits:
     #: control, or not reading at all), is ended
     stall_timeout: float = 30.0
     #: answer bytes a connection may leave waiting (for window, or in the socket because the
-    #: client does not read) for longer than ``stall_timeout`` before it is closed
+    #: client does not read) for longer than ``min_rate_grace`` before it is closed
     max_outbound_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:

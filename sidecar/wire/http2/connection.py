@@ -975,7 +975,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _outbound_stuck(self, tick: int) -> bool:
         """Whether the connection was closed: answers waiting for the client (for window, or in
-        the socket) exceeded ``max_outbound_bytes`` for longer than ``stall_timeout``."""
+        the socket) exceeded ``max_outbound_bytes`` for longer than ``min_rate_grace``."""
         assert self._transport is not None
         waiting = self._transport.get_write_buffer_size()
         for stream in self._blocked.values():
@@ -985,7 +985,7 @@ class Connection(asyncio.BufferedProtocol):
             return False
         if not self._outbound_since:
             self._outbound_since = tick
-        if tick - self._outbound_since <= self._limits.stall_timeout:
+        if tick - self._outbound_since <= self._limits.min_rate_grace:
             return False
         log.debug("HTTP/2 connection from %s aborted: %d answer bytes wait for it", self.address, waiting)
         self._server.count(Action.slow_body)
