@@ -130,9 +130,10 @@ def decide(pod: Any, namespace: str, scope: Scope, config: WebhookConfig) -> Dec
             "admitted with the chart's policies"
         )
     protocol = _app_protocol(annotations, injection)
-    return Decision(
-        True, f"injected ({scope.value} scope)", _patch(pod, scope, set_name, policy_set, injection, protocol)
-    )
+    reason = f"injected ({scope.value} scope)"
+    if policy_set is None:
+        reason += "; no policy set configured: the sidecar applies the policies bundled in its image"
+    return Decision(True, reason, _patch(pod, scope, set_name, policy_set, injection, protocol))
 
 
 def _app_protocol(annotations: Mapping[str, str], injection: InjectionConfig) -> str:

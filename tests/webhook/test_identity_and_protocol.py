@@ -142,3 +142,13 @@ def test_webhook_inject_without_config_refuses_a_pci_pod(tmp_path: Path) -> None
     assert done.returncode == 1, done.stderr
     assert "PCI scope but the webhook has no policy set" in done.stderr and "--config" in done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
+    # outside PCI scope it injects, and says which policies the sidecar will apply
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar", "webhook", "inject", "--scope", "namespace", str(pod)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "the sidecar applies the policies bundled in its image" in done.stderr
+    injected = json.loads(done.stdout)
+    sidecar = sidecar_of(injected)
+    assert "SIDECAR_POLICY_DIR" not in env_of(sidecar)
