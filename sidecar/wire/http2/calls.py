@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.overload.budget import Account
+from sidecar.overload.config import LimitsConfig
 
 # gRPC status codes used here (the full set is in the gRPC docs: status codes)
 INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED = 3, 4, 8
@@ -91,7 +92,9 @@ class Limits:
             raise ValueError("the receive window cannot be below HTTP/2's initial 65535 bytes")
 
     @classmethod
-    def from_config(cls, limits: Any, max_message_bytes: int, max_frame_size: int, max_connections: int) -> Limits:
+    def from_config(
+        cls, limits: LimitsConfig, max_message_bytes: int, max_frame_size: int, max_connections: int
+    ) -> Limits:
         """From the ``limits`` config section (sidecar.overload.LimitsConfig) and the receiver's sizes."""
         return cls(
             max_message_bytes=max_message_bytes,
