@@ -7,9 +7,9 @@ once. What one read produced (acknowledgements, window updates, answers) goes ou
 What a client makes the connection hold is taken from the server's memory budget through the
 connection's account as the bytes arrive, never from a declared size: the read buffer beyond its
 first ``FIRST_READ`` bytes (read-ahead, a partial frame), and request messages until their
-handler is done. A
-buffer that cannot grow stops reading from the client (the kernel holds the bytes) until the
-budget has room; a client that sends too slowly while it holds any of it is cut off.
+handler is done. A buffer that cannot grow stops reading from the client (the kernel holds the
+bytes) until the budget has room; a client that sends too slowly while it holds any of it is cut
+off (docs/http2.md).
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ class Connection(asyncio.BufferedProtocol):
         self._limits = server.limits
         self._account = server.budget.account()
         self._buf = bytearray()
-        self._charged = 0  # bytes of the buffer beyond MIN_READ, held in the account
+        self._charged = 0  # bytes of the buffer beyond FIRST_READ, held in the account
         self._starved = False  # reading paused: the buffer could not grow within the budget
         self._start = 0
         self._end = 0
