@@ -15,14 +15,17 @@ ask beyond it:
 - unary calls: one length-prefixed message per stream; the handler's bytes go back with
   ``grpc-status: 0``, a :class:`GrpcError` as a trailers-only answer.
 
-Bounds: frame size; header lists and the frames of one header block (CONTINUATION floods);
-concurrent streams (a stream counts until its handler is done, reset or not); message size
-(refused as soon as the prefix announces it); request bytes held at once (a budget shared with
-the HTTP/1.1 listener, reserved from the prefix, refused with UNAVAILABLE); receive buffers grown
-only as bytes arrive. Timeouts (counted in sweeps of about a second): the handshake, a request
-that stops arriving, an answer the client takes no window or no bytes for, an idle connection.
+Bounds (docs/http2.md): frame size; header lists and the frames of one header block
+(CONTINUATION floods); concurrent streams (a stream counts until its handler is done, reset or
+not); connections per listener; message size (refused as soon as the prefix announces it); what a
+connection holds (read buffer beyond its first 4 KiB, request messages as their bytes arrive)
+taken from the sidecar's one receive budget through the connection's account, given back when
+the handler is done; the read buffer allocated only when bytes arrive. Timeouts (counted in
+sweeps of about a second): the handshake, a minimum receive rate while a request or a partial
+frame is held, a deadline per request and per frame, a request that stops arriving, an answer the
+client takes no window or no bytes for, an idle connection. Stream ids follow RFC 9113 5.1.1.
 Violations end the connection with GOAWAY, or the stream with RST_STREAM, as the RFC says;
-nothing raises into the event loop.
+nothing raises into the event loop; every protective action is counted.
 """
 
 from sidecar.wire.http2.calls import GrpcError, Handler, Limits, UnaryCall
