@@ -80,6 +80,50 @@ def test_an_upgrade_keeps_the_hash_key(tmp_path: Path) -> None:
     assert {s["data"]["hmac.key"] for s in hash_secrets(fresh)} != {earlier}
 
 
+def helm_set(*assignments: str) -> dict[str, Any]:
+    """Values as `helm --set a.b=v` builds them: Helm's strvals types a bare value as an integer
+    (no leading zero), true/false, null, or else a string ("0.2" stays a string); `{a,b}` is a list."""
+    values: dict[str, Any] = {}
+    for assignment in assignments:
+        path, _, raw = assignment.partition("=")
+        value: Any
+        if raw.startswith("{") and raw.endswith("}"):
+            value = [item for item in raw[1:-1].split(",") if item]
+        elif raw in ("true", "false"):
+            value = raw == "true"
+        elif raw == "null":
+            value = None
+        elif raw == "0" or (raw.lstrip("-").isdigit() and not raw.lstrip("-").startswith("0")):
+            value = int(raw)
+        else:
+            value = raw
+        *parents, leaf = path.split(".")
+        target = values
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return values
+
+
+def test_the_docs_install_line_and_other_set_values_render(render: Any, tmp_path: Path) -> None:
+    values = helm_set(
+        "upstream.endpoint=https://collector.observability:4317", "upstream.tls.secretName=otlp-client",
+        "policies.namespaces={shop,payments}", "clusterName=prod-eu-1", "sampling.ratio=0.2",
+        "sidecar.extraEnv.SIDECAR_EXPORTER_TIMEOUT=5", "sidecar.extraEnv.SIDECAR_EXPORTER_BATCH_SIZE=512",
+        "injection.pciScopeLabelValue=true", "webhook.replicas=3", "upstream.insecure=false",
+        "metrics.prometheusRule.enabled=true", "metrics.prometheusRule.refusalRatio=0.1",
+        "webhook.podDisruptionBudget.minAvailable=50%",
+    )
+    assert values["sampling"]["ratio"] == "0.2" and values["sidecar"]["extraEnv"]["SIDECAR_EXPORTER_TIMEOUT"] == 5
+    objects = render(values)
+    validate_all(objects)
+    env = env_of(sidecar_of(injected_with(objects, tmp_path)))
+    assert (env["SIDECAR_EXPORTER_TIMEOUT"], env["SIDECAR_EXPORTER_BATCH_SIZE"]) == ("5", "512")
+    assert env["SIDECAR_CLUSTER_NAME"] == "prod-eu-1"
+    rule = objects.one("PrometheusRule")
+    assert "> 0.1" in json.dumps(rule["spec"])
+
+
 @pytest.mark.parametrize(
     ("values", "check"),
     [
