@@ -90,6 +90,25 @@ class PolicyConfig:
         4096, "Plans kept in the decision cache (least recently used are evicted).",
         kind="int", min=1,
     )
+    cache_max_bytes: int = setting(
+        8 * 1024 * 1024,
+        "Estimated memory the plan caches may hold (the decision cache and the last good plans, "
+        "half each; equal plans counted once); least recently used plans are evicted beyond it.",
+        kind="size", min=64 * 1024,
+    )
+    max_evaluations_per_second: float = setting(
+        200.0,
+        "New resources (plan-cache misses) the policy engine evaluates per second on average; a "
+        "request bringing more than may start now gets HTTP 503 / gRPC UNAVAILABLE with "
+        "Retry-After while the admitted ones are evaluated and cached for its retry.",
+        kind="float", min=1.0,
+    )
+    evaluation_burst: int = setting(
+        256,
+        "New resources the policy engine takes at once (also the most evaluations queued on its "
+        "thread); beyond it, as for max_evaluations_per_second.",
+        kind="int", min=1, max=100_000,
+    )
     reload_interval: float = setting(
         5.0, "How often the policy directory is checked for changes (0: never).",
         kind="duration", min=0.0,

@@ -21,9 +21,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from sidecar.policy.errors import PolicyUnavailable
+
+if TYPE_CHECKING:
+    from sidecar.policy.config import PolicyConfig
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -35,31 +38,18 @@ MiB = 1024 * 1024
 @dataclass(frozen=True)
 class EngineLimits:
     """What the policy engine may spend: new resources evaluated per second and at once, and the
-    estimated bytes of the plan caches (the plan cache and the last good plans, half each)."""
+    estimated bytes of the plan caches (the plan cache and the last good plans, half each).
+    The defaults are those of ``policy.max_evaluations_per_second``, ``policy.evaluation_burst``
+    and ``policy.cache_max_bytes``."""
 
     evaluations_per_second: float = 200.0
     evaluation_burst: int = 256
     cache_max_bytes: int = 8 * MiB
 
     @classmethod
-    def from_config(cls, *sections: Any) -> EngineLimits:
-        """The limits from config sections that declare them (first found wins), else the defaults."""
-        values: dict[str, Any] = {}
-        for field, names in _CONFIG_NAMES.items():
-            for section in sections:
-                found = next((getattr(section, n) for n in names if hasattr(section, n)), None)
-                if found is not None:
-                    values[field] = found
-                    break
-        return cls(**values)
-
-
-#: the config keys each limit may be declared as (limits.* first, then policy.*)
-_CONFIG_NAMES = {
-    "evaluations_per_second": ("policy_evaluations_per_second", "max_evaluations_per_second"),
-    "evaluation_burst": ("policy_evaluation_burst", "evaluation_burst"),
-    "cache_max_bytes": ("policy_cache_bytes", "cache_max_bytes"),
-}
+    def from_config(cls, config: PolicyConfig) -> EngineLimits:
+        """The limits of the ``[policy]`` section."""
+        return cls(config.max_evaluations_per_second, config.evaluation_burst, config.cache_max_bytes)
 
 
 class PolicyBusy(PolicyUnavailable):
