@@ -74,7 +74,7 @@ async def test_idle_connections_without_a_preface_are_capped_cost_little_and_giv
         assert await connections(sidecar) == 1  # the probe's
         print(f"2,000 idle connections: +{held / MiB:.1f} MiB open, +{after / MiB:.1f} MiB after close")
         assert held < 16 * MiB, f"{held / MiB:.1f} MiB for 2,000 idle connections"
-        assert after < 6 * MiB, f"{after / MiB:.1f} MiB kept after they closed"
+        assert after < 8 * MiB, f"{after / MiB:.1f} MiB kept after they closed"
         sidecar.assert_peak_under()
 
 

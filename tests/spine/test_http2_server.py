@@ -923,3 +923,50 @@ async def test_answers_left_waiting_beyond_the_outbound_bound_close_the_connecti
                 frames.append(got[0])
             assert frames.count(HEADERS) == 3 and DATA not in frames
         assert Action.slow_body in echo.actions
+
+
+async def test_over_tls_a_frame_without_room_in_the_budget_waits_then_is_told_to_retry(tmp_path: Any) -> None:
+    """The TLS layer hands bytes to the connection as the plaintext socket does (get_buffer and
+    buffer_updated); a buffer that may not grow pauses it all the same."""
+    import ssl
+
+    from sidecar.tls.server import ServerTLS
+    from tests.tls.pki import make_pki
+
+    pki = make_pki(tmp_path)
+    tls = ServerTLS(cert_file=pki.server_cert, key_file=pki.server_key, alpn=("h2",))
+    budget = ReceiveBudget(512 << 10)
+    echo = Echo()
+    original = GrpcServer.SWEEP_EVERY
+    GrpcServer.SWEEP_EVERY = 0.05
+    server = GrpcServer({PATH: echo.call}, Limits(min_rate_grace=3), budget=budget, count=echo.actions.append)
+    _, port = await server.start("127.0.0.1", 0, tls)
+    try:
+        context = ssl.create_default_context(cafile=pki.ca_cert)
+        context.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
+        client = Raw(reader, writer)
+        client.send(PREFACE + frame(SETTINGS, 0, 0, struct.pack(">HL", 4, 1 << 24)))
+        client.headers(1, request_headers())
+        client.send(frame(DATA, 0x1, 1, frame_message(b"x" * 900_000, compressed=False)))  # needs 1 MiB of room
+        fields, _ = await client.answer(1)
+        assert fields["grpc-status"] == "14" and "retry" in fields["grpc-message"]  # UNAVAILABLE
+        try:
+            code, _ = await client.goaway()
+            assert code == 11  # ENHANCE_YOUR_CALM
+        except ConnectionResetError:
+            pass  # closed with the rest of the frame unread: the GOAWAY may be lost in the reset
+        writer.close()
+        await asyncio.sleep(0.05)
+        assert budget.in_use == 0 and echo.calls == []
+        assert echo.actions == [Action.budget_full]  # counted once, however long it waited
+        # a call that fits is served over TLS as ever
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
+        client = Raw(reader, writer)
+        client.send(PREFACE + frame(SETTINGS, 0, 0))
+        client.call(1, b"small")
+        assert (await client.answer(1))[1] == b"echo:small"
+        writer.close()
+    finally:
+        GrpcServer.SWEEP_EVERY = original
+        await server.close(1.0)
