@@ -126,8 +126,9 @@ class LimitsConfig:
         listeners, nor a flood starve the exporter and the disk queue."""
         if nofile is None:
             nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        # keep 64 + a tenth for the process's own files, sockets upstream, the policy engine
-        spare = max(16, nofile - 64 - nofile // 10)
+        # keep 64 + a tenth for the process's own files, sockets upstream, the policy engine; a
+        # listener may briefly hold twice its cap (a burst of connections accepted at once)
+        spare = max(16, nofile - 64 - nofile // 10) // 2
         admin = max(1, min(self.admin_max_connections, spare // 16))
         rest = max(2, spare - admin)
         http = max(1, min(self.http_max_connections, rest // 2))

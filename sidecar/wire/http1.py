@@ -225,6 +225,8 @@ _MIN_FREE = 8 * 1024
 _HEAD_ROOM = 16 * 1024
 #: the least a buffer grows by for a body (beyond it, by up to twice the body received so far)
 _GROW = 64 * 1024
+#: seconds a new connection cannot be evicted at the connection cap (its first read comes first)
+_EVICT_GRACE = 0.01
 #: the buffer of a connection that holds none
 _EMPTY = bytearray()
 _EMPTY_VIEW = memoryview(_EMPTY)
@@ -345,8 +347,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._transport = transport
         server = self._server
         cap = self._limits.max_connections
-        if cap and len(server._connections) >= cap and not server.evict():
-            # over the listener's cap with every connection busy: closed at once
+        if cap and len(server._connections) >= cap and not server.evict() and len(server._connections) >= 2 * cap:
+            # far over the listener's cap, every connection busy or just accepted: closed at once
             self._state = _CLOSED
             server.count(Action.connection_limit)
             transport.abort()
@@ -1236,10 +1238,14 @@ class Http1Server:
     def evict(self) -> bool:
         """At the connection cap: close the connection that has waited longest for a request (or
         for the rest of its head), so a new client is served rather than a silent one; False
-        when every connection is busy with a request."""
+        when every connection is busy with a request or was accepted a moment ago (a burst of
+        new connections may then go up to twice the cap, and back under it at the next sweep)."""
         victim: _Connection | None = None
+        # a connection accepted a moment ago has not had its first read yet: it stays
+        young = asyncio.get_running_loop().time() - _EVICT_GRACE
         for connection in self._connections:
-            if connection.waiting() and (victim is None or connection.waiting_since < victim.waiting_since):
+            since = connection.waiting_since
+            if since < young and connection.waiting() and (victim is None or since < victim.waiting_since):
                 victim = connection
         if victim is None:
             return False
@@ -1267,6 +1273,9 @@ class Http1Server:
             if connection.receive_rate_low(now):
                 connection.too_slow(Action.slow_body)
                 continue
+        cap = self.limits.max_connections
+        while cap and len(self._connections) > cap and self.evict():
+            pass
             since = connection.idle_since()
             if since is not None and now - since >= self.tick:
                 connection.shrink()

@@ -92,19 +92,24 @@ async def json_to_protobuf_bounded(
 
 
 def _convert(signal: Signal, text: bytes, max_depth: int) -> bytes:
-    document = _loads(text)
+    document = _loads(text, max_depth)
     del text
     _check_depth(document, max_depth)
     return _to_protobuf(signal, document)
 
 
-def _loads(text: bytes) -> Any:
+def _too_deep(max_depth: int) -> JsonRefused:
+    return JsonRefused(
+        f"the JSON body is nested more than {max_depth} levels deep (limits.json_max_depth)", Action.json_too_deep)
+
+
+def _loads(text: bytes, max_depth: int) -> Any:
     try:
         return json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidJSON(f"body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise JsonRefused("body is not valid OTLP/JSON: nested too deeply", Action.json_too_deep) from None
+    except RecursionError:  # deeper than the decoder goes (about 1,000 levels): deeper than max_depth
+        raise _too_deep(max_depth) from None
     except ValueError as exc:  # an integer of more digits than Python converts (4,300)
         raise JsonRefused(f"body is not valid OTLP/JSON: {exc}", Action.json_invalid) from None
 
@@ -115,9 +120,7 @@ def _check_depth(document: Any, max_depth: int) -> None:
     while stack:
         node, depth = stack.pop()
         if depth > max_depth:
-            raise JsonRefused(
-                f"the JSON body is nested more than {max_depth} levels deep (limits.json_max_depth)",
-                Action.json_too_deep)
+            raise _too_deep(max_depth)
         if isinstance(node, dict):
             stack.extend((value, depth + 1) for value in node.values() if isinstance(value, dict | list))
         elif isinstance(node, list):
@@ -126,7 +129,7 @@ def _check_depth(document: Any, max_depth: int) -> None:
 
 def json_to_protobuf(signal: Signal, body: bytes | memoryview, max_depth: int = MAX_DEPTH) -> bytes:
     """Convert an OTLP/JSON request body to the protobuf bytes of the same request."""
-    document = _loads(body if not isinstance(body, memoryview) else body.tobytes())
+    document = _loads(body if not isinstance(body, memoryview) else body.tobytes(), max_depth)
     _check_depth(document, max_depth)
     return _to_protobuf(signal, document)
 

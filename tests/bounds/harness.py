@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import re
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-from tests.conftest import sidecar_env
+from tests.conftest import REPO, sidecar_env
 from tests.processes import SidecarProcess
 from tests.spine import sdk
 from tests.upstream import Upstream
@@ -45,8 +46,10 @@ SMALL_TRACES = encode_spans(sdk.make_spans(3)).SerializeToString()
 class BoundedSidecar:
     """A sidecar process plus the upstream it exports to; ``env`` adds SIDECAR_* settings."""
 
-    def __init__(self, protocol: str = "grpc", **env: str) -> None:
+    def __init__(self, protocol: str = "grpc", *, nofile: int | None = None, **env: str) -> None:
+        """``nofile``: the process's RLIMIT_NOFILE (to run it out of descriptors)."""
         self.protocol = protocol
+        self.nofile = nofile
         self.extra = env
         self.upstream = Upstream()
         self.process: SidecarProcess | None = None
@@ -61,7 +64,7 @@ class BoundedSidecar:
         if repo:
             self.process.env["PYTHONPATH"] = repo
         try:
-            self.ports = await _start(self.process, repo)
+            self.ports = await _start(self.process, repo, self.nofile)
         except BaseException:
             await self.upstream.stop()
             raise
@@ -150,13 +153,18 @@ class BoundedSidecar:
         return await self.metric("otlp_sidecar_overload_actions_total", listener=listener, action=action)
 
 
-async def _start(process: SidecarProcess, repo: str | None) -> dict[str, int]:
-    if not repo:
+async def _start(process: SidecarProcess, repo: str | None, nofile: int | None) -> dict[str, int]:
+    if not repo and nofile is None:
         return await process.start()
-    # another checkout (the code before a change): its sidecar, run from its own directory
+
+    def limit_files() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    # another checkout (the code before a change) from its own directory, or a descriptor limit
     process.proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "run", cwd=repo, env=process.env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "sidecar", "run", cwd=repo or str(REPO), env=process.env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, preexec_fn=limit_files,
     )
     assert process.proc.stderr is not None
     async with asyncio.timeout(30):
@@ -316,9 +324,11 @@ class Probe:
             await self.once()
             await asyncio.sleep(self.interval)
 
-    def assert_served(self, max_latency: float = 1.0, min_ok: int = 1) -> ProbeResult:
+    def assert_served(self, max_latency: float = 1.0, min_ok: int = 1, max_failures: int = 0) -> ProbeResult:
+        """Served every time (``max_failures``: a few refusals allowed, e.g. at a connection cap
+        during a burst, each answered at once), within ``max_latency`` seconds."""
         result = self.result
-        assert not result.failures, f"the normal {self.kind} client failed: {result.failures[:5]}"
+        assert len(result.failures) <= max_failures, f"the normal {self.kind} client failed: {result.failures[:5]}"
         assert len(result.latencies) >= min_ok, f"the normal client was served {len(result.latencies)} times"
         assert result.max_latency <= max_latency, (
             f"the normal {self.kind} client waited {result.max_latency:.3f}s (bound {max_latency}s)"

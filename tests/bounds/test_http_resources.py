@@ -1,0 +1,48 @@
+"""Resources per request against a real sidecar process enforcing the bundled policies (issue 14).
+
+Before this change: 5,000 resources of distinct service.name in one 349 KB request were all
+evaluated, every port frozen (22.9 s for the request here) and the peak RSS 453 MiB. Now a
+request over limits.max_resources_per_request (512) is refused with 413 before any policy
+evaluation; the engine's own bounds (evaluation off the loop, its memory) are tested beside it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.bounds import attacks
+from tests.bounds.harness import BoundedSidecar, Probe, http_post, status_message
+
+pytestmark = pytest.mark.timeout(120)
+
+ENFORCE = {"SIDECAR_POLICY_MODE": "enforce"}
+
+
+async def test_five_thousand_resources_in_one_request_are_refused_before_evaluation() -> None:
+    body = attacks.distinct_resources(5000, "bulk")
+    async with BoundedSidecar(**ENFORCE) as sidecar:
+        async with Probe(sidecar) as probe:
+            started = time.perf_counter()
+            status, answer = await http_post(sidecar.http, "/v1/traces", body)
+            elapsed = time.perf_counter() - started
+        assert status == 413
+        assert "holds 5000 resources, more than the 512 allowed" in status_message(answer)
+        assert elapsed < 1.0
+        probe.assert_served(0.5)
+        sidecar.assert_peak_under()
+        assert await sidecar.action("otlp_http", "too_many_resources") == 1
+        assert sidecar.upstream.spans() == [] or all(
+            span.name != "op" for span in sidecar.upstream.spans()
+        )  # none of the refused request's spans went upstream
+
+
+async def test_a_request_at_the_cap_is_accepted_and_a_lower_cap_applies() -> None:
+    async with BoundedSidecar(SIDECAR_LIMITS_MAX_RESOURCES_PER_REQUEST="100", **ENFORCE) as sidecar:
+        status, answer = await http_post(sidecar.http, "/v1/traces", attacks.distinct_resources(100, "cap"))
+        assert status == 200, status_message(answer)
+        status, answer = await http_post(sidecar.http, "/v1/traces", attacks.distinct_resources(101, "over"))
+        assert status == 413 and "more than the 100 allowed (limits.max_resources_per_request)" in status_message(
+            answer)
+        await sidecar.upstream.wait_for(lambda: len(sidecar.upstream.spans()) == 100, timeout=20)
+        sidecar.assert_peak_under()

@@ -1,0 +1,79 @@
+"""OTLP/JSON against a real sidecar process: bounded before decoding (issue 14).
+
+Before this change: 100,000 `[`, objects nested 995 deep and a 5,000-digit integer were answered
+500 with a logged traceback; 5,000,000 empty spans (15 MB) froze every port for over 85 s and
+peaked at 1,325 MiB."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from google.protobuf import json_format
+
+from sidecar.wire.otlp_json import message_to_json
+from tests.bounds import attacks
+from tests.bounds.harness import BoundedSidecar, Probe, http_post
+from tests.spine import sdk
+
+pytestmark = pytest.mark.timeout(120)
+
+LATENCY = 0.5
+
+
+def message(answer: bytes) -> str:
+    return json.loads(answer)["message"]
+
+
+CASES = {
+    "100,000 [ deep": (attacks.json_deep_arrays, 400, "nested more than 64 levels deep", "json_too_deep"),
+    "objects nested 995 deep": (attacks.json_deep_objects, 400, "nested more than 64 levels", "json_too_deep"),
+    "an integer of 5,000 digits": (attacks.json_long_integer, 400, "integer string conversion", "json_invalid"),
+    "5,000,000 empty spans in 15 MB": (
+        attacks.json_empty_spans, 413, "more than the 200000 allowed", "json_too_many_items"),
+}
+
+
+@pytest.mark.parametrize(("make", "status", "text", "action"), CASES.values(), ids=CASES.keys())
+async def test_hostile_json_gets_a_clear_4xx_and_no_traceback(make, status: int, text: str, action: str) -> None:
+    body = make()
+    async with BoundedSidecar() as sidecar:
+        async with Probe(sidecar) as probe:
+            started = time.perf_counter()
+            got, answer = await http_post(sidecar.http, "/v1/traces", body, content_type="application/json")
+            elapsed = time.perf_counter() - started
+        assert got == status
+        assert text in message(answer)
+        assert elapsed < 3.0
+        probe.assert_served(LATENCY)
+        sidecar.assert_peak_under()
+        assert await sidecar.action("otlp_http", action) == 1
+        assert "Traceback" not in sidecar.log and " ERROR " not in sidecar.log
+
+
+async def test_a_lower_items_limit_applies() -> None:
+    body = attacks.json_empty_spans(2000)
+    async with BoundedSidecar(SIDECAR_LIMITS_JSON_MAX_ITEMS="1000") as sidecar:
+        status, answer = await http_post(sidecar.http, "/v1/traces", body, content_type="application/json")
+        assert status == 413 and "more than the 1000 allowed (limits.json_max_items)" in message(answer)
+
+
+async def test_a_large_valid_json_request_is_converted_while_others_are_served() -> None:
+    """5,000 SDK spans as OTLP/JSON (about 3 MB): accepted whole, converted off the event loop."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    request = encode_spans(sdk.make_spans(5000, attributes={"batch": "json"}))
+    body = json.dumps(message_to_json(request)).encode()
+    assert json_format  # the JSON mapping the sidecar reads back
+    async with BoundedSidecar() as sidecar:
+        async with Probe(sidecar) as probe:
+            status, answer = await http_post(sidecar.http, "/v1/traces", body, content_type="application/json")
+        assert status == 200, answer
+        def batch() -> int:  # the probe's spans are there too
+            return sum(1 for span in sidecar.upstream.spans() if any(a.key == "batch" for a in span.attributes))
+
+        await sidecar.upstream.wait_for(lambda: batch() == 5000, timeout=30)
+        probe.assert_served(LATENCY)
+        sidecar.assert_peak_under()
+        print(f"JSON of {len(body) / 2**20:.1f} MiB: peak RSS {sidecar.peak_rss() / 2**20:.1f} MiB")
