@@ -1,4 +1,4 @@
-"""``otlp-sidecar policy test | eval | explain``: run, query and try out the policies.
+"""``otlp-sidecar policy test | eval | explain | bundle``: run, query and try out the policies.
 
 Kept light at import: the engine is imported inside the handlers.
 """
@@ -20,13 +20,18 @@ def register(subparsers: Any) -> None:
     actions = policy.add_subparsers(dest="policy_command", metavar="ACTION")
 
     test = actions.add_parser("test", help="run every test_ rule of the _test.rego files (like opa test)")
-    test.add_argument("dir", nargs="?", help="policy directory (default: $SIDECAR_POLICY_DIR or ./policies)")
-    test.add_argument("--path", default="otlp_sidecar/main", help="package path of the decision document")
-    test.add_argument("-q", "--quiet", action="store_true", help="print failures and the summary only")
+    from sidecar.policy.testing_cli import add_test_arguments
+
+    add_test_arguments(test)
     test.set_defaults(handler=cmd_test)
 
-    evaluate = actions.add_parser("eval", help="print the decision and the compiled plan for one input")
-    evaluate.add_argument("--input", "-i", required=True, metavar="FILE", help="policy input as JSON")
+    evaluate = actions.add_parser(
+        "eval", help="evaluate a Rego query (like opa eval), or print the decision and plan for one input",
+    )
+    evaluate.add_argument("query", nargs="?", help="Rego query, as opa eval takes it (default: decision and plan)")
+    evaluate.add_argument("--input", "-i", metavar="FILE", help="input document as JSON")
+    evaluate.add_argument("--format", "-f", choices=["json", "raw", "pretty"], default="json", help="with a query")
+    evaluate.add_argument("--fail", action="store_true", help="exit 1 when the query is undefined (as opa eval --fail)")
     _common(evaluate)
     evaluate.set_defaults(handler=cmd_eval)
 
@@ -42,11 +47,16 @@ def register(subparsers: Any) -> None:
     )
     _common(explain)
     explain.set_defaults(handler=cmd_explain)
+    from sidecar.policy.bundles.cli import register as register_bundle
+
+    register_bundle(actions)
     policy.set_defaults(handler=lambda _args: (policy.print_help(sys.stderr), 2)[1])
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", help="policy directory (default: $SIDECAR_POLICY_DIR or ./policies)")
+    parser.add_argument(
+        "--dir", "-d", "--data", dest="dir", help="policy directory (default: $SIDECAR_POLICY_DIR or ./policies)",
+    )
     parser.add_argument("--path", default="otlp_sidecar/main", help="package path of the decision document")
     parser.add_argument(
         "--hash-key-file", default=os.environ.get("SIDECAR_POLICY_HASH_KEY_FILE", ""),
@@ -67,36 +77,9 @@ def _fail(message: str) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from sidecar.policy.errors import PolicyLoadError
-    from sidecar.policy.loader import precheck
+    from sidecar.policy.testing_cli import cmd_test as run_test
 
-    root = _policy_dir(args.dir)
-    try:
-        results = precheck(root, args.path, True)
-    except PolicyLoadError as exc:
-        return _fail(str(exc))
-    current = None
-    for result in results:
-        if args.quiet and result.passed:
-            continue
-        if result.file != current:
-            current = result.file
-            print(f"{result.file}:")
-        verdict = "PASS" if result.passed else ("ERROR" if result.error else "FAIL")
-        print(f"{result.name}: {verdict} ({result.seconds * 1000:.1f}ms)")
-        if result.error:
-            print(f"  {result.error}")
-    passed = sum(r.passed for r in results)
-    failed = len(results) - passed
-    print(RULE)
-    if not results:
-        print("no tests found")
-        return 0
-    if passed:
-        print(f"PASS: {passed}/{len(results)}")
-    if failed:
-        print(f"FAIL: {failed}/{len(results)}")
-    return 1 if failed else 0
+    return run_test(args, _policy_dir(args.dir))
 
 
 # ------------------------------------------------------------------------- eval
@@ -160,6 +143,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sidecar.configkit import ConfigError
     from sidecar.policy.errors import PolicyError
 
+    if args.query:
+        return _eval_query(args)
+    if not args.input:
+        return _fail("eval: give a query (as opa eval) or --input FILE (the decision and plan)")
     try:
         with open(args.input, encoding="utf-8") as handle:
             partial = json.load(handle)
@@ -189,6 +176,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_query(args: argparse.Namespace) -> int:
+    """``policy eval QUERY [-d DIR] [-i FILE] [--format F]``: as ``opa eval`` (exit 2 on error)."""
+    from sidecar.policy.eval_query import evaluate, render
+
+    document = None
+    if args.input:
+        try:
+            with open(args.input, encoding="utf-8") as handle:
+                document = json.load(handle)
+        except OSError as exc:
+            return _fail(f"cannot read {args.input}: {exc.strerror}")
+        except json.JSONDecodeError as exc:
+            return _fail(f"{args.input} is not valid JSON: {exc.msg} at line {exc.lineno}")
+    outcome = evaluate(_policy_dir(args.dir) if args.dir or os.path.isdir(_policy_dir(None)) else "",
+                       args.query, document)
+    print(render(outcome, args.format))
+    if "errors" in outcome:
+        return 2
+    return 1 if args.fail and not outcome.get("result") else 0
+
+
 # ------------------------------------------------------------------------- explain
 
 
@@ -207,5 +215,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
         lines = explain_payload(session, body, args.signal, args.transport, args.show_values)
     except (PolicyError, ConfigError, ValueError) as exc:
         return _fail(str(exc))
-    print("\n".join(lines))
+    return write_lines(lines)
+
+
+def write_lines(lines: list[str]) -> int:
+    """Print ``lines``; a reader that goes away (``| head``) ends the command quietly."""
+    import signal
+
+    try:
+        for line in lines:
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # stdout is gone: point it at /dev/null so that the interpreter's final flush is silent
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -9,6 +10,7 @@ from sidecar.configkit import ConfigError, setting
 
 #: how the policies apply: only `enforce` masks card numbers
 MODES = ("enforce", "dry_run", "passthrough")
+_BUNDLE_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
 def _opa_url(value: str) -> str | None:
@@ -28,6 +30,37 @@ def _decision_path(value: str) -> str | None:
     parts = value.strip("/").split("/")
     if not all(part.replace("_", "a").isalnum() for part in parts):
         return "must be a package path such as otlp_sidecar/main (letters, digits, _ and /)"
+    return None
+
+
+def bundle_source(entry: str) -> tuple[str, str]:
+    """``name=source`` or ``source`` -> (name, source); the default name is the file's stem."""
+    name, sep, source = entry.partition("=")
+    if not sep or "/" in name or ":" in name:
+        name, source = "", entry
+    source = source.strip()
+    if not name:
+        path = urlsplit(source).path if "://" in source else source
+        name = path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".tar.gz").removesuffix(".tgz") or "bundle"
+    return name.strip(), source
+
+
+def _bundle_sources(values: list[str]) -> str | None:
+    names: set[str] = set()
+    for entry in values:
+        name, source = bundle_source(entry)
+        if not _BUNDLE_NAME_RE.fullmatch(name):
+            return f"bundle name {name!r} must be letters, digits, '_', '-' or '.' (not starting with '.')"
+        if name in names:
+            return f"two bundles are named {name!r}: name them (`name=source`)"
+        names.add(name)
+        if "://" in source:
+            problem = _opa_url(source)
+            if problem:
+                return f"{source!r} " + problem.replace("such as http://opa.policy:8181", "such as "
+                                                        "https://bundles.example/pci.tar.gz")
+        elif not source:
+            return "a bundle source is empty"
     return None
 
 
@@ -122,6 +155,63 @@ class PolicyConfig:
         kind="bool",
     )
 
+    bundles: list[str] = setting(
+        [],
+        "OPA bundles to load instead of `dir`: each an `https://` / `http://` URL of a bundle server "
+        "(polled with `If-None-Match`), a `.tar.gz` file or a bundle directory, optionally named "
+        "`name=source` (default name: the file name without `.tar.gz`). Several bundles must have "
+        "disjoint `roots` in their `.manifest`. With `dir` set as well, `dir` is one more bundle. "
+        "See docs/bundles.md.",
+        kind="list", env=["SIDECAR_POLICY_BUNDLES"], check=_bundle_sources,
+    )
+    bundle_polling_min_delay: float = setting(
+        60.0, "Shortest wait between two polls of a bundle source (the wait is random between "
+        "the min and max delay, so a fleet does not poll in step).", kind="duration", min=0.05,
+    )
+    bundle_polling_max_delay: float = setting(
+        120.0, "Longest wait between two polls of a bundle source, and the ceiling of the back-off "
+        "after a failed download.", kind="duration", min=0.05,
+    )
+    bundle_start_timeout: float = setting(
+        30.0, "How long the start waits for every bundle to be downloaded, verified and loaded; "
+        "past it the sidecar does not start (it never serves without its policies).",
+        kind="duration", min=0.1,
+    )
+    bundle_timeout: float = setting(
+        10.0, "Longest time for one bundle download (connect and body).", kind="duration", min=0.1,
+    )
+    bundle_verification_key_file: str = setting(
+        "", "Key that bundles must be signed with (`.signatures.json`, as `opa sign` writes): a PEM "
+        "public key or certificate for RS*/PS*/ES*, the shared secret for HS*. When set, an unsigned "
+        "or tampered bundle is refused and the last good set stays.",
+        kind="path", env=["SIDECAR_POLICY_BUNDLE_VERIFICATION_KEY_FILE"],
+    )
+    bundle_verification_algorithm: str = setting(
+        "RS256", "Signature algorithm of the verification key.",
+        choices=["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+                 "HS256", "HS384", "HS512"],
+    )
+    bundle_verification_key_id: str = setting(
+        "", "Key id a signature must name (`kid`; empty: any). `opa build --signing-key` names `default`.",
+    )
+    bundle_verification_scope: str = setting(
+        "", "Scope a signature must carry (`opa build --scope`; empty: a signature without scope).",
+    )
+    bundle_max_download_size: int = setting(
+        8 * 1024 * 1024, "Largest bundle accepted as downloaded (compressed).", kind="size", min=1024,
+    )
+    bundle_max_size: int = setting(
+        16 * 1024 * 1024, "Largest bundle accepted once decompressed (all members together).",
+        kind="size", min=1024,
+    )
+    bundle_ca_file: str = setting(
+        "", "PEM CA bundle to verify an `https://` bundle server with (empty: the system's).", kind="path",
+    )
+    bundle_token_file: str = setting(
+        "", "File holding a bearer token sent as `Authorization: Bearer` to bundle servers (never logged).",
+        kind="path",
+    )
+
     def __post_init__(self) -> None:
         # `dry_run = true` is the older spelling of mode "dry_run": keep both views in step
         if self.dry_run and self.mode == "enforce":
@@ -142,6 +232,17 @@ class PolicyConfig:
             raise ConfigError(
                 "policy.mode", "is 'passthrough' (no policy applied) but a policy is configured "
                 "(policy.dir or backend 'opa'): remove one of the two"
+            )
+        if self.bundles and self.backend == "opa":
+            raise ConfigError(
+                "policy.bundles", "are loaded by the embedded engine; with backend 'opa' give the "
+                "bundles to OPA itself (its `bundles` configuration)"
+            )
+        if self.bundles and self.mode == "passthrough":
+            raise ConfigError("policy.mode", "is 'passthrough' (no policy applied) but policy.bundles are set")
+        if self.bundle_polling_max_delay < self.bundle_polling_min_delay:
+            raise ConfigError(
+                "policy.bundle_polling_max_delay", "must not be shorter than policy.bundle_polling_min_delay"
             )
         if self.backend == "opa" and not self.opa_url:
             raise ConfigError("policy.opa_url", "is required when policy.backend is 'opa'")

@@ -31,6 +31,7 @@ import prometheus_client
 
 from sidecar.configkit import ConfigError
 from sidecar.identity import Peer, PodIdentity
+from sidecar.policy.bundles.manager import BundleManager
 from sidecar.policy.cache import PlanCache, plan_bytes
 from sidecar.policy.config import PolicyConfig
 from sidecar.policy.decision import PodSettings, RateLimit, compile_plan, pod_settings_from
@@ -107,6 +108,13 @@ class PolicyService:
         self._digest_key = secrets.token_bytes(16)
         self._strict = strict_plan(pod)
         self._remote = RemoteBackend(config.opa_url, config.opa_path, config.opa_timeout) if remote else None
+        #: OPA bundles (policy.bundles): staged into one directory that replaces self._dir on each swap
+        self._bundles: BundleManager | None = None
+        if config.bundles and not remote:
+            try:
+                self._bundles = BundleManager(config, registry)
+            except PolicyLoadError as exc:
+                raise ConfigError("policy.bundle_verification_key_file", str(exc)) from None
         self._active: _Active | None = None
         self._pod_settings = PodSettings()
         self._hash_key = b""
@@ -152,18 +160,27 @@ class PolicyService:
         else:
             origin = self.config.dir or f"{self._dir} (the bundled policy set)"
             try:
+                if self._bundles is not None:
+                    origin = "bundles " + ", ".join(s.name for s in self._bundles.sources)
+                    self._dir = await self._bundles.first_stage()
                 active = await self._load(self._dir)
                 active, self._pod_settings = await asyncio.to_thread(self._probe, active)
             except PolicyLoadError as exc:
                 self.metrics.reloads.labels("failed").inc()
-                raise ConfigError("policy.dir", f"{origin}: {exc}") from None
+                raise ConfigError("policy.bundles" if self._bundles else "policy.dir", f"{origin}: {exc}") from None
             except DecisionError as exc:
                 self.metrics.reloads.labels("failed").inc()
                 key = "policy.hash_key_file" if "hash key" in str(exc) else "policy.dir"
                 raise ConfigError(key, str(exc) if self.config.dir else f"{origin}: {exc}") from None
+            if self._bundles is not None:
+                self._bundles.committed(self._dir)
             self._activate(active)
         self._started = True
-        if self.config.reload_interval > 0 and (
+        if self._bundles is not None:
+            self._bundles.start_polling(self._apply_bundles)
+            if self.config.hash_key_file and self.config.reload_interval > 0:
+                self._watcher = asyncio.create_task(self._watch(), name="policy-watcher")
+        elif self.config.reload_interval > 0 and (
             self.config.dir or self.config.hash_key_file or self._remote is not None
         ):  # the bundled set never changes: it is not watched
             self._watcher = asyncio.create_task(self._watch(), name="policy-watcher")
@@ -174,6 +191,8 @@ class PolicyService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+        if self._bundles is not None:
+            await self._bundles.close()
         for task in list(self._inflight.values()):
             task.cancel()
         self._engine.close()
@@ -231,7 +250,8 @@ class PolicyService:
             "warning": MODE_WARNINGS.get(self.config.mode, ""),
             "backend": self.config.backend,
             "dir": self._dir if self._remote is None else "",
-            "bundled": self._remote is None and not self.config.dir,
+            "bundled": self._remote is None and not self.config.dir and self._bundles is None,
+            "bundles": self._bundles.status() if self._bundles is not None else [],
             "opa_url": without_userinfo(self.config.opa_url) if self._remote else "",
             "version": self.version,
             "loaded_at": active.loaded_at if active else None,
@@ -530,7 +550,7 @@ class PolicyService:
                 logging.INFO if self.config.mode == "enforce" else logging.WARNING,
                 "policy set %s%s is live: mode %s, %d files, %d tests passed, PCI probe: %d card "
                 "numbers in every signal masked",
-                active.version, "" if self.config.dir else " (bundled)", self.config.mode,
+                active.version, self._origin_note(), self.config.mode,
                 len(active.files), active.tests_passed, active.probed_cards,
             )
             for rule_id in active.ignored_keeps:
@@ -539,6 +559,12 @@ class PolicyService:
                     "are masked anyway (only an exemption naming an exact key keeps them)", rule_id,
                 )
             self._announce_exemptions()
+
+    def _origin_note(self) -> str:
+        """How the start and reload line names where the set came from."""
+        if self._bundles is not None:
+            return f" (bundles {self._bundles.describe()})"
+        return "" if self.config.dir else " (bundled)"
 
     def _announce_exemptions(self) -> None:
         """Log and count the exemptions in force (at every load: they are the one way around masking)."""
@@ -549,10 +575,11 @@ class PolicyService:
                 exemption.rule_id, exemption.key, exemption.reason,
             )
 
-    async def reload(self) -> bool:
-        """Load the directory again; swap it in when it changed and is good. True when swapped."""
+    async def reload(self, root: str | None = None) -> bool:
+        """Load the directory again (or ``root``: staged bundles); swap it in when it changed and is
+        good. True when swapped."""
         async with self._reload_lock:
-            root = self._dir
+            root = root or self._dir
             current = self._active
             try:
                 policy_set = await asyncio.to_thread(read_policy_dir, root)
@@ -568,9 +595,17 @@ class PolicyService:
                 log.error("policy reload refused, the last good set %s stays: %s", self.version, exc)
                 return False
             self._pod_settings = settings
+            self._dir = root
             self._activate(active)
             self._last_error = ""
             return True
+
+    async def _apply_bundles(self, root: str) -> tuple[bool, str]:
+        """Reload from a staged bundle directory: (swapped, the refusal's message or "")."""
+        before = self._last_error_at
+        swapped = await self.reload(root)
+        refused = not swapped and self._last_error_at != before and self._last_error
+        return swapped, (self._last_error if refused else "")
 
     def _note_error(self, message: str) -> None:
         self._last_error = message
@@ -592,7 +627,7 @@ class PolicyService:
         if self._remote is not None:
             await self._refresh_remote_settings()
             return
-        if not self.config.dir:
+        if not self.config.dir or self._bundles is not None:  # bundle sources are polled by their manager
             return
         current = self._active
         now = await asyncio.to_thread(snapshot, self.config.dir)
