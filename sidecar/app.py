@@ -121,7 +121,7 @@ class Sidecar:
         )
         self.queue.restore(replay)
         await self.exporter.start()
-        self.sender = Sender(self.queue, self.exporter, cfg.exporter, self.metrics)
+        self.sender = Sender(self.queue, self.exporter, cfg.exporter, self.metrics, exporter_for=cfg.exporter_for)
         self.sender.start()
         pipeline = Pipeline(
             self.queue, self.metrics, self._planner, max_resources=cfg.limits.max_resources_per_request
@@ -235,9 +235,10 @@ class Sidecar:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         exporter_ok = self.sender is not None and self.sender.healthy
         policy_ok = self.policy is None or bool(getattr(self.policy, "ready", True))
-        details = {
+        details: dict[str, Any] = {
             "receivers": "up" if self._receivers_up else "down",
-            "exporter": "ok" if exporter_ok else f"failing: {self.sender.last_error if self.sender else ''}",
+            # ok, or failing: the error with its URL and setting; the circuit; the last batch dropped
+            **(self.sender.status() if self.sender is not None else {"exporter": "failing: not started"}),
             "policy": "ok" if policy_ok else "not loaded",
         }
         upstream_ok = exporter_ok or not self.config.admin.ready_requires_upstream

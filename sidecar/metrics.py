@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 from sidecar.overload.metrics import OverloadMetrics
+from sidecar.signals import Signal
 
 if TYPE_CHECKING:
     from sidecar.wire.budget import ReceiveBudget
@@ -20,6 +21,11 @@ PREFIX = "otlp_sidecar"
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 10, 50, 100, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+#: the receivers' transports (label ``transport``)
+TRANSPORTS = ("grpc", "http")
+#: why items are refused (``otlp_sidecar_receiver_refused_items_total{reason}``, sidecar.pipeline)
+ITEM_REFUSALS = ("policy", "queue_full", "rate_limited", "policy_unavailable", "shutting_down")
 
 
 class SidecarMetrics:
@@ -107,6 +113,29 @@ class SidecarMetrics:
         )
         #: protective actions, connections per listener, the receive budget (sidecar.overload)
         self.overload = OverloadMetrics(r)
+        #: process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, process_max_fds ...
+        ProcessCollector(registry=r)
+        self._create_children()
+
+    def _create_children(self) -> None:
+        """Every series the alerts and the dashboard use, at zero from the start: rate() and
+        increase() need a sample before the first event to see it (docs/metrics.md)."""
+        for signal in Signal:
+            s = signal.value
+            for transport in TRANSPORTS:
+                self.received_items.labels(s, transport)
+                self.accepted_items.labels(s, transport)
+                self.request_duration.labels(s, transport)
+                for reason in ITEM_REFUSALS:
+                    self.refused_items.labels(s, transport, reason)
+            self.sampled_out_items.labels(s)
+            self.queue_items.labels(s)
+            self.sent_items.labels(s)
+            self.rejected_upstream_items.labels(s)
+            self.export_retries.labels(s)
+            self.export_duration.labels(s)
+            self.batch_items.labels(s)
+            self.batch_bytes.labels(s)
 
     def track_receive_budget(self, budget: ReceiveBudget) -> None:
         """Report ``budget`` (shared by the listeners) at every scrape."""

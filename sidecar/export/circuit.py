@@ -6,6 +6,11 @@ opens: no attempt is made for ``open_for`` seconds (doubling, up to
 (the probe) goes through while the others wait; success closes it, failure
 opens it again. Batches are never dropped by the breaker: they wait in the
 queue (and on disk, with the disk queue), bounded by the queue's capacity.
+
+A failed attempt is one the upstream could not take: a retryable error, or a final answer
+that says the upstream *as configured* takes nothing (:data:`ENDPOINT_FAILURES`: a wrong
+path answering 404, a refused credential, a protocol it does not serve). A final answer about
+one batch's data (400, 413, INVALID_ARGUMENT) is the upstream working: it does not count.
 """
 
 from __future__ import annotations
@@ -25,6 +30,23 @@ class State(enum.IntEnum):
     CLOSED = 0
     HALF_OPEN = 1
     OPEN = 2
+
+
+#: final (non-retryable) answers about the endpoint, not the batch: every batch would get them,
+#: so they count as failures of the upstream and open the circuit (the batch itself is dropped
+#: and counted, as OTLP says for a final answer)
+ENDPOINT_FAILURES = frozenset(
+    {
+        "http_401", "http_403", "http_404", "http_405", "http_406", "http_407", "http_410",
+        "http_415", "http_426", "http_501", "http_505",
+        "grpc_unauthenticated", "grpc_permission_denied", "grpc_not_found", "grpc_unimplemented",
+    }
+)
+
+
+def upstream_failed(reason: str, retryable: bool) -> bool:
+    """True when a failed attempt counts against the upstream (see :data:`ENDPOINT_FAILURES`)."""
+    return retryable or reason in ENDPOINT_FAILURES
 
 
 class CircuitBreaker:
@@ -55,6 +77,10 @@ class CircuitBreaker:
             ["state"], registry=registry,
         )
         self._gauge.set(0)
+        for state in State:  # each transition counted from zero
+            self._transitions.labels(state.name.lower())
+        #: the last failed attempt's message (logged when the circuit opens)
+        self.last_failure = ""
 
     @property
     def allows_traffic(self) -> bool:
@@ -87,7 +113,10 @@ class CircuitBreaker:
             log.info("upstream answers again: circuit closed")
             self._set(State.CLOSED)
 
-    def failure(self) -> None:
+    def failure(self, why: str = "") -> None:
+        """An attempt failed (``why``: its error, naming the URL and the setting)."""
+        if why:
+            self.last_failure = why
         self._failures += 1
         if self.state is State.HALF_OPEN:
             self._probing = False
@@ -106,8 +135,8 @@ class CircuitBreaker:
     def _open(self) -> None:
         self._opened_at = time.monotonic()
         log.warning(
-            "upstream failed %d attempts in a row: circuit open, next probe in %.1fs",
-            self._failures, self._open_for,
+            "upstream failed %d attempts in a row: circuit open, next probe in %.1fs (last: %s)",
+            self._failures, self._open_for, self.last_failure or "no message",
         )
         self._set(State.OPEN)
 

@@ -1,8 +1,9 @@
 """Export workers: take batches from the queue, send them, retry per the OTLP rules.
 
 A batch leaves the queue only when the upstream took it, or when it failed for
-good (a non-retryable answer, or retries past ``retry_max_elapsed``); either way
-it is counted, so nothing that was accepted disappears silently.
+good (a non-retryable answer, retries past ``retry_max_elapsed``, or the shutdown grace
+period over); either way it is counted, so nothing that was accepted disappears silently.
+Every error names the URL and the setting it came from, in the log and on ``/ready``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import asyncio
 import logging
 import random
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from sidecar.config import ExporterConfig
-from sidecar.export.circuit import CircuitBreaker, State
+from sidecar.export.circuit import CircuitBreaker, State, upstream_failed
 from sidecar.export.queue import Batch, ExportQueue
 from sidecar.export.result import Exported, ExportError
 from sidecar.metrics import SidecarMetrics
@@ -31,18 +33,56 @@ class Exporter(Protocol):
     async def export(self, signal: Signal, data: bytes) -> Exported: ...
 
 
+#: why a batch is counted as failed, each series at zero from the start (any protocol)
+COMMON_FAILURES = ("unavailable", "timeout", "shutdown")
+#: the final answers of each protocol an operator meets most (others appear at their first use)
+PROTOCOL_FAILURES = {
+    "grpc": ("grpc_invalid_argument", "grpc_unauthenticated", "grpc_permission_denied", "grpc_unimplemented",
+             "grpc_unavailable", "grpc_resource_exhausted"),
+    "http/protobuf": ("http_400", "http_401", "http_403", "http_404", "http_413", "http_429", "http_503"),
+}
+
+
+def describe_target(config: ExporterConfig, signal: Signal) -> str:
+    """Where ``signal`` goes and which setting says so, for error messages:
+    ``http://collector:4318/v1/traces (exporter.endpoint)``."""
+    if config.resolved_type == "debug":
+        return f"the debug exporter (exporter.debug_output {config.debug_output})"
+    key = f"exporter.{signal.value}_endpoint" if config.signal_endpoint(signal) else "exporter.endpoint"
+    return f"{config.url_for(signal)} ({key})"
+
+
 class Sender:
     def __init__(
-        self, queue: ExportQueue, exporter: Exporter, config: ExporterConfig, metrics: SidecarMetrics
+        self,
+        queue: ExportQueue,
+        exporter: Exporter,
+        config: ExporterConfig,
+        metrics: SidecarMetrics,
+        exporter_for: Callable[[Signal], ExporterConfig] | None = None,
     ) -> None:
+        """``exporter_for(signal)``: the signal's own exporter settings where it has them (the
+        messages name its URL and setting); ``config`` for every signal without it."""
         self._queue = queue
         self._exporter = exporter
         self._config = config
         self._metrics = metrics
         self._workers: list[asyncio.Task[None]] = []
         self._deadline: float | None = None
+        #: the last failed attempt (with its URL and setting); "" once an attempt succeeds
         self.last_error = ""
+        self.last_error_at = 0.0
+        #: the last batch given up on, and when
+        self.last_drop = ""
+        self.last_drop_at = 0.0
         self._logged_final: set[str] = set()
+        self._targets = {
+            signal: describe_target(exporter_for(signal) if exporter_for else config, signal) for signal in Signal
+        }
+        for signal in Signal:
+            protocol = (exporter_for(signal) if exporter_for else config).protocol
+            for reason in COMMON_FAILURES + PROTOCOL_FAILURES.get(protocol, ()):
+                metrics.failed_items.labels(signal.value, reason)
         self.breaker = CircuitBreaker(
             threshold=config.circuit_threshold,
             open_for=config.circuit_open_for,
@@ -57,6 +97,19 @@ class Sender:
     def healthy(self) -> bool:
         """False unless the circuit is closed: the upstream keeps failing (fed to /ready)."""
         return self.breaker.state is State.CLOSED
+
+    def status(self) -> dict[str, Any]:
+        """What ``/ready`` shows of the exporter: ``ok`` or ``failing: <error>``, the circuit,
+        the last batch dropped (a final answer, retries or the grace period over)."""
+        failing = not self.healthy or bool(self.last_error)
+        status: dict[str, Any] = {
+            "exporter": f"failing: {self.last_error or self.breaker.last_failure}" if failing else "ok",
+            "exporter_circuit": self.breaker.state.name.lower(),
+        }
+        if self.last_drop:
+            status["exporter_last_drop"] = self.last_drop
+            status["exporter_last_drop_seconds_ago"] = round(time.monotonic() - self.last_drop_at, 1)
+        return status
 
     def start(self) -> None:
         for number in range(self._config.concurrency):
@@ -88,8 +141,8 @@ class Sender:
                     self._queue.done(batch, keep_on_disk=True)
                 else:
                     # the grace period ran out: say so, loudly and in the metrics, never silently
-                    self._fail(batch, ExportError("shutdown", "grace period over before the upstream took it",
-                                                  retryable=False))
+                    self._fail(batch, ExportError("shutdown", "the upstream had not taken it", retryable=False),
+                               why="at shutdown: the grace period ended first")
                     self._queue.done(batch)
                 raise
             self._queue.done(batch)
@@ -109,14 +162,15 @@ class Sender:
                 result = await self._exporter.export(batch.signal, data)
             except ExportError as exc:
                 self._metrics.export_duration.labels(signal).observe(time.monotonic() - t0)
-                if exc.retryable:
-                    self.breaker.failure()
-                else:  # the upstream answered: it is up, the data was the problem
+                self.last_error = self._with_target(exc.message, batch.signal)
+                self.last_error_at = time.monotonic()
+                if upstream_failed(exc.reason, exc.retryable):
+                    self.breaker.failure(self.last_error)
+                else:  # the upstream answered about this batch: it is up, the data was the problem
                     self.breaker.success()
-                self.last_error = exc.message
-                delay = self._next_delay(attempt, exc, started)
+                delay, why = self._next_delay(attempt, exc, started)
                 if delay is None:
-                    self._fail(batch, exc)
+                    self._fail(batch, exc, why=why)
                     return
                 self._metrics.export_retries.labels(signal).inc()
                 log.debug("export of %d %s failed (%s), retry in %.2fs", batch.items, signal, exc, delay)
@@ -128,10 +182,11 @@ class Sender:
                     raise
                 # an exporter bug must not kill the worker or lose the count
                 log.exception("exporter %s failed unexpectedly", self._exporter.name)
-                self._fail(batch, ExportError("internal", repr(exc), retryable=False))
+                self._fail(batch, ExportError("internal", repr(exc), retryable=False), why="on an internal error")
                 return
             self._metrics.export_duration.labels(signal).observe(time.monotonic() - t0)
             self.breaker.success()
+            self.last_error = ""
             sent = batch.items - min(result.rejected, batch.items)
             self._metrics.sent_items.labels(signal).inc(sent)
             if result.rejected:
@@ -142,30 +197,37 @@ class Sender:
                 )
             return
 
-    def _next_delay(self, attempt: int, exc: ExportError, started: float) -> float | None:
-        """Seconds to wait before the next attempt, or None to give up."""
+    def _next_delay(self, attempt: int, exc: ExportError, started: float) -> tuple[float | None, str]:
+        """Seconds to wait before the next attempt, or (None, why) to give up."""
         if not exc.retryable:
-            return None
+            return None, "on a final answer (not retried, per OTLP)"
         cfg = self._config
         backoff = min(cfg.retry_max_interval, cfg.retry_initial_interval * 2 ** (attempt - 1))
         delay = random.uniform(backoff / 2, backoff)
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         now = time.monotonic()
-        limit = started + cfg.retry_max_elapsed
-        if self._deadline is not None:
-            limit = min(limit, self._deadline)
-        if now + delay > limit:
-            return None
-        return delay
+        if self._deadline is not None and now + delay > self._deadline:
+            return None, "at shutdown: the grace period ended before a retry"
+        if now + delay > started + cfg.retry_max_elapsed:
+            return None, f"after retrying for {cfg.retry_max_elapsed:g} s (exporter.retry_max_elapsed)"
+        return delay, ""
 
-    def _fail(self, batch: Batch, exc: ExportError) -> None:
+    def _with_target(self, message: str, signal: Signal) -> str:
+        """``message`` naming the URL and the setting (once: transport errors name the URL already)."""
+        target = self._targets[signal]
+        url = target.split(" (", 1)[0]
+        if url in message:
+            return f"{message} ({target.split(' (', 1)[1]}"
+        return f"{message}; upstream {target}"
+
+    def _fail(self, batch: Batch, exc: ExportError, why: str) -> None:
         self._metrics.failed_items.labels(batch.signal.value, exc.reason).inc(batch.items)
+        message = self._with_target(exc.message, batch.signal)
+        self.last_drop = f"{batch.items} {batch.signal.item_name} {why}: {message}"
+        self.last_drop_at = time.monotonic()
         key = f"{batch.signal.value}:{exc.reason}"
         level = logging.ERROR if key not in self._logged_final else logging.DEBUG
         self._logged_final.add(key)
-        log.log(
-            level, "dropped %d %s after %s: %s",
-            batch.items, batch.signal.item_name,
-            "a final error" if not exc.retryable else "retrying too long", exc.message,
-        )
+        log.log(level, "dropped %s (counted in otlp_sidecar_exporter_failed_items_total{reason=\"%s\"})",
+                self.last_drop, exc.reason)

@@ -37,6 +37,8 @@ class PolicyMetrics:
             "otlp_sidecar_policy_reloads", "Policy set loads by result (ok, failed).",
             ["result"], registry=registry,
         )
+        for result in ("ok", "failed"):  # at zero from the start: the reload alert sees the first failure
+            self.reloads.labels(result)
         self.cache = Counter(
             "otlp_sidecar_policy_decision_cache", "Plan cache lookups by result (hit, miss).",
             ["result"], registry=registry,

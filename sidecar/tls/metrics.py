@@ -108,8 +108,8 @@ class TLSMetrics:
         r.register(self._expiry)
         self.reloads = Counter(
             f"{PREFIX}_reloads",
-            "Reloads after the certificate files changed: success (a new generation is in use) "
-            "or failure (the previous one stays).",
+            "Reloads after the certificate files changed: ok (a new generation is in use) "
+            "or failed (the previous one stays).",
             ["role", "result"],
             registry=r,
         )

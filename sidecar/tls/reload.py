@@ -35,7 +35,7 @@ EXPIRY_WARNING_SECONDS = 7 * 24 * 3600.0
 #: the expiry warning is repeated at most this often
 EXPIRY_WARNING_REPEAT = 3600.0
 
-#: called after each reload attempt with (role, "success" | "failure")
+#: called after each reload attempt with (role, "ok" | "failed"): the label values of every reload metric
 ReloadListener = Callable[[str, str], None]
 
 
@@ -149,7 +149,7 @@ class ReloadingTLS:
             self._failed_stamps = stamps
             self._last_error = problem
             log.warning("%s TLS reload failed, keeping the previous certificates: %s", self.role, problem)
-            self._notify("failure")
+            self._notify("failed")
             return
         self._stamps, self._failed_stamps, self._last_error = stamps, None, ""
         if loaded.digest == self._current.digest:
@@ -158,7 +158,7 @@ class ReloadingTLS:
         self._generation += 1
         what = describe(loaded.leaf) if loaded.leaf is not None else "CA bundle"
         log.info("%s TLS reloaded (generation %d): %s", self.role, self._generation, what)
-        self._notify("success")
+        self._notify("ok")
 
     def _notify(self, result: str) -> None:
         for listener in self._listeners:

@@ -31,6 +31,8 @@ log = logging.getLogger("otlp_sidecar.webhook")
 CONFIG_KEY = web.AppKey("config", WebhookConfig)
 METRICS_KEY = web.AppKey("metrics", "WebhookMetrics")
 
+#: every result of a review (sidecar.webhook.review.Outcome), each counted from zero
+REVIEW_RESULTS = ("injected", "skipped", "refused", "invalid", "error")
 ROUTES = {"/mutate": Scope.POD, "/mutate/namespace": Scope.NAMESPACE, "/mutate/pci": Scope.PCI}
 
 
@@ -53,10 +55,17 @@ class WebhookMetrics:
         )
         self.cert_reloads = Counter(
             "otlp_sidecar_webhook_cert_reloads",
-            "Serving certificate reloads, by result.",
+            "Serving certificate reloads, by result (ok, failed).",
             ["result"],
             registry=self.registry,
         )
+        # every series the alerts and the dashboard use exists at zero from the start, so that
+        # rate() and increase() see the first event (docs/metrics.md)
+        for scope in Scope:
+            for result in REVIEW_RESULTS:
+                self.reviews.labels(scope.value, result)
+        for result in ("ok", "failed"):
+            self.cert_reloads.labels(result)
 
 
 def build_app(config: WebhookConfig) -> web.Application:
@@ -147,10 +156,10 @@ async def watch_certificate(
         try:
             context.load_cert_chain(server.cert_file, server.key_file)
         except (OSError, ssl.SSLError) as exc:
-            metrics.cert_reloads.labels("failure").inc()
+            metrics.cert_reloads.labels("failed").inc()
             log.error("serving certificate changed but cannot be loaded (keeping the old one): %s", exc)
         else:
-            metrics.cert_reloads.labels("success").inc()
+            metrics.cert_reloads.labels("ok").inc()
             log.info("serving certificate reloaded from %s", server.cert_file)
 
 

@@ -121,7 +121,7 @@ async def test_server_certificate_rotates_while_requests_flow(tmp_path: Path, st
     assert sorted(r["body"] for r in received) == sorted(f"request {n}".encode() for n in range(sent))
     assert (before, after) == (serial_of(pki.server_cert), serial_of(new_cert))
     assert tls.generation == 1
-    assert value(metrics, "otlp_sidecar_tls_reloads_total", role="server", result="success") == 1
+    assert value(metrics, "otlp_sidecar_tls_reloads_total", role="server", result="ok") == 1
 
 
 async def test_client_certificate_rotates_and_requests_in_flight_finish(tmp_path: Path) -> None:
@@ -183,18 +183,18 @@ async def test_a_broken_new_set_keeps_the_old_certificate_and_is_counted(tmp_pat
     assert client.reload_now() is False
     assert client.context() is before
     assert client.last_error == f"key_file: {key_path}: the private key does not match the certificate {cert_path}"
-    assert value(metrics, "otlp_sidecar_tls_reloads_total", role="client", result="failure") == 1
+    assert value(metrics, "otlp_sidecar_tls_reloads_total", role="client", result="failed") == 1
     assert "client TLS reload failed, keeping the previous certificates" in caplog.text
     assert "PRIVATE KEY" not in caplog.text
     # the same broken files are not retried (nor logged) again
     client.context()
-    assert value(metrics, "otlp_sidecar_tls_reloads_total", role="client", result="failure") == 1
+    assert value(metrics, "otlp_sidecar_tls_reloads_total", role="client", result="failed") == 1
     # the update completes: the new pair is used
     shutil.copy(next_key, key_path)
     assert client.context() is not before
     assert client.generation == 1 and client.last_error == ""
     assert client.certificate is not None and client.certificate.serial_number == serial_of(next_cert)
-    assert value(metrics, "otlp_sidecar_tls_reloads_total", role="client", result="success") == 1
+    assert value(metrics, "otlp_sidecar_tls_reloads_total", role="client", result="ok") == 1
     left = value(metrics, "otlp_sidecar_tls_certificate_expiry_seconds", role="client", name="exporter")
     assert 29 * 86400 < left <= 30 * 86400
 

@@ -226,7 +226,7 @@ async def test_a_renewed_certificate_is_served_without_restart(webhook: Webhook)
         after.serial_number == x509.load_pem_x509_certificate(Path(webhook.pki.server_cert).read_bytes()).serial_number
     )
     _, metrics = await webhook.get("/metrics")
-    assert 'otlp_sidecar_webhook_cert_reloads_total{result="success"}' in metrics
+    assert 'otlp_sidecar_webhook_cert_reloads_total{result="ok"}' in metrics
 
 
 async def test_a_broken_certificate_file_keeps_the_old_one(webhook: Webhook) -> None:
@@ -235,9 +235,9 @@ async def test_a_broken_certificate_file_keeps_the_old_one(webhook: Webhook) -> 
     for _ in range(100):
         await asyncio.sleep(0.05)
         _, metrics = await webhook.get("/metrics")
-        if 'cert_reloads_total{result="failure"} 1.0' in metrics:
+        if 'cert_reloads_total{result="failed"} 1.0' in metrics:
             break
-    assert 'cert_reloads_total{result="failure"} 1.0' in metrics
+    assert 'cert_reloads_total{result="failed"} 1.0' in metrics
     assert (await _served_certificate(webhook)).serial_number == before.serial_number
 
 
