@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.policy.conftest import HASH_KEY, POLICIES, REPO
+from tests.policy.extra import add_extra_policy
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -21,35 +22,60 @@ def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_policy_test_reports_like_opa_test() -> None:
-    done = run("test", str(POLICIES))
-    assert done.returncode == 0, done.stderr
+    done = run("test", str(POLICIES), "-v")
+    assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    assert "pci/pci_test.rego:" in lines
     test_name = "data.otlp_sidecar.pci_test.test_security_codes_track_data_and_pin_blocks_are_dropped"
-    assert any(line.startswith(f"{test_name}: PASS (") for line in lines)
-    assert lines[-1].startswith("PASS: ") and lines[-2] == "-" * 80
-    passed, total = lines[-1].removeprefix("PASS: ").split("/")
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"{test_name}: PASS ("))
+    assert lines[at - 1].startswith(f"{POLICIES}/pci/pci_test.rego:") and lines[at - 1].endswith(":")
+    summary = lines.index("-" * 80)
+    passed, total = lines[summary + 1].removeprefix("PASS: ").split("/")
     assert passed == total and int(total) >= 30
+    assert lines[summary + 2].startswith("engine checks: ok (PCI probe: ")
+    quiet = run("test", str(POLICIES))  # as opa test without -v: passing tests are not listed
+    assert quiet.returncode == 0 and ": PASS (" not in quiet.stdout
+    assert quiet.stdout.splitlines()[-1] == f"PASS: {total}/{total}"
 
 
-def test_policy_test_fails_with_exit_code_1(policy_dir: Path) -> None:
+def test_policy_test_fails_with_exit_code_2_like_opa(policy_dir: Path) -> None:
     data_file = policy_dir / "data.json"
     data = json.loads(data_file.read_text())
     data["otlp_sidecar"]["config"]["k8s"]["stamp"] = "yes"  # not a boolean: the tests say so
     data_file.write_text(json.dumps(data))
-    done = run("test", str(policy_dir), "--quiet")
-    assert done.returncode == 1
-    assert "data.otlp_sidecar.k8s_test.test_data_setting_is_a_boolean: FAIL" in done.stdout
-    assert done.stdout.splitlines()[-1].startswith("FAIL: 1/")
-    assert ": PASS (" not in done.stdout  # --quiet shows failures only
-
-
-def test_policy_test_on_a_broken_set_exits_2(policy_dir: Path) -> None:
-    (policy_dir / "tenant" / "tenant.rego").write_text("package otlp_sidecar.tenant\n\nx := [\n")
-    done = run("test", str(policy_dir))
+    done = run("test", str(policy_dir), "--no-engine-checks")
     assert done.returncode == 2
-    assert done.stderr.startswith("otlp-sidecar policy: tenant/tenant.rego:")
-    assert "Traceback" not in done.stderr
+    lines = done.stdout.splitlines()
+    at = lines.index(next(line for line in lines if line.startswith(
+        "data.otlp_sidecar.k8s_test.test_data_setting_is_a_boolean: FAIL (")))
+    assert lines[at - 1].startswith(f"{policy_dir}/k8s/k8s_test.rego:")
+    assert lines[-1].startswith("FAIL: 1/")
+    assert ": PASS (" not in done.stdout
+
+
+def test_policy_test_on_a_broken_set_exits_1_with_every_error(policy_dir: Path) -> None:
+    (policy_dir / "tenant" / "tenant.rego").write_text("package otlp_sidecar.tenant\n\nx := [\n")
+    (policy_dir / "k8s" / "k8s.rego").write_text("package otlp_sidecar.k8s\n\n\ny := {\n")
+    done = run("test", str(policy_dir))
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines[0] == "2 errors occurred during loading:"
+    assert f"{policy_dir}/k8s/k8s.rego:4:6: this is unclosed" in lines
+    assert f"{policy_dir}/tenant/tenant.rego:3:6: this is unclosed" in lines
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_policy_test_runs_the_engine_checks_run_applies(policy_dir: Path) -> None:
+    """A set whose tests pass but whose decision has an unknown action: `run` refuses it, so does test."""
+    add_extra_policy(policy_dir, """
+decision_for(request) := {"attributes": [{"rule_id": "extra.mask", "keys": ["secret"], "action": "mask"}]}
+""")
+    done = run("test", str(policy_dir))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "FAIL:" not in done.stdout  # every Rego test passes ...
+    assert "engine check FAILED (otlp-sidecar run refuses this set): " in done.stdout
+    assert "extra/extra.rego (package otlp_sidecar.extra): decision.attributes[0].action: unknown action 'mask'" \
+        in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 def test_policy_eval_prints_decision_and_plan(tmp_path: Path) -> None:
