@@ -119,6 +119,17 @@ def _walk(value: Any, out: list[str]) -> None:
         raise BundleError(f"a data document holds a {type(value).__name__}, which is not JSON")
 
 
+def _as_go_yaml(value: Any) -> Any:
+    """YAML integers past 64 bits become floats, as OPA's YAML reader (Go) makes them."""
+    if isinstance(value, dict):
+        return {key: _as_go_yaml(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_go_yaml(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return float(value)
+    return value
+
+
 def canonical_bytes(name: str, raw: bytes) -> bytes:
     """What OPA hashes for a file: structured files canonicalised, others as they are."""
     base = posixpath.basename(name)
@@ -126,7 +137,7 @@ def canonical_bytes(name: str, raw: bytes) -> bytes:
         return raw
     try:
         if base.endswith((".yaml", ".yml")):
-            document = yaml.safe_load(raw.decode("utf-8"))
+            document = _as_go_yaml(yaml.safe_load(raw.decode("utf-8")))
         else:
             document = json.loads(raw.decode("utf-8"), parse_int=_Number, parse_float=_Number)
     except (ValueError, yaml.YAMLError, RecursionError) as exc:
