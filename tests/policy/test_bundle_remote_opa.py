@@ -1,0 +1,58 @@
+"""The same signed bundles in a real OPA (``opa run --server --bundle``, remote back-end) and in
+the embedded engine (``policy.bundles`` from files) give the same plans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sidecar.identity import Peer
+from sidecar.rewrite import split_resources
+from sidecar.signals import Signal
+from tests.bundles.helpers import Keys, build, shipped_config, split_set
+from tests.policy.test_remote_opa import Opa, _request_for, generated_resources
+
+PEER = Peer(address="127.0.0.1:1")
+
+
+async def test_embedded_and_remote_opa_decide_the_same_from_the_same_bundles(
+    make_service, tmp_path: Path, hash_key_file: Path,
+) -> None:
+    keys = Keys(tmp_path / "keys")
+    config = shipped_config()
+    config["sampling"]["vip_users"] = ["u-42"]
+    config["tenant"]["on_conflict"] = "overwrite"
+    files = [
+        build(folder, tmp_path / f"{name}.tar.gz", "--signing-key", str(keys.rsa_private))
+        for name, folder in split_set(tmp_path / "src", config).items()
+    ]
+    opa = Opa(tmp_path, "--verification-key", str(keys.rsa_public), "--bundle", *files)
+    await opa.start()
+    try:
+        via_opa = await make_service(backend="opa", opa_url=opa.url, hash_key_file=str(hash_key_file),
+                                     opa_timeout=2.0)
+        embedded = await make_service(
+            bundles=[str(f) for f in files], hash_key_file=str(hash_key_file),
+            bundle_verification_key_file=str(keys.rsa_public),
+        )
+        assert [b["revision"] for b in embedded.status()["bundles"]] == ["platform-r1", "tenants-r1", "sampling-r1"]
+        assert via_opa.export_headers() == embedded.export_headers() == {"X-Scope-OrgID": "acme"}
+        compared = 0
+        for seed, (signal_, transport) in enumerate(
+            [(Signal.TRACES, "grpc"), (Signal.TRACES, "http"), (Signal.LOGS, "grpc"), (Signal.METRICS, "http")]
+        ):
+            batch = generated_resources(100 + seed, 30)
+            infos = split_resources(signal_, _request_for(signal_, batch))
+            got = await via_opa.plans_for(signal_, infos, PEER, transport)
+            want = await embedded.plans_for(signal_, infos, PEER, transport)
+            assert got == want
+            compared += len(got)
+        assert compared == 120
+        plan = (await embedded.plans_for(
+            Signal.TRACES, split_resources(Signal.TRACES, _request_for(Signal.TRACES, [{"service.name": "a"}])),
+            PEER, "grpc"))[0]
+        assert any(k.rule_id == "sampling.vip_user" and k.value == "u-42" for k in plan.sampling.keep)
+        assert any(s.on_conflict == "overwrite" for s in plan.stamps)  # the tenant bundle's data
+        logged = [e for e in opa.decision_logs() if e.get("path") == "otlp_sidecar/main/decisions"]
+        assert logged  # OPA did answer
+    finally:
+        await opa.stop()
