@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: build run test lint bench bench-rewrite docs clean peers
+.PHONY: build run test lint bench bench-rewrite docs clean peers tools
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ bench-rewrite: build
 ## (tests/peers/) into ~/.cache/otlp-sidecar/peers/bin (or $OTLP_SIDECAR_PEERS_DIR/bin), once per version (needs Go 1.26)
 peers:
 	bash tests/peers/build.sh
+
+## tools: promtool for the alert-rule tests (tests/operability), from Debian's prometheus package when
+## it is missing (apt-get: root, as in CI)
+tools:
+	@command -v promtool >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@promtool --version | head -n 1
 
 docs: $(STAMP)
 	$(BIN)/otlp-sidecar config docs > docs/configuration.md

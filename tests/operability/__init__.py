@@ -1,0 +1,1 @@
+"""What an operator meets: alerts that fire (promtool), metrics that exist, a dashboard that shows data."""
