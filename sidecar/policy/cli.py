@@ -47,6 +47,9 @@ def register(subparsers: Any) -> None:
     )
     _common(explain)
     explain.set_defaults(handler=cmd_explain)
+    from sidecar.policy.diff_cli import register_diff
+
+    register_diff(actions)
     from sidecar.policy.bundles.cli import register as register_bundle
 
     register_bundle(actions)

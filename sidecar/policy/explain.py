@@ -66,7 +66,7 @@ class _Differ:
         if isinstance(before, dict) and isinstance(after, dict):
             for key in before.keys() | after.keys():
                 here = f"{path}.{key}" if path else key
-                if key == "attributes":
+                if key in ("attributes", "filteredAttributes"):
                     self.attributes(here, before.get(key, []), after.get(key, []))
                 elif key in _ITEM_LISTS and isinstance(before.get(key), list):
                     self.items(here, _ITEM_LISTS[key], before.get(key, []), after.get(key, []))
