@@ -100,7 +100,7 @@ class HttpFetcher:
                         )
                 tag = response.headers.get("ETag", "")
         except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
-            detail = str(exc) or type(exc).__name__
+            detail = (str(exc) or type(exc).__name__).replace(self.url, where)  # no presigned query
             raise BundleError(f"cannot download the bundle from {where}: {detail}") from None
         files = await asyncio.to_thread(read_archive, bytes(body), self.limits)
         return Fetched(files, tag, len(body))
