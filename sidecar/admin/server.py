@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -20,10 +20,15 @@ from sidecar.overload.config import LimitsConfig
 from sidecar.overload.metrics import Counted, OverloadMetrics
 from sidecar.wire.http1 import Http1Server, Limits, Request, Response, plain
 
+if TYPE_CHECKING:
+    from sidecar.policy.eval_plan import PlanSource
+
 ReadyCheck = Callable[[], tuple[bool, dict[str, Any]]]
 StatusSource = Callable[[], dict[str, Any]]
 
 LISTENER = "admin"
+#: the live plan for a resource given as query parameters (sidecar.policy.eval_plan), without values
+DEBUG_PLAN = "/debug/plan"
 _JSON = "application/json"
 
 
@@ -39,8 +44,11 @@ class AdminServer:
         *,
         limits: LimitsConfig | None = None,
         overload: OverloadMetrics | None = None,
+        plans: PlanSource | None = None,
     ) -> None:
         self._registry = registry
+        # /debug/plan asks the policy service (given, or the one whose status /policy shows)
+        self._plans = plans or getattr(policy_status, "__self__", None)
         self._ready = ready
         self._policy_status = policy_status
         config = limits or LimitsConfig()
@@ -65,6 +73,8 @@ class AdminServer:
         self._routes: dict[str, Callable[[], Response]] = {
             "/health": self._health, "/ready": self._readiness, "/metrics": self._metrics, "/policy": self._policy,
         }
+        if hasattr(self._plans, "plans_for"):
+            self._routes[DEBUG_PLAN] = self._policy  # answered in _handle (async)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         return await self.server.start(host, port)
@@ -81,6 +91,11 @@ class AdminServer:
         return None
 
     async def _handle(self, request: Request) -> Response:
+        if request.path == DEBUG_PLAN:
+            from sidecar.policy.eval_plan import live_plan
+
+            status, body = await live_plan(self._plans, request.target)  # type: ignore[arg-type]
+            return Response(status, json.dumps(body, indent=2).encode(), _JSON)
         return self._routes[request.path]()
 
     def _health(self) -> Response:
