@@ -10,6 +10,7 @@ import zlib
 import pytest
 import zstandard
 
+from sidecar.overload.budget import MemoryBudget
 from sidecar.wire import compression
 
 
@@ -59,3 +60,89 @@ async def test_many_batches_compressed_at_once_in_threads(encoding: str) -> None
     packed = await asyncio.gather(*(compression.compress_async(encoding, p) for p in payloads))
     for original, result in zip(payloads, packed, strict=True):
         assert compression.decompress(encoding, result, len(original)) == original
+
+
+# -- bounded steps (issue 14) ---------------------------------------------------------------------
+
+
+def _pieces(encoding: str, data: bytes) -> bytes:
+    """``data`` as two members / frames from other libraries, plus what streams leave (gzip
+    trailing zeros, a zstd frame without its size, a skippable frame)."""
+    half = len(data) // 2
+    if encoding == "gzip":
+        return gzip.compress(data[:half]) + gzip.compress(data[half:]) + b"\x00" * 7
+    if encoding == "deflate":
+        return zlib.compress(data[:half]) + zlib.compress(data[half:])
+    stream = zstandard.ZstdCompressor(write_content_size=False, write_checksum=True).compressobj()
+    skippable = (0x184D2A5A).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"abc"
+    return (zstandard.ZstdCompressor().compress(data[:half]) + skippable
+            + stream.compress(data[half:]) + stream.flush())
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd", "deflate"])
+async def test_bounded_steps_decode_what_other_libraries_made(encoding: str) -> None:
+    data = os.urandom(200_000) + b"otlp span " * 300_000
+    body = _pieces(encoding, data)
+    assert bytes(compression.decompress(encoding, body, len(data))) == data
+    budget = MemoryBudget(16 << 20)
+    account = budget.account()
+    assert bytes(await compression.decompress_bounded(encoding, body, len(data), account=account)) == data
+    assert account.held == len(data)  # the caller gives it back once the request is done
+    account.close()
+    assert budget.in_use == 0
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd", "deflate"])
+@pytest.mark.parametrize("cut", [1, 9, 200])
+def test_truncated_and_corrupt_bodies_are_decompression_errors(encoding: str, cut: int) -> None:
+    body = compression.compress(encoding, os.urandom(5000) + b"x" * 50_000)
+    with pytest.raises(compression.DecompressionError):
+        compression.decompress(encoding, body[:-cut], 1 << 20)
+    with pytest.raises(compression.DecompressionError):
+        compression.decompress(encoding, b"\x00\x01" + body, 1 << 20)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd", "deflate"])
+def test_members_are_counted_as_they_start(encoding: str) -> None:
+    one = compression.compress(encoding, b"")
+    assert compression.decompress(encoding, one * 3, 100, max_members=3) == b""
+    with pytest.raises(compression.TooManyMembers, match="more than 3"):
+        compression.decompress(encoding, one * 4, 100, max_members=3)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd", "deflate"])
+def test_each_step_is_bounded_whatever_the_ratio(encoding: str) -> None:
+    """A bomb decodes step by step: no step produces more than a few steps' worth, and it stops
+    at the limit."""
+    bomb = compression.compress(encoding, b"\x00" * (32 << 20), level=9 if encoding != "zstd" else 19)
+    decoder = compression.Decoder(encoding, bomb, 16 << 20, step=256 * 1024)
+    largest = 0
+    with pytest.raises(compression.TooLarge):
+        for produced in decoder.steps():
+            largest = max(largest, produced)
+    assert largest <= 1 << 20
+    assert len(decoder.out) <= 16 << 20
+
+
+async def test_a_bomb_over_the_connection_share_is_413_and_gives_everything_back() -> None:
+    budget = MemoryBudget(8 << 20, per_connection=4 << 20)
+    account = budget.account()
+    with pytest.raises(compression.TooLarge, match="one connection may hold"):
+        await compression.decompress_bounded("gzip", gzip.compress(b"\x00" * (6 << 20)), 64 << 20, account=account)
+    assert account.held == 0 and budget.in_use == 0
+
+
+async def test_a_short_budget_waits_then_answers_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compression, "BUDGET_WAIT", 0.2)
+    budget = MemoryBudget(4 << 20, per_connection=4 << 20)
+    other = budget.account()
+    assert other.take(3 << 20)  # another connection holds most of it
+    account = budget.account()
+    body = gzip.compress(os.urandom(1 << 20) * 2)
+    with pytest.raises(compression.BudgetExhausted) as refused:
+        await compression.decompress_bounded("gzip", body, 64 << 20, account=account)
+    assert refused.value.action.value == "budget_full"
+    assert account.held == 0
+    # once the other gives back, the same body decodes
+    other.close()
+    assert len(await compression.decompress_bounded("gzip", body, 64 << 20, account=account)) == 2 << 20
