@@ -20,6 +20,7 @@ so both resolve to one allocator (docs/policy-engine.md).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from typing import Any
 from sidecar.policy.errors import DecisionError, PolicyLoadError
 from sidecar.policy.rego_errors import error_messages, format_rego_error
 from sidecar.policy.source import PolicySet
+from sidecar.policy.testing_print import neutralize_print
 
 
 def _share_libstdcxx() -> bool:
@@ -101,6 +103,8 @@ class CompiledPolicy:
         self._interpreter = regopy.Interpreter()
         self._interpreter.log_level = regopy.LogLevel.NONE
         modules = [m for m in policy_set.modules if with_tests or not m.is_test]
+        # regopy has no print(): each call is evaluated as true, as OPA's always succeeds
+        modules = [dataclasses.replace(m, source=neutralize_print(m.source)) for m in modules]
         sources = {m.path: m.source for m in modules}
         for module in modules:
             try:

@@ -32,78 +32,13 @@ from sidecar.policy.errors import DecisionError, PolicyLoadError
 from sidecar.policy.loader import check_source
 from sidecar.policy.rego_errors import _line_col
 from sidecar.policy.source import PolicyModule, PolicySet, read_policy_dir
+from sidecar.policy.testing_print import neutralize_print
 
 _RULE_RE = re.compile(r"^((?:test|todo)_\w+)\b", re.MULTILINE)
 _SEQ_ERROR_RE = re.compile(r"\(error (\d+):")
 _MSG_RE = re.compile(r"\(errormsg (\d+):")
 _LOCATED_RE = re.compile(r"^(?P<file>[^:\s]+\.rego)(?::(?P<row>\d+)(?::(?P<col>\d+))?)?: (?P<message>.*)$", re.S)
 _LINE_RE = re.compile(r"^line (\d+): (.*)$", re.S)
-
-
-def neutralize_print(source: str) -> str:
-    """``source`` with every ``print(...)`` call replaced by ``true`` (line breaks kept)."""
-    out: list[str] = []
-    at, size = 0, len(source)
-    while at < size:
-        char = source[at]
-        if char == "#":
-            end = source.find("\n", at)
-            end = size if end < 0 else end
-            out.append(source[at:end])
-            at = end
-        elif char in "\"`":
-            end = _string_end(source, at)
-            out.append(source[at:end])
-            at = end
-        elif source.startswith("print", at) and (at == 0 or not (source[at - 1].isalnum() or source[at - 1] in "_.")):
-            after = at + 5
-            while after < size and source[after] in " \t":
-                after += 1
-            if after < size and source[after] == "(":
-                end = _call_end(source, after)
-                out.append("true" + "\n" * source.count("\n", at, end))
-                at = end
-            else:
-                out.append(char)
-                at += 1
-        else:
-            out.append(char)
-            at += 1
-    return "".join(out)
-
-
-def _string_end(source: str, start: int) -> int:
-    quote = source[start]
-    at = start + 1
-    while at < len(source):
-        if quote == '"' and source[at] == "\\":
-            at += 2
-            continue
-        if source[at] == quote or (quote == '"' and source[at] == "\n"):
-            return at + 1
-        at += 1
-    return len(source)
-
-
-def _call_end(source: str, open_paren: int) -> int:
-    depth, at = 0, open_paren
-    while at < len(source):
-        char = source[at]
-        if char in "\"`":
-            at = _string_end(source, at)
-            continue
-        if char == "#":
-            end = source.find("\n", at)
-            at = len(source) if end < 0 else end
-            continue
-        if char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-            if depth == 0:
-                return at + 1
-        at += 1
-    return len(source)
 
 
 def rego_errors(text: str, sources: dict[str, str]) -> list[dict[str, Any]]:

@@ -165,3 +165,22 @@ def test_policy_explain_never_prints_a_card_number_without_show_values(tmp_path:
     shown = run("explain", str(capture), "--dir", str(POLICIES), "--show-values")
     assert shown.returncode == 0, shown.stderr
     assert f"'charge {visa}'" in shown.stdout and f"service.name 'shop {amex}'" in shown.stdout
+
+
+def test_print_in_a_set_is_accepted_and_shown_on_failure(policy_dir: Path) -> None:
+    """Issue 17: print() was refused, so a FAIL had no reason. `run`'s checks accept it now."""
+    from tests.peers import peer
+
+    test_file = policy_dir / "k8s" / "k8s_test.rego"
+    test_file.write_text(test_file.read_text() + (
+        '\ntest_with_print if {\n\tprint("stamp setting is", data.otlp_sidecar.config.k8s.stamp)\n'
+        "\tdata.otlp_sidecar.config.k8s.stamp == false\n}\n"
+    ))
+    done = run("test", str(policy_dir), "--opa", str(peer("opa")))
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    name = "data.otlp_sidecar.k8s_test.test_with_print"
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"{name}: FAIL ("))
+    assert lines[at + 1:at + 4] == ["", "  stamp setting is true", ""]
+    assert "engine check FAILED" not in done.stdout  # `run` would load this set: print() is no error
+    assert lines[-1].startswith("FAIL: 1/")
