@@ -322,7 +322,7 @@ class PolicyService:
         as the rate admits, and refuse the request (PolicyBusy) when some could not start."""
         version = active.version
         new = sum(1 for key in missing if (version, key) not in self._inflight)
-        admitted = self._rate.admit(new, self._engine.pending) if new else 0
+        admitted = self._rate.admit(new, queued=len(self._inflight)) if new else 0
         refused = new - admitted
         tasks: dict[Any, asyncio.Task[Plan]] = {}
         for key, resource in missing.items():

@@ -96,8 +96,8 @@ class EvaluationRate:
     def admit(self, wanted: int, queued: int = 0) -> int:
         """How many of ``wanted`` new evaluations may start now (taken from the bucket).
 
-        ``queued``: evaluations still waiting for the engine; they count against the burst,
-        so work queued on the engine thread never exceeds it.
+        ``queued``: evaluations started and not finished; they count against the burst, so
+        work queued for the engine never exceeds it.
         """
         now = time.monotonic()
         self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.per_second)
