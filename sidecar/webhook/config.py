@@ -165,6 +165,28 @@ class InjectionConfig:
         check=_dns_name,
     )
     hash_key_secret_key: str = setting("hmac.key", "Key of the HMAC key in hash_key_secret.")
+    bundles: list[str] = setting(
+        [],
+        "OPA bundles the sidecar pulls (`name=https://...`, SIDECAR_POLICY_BUNDLES; docs/bundles.md), "
+        "instead of a policy set, or beside one whose ConfigMap has a `.manifest` with its roots.",
+        kind="list",
+    )
+    bundle_polling_min_delay: str = setting("60s", "Shortest wait between two polls of a bundle server.")
+    bundle_polling_max_delay: str = setting("120s", "Longest wait between two polls of a bundle server.")
+    bundle_key_secret: str = setting(
+        "",
+        "Secret (in the pod's namespace) with the key bundles must be signed with (empty: unsigned "
+        "bundles are accepted).",
+        check=_dns_name,
+    )
+    bundle_key_secret_key: str = setting("key.pem", "Key of the verification key in bundle_key_secret.")
+    bundle_key_algorithm: str = setting("RS256", "Signature algorithm of the bundles (RS256, ES256, HS256...).")
+    bundle_key_id: str = setting("", "Key id the bundles' signature must name (empty: any).")
+    bundle_scope: str = setting("", "Scope the bundles' signature must carry (empty: none).")
+    bundle_token_secret: str = setting(
+        "", "Secret (in the pod's namespace) with a bearer token for the bundle server.", check=_dns_name,
+    )
+    bundle_token_secret_key: str = setting("token", "Key of the token in bundle_token_secret.")
     extra_env: dict[str, str] = setting(
         {},
         "Extra environment variables for the sidecar (e.g. SIDECAR_LOG_LEVEL).",
@@ -201,6 +223,8 @@ class InjectionConfig:
         ports = {self.grpc_port, self.http_port, self.admin_port}
         if len(ports) != 3:
             raise ConfigError("injection.admin_port", "grpc_port, http_port and admin_port must differ")
+        if (self.bundle_key_secret or self.bundle_token_secret) and not self.bundles:
+            raise ConfigError("injection.bundles", "bundle_key_secret / bundle_token_secret need bundles")
         if self.tenant_label and self.tenant_annotation:
             raise ConfigError(
                 "injection.tenant_annotation",

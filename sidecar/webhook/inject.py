@@ -32,12 +32,16 @@ APP_PROTOCOL_ENV = "OTEL_EXPORTER_OTLP_PROTOCOL"
 PODINFO_DIR = "/etc/otlp-sidecar/podinfo"
 MTLS_DIR = "/etc/otlp-sidecar/tls"
 HASH_KEY_DIR = "/etc/otlp-sidecar/hash-key"
+BUNDLE_KEY_DIR = "/etc/otlp-sidecar/bundle-key"
+BUNDLE_TOKEN_DIR = "/etc/otlp-sidecar/bundle-token"
 
 VOLUME_PODINFO = "otlp-sidecar-podinfo"
 VOLUME_POLICIES = "otlp-sidecar-policies"
 VOLUME_MTLS = "otlp-sidecar-mtls"
 VOLUME_HASH_KEY = "otlp-sidecar-hash-key"
 VOLUME_TMP = "otlp-sidecar-tmp"
+VOLUME_BUNDLE_KEY = "otlp-sidecar-bundle-key"
+VOLUME_BUNDLE_TOKEN = "otlp-sidecar-bundle-token"
 
 
 class Scope(enum.Enum):
@@ -122,7 +126,7 @@ def decide(pod: Any, namespace: str, scope: Scope, config: WebhookConfig) -> Dec
         return Decision(False, "hostNetwork pods are not injected (the sidecar's ports would be the node's)")
 
     set_name, policy_set = _policy_set(annotations, config)
-    if scope is Scope.PCI and policy_set is None:
+    if scope is Scope.PCI and policy_set is None and not injection.bundles:
         raise Refused(
             f"namespace {namespace} is in PCI scope but the webhook has no policy set to give the pod "
             "(no [policy_sets] in its settings: the chart's policies.enabled=false without "
@@ -131,7 +135,9 @@ def decide(pod: Any, namespace: str, scope: Scope, config: WebhookConfig) -> Dec
         )
     protocol = _app_protocol(annotations, injection)
     reason = f"injected ({scope.value} scope)"
-    if policy_set is None:
+    if injection.bundles:
+        reason += "; policy bundles: " + ", ".join(b.partition("=")[0] for b in injection.bundles)
+    elif policy_set is None:
         reason += "; no policy set configured: the sidecar applies the policies bundled in its image"
     return Decision(True, reason, _patch(pod, scope, set_name, policy_set, injection, protocol))
 
@@ -365,6 +371,10 @@ def _volumes(policy_set: PolicySetConfig | None, injection: InjectionConfig) -> 
         volumes.append({"name": VOLUME_MTLS, "secret": {"secretName": injection.mtls_secret}})
     if injection.hash_key_secret:
         volumes.append({"name": VOLUME_HASH_KEY, "secret": {"secretName": injection.hash_key_secret}})
+    if injection.bundle_key_secret:
+        volumes.append({"name": VOLUME_BUNDLE_KEY, "secret": {"secretName": injection.bundle_key_secret}})
+    if injection.bundle_token_secret:
+        volumes.append({"name": VOLUME_BUNDLE_TOKEN, "secret": {"secretName": injection.bundle_token_secret}})
     return volumes
 
 
@@ -388,6 +398,10 @@ def sidecar_container(
         mounts.append({"name": VOLUME_MTLS, "mountPath": MTLS_DIR, "readOnly": True})
     if injection.hash_key_secret:
         mounts.append({"name": VOLUME_HASH_KEY, "mountPath": HASH_KEY_DIR, "readOnly": True})
+    if injection.bundle_key_secret:
+        mounts.append({"name": VOLUME_BUNDLE_KEY, "mountPath": BUNDLE_KEY_DIR, "readOnly": True})
+    if injection.bundle_token_secret:
+        mounts.append({"name": VOLUME_BUNDLE_TOKEN, "mountPath": BUNDLE_TOKEN_DIR, "readOnly": True})
     container: dict[str, Any] = {
         "name": SIDECAR_NAME,
         "image": injection.image,
@@ -443,6 +457,29 @@ def _field_env(name: str, field_path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
 
 
+def _bundle_env(injection: InjectionConfig) -> list[dict[str, Any]]:
+    """The policy.bundle* settings of the sidecar (docs/bundles.md); none without bundles."""
+    if not injection.bundles:
+        return []
+    env = [
+        {"name": "SIDECAR_POLICY_BUNDLES", "value": ",".join(injection.bundles)},
+        {"name": "SIDECAR_POLICY_BUNDLE_POLLING_MIN_DELAY", "value": injection.bundle_polling_min_delay},
+        {"name": "SIDECAR_POLICY_BUNDLE_POLLING_MAX_DELAY", "value": injection.bundle_polling_max_delay},
+    ]
+    if injection.bundle_key_secret:
+        env += [
+            {"name": "SIDECAR_POLICY_BUNDLE_VERIFICATION_KEY_FILE",
+             "value": f"{BUNDLE_KEY_DIR}/{injection.bundle_key_secret_key}"},
+            {"name": "SIDECAR_POLICY_BUNDLE_VERIFICATION_ALGORITHM", "value": injection.bundle_key_algorithm},
+            {"name": "SIDECAR_POLICY_BUNDLE_VERIFICATION_KEY_ID", "value": injection.bundle_key_id},
+            {"name": "SIDECAR_POLICY_BUNDLE_VERIFICATION_SCOPE", "value": injection.bundle_scope},
+        ]
+    if injection.bundle_token_secret:
+        env.append({"name": "SIDECAR_POLICY_BUNDLE_TOKEN_FILE",
+                    "value": f"{BUNDLE_TOKEN_DIR}/{injection.bundle_token_secret_key}"})
+    return env
+
+
 def _sidecar_env(
     with_policies: bool, injection: InjectionConfig, workload: tuple[str, str],
 ) -> list[dict[str, Any]]:
@@ -470,6 +507,7 @@ def _sidecar_env(
         env.append(_field_env("SIDECAR_TENANT", f"metadata.annotations['{injection.tenant_annotation}']"))
     if with_policies:
         env.append({"name": "SIDECAR_POLICY_DIR", "value": injection.policy_dir})
+    env += _bundle_env(injection)
     if injection.hash_key_secret:
         env.append(
             {

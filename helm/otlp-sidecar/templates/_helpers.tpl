@@ -92,6 +92,9 @@ app.kubernetes.io/component: webhook
 {{- $relative := trimPrefix "policies/" $path -}}
 {{- $_ := set $items (replace "/" "__" $relative) $relative -}}
 {{- end -}}
+{{- if .Values.bundles.localRoots -}}
+{{- $_ := set $items ".manifest" ".manifest" -}}
+{{- end -}}
 {{- toJson $items -}}
 {{- end -}}
 
