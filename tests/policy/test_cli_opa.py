@@ -105,6 +105,12 @@ def test_run_selects_the_same_tests(authz: Path) -> None:
     theirs = opa("test", "authz", "--run", "viewer", "-v", cwd=authz.parent)
     assert counts(ours.stdout) == counts(theirs.stdout) == {"PASS": "1/2", "FAIL": "1/2"}
     assert "data.authz_test.test_viewer_may_get: PASS (" in ours.stdout
+    anchored = r"^data\.authz_test\.test_admin_allowed$"  # OPA matches data.<package>.<rule>
+    ours = sidecar("test", "authz", "--run", anchored, "--no-engine-checks", cwd=authz.parent)
+    theirs = opa("test", "authz", "--run", anchored, cwd=authz.parent)
+    assert ours.stdout.splitlines()[-1] == theirs.stdout.splitlines()[-1] == "PASS: 1/1"
+    assert sidecar("test", "authz", "--run", "^test_admin", "--no-engine-checks", cwd=authz.parent).stdout == ""
+    assert opa("test", "authz", "--run", "^test_admin", cwd=authz.parent).stdout == ""
 
 
 def test_json_output_has_opas_shape(authz: Path) -> None:
