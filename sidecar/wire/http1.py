@@ -334,6 +334,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._held = 0
         #: this connection's account of the receive budget (bytes are taken as they arrive)
         self._account: Account | None = None
+        #: bytes read ahead while a request is handled, taken from the account until it is done
+        self._ahead = 0
         #: when the body being received started (loop time) and its bytes received so far
         self._body_started = 0.0
         self._body_received = 0
@@ -402,6 +404,13 @@ class _Connection(asyncio.BufferedProtocol):
             self._body_received += nbytes
             if not self._take_budget(nbytes):
                 return
+        elif state == _HANDLING and self._account is not None:
+            # read ahead of a request being handled: held too, until the handler is done
+            if self._account.take(nbytes):
+                self._ahead += nbytes
+            elif not self._read_paused:
+                self._read_paused = True  # no room: TCP holds the rest
+                self._transport.pause_reading()  # type: ignore[union-attr]
         self._process()
 
     def data_received(self, data: bytes) -> None:
@@ -934,9 +943,9 @@ class _Connection(asyncio.BufferedProtocol):
     def _handled(self, task: asyncio.Task[Response]) -> None:
         self._server._tasks.discard(task)
         request = self._request
-        if self._held:
-            self._account.give(self._held)  # type: ignore[union-attr]
-            self._held = 0
+        if self._held or self._ahead:
+            self._account.give(self._held + self._ahead)  # type: ignore[union-attr]
+            self._held = self._ahead = 0
         if self._state == _CLOSED and self._account is not None:
             self._account.close()  # the connection went while the handler ran
         if task.cancelled():
@@ -1273,11 +1282,11 @@ class Http1Server:
             if connection.receive_rate_low(now):
                 connection.too_slow(Action.slow_body)
                 continue
-        cap = self.limits.max_connections
-        while cap and len(self._connections) > cap and self.evict():
-            pass
             since = connection.idle_since()
             if since is not None and now - since >= self.tick:
                 connection.shrink()
+        cap = self.limits.max_connections
+        while cap and len(self._connections) > cap and self.evict():
+            pass  # back under the cap after a burst
         self.buffers.sweep()
         self._sweeper = loop.call_later(self.tick, self._sweep)
