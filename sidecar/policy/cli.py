@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 DEFAULT_DIR = "policies"
@@ -23,7 +24,7 @@ def register(subparsers: Any) -> None:
     from sidecar.policy.testing_cli import add_test_arguments
 
     add_test_arguments(test)
-    test.set_defaults(handler=cmd_test)
+    test.set_defaults(handler=pipe_safe(cmd_test))
 
     evaluate = actions.add_parser(
         "eval", help="evaluate a Rego query (like opa eval), or print the decision and plan for one input",
@@ -33,7 +34,7 @@ def register(subparsers: Any) -> None:
     evaluate.add_argument("--format", "-f", choices=["json", "raw", "pretty"], default="json", help="with a query")
     evaluate.add_argument("--fail", action="store_true", help="exit 1 when the query is undefined (as opa eval --fail)")
     _common(evaluate)
-    evaluate.set_defaults(handler=cmd_eval)
+    evaluate.set_defaults(handler=pipe_safe(cmd_eval))
 
     explain = actions.add_parser(
         "explain", help="run a captured OTLP/JSON payload through the policies and show what changes",
@@ -46,7 +47,7 @@ def register(subparsers: Any) -> None:
         help="also print the values before the change (they may be sensitive)",
     )
     _common(explain)
-    explain.set_defaults(handler=cmd_explain)
+    explain.set_defaults(handler=pipe_safe(cmd_explain))
     from sidecar.policy.diff_cli import register_diff
 
     register_diff(actions)
@@ -223,15 +224,33 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def write_lines(lines: list[str]) -> int:
     """Print ``lines``; a reader that goes away (``| head``) ends the command quietly."""
-    import signal
-
     try:
         for line in lines:
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
     except BrokenPipeError:
-        # stdout is gone: point it at /dev/null so that the interpreter's final flush is silent
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
+        return _reader_gone()
     return 0
+
+
+def pipe_safe(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``handler``, ending quietly (exit 141, 128 + SIGPIPE, as a C tool) when stdout's reader is gone."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            code = handler(args)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            return _reader_gone()
+        return code
+
+    return run
+
+
+def _reader_gone() -> int:
+    import signal
+
+    # stdout is gone: point it at /dev/null so that the interpreter's final flush is silent
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE

@@ -29,7 +29,9 @@ def register_diff(actions: Any) -> None:
         "--hash-key-file", default=os.environ.get("SIDECAR_POLICY_HASH_KEY_FILE", ""),
         help="HMAC key for `hash` (default: $SIDECAR_POLICY_HASH_KEY_FILE; else a throwaway key)",
     )
-    diff.set_defaults(handler=cmd_diff)
+    from sidecar.policy.cli import pipe_safe
+
+    diff.set_defaults(handler=pipe_safe(cmd_diff))
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

@@ -239,9 +239,11 @@ def engine_checks(root: str, decision_path: str, hash_key_file: str) -> tuple[li
 
 
 def _duration(ns: int) -> str:
-    if ns >= 1_000_000:
-        return f"{ns / 1_000_000:.3f}ms"
-    return f"{ns / 1000:.3f}µs"
+    """``ns`` as Go prints a time.Duration (``400.481µs``, ``2.721705ms``), as ``opa test`` shows it."""
+    for unit, size, digits in (("s", 1_000_000_000, 9), ("ms", 1_000_000, 6), ("µs", 1000, 3)):
+        if ns >= size:
+            return f"{ns / size:.{digits}f}".rstrip("0").rstrip(".") + unit
+    return f"{ns}ns"
 
 
 _VERDICT = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIPPED"}
@@ -264,7 +266,8 @@ def pretty(suite: Suite, verbose: bool) -> list[str]:
             lines.append("")
     if not suite.tests:
         return lines
-    lines.append(RULE)
+    if lines:  # as opa test: the rule only under listed tests
+        lines.append(RULE)
     total = len(suite.tests)
     for outcome in ("pass", "fail", "error", "skip"):
         number = suite.count(outcome)

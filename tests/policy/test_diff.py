@@ -114,3 +114,13 @@ def test_explain_into_head_ends_without_a_traceback(tmp_path: Path) -> None:
     assert done.returncode == 141  # 128 + SIGPIPE, as a C tool killed by it (with pipefail)
     whole = run("explain", str(capture), "--dir", str(POLICIES))
     assert whole.returncode == 0 and len(whole.stdout) > 65536  # more than a pipe buffer: head cut it
+
+
+def test_eval_and_diff_into_head_end_without_a_traceback() -> None:
+    for args in (f'eval "numbers.range(1, 30000)" -d {POLICIES}', f"diff {POLICIES} {POLICIES}"):
+        command = f"{sys.executable} -m sidecar policy {args} | head -1"
+        done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, env=ENV,
+                              cwd=REPO, timeout=180, check=False)
+        assert len(done.stdout.splitlines()) == 1, args
+        assert "Traceback" not in done.stderr, done.stderr
+        assert done.returncode in (0, 141), args  # 141 when the output outran the pipe buffer
