@@ -25,6 +25,7 @@ import json
 import re
 import sys
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from sidecar.policy.embedded import CompiledPolicy, regopy
@@ -97,11 +98,34 @@ def syntax_errors(policy_set: PolicySet) -> list[dict[str, Any]]:
         except regopy.RegoError as exc:
             errors += rego_errors(str(exc), {module.path: module.source})
             continue
-        try:
-            check_source(PolicySet(policy_set.root, (module,)))
-        except PolicyLoadError as exc:
-            errors.append(load_error(exc))
+        for check in (lambda m=module: check_source(PolicySet(policy_set.root, (m,))),
+                      lambda m=module, i=interpreter: _check_calls(i, m)):
+            try:
+                check()
+            except PolicyLoadError as exc:
+                errors.append(load_error(exc))
     return errors
+
+
+def _check_calls(interpreter: Any, module: PolicyModule) -> None:
+    """The engine's own check of the built-ins a module calls (the first unsupported one per file)."""
+    holder = SimpleNamespace(_interpreter=interpreter)
+    CompiledPolicy._check_calls(holder, module.path, module.source)  # type: ignore[arg-type]
+
+
+def compile_errors(policy_set: PolicySet, entrypoint: str) -> list[dict[str, Any]]:
+    """Every error rego-cpp reports when the whole set is built (conflicts, type errors ...)."""
+    interpreter = regopy.Interpreter()
+    interpreter.log_level = regopy.LogLevel.NONE
+    sources = {m.path: m.source for m in policy_set.modules}
+    try:
+        for module in policy_set.modules:
+            interpreter.add_module(module.path, module.source)
+        interpreter.add_data(policy_set.data)
+        interpreter.build(None, [entrypoint])
+    except regopy.RegoError as exc:
+        return rego_errors(str(exc), sources)
+    return []
 
 
 def declared_tests(module: PolicyModule) -> list[tuple[str, int]]:
@@ -126,7 +150,8 @@ def run(root: str, decision_path: str, run_filter: str) -> dict[str, Any]:
     try:
         compiled = _TestBundle(policy_set, decision_path)
     except PolicyLoadError as exc:
-        return {"errors": [load_error(exc)], "tests": []}
+        every = compile_errors(policy_set, f"{decision_path.strip('/')}/decisions")
+        return {"errors": every if every and every[0]["file"] else [load_error(exc)], "tests": []}
     wanted = re.compile(run_filter) if run_filter else None
     tests: list[dict[str, Any]] = []
     for module in policy_set.modules:

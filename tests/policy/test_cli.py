@@ -184,3 +184,14 @@ def test_print_in_a_set_is_accepted_and_shown_on_failure(policy_dir: Path) -> No
     assert lines[at + 1:at + 4] == ["", "  stamp setting is true", ""]
     assert "engine check FAILED" not in done.stdout  # `run` would load this set: print() is no error
     assert lines[-1].startswith("FAIL: 1/")
+
+
+def test_every_file_with_an_unsupported_built_in_is_named(policy_dir: Path) -> None:
+    (policy_dir / "one.rego").write_text("package one\n\nx := 1\n\ny := http.send({})\n")
+    (policy_dir / "two.rego").write_text("package two\n\n\nz := net.cidr_contains(\"10.0.0.0/8\", \"10.1.1.1\")\n")
+    done = run("test", str(policy_dir))
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines[0] == "2 errors occurred during loading:"
+    assert lines[1].startswith(f"{policy_dir}/one.rego:5: http.send() is not a built-in the embedded engine")
+    assert lines[2].startswith(f"{policy_dir}/two.rego:4: net.cidr_contains() is not a built-in")
