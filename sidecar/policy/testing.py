@@ -95,7 +95,7 @@ def run_tests(root: str, decision_path: str, run_filter: str) -> Suite:
         TestCase(where(t["file"]), t["row"], t["package"], t["name"], t["outcome"], t["error"], t["ns"])
         for t in report["tests"]
     ]
-    return Suite(errors=errors, tests=tests)
+    return Suite(errors=errors, tests=tests, notes=list(report.get("notes", [])))
 
 
 def _error(message: str) -> dict[str, Any]:

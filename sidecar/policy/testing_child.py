@@ -172,7 +172,11 @@ def run(root: str, decision_path: str, run_filter: str) -> dict[str, Any]:
                     entry["outcome"], entry["error"] = "error", str(exc)
                 entry["ns"] = time.perf_counter_ns() - started
             tests.append(entry)
-    return {"errors": [], "tests": tests}
+    elsewhere = [f"{m.path}:{row} {rule}" for m in policy_set.modules if not m.is_test
+                 for rule, row in declared_tests(m)]
+    notes = [f"test rules outside _test.rego files are not run (the sidecar runs those of _test.rego "
+             f"files; opa test runs every file's): {', '.join(elsewhere)}"] if elsewhere else []
+    return {"errors": [], "tests": tests, "notes": notes}
 
 
 def main(argv: list[str] | None = None) -> int:
