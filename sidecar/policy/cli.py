@@ -193,8 +193,11 @@ def _eval_query(args: argparse.Namespace) -> int:
             return _fail(f"cannot read {args.input}: {exc.strerror}")
         except json.JSONDecodeError as exc:
             return _fail(f"{args.input} is not valid JSON: {exc.msg} at line {exc.lineno}")
-    outcome = evaluate(_policy_dir(args.dir) if args.dir or os.path.isdir(_policy_dir(None)) else "",
-                       args.query, document)
+    root = args.dir or (_policy_dir(None) if os.path.isdir(_policy_dir(None)) else "")
+    if root and not os.path.exists(root):
+        print(json.dumps({"errors": [{"message": f"{root}: no such file or directory"}]}, indent=2))
+        return 2
+    outcome = evaluate(root, args.query, document)
     print(render(outcome, args.format))
     if "errors" in outcome:
         return 2

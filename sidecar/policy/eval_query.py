@@ -10,6 +10,7 @@ process (rego-cpp may abort on some input; the CLI must not). Output formats fol
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -47,22 +48,32 @@ def _child() -> int:
     from sidecar.policy.errors import PolicyLoadError
     from sidecar.policy.rego_errors import error_messages, format_rego_error
     from sidecar.policy.source import read_policy_dir
+    from sidecar.policy.testing_print import neutralize_print
 
     request = json.loads(sys.stdin.read())
     interpreter = regopy.Interpreter()
     interpreter.log_level = regopy.LogLevel.NONE
     sources: dict[str, str] = {}
     try:
-        if request["root"]:
-            policy_set = read_policy_dir(request["root"])
+        root = request["root"]
+        if root and os.path.isfile(root):  # -d FILE, as opa eval takes one file
+            with open(root, encoding="utf-8") as handle:
+                text = handle.read()
+            if root.endswith(".json"):
+                interpreter.add_data(json.loads(text))
+            else:
+                sources[root] = text
+                interpreter.add_module(root, neutralize_print(text))
+        elif root:
+            policy_set = read_policy_dir(root)
             for module in policy_set.modules:
                 sources[module.path] = module.source
-                interpreter.add_module(module.path, module.source)
+                interpreter.add_module(module.path, neutralize_print(module.source))
             interpreter.add_data(policy_set.data)
         if request["input"] is not None:
             interpreter.set_input(regopy.Input(request["input"]))
         output = interpreter.query(request["query"])
-    except PolicyLoadError as exc:
+    except (PolicyLoadError, OSError, ValueError) as exc:
         print(json.dumps({"errors": [{"message": str(exc)}]}))
         return 0
     except regopy.RegoError as exc:

@@ -195,3 +195,19 @@ def test_eval_matches_opa_eval(authz: Path) -> None:
     bad = sidecar("eval", "data.authz.allowed(", "-d", "authz", cwd=authz.parent)
     assert bad.returncode == 2 == opa("eval", "data.authz.allowed(", "-d", "authz", cwd=authz.parent).returncode
     assert "errors" in json.loads(bad.stdout) and "Traceback" not in bad.stderr
+
+
+def test_eval_takes_a_file_or_a_missing_path_as_opa(authz: Path) -> None:
+    query = 'data.authz.allowed({"role": "admin"})'
+    ours = sidecar("eval", query, "-d", "authz/authz.rego", "--format", "raw", cwd=authz.parent)
+    theirs = opa("eval", query, "-d", "authz/authz.rego", "--format", "raw", cwd=authz.parent)
+    assert ours.returncode == theirs.returncode == 0
+    assert ours.stdout.strip() == theirs.stdout.strip() == "true"
+    (authz.parent / "limits.json").write_text('{"limits": {"max": 7}}')
+    ours = sidecar("eval", "data.limits.max", "-d", "limits.json", "--format", "raw", cwd=authz.parent)
+    theirs = opa("eval", "data.limits.max", "-d", "limits.json", "--format", "raw", cwd=authz.parent)
+    assert ours.stdout.strip() == theirs.stdout.strip() == "7"
+    ours = sidecar("eval", "data.authz", "-d", "missing", cwd=authz.parent)
+    theirs = opa("eval", "data.authz", "-d", "missing", cwd=authz.parent)
+    assert ours.returncode == theirs.returncode == 2
+    assert json.loads(ours.stdout)["errors"] and json.loads(theirs.stdout)["errors"]
