@@ -211,3 +211,19 @@ def test_eval_takes_a_file_or_a_missing_path_as_opa(authz: Path) -> None:
     theirs = opa("eval", "data.authz", "-d", "missing", cwd=authz.parent)
     assert ours.returncode == theirs.returncode == 2
     assert json.loads(ours.stdout)["errors"] and json.loads(theirs.stdout)["errors"]
+
+
+def test_an_evaluation_error_is_error_in_both(tmp_path: Path) -> None:
+    folder = tmp_path / "conflict"
+    folder.mkdir()
+    (folder / "conflict_test.rego").write_text(
+        "package conflict_test\n\nf(x) := 1 if x > 0\n\nf(x) := 2 if x > 1\n\ntest_conflict if f(5) == 1\n"
+    )
+    ours = sidecar("test", "conflict", "--no-engine-checks", cwd=tmp_path)
+    theirs = opa("test", "conflict", cwd=tmp_path)
+    assert ours.returncode == theirs.returncode == 2
+    assert counts(ours.stdout) == counts(theirs.stdout) == {"ERROR": "1/1"}
+    assert "data.conflict_test.test_conflict: ERROR (" in ours.stdout
+    mine = json.loads(sidecar("test", "conflict", "--format", "json", "--no-engine-checks", cwd=tmp_path).stdout)
+    opas = json.loads(opa("test", "conflict", "--format", "json", cwd=tmp_path).stdout)
+    assert set(mine[0]) == set(opas[0]) and {"code", "message"} <= set(mine[0]["error"])
