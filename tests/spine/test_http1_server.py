@@ -837,8 +837,8 @@ async def until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
 
 
 def http1_bytes(snapshot: tracemalloc.Snapshot, base: tracemalloc.Snapshot) -> int:
-    """Bytes allocated by sidecar/wire/http1.py between two snapshots, still held."""
-    only = [tracemalloc.Filter(True, http1.__file__)]
+    """Bytes allocated by the sidecar/wire/http1/ package between two snapshots, still held."""
+    only = [tracemalloc.Filter(True, str(Path(http1.__file__).parent / "*"))]
     stats = snapshot.filter_traces(only).compare_to(base.filter_traces(only), "filename")
     return sum(stat.size_diff for stat in stats)
 
