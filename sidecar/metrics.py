@@ -26,6 +26,8 @@ _BATCH_BUCKETS = (1, 10, 50, 100, 256, 512, 1024, 2048, 4096, 8192, 16384)
 TRANSPORTS = ("grpc", "http")
 #: why items are refused (``otlp_sidecar_receiver_refused_items_total{reason}``, sidecar.pipeline)
 ITEM_REFUSALS = ("policy", "queue_full", "rate_limited", "policy_unavailable", "shutting_down")
+#: why whole requests are refused before their items are counted (the receivers; others at first use)
+REQUEST_REFUSALS = ("malformed", "too_large", "too_many_resources", "bad_compression", "unsupported_encoding", "busy")
 
 
 class SidecarMetrics:
@@ -128,6 +130,8 @@ class SidecarMetrics:
                 self.request_duration.labels(s, transport)
                 for reason in ITEM_REFUSALS:
                     self.refused_items.labels(s, transport, reason)
+                for reason in REQUEST_REFUSALS:
+                    self.refused_requests.labels(s, transport, reason)
             self.sampled_out_items.labels(s)
             self.queue_items.labels(s)
             self.sent_items.labels(s)

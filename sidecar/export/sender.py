@@ -33,6 +33,8 @@ class Exporter(Protocol):
     async def export(self, signal: Signal, data: bytes) -> Exported: ...
 
 
+_AT_SHUTDOWN = "at shutdown: the grace period ended before the upstream took them"
+
 #: why a batch is counted as failed, each series at zero from the start (any protocol)
 COMMON_FAILURES = ("unavailable", "timeout", "shutdown")
 #: the final answers of each protocol an operator meets most (others appear at their first use)
@@ -141,8 +143,8 @@ class Sender:
                     self._queue.done(batch, keep_on_disk=True)
                 else:
                     # the grace period ran out: say so, loudly and in the metrics, never silently
-                    self._fail(batch, ExportError("shutdown", "the upstream had not taken it", retryable=False),
-                               why="at shutdown: the grace period ended first")
+                    last = self.last_error or "no answer from the upstream yet"
+                    self._fail(batch, ExportError("shutdown", f"last error: {last}", retryable=False), why=_AT_SHUTDOWN)
                     self._queue.done(batch)
                 raise
             self._queue.done(batch)
@@ -170,6 +172,8 @@ class Sender:
                     self.breaker.success()
                 delay, why = self._next_delay(attempt, exc, started)
                 if delay is None:
+                    if why == _AT_SHUTDOWN:  # counted as what it is: dropped at shutdown, not an upstream answer
+                        exc = ExportError("shutdown", f"last error: {self.last_error}", retryable=False)
                     self._fail(batch, exc, why=why)
                     return
                 self._metrics.export_retries.labels(signal).inc()
@@ -208,7 +212,7 @@ class Sender:
             delay = max(delay, exc.retry_after)
         now = time.monotonic()
         if self._deadline is not None and now + delay > self._deadline:
-            return None, "at shutdown: the grace period ended before a retry"
+            return None, _AT_SHUTDOWN
         if now + delay > started + cfg.retry_max_elapsed:
             return None, f"after retrying for {cfg.retry_max_elapsed:g} s (exporter.retry_max_elapsed)"
         return delay, ""
@@ -217,6 +221,8 @@ class Sender:
         """``message`` naming the URL and the setting (once: transport errors name the URL already)."""
         target = self._targets[signal]
         url = target.split(" (", 1)[0]
+        if target in message:
+            return message
         if url in message:
             return f"{message} ({target.split(' (', 1)[1]}"
         return f"{message}; upstream {target}"

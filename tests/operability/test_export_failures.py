@@ -1,0 +1,117 @@
+"""An upstream that answers every export with a final error, as an operator meets it: a wrong upstream
+path (a real HTTP server answering 404) opens the circuit, shows on /ready and in the metrics, and
+every message names the URL and the setting; a bad batch (400) does not open it; a batch dropped at
+shutdown is logged as such."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import aiohttp
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+from tests.conftest import sidecar_env
+from tests.operability.test_live_metrics import scrape, value
+from tests.processes import SidecarProcess
+from tests.spine import sdk
+from tests.upstream import Answer, Upstream
+
+PB = {"Content-Type": "application/x-protobuf"}
+BODY = encode_spans(sdk.make_spans(10)).SerializeToString()
+
+
+async def post_spans(port: int, requests: int) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(requests):
+            async with session.post(f"http://127.0.0.1:{port}/v1/traces", data=BODY, headers=PB) as response:
+                assert response.status == 200, await response.text()
+
+
+async def ready(port: int) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/ready") as response:
+        return response.status, json.loads(await response.text())
+
+
+async def wait_ready(port: int, predicate, timeout: float = 15.0) -> tuple[int, dict[str, object]]:
+    async with asyncio.timeout(timeout):
+        while True:
+            status, body = await ready(port)
+            if predicate(body):
+                return status, body
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("gate", [False, True], ids=["default", "ready_requires_upstream"])
+async def test_a_wrong_upstream_path_opens_the_circuit_and_says_where(upstream: Upstream, gate: bool) -> None:
+    url = f"http://127.0.0.1:{upstream.http_port}/wrong/v1/traces"  # the real server has no such route: 404
+    env = sidecar_env(upstream, "http/protobuf", OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{upstream.http_port}/wrong",
+                      SIDECAR_EXPORTER_BATCH_SIZE="10")
+    if gate:
+        env["SIDECAR_ADMIN_READY_REQUIRES_UPSTREAM"] = "true"
+    sidecar = SidecarProcess(env)
+    ports = await sidecar.start()
+    try:
+        status, body = await ready(ports["admin"])
+        assert (status, body["exporter"], body["exporter_circuit"]) == (200, "ok", "closed")
+        await post_spans(ports["http"], 8)
+        status, body = await wait_ready(ports["admin"], lambda b: b["exporter_circuit"] == "open")
+        # the pod stays ready by default (data waits in the queue); gated, it is taken out
+        assert status == (503 if gate else 200), body
+        exporter = str(body["exporter"])
+        assert exporter.startswith("failing: upstream answered 404") and url in exporter, body
+        assert "exporter.endpoint" in exporter, body
+        assert "on a final answer" in str(body["exporter_last_drop"]) and url in str(body["exporter_last_drop"])
+
+        samples = await scrape(f"http://127.0.0.1:{ports['admin']}/metrics")
+        assert value(samples, "otlp_sidecar_exporter_circuit_state") == 2
+        failed = value(samples, "otlp_sidecar_exporter_failed_items_total", signal="traces", reason="http_404")
+        assert failed is not None and failed >= 50, failed  # 5 batches before the circuit opened
+        assert value(samples, "otlp_sidecar_exporter_sent_items_total", signal="traces") == 0
+        assert (value(samples, "otlp_sidecar_exporter_circuit_transitions_total", state="open") or 0) >= 1
+        assert upstream.spans() == []
+    finally:
+        await sidecar.stop()
+    log = sidecar.stderr
+    assert "dropped 10 spans on a final answer (not retried, per OTLP): upstream answered 404" in log, log
+    assert f"{url} (exporter.endpoint)" in log
+    assert "circuit open" in log and "retrying too long" not in log
+
+
+async def test_a_bad_batch_does_not_open_the_circuit(upstream: Upstream, start_sidecar) -> None:
+    """400 is about one batch's data: the upstream works, the circuit stays closed (the drop shows)."""
+    upstream.default = Answer(http_status=400, message="bad data")
+    sidecar = await start_sidecar(sidecar_env(upstream, "http/protobuf", SIDECAR_EXPORTER_BATCH_SIZE="10"))
+    await post_spans(sidecar.addresses["http"][1], 8)
+    admin = sidecar.addresses["admin"][1]
+    status, body = await wait_ready(admin, lambda b: "80 " in str(b.get("exporter_last_drop", "")) or (
+        sidecar.metrics.registry.get_sample_value(
+            "otlp_sidecar_exporter_failed_items_total", {"signal": "traces", "reason": "http_400"}) == 80))
+    assert status == 200 and body["exporter_circuit"] == "closed", body
+    assert "upstream answered 400: bad data" in str(body["exporter"]) and "exporter.endpoint" in str(body["exporter"])
+    assert sidecar.metrics.registry.get_sample_value("otlp_sidecar_exporter_circuit_state") == 0
+    upstream.default = Answer()
+    await post_spans(sidecar.addresses["http"][1], 1)
+    _, body = await wait_ready(admin, lambda b: b["exporter"] == "ok")  # the next success clears it
+
+
+async def test_a_drop_at_shutdown_is_logged_as_one(
+    upstream: Upstream, start_sidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream.default = Answer(http_status=503)  # retryable: the batch is still being retried at shutdown
+    sidecar = await start_sidecar(sidecar_env(upstream, "http/protobuf"))
+    await post_spans(sidecar.addresses["http"][1], 1)
+    async with asyncio.timeout(10):
+        while upstream.attempts < 2:
+            await asyncio.sleep(0.02)
+    with caplog.at_level(logging.INFO, logger="sidecar"):
+        await sidecar.stop(grace=0.5)
+    dropped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dropped")]
+    assert len(dropped) == 1, dropped
+    assert dropped[0].startswith("dropped 10 spans at shutdown: the grace period ended"), dropped
+    assert "upstream answered 503" in dropped[0] and "exporter.endpoint" in dropped[0]
+    assert "retrying too long" not in caplog.text
+    assert sidecar.metrics.registry.get_sample_value(
+        "otlp_sidecar_exporter_failed_items_total", {"signal": "traces", "reason": "shutdown"}) == 10
