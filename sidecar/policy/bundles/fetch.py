@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,12 @@ def shown_url(url: str) -> str:
 
 @dataclass
 class Fetched:
-    """The outcome of one fetch: files (None when unchanged), the ETag or file fingerprint, and the
-    bytes transferred."""
+    """The outcome of one fetch: how to read the bundle's files (None when unchanged: nothing to
+    read), the ETag or file fingerprint, and the bytes transferred. Reading the files is where a
+    malformed bundle is found; the caller does it (off the loop) after noting the new tag, so a
+    bad bundle is refused once, not downloaded again on every poll."""
 
-    files: dict[str, bytes] | None
+    read: Callable[[], dict[str, bytes]] | None
     tag: str
     transferred: int = 0
 
@@ -102,8 +105,8 @@ class HttpFetcher:
         except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
             detail = (str(exc) or type(exc).__name__).replace(self.url, where)  # no presigned query
             raise BundleError(f"cannot download the bundle from {where}: {detail}") from None
-        files = await asyncio.to_thread(read_archive, bytes(body), self.limits)
-        return Fetched(files, tag, len(body))
+        raw, limits = bytes(body), self.limits
+        return Fetched(lambda: read_archive(raw, limits), tag, len(body))
 
     async def close(self) -> None:
         if self._session is not None:
@@ -140,8 +143,8 @@ class PathFetcher:
         tag = await asyncio.to_thread(self._fingerprint)
         if tag == etag:
             return Fetched(None, etag)
-        files = await asyncio.to_thread(read_path, self.path, self.limits)
-        return Fetched(files, tag, 0)
+        path, limits = self.path, self.limits
+        return Fetched(lambda: read_path(path, limits), tag, 0)
 
     async def close(self) -> None:
         return None

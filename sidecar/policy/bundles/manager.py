@@ -203,15 +203,16 @@ class BundleManager:
         source.failures = 0
         source.last_success_at = time.time()
         self.metrics.last_success.labels(source.name).set(source.last_success_at)
-        if fetched.files is None:
+        if fetched.read is None:
             self.metrics.polls.labels(source.name, "not_modified").inc()
             return None
         source.tag = fetched.tag
         if fetched.transferred:
             self.metrics.downloaded.labels(source.name).inc(fetched.transferred)
+        read = fetched.read
         try:
             return await asyncio.to_thread(
-                parse_bundle, source.name, where, fetched.files, self.verification, etag=fetched.tag)
+                lambda: parse_bundle(source.name, where, read(), self.verification, etag=fetched.tag))
         except BundleError as exc:
             self._refused(source, str(exc))
             return None
