@@ -1,0 +1,105 @@
+"""Bundle sources on the file system (a .tar.gz replaced, a directory laid out like a ConfigMap
+mount), the polling delays, and a revision-only change that recompiles nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from pathlib import Path
+
+import prometheus_client
+
+from sidecar.policy.bundles.fetch import HttpFetcher
+from sidecar.policy.bundles.manager import BundleManager, BundleSource
+from sidecar.policy.config import PolicyConfig
+from tests.bundles.helpers import Keys, build, shipped_config, whole_set
+from tests.policy.conftest import sample_value
+from tests.policy.test_reload import ConfigMapDir
+
+
+async def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def replace_file(target: Path, source: Path) -> None:
+    tmp = target.with_suffix(".tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+async def test_a_bundle_file_replaced_on_disk(make_service, tmp_path: Path, hash_key_file: Path) -> None:
+    keys = Keys(tmp_path / "keys")
+    one = build(whole_set(tmp_path / "v1", "v1"), tmp_path / "v1.tar.gz", "--signing-key", str(keys.rsa_private))
+    config = shipped_config()
+    config["sampling"]["vip_users"] = ["u-5"]
+    two = build(whole_set(tmp_path / "v2", "v2", config=config), tmp_path / "v2.tar.gz",
+                "--signing-key", str(keys.rsa_private))
+    # v3: the same policies as v2 under a new revision
+    three = build(whole_set(tmp_path / "v3", "v3", config=config), tmp_path / "v3.tar.gz",
+                  "--signing-key", str(keys.rsa_private))
+    live = tmp_path / "live.tar.gz"
+    replace_file(live, one)
+    service = await make_service(bundles=[f"set={live}"], hash_key_file=str(hash_key_file), reload_interval=0.05,
+                                 bundle_verification_key_file=str(keys.rsa_public))
+    registry = service.metrics.registry
+    assert service.status()["bundles"][0]["revision"] == "v1"
+    replace_file(live, two)
+    await wait_for(lambda: service.status()["bundles"][0]["revision"] == "v2")
+    version = service.version
+    assert sample_value(registry, "otlp_sidecar_policy_reloads_total", result="ok") == 2
+    replace_file(live, three)
+    await wait_for(lambda: service.status()["bundles"][0]["revision"] == "v3")
+    assert service.version == version  # same policies: nothing recompiled or swapped
+    assert sample_value(registry, "otlp_sidecar_policy_reloads_total", result="ok") == 2
+    (tmp_path / "broken.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
+    replace_file(live, tmp_path / "broken.tar.gz")
+    await wait_for(lambda: "not a valid gzip" in service.status()["bundles"][0]["last_error"])
+    await asyncio.sleep(0.3)  # refused once, not on every poll
+    assert sample_value(registry, "otlp_sidecar_policy_bundle_polls_total", bundle="set", result="refused") == 1
+    assert service.status()["bundles"][0]["revision"] == "v3" and service.version == version
+
+
+async def test_a_bundle_directory_mounted_like_a_configmap(make_service, tmp_path: Path, hash_key_file) -> None:
+    source = whole_set(tmp_path / "src", "dir-1")
+    mount = ConfigMapDir(tmp_path / "mount")
+    mount.publish(source)
+    service = await make_service(bundles=[f"team={mount.root}"], hash_key_file=str(hash_key_file),
+                                 reload_interval=0.05)
+    assert service.status()["bundles"][0]["revision"] == "dir-1"
+
+    def next_revision(version: Path) -> None:
+        (version / ".manifest").write_text(json.dumps({"revision": "dir-2", "roots": ["otlp_sidecar"]}))
+        data = json.loads((version / "data.json").read_text())
+        data["otlp_sidecar"]["config"]["sampling"]["vip_users"] = ["u-8"]
+        (version / "data.json").write_text(json.dumps(data))
+
+    mount.publish(source, next_revision)
+    await wait_for(lambda: service.status()["bundles"][0]["revision"] == "dir-2")
+
+    def escape(version: Path) -> None:
+        (version / "pci" / "pci.rego").unlink()
+        (version / "pci" / "pci.rego").symlink_to("/etc/hostname")
+
+    mount.publish(source, escape)
+    await wait_for(lambda: "points outside the bundle directory" in service.status()["bundles"][0]["last_error"])
+    assert service.status()["bundles"][0]["revision"] == "dir-2"
+
+
+def test_polling_delays_are_jittered_and_back_off() -> None:
+    config = PolicyConfig(bundles=["a=http://127.0.0.1:1/a"], bundle_polling_min_delay=10.0,
+                          bundle_polling_max_delay=40.0)
+    manager = BundleManager(config, prometheus_client.CollectorRegistry())
+    source = manager.sources[0]
+    assert isinstance(source, BundleSource) and isinstance(source.fetcher, HttpFetcher)
+    delays = [manager._delay(source) for _ in range(200)]
+    assert min(delays) >= 10.0 and max(delays) <= 40.0 and max(delays) - min(delays) > 15  # spread out
+    backoff = []
+    for failures in (1, 2, 3, 4, 10):
+        source.failures = failures
+        backoff.append(max(manager._delay(source) for _ in range(50)))
+    assert backoff[0] <= 10.0 < backoff[1] <= 20.0 < backoff[2] <= 40.0 and backoff[-1] <= 40.0
