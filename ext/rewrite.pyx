@@ -276,19 +276,16 @@ cdef class _PlanBox:
         self.p.nslots = len(c.slots)
 
 
-cdef dict _BOXES = {}
-cdef Py_ssize_t MAX_BOXES = 4096
-
-
 cdef _PlanBox _box(object plan):
-    cdef _PlanBox box = _BOXES.get(plan)
+    """The C form of ``plan``, made once per plan object and kept on it (as ``compile_plan``
+    keeps the compiled form): it is freed with the plan, so the policy caches bound it."""
+    cdef dict held = plan.__dict__
+    cdef _PlanBox box = held.get("_box")
     if box is not None:
         return box
     box = _PlanBox()
     box.load(compile_plan(plan))
-    if len(_BOXES) >= MAX_BOXES:
-        _BOXES.clear()
-    _BOXES[plan] = box
+    object.__setattr__(plan, "_box", box)
     return box
 
 

@@ -147,9 +147,21 @@ def _ascii_lower(s: str) -> bytes:
     return s.encode("utf-8").lower()  # bytes.lower() touches ASCII letters only
 
 
-@functools.lru_cache(maxsize=4096)
 def compile_plan(plan: Plan) -> CompiledPlan:
-    """Compile ``plan`` once; raises ValueError for a plan that cannot be applied."""
+    """The compiled form of ``plan``; raises ValueError for a plan that cannot be applied.
+
+    Made once per plan object and kept on it, so it lives exactly as long as the plan: the
+    policy service's caches, bounded in entries and bytes, bound the compiled forms too (a
+    separate cache here kept up to 4,096 of them, whatever those caches had evicted).
+    """
+    compiled: CompiledPlan | None = plan.__dict__.get("_compiled")
+    if compiled is None:
+        compiled = _compile(plan)
+        object.__setattr__(plan, "_compiled", compiled)
+    return compiled
+
+
+def _compile(plan: Plan) -> CompiledPlan:
     slots: dict[tuple[str, str], int] = {}
 
     def slot(rule_id: str, action: str) -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import hmac
+import weakref
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from sidecar.rewrite._common import compile_plan
+from sidecar.rewrite import _common
 from sidecar.rewrite.plan import (
     HASH_PREFIX,
     AttributeRule,
@@ -239,15 +241,27 @@ def test_all_three_signals(impl):
     assert result.counts == {("pci.pan", "mask_pan"): 1}
 
 
-def test_plans_are_compiled_once(impl):
+def test_plans_are_compiled_once(impl, monkeypatch):
     data = _trace(("a", "4111111111111111"))
     plan = Plan(detectors=(ValueDetector("p", "pan", "mask_pan"),), reason="once")
-    impl.rewrite(Signal.TRACES, data, [plan])
-    misses = compile_plan.cache_info().misses
+    compiled = []
+    real = _common._compile
+    monkeypatch.setattr(_common, "_compile", lambda p: compiled.append(p) or real(p))
     for _ in range(5):
-        impl.rewrite(Signal.TRACES, data, [Plan(detectors=(ValueDetector("p", "pan", "mask_pan"),),
-                                                reason="once")])
-    assert compile_plan.cache_info().misses == misses
+        assert impl.rewrite(Signal.TRACES, data, [plan]).counts == {("p", "mask_pan"): 1}
+    assert compiled == [plan]
+
+
+def test_a_compiled_plan_is_freed_with_its_plan(impl):
+    """The rewriters keep no cache of their own: what the policy caches evict is freed."""
+    data = _trace(("a", "4111111111111111"))
+    plans = [Plan(detectors=(ValueDetector("p", "pan", "mask_pan"),), reason=f"plan {i}") for i in range(50)]
+    for plan in plans:
+        impl.rewrite(Signal.TRACES, data, [plan])
+    held = [weakref.ref(plan.__dict__["_compiled"]) for plan in plans]
+    del plan, plans
+    gc.collect()
+    assert [ref for ref in held if ref() is not None] == []
 
 
 def test_a_plan_that_hashes_needs_a_key(impl):
