@@ -27,7 +27,7 @@ class LimitsConfig:
         kind="size", min=16 * MiB,
     )
     budget_bytes: int = setting(
-        48 * MiB,
+        40 * MiB,
         "The receive budget: bytes clients make the sidecar hold at once, on every listener "
         "(wire bytes as they arrive, decompressed and decoded bytes, partial HTTP/2 frames), "
         "until they are queued. Beyond it requests get HTTP 503 / gRPC UNAVAILABLE with "
@@ -35,7 +35,7 @@ class LimitsConfig:
         kind="size", min=1024 * 1024,
     )
     connection_share_bytes: int = setting(
-        32 * MiB,
+        24 * MiB,
         "The most of the receive budget one connection may hold; beyond it its requests get 503 / "
         "UNAVAILABLE, and a request that could never fit (decompressed) gets 413 / RESOURCE_EXHAUSTED.",
         kind="size", min=64 * 1024,

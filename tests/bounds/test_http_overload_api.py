@@ -50,7 +50,7 @@ def test_every_action_has_a_label_and_refusals_their_otlp_status() -> None:
 def test_the_limits_section_validates_and_keeps_the_old_key_as_a_bound() -> None:
     config = load(None, env={})
     assert config.limits == LimitsConfig()
-    assert config.limits.budget_limit(config.receivers.max_inflight_bytes) == 48 * 1024 * 1024
+    assert config.limits.budget_limit(config.receivers.max_inflight_bytes) == 40 * 1024 * 1024
     lowered = load(None, env={"SIDECAR_RECEIVERS_MAX_INFLIGHT_BYTES": "20MiB"})
     assert lowered.limits.budget_limit(lowered.receivers.max_inflight_bytes) == 20 * 1024 * 1024
     with pytest.raises(ConfigError, match=r"limits\.budget_bytes"):
@@ -74,7 +74,7 @@ async def test_a_real_sidecar_exports_every_action_at_zero_and_its_budget() -> N
             for action in Action:
                 line = f'otlp_sidecar_overload_actions_total{{action="{action.value}",listener="{listener}"}} 0.0'
                 assert line in text, line
-        assert await sidecar.metric("otlp_sidecar_overload_budget_limit_bytes") == 48 * 1024 * 1024
+        assert await sidecar.metric("otlp_sidecar_overload_budget_limit_bytes") == 40 * 1024 * 1024
         assert await sidecar.metric("otlp_sidecar_overload_memory_limit_bytes") == 128 * 1024 * 1024
         assert await sidecar.metric("otlp_sidecar_receiver_connections_limit", listener="otlp_http") == 512
         assert await sidecar.metric("otlp_sidecar_receiver_connections", listener="admin") == 1  # this scrape

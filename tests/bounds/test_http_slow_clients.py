@@ -22,7 +22,7 @@ HEAD_16_MIB = (b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: applicatio
 
 
 async def test_bodies_declaring_16_mib_and_trickling_lock_nobody_out_and_are_cut() -> None:
-    """Four requests declare 16 MiB (64 MiB, more than the 48 MiB budget) and send a byte a
+    """Four requests declare 16 MiB (64 MiB, more than the 40 MiB budget) and send a byte a
     second: they hold a few bytes of the budget, others are served, and after the grace each
     gets 408 for its rate."""
     async with BoundedSidecar(SIDECAR_LIMITS_MIN_RATE_GRACE="2") as sidecar:
