@@ -171,3 +171,20 @@ def test_roots_hold_every_package_and_data_path() -> None:
     other = parse_bundle("c", "t", {".manifest": json.dumps({"roots": ["team"]}).encode()}, None)
     with pytest.raises(BundleError, match="bundles 'b' and 'c' have overlapping roots"):
         check_disjoint([ok, other])
+
+
+def test_tar_of_a_directory_with_dot_entries_and_unused_files(tmp_path: Path, keys: Keys) -> None:
+    """`tar -C dir -czf b.tar.gz .` writes ./ entries; a README rides along unsigned and unused."""
+    folder = whole_set(tmp_path / "set", "t-1")
+    run_opa("sign", "-b", ".", "--signing-key", str(keys.rsa_private), "-o", ".", cwd=folder)
+    (folder / "README.md").write_text("how to publish this bundle\n")
+    out = tmp_path / "b.tar.gz"
+    subprocess.run(["tar", "-C", str(folder), "-czf", str(out), "."], check=True, timeout=60)
+    members = tarfile.open(out).getnames()
+    assert "./" in members or "." in members
+    bundle = load(out, VerificationConfig.from_file(str(keys.rsa_public), "RS256"))
+    assert bundle.revision == "t-1" and "pci/pci.rego" in bundle.modules
+    # a Rego file the signature does not list is refused: it would change decisions
+    (folder / "extra.rego").write_text("package otlp_sidecar.extra\nx := 1\n")
+    with pytest.raises(BundleError, match=r"extra\.rego is in the bundle but not in its signature"):
+        load(folder, VerificationConfig.from_file(str(keys.rsa_public), "RS256"))

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from sidecar.policy.errors import PolicyLoadError
 
-#: files a bundle may carry; anything else is ignored, as OPA ignores it (wasm, plan files are refused)
+#: files the engine reads; others are kept (within the bounds) only to check a signature over them;
+#: Wasm modules and plan files are refused
 REGO_SUFFIX = ".rego"
 DATA_NAMES = ("data.json", "data.yaml", "data.yml")
 MANIFEST = ".manifest"
@@ -42,25 +43,26 @@ class BundleLimits:
 
 
 def _clean_name(raw: str) -> str:
-    """A member's path relative to the bundle root, or BundleError when it escapes it."""
+    """A member's path relative to the bundle root (``opa build`` writes ``/data.json``, ``tar -C
+    dir .`` writes ``./data.json``), or BundleError when it is empty or escapes the root."""
     name = raw.replace("\\", "/")
     while name.startswith("./"):
         name = name[2:]
-    name = name.lstrip("/") if name.startswith("/") and not name.startswith("//") else name
-    parts = name.split("/")
-    if not name or name.startswith("/") or any(p in ("..",) for p in parts) or "\0" in name:
-        raise BundleError(f"member {raw!r} has a path outside the bundle (absolute or with '..'); refused")
-    normal = posixpath.normpath(name)
-    if normal.startswith("../") or normal == "..":
-        raise BundleError(f"member {raw!r} has a path outside the bundle; refused")
-    return normal
+    if name.startswith("/") and not name.startswith("//"):
+        name = name[1:]
+    if not name or name.startswith("/") or ".." in name.split("/") or "\0" in name:
+        raise BundleError(f"member {raw!r} has a path outside the bundle (empty, absolute or with '..'); refused")
+    return posixpath.normpath(name)
 
 
-def _wanted(name: str) -> bool:
-    base = posixpath.basename(name)
+def used(name: str) -> bool:
+    """Whether the engine reads this bundle file (others are kept only to check a signature)."""
+    return name.endswith(REGO_SUFFIX) or posixpath.basename(name) in DATA_NAMES or name in (MANIFEST, SIGNATURES)
+
+
+def _check_kind(name: str) -> None:
     if name.endswith(_REFUSED_SUFFIXES):
         raise BundleError(f"{name}: Wasm modules and plan bundles are not supported by the embedded engine")
-    return name.endswith(REGO_SUFFIX) or base in DATA_NAMES or name in (MANIFEST, SIGNATURES)
 
 
 class _BoundedGunzip(io.RawIOBase):
@@ -123,9 +125,9 @@ def read_archive(raw: bytes, limits: BundleLimits) -> dict[str, bytes]:
                 members += 1
                 if members > limits.max_files:
                     raise BundleError(f"the bundle has more than {limits.max_files} members; refused")
-                name = _clean_name(member.name)
                 if member.isdir():
-                    continue
+                    continue  # nothing is extracted: a directory entry says nothing
+                name = _clean_name(member.name)
                 if not member.isreg():
                     kind = "symlink" if member.issym() else "hard link" if member.islnk() else "special file"
                     raise BundleError(f"member {name!r} is a {kind}; a bundle holds regular files only")
@@ -134,8 +136,7 @@ def read_archive(raw: bytes, limits: BundleLimits) -> dict[str, bytes]:
                     raise BundleError(
                         f"member {name!r} takes the bundle over policy.bundle_max_size ({limits.max_size} bytes)"
                     )
-                if not _wanted(name):
-                    continue
+                _check_kind(name)
                 if name in files:
                     raise BundleError(f"member {name!r} appears twice in the bundle")
                 handle = tar.extractfile(member)
@@ -170,8 +171,9 @@ def read_directory(root: str, limits: BundleLimits) -> dict[str, bytes]:
             real = os.path.realpath(path)
             if os.path.commonpath([real, real_base]) != real_base:
                 raise BundleError(f"{rel} points outside the bundle directory; refused")
-            if not os.path.isfile(real) or not _wanted(rel):
+            if not os.path.isfile(real):
                 continue
+            _check_kind(rel)
             if len(files) >= limits.max_files:
                 raise BundleError(f"the bundle has more than {limits.max_files} files; refused")
             total += os.path.getsize(real)

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from sidecar.policy.bundles.archive import DATA_NAMES, MANIFEST, REGO_SUFFIX, SIGNATURES, BundleError
+from sidecar.policy.bundles.archive import DATA_NAMES, MANIFEST, REGO_SUFFIX, SIGNATURES, BundleError, used
 from sidecar.policy.bundles.signing import VerificationConfig, verify_bundle
 from sidecar.policy.source import _PACKAGE_RE
 
@@ -164,7 +164,7 @@ def parse_bundle(
     digest = hashlib.sha256()
     for path in sorted(files):
         raw = files[path]
-        if path == SIGNATURES:
+        if path == SIGNATURES or not used(path):
             continue
         digest.update(path.encode() + b"\0" + raw + b"\0")
         if path.endswith(REGO_SUFFIX):

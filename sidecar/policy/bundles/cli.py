@@ -17,7 +17,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from sidecar.policy.bundles.archive import MANIFEST, SIGNATURES, BundleError, BundleLimits, read_path
+from sidecar.policy.bundles.archive import MANIFEST, SIGNATURES, BundleError, BundleLimits, read_path, used
 from sidecar.policy.bundles.bundle import parse_bundle
 from sidecar.policy.bundles.signing import ALGORITHMS, VerificationConfig, sign_files
 
@@ -85,7 +85,7 @@ def _fail(message: str) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     limits = BundleLimits(max_download=1 << 30, max_size=1 << 30, max_files=100_000)
     try:
-        files = read_path(args.dir, limits)
+        files = {name: raw for name, raw in read_path(args.dir, limits).items() if used(name)}
         manifest: dict[str, Any] = json.loads(files[MANIFEST]) if MANIFEST in files else {}
         if args.revision is not None:
             manifest["revision"] = args.revision
@@ -107,7 +107,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_sign(args: argparse.Namespace) -> int:
     limits = BundleLimits(max_download=1 << 30, max_size=1 << 30, max_files=100_000)
     try:
-        files = read_path(args.file, limits)
+        files = {name: raw for name, raw in read_path(args.file, limits).items() if used(name)}
         _sign_into(files, args)
         Path(args.output or args.file).write_bytes(write_archive(files))
     except (BundleError, OSError) as exc:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from sidecar.policy.bundles.archive import MANIFEST, SIGNATURES, BundleError
+from sidecar.policy.bundles.archive import MANIFEST, SIGNATURES, BundleError, used
 
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
               "HS256", "HS384", "HS512")
@@ -295,6 +295,8 @@ def _check_files(files: dict[str, bytes], signed: Any) -> None:
     for name in sorted(present):
         entry = listed.get(name)
         if entry is None:
+            if not used(name):
+                continue  # a file the engine never reads (a README): it cannot change a decision
             raise BundleError(f"{name} is in the bundle but not in its signature (added after signing); refused")
         if not hmac.compare_digest(
             str(entry.get("hash", "")).lower(), file_hash(name, files[name], str(entry.get("algorithm", "SHA-256")))
@@ -313,7 +315,7 @@ def sign_files(
     """The ``.signatures.json`` content for ``files`` (as ``opa sign`` writes it)."""
     entries = [
         {"name": name, "hash": file_hash(name, raw), "algorithm": "SHA-256"}
-        for name, raw in sorted(files.items()) if name != SIGNATURES
+        for name, raw in sorted(files.items()) if name != SIGNATURES and used(name)
     ]
     payload: dict[str, Any] = {"files": entries}
     header: dict[str, Any] = {"alg": algorithm, "typ": "JWT"}
