@@ -103,3 +103,64 @@ def test_polling_delays_are_jittered_and_back_off() -> None:
         source.failures = failures
         backoff.append(max(manager._delay(source) for _ in range(50)))
     assert backoff[0] <= 10.0 < backoff[1] <= 20.0 < backoff[2] <= 40.0 and backoff[-1] <= 40.0
+
+
+async def test_redirects_are_followed_unless_a_token_is_sent(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    from sidecar.policy.bundles.archive import BundleError, BundleLimits
+
+    raw = build(whole_set(tmp_path / "set", "r-1"), tmp_path / "b.tar.gz").read_bytes()
+    tokens: list[str] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"http://localhost:{request.url.port}/final")
+
+    async def final(request: web.Request) -> web.Response:
+        tokens.append(request.headers.get("Authorization", ""))
+        return web.Response(body=raw, headers={"ETag": '"r-1"'})
+
+    app = web.Application()
+    app.router.add_get("/moved", moved)
+    app.router.add_get("/final", final)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    token = tmp_path / "token"
+    token.write_text("t0k3n")
+    plain = HttpFetcher(f"http://127.0.0.1:{port}/moved", BundleLimits(), 5.0)
+    with_token = HttpFetcher(f"http://127.0.0.1:{port}/moved", BundleLimits(), 5.0, token_file=str(token))
+    try:
+        fetched = await plain.fetch("")
+        assert fetched.tag == '"r-1"' and fetched.read is not None and ".manifest" in fetched.read()
+        try:
+            await with_token.fetch("")
+            raise AssertionError("followed a redirect with the token")
+        except BundleError as exc:
+            assert "redirected (HTTP 302)" in str(exc)
+        assert tokens == [""]  # the token never left for the redirect's target
+    finally:
+        await plain.close()
+        await with_token.close()
+        await runner.cleanup()
+
+
+async def test_an_unusable_verification_key_is_a_start_error(tmp_path: Path) -> None:
+    import pytest
+
+    from sidecar.configkit import ConfigError
+    from sidecar.identity import PodIdentity
+    from sidecar.policy.service import PolicyService
+
+    keys = Keys(tmp_path / "keys")
+    for key_file, algorithm, message in (
+        (tmp_path / "missing.pem", "RS256", "cannot read the bundle verification key"),
+        (keys.ec_public, "RS256", "does not fit algorithm RS256"),
+        (keys.rsa_private, "RS256", "not a PEM public key"),
+    ):
+        config = PolicyConfig(bundles=["a=http://127.0.0.1:1/a"], bundle_verification_key_file=str(key_file),
+                              bundle_verification_algorithm=algorithm)
+        with pytest.raises(ConfigError, match=message):
+            PolicyService(config, PodIdentity(), prometheus_client.CollectorRegistry())

@@ -80,9 +80,15 @@ class HttpFetcher:
             headers["Authorization"] = f"Bearer {token}"
         where = shown_url(self.url)
         try:
-            async with self._session.get(self.url, headers=headers) as response:
+            # with a token, a redirect is not followed: the token would go to whatever server it names
+            async with self._session.get(self.url, headers=headers, allow_redirects=not self.token_file) as response:
                 if response.status == 304:
                     return Fetched(None, etag)
+                if 300 <= response.status < 400 and self.token_file:
+                    raise BundleError(
+                        f"the bundle server {where} redirected (HTTP {response.status}); with "
+                        "policy.bundle_token_file set redirects are not followed: use the final URL"
+                    )
                 if response.status != 200:
                     raise BundleError(f"the bundle server {where} answered HTTP {response.status}")
                 if response.headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):

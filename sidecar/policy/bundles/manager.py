@@ -84,6 +84,13 @@ class BundleManager:
         if config.dir:
             entries.append(("local", config.dir))
         self.sources = [BundleSource(name, location, self._fetcher(location)) for name, location in entries]
+        if self.verification is None:
+            log.warning(
+                "policy bundles are not signature-checked (no policy.bundle_verification_key_file): whoever "
+                "can change them%s changes the policies (the PCI probe still keeps card numbers masked)",
+                " or the plain-HTTP path to the bundle server" if any(
+                    location.startswith("http://") for _, location in entries) else "",
+            )
         self.stage_dir = ""
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
