@@ -207,8 +207,15 @@ class Pipeline:
             raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
         except PolicyUnavailable as exc:
             items_in = sum(r.items for r in resources) if counting else self._count(signal, data, labels)
-            self._refuse_items(counters[0], labels, "policy_unavailable", items_in)
-            raise Unavailable(f"policy engine cannot decide: {exc}", items_in, retry_after=self._retry_after) from None
+            # the engine's own back-off (PolicyBusy: over its evaluation rate) says when to retry
+            retry_after = getattr(exc, "retry_after", None)
+            busy = retry_after is not None
+            self._refuse_items(counters[0], labels, "policy_busy" if busy else "policy_unavailable", items_in)
+            if busy:
+                self._metrics.overload.count(_LISTENERS.get(transport, transport), Action.policy_busy)
+            raise Unavailable(
+                f"policy engine cannot decide: {exc}", items_in, retry_after=retry_after or self._retry_after
+            ) from None
         items_in = result.items_in
         counters[0].inc(items_in)
         self._planner.record_counts(signal, result.counts)

@@ -72,6 +72,8 @@ class Action(enum.Enum):
     accept_backoff = "accept_backoff"
     #: a protocol error that closed the connection (HTTP/2 GOAWAY ...)
     protocol_error = "protocol_error"
+    #: more new resources than the policy engine may evaluate now (503 / UNAVAILABLE + Retry-After)
+    policy_busy = "policy_busy"
 
     @property
     def status(self) -> Status | None:
@@ -86,6 +88,7 @@ class Action(enum.Enum):
 _STATUS: dict[Action, Status] = {
     Action.budget_full: _BUSY,
     Action.connection_share: _BUSY,
+    Action.policy_busy: _BUSY,
     Action.request_too_large: _TOO_LARGE,
     Action.decompressed_too_large: _TOO_LARGE,
     Action.too_many_members: _INVALID,
