@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Awaitable, Callable
 
+from sidecar import loop_guard
 from sidecar.config import ExporterConfig
 from sidecar.export.negotiate import DowngradeListener, Negotiator
 from sidecar.export.result import ExportError
@@ -47,8 +48,10 @@ class UpstreamExporter:
         self.negotiator.watch(listener)
 
     async def _headers(self) -> dict[str, str]:
-        """The configured headers, then the per-export ones (policy egress headers, auth)."""
+        """The configured headers, the loop guard's mark, then the per-export ones (policy egress
+        headers, auth)."""
         headers = dict(self._config.headers)
+        headers[loop_guard.HEADER] = loop_guard.INSTANCE
         if self._extra_headers is not None:
             headers.update(await self._extra_headers())
         return headers

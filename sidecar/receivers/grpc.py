@@ -16,6 +16,7 @@ from typing import Any
 
 from grpclib.const import Status
 
+from sidecar import loop_guard
 from sidecar.config import ReceiversConfig
 from sidecar.export.partial import rejected_field
 from sidecar.identity import Peer
@@ -107,6 +108,9 @@ class GrpcReceiver:
     async def _handle(self, signal: Signal, call: UnaryCall) -> bytes:
         labels = (signal.value, TRANSPORT)
         peer: Peer = call.context  # resolved by _authorize when the call's headers came
+        if loop_guard.passed_here(call.headers.get(loop_guard.HEADER)):
+            self._metrics.refused_requests.labels(*labels, loop_guard.REASON).inc()
+            raise GrpcError(Status.FAILED_PRECONDITION.value, loop_guard.MESSAGE)
         try:
             data = await self._message(call)
         except GrpcError as exc:

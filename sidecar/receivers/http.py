@@ -20,6 +20,7 @@ from typing import Any
 
 from google.rpc import status_pb2
 
+from sidecar import loop_guard
 from sidecar.config import ReceiversConfig
 from sidecar.export.partial import rejected_field
 from sidecar.identity import Peer
@@ -144,6 +145,9 @@ class HttpReceiver:
         except PeerRefused as exc:
             self._metrics.refused_requests.labels(*labels, exc.reason).inc()
             return _observed(route, started, _error(exc.http_status, content_type, exc.message))
+        if loop_guard.passed_here(request.headers.get(loop_guard.HEADER)):
+            self._metrics.refused_requests.labels(*labels, loop_guard.REASON).inc()
+            return _observed(route, started, _error(loop_guard.HTTP_STATUS, content_type, loop_guard.MESSAGE))
         if content_type not in (PROTOBUF, JSON):
             self._metrics.refused_requests.labels(*labels, "unsupported_media_type").inc()
             message = f"unsupported content type {content_type!r}; use {PROTOBUF} or {JSON}"
