@@ -164,3 +164,35 @@ async def test_an_unusable_verification_key_is_a_start_error(tmp_path: Path) -> 
                               bundle_verification_algorithm=algorithm)
         with pytest.raises(ConfigError, match=message):
             PolicyService(config, PodIdentity(), prometheus_client.CollectorRegistry())
+
+
+def test_stale_staged_directories_are_swept(tmp_path: Path) -> None:
+    from sidecar.policy.bundles.bundle import STAGE_PREFIX, sweep_stale_stages
+
+    dead = tmp_path / f"{STAGE_PREFIX}999999999-abc"  # no such process
+    ours = tmp_path / f"{STAGE_PREFIX}{os.getpid()}-old"  # an earlier container with our pid
+    other = tmp_path / f"{STAGE_PREFIX}{os.getppid()}-live"  # a live process's
+    unrelated = tmp_path / "something-else"
+    for folder in (dead, ours, other, unrelated):
+        folder.mkdir()
+    assert sweep_stale_stages(str(tmp_path)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other.name, unrelated.name])
+
+
+async def test_a_failed_start_leaves_no_staged_directory(make_service, tmp_path: Path, hash_key_file) -> None:
+    import tempfile
+
+    import pytest
+
+    from sidecar.configkit import ConfigError
+    from sidecar.policy.bundles.bundle import STAGE_PREFIX
+
+    folder = whole_set(tmp_path / "set", "bad-1")
+    pci = folder / "pci" / "pci_test.rego"
+    pci.write_text(pci.read_text() + "\ntest_always_fails if { false }\n")
+    mine = f"{STAGE_PREFIX}{os.getpid()}-"
+    before = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(mine)}
+    with pytest.raises(ConfigError, match=r"policy\.bundles: bundles set: .*policy tests fail"):
+        await make_service(bundles=[f"set={folder}"], hash_key_file=str(hash_key_file))
+    after = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(mine)}
+    assert after <= before

@@ -28,6 +28,8 @@ from sidecar.policy.source import _PACKAGE_RE
 #: nodes a data document may hold (YAML aliases can make a small file a huge tree)
 MAX_DATA_NODES = 2_000_000
 STAGE_PREFIX = "otlp-sidecar-bundles-"
+#: staged directories this process made and has not removed (never swept)
+_OURS: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,8 @@ def stage(bundles: list[Bundle], parent: str | None = None) -> str:
     data: dict[str, Any] = {}
     for bundle in bundles:
         merge_into(data, [], bundle.data, f"bundle {bundle.name}")
-    root = tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=parent)
+    root = tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=parent)
+    _OURS.add(os.path.realpath(root))
     try:
         for bundle in bundles:
             for path, text in bundle.modules.items():
@@ -233,6 +236,40 @@ def stage(bundles: list[Bundle], parent: str | None = None) -> str:
     return root
 
 
+def sweep_stale_stages(parent: str | None = None) -> int:
+    """Remove staged directories left by a process that is gone (killed before it cleaned up; in a
+    pod, /tmp is an emptyDir that outlives a container restart). Call before staging anything."""
+    base = parent or tempfile.gettempdir()
+    removed = 0
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.startswith(STAGE_PREFIX):
+            continue
+        pid_text = name[len(STAGE_PREFIX):].split("-", 1)[0]
+        pid = int(pid_text) if pid_text.isdigit() else 0
+        if pid and pid != os.getpid() and _alive(pid):
+            continue  # another live sidecar's (tests run several on one machine)
+        if os.path.realpath(os.path.join(base, name)) in _OURS:
+            continue
+        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stage(root: str) -> None:
     if root and os.path.basename(root).startswith(STAGE_PREFIX):
         shutil.rmtree(root, ignore_errors=True)
+        _OURS.discard(os.path.realpath(root))

@@ -21,7 +21,14 @@ from typing import Any
 import prometheus_client
 
 from sidecar.policy.bundles.archive import BundleError, BundleLimits
-from sidecar.policy.bundles.bundle import Bundle, check_disjoint, parse_bundle, remove_stage, stage
+from sidecar.policy.bundles.bundle import (
+    Bundle,
+    check_disjoint,
+    parse_bundle,
+    remove_stage,
+    stage,
+    sweep_stale_stages,
+)
 from sidecar.policy.bundles.fetch import HttpFetcher, PathFetcher, shown_url
 from sidecar.policy.bundles.metrics import BundleMetrics
 from sidecar.policy.bundles.signing import VerificationConfig
@@ -106,6 +113,9 @@ class BundleManager:
     async def first_stage(self) -> str:
         """Get every bundle (retrying within bundle_start_timeout) and stage them together."""
         deadline = time.monotonic() + self.config.bundle_start_timeout
+        swept = await asyncio.to_thread(sweep_stale_stages)
+        if swept:
+            log.info("removed %d staged bundle directories left by an earlier run", swept)
         pending = list(self.sources)
         attempt = 0
         while pending:
@@ -127,6 +137,10 @@ class BundleManager:
             await asyncio.sleep(wait)
         live = [s.live for s in self.sources if s.live is not None]
         return await asyncio.to_thread(stage, live)
+
+    def abandon(self, root: str) -> None:
+        """The first staged directory did not go live (start failed): remove it."""
+        remove_stage(root)
 
     def committed(self, root: str) -> None:
         """The staged directory ``root`` went live (at start)."""
@@ -178,7 +192,11 @@ class BundleManager:
             except BundleError as exc:
                 self._refused(source, str(exc))
                 return
-            swapped, error = await apply(root)
+            try:
+                swapped, error = await apply(root)
+            except Exception as exc:  # the staged directory must not outlive a failed reload
+                log.exception("bundle %s: the reload failed", source.name)
+                swapped, error = False, f"the reload failed: {type(exc).__name__}: {exc}"
             if error:
                 remove_stage(root)
                 self._refused(source, error)
