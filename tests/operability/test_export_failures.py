@@ -31,17 +31,26 @@ async def post_spans(port: int, requests: int) -> None:
 
 
 async def ready(port: int) -> tuple[int, dict[str, object]]:
-    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/ready") as response:
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+        f"http://127.0.0.1:{port}/ready"
+    ) as response:
         return response.status, json.loads(await response.text())
 
 
-async def wait_ready(port: int, predicate, timeout: float = 15.0) -> tuple[int, dict[str, object]]:
-    async with asyncio.timeout(timeout):
-        while True:
-            status, body = await ready(port)
-            if predicate(body):
-                return status, body
-            await asyncio.sleep(0.05)
+async def wait_ready(port: int, predicate, timeout: float = 20.0) -> tuple[int, dict[str, object]]:
+    """/ready's answer once ``predicate(body)`` holds (polled every 50 ms)."""
+    seen: list[dict[str, object]] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                status, body = await ready(port)
+                if predicate(body):
+                    return status, body
+                seen[:] = [body]
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"/ready never matched in {timeout} s; last body: {seen}") from None
 
 
 @pytest.mark.parametrize("gate", [False, True], ids=["default", "ready_requires_upstream"])
