@@ -25,7 +25,7 @@ from sidecar.overload.budget import MemoryBudget
 from sidecar.overload.config import LimitsConfig
 from sidecar.overload.metrics import Counted
 from sidecar.overload.reasons import Action
-from sidecar.pipeline import InvalidRequest, PermissionDenied, Pipeline, Unavailable
+from sidecar.pipeline import InvalidRequest, PermissionDenied, Pipeline, TooManyResources, Unavailable
 from sidecar.receivers import peers
 from sidecar.signals import Signal
 from sidecar.tls.server import PeerRefused
@@ -123,6 +123,8 @@ class GrpcReceiver:
             raise
         try:
             outcome = await self._pipeline.submit(signal, data, TRANSPORT, peer)
+        except TooManyResources as exc:  # a limit, not a malformed request (HTTP answers 413)
+            raise GrpcError(Status.RESOURCE_EXHAUSTED.value, exc.message) from None
         except InvalidRequest as exc:
             raise GrpcError(Status.INVALID_ARGUMENT.value, exc.message) from None
         except PermissionDenied as exc:

@@ -48,3 +48,20 @@ async def test_a_request_at_the_cap_is_accepted_and_a_lower_cap_applies() -> Non
         accepted = await sidecar.metric("otlp_sidecar_receiver_accepted_items_total", signal="traces", transport="http")
         assert accepted == 100
         sidecar.assert_peak_under()
+
+
+async def test_over_grpc_the_cap_answers_resource_exhausted() -> None:
+    """The same limit through a grpcio client: RESOURCE_EXHAUSTED (a limit, not a malformed request)."""
+    import grpc
+
+    async with BoundedSidecar(SIDECAR_LIMITS_MAX_RESOURCES_PER_REQUEST="100", **ENFORCE) as sidecar:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc}") as channel:
+            export = channel.unary_unary(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                request_serializer=lambda b: b, response_deserializer=lambda b: b,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await export(attacks.distinct_resources(101, "over"), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "more than the 100 allowed (limits.max_resources_per_request)" in (refused.value.details() or "")
+        assert await sidecar.action("otlp_grpc", "too_many_resources") == 1
