@@ -180,7 +180,8 @@ def test_tar_of_a_directory_with_dot_entries_and_unused_files(tmp_path: Path, ke
     (folder / "README.md").write_text("how to publish this bundle\n")
     out = tmp_path / "b.tar.gz"
     subprocess.run(["tar", "-C", str(folder), "-czf", str(out), "."], check=True, timeout=60)
-    members = tarfile.open(out).getnames()
+    with tarfile.open(out) as archive:
+        members = archive.getnames()
     assert "./" in members or "." in members
     bundle = load(out, VerificationConfig.from_file(str(keys.rsa_public), "RS256"))
     assert bundle.revision == "t-1" and "pci/pci.rego" in bundle.modules
@@ -188,3 +189,23 @@ def test_tar_of_a_directory_with_dot_entries_and_unused_files(tmp_path: Path, ke
     (folder / "extra.rego").write_text("package otlp_sidecar.extra\nx := 1\n")
     with pytest.raises(BundleError, match=r"extra\.rego is in the bundle but not in its signature"):
         load(folder, VerificationConfig.from_file(str(keys.rsa_public), "RS256"))
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "PS256", "ES256"])
+def test_resigned_here_verifies_in_opa(tmp_path: Path, keys: Keys, algorithm: str) -> None:
+    """An `opa build` bundle re-signed with `otlp-sidecar policy bundle sign` passes
+    `opa build --verification-key` (the HMAC secret given as opa takes it: the string)."""
+    out = build(whole_set(tmp_path / "set", "rs-1"), tmp_path / "b.tar.gz")
+    private, public = {
+        "HS256": (keys.hmac_secret, keys.hmac_secret.read_text().strip()),
+        "PS256": (keys.rsa_private, str(keys.rsa_public)),
+        "ES256": (keys.ec_private, str(keys.ec_public)),
+    }[algorithm]
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar", "policy", "bundle", "sign", str(out), "--signing-key", str(private),
+         "--signing-alg", algorithm], cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    run_opa("build", "-b", str(out), "--verification-key", public, "--signing-alg", algorithm,
+            "-o", str(tmp_path / "checked.tar.gz"))
+    key_file = keys.hmac_secret if algorithm == "HS256" else Path(public)
+    assert load(out, VerificationConfig.from_file(str(key_file), algorithm)).revision == "rs-1"
