@@ -114,6 +114,7 @@ class PolicyMetrics:
                 self.info.remove(*self._version)
         self._version = (version, backend)
         self.info.labels(version, backend).set(1)
+        self.decision_seconds.labels(backend)  # the latency panel has a series before the first miss
         self.loaded_timestamp.set(loaded_at)
 
     def set_mode(self, mode: str) -> None:
