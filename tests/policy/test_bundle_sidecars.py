@@ -103,8 +103,11 @@ async def test_new_revision_changes_masking_live_and_a_tampered_one_is_refused(
         await upstream.wait_for(lambda: len(upstream.spans()) >= 5)
         assert set(card_values(upstream)) == {"**** **** **** 1111"}
 
+        published = asyncio.get_running_loop().time()
         server.put("set", two.read_bytes())
         await wait_until(lambda: _revision_is(ports["admin"], "v2"))
+        print(f"\nrevision v2 live {asyncio.get_running_loop().time() - published:.2f} s after it was published "
+              "(polling every 0.1-0.2 s; download, verify, precheck and tests in a child, PCI probe, swap)")
         await send_cards(ports["grpc"])
         await upstream.wait_for(lambda: len(upstream.spans()) >= 10)
         assert set(card_values(upstream)[5:]) == {"[REDACTED]"}
