@@ -6,7 +6,9 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO
 
 from tests.conftest import REPO
 
@@ -22,15 +24,24 @@ class SidecarProcess:
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 30.0) -> dict[str, int]:
+        return await self.launch([sys.executable, "-m", "sidecar", "run"], timeout=timeout)
+
+    async def launch(
+        self, command: Sequence[str], *, cwd: str | Path = REPO, stdout: int | IO[bytes] = asyncio.subprocess.DEVNULL,
+        preexec_fn: Callable[[], None] | None = None, timeout: float = 30.0,
+    ) -> dict[str, int]:
+        """Run ``command`` (a sidecar however it is started) and wait for its start line."""
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sidecar", "run", cwd=REPO, env=self.env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            *command, cwd=cwd, env=self.env, stdout=stdout, stderr=asyncio.subprocess.PIPE, preexec_fn=preexec_fn,
         )
         assert self.proc.stderr is not None
         async with asyncio.timeout(timeout):
             while True:
                 line = (await self.proc.stderr.readline()).decode()
-                assert line, f"sidecar exited before it was up:\n{''.join(self.stderr_lines)}"
+                if not line:
+                    await self.proc.wait()
+                    code = self.proc.returncode
+                    raise AssertionError(f"the sidecar exited ({code}) before it was up:\n{self.stderr}")
                 self.stderr_lines.append(line)
                 if " up: " in line:
                     for part in line.split(" up: ", 1)[1].split(";", 1)[0].split(","):

@@ -162,23 +162,7 @@ async def _start(process: SidecarProcess, repo: str | None, nofile: int | None) 
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     # another checkout (the code before a change) from its own directory, or a descriptor limit
-    process.proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "run", cwd=repo or str(REPO), env=process.env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, preexec_fn=limit_files,
-    )
-    assert process.proc.stderr is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = (await process.proc.stderr.readline()).decode()
-            assert line, f"sidecar exited before it was up:\n{''.join(process.stderr_lines)}"
-            process.stderr_lines.append(line)
-            if " up: " in line:
-                for part in line.split(" up: ", 1)[1].split(";", 1)[0].split(","):
-                    name, _, address = part.strip().partition(" on ")
-                    process.ports[name] = int(address.rsplit(":", 1)[1])
-                break
-    process._reader = asyncio.create_task(process._drain())
-    return process.ports
+    return await process.launch([sys.executable, "-m", "sidecar", "run"], cwd=repo or REPO, preexec_fn=limit_files)
 
 
 # -- raw HTTP/1.1 over loopback -----------------------------------------------------------------

@@ -19,16 +19,16 @@ paths become directories under a temp dir, and the sidecar's listeners bind port
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
 import re
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.processes import SidecarProcess
 
 #: the sidecar's listener variables and what replaces them (loopback, a free port)
 LISTENER_ENV = {
@@ -186,54 +186,19 @@ def prepare(pod: dict[str, Any], container_name: str, cluster: Cluster, root: Pa
     return Runtime(command, env, root, injected_ports)
 
 
-class Process:
+class Process(SidecarProcess):
     """The container's command as a process: its ports from the start line, stdout to a file."""
 
     def __init__(self, runtime: Runtime) -> None:
+        super().__init__({})
+        # the image's PATH has the virtualenv's bin first: the command resolves as it does there
+        self.env = {"PATH": f"{VENV_BIN}{os.pathsep}/usr/bin:/bin", "LANG": "C.UTF-8", **runtime.env}
         self.runtime = runtime
-        self.proc: asyncio.subprocess.Process | None = None
-        self.ports: dict[str, int] = {}
-        self.stderr_lines: list[str] = []
         self.stdout_path = runtime.root / "stdout.jsonl"
-        self._reader: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 30.0) -> dict[str, int]:
-        # the image's PATH has the virtualenv's bin first: the command resolves as it does there
-        env = {"PATH": f"{VENV_BIN}{os.pathsep}/usr/bin:/bin", "LANG": "C.UTF-8", **self.runtime.env}
-        stdout = open(self.stdout_path, "wb")  # noqa: SIM115 - the child owns it
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.runtime.command, env=env, cwd=self.runtime.root,
-                stdout=stdout, stderr=asyncio.subprocess.PIPE,
-            )
-        finally:
-            stdout.close()
-        assert self.proc.stderr is not None
-        async with asyncio.timeout(timeout):
-            while True:
-                line = (await self.proc.stderr.readline()).decode()
-                if not line:
-                    await self.proc.wait()
-                    raise AssertionError(
-                        f"the sidecar exited ({self.proc.returncode}) before it was up:\n{self.stderr}"
-                    )
-                self.stderr_lines.append(line)
-                if " up: " in line:
-                    for part in line.split(" up: ", 1)[1].split(";", 1)[0].split(","):
-                        name, _, address = part.strip().partition(" on ")
-                        self.ports[name] = int(address.rsplit(":", 1)[1])
-                    break
-        self._reader = asyncio.create_task(self._drain())
-        return self.ports
-
-    async def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            self.stderr_lines.append(line.decode())
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.stderr_lines)
+        with open(self.stdout_path, "wb") as stdout:  # the child has its own copy once started
+            return await self.launch(self.runtime.command, cwd=self.runtime.root, stdout=stdout, timeout=timeout)
 
     def stdout_lines(self) -> list[dict[str, Any]]:
         text = self.stdout_path.read_text(encoding="utf-8") if self.stdout_path.exists() else ""
@@ -246,17 +211,3 @@ class Process:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
         raise AssertionError("no VmHWM in /proc status")
-
-    async def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, as the kubelet stops a container; killed if it does not exit in time."""
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._reader is not None:
-            await self._reader
-        return int(self.proc.returncode or 0)
