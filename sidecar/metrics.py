@@ -25,9 +25,12 @@ _BATCH_BUCKETS = (1, 10, 50, 100, 256, 512, 1024, 2048, 4096, 8192, 16384)
 #: the receivers' transports (label ``transport``)
 TRANSPORTS = ("grpc", "http")
 #: why items are refused (``otlp_sidecar_receiver_refused_items_total{reason}``, sidecar.pipeline)
-ITEM_REFUSALS = ("policy", "queue_full", "rate_limited", "policy_unavailable", "shutting_down")
+ITEM_REFUSALS = ("policy", "queue_full", "rate_limited", "policy_unavailable", "policy_busy", "shutting_down")
 #: why whole requests are refused before their items are counted (the receivers; others at first use)
-REQUEST_REFUSALS = ("malformed", "too_large", "too_many_resources", "bad_compression", "unsupported_encoding", "busy")
+REQUEST_REFUSALS = (
+    "malformed", "too_large", "too_many_resources", "bad_compression", "unsupported_encoding",
+    "unsupported_media_type", "busy", "loop",
+)
 
 
 class SidecarMetrics:

@@ -39,7 +39,9 @@ ENDPOINT_FAILURES = frozenset(
     {
         "http_401", "http_403", "http_404", "http_405", "http_406", "http_407", "http_410",
         "http_415", "http_426", "http_501", "http_505",
+        "http_508",  # Loop Detected: the upstream is this sidecar again (sidecar.loop_guard)
         "grpc_unauthenticated", "grpc_permission_denied", "grpc_not_found", "grpc_unimplemented",
+        "grpc_failed_precondition",  # what the loop guard answers over gRPC
     }
 )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -170,3 +171,17 @@ async def test_process_metrics_describe_the_process(live: tuple[SidecarProcess, 
     assert open_fds is not None and abs(open_fds - fds) <= 5, (open_fds, fds)
     assert (value(samples, "process_max_fds") or 0) >= fds
     assert (value(samples, "process_cpu_seconds_total") or 0) > 0
+
+
+def test_the_reasons_created_at_start_are_the_ones_the_code_counts() -> None:
+    """Each reason the receivers and the pipeline write as a literal is created at zero (a new one
+    added without its zero series fails here, before an alert misses it)."""
+    repo = Path(__file__).resolve().parents[2]
+    sources = [repo / "sidecar" / "pipeline.py", *sorted((repo / "sidecar" / "receivers").glob("*.py"))]
+    counted = set()
+    for path in sources:
+        for line in path.read_text().splitlines():
+            if re.search(r"refused_items|_refuse_items|refused_requests", line):
+                counted |= set(re.findall(r'"([a-z_]+)"', line))
+    assert {"malformed", "policy", "queue_full"} <= counted  # the scan sees the calls
+    assert counted <= set(ITEM_REFUSALS) | set(REQUEST_REFUSALS), counted - set(ITEM_REFUSALS) - set(REQUEST_REFUSALS)
