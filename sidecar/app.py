@@ -187,6 +187,8 @@ class Sidecar:
         else:
             if cfg.policy.backend == "opa":
                 source = f"remote OPA {status.get('opa_url') or cfg.policy.opa_url}"
+            elif status.get("bundles"):
+                source = "bundles " + ", ".join(f"{b['name']}@{b['revision']}" for b in status["bundles"])
             elif cfg.policy.dir:
                 source = cfg.policy.dir
             else:

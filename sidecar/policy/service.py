@@ -25,13 +25,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 
 from sidecar.configkit import ConfigError
 from sidecar.identity import Peer, PodIdentity
-from sidecar.policy.bundles.manager import BundleManager
 from sidecar.policy.cache import PlanCache, plan_bytes
 from sidecar.policy.config import PolicyConfig
 from sidecar.policy.decision import PodSettings, RateLimit, compile_plan, pod_settings_from
@@ -49,6 +48,9 @@ from sidecar.policy.worker import EngineLimits, EngineThread, EvaluationRate, Po
 from sidecar.rewrite import ResourceInfo
 from sidecar.rewrite.plan import PASS_THROUGH, Plan
 from sidecar.signals import Signal
+
+if TYPE_CHECKING:
+    from sidecar.policy.bundles.manager import BundleManager
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,10 @@ class PolicyService:
         #: OPA bundles (policy.bundles): staged into one directory that replaces self._dir on each swap
         self._bundles: BundleManager | None = None
         if config.bundles and not remote:
+            # imported here: signature checks need cryptography (~8 MiB), which a sidecar
+            # without bundles or TLS never loads
+            from sidecar.policy.bundles.manager import BundleManager
+
             try:
                 self._bundles = BundleManager(config, registry)
             except PolicyLoadError as exc:

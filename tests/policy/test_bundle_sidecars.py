@@ -99,6 +99,9 @@ async def test_new_revision_changes_masking_live_and_a_tampered_one_is_refused(
     ports = await sidecar.start(timeout=60)
     try:
         assert "(bundles platform@v1) is live" in sidecar.stderr
+        # the one-line summary names the bundle and its revision as the policy source
+        up = next(line for line in sidecar.stderr_lines if " up: " in line)
+        assert "policy bundles platform@v1" in up, up
         await send_cards(ports["grpc"])
         await upstream.wait_for(lambda: len(upstream.spans()) >= 5)
         assert set(card_values(upstream)) == {"**** **** **** 1111"}
