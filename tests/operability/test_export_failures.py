@@ -8,12 +8,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from tests.conftest import sidecar_env
+from tests.operability.monitoring import render_monitoring
+from tests.operability.test_alert_rules import POD, pod_alert, run_promtool
 from tests.operability.test_live_metrics import scrape, value
 from tests.processes import SidecarProcess
 from tests.spine import sdk
@@ -124,3 +128,64 @@ async def test_a_drop_at_shutdown_is_logged_as_one(
     assert "retrying too long" not in caplog.text
     assert sidecar.metrics.registry.get_sample_value(
         "otlp_sidecar_exporter_failed_items_total", {"signal": "traces", "reason": "shutdown"}) == 10
+
+
+async def test_the_alerts_fire_on_what_a_sidecar_with_a_wrong_path_exposes(upstream: Upstream, tmp_path: Path) -> None:
+    """The PrometheusRule run by promtool on a real sidecar's own series: two scrapes (at start, and once
+    the wrong path opened the circuit), continued at the rate seen between them for 30 minutes."""
+    env = sidecar_env(upstream, "http/protobuf",
+                      OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{upstream.http_port}/wrong",
+                      SIDECAR_EXPORTER_BATCH_SIZE="10")
+    sidecar = SidecarProcess(env)
+    ports = await sidecar.start()
+    try:
+        before = await scrape(f"http://127.0.0.1:{ports['admin']}/metrics")
+        await post_spans(ports["http"], 8)
+        await wait_ready(ports["admin"], lambda b: b["exporter_circuit"] == "open")
+        after = await scrape(f"http://127.0.0.1:{ports['admin']}/metrics")
+    finally:
+        await sidecar.stop()
+
+    series = []
+    for (name, labels), now in sorted(after.items(), key=lambda item: (item[0][0], sorted(item[0][1]))):
+        if not name.startswith("otlp_sidecar_") or name.endswith("_created"):
+            continue
+        counter = name.endswith(("_total", "_bucket", "_count", "_sum"))
+        if counter:
+            start = before.get((name, labels))
+            assert start is not None, f"{name}{dict(labels)} was not there at start"
+            values = f"{start:g}+{now - start:g}x30"
+        else:
+            values = f"{now:g}x30"
+        text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted({**POD, **dict(labels)}.items()))
+        series.append({"series": f"{name}{{{text}}}", "values": values})
+
+    spec, _ = render_monitoring()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": spec["groups"]}, sort_keys=False))
+    expected = {
+        "OtlpSidecarExportFailures": [pod_alert(
+            "critical", "otlp-sidecar in shop/checkout-7d9 loses 100% of its exports",
+            "The upstream collector refuses or cannot be reached; telemetry is being dropped.")],
+        "OtlpSidecarCircuitOpen": [pod_alert(
+            "critical", "otlp-sidecar in shop/checkout-7d9 stopped sending upstream (circuit open)",
+            "The exporter's circuit breaker is open after repeated failures.")],
+        "OtlpSidecarHighRefusalRate": [],  # the app's requests were all accepted
+        "OtlpSidecarQueueNearlyFull": [],  # 3 batches wait in a 64 MiB queue
+        "OtlpSidecarPolicyReloadFailing": [],
+    }
+    case = {
+        "interval": "1m",
+        "input_series": series,
+        "alert_rule_test": [{"eval_time": "15m", "alertname": name, "exp_alerts": alerts}
+                            for name, alerts in expected.items()],
+    }
+    test_file = tmp_path / "live_test.yaml"
+    test_file.write_text(yaml.safe_dump({"rule_files": [rules.name], "evaluation_interval": "1m",
+                                         "tests": [case]}, sort_keys=False))
+    result = run_promtool("test", "rules", str(test_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
