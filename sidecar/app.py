@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -132,7 +133,8 @@ class Sidecar:
             app = admin_app(
                 self.metrics.registry, self.readiness, status, limits=cfg.limits, overload=self.metrics.overload
             )
-            self.addresses["admin"] = await self._serve_admin(app, cfg.admin.endpoint)
+            self.addresses["admin"] = await _listening(
+                "admin.endpoint", cfg.admin.endpoint, self._serve_admin(app, cfg.admin.endpoint))
         # one budget for every byte clients make the sidecar hold, on every listener (sidecar.overload)
         budget = MemoryBudget(
             cfg.limits.budget_limit(cfg.receivers.max_inflight_bytes), cfg.limits.connection_share_bytes
@@ -147,7 +149,8 @@ class Sidecar:
             host, port = parse_endpoint(cfg.receivers.grpc_endpoint)
             if grpc_tls is not None:
                 self.tls_metrics.track(grpc_tls, "grpc")
-            self.addresses["grpc"] = await self._grpc_server.start(host, port, grpc_tls)
+            self.addresses["grpc"] = await _listening(
+                "receivers.grpc_endpoint", cfg.receivers.grpc_endpoint, self._grpc_server.start(host, port, grpc_tls))
         if cfg.receivers.http_enabled:
             http_tls = self._http_tls
             if http_tls is not None:
@@ -157,7 +160,8 @@ class Sidecar:
             )
             self._http_server = receiver_http.server(budget=budget)
             host, port = parse_endpoint(cfg.receivers.http_endpoint)
-            self.addresses["http"] = await self._http_server.start(host, port, http_tls)
+            self.addresses["http"] = await _listening(
+                "receivers.http_endpoint", cfg.receivers.http_endpoint, self._http_server.start(host, port, http_tls))
         self._receivers_up = True
         # out of descriptors: one log line per pause of accepting, not a traceback per connection
         backoff = AcceptBackoffLog(self.metrics.overload.count)
@@ -343,6 +347,15 @@ async def check(config: Config) -> None:
         await sidecar.prepare()
     finally:
         await sidecar.stop(grace=0.0, quiet=True)
+
+
+async def _listening(setting: str, endpoint: str, start: Awaitable[tuple[str, int]]) -> tuple[str, int]:
+    """Await a listener's start; a port in use (or any bind error) names the setting and value."""
+    try:
+        return await start
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's text repeats the address
+        raise ConfigError(setting, f"cannot listen on {endpoint}: {reason}") from None
 
 
 def start_error(exc: BaseException) -> tuple[str, int] | None:

@@ -272,3 +272,21 @@ async def test_a_mode_that_does_not_mask_is_loud_in_the_start_line(mode: str, sa
     assert code == 0, process.stderr
     start = next(line for line in process.stderr_lines if " up: " in line)
     assert " WARNING " in start and says in start, start
+
+
+@pytest.mark.parametrize("setting", ["receivers.http_endpoint", "receivers.grpc_endpoint", "admin.endpoint"])
+def test_a_port_in_use_names_the_setting_and_the_address(setting: str) -> None:
+    """Another process holds the port: the error names the setting and the address, not only errno."""
+    import socket
+
+    variable = {"receivers.http_endpoint": "SIDECAR_HTTP_ENDPOINT", "receivers.grpc_endpoint": "SIDECAR_GRPC_ENDPOINT",
+                "admin.endpoint": "SIDECAR_ADMIN_ENDPOINT"}[setting]
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        run = sidecar("run", env={**LOOPBACK_LISTENERS, "SIDECAR_POLICY_MODE": "passthrough", variable: address})
+    assert run.returncode == 2, run.stderr
+    assert f"configuration error: {setting}: cannot listen on {address}: Address already in use" in run.stderr, (
+        run.stderr)
+    assert "Traceback" not in run.stderr
