@@ -171,8 +171,10 @@ class ExporterConfig:
         0.2, "Longest a batch waits to fill before it is sent.", kind="duration", min=0.0, max=60.0,
     )
     queue_max_bytes: int = setting(
-        64 * 1024 * 1024,
-        "Bytes of accepted data held for export; when full, new data is refused retryably.",
+        16 * 1024 * 1024,
+        "Bytes of accepted data held in memory for export; when full, new data is refused retryably. "
+        "Counted under limits.max_memory_bytes with the receive budget; hold more across an upstream "
+        "outage with the disk queue (disk_queue_dir).",
         kind="size", min=1024,
     )
     concurrency: int = setting(2, "Export requests in flight at once.", kind="int", min=1, max=64)
@@ -426,6 +428,7 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
         **sections, source=source, signal_exporters=signal_exporters, notices=tuple(dict.fromkeys(notices)),
     )
     check_no_loop(config)
+    config.limits.check_ceiling(config.exporter.queue_max_bytes)
     return config
 
 

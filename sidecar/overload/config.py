@@ -14,6 +14,11 @@ from sidecar.configkit import ConfigError, setting
 
 MiB = 1024 * 1024
 
+#: what the process holds besides the receive budget and the export queue: interpreter, modules,
+#: the compiled policy set, caches, buffers. Measured at start with the bundled set: VmHWM 66-73
+#: MiB (tests/day_one, tests/bounds); the ceiling keeps this much for it.
+FOOTPRINT_BYTES = 72 * MiB
+
 
 @dataclass(frozen=True)
 class LimitsConfig:
@@ -23,7 +28,9 @@ class LimitsConfig:
     max_memory_bytes: int = setting(
         128 * MiB,
         "The memory ceiling the sidecar keeps under (its peak RSS; the injected container limit is "
-        "256 Mi): the process's own footprint plus the receive budget (limits.budget_bytes).",
+        "256 Mi): the process's own footprint (72 MiB kept for it), the receive budget "
+        "(limits.budget_bytes) and the export queue (exporter.queue_max_bytes) must fit under it, "
+        "or the sidecar refuses to start.",
         kind="size", min=16 * MiB,
     )
     budget_bytes: int = setting(
@@ -112,6 +119,19 @@ class LimitsConfig:
         if self.connection_share_bytes > self.budget_bytes:
             raise ConfigError(
                 "limits.connection_share_bytes", f"must be at most limits.budget_bytes ({self.budget_bytes})"
+            )
+
+    def check_ceiling(self, queue_bytes: int) -> None:
+        """The process's footprint, the receive budget and the export queue (``queue_bytes``)
+        together fit under ``max_memory_bytes``: one ceiling for everything the sidecar holds."""
+        need = FOOTPRINT_BYTES + self.budget_bytes + queue_bytes
+        if need > self.max_memory_bytes:
+            raise ConfigError(
+                "limits.max_memory_bytes",
+                f"{self.max_memory_bytes} bytes cannot hold the process ({FOOTPRINT_BYTES // MiB} MiB), the receive "
+                f"budget (limits.budget_bytes, {self.budget_bytes}) and the export queue (exporter.queue_max_bytes, "
+                f"{queue_bytes}): raise it to at least {need} (and the container's memory limit with it), or "
+                "lower those two",
             )
 
     def budget_limit(self, max_inflight_bytes: int | None = None) -> int:

@@ -31,6 +31,9 @@ INVALID = {
     "invalid_size.toml": "receivers.max_request_bytes: must be a size",
     "invalid_log_level.toml": "log.level: 'verbose' is not allowed",
     "invalid_inflight_below_request.toml": "receivers.max_inflight_bytes: must be at least receivers.max_request_bytes",
+    "invalid_memory_ceiling.toml": "limits.max_memory_bytes: 134217728 bytes cannot hold the process (72 MiB), the "
+    "receive budget (limits.budget_bytes, 41943040) and the export queue (exporter.queue_max_bytes, 67108864): raise "
+    "it to at least 184549376",
 }
 
 
@@ -248,3 +251,14 @@ def test_print_names_the_signals_of_their_own_settings() -> None:
     cfg = load(None, env={"OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-key=s3cret", "OTEL_EXPORTER_OTLP_ENDPOINT": "c:4317"})
     printed = json.loads(json.dumps(redacted(cfg)))  # what `config check --print` prints
     assert printed["signal_exporters"]["traces"]["headers"] == "<redacted>"
+
+
+def test_one_ceiling_holds_budget_and_queue() -> None:
+    """The defaults fit under the ceiling; a larger queue fits once the ceiling is raised with it."""
+    from sidecar.overload.config import FOOTPRINT_BYTES
+
+    cfg = load(None, env={})
+    held = FOOTPRINT_BYTES + cfg.limits.budget_bytes + cfg.exporter.queue_max_bytes
+    assert held <= cfg.limits.max_memory_bytes == 128 * 1024 * 1024
+    bigger = load(None, env={"SIDECAR_EXPORTER_QUEUE_MAX_BYTES": "64MiB", "SIDECAR_LIMITS_MAX_MEMORY_BYTES": "180MiB"})
+    assert bigger.exporter.queue_max_bytes == 64 * 1024 * 1024
