@@ -84,7 +84,10 @@ async def test_configmap_update_swaps_policies_while_traffic_flows(
             plan = plans[0]
             assert plan.sampling is not None and plan.detectors and plan.stamps  # always a whole plan
             seen_keep.add(tuple(sorted(k.rule_id for k in plan.sampling.keep)))
-            await asyncio.sleep(0)
+            # a request every millisecond: traffic as a busy sidecar sees it. A loop that never
+            # waits (sleep(0)) starves the reload's worker threads of the GIL: every file read,
+            # compile and probe call then waits for the loop's switch interval (a 20-60 s reload)
+            await asyncio.sleep(0.001)
 
     runner = asyncio.create_task(traffic())
     await asyncio.sleep(0.2)
