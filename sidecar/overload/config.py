@@ -83,6 +83,35 @@ class LimitsConfig:
         60.0, "Seconds from the end of a request's head to the end of its body, however steadily it arrives.",
         kind="duration", min=0.1, max=3600.0,
     )
+    grpc_max_concurrent_streams: int = setting(
+        100,
+        "HTTP/2 streams (calls) one gRPC connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS); "
+        "more are refused with REFUSED_STREAM, which clients retry.",
+        kind="int", min=1, max=10_000,
+    )
+    grpc_max_header_list_bytes: int = setting(
+        64 * 1024,
+        "Bytes of one call's headers (SETTINGS_MAX_HEADER_LIST_SIZE, and one header block as sent).",
+        kind="size", min=4096, max=16 * MiB,
+    )
+    grpc_window_bytes: int = setting(
+        4 * MiB,
+        "HTTP/2 receive window of a gRPC connection and of each stream: bytes a client may send "
+        "before the sidecar acknowledges them (at least 65535).",
+        kind="size", min=65535, max=2**31 - 1,
+    )
+    grpc_stall_timeout: float = setting(
+        30.0,
+        "Seconds a gRPC call may stall: its request stops arriving, or its client stops taking the "
+        "answer (flow control, or not reading); then the call is ended.",
+        kind="duration", min=0.1, max=3600.0,
+    )
+    grpc_max_outbound_bytes: int = setting(
+        1 * MiB,
+        "Answer bytes a gRPC connection may leave waiting (for window, or unread) for longer than "
+        "limits.min_rate_grace before it is closed.",
+        kind="size", min=64 * 1024, max=256 * MiB,
+    )
     max_compression_members: int = setting(
         64,
         "gzip members or zstd frames one compressed body may hold (concatenated empty members are "

@@ -74,6 +74,9 @@ class Action(enum.Enum):
     protocol_error = "protocol_error"
     #: more new resources than the policy engine may evaluate now (503 / UNAVAILABLE + Retry-After)
     policy_busy = "policy_busy"
+    #: a gRPC call over ``limits.grpc_max_concurrent_streams`` on its connection (RST_STREAM
+    #: REFUSED_STREAM: the client retries it)
+    stream_limit = "stream_limit"
 
     @property
     def status(self) -> Status | None:

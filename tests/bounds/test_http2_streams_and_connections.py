@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 
 import pytest
 
 from sidecar.signals import Signal
 from tests.bounds.harness import SMALL_TRACES, BoundedSidecar, MiB, Probe
-from tests.spine.test_http2_server import Raw
+from tests.spine.test_http2_server import RST_STREAM, SETTINGS, Raw, request_headers
 
 TRACES = Signal.TRACES.grpc_path
 PROTOCOL_ERROR, ENHANCE_YOUR_CALM = 1, 11
@@ -99,3 +100,24 @@ async def test_the_preface_and_idle_timeouts_close_connections() -> None:
             assert code == 0 and 1.9 < time.monotonic() - started < 6.0
         assert await sidecar.action("otlp_grpc", "idle_timeout") == 1
         assert await connections(sidecar) == 0
+
+
+async def test_the_http2_limits_are_config_keys_the_listener_advertises() -> None:
+    """limits.grpc_* reach the wire: the server's SETTINGS carry them, and a call beyond the
+    stream limit is refused (REFUSED_STREAM, which clients retry)."""
+    env = {"SIDECAR_LIMITS_GRPC_MAX_CONCURRENT_STREAMS": "2", "SIDECAR_LIMITS_GRPC_WINDOW_BYTES": "1MiB",
+           "SIDECAR_LIMITS_GRPC_MAX_HEADER_LIST_BYTES": "8KiB"}
+    async with BoundedSidecar(**env) as sidecar, Raw.open(sidecar.grpc) as client:
+        _, flags, _, payload = await client.until(SETTINGS)
+        assert not flags & 0x1  # the server's own SETTINGS, not an ACK
+        advertised = dict(struct.unpack(">HL", payload[i:i + 6]) for i in range(0, len(payload), 6))
+        assert advertised[0x3] == 2  # SETTINGS_MAX_CONCURRENT_STREAMS
+        assert advertised[0x4] == MiB  # SETTINGS_INITIAL_WINDOW_SIZE
+        assert advertised[0x6] == 8 * 1024  # SETTINGS_MAX_HEADER_LIST_SIZE
+        # three calls opened at once, none finished: the third is refused
+        for stream_id in (1, 3, 5):
+            client.headers(stream_id, request_headers(Signal.TRACES.grpc_path))
+        await client.writer.drain()
+        _, _, refused, body = await client.until(RST_STREAM)
+        assert refused == 5 and struct.unpack(">L", body)[0] == 0x7  # REFUSED_STREAM
+        assert await sidecar.action("otlp_grpc", "stream_limit") == 1

@@ -105,6 +105,11 @@ class Limits:
             min_receive_rate=limits.min_receive_rate,
             min_rate_grace=limits.min_rate_grace,
             request_deadline=limits.request_deadline,
+            max_concurrent_streams=limits.grpc_max_concurrent_streams,
+            max_header_list_bytes=limits.grpc_max_header_list_bytes,
+            window=limits.grpc_window_bytes,
+            stall_timeout=limits.grpc_stall_timeout,
+            max_outbound_bytes=limits.grpc_max_outbound_bytes,
         )
 
 

@@ -635,6 +635,7 @@ class Connection(asyncio.BufferedProtocol):
             refusal = PROTOCOL_ERROR  # RFC 9113 5.3.1: a stream error
         elif len(self._streams) >= self._limits.max_concurrent_streams:
             refusal = REFUSED_STREAM
+            self._server.count(Action.stream_limit)
         elif isinstance(decoded, StreamFailure):
             refusal = decoded.code
         if refusal is not None:
