@@ -199,15 +199,15 @@ CASES: dict[str, Case] = {
         },
     }, scope=Scope.PCI, namespace="payments"),
     # the rules stay in the chart's ConfigMap (its .manifest owns localRoots); the tenant data
-    # comes from a bundle. Unsigned: with verification.secretName set too, the sidecar refuses the
-    # ConfigMap's directory as an unsigned bundle ("bundle local refused ... not signed") and does
-    # not start; a chart/sidecar gap, reported, not papered over here
+    # comes from a signed bundle. The ConfigMap itself is not signed: it is the pod's own mount,
+    # trusted as policies.enabled alone is, while every bundle pulled must carry a signature
     "tenant bundle beside the ConfigMap": Case({
         **DOCS_NAMESPACES,
         "bundles": {
             "sources": [{"name": "tenants", "url": f"{BUNDLE_HOST}/bundles/tenants.tar.gz"}],
             "pollingMinDelay": "0.2s", "pollingMaxDelay": "0.5s",
             "localRoots": [*PLATFORM_ROOTS, *SAMPLING_ROOTS],
+            "verification": {"secretName": "otlp-bundle-key"},
         },
     }),
     "network policy": Case({**DOCS_NAMESPACES, "networkPolicy": {"enabled": True,
@@ -579,6 +579,7 @@ async def _bundles_live(case: Case, published: Published, admin: int, timeout: f
         assert live[bundle]["last_error"] == "", live[bundle]
     if case.values["bundles"].get("localRoots"):  # the ConfigMap beside them, its .manifest from the chart
         assert live["local"]["revision"].startswith("chart-"), live
+        assert live["local"]["last_error"] == "" and live["local"]["signed"] is False, live["local"]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while published.server.not_modified < 2:

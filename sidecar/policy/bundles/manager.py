@@ -47,6 +47,9 @@ class BundleSource:
     name: str
     location: str
     fetcher: HttpFetcher | PathFetcher
+    #: False for ``local`` (policy.dir beside bundles: the pod's own mounted ConfigMap, trusted as
+    #: policy.dir alone is); every other source must be signed when a verification key is set
+    signed_only: bool = True
     tag: str = ""
     live: Bundle | None = None
     last_error: str = ""
@@ -88,9 +91,10 @@ class BundleManager:
                 config.bundle_verification_key_id, config.bundle_verification_scope,
             )
         entries = [bundle_source(entry) for entry in config.bundles]
+        self.sources = [BundleSource(name, location, self._fetcher(location)) for name, location in entries]
         if config.dir:
             entries.append(("local", config.dir))
-        self.sources = [BundleSource(name, location, self._fetcher(location)) for name, location in entries]
+            self.sources.append(BundleSource("local", config.dir, self._fetcher(config.dir), signed_only=False))
         if self.verification is None:
             log.warning(
                 "policy bundles are not signature-checked (no policy.bundle_verification_key_file): whoever "
@@ -237,7 +241,8 @@ class BundleManager:
         read = fetched.read
         try:
             return await asyncio.to_thread(
-                lambda: parse_bundle(source.name, where, read(), self.verification, etag=fetched.tag))
+                lambda: parse_bundle(source.name, where, read(), self.verification if source.signed_only else None,
+                                     etag=fetched.tag))
         except BundleError as exc:
             self._refused(source, str(exc))
             return None
