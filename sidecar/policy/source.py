@@ -140,19 +140,32 @@ def _merge_data(data: dict[str, Any], rel: str, text: str) -> None:
         raise PolicyLoadError(f"is not valid JSON: {exc.msg} at line {exc.lineno}", rel) from None
     if not isinstance(document, dict):
         raise PolicyLoadError("must hold a JSON object", rel)
+    try:
+        merge_at(data, list(Path(rel).parent.parts), document)
+    except DataConflict as exc:
+        raise PolicyLoadError(str(exc), rel) from None
+
+
+class DataConflict(ValueError):
+    """Two data documents set the same key (or a key where an object must be)."""
+
+
+def merge_at(data: dict[str, Any], path: list[str], document: dict[str, Any]) -> None:
+    """Merge ``document`` into ``data`` under ``path`` (as OPA nests a data file at its
+    directory); raise DataConflict where two documents set the same key."""
     target = data
-    for part in Path(rel).parent.parts:
+    for part in path:
         target = target.setdefault(part, {})
         if not isinstance(target, dict):
-            raise PolicyLoadError(f"conflicts with data at {part}", rel)
-    _deep_merge(target, document, rel)
+            raise DataConflict(f"conflicts with data at {part}")
+    _deep_merge(target, document)
 
 
-def _deep_merge(target: dict[str, Any], extra: dict[str, Any], rel: str) -> None:
+def _deep_merge(target: dict[str, Any], extra: dict[str, Any]) -> None:
     for key, value in extra.items():
         if key in target and isinstance(target[key], dict) and isinstance(value, dict):
-            _deep_merge(target[key], value, rel)
+            _deep_merge(target[key], value)
         elif key in target:
-            raise PolicyLoadError(f"sets data key {key!r} that another data.json already sets", rel)
+            raise DataConflict(f"sets data key {key!r} that another data file already sets")
         else:
             target[key] = value

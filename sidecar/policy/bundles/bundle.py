@@ -23,7 +23,7 @@ import yaml
 
 from sidecar.policy.bundles.archive import DATA_NAMES, MANIFEST, REGO_SUFFIX, SIGNATURES, BundleError, used
 from sidecar.policy.bundles.signing import VerificationConfig, verify_bundle
-from sidecar.policy.source import _PACKAGE_RE
+from sidecar.policy.source import _PACKAGE_RE, DataConflict, merge_at
 
 #: nodes a data document may hold (YAML aliases can make a small file a huge tree)
 MAX_DATA_NODES = 2_000_000
@@ -93,21 +93,10 @@ def _parse_data(name: str, raw: bytes, budget: list[int]) -> dict[str, Any]:
 
 
 def merge_into(target: dict[str, Any], path: list[str], document: dict[str, Any], where: str) -> None:
-    for part in path:
-        target = target.setdefault(part, {})
-        if not isinstance(target, dict):
-            raise BundleError(f"conflicts with data at {part}", where)
-    _deep_merge(target, document, where)
-
-
-def _deep_merge(target: dict[str, Any], extra: dict[str, Any], where: str) -> None:
-    for key, value in extra.items():
-        if key in target and isinstance(target[key], dict) and isinstance(value, dict):
-            _deep_merge(target[key], value, where)
-        elif key in target:
-            raise BundleError(f"sets data key {key!r} that another data file already sets", where)
-        else:
-            target[key] = value
+    try:
+        merge_at(target, path, document)
+    except DataConflict as exc:
+        raise BundleError(str(exc), where) from None
 
 
 def _data_outside(data: dict[str, Any], roots: tuple[str, ...], prefix: str = "") -> str | None:
