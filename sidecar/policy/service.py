@@ -175,11 +175,13 @@ class PolicyService:
                 self.metrics.reloads.labels("failed").inc()
                 if self._bundles is not None:
                     self._bundles.abandon(self._dir)
+                    await self._bundles.close()  # its HTTP sessions too: the start ends here
                 raise ConfigError("policy.bundles" if self._bundles else "policy.dir", f"{origin}: {exc}") from None
             except DecisionError as exc:
                 self.metrics.reloads.labels("failed").inc()
                 if self._bundles is not None:
                     self._bundles.abandon(self._dir)
+                    await self._bundles.close()
                 key = "policy.hash_key_file" if "hash key" in str(exc) else "policy.dir"
                 raise ConfigError(key, str(exc) if self.config.dir else f"{origin}: {exc}") from None
             if self._bundles is not None:

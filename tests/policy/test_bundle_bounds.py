@@ -159,11 +159,12 @@ async def test_start_fails_clearly_when_the_bundle_server_is_down(upstream, tmp_
             await sidecar.start(timeout=30)
             raise AssertionError("the sidecar started without its bundle")
         except AssertionError as exc:
-            assert "exited before it was up" in str(exc)
+            assert "exited (2) before it was up" in str(exc)
         code = await sidecar.stop()
         assert code != 0 and asyncio.get_running_loop().time() - started < 20
         assert "policy.bundles" in sidecar.stderr and "HTTP 503" in sidecar.stderr
         assert "bundle_start_timeout" in sidecar.stderr and "Traceback" not in sidecar.stderr
+        assert "Unclosed client session" not in sidecar.stderr  # the fetcher's session closed too
         assert server.requests >= 2  # retried meanwhile
     finally:
         await server.stop()
