@@ -41,10 +41,13 @@ from sidecar.receivers.grpc import GrpcReceiver
 from sidecar.receivers.http import HttpReceiver
 from sidecar.receivers.peers import peer_resolver
 from sidecar.signals import Signal
+from sidecar.tls.acceptor import tls_wrapper
 from sidecar.tls.config import client_tls
 from sidecar.tls.metrics import TLSMetrics
+from sidecar.tls.server import ServerTLS
 from sidecar.wire.http1 import Http1Server
 from sidecar.wire.http2 import GrpcServer
+from sidecar.wire.listener import ProtocolWrapper
 
 log = logging.getLogger("sidecar")
 
@@ -70,8 +73,8 @@ class Sidecar:
         self.addresses: dict[str, tuple[str, int]] = {}
         self._receivers_up = False
         self._planner: Planner | None = None
-        self._grpc_tls: Any = None
-        self._http_tls: Any = None
+        self._grpc_tls: ServerTLS | None = None
+        self._http_tls: ServerTLS | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -150,7 +153,9 @@ class Sidecar:
             if grpc_tls is not None:
                 self.tls_metrics.track(grpc_tls, "grpc")
             self.addresses["grpc"] = await _listening(
-                "receivers.grpc_endpoint", cfg.receivers.grpc_endpoint, self._grpc_server.start(host, port, grpc_tls))
+                "receivers.grpc_endpoint", cfg.receivers.grpc_endpoint,
+                self._grpc_server.start(host, port, _tls_wrapper(grpc_tls)),
+            )
         if cfg.receivers.http_enabled:
             http_tls = self._http_tls
             if http_tls is not None:
@@ -161,7 +166,9 @@ class Sidecar:
             self._http_server = receiver_http.server(budget=budget)
             host, port = parse_endpoint(cfg.receivers.http_endpoint)
             self.addresses["http"] = await _listening(
-                "receivers.http_endpoint", cfg.receivers.http_endpoint, self._http_server.start(host, port, http_tls))
+                "receivers.http_endpoint", cfg.receivers.http_endpoint,
+                self._http_server.start(host, port, _tls_wrapper(http_tls)),
+            )
         self._receivers_up = True
         # out of descriptors: one log line per pause of accepting, not a traceback per connection
         backoff = AcceptBackoffLog(self.metrics.overload.count)
@@ -347,6 +354,12 @@ async def check(config: Config) -> None:
         await sidecar.prepare()
     finally:
         await sidecar.stop(grace=0.0, quiet=True)
+
+
+def _tls_wrapper(tls: ServerTLS | None) -> ProtocolWrapper | None:
+    """How a listener with ``tls`` (None: plaintext) accepts: through our TLS acceptor, which counts
+    and logs failed handshakes (asyncio's own ``ssl=`` would drop them silently)."""
+    return None if tls is None else tls_wrapper(tls)
 
 
 async def _listening(setting: str, endpoint: str, start: Awaitable[tuple[str, int]]) -> tuple[str, int]:

@@ -22,10 +22,11 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from sidecar.tls.metrics import classify_tls_error
-from sidecar.tls.server import ServerTLS, format_address
+from sidecar.tls.server import ServerTLS
+from sidecar.wire.listener import ConnectionProtocol, ProtocolFactory, ProtocolWrapper, format_address
 
 log = logging.getLogger("sidecar.tls")
 
@@ -64,7 +65,7 @@ class _HandshakeLog:
 class _Deferred(asyncio.Protocol):
     """Holds what the TLS layer delivers until the wrapped protocol got connection_made."""
 
-    def __init__(self, app: asyncio.Protocol) -> None:
+    def __init__(self, app: ConnectionProtocol) -> None:
         self.app = app
         self._pending: list[tuple[str, Any]] = []
         self._started = False
@@ -72,7 +73,9 @@ class _Deferred(asyncio.Protocol):
     def start(self, transport: asyncio.Transport) -> None:
         self.app.connection_made(transport)
         self._started = True
-        transport.set_protocol(self.app)
+        # set_protocol only stores what the transport calls next: the calls ConnectionProtocol
+        # declares (its protocols are asyncio ones; typeshed asks for the BaseProtocol class)
+        transport.set_protocol(cast(asyncio.BaseProtocol, self.app))
         for kind, arg in self._pending:
             if kind == "data":
                 self.app.data_received(arg)
@@ -114,7 +117,7 @@ class _TLSAcceptor(asyncio.Protocol):
 
     def __init__(
         self,
-        factory: Callable[[], asyncio.Protocol],
+        factory: ProtocolFactory,
         tls: ServerTLS,
         timeout: float,
         report: _HandshakeLog,
@@ -156,7 +159,7 @@ class _TLSAcceptor(asyncio.Protocol):
         if ssl_transport is None:  # pragma: no cover - closed while upgrading
             transport.close()
             return
-        app.start(ssl_transport)  # type: ignore[arg-type]
+        app.start(ssl_transport)
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
         pass
@@ -167,7 +170,7 @@ class _TLSAcceptor(asyncio.Protocol):
 
 
 def tls_protocol_factory(
-    factory: Callable[[], asyncio.Protocol],
+    factory: ProtocolFactory,
     tls: ServerTLS,
     *,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
@@ -180,3 +183,12 @@ def tls_protocol_factory(
         return _TLSAcceptor(factory, tls, handshake_timeout, report)
 
     return make
+
+
+def tls_wrapper(tls: ServerTLS) -> ProtocolWrapper:
+    """The TLS acceptor as the wire servers take it: ``server.start(host, port, tls_wrapper(tls))``."""
+
+    def wrap(factory: ProtocolFactory) -> Callable[[], asyncio.Protocol]:
+        return tls_protocol_factory(factory, tls)
+
+    return wrap

@@ -25,6 +25,7 @@ from sidecar.configkit import ConfigError
 from sidecar.identity import Peer
 from sidecar.tls.files import digest, load_ca_into, load_key_pair, load_pair_into
 from sidecar.tls.reload import DEFAULT_CHECK_INTERVAL, Loaded, ReloadingTLS, log, tls_version
+from sidecar.wire.listener import format_address as format_address  # kept here for its importers
 
 DEFAULT_KEYS = {
     "cert_file": "cert_file",
@@ -63,14 +64,6 @@ class PeerRefused(Exception):
     def grpc_status(self) -> str:
         """The name of the ``grpclib.const.Status`` member to answer with."""
         return self.STATUSES.get(self.reason, (0, "PERMISSION_DENIED"))[1]
-
-
-def format_address(peername: Any) -> str:
-    """``host:port`` (``[v6]:port``) from a transport's ``peername``; "" when unknown."""
-    if isinstance(peername, tuple) and len(peername) >= 2:
-        host, port = peername[0], peername[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(peername) if peername else ""
 
 
 def spiffe_id_from_cert(cert: Mapping[str, Any] | None) -> str:

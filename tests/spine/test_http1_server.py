@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar.tls.acceptor import tls_wrapper
 from sidecar.tls.server import ServerTLS
 from sidecar.wire import http1
 from sidecar.wire.budget import ReceiveBudget
@@ -103,7 +104,7 @@ async def serving(
 ) -> AsyncIterator[tuple[Http1Server, int, Recorder]]:
     recorder = Recorder()
     server = Http1Server(recorder, check=check, refuse=refuse, limits=limits, budget=budget)
-    _, port = await server.start("127.0.0.1", 0, tls)
+    _, port = await server.start("127.0.0.1", 0, None if tls is None else tls_wrapper(tls))
     try:
         yield server, port, recorder
     finally:

@@ -930,6 +930,7 @@ async def test_over_tls_a_frame_without_room_in_the_budget_waits_then_is_told_to
     buffer_updated); a buffer that may not grow pauses it all the same."""
     import ssl
 
+    from sidecar.tls.acceptor import tls_wrapper
     from sidecar.tls.server import ServerTLS
     from tests.tls.pki import make_pki
 
@@ -940,7 +941,7 @@ async def test_over_tls_a_frame_without_room_in_the_budget_waits_then_is_told_to
     original = GrpcServer.SWEEP_EVERY
     GrpcServer.SWEEP_EVERY = 0.05
     server = GrpcServer({PATH: echo.call}, Limits(min_rate_grace=3), budget=budget, count=echo.actions.append)
-    _, port = await server.start("127.0.0.1", 0, tls)
+    _, port = await server.start("127.0.0.1", 0, tls_wrapper(tls))
     try:
         context = ssl.create_default_context(cafile=pki.ca_cert)
         context.set_alpn_protocols(["h2"])

@@ -162,7 +162,7 @@ class _Connection(asyncio.BufferedProtocol):
                 self._ahead += nbytes
             elif not self._read_paused:
                 self._read_paused = True  # no room: TCP holds the rest
-                self._transport.pause_reading()  # type: ignore[union-attr]
+                self._transport.pause_reading()  # type: ignore[union-attr]  # set before any byte arrives
         self._process()
 
     def data_received(self, data: bytes) -> None:
@@ -390,10 +390,10 @@ class _Connection(asyncio.BufferedProtocol):
         if state == _HANDLING or self.write_paused_at:
             if not self._read_paused and self._end - self._pos >= self._limits.read_ahead:
                 self._read_paused = True
-                self._transport.pause_reading()  # type: ignore[union-attr]
+                self._transport.pause_reading()  # type: ignore[union-attr]  # set by connection_made
         elif self._read_paused and state != _CLOSED:
             self._read_paused = False
-            self._transport.resume_reading()  # type: ignore[union-attr]
+            self._transport.resume_reading()  # type: ignore[union-attr]  # set by connection_made
         if self._eof and state <= _CHUNKED:
             self._close()  # the client sends no more, and nothing is left to answer
 
@@ -481,7 +481,7 @@ class _Connection(asyncio.BufferedProtocol):
         if length and not self._fits(length):
             return
         if expect is not None and self._pos == self._end:
-            self._transport.write(_CONTINUE)  # type: ignore[union-attr]
+            self._transport.write(_CONTINUE)  # type: ignore[union-attr]  # set by connection_made
         if request.chunked:
             self._state = _CHUNKED
             self._part = _SIZE
@@ -531,7 +531,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _release(self) -> None:
         """Give back the budget of a body being received (it was abandoned, or refused)."""
         if self._reserved:
-            self._account.give(self._reserved)  # type: ignore[union-attr]
+            self._account.give(self._reserved)  # type: ignore[union-attr]  # reserved only from an account
             self._reserved = 0
 
     def _check(self, request: Request) -> Response | None:
@@ -643,7 +643,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._server._tasks.discard(task)
         request = self._request
         if self._held or self._ahead:
-            self._account.give(self._held + self._ahead)  # type: ignore[union-attr]
+            self._account.give(self._held + self._ahead)  # type: ignore[union-attr]  # held only from an account
             self._held = self._ahead = 0
         if self._state == _CLOSED and self._account is not None:
             self._account.close()  # the connection went while the handler ran

@@ -9,11 +9,10 @@ from collections.abc import Callable
 
 from sidecar.overload.budget import MemoryBudget
 from sidecar.overload.reasons import Action
-from sidecar.tls.acceptor import tls_protocol_factory
-from sidecar.tls.server import ServerTLS
 from sidecar.wire.http1.buffers import BufferPool
 from sidecar.wire.http1.connection import _EVICT_GRACE, _Connection
 from sidecar.wire.http1.messages import Check, Handler, Limits, Refuse, Response
+from sidecar.wire.listener import ProtocolWrapper, bound_address
 
 log = logging.getLogger("sidecar.http")
 
@@ -54,7 +53,7 @@ class Http1Server:
         self.buffers = BufferPool(limits.pool_bytes, max_idle=limits.pool_idle)
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[Response]] = set()
-        self._listener: asyncio.AbstractServer | None = None
+        self._listener: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed: asyncio.Event | None = None
         timeouts = (limits.idle_timeout, limits.header_timeout, limits.body_timeout, limits.body_deadline,
@@ -67,20 +66,18 @@ class Http1Server:
         """Open connections."""
         return len(self._connections)
 
-    async def start(self, host: str, port: int, tls: ServerTLS | None = None) -> tuple[str, int]:
-        """Listen on host:port (TLS through ``sidecar.tls.acceptor`` when ``tls`` is given);
-        the bound address."""
+    async def start(self, host: str, port: int, wrap: ProtocolWrapper | None = None) -> tuple[str, int]:
+        """Listen on host:port; the bound address. With ``wrap`` (TLS: ``sidecar.tls.acceptor.tls_wrapper``,
+        whose acceptor does the handshake, so failed handshakes are counted and logged), each
+        connection goes through it first."""
         loop = asyncio.get_running_loop()
 
-        def factory() -> asyncio.BaseProtocol:
+        def factory() -> _Connection:
             return _Connection(self)
 
-        if tls is not None:
-            # our acceptor does the handshake, so failed handshakes are counted and logged
-            factory = tls_protocol_factory(factory, tls)  # type: ignore[arg-type]
-        self._listener = await loop.create_server(factory, host, port, backlog=128)
+        self._listener = await loop.create_server(factory if wrap is None else wrap(factory), host, port, backlog=128)
         self._sweeper = loop.call_later(self.tick, self._sweep)
-        return self._listener.sockets[0].getsockname()[:2]  # type: ignore[no-any-return]
+        return bound_address(self._listener)
 
     async def close(self, grace: float) -> None:
         """Stop listening; close idle connections now, the others once their request is answered

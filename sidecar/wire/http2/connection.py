@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import hpack
 
 from sidecar.overload.reasons import Action
-from sidecar.tls.server import format_address
 from sidecar.wire.http2.calls import (
     CONTENT_TYPE,
     DEADLINE_EXCEEDED,
@@ -77,12 +76,14 @@ from sidecar.wire.http2.frames import (
     U32,
     WINDOW_UPDATE,
     ConnectionFailure,
+    DecodedHeaders,
     HeaderCache,
     StreamFailure,
     frame,
     header_block,
     request_fields,
 )
+from sidecar.wire.listener import format_address
 
 if TYPE_CHECKING:
     from sidecar.wire.http2.server import GrpcServer
@@ -591,12 +592,12 @@ class Connection(asyncio.BufferedProtocol):
             return
         self._header_block(stream_id, flags, bytes(payload))
 
-    def _decode(self, block: bytes) -> tuple[str, str, Mapping[str, str]] | StreamFailure:
+    def _decode(self, block: bytes) -> DecodedHeaders:
         """The block's method, path and other fields, or why the request is malformed.
         HPACK errors end the connection: the table is then no longer shared."""
         cached = self._header_cache.get(block)
         if cached is not None:
-            return cached  # type: ignore[no-any-return]
+            return cached
         try:
             fields = self._decoder.decode(block)
         except hpack.OversizedHeaderListError:
@@ -630,7 +631,6 @@ class Connection(asyncio.BufferedProtocol):
         self._last_stream = stream_id
         if self._closing:
             return  # after GOAWAY: not processed, the client retries it elsewhere
-        refusal = None
         if flags & _SELF_DEPENDENT:
             refusal = PROTOCOL_ERROR  # RFC 9113 5.3.1: a stream error
         elif len(self._streams) >= self._limits.max_concurrent_streams:
@@ -638,12 +638,14 @@ class Connection(asyncio.BufferedProtocol):
             self._server.count(Action.stream_limit)
         elif isinstance(decoded, StreamFailure):
             refusal = decoded.code
-        if refusal is not None:
-            self._out.append(frame(RST_STREAM, 0, stream_id, U32.pack(refusal)))
-            if not flags & END_STREAM:
-                self._note_reset(stream_id)
+        else:
+            self._open_stream(stream_id, flags, *decoded)
             return
-        method, path, headers = decoded
+        self._out.append(frame(RST_STREAM, 0, stream_id, U32.pack(refusal)))
+        if not flags & END_STREAM:
+            self._note_reset(stream_id)
+
+    def _open_stream(self, stream_id: int, flags: int, method: str, path: str, headers: Mapping[str, str]) -> None:
         stream = Stream(stream_id, path, headers, self._peer_initial_window, self._server.tick)
         self._streams[stream_id] = stream
         if flags & END_STREAM:
@@ -655,9 +657,9 @@ class Connection(asyncio.BufferedProtocol):
         elif self._server.routes.get(path) is None:
             self._refuse(stream, UNIMPLEMENTED, f"unknown method {path}", "unimplemented")
         else:
-            stream.context, refusal = self._server.authorize(path, self._transport)
-            if refusal is not None:
-                self._answer_error(stream, refusal.status, refusal.message, early=True)  # before the body
+            stream.context, denied = self._server.authorize(path, self._transport)
+            if denied is not None:
+                self._answer_error(stream, denied.status, denied.message, early=True)  # before the body
             elif flags & END_STREAM:
                 self._take_message_bytes(stream, memoryview(b""), END_STREAM)
 
@@ -754,6 +756,7 @@ class Connection(asyncio.BufferedProtocol):
         stream.body = None
         call = UnaryCall(
             stream.path, stream.headers, message, stream.compressed,
+            # a call is dispatched only after connection_made set the transport (hot path: no check)
             self._transport, stream.context, self._account,  # type: ignore[arg-type]
         )
         self._server.run(self, stream, call)

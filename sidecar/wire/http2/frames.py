@@ -90,6 +90,10 @@ def header_block(fields: list[tuple[str, str]]) -> bytes:
     return b"\x20" + b"".join(_literal(name, value) for name, value in fields)
 
 
+#: a request's header block decoded: (method, path, the other fields), or why it is malformed
+DecodedHeaders = tuple[str, str, Mapping[str, str]] | StreamFailure
+
+
 class HeaderCache:
     """Decoded header blocks that consist of indexed fields only.
 
@@ -103,7 +107,7 @@ class HeaderCache:
     MAX_DECODED = 4096
 
     def __init__(self) -> None:
-        self._entries: dict[bytes, Any] = {}
+        self._entries: dict[bytes, DecodedHeaders] = {}
 
     @staticmethod
     def only_indexed(block: bytes) -> bool:
@@ -119,17 +123,17 @@ class HeaderCache:
                 i += 1
         return True
 
-    def get(self, block: bytes) -> Any:
+    def get(self, block: bytes) -> DecodedHeaders | None:
         return self._entries.get(block)
 
-    def put(self, block: bytes, value: Any, indexed: bool, decoded_size: int) -> None:
+    def put(self, block: bytes, value: DecodedHeaders, indexed: bool, decoded_size: int) -> None:
         if not indexed:
             self._entries.clear()
         elif len(self._entries) < self.MAX and len(block) <= self.MAX_BLOCK and decoded_size <= self.MAX_DECODED:
             self._entries[block] = value
 
 
-def request_fields(fields: Any) -> tuple[str, str, Mapping[str, str]] | StreamFailure:
+def request_fields(fields: Any) -> DecodedHeaders:
     """Check a request's header list (RFC 9113 8.2, 8.3); its method, path and (read-only) fields."""
     pseudo: dict[str, str] = {}
     headers: dict[str, str] = {}

@@ -9,8 +9,6 @@ from typing import Any
 
 from sidecar.overload.budget import MemoryBudget
 from sidecar.overload.reasons import Action
-from sidecar.tls.acceptor import tls_protocol_factory
-from sidecar.tls.server import ServerTLS
 from sidecar.wire.http2.calls import (
     INTERNAL,
     UNAVAILABLE,
@@ -22,6 +20,7 @@ from sidecar.wire.http2.calls import (
     UnaryCall,
 )
 from sidecar.wire.http2.connection import Connection, Stream
+from sidecar.wire.listener import ProtocolWrapper, bound_address
 
 log = logging.getLogger("sidecar.wire.http2")
 
@@ -63,20 +62,20 @@ class GrpcServer:
         self._authorize = authorize
         self._on_refusal = on_refusal
         self._tasks: set[asyncio.Task[None]] = set()
-        self._listener: asyncio.AbstractServer | None = None
+        self._listener: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def start(self, host: str, port: int, tls: ServerTLS | None = None) -> tuple[str, int]:
-        """Listen; with ``tls``, handshakes go through the TLS acceptor (failures are counted)."""
+    async def start(self, host: str, port: int, wrap: ProtocolWrapper | None = None) -> tuple[str, int]:
+        """Listen; the bound address. With ``wrap`` (the TLS acceptor, ``sidecar.tls.acceptor.tls_wrapper``),
+        each connection goes through it first (TLS: handshake failures are counted)."""
         loop = asyncio.get_running_loop()
 
-        def connection() -> asyncio.BaseProtocol:
+        def connection() -> Connection:
             return Connection(self)
 
-        factory = connection if tls is None else tls_protocol_factory(connection, tls)  # type: ignore[arg-type]
-        self._listener = await loop.create_server(factory, host, port)
+        self._listener = await loop.create_server(connection if wrap is None else wrap(connection), host, port)
         self._sweeper = loop.call_later(self.SWEEP_EVERY, self._sweep)
-        return self._listener.sockets[0].getsockname()[:2]  # type: ignore[no-any-return]
+        return bound_address(self._listener)
 
     def authorize(self, path: str, transport: asyncio.BaseTransport | None) -> tuple[Any, GrpcError | None]:
         """(the call's context, None), or (None, why the call is refused)."""
