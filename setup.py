@@ -82,6 +82,12 @@ setup(
             "grpcio>=1.60",
             "py-spy>=0.3",
             "ruff>=0.6",
+            # the type gate (tests/test_types.py: mypy --strict, configured in pyproject.toml),
+            # pinned to a minor release so a new mypy check cannot fail CI by surprise
+            "mypy>=2.4,<2.5",
+            "types-protobuf>=6",
+            "types-PyYAML>=6.0",
+            "googleapis-common-protos-stubs>=2.3",
         ],
     },
     entry_points={"console_scripts": ["otlp-sidecar=sidecar.cli:main"]},

@@ -48,7 +48,8 @@ class AdminServer:
     ) -> None:
         self._registry = registry
         # /debug/plan asks the policy service (given, or the one whose status /policy shows)
-        self._plans = plans or getattr(policy_status, "__self__", None)
+        found = plans or getattr(policy_status, "__self__", None)
+        self._plans: PlanSource | None = found if hasattr(found, "plans_for") else None
         self._ready = ready
         self._policy_status = policy_status
         config = limits or LimitsConfig()
@@ -73,7 +74,7 @@ class AdminServer:
         self._routes: dict[str, Callable[[], Response]] = {
             "/health": self._health, "/ready": self._readiness, "/metrics": self._metrics, "/policy": self._policy,
         }
-        if hasattr(self._plans, "plans_for"):
+        if self._plans is not None:
             self._routes[DEBUG_PLAN] = self._policy  # answered in _handle (async)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -91,10 +92,10 @@ class AdminServer:
         return None
 
     async def _handle(self, request: Request) -> Response:
-        if request.path == DEBUG_PLAN:
+        if request.path == DEBUG_PLAN and self._plans is not None:
             from sidecar.policy.eval_plan import live_plan
 
-            status, body = await live_plan(self._plans, request.target)  # type: ignore[arg-type]
+            status, body = await live_plan(self._plans, request.target)
             return Response(status, json.dumps(body, indent=2).encode(), _JSON)
         return self._routes[request.path]()
 

@@ -24,24 +24,31 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeGuard, TypeVar, get_args
 
 from sidecar.policy.errors import DecisionError
 from sidecar.policy.invariant import Exemption, enforce, exemptions_from
 from sidecar.rewrite.plan import (
-    ATTRIBUTE_ACTIONS,
-    CONFLICT_ACTIONS,
     DEFAULT_REDACTION,
-    DETECTOR_ACTIONS,
-    DETECTOR_KINDS,
-    KEEP_KINDS,
+    AttributeAction,
     AttributeRule,
+    ConflictAction,
+    DetectorAction,
+    KeepKind,
     KeepRule,
     Plan,
     ResourceStamp,
     Sampling,
     ValueDetector,
 )
+
+#: the plan's vocabularies, typed as the literals the plan's fields take
+ATTRIBUTE_ACTIONS: tuple[AttributeAction, ...] = get_args(AttributeAction)
+DETECTOR_ACTIONS: tuple[DetectorAction, ...] = get_args(DetectorAction)
+DETECTOR_KINDS: tuple[Literal["pan"], ...] = ("pan",)
+KEEP_KINDS: tuple[KeepKind, ...] = get_args(KeepKind)
+CONFLICT_ACTIONS: tuple[ConflictAction, ...] = get_args(ConflictAction)
+_Word = TypeVar("_Word", bound=str)
 
 #: the keys a part of the decision may have
 PART_KEYS = ("allow", "reason", "rule_id", "attributes", "detectors", "stamps", "sampling", "redaction")
@@ -137,12 +144,13 @@ def _entries(where: _Where, part: Mapping[str, Any], key: str) -> list[Mapping[s
     return value
 
 
-def _choice(where: _Where, path: str, value: Any, allowed: tuple[str, ...], what: str, rule_id: str) -> str:
-    if value not in allowed:
-        raise where.fail(
-            path, f"unknown {what} {_show(value)} (allowed: {', '.join(allowed)})", rule_id
-        )
-    return str(value)
+def _choice(
+    where: _Where, path: str, value: Any, allowed: tuple[_Word, ...], what: str, rule_id: str
+) -> _Word:
+    for word in allowed:
+        if value == word:
+            return word
+    raise where.fail(path, f"unknown {what} {_show(value)} (allowed: {', '.join(allowed)})", rule_id)
 
 
 def _strings(where: _Where, path: str, value: Any, rule_id: str) -> list[str]:
@@ -171,7 +179,7 @@ def _attribute_rules(where: _Where, part: Mapping[str, Any]) -> list[AttributeRu
                 patterns += key_patterns(name)
         if "match" in entry:
             patterns += _strings(where, f"{path}.match", entry["match"], rule_id)
-        rules += [AttributeRule(rule_id, pattern, action) for pattern in patterns]  # type: ignore[arg-type]
+        rules += [AttributeRule(rule_id, pattern, action) for pattern in patterns]
     return rules
 
 
@@ -182,7 +190,7 @@ def _detectors(where: _Where, part: Mapping[str, Any]) -> list[ValueDetector]:
         rule_id = _rule_id(where, path, entry)
         kind = _choice(where, f"{path}.kind", entry.get("kind"), DETECTOR_KINDS, "detector kind", rule_id)
         action = _choice(where, f"{path}.action", entry.get("action"), DETECTOR_ACTIONS, "action", rule_id)
-        found.append(ValueDetector(rule_id, kind, action))  # type: ignore[arg-type]
+        found.append(ValueDetector(rule_id, kind, action))
     return found
 
 
@@ -200,11 +208,12 @@ def _stamps(where: _Where, part: Mapping[str, Any]) -> list[ResourceStamp]:
             where, f"{path}.on_conflict", entry.get("on_conflict", "overwrite"), CONFLICT_ACTIONS,
             "on_conflict", rule_id,
         )
-        found.append(ResourceStamp(rule_id, key, value, conflict))  # type: ignore[arg-type]
+        found.append(ResourceStamp(rule_id, key, value, conflict))
     return found
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[int | float]:
+    """A finite JSON number (not a boolean)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -234,7 +243,7 @@ def _sampling(where: _Where, part: Mapping[str, Any]) -> Sampling | None:
                 raise where.fail(
                     f"{path}.value", "must be a string, number or boolean, got " + _kind(value), keep_id
                 )
-        keep.append(KeepRule(keep_id, kind, key or "", value))  # type: ignore[arg-type]
+        keep.append(KeepRule(keep_id, kind, key or "", value))
     return Sampling(rule_id, float(ratio), tuple(keep))
 
 
@@ -314,7 +323,8 @@ def compile_plan(
     )
     if plan.needs_hash_key():
         if not hash_key:
-            rule = next(r.rule_id for r in (*plan.attribute_rules, *plan.detectors) if r.action == "hash")
+            hashers: tuple[AttributeRule | ValueDetector, ...] = (*plan.attribute_rules, *plan.detectors)
+            rule = next(r.rule_id for r in hashers if r.action == "hash")
             raise DecisionError(
                 f"rule {rule!r} asks for `hash` but no hash key is loaded (set policy.hash_key_file)"
             )

@@ -54,7 +54,7 @@ def _share_libstdcxx() -> bool:
 #: whether libstdc++ was shared before regopy loaded (shown in docs and checked by tests)
 LIBSTDCXX_SHARED = _share_libstdcxx()
 
-import regopy  # noqa: E402 - after _share_libstdcxx, on purpose
+import regopy as regopy  # noqa: E402 - after _share_libstdcxx, on purpose; re-exported for that reason
 from regopy import rego_shared  # noqa: E402
 
 #: held around every call into rego-cpp (any thread)
@@ -142,25 +142,7 @@ class CompiledPolicy:
             )
 
     def _check_calls(self, path: str, source: str) -> None:
-        """Refuse calls to functions that neither regopy nor the policy set defines."""
-        text = _COMMENT_RE.sub("", _STRING_RE.sub('""', source))
-        aliases = {"data", "input"}
-        for full, alias in _IMPORT_RE.findall(text):
-            aliases.add(alias or full.rsplit(".", 1)[-1])
-        local = set(_HEAD_RE.findall(text))
-        for match in _CALL_RE.finditer(text):
-            name = match.group(1)
-            first = name.split(".", 1)[0]
-            if name in _KEYWORDS or first in aliases or ("." not in name and name in local):
-                continue
-            if not self._interpreter.is_builtin(name):
-                line = text.count("\n", 0, match.start()) + 1
-                raise PolicyLoadError(
-                    f"line {line}: {name}() is not a built-in the embedded engine supports "
-                    f"({UNSUPPORTED_HINT}); policies must stay within the built-ins "
-                    "both engines support",
-                    path,
-                )
+        check_calls(self._interpreter, path, source)
 
     def query(self, rule: str, input_document: Any) -> Any | None:
         """Evaluate ``<decision_path>/<rule>``; None when the result is undefined."""
@@ -231,3 +213,25 @@ def _error_tree(node: int) -> str:
 
     walk(node)
     return "(error " + " ".join(parts) + ")" if parts else "(error)"
+
+
+def check_calls(interpreter: Any, path: str, source: str) -> None:
+    """Refuse calls to functions that neither regopy (``interpreter``) nor the policy set defines."""
+    text = _COMMENT_RE.sub("", _STRING_RE.sub('""', source))
+    aliases = {"data", "input"}
+    for full, alias in _IMPORT_RE.findall(text):
+        aliases.add(alias or full.rsplit(".", 1)[-1])
+    local = set(_HEAD_RE.findall(text))
+    for match in _CALL_RE.finditer(text):
+        name = match.group(1)
+        first = name.split(".", 1)[0]
+        if name in _KEYWORDS or first in aliases or ("." not in name and name in local):
+            continue
+        if not interpreter.is_builtin(name):
+            line = text.count("\n", 0, match.start()) + 1
+            raise PolicyLoadError(
+                f"line {line}: {name}() is not a built-in the embedded engine supports "
+                f"({UNSUPPORTED_HINT}); policies must stay within the built-ins "
+                "both engines support",
+                path,
+            )

@@ -36,10 +36,11 @@ def evaluate(root: str, query: str, input_document: Any) -> dict[str, Any]:
     if child.returncode < 0:
         return {"errors": [{"message": f"the embedded engine (regopy) crashed (signal {-child.returncode})"}]}
     try:
-        return json.loads(child.stdout)
+        result: dict[str, Any] = json.loads(child.stdout)  # the child prints one object
     except json.JSONDecodeError:
         detail = (child.stderr.strip().splitlines() or ["no output"])[-1]
         return {"errors": [{"message": detail}]}
+    return result
 
 
 def _child() -> int:

@@ -22,6 +22,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from sidecar.rewrite import ResourceInfo, rewrite, split_resources
 from sidecar.rewrite._py import find_pans
@@ -109,10 +111,9 @@ class _Planter:
             self.nested(f"{place} attribute"),
         ]
 
-    def resource(self, resource: object) -> None:
-        attributes = resource.attributes  # type: ignore[attr-defined]
-        attributes.add(key="service.name", value=AnyValue(string_value=PROBE_SERVICE))
-        attributes.extend(self.attributes("resource"))
+    def resource(self, resource: Resource) -> None:
+        resource.attributes.add(key="service.name", value=AnyValue(string_value=PROBE_SERVICE))
+        resource.attributes.extend(self.attributes("resource"))
 
 
 def _traces(planter: _Planter) -> bytes:
@@ -125,7 +126,7 @@ def _traces(planter: _Planter) -> bytes:
     span = ss.spans.add(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)))
     span.name = planter.text("span name")
     span.attributes.extend(planter.attributes("span"))
-    span.status.code = 2
+    span.status.code = Status.STATUS_CODE_ERROR
     span.status.message = planter.text("status message")
     event = span.events.add(name=planter.text("event name"))
     event.attributes.extend(planter.attributes("event"))

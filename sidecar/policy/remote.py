@@ -34,7 +34,8 @@ def without_userinfo(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
-class _DecisionClient(AsyncOpaClient):
+# opa-python-client has no types (no py.typed, no stub package), so its client is Any to mypy
+class _DecisionClient(AsyncOpaClient):  # type: ignore[misc]
     """opa-python-client's async client, reading OPA's error bodies on failure."""
 
     async def decide(self, path: str, input_document: Any) -> Any | None:

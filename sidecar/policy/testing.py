@@ -180,7 +180,7 @@ def coverage_lines(report: dict[str, Any]) -> list[str]:
 def _ranges(rows: list[int]) -> str:
     parts: list[str] = []
     start = prev = rows[0]
-    for row in [*rows[1:], None]:  # type: ignore[list-item]
+    for row in [*rows[1:], None]:
         if row is not None and row == prev + 1:
             prev = row
             continue

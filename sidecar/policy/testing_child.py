@@ -25,10 +25,9 @@ import json
 import re
 import sys
 import time
-from types import SimpleNamespace
 from typing import Any
 
-from sidecar.policy.embedded import CompiledPolicy, regopy
+from sidecar.policy.embedded import CompiledPolicy, check_calls, regopy
 from sidecar.policy.errors import DecisionError, PolicyLoadError
 from sidecar.policy.loader import check_source
 from sidecar.policy.rego_errors import _line_col
@@ -98,19 +97,15 @@ def syntax_errors(policy_set: PolicySet) -> list[dict[str, Any]]:
         except regopy.RegoError as exc:
             errors += rego_errors(str(exc), {module.path: module.source})
             continue
-        for check in (lambda m=module: check_source(PolicySet(policy_set.root, (m,))),
-                      lambda m=module, i=interpreter: _check_calls(i, m)):
-            try:
-                check()
-            except PolicyLoadError as exc:
-                errors.append(load_error(exc))
+        try:
+            check_source(PolicySet(policy_set.root, (module,)))
+        except PolicyLoadError as exc:
+            errors.append(load_error(exc))
+        try:  # the engine's own check of the built-ins it calls (the first unsupported one per file)
+            check_calls(interpreter, module.path, module.source)
+        except PolicyLoadError as exc:
+            errors.append(load_error(exc))
     return errors
-
-
-def _check_calls(interpreter: Any, module: PolicyModule) -> None:
-    """The engine's own check of the built-ins a module calls (the first unsupported one per file)."""
-    holder = SimpleNamespace(_interpreter=interpreter)
-    CompiledPolicy._check_calls(holder, module.path, module.source)  # type: ignore[arg-type]
 
 
 def compile_errors(policy_set: PolicySet, entrypoint: str) -> list[dict[str, Any]]:

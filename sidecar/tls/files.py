@@ -19,6 +19,7 @@ from sidecar.configkit import ConfigError
 if TYPE_CHECKING:
     # imported where used: cryptography adds ~8 MiB to a sidecar that runs without TLS
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 #: (realpath, device, inode, mtime_ns, size) of a file, or None when it cannot be stat'ed
 Stamp = tuple[str, int, int, int, int] | None
@@ -65,7 +66,7 @@ def load_certificates(key: str, path: str, data: bytes) -> list[x509.Certificate
     return certs
 
 
-def load_private_key(key: str, path: str, data: bytes) -> object:
+def load_private_key(key: str, path: str, data: bytes) -> PrivateKeyTypes:
     """The private key of a PEM file; encrypted keys are refused (no passphrase setting)."""
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
@@ -80,10 +81,10 @@ def load_private_key(key: str, path: str, data: bytes) -> object:
         raise ConfigError(key, f"{path}: not a valid PEM private key (it cannot be parsed)") from None
 
 
-def _public_der(public_key: object) -> bytes:
+def _public_der(public_key: PublicKeyTypes) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    return public_key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+    return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
@@ -120,7 +121,7 @@ def load_key_pair(cert_key: str, cert_path: str, key_key: str, key_path: str) ->
     key_pem = read_file(key_key, key_path)
     leaf = load_certificates(cert_key, cert_path, cert_pem)[0]
     private_key = load_private_key(key_key, key_path, key_pem)
-    if _public_der(private_key.public_key()) != _public_der(leaf.public_key()):  # type: ignore[attr-defined]
+    if _public_der(private_key.public_key()) != _public_der(leaf.public_key()):
         raise ConfigError(key_key, f"{key_path}: the private key does not match the certificate {cert_path}")
     check_validity(cert_key, cert_path, leaf)
     return KeyPair(cert_path, key_path, cert_pem, key_pem, leaf)

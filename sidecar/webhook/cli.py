@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sidecar.webhook.config import WebhookConfig
 
 
 def register(subparsers: Any) -> None:
@@ -47,7 +50,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _load(path: str | None):
+def _load(path: str | None) -> WebhookConfig | None:
     from sidecar.configkit import ConfigError
     from sidecar.webhook.config import load_webhook_config
 

@@ -181,7 +181,8 @@ def workload_of(metadata: Mapping[str, Any]) -> tuple[str, str]:
     if not controllers:
         return "", ""
     kind, name = controllers[0]["kind"], controllers[0]["name"]
-    labels = metadata.get("labels") if isinstance(metadata.get("labels"), dict) else {}
+    given_labels = metadata.get("labels")
+    labels: dict[str, Any] = given_labels if isinstance(given_labels, dict) else {}
     if kind == "ReplicaSet":
         template_hash = labels.get("pod-template-hash")
         if isinstance(template_hash, str) and template_hash and name.endswith("-" + template_hash):

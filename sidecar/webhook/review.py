@@ -108,9 +108,10 @@ def _decide(
     scope: Scope,
     config: WebhookConfig,
 ) -> tuple[dict[str, Any], Outcome]:
-    kind = request.get("kind") if isinstance(request.get("kind"), dict) else {}
+    given_kind, given_namespace = request.get("kind"), request.get("namespace")
+    kind: dict[str, Any] = given_kind if isinstance(given_kind, dict) else {}
     operation = request.get("operation")
-    namespace = request.get("namespace") if isinstance(request.get("namespace"), str) else ""
+    namespace = given_namespace if isinstance(given_namespace, str) else ""
     pod = request.get("object")
     if kind.get("kind") != "Pod" or kind.get("group", "") != "" or request.get("subResource"):
         reason = f"not a pod ({kind.get('kind')!r}); nothing to do"

@@ -182,3 +182,16 @@ def test_errors_never_quote_values_that_may_come_from_telemetry() -> None:
     with pytest.raises(DecisionError) as caught:
         compile_plan(decisions, no_file)
     assert str(caught.value) == "package p: decision.stamps[0].value: must be a string, got a number [rule_id 't']"
+
+
+def test_decision_vocabularies_are_the_plans() -> None:
+    """The typed word lists the decision is checked against name what the plan documents, in order
+    (the order is the one error messages list them in)."""
+    from sidecar.policy import decision
+    from sidecar.rewrite import plan
+
+    assert decision.ATTRIBUTE_ACTIONS == plan.ATTRIBUTE_ACTIONS
+    assert decision.DETECTOR_ACTIONS == plan.DETECTOR_ACTIONS
+    assert decision.DETECTOR_KINDS == plan.DETECTOR_KINDS
+    assert decision.KEEP_KINDS == plan.KEEP_KINDS
+    assert decision.CONFLICT_ACTIONS == plan.CONFLICT_ACTIONS

@@ -16,8 +16,12 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sidecar.policy.errors import PolicyLoadError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 #: files the engine reads; others are kept (within the bounds) only to check a signature over them;
 #: Wasm modules and plan files are refused
@@ -79,7 +83,7 @@ class _BoundedGunzip(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
         while not self._pending:
             if self._inflate.eof:
                 rest = self._inflate.unused_data
@@ -103,8 +107,9 @@ class _BoundedGunzip(io.RawIOBase):
                 raise BundleError(
                     f"the bundle decompresses to more than {self._limit} bytes (policy.bundle_max_size); refused"
                 )
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
+        view = memoryview(buffer).cast("B")
+        size = min(len(view), len(self._pending))
+        view[:size] = self._pending[:size]
         self._pending = self._pending[size:]
         return size
 

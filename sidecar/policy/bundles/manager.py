@@ -169,7 +169,7 @@ class BundleManager:
         if not source.remote:
             return self.config.reload_interval * random.uniform(0.9, 1.1)
         if source.failures:
-            return min(high, low * 2 ** min(source.failures - 1, 16)) * random.uniform(0.5, 1.0)
+            return min(high, low * (1 << min(source.failures - 1, 16))) * random.uniform(0.5, 1.0)
         return random.uniform(low, high)
 
     async def _poll_loop(self, source: BundleSource, apply: Apply) -> None:

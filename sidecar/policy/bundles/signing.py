@@ -15,6 +15,7 @@ import hmac
 import json
 import math
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ from sidecar.policy.bundles.archive import MANIFEST, SIGNATURES, BundleError, us
 
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
               "HS256", "HS384", "HS512")
-_HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512,
+}
 _EC_SIZES = {"256": 32, "384": 48, "512": 66}
 _FILE_HASHES = {"SHA-256": hashlib.sha256, "SHA-384": hashlib.sha384, "SHA-512": hashlib.sha512,
                 "SHA-224": hashlib.sha224, "SHA3-256": hashlib.sha3_256, "MD5": hashlib.md5,
