@@ -13,6 +13,12 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memmove
 
+from sidecar._ext.cards cimport find_pans_c, mask_digits
+from sidecar._ext.sampling cimport TS, build_ts, keep_rule, parse_ts
+from sidecar._ext.stamps cimport apply_stamp, find_stamp, insert_stamps, new_resource, refusal
+from sidecar._ext.state cimport *
+from sidecar._ext.wire cimport *
+
 import hmac as _hmac
 
 from sidecar.rewrite._common import (
@@ -26,64 +32,16 @@ from sidecar.rewrite._common import (
 from sidecar.rewrite._schema import FIELDS, HOLDS_ITEMS, ITEMS, MAX_NESTING, NAMES, REQUEST_TYPE, RS_TYPE
 from sidecar.rewrite.plan import Plan
 
+from sidecar._ext.cards import find_pans  # the detector's Python API, also here as before
+
 __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
            "count_items", "find_pans", "rewrite", "split_resources"]
 
 IMPLEMENTATION = "cython"
 
 # ---- schema (copied from sidecar/rewrite/_schema.py at import) ----
-cdef enum:
-    NTYPES = 30
-    MAXF = 17
-cdef enum:
-    RS_SPANS = 0
-    RS_METRICS = 1
-    RS_LOGS = 2
-    RESOURCE = 3
-    SPAN = 8
-    STATUS = 11
-    KV = 23
-    ANY = 24
-    ARRAY = 25
-    KVLIST = 26
-cdef enum:
-    F_STR = 1
-    F_KV = 2
-    F_TS = 3
-    F_SUB = 32
-cdef enum:
-    ACT_DROP = 1
-    ACT_REDACT = 2
-    ACT_HASH = 3
-    ACT_MASK = 4
-    ACT_KEEP = 5
-cdef enum:
-    KEEP_STATUS_ERROR = 1
-    KEEP_EQUALS = 2
-    KEEP_AT_LEAST = 3
-cdef enum:
-    VT_STR = 1
-    VT_BOOL = 2
-    VT_INT = 3
-    VT_DOUBLE = 4
-cdef enum:
-    E_NONE = 0
-    E_VARINT_TRUNC = 1
-    E_VARINT_LONG = 2
-    E_TAG = 3
-    E_FIELD0 = 4
-    E_LEN_TRUNC = 5
-    E_FIXED_TRUNC = 6
-    E_WIRETYPE = 7
-    E_WRONG_WT = 8
-    E_MEMORY = 9
-    E_PYTHON = 10
-    E_DEPTH = 11
 
 cdef uint64_t MAX_THRESHOLD = (<uint64_t>1) << 56
-cdef const char* HEXD = b"0123456789abcdef"
-cdef const char* OT_TH = b"ot=th:"
-cdef const char* OT_EQ = b"ot="
 cdef int FMAP[NTYPES][MAXF]
 cdef bint IS_ITEM[NTYPES]
 cdef bint HOLDS[NTYPES]
@@ -100,76 +58,29 @@ def _load_schema():
         for f in fmap:
             if f >= MAXF:
                 raise RuntimeError("schema field number out of range for the C table")
+    # the codes sidecar/_ext/state.pxd declares must be the schema's and _common's
+    import sidecar.rewrite._common as common
+    import sidecar.rewrite._schema as schema
+    c_codes = {"RS_SPANS": RS_SPANS, "RS_METRICS": RS_METRICS, "RS_LOGS": RS_LOGS,
+               "RESOURCE": RESOURCE, "SPAN": SPAN, "STATUS": STATUS, "KV": KV, "ANY": ANY,
+               "ARRAY": ARRAY, "KVLIST": KVLIST, "F_STR": F_STR, "F_KV": F_KV, "F_TS": F_TS,
+               "F_SUB": F_SUB}
+    c_plan = {"ACT_DROP": ACT_DROP, "ACT_REDACT": ACT_REDACT, "ACT_HASH": ACT_HASH,
+              "ACT_MASK": ACT_MASK, "ACT_KEEP": ACT_KEEP, "KEEP_STATUS_ERROR": KEEP_STATUS_ERROR,
+              "KEEP_EQUALS": KEEP_EQUALS, "KEEP_AT_LEAST": KEEP_AT_LEAST, "VT_STR": VT_STR,
+              "VT_BOOL": VT_BOOL, "VT_INT": VT_INT, "VT_DOUBLE": VT_DOUBLE}
+    for module, codes in ((schema, c_codes), (common, c_plan)):
+        for name, value in codes.items():
+            if getattr(module, name) != value:
+                raise RuntimeError(f"sidecar/_ext/state.pxd: {name} is {value}, the twin's is"
+                                   f" {getattr(module, name)}")
+    if len(schema.NAMES) != NTYPES or common.MAX_THRESHOLD != MAX_THRESHOLD:
+        raise RuntimeError("sidecar/_ext/state.pxd does not match sidecar/rewrite/_schema.py")
 
 
 _load_schema()
 
 # ---- compiled plans in C ----
-
-cdef enum:
-    G_EXACT = 0
-    G_GENERAL = 1
-    G_CONTAINS = 2  # *lit*
-    G_PREFIX = 3  # lit*
-    G_SUFFIX = 4  # *lit
-
-cdef struct Rule:
-    const unsigned char* pat
-    Py_ssize_t plen
-    int is_glob
-    const unsigned char* lit
-    Py_ssize_t llen
-    Py_ssize_t minlen
-    const unsigned char* need
-    Py_ssize_t nlen
-    int action
-    int slot
-
-cdef struct Stamp:
-    const unsigned char* key
-    Py_ssize_t klen
-    const unsigned char* val
-    Py_ssize_t vlen
-    int reject
-    int stamp_slot
-    int refuse_slot
-    int index
-
-cdef struct Keep:
-    int kind
-    const unsigned char* key
-    Py_ssize_t klen
-    int vtype
-    const unsigned char* sval
-    Py_ssize_t slen
-    int64_t ival
-    double dval
-    int int_threshold
-    int slot
-
-cdef struct CPlan:
-    uint64_t id
-    int noop
-    int allow
-    int refuse_slot
-    Rule* rules
-    int nrules
-    int det_action
-    int det_slot
-    Stamp* stamps
-    int nstamps
-    int any_reject
-    int sampling
-    uint64_t threshold
-    int sample_slot
-    Keep* keeps
-    int nkeeps
-    int keep_attrs
-    const unsigned char* redaction
-    Py_ssize_t rlen
-    int dry_run
-    int nslots
-
 
 #: ids of compiled plans, never reused (the key cache below tells plans apart by id)
 cdef uint64_t _NEXT_PLAN_ID = 0
@@ -291,443 +202,6 @@ cdef _PlanBox _box(object plan):
 
 cdef _PlanBox _NULL_BOX = _box(Plan())
 
-# ---- walk state ----
-
-cdef struct Edit:
-    Py_ssize_t start
-    Py_ssize_t end
-    Py_ssize_t roff
-    Py_ssize_t rlen
-
-cdef struct Field:
-    uint32_t fn
-    int wt
-    Py_ssize_t vs
-    Py_ssize_t ve
-    uint64_t v
-
-cdef struct Pan:
-    Py_ssize_t i
-    Py_ssize_t j
-    int nd
-    unsigned char digits[20]
-
-cdef struct Buf:
-    unsigned char* p
-    Py_ssize_t n
-    Py_ssize_t cap
-
-cdef struct St:
-    const unsigned char* data
-    Py_ssize_t size
-    Edit* edits
-    Py_ssize_t nedits
-    Py_ssize_t capedits
-    Buf arena
-    Buf scratch
-    Pan* pans
-    int cappans
-    Py_ssize_t* attrs
-    Py_ssize_t nattrs
-    Py_ssize_t capattrs
-    CPlan* plan
-    void* box
-    int64_t* counts
-    int dry
-    int depth
-    int max_depth
-    Py_ssize_t items_in
-    Py_ssize_t sampled_out
-    const unsigned char* ts_new
-    Py_ssize_t ts_new_len
-    int has_ts_new
-    Py_ssize_t ts_last
-    # error
-    int err
-    int e_t
-    uint32_t e_fn
-    int e_wt
-    Py_ssize_t e_off
-
-
-cdef int fail(St* st, int code, int t, uint32_t fn, int wt, Py_ssize_t off) noexcept:
-    if st.err == E_NONE:
-        st.err = code
-        st.e_t = t
-        st.e_fn = fn
-        st.e_wt = wt
-        st.e_off = off
-    return -1
-
-
-cdef object _error(St* st):
-    name = NAMES[st.e_t] if 0 <= st.e_t < NTYPES else "?"
-    c = st.err
-    if c == E_MEMORY:
-        return MemoryError()
-    if c == E_VARINT_TRUNC:
-        return MalformedRequest(f"truncated varint in {name} at offset {st.e_off}")
-    if c == E_VARINT_LONG:
-        return MalformedRequest(f"varint too long in {name} at offset {st.e_off}")
-    if c == E_TAG:
-        return MalformedRequest(f"invalid tag in {name} at offset {st.e_off}")
-    if c == E_FIELD0:
-        return MalformedRequest(f"invalid field number 0 in {name} at offset {st.e_off}")
-    if c == E_LEN_TRUNC:
-        return MalformedRequest(
-            f"truncated length-delimited field {st.e_fn} in {name} at offset {st.e_off}")
-    if c == E_FIXED_TRUNC:
-        return MalformedRequest(
-            f"truncated fixed{st.e_wt} field {st.e_fn} in {name} at offset {st.e_off}")
-    if c == E_WIRETYPE:
-        return MalformedRequest(
-            f"invalid wire type {st.e_wt} for field {st.e_fn} in {name} at offset {st.e_off}")
-    if c == E_DEPTH:
-        return MalformedRequest(f"values nested deeper than {MAX_NESTING} levels in {name} at"
-                                f" offset {st.e_off}")
-    if c == E_WRONG_WT:
-        return MalformedRequest(
-            f"wrong wire type {st.e_wt} for field {st.e_fn} in {name} at offset {st.e_off}")
-    return RuntimeError("rewriter failed")
-
-
-cdef int buf_reserve(St* st, Buf* b, Py_ssize_t extra) noexcept:
-    cdef Py_ssize_t need = b.n + extra
-    cdef Py_ssize_t cap
-    cdef unsigned char* p
-    if need <= b.cap:
-        return 0
-    cap = b.cap * 2 if b.cap else 256
-    while cap < need:
-        cap *= 2
-    p = <unsigned char*>PyMem_Realloc(b.p, cap)
-    if p == NULL:
-        return fail(st, E_MEMORY, 0, 0, 0, 0)
-    b.p = p
-    b.cap = cap
-    return 0
-
-
-cdef inline int buf_put(St* st, Buf* b, const unsigned char* src, Py_ssize_t n) noexcept:
-    if buf_reserve(st, b, n) < 0:
-        return -1
-    if n:
-        memcpy(b.p + b.n, src, n)
-    b.n += n
-    return 0
-
-
-cdef inline int varint_size(uint64_t v) noexcept:
-    cdef int n = 1
-    while v >= 0x80:
-        v >>= 7
-        n += 1
-    return n
-
-
-cdef inline int buf_varint(St* st, Buf* b, uint64_t v) noexcept:
-    if buf_reserve(st, b, 10) < 0:
-        return -1
-    while v >= 0x80:
-        b.p[b.n] = <unsigned char>((v & 0x7F) | 0x80)
-        b.n += 1
-        v >>= 7
-    b.p[b.n] = <unsigned char>v
-    b.n += 1
-    return 0
-
-
-cdef inline int buf_len_field(St* st, Buf* b, uint32_t fn, const unsigned char* src,
-                              Py_ssize_t n) noexcept:
-    if buf_varint(st, b, (<uint64_t>fn << 3) | 2) < 0 or buf_varint(st, b, <uint64_t>n) < 0:
-        return -1
-    return buf_put(st, b, src, n)
-
-
-cdef inline Py_ssize_t len_field_size(uint32_t fn, Py_ssize_t n) noexcept:
-    return varint_size((<uint64_t>fn << 3) | 2) + varint_size(<uint64_t>n) + n
-
-
-cdef int add_edit(St* st, Py_ssize_t start, Py_ssize_t end, Py_ssize_t mark,
-                  Py_ssize_t at) noexcept:
-    """Record an edit replacing data[start:end] by arena[mark:]; insert at index ``at`` if >= 0."""
-    cdef Edit* e
-    cdef Py_ssize_t cap
-    if st.dry:
-        st.arena.n = mark
-        return 0
-    if st.nedits and (at < 0 or at >= st.nedits) and st.arena.n == mark:
-        e = &st.edits[st.nedits - 1]
-        if e.rlen == 0 and e.end == start:  # a deletion right after a deletion (dropped spans)
-            e.end = end
-            return 0
-    if st.nedits == st.capedits:
-        cap = st.capedits * 2 if st.capedits else 64
-        e = <Edit*>PyMem_Realloc(st.edits, sizeof(Edit) * cap)
-        if e == NULL:
-            return fail(st, E_MEMORY, 0, 0, 0, 0)
-        st.edits = e
-        st.capedits = cap
-    if at < 0 or at >= st.nedits:
-        e = &st.edits[st.nedits]
-    else:
-        memmove(&st.edits[at + 1], &st.edits[at], sizeof(Edit) * (st.nedits - at))
-        e = &st.edits[at]
-    st.nedits += 1
-    e.start = start
-    e.end = end
-    e.roff = mark
-    e.rlen = st.arena.n - mark
-    return 0
-
-
-# ---- wire-format primitives ----
-
-cdef int read_varint(St* st, Py_ssize_t* pos, Py_ssize_t end, int t,
-                            uint64_t* out) noexcept:
-    cdef const unsigned char* b = st.data
-    cdef Py_ssize_t p = pos[0]
-    cdef Py_ssize_t start = p
-    cdef uint64_t r = 0
-    cdef int shift = 0
-    cdef unsigned char c
-    while True:
-        if p >= end:
-            return fail(st, E_VARINT_TRUNC, t, 0, 0, start)
-        c = b[p]
-        p += 1
-        if shift < 64:
-            r |= (<uint64_t>(c & 0x7F)) << shift
-        if c < 0x80:
-            pos[0] = p
-            out[0] = r
-            return 0
-        shift += 7
-        if shift >= 70:
-            return fail(st, E_VARINT_LONG, t, 0, 0, start)
-
-
-cdef inline int next_field(St* st, Py_ssize_t pos, Py_ssize_t end, int t, Field* f) noexcept:
-    cdef const unsigned char* b = st.data
-    cdef unsigned char tag
-    # fast path: a one-byte tag of a length-delimited field with a one-byte length that fits
-    if pos + 1 < end:
-        tag = b[pos]
-        if (tag & 0x87) == 2 and tag >= 8 and b[pos + 1] < 0x80 \
-                and pos + 2 + b[pos + 1] <= end:
-            f.fn = tag >> 3
-            f.wt = 2
-            f.vs = pos + 2
-            f.ve = pos + 2 + b[pos + 1]
-            f.v = 0
-            return 0
-    return next_field_slow(st, pos, end, t, f)
-
-
-cdef int next_field_slow(St* st, Py_ssize_t pos, Py_ssize_t end, int t, Field* f) noexcept:
-    cdef Py_ssize_t tag_pos = pos
-    cdef uint64_t key, ln
-    cdef Py_ssize_t p = pos
-    cdef int n
-    if read_varint(st, &p, end, t, &key) < 0:
-        return -1
-    f.fn = <uint32_t>(key >> 3)
-    f.wt = <int>(key & 7)
-    if (key >> 32) != 0:
-        return fail(st, E_TAG, t, 0, 0, tag_pos)
-    if f.fn == 0:
-        return fail(st, E_FIELD0, t, 0, 0, tag_pos)
-    if f.wt == 2:
-        if read_varint(st, &p, end, t, &ln) < 0:
-            return -1
-        if ln > <uint64_t>(end - p):
-            return fail(st, E_LEN_TRUNC, t, f.fn, 2, tag_pos)
-        f.vs = p
-        f.ve = p + <Py_ssize_t>ln
-        f.v = 0
-        return 0
-    if f.wt == 0:
-        f.vs = p
-        if read_varint(st, &p, end, t, &f.v) < 0:
-            return -1
-        f.ve = p
-        return 0
-    if f.wt == 1 or f.wt == 5:
-        n = 8 if f.wt == 1 else 4
-        if end - p < n:
-            return fail(st, E_FIXED_TRUNC, t, f.fn, n * 8, tag_pos)
-        f.vs = p
-        f.ve = p + n
-        f.v = 0
-        return 0
-    return fail(st, E_WIRETYPE, t, f.fn, f.wt, tag_pos)
-
-
-cdef inline Py_ssize_t tag_size(St* st, Py_ssize_t pos) noexcept:
-    cdef Py_ssize_t p = pos
-    while st.data[p] >= 0x80:
-        p += 1
-    return p + 1 - pos
-
-
-cdef inline int64_t signed64(uint64_t v) noexcept:
-    return <int64_t>v
-
-
-cdef inline double as_double(const unsigned char* p) noexcept:
-    cdef double d
-    memcpy(&d, p, 8)  # little-endian hosts (x86-64, aarch64)
-    return d
-
-
-# ---- card numbers ----
-
-cdef inline bint is_digit(unsigned char c) noexcept:
-    return <unsigned char>(c - 48) <= 9
-
-
-cdef inline bint is_hex_any(unsigned char c) noexcept:
-    return is_digit(c) or (97 <= c <= 102) or (65 <= c <= 70)
-
-
-cdef bint brand_ok(const unsigned char* d, int n) noexcept:
-    cdef int p1 = d[0] - 48
-    cdef int p2 = p1 * 10 + (d[1] - 48)
-    cdef int p3 = p2 * 10 + (d[2] - 48)
-    cdef int p4 = p3 * 10 + (d[3] - 48)
-    if p1 == 4 and (n == 13 or n == 16 or n == 19):
-        return True
-    if n == 16 and ((51 <= p2 <= 55) or (2221 <= p4 <= 2720)):
-        return True
-    if n == 15 and (p2 == 34 or p2 == 37):
-        return True
-    if (n == 16 or n == 19) and (p4 == 6011 or (644 <= p3 <= 649) or p2 == 65):
-        return True
-    if 16 <= n <= 19 and ((3528 <= p4 <= 3589) or p2 == 62 or p2 == 81 or (2200 <= p4 <= 2204)):
-        return True
-    if (n == 14 or n == 16) and ((300 <= p3 <= 305) or p2 == 36 or p2 == 38 or p2 == 39):
-        return True
-    return 12 <= n <= 19 and (p4 == 5018 or p4 == 5020 or p4 == 5038 or p4 == 5893
-                              or p4 == 6304 or p4 == 6759 or (6761 <= p4 <= 6763))
-
-
-cdef bint luhn_ok(const unsigned char* d, int n) noexcept:
-    cdef int total = 0
-    cdef int i, v
-    for i in range(n):
-        v = d[n - 1 - i] - 48
-        if i & 1:
-            v *= 2
-            if v > 9:
-                v -= 9
-        total += v
-    return total % 10 == 0
-
-
-cdef bint in_uuid(const unsigned char* s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t j) noexcept:
-    cdef Py_ssize_t st0 = i - 35 if i > 35 else 0
-    cdef Py_ssize_t last = j - 1
-    cdef Py_ssize_t k, stt
-    cdef bint ok
-    if n - 36 < last:
-        last = n - 36
-    stt = st0
-    while stt <= last:
-        ok = True
-        for k in range(36):
-            if k == 8 or k == 13 or k == 18 or k == 23:
-                if s[stt + k] != 45:
-                    ok = False
-                    break
-            elif not is_hex_any(s[stt + k]):
-                ok = False
-                break
-        if ok:
-            return True
-        stt += 1
-    return False
-
-
-cdef inline bint is_sep(unsigned char c) noexcept:
-    return c == 32 or c == 45
-
-
-cdef int find_pans_c(St* st, const unsigned char* s, Py_ssize_t n) noexcept:
-    """Fill st.pans with the card numbers in s; return how many (or -1 on memory error).
-
-    A card number's run spans at least 12 bytes, so only every 12th byte is probed; a
-    probe that lands on a digit (or a separator between two digits) backs up to the start
-    of its run, and runs are then read exactly as in the twin's left-to-right scan.
-    """
-    cdef Py_ssize_t q = 11
-    cdef Py_ssize_t i, j
-    cdef int nd, count = 0
-    cdef unsigned char c, prev
-    cdef unsigned char digits[20]
-    cdef Pan* p
-    while q < n:
-        c = s[q]
-        if is_digit(c):
-            i = q
-        elif is_sep(c) and q + 1 < n and is_digit(s[q - 1]) and is_digit(s[q + 1]):
-            i = q - 1
-        else:
-            q += 12
-            continue
-        # back up to the start of the run holding s[i] (a digit)
-        while i > 0:
-            if is_digit(s[i - 1]):
-                i -= 1
-            elif i > 1 and is_sep(s[i - 1]) and is_digit(s[i - 2]):
-                i -= 2
-            else:
-                break
-        j = i
-        nd = 0
-        while j < n:
-            c = s[j]
-            if is_digit(c):
-                if nd < 20:
-                    digits[nd] = c
-                nd += 1
-                j += 1
-            elif is_sep(c) and j + 1 < n and is_digit(s[j + 1]):
-                j += 1
-            else:
-                break
-        if 12 <= nd <= 19:
-            prev = s[i - 1] if i > 0 else 0
-            if i > 0 and (prev == 43 or ((prev == 44 or prev == 46) and i > 1
-                                         and is_digit(s[i - 2]))):
-                pass
-            elif brand_ok(digits, nd) and luhn_ok(digits, nd) and not in_uuid(s, n, i, j):
-                if count == st.cappans:
-                    p = <Pan*>PyMem_Realloc(st.pans, sizeof(Pan) * (st.cappans * 2 + 8))
-                    if p == NULL:
-                        fail(st, E_MEMORY, 0, 0, 0, 0)
-                        return -1
-                    st.pans = p
-                    st.cappans = st.cappans * 2 + 8
-                p = &st.pans[count]
-                p.i = i
-                p.j = j
-                p.nd = nd
-                memcpy(p.digits, digits, nd)
-                count += 1
-        q = j + 11
-    return count
-
-
-cdef inline void mask_digits(unsigned char* b, Py_ssize_t i, Py_ssize_t j) noexcept:
-    cdef int keep = 4
-    cdef Py_ssize_t k = j - 1
-    while k >= i:
-        if is_digit(b[k]):
-            if keep:
-                keep -= 1
-            else:
-                b[k] = 42
-        k -= 1
 
 
 cdef int mask_edit(St* st, Py_ssize_t vs, Py_ssize_t ve, int n) noexcept:
@@ -962,17 +436,7 @@ cdef Py_ssize_t walk_fields(St* st, int t, Py_ssize_t start, Py_ssize_t end) noe
             delta += insert_stamps(st, end, start, t)
         elif (t == RS_SPANS or t == RS_METRICS or t == RS_LOGS) and plan.nstamps \
                 and not has_resource:
-            # Resource{attributes: stamps}, as one field 1
-            mark = st.scratch.n = 0
-            for i in range(plan.nstamps):
-                if put_stamp_attr(st, &st.scratch, &plan.stamps[i]) < 0:
-                    return 0
-                st.counts[plan.stamps[i].stamp_slot] += 1
-            mark = st.arena.n
-            if buf_len_field(st, &st.arena, 1, st.scratch.p, st.scratch.n) < 0:
-                return 0
-            delta += st.arena.n - mark
-            add_edit(st, end, end, mark, -1)
+            delta += new_resource(st, end)  # Resource{attributes: stamps}
     return delta
 
 
@@ -1032,22 +496,6 @@ cdef Py_ssize_t scan_string(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_
     if add_edit(st, tag_pos, ve, mark, -1) < 0:
         return 0
     return rl - (ve - tag_pos)
-
-
-cdef int kv_key(St* st, Py_ssize_t vs, Py_ssize_t ve, Py_ssize_t* ks,
-                Py_ssize_t* ke) noexcept:
-    cdef Py_ssize_t pos = vs
-    cdef Field f
-    ks[0] = vs
-    ke[0] = vs
-    while pos < ve:
-        if next_field(st, pos, ve, KV, &f) < 0:
-            return -1
-        if f.fn == 1 and f.wt == 2:
-            ks[0] = f.vs
-            ke[0] = f.ve
-        pos = f.ve
-    return 0
 
 
 cdef inline unsigned char lower(unsigned char c) noexcept:
@@ -1255,53 +703,6 @@ cdef Py_ssize_t kv(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve,
     return prefix_edit(st, tag_pos, vs, ve, d, at)
 
 
-cdef int any_kind(St* st, Py_ssize_t vs, Py_ssize_t ve, Py_ssize_t* ks, Py_ssize_t* ke,
-                  uint64_t* kv_) noexcept:
-    """Field number of the last oneof field of the AnyValue (0 if none), or -1 on error."""
-    cdef int kind = 0
-    cdef Py_ssize_t pos = vs
-    cdef Field f
-    ks[0] = vs
-    ke[0] = vs
-    kv_[0] = 0
-    while pos < ve:
-        if next_field(st, pos, ve, ANY, &f) < 0:
-            return -1
-        if 1 <= f.fn <= 8:
-            kind = f.fn
-            ks[0] = f.vs
-            ke[0] = f.ve
-            kv_[0] = f.v
-        pos = f.ve
-    return kind
-
-
-cdef int last_value(St* st, Py_ssize_t vs, Py_ssize_t ve, Py_ssize_t* tp, Py_ssize_t* s,
-                    Py_ssize_t* e, int remove_earlier, Py_ssize_t* delta) noexcept:
-    """Find the last `value` field of a KeyValue; optionally remove the earlier ones.
-
-    Returns 1 when found, 0 when none, -1 on error.
-    """
-    cdef Py_ssize_t pos = vs, tag_pos
-    cdef int found = 0
-    cdef Field f
-    while pos < ve:
-        tag_pos = pos
-        if next_field(st, pos, ve, KV, &f) < 0:
-            return -1
-        if f.fn == 2 and f.wt == 2:
-            if found and remove_earlier:
-                if add_edit(st, tp[0], e[0], st.arena.n, -1) < 0:
-                    return -1
-                delta[0] -= e[0] - tp[0]
-            found = 1
-            tp[0] = tag_pos
-            s[0] = f.vs
-            e[0] = f.ve
-        pos = f.ve
-    return found
-
-
 cdef int put_int_text(St* st, Buf* b, uint64_t v, int mask) noexcept:
     """Append the decimal text of int64 v (digits but the last four masked when mask)."""
     cdef unsigned char tmp[24]
@@ -1385,261 +786,21 @@ cdef Py_ssize_t replace_value(St* st, Py_ssize_t vs, Py_ssize_t ve, int action) 
     return delta + rl - (e - tag_pos)
 
 
-cdef int put_stamp_attr(St* st, Buf* b, Stamp* s) noexcept:
-    """Append a Resource.attributes field (1) holding KeyValue{key, string value}."""
-    cdef Py_ssize_t inner = len_field_size(1, s.vlen)
-    cdef Py_ssize_t kvlen = len_field_size(1, s.klen) + len_field_size(2, inner)
-    if buf_varint(st, b, 0x0A) < 0 or buf_varint(st, b, kvlen) < 0:
-        return -1
-    if buf_len_field(st, b, 1, s.key, s.klen) < 0:
-        return -1
-    if buf_varint(st, b, 0x12) < 0 or buf_varint(st, b, inner) < 0:
-        return -1
-    return buf_len_field(st, b, 1, s.val, s.vlen)
-
-
-cdef Stamp* find_stamp(CPlan* plan, const unsigned char* key, Py_ssize_t kn) noexcept:
-    cdef int i
-    for i in range(plan.nstamps):
-        if plan.stamps[i].klen == kn and memcmp(plan.stamps[i].key, key, kn) == 0:
-            return &plan.stamps[i]
-    return NULL
-
-
-cdef int only_string(St* st, Py_ssize_t vs, Py_ssize_t ve) noexcept:
-    cdef Py_ssize_t pos = vs
-    cdef Field f
-    while pos < ve:
-        if next_field(st, pos, ve, ANY, &f) < 0:
-            return -1
-        if f.fn != 1:
-            return 0
-        pos = f.ve
-    return 1
-
-
 cdef Py_ssize_t stamp_kv(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve) noexcept:
-    cdef CPlan* plan = st.plan
-    cdef Py_ssize_t ks, ke, s = 0, e = 0, xs, xe, mark
-    cdef uint64_t kvv
-    cdef int kind, nvalues = 0, only
+    cdef Py_ssize_t ks, ke
     cdef Stamp* stamp
-    cdef Field f
-    cdef Py_ssize_t pos
     if kv_key(st, vs, ve, &ks, &ke) < 0:
         return 0
-    stamp = find_stamp(plan, st.data + ks, ke - ks)
+    stamp = find_stamp(st.plan, st.data + ks, ke - ks)
     if stamp == NULL:
         return kv(st, tag_pos, vs, ve, 1)
     walk(st, KV, vs, ve, 0)
     if st.err:
         return 0
-    pos = vs
-    while pos < ve:
-        if next_field(st, pos, ve, KV, &f) < 0:
-            return 0
-        if f.fn == 2 and f.wt == 2:
-            nvalues += 1
-            s = f.vs
-            e = f.ve
-        pos = f.ve
-    if nvalues:
-        kind = any_kind(st, s, e, &xs, &xe, &kvv)
-        if kind < 0:
-            return 0
-        if nvalues == 1 and kind == 1 and xe - xs == stamp.vlen and \
-                memcmp(st.data + xs, stamp.val, stamp.vlen) == 0:
-            only = only_string(st, s, e)
-            if only < 0:
-                return 0
-            if only:
-                return 0
-    st.counts[stamp.stamp_slot] += 1
-    mark = st.arena.n
-    if put_stamp_attr(st, &st.arena, stamp) < 0:
-        return 0
-    cdef Py_ssize_t rl = st.arena.n - mark
-    if add_edit(st, tag_pos, ve, mark, -1) < 0:
-        return 0
-    return rl - (ve - tag_pos)
-
-
-cdef Py_ssize_t insert_stamps(St* st, Py_ssize_t end, Py_ssize_t start, int t) noexcept:
-    cdef CPlan* plan = st.plan
-    cdef Py_ssize_t pos = start, ks, ke, mark
-    cdef Field f
-    cdef int i
-    cdef char present[64]
-    cdef Stamp* s
-    cdef int nst = plan.nstamps if plan.nstamps < 64 else 64
-    for i in range(nst):
-        present[i] = 0
-    while pos < end:
-        if next_field(st, pos, end, t, &f) < 0:
-            return 0
-        if f.fn == 1 and f.wt == 2:
-            if kv_key(st, f.vs, f.ve, &ks, &ke) < 0:
-                return 0
-            s = find_stamp(plan, st.data + ks, ke - ks)
-            if s != NULL and s.index < 64:
-                present[s.index] = 1
-        pos = f.ve
-    mark = st.arena.n
-    for i in range(nst):
-        if not present[i]:
-            st.counts[plan.stamps[i].stamp_slot] += 1
-            if put_stamp_attr(st, &st.arena, &plan.stamps[i]) < 0:
-                return 0
-    if st.arena.n == mark:
-        return 0
-    cdef Py_ssize_t rl = st.arena.n - mark
-    if add_edit(st, end, end, mark, -1) < 0:
-        return 0
-    return rl
+    return apply_stamp(st, stamp, tag_pos, vs, ve)
 
 
 # ---- sampling ----
-
-cdef inline bint is_lhex(unsigned char c) noexcept:
-    return is_digit(c) or (97 <= c <= 102)
-
-
-cdef inline uint64_t hexval(const unsigned char* p, Py_ssize_t n) noexcept:
-    cdef uint64_t v = 0
-    cdef Py_ssize_t i
-    for i in range(n):
-        v = (v << 4) | <uint64_t>(p[i] - 48 if p[i] <= 57 else p[i] - 87)
-    return v
-
-
-cdef inline bint is_ows(unsigned char c) noexcept:
-    return c == 32 or c == 9
-
-
-cdef struct TS:
-    # up to 32 members other than `ot`, kept in order
-    Py_ssize_t ms[32]
-    Py_ssize_t me[32]
-    int nothers
-    Py_ssize_t ots
-    Py_ssize_t ote
-    int has_ot
-    int64_t rv
-    int64_t th
-    int has_th
-
-
-cdef void parse_ts(const unsigned char* s, Py_ssize_t n, TS* ts) noexcept:
-    cdef Py_ssize_t p = 0, a, b, q, c, d
-    ts.nothers = 0
-    ts.has_ot = 0
-    ts.rv = -1
-    ts.th = -1
-    ts.has_th = 0
-    while p <= n:
-        q = p
-        while q < n and s[q] != 44:
-            q += 1
-        a = p
-        b = q
-        while a < b and is_ows(s[a]):
-            a += 1
-        while b > a and is_ows(s[b - 1]):
-            b -= 1
-        if b > a:
-            if not ts.has_ot and b - a >= 3 and s[a] == 111 and s[a + 1] == 116 \
-                    and s[a + 2] == 61:
-                ts.has_ot = 1
-                ts.ots = a + 3
-                ts.ote = b
-                c = a + 3
-                while c <= b:
-                    d = c
-                    while d < b and s[d] != 59:
-                        d += 1
-                    if d - c >= 3 and s[c] == 116 and s[c + 1] == 104 and s[c + 2] == 58:
-                        ts.has_th = 1
-                        if 1 <= d - c - 3 <= 14 and all_lhex(s + c + 3, d - c - 3):
-                            ts.th = <int64_t>(hexval(s + c + 3, d - c - 3)
-                                              << (4 * (14 - (d - c - 3))))
-                    elif d - c == 17 and s[c] == 114 and s[c + 1] == 118 and s[c + 2] == 58 \
-                            and all_lhex(s + c + 3, 14):
-                        ts.rv = <int64_t>hexval(s + c + 3, 14)
-                    c = d + 1
-            elif ts.nothers < 32:
-                ts.ms[ts.nothers] = a
-                ts.me[ts.nothers] = b
-                ts.nothers += 1
-        p = q + 1
-
-
-cdef inline bint all_lhex(const unsigned char* p, Py_ssize_t n) noexcept:
-    cdef Py_ssize_t i
-    for i in range(n):
-        if not is_lhex(p[i]):
-            return False
-    return True
-
-
-cdef int put_rest(St* st, Buf* b, const unsigned char* s, TS* ts, int first) noexcept:
-    """Append the `ot` sub-keys other than th (non-empty), `;`-separated."""
-    cdef Py_ssize_t c = ts.ots, d
-    cdef unsigned char semi = 59
-    while c <= ts.ote:
-        d = c
-        while d < ts.ote and s[d] != 59:
-            d += 1
-        if d > c and not (d - c >= 3 and s[c] == 116 and s[c + 1] == 104 and s[c + 2] == 58):
-            if not first and buf_put(st, b, &semi, 1) < 0:
-                return -1
-            if buf_put(st, b, s + c, d - c) < 0:
-                return -1
-            first = 0
-        c = d + 1
-    return 0
-
-
-cdef int build_ts(St* st, Buf* b, const unsigned char* s, TS* ts, int with_th,
-                  uint64_t th) noexcept:
-    """Write the new tracestate into b: the `ot` entry first, then the others (32 at most)."""
-    cdef int written = 0, i
-    cdef Py_ssize_t mark
-    cdef unsigned char comma = 44
-    cdef unsigned char hx[14]
-    cdef int nh = 14
-    b.n = 0
-    if with_th:
-        if buf_put(st, b, <const unsigned char*>OT_TH, 6) < 0:
-            return -1
-        for i in range(14):
-            hx[13 - i] = <unsigned char>HEXD[(th >> (4 * i)) & 15]
-        while nh > 1 and hx[nh - 1] == 48:
-            nh -= 1
-        if buf_put(st, b, hx, nh) < 0:
-            return -1
-        if ts.has_ot and put_rest(st, b, s, ts, 0) < 0:
-            return -1
-        written = 1
-    elif ts.has_ot:
-        if buf_put(st, b, <const unsigned char*>OT_EQ, 3) < 0:
-            return -1
-        mark = b.n
-        if put_rest(st, b, s, ts, 1) < 0:
-            return -1
-        if b.n == mark:
-            b.n = 0
-        else:
-            written = 1
-    for i in range(ts.nothers):
-        if written >= 32:
-            break
-        if written and buf_put(st, b, &comma, 1) < 0:
-            return -1
-        if buf_put(st, b, s + ts.ms[i], ts.me[i] - ts.ms[i]) < 0:
-            return -1
-        written += 1
-    return 0
-
 
 cdef Py_ssize_t span(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve) noexcept:
     cdef CPlan* plan = st.plan
@@ -1782,121 +943,6 @@ cdef Py_ssize_t span_walk(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t 
     return d
 
 
-cdef int keep_rule(St* st, uint64_t status_code) noexcept:
-    """The count slot of the first keep rule the span meets (its attributes in st.attrs), or -1
-    (-1 with st.err set on error: the twin's errors, in its order)."""
-    cdef CPlan* plan = st.plan
-    cdef Keep* k
-    cdef int i, kind, found
-    cdef Py_ssize_t j, s, e, ks, ke, tp = 0, vs_ = 0, ve_ = 0, dummy = 0, xs, xe
-    cdef uint64_t kvv
-    for i in range(plan.nkeeps):
-        k = &plan.keeps[i]
-        if k.kind == KEEP_STATUS_ERROR:
-            if status_code == 2:
-                return k.slot
-            continue
-        j = 0
-        while j < st.nattrs:
-            s = st.attrs[j]
-            e = st.attrs[j + 1]
-            ks = st.attrs[j + 2]
-            ke = st.attrs[j + 3]
-            j += 4
-            if ks < 0 and kv_key(st, s, e, &ks, &ke) < 0:
-                return -1
-            if ke - ks != k.klen or memcmp(st.data + ks, k.key, k.klen) != 0:
-                continue
-            found = last_value(st, s, e, &tp, &vs_, &ve_, 0, &dummy)
-            if found < 0:
-                return -1
-            if not found:
-                continue
-            kind = any_kind(st, vs_, ve_, &xs, &xe, &kvv)
-            if kind < 0:
-                return -1
-            if keep_matches(st, k, kind, xs, xe, kvv):
-                return k.slot
-    return -1
-
-
-cdef bint keep_matches(St* st, Keep* k, int kind, Py_ssize_t ks, Py_ssize_t ke,
-                       uint64_t kv_) noexcept:
-    if k.kind == KEEP_EQUALS:
-        if k.vtype == VT_STR:
-            return kind == 1 and ke - ks == k.slen and memcmp(st.data + ks, k.sval, k.slen) == 0
-        if k.vtype == VT_BOOL:
-            return kind == 2 and (kv_ != 0) == (k.ival != 0)
-        if k.vtype == VT_INT:
-            return kind == 3 and <int64_t>kv_ == k.ival
-        if k.vtype == VT_DOUBLE:
-            return kind == 4 and ke - ks == 8 and as_double(st.data + ks) == k.dval
-        return False
-    if k.kind == KEEP_AT_LEAST:
-        if kind == 3:
-            if k.int_threshold:
-                return <int64_t>kv_ >= k.ival
-            return <double>(<int64_t>kv_) >= k.dval
-        if kind == 4:
-            return ke - ks == 8 and as_double(st.data + ks) >= k.dval
-    return False
-
-
-# ---- refusal ----
-
-cdef int stamp_conflict(St* st, Py_ssize_t vs, Py_ssize_t ve) noexcept:
-    """Index of a rejecting stamp the attribute in data[vs:ve] conflicts with, or -1 (-2: error)."""
-    cdef CPlan* plan = st.plan
-    cdef Py_ssize_t ks, ke, tp = 0, s = 0, e = 0, dummy = 0, xs, xe
-    cdef uint64_t kvv
-    cdef int i, found, kind
-    cdef Stamp* x
-    if kv_key(st, vs, ve, &ks, &ke) < 0:
-        return -2
-    for i in range(plan.nstamps):
-        x = &plan.stamps[i]
-        if not x.reject or x.klen != ke - ks or memcmp(x.key, st.data + ks, x.klen) != 0:
-            continue
-        found = last_value(st, vs, ve, &tp, &s, &e, 0, &dummy)
-        if found < 0:
-            return -2
-        if found:
-            kind = any_kind(st, s, e, &xs, &xe, &kvv)
-            if kind < 0:
-                return -2
-            if kind == 1 and xe - xs == x.vlen and memcmp(st.data + xs, x.val, x.vlen) == 0:
-                continue
-        return i
-    return -1
-
-
-cdef int refusal(St* st, int t, Py_ssize_t s, Py_ssize_t e) noexcept:
-    """-1: allowed; -2: error; -3: the plan refuses; else the index of the conflicting stamp."""
-    cdef CPlan* plan = st.plan
-    cdef Py_ssize_t pos = s, p
-    cdef Field f, g
-    cdef int r
-    if not plan.allow:
-        return -3
-    if not plan.any_reject:
-        return -1
-    while pos < e:
-        if next_field(st, pos, e, t, &f) < 0:
-            return -2
-        pos = f.ve
-        if f.fn != 1 or f.wt != 2:
-            continue
-        p = f.vs
-        while p < f.ve:
-            if next_field(st, p, f.ve, RESOURCE, &g) < 0:
-                return -2
-            p = g.ve
-            if g.fn == 1 and g.wt == 2:
-                r = stamp_conflict(st, g.vs, g.ve)
-                if r != -1:
-                    return r
-    return -1
-
 
 # ---- the public API ----
 
@@ -1941,12 +987,6 @@ cdef void st_free(St* st) noexcept:
     PyMem_Free(st.counts)
 
 
-cdef bytes _as_bytes(data):
-    if type(data) is bytes:
-        return data
-    return bytes(data)
-
-
 cdef int st_open(St* st, object data, Py_buffer* view) except -1:
     """Point st at the bytes of data, in place: bytes, bytearray or a contiguous memoryview (a
     request body the HTTP/1.1 server did not copy); a copy of any other buffer (as the twin
@@ -1973,12 +1013,12 @@ cdef list _resource_ranges(St* st, int t):
     while pos < st.size:
         tag_pos = pos
         if next_field(st, pos, st.size, t, &f) < 0:
-            raise _error(st)
+            raise error_of(st)
         pos = f.ve
         if f.fn == 1:
             if f.wt != 2:
                 fail(st, E_WRONG_WT, t, f.fn, f.wt, tag_pos)
-                raise _error(st)
+                raise error_of(st)
             out.append((tag_pos, f.vs, f.ve))
     return out
 
@@ -1991,7 +1031,7 @@ def count_items(signal, data):
     try:
         walk(&st, REQUEST_TYPE[signal], 0, st.size, 0)
         if st.err:
-            raise _error(&st)
+            raise error_of(&st)
         return st.items_in
     finally:
         st_free(&st)
@@ -2004,7 +1044,7 @@ cdef bytes _resource_bytes(St* st, int t, Py_ssize_t s, Py_ssize_t e):
     parts = []
     while pos < e:
         if next_field(st, pos, e, t, &f) < 0:
-            raise _error(st)
+            raise error_of(st)
         if f.fn == 1 and f.wt == 2:
             parts.append(PyBytes_FromStringAndSize(<const char*>st.data + f.vs, f.ve - f.vs))
         pos = f.ve
@@ -2066,7 +1106,7 @@ def split_resources(signal, data, bint validate=True, bint count=True):
             else:
                 count_quickly(&st, t, s, e, count)
             if st.err:
-                raise _error(&st)
+                raise error_of(&st)
             key = _resource_bytes(&st, t, s, e)
             out.append(ResourceInfo(index, key, st.items_in - before))
         return out
@@ -2100,7 +1140,7 @@ def rewrite(signal, data, plans):
         if all_noop:
             walk(&st, REQUEST_TYPE[signal], 0, st.size, 0)
             if st.err:
-                raise _error(&st)
+                raise error_of(&st)
             return RewriteResult(_unchanged(&st, data), st.items_in, st.items_in, 0, 0, (), {})
         st.counts = <int64_t*>PyMem_Malloc(sizeof(int64_t) * maxslots)
         if st.counts == NULL:
@@ -2119,11 +1159,11 @@ def rewrite(signal, data, plans):
             before_sampled = st.sampled_out
             r = -1 if box.p.noop else refusal(&st, t, s, e)
             if r == -2 or st.err:
-                raise _error(&st)
+                raise error_of(&st)
             if r != -1:
                 walk(&st, t, s, e, 0)
                 if st.err:
-                    raise _error(&st)
+                    raise error_of(&st)
                 n = st.items_in - before_items
                 if r == -3:
                     st.counts[box.p.refuse_slot] += n
@@ -2141,7 +1181,7 @@ def rewrite(signal, data, plans):
             if st.err:
                 if st.err == E_PYTHON:
                     raise RuntimeError("hashing a value failed")
-                raise _error(&st)
+                raise error_of(&st)
             if box.p.dry_run:
                 st.sampled_out = before_sampled
             for k in range(box.p.nslots):
@@ -2181,18 +1221,4 @@ cdef bytes _splice(St* st, object data):
     return out
 
 
-def find_pans(s):
-    """Card numbers in s: (start, end, digits), by the rule in docs/rewriter.md."""
-    cdef bytes b = _as_bytes(s)
-    cdef St st
-    cdef int n, k
-    st_init(&st, <const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
-    try:
-        n = find_pans_c(&st, st.data, st.size)
-        if n < 0:
-            raise MemoryError()
-        return [(st.pans[k].i, st.pans[k].j,
-                 PyBytes_FromStringAndSize(<const char*>st.pans[k].digits, st.pans[k].nd))
-                for k in range(n)]
-    finally:
-        st_free(&st)
+

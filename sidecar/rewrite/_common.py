@@ -11,9 +11,11 @@ import functools
 import json
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from sidecar.rewrite.plan import HASH_PREFIX, Plan
+from sidecar.rewrite.plan import HASH_PREFIX, KeepRule, Plan
 
 __all__ = [
     "ACT_DROP",
@@ -23,12 +25,16 @@ __all__ = [
     "ACT_REDACT",
     "CompiledPlan",
     "MalformedRequest",
+    "RequestData",
     "ResourceInfo",
     "RewriteResult",
     "compile_plan",
     "decode_attributes",
     "threshold_for_ratio",
 ]
+
+#: what the rewriter reads a request from (in place; a memoryview must be contiguous)
+RequestData = bytes | bytearray | memoryview
 
 ACT_DROP, ACT_REDACT, ACT_HASH, ACT_MASK, ACT_KEEP = 1, 2, 3, 4, 5
 _ACTION_CODES = {"drop": ACT_DROP, "redact": ACT_REDACT, "hash": ACT_HASH,
@@ -189,13 +195,13 @@ def _compile(plan: Plan) -> CompiledPlan:
     for s in plan.stamps:
         if s.on_conflict not in ("overwrite", "reject"):
             raise ValueError(f"stamp {s.rule_id}: unknown on_conflict {s.on_conflict!r}")
-        k = s.key.encode("utf-8")
-        if k in seen_keys:
+        stamp_key = s.key.encode("utf-8")
+        if stamp_key in seen_keys:
             continue
-        seen_keys.add(k)
+        seen_keys.add(stamp_key)
         reject = s.on_conflict == "reject"
         stamps.append(CompiledStamp(
-            k, s.value.encode("utf-8"), reject, slot(s.rule_id, "stamp"),
+            stamp_key, s.value.encode("utf-8"), reject, slot(s.rule_id, "stamp"),
             slot(s.rule_id, "refuse") if reject else -1,
             f"resource attribute {s.key!r} claims another value than this pod's ({s.rule_id})",
         ))
@@ -219,7 +225,7 @@ def _compile(plan: Plan) -> CompiledPlan:
     )
 
 
-def _compile_keep(k, slot_: int) -> CompiledKeep:
+def _compile_keep(k: KeepRule, slot_: int) -> CompiledKeep:
     if k.kind == "status_error":
         return CompiledKeep(KEEP_STATUS_ERROR, b"", 0, b"", 0, 0.0, False, slot_)
     key = k.key.encode("utf-8")
@@ -237,9 +243,10 @@ def _compile_keep(k, slot_: int) -> CompiledKeep:
     if k.kind == "attr_at_least":
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise ValueError(f"keep rule {k.rule_id}: attr_at_least needs an int or float value")
-        is_int = isinstance(v, int)
-        return CompiledKeep(KEEP_AT_LEAST, key, VT_DOUBLE, b"", _clamp64(v) if is_int else 0,
-                            float(v), is_int, slot_)
+        if isinstance(v, int):
+            return CompiledKeep(KEEP_AT_LEAST, key, VT_DOUBLE, b"", _clamp64(v), float(v), True,
+                                slot_)
+        return CompiledKeep(KEEP_AT_LEAST, key, VT_DOUBLE, b"", 0, float(v), False, slot_)
     raise ValueError(f"keep rule {k.rule_id}: unknown kind {k.kind!r}")
 
 
@@ -263,7 +270,7 @@ def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes, start: int, end: int):
+def _fields(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, Any]]:
     """Yield (field number, wire type, value or (start, end)) of one message, validating framing."""
     pos = start
     while pos < end:
@@ -292,7 +299,7 @@ def _fields(buf: bytes, start: int, end: int):
             raise MalformedRequest(f"invalid wire type {wt} for field {fn} at offset {tag_pos}")
 
 
-def _any_value(buf: bytes, start: int, end: int):
+def _any_value(buf: bytes, start: int, end: int) -> object:
     """Decode an AnyValue to a JSON-able Python value (bytes as hex)."""
     value: object = ""
     for fn, wt, v in _fields(buf, start, end):
@@ -305,7 +312,7 @@ def _any_value(buf: bytes, start: int, end: int):
         elif fn == 4 and wt == 1:
             value = struct.unpack("<d", v)[0]
         elif fn == 5 and wt == 2:
-            value = [_any_value(buf, s, e) for f2, w2, (s, e) in _len_fields(buf, *v, 1)]
+            value = [_any_value(buf, s, e) for f2, w2, (s, e) in _len_fields(buf, v[0], v[1], 1)]
         elif fn == 6 and wt == 2:
             value = dict(_key_values(buf, *v))
         elif fn == 7 and wt == 2:
@@ -313,13 +320,13 @@ def _any_value(buf: bytes, start: int, end: int):
     return value
 
 
-def _len_fields(buf: bytes, start: int, end: int, want: int):
+def _len_fields(buf: bytes, start: int, end: int, want: int) -> Iterator[tuple[int, int, Any]]:
     for fn, wt, v in _fields(buf, start, end):
         if fn == want and wt == 2:
             yield fn, wt, v
 
 
-def _key_values(buf: bytes, start: int, end: int):
+def _key_values(buf: bytes, start: int, end: int) -> Iterator[tuple[str, object]]:
     for _, _, (s, e) in _len_fields(buf, start, end, 1):
         key, value = "", None
         for fn, wt, v in _fields(buf, s, e):
@@ -334,7 +341,8 @@ def decode_attributes(resource: bytes) -> dict[str, str | bool | int | float]:
     """The attributes of a serialized Resource; nested values as compact JSON text."""
     out: dict[str, str | bool | int | float] = {}
     for key, value in _key_values(resource, 0, len(resource)):
-        if isinstance(value, list | dict):
-            value = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        out[key] = value
+        if isinstance(value, str | bool | int | float):
+            out[key] = value
+        else:  # an array or a map
+            out[key] = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return out

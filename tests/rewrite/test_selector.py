@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -55,3 +56,32 @@ def test_both_implementations_share_the_result_types():
     assert c.RewriteResult is _py.RewriteResult is sidecar.rewrite.RewriteResult
     assert c.MalformedRequest is _py.MalformedRequest is sidecar.rewrite.MalformedRequest
     assert c.ResourceInfo is _py.ResourceInfo
+
+
+#: each compiled module (ext/<name>.pyx) and the pure-Python module that is its twin
+TWINS = {"wire": "_wire", "cards": "_cards", "sampling": "_sampling", "stamps": "_stamps",
+         "rewrite": "_py"}
+
+
+def test_every_c_module_has_a_twin_and_is_the_compiled_one():
+    assert sorted(p.stem for p in (REPO / "ext").glob("*.pyx")) == sorted(TWINS)
+    for twin in TWINS.values():
+        assert importlib.import_module(f"sidecar.rewrite.{twin}") is not None
+    if load_c() is None:
+        pytest.skip("sidecar._ext.rewrite is not built")
+    for name in TWINS:
+        mod = importlib.import_module(f"sidecar._ext.{name}")
+        assert mod.IMPLEMENTATION == "cython", name
+        assert mod.__file__.endswith((".so", ".pyd")), mod.__file__
+
+
+def test_the_c_detector_is_the_cards_module():
+    c = load_c()
+    if c is None:
+        pytest.skip("sidecar._ext.rewrite is not built")
+    cards = importlib.import_module("sidecar._ext.cards")
+    assert c.find_pans is cards.find_pans
+    assert cards.find_pans(b"card 4111 1111 1111 1111.") == [(5, 24, b"4111111111111111")]
+    twin = importlib.import_module("sidecar.rewrite._cards")
+    assert twin.IMPLEMENTATION == "python"
+    assert twin.find_pans(b"card 4111 1111 1111 1111.") == cards.find_pans(b"card 4111 1111 1111 1111.")

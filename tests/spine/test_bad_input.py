@@ -14,7 +14,7 @@ from google.rpc import status_pb2
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from sidecar.rewrite._py import _len_field as _field
+from sidecar.rewrite._wire import len_field as _field
 from sidecar.signals import Signal
 from sidecar.wire.grpc import CallError, call_framed, call_unary, frame_message
 from tests.conftest import sidecar_env

@@ -1,0 +1,22 @@
+"""Types of the compiled rewriter (ext/rewrite.pyx); the twin: sidecar/rewrite/_py.py."""
+
+from collections.abc import Sequence
+from typing import Final
+
+from sidecar._ext.cards import find_pans as find_pans
+from sidecar.rewrite._common import MalformedRequest as MalformedRequest
+from sidecar.rewrite._common import RequestData
+from sidecar.rewrite._common import ResourceInfo as ResourceInfo
+from sidecar.rewrite._common import RewriteResult as RewriteResult
+from sidecar.rewrite.plan import Plan
+from sidecar.signals import Signal
+
+__all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
+           "count_items", "find_pans", "rewrite", "split_resources"]
+
+IMPLEMENTATION: Final[str]
+
+def count_items(signal: Signal, data: RequestData) -> int: ...
+def split_resources(signal: Signal, data: RequestData, validate: bool = True,
+                    count: bool = True) -> list[ResourceInfo]: ...
+def rewrite(signal: Signal, data: RequestData, plans: Sequence[Plan]) -> RewriteResult: ...

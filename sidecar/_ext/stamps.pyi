@@ -1,0 +1,5 @@
+"""Types of ext/stamps.pyx: its C functions are cimported (sidecar/_ext/stamps.pxd), not called from Python."""
+
+from typing import Final
+
+IMPLEMENTATION: Final[str]
