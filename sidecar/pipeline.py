@@ -10,6 +10,7 @@ needs to answer with the right OTLP status.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,13 +19,17 @@ from typing import Any, Protocol
 from sidecar.export.queue import ExportQueue, QueueClosed, QueueFull
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
-from sidecar.overload.reasons import Action
+from sidecar.overload.reasons import INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE, Action, Status
 from sidecar.policy.errors import PolicyUnavailable
 from sidecar.rewrite import MalformedRequest, ResourceInfo, rewrite, split_resources
 from sidecar.rewrite.plan import PASS_THROUGH, Plan
 from sidecar.signals import Signal
 
 log = logging.getLogger(__name__)
+
+#: gRPC status codes the pipeline's refusals answer with, beside those of sidecar.overload.reasons
+PERMISSION_DENIED = 7
+INTERNAL = 13
 
 #: the overload listener of each transport
 _LISTENERS = {"http": "otlp_http", "grpc": "otlp_grpc"}
@@ -67,47 +72,89 @@ class Outcome:
 
 
 class Refused(Exception):
-    """A request refused whole. Subclasses say which OTLP status answers it."""
+    """A request refused whole, carrying how every transport answers it.
 
-    #: label for the refused-items metric
+    ``status`` is the answer (HTTP status, gRPC code, whether the client retries), in the same
+    terms as the overload actions (:class:`sidecar.overload.reasons.Status`); ``reason`` is the
+    label it is counted under in the refused-requests or refused-items metric. The receivers only
+    frame them (sidecar.receivers.contract)."""
+
+    #: the answer; every subclass names its own (this one is never raised as such)
+    status: Status = Status(500, INTERNAL, False)
+    #: label for the refused-items / refused-requests metric
     reason = "refused"
 
-    def __init__(self, message: str, items: int = 0, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        items: int = 0,
+        retry_after: float | None = None,
+        *,
+        reason: str | None = None,
+        status: Status | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.items = items
         self.retry_after = retry_after
+        if reason is not None:
+            self.reason = reason
+        if status is not None:
+            self.status = status
+
+    @property
+    def retry_after_header(self) -> str | None:
+        """The HTTP ``Retry-After`` of a retryable refusal (whole seconds, at least 1); else None."""
+        if not self.status.retryable:
+            return None
+        return str(max(1, math.ceil(self.retry_after or 1)))
 
 
 class InvalidRequest(Refused):
-    """Malformed protobuf / JSON: gRPC INVALID_ARGUMENT, HTTP 400."""
+    """Malformed protobuf / JSON: HTTP 400, gRPC INVALID_ARGUMENT (final)."""
 
+    status = Status(400, INVALID_ARGUMENT, False)
     reason = "malformed"
 
 
 class TooManyResources(InvalidRequest):
     """More resources in one request than ``limits.max_resources_per_request`` (each may cost a
-    policy evaluation): HTTP 413; gRPC INVALID_ARGUMENT unless the receiver maps it further."""
+    policy evaluation): a limit, not a malformed request, so the overload action's answer:
+    HTTP 413, gRPC RESOURCE_EXHAUSTED (final)."""
 
+    status = Status(413, RESOURCE_EXHAUSTED, False)  # = Action.too_many_resources.status
     reason = "too_many_resources"
 
 
 class PermissionDenied(Refused):
-    """Every resource was refused by policy: gRPC PERMISSION_DENIED, HTTP 403."""
+    """Every resource was refused by policy: HTTP 403, gRPC PERMISSION_DENIED (final)."""
 
+    status = Status(403, PERMISSION_DENIED, False)
     reason = "policy"
 
 
 class Unavailable(Refused):
-    """Try again later (queue full, policy engine down, shutting down): UNAVAILABLE, HTTP 503."""
+    """Try again later: HTTP 503 with Retry-After, gRPC UNAVAILABLE. ``reason`` says why
+    (one of :data:`UNAVAILABLE_REASONS`)."""
 
-    reason = "unavailable"
+    status = Status(503, UNAVAILABLE, True)
+    reason = "queue_full"
 
 
 class RateLimited(Unavailable):
     """Over the tenant's items-per-second limit: HTTP 429 with Retry-After, gRPC UNAVAILABLE."""
 
+    status = Status(429, UNAVAILABLE, True)
     reason = "rate_limited"
+
+
+#: why an :class:`Unavailable` is raised (its ``reason``): the export queue is full, the policy
+#: engine is down or over its evaluation rate, the sidecar is shutting down
+UNAVAILABLE_REASONS = ("queue_full", "policy_unavailable", "policy_busy", "shutting_down")
+#: the reasons the pipeline counts whole requests under (refused-requests: items not counted)
+REQUEST_REASONS = (InvalidRequest.reason, TooManyResources.reason)
+#: the reasons the pipeline counts items under (refused-items)
+ITEM_REASONS = (PermissionDenied.reason, RateLimited.reason, *UNAVAILABLE_REASONS)
 
 
 class TokenBucket:
@@ -169,16 +216,14 @@ class Pipeline:
         try:
             resources = split_resources(signal, data, validate=False, count=counting)
         except MalformedRequest as exc:
-            self._metrics.refused_requests.labels(*labels, "malformed").inc()
-            raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
+            raise self._refuse_request(labels, _malformed(signal, exc)) from None
         if self._max_resources and len(resources) > self._max_resources:
             # before any policy evaluation: thousands of new resources must not stall every port
-            self._metrics.refused_requests.labels(*labels, TooManyResources.reason).inc()
             self._metrics.overload.count(_LISTENERS.get(transport, transport), Action.too_many_resources)
-            raise TooManyResources(
+            raise self._refuse_request(labels, TooManyResources(
                 f"the request holds {len(resources)} resources, more than the "
                 f"{self._max_resources} allowed (limits.max_resources_per_request); send them in smaller requests"
-            )
+            ))
         counters = self._counters.get(labels)
         if counters is None:
             counters = self._counters[labels] = (
@@ -190,12 +235,12 @@ class Pipeline:
             items_in = sum(r.items for r in resources)
             if full:
                 # the export is behind: refuse before spending the rewrite on a request that cannot fit
-                self._refuse_items(counters[0], labels, "queue_full", items_in)
-                raise Unavailable(self._queue.full_message(), items_in, retry_after=self._retry_after)
+                raise self._refuse_items(counters[0], labels, Unavailable(
+                    self._queue.full_message(), items_in, retry_after=self._retry_after, reason="queue_full"))
             wait = self._rate_limited(limit, items_in)
             if wait is not None:
-                self._refuse_items(counters[0], labels, RateLimited.reason, items_in)
-                raise RateLimited(f"over the tenant's rate limit; retry in {wait:.1f} s", items_in, retry_after=wait)
+                raise self._refuse_items(counters[0], labels, RateLimited(
+                    f"over the tenant's rate limit; retry in {wait:.1f} s", items_in, retry_after=wait))
         else:
             self._bucket = None
         try:
@@ -203,19 +248,18 @@ class Pipeline:
             result = rewrite(signal, data, plans)
         except MalformedRequest as exc:
             # as for a malformed split: a refused request, its items never counted as received
-            self._metrics.refused_requests.labels(*labels, "malformed").inc()
-            raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
+            raise self._refuse_request(labels, _malformed(signal, exc)) from None
         except PolicyUnavailable as exc:
             items_in = sum(r.items for r in resources) if counting else self._count(signal, data, labels)
             # the engine's own back-off (PolicyBusy: over its evaluation rate) says when to retry
             retry_after = getattr(exc, "retry_after", None)
             busy = retry_after is not None
-            self._refuse_items(counters[0], labels, "policy_busy" if busy else "policy_unavailable", items_in)
             if busy:
                 self._metrics.overload.count(_LISTENERS.get(transport, transport), Action.policy_busy)
-            raise Unavailable(
-                f"policy engine cannot decide: {exc}", items_in, retry_after=retry_after or self._retry_after
-            ) from None
+            raise self._refuse_items(counters[0], labels, Unavailable(
+                f"policy engine cannot decide: {exc}", items_in, retry_after=retry_after or self._retry_after,
+                reason="policy_busy" if busy else "policy_unavailable",
+            )) from None
         items_in = result.items_in
         counters[0].inc(items_in)
         self._planner.record_counts(signal, result.counts)
@@ -223,7 +267,7 @@ class Pipeline:
             counters[2].inc(result.sampled_out)
         message = ""
         if result.rejected_items:
-            self._metrics.refused_items.labels(*labels, "policy").inc(result.rejected_items)
+            self._metrics.refused_items.labels(*labels, PermissionDenied.reason).inc(result.rejected_items)
             message = "; ".join(dict.fromkeys(result.refusals))
             if result.rejected_items == items_in:
                 raise PermissionDenied(message or "refused by policy", items_in)
@@ -234,22 +278,27 @@ class Pipeline:
             except (QueueFull, QueueClosed) as exc:
                 reason = "queue_full" if isinstance(exc, QueueFull) else "shutting_down"
                 self._metrics.refused_items.labels(*labels, reason).inc(accepted)
-                raise Unavailable(str(exc), items_in, retry_after=self._retry_after) from None
+                raise Unavailable(str(exc), items_in, retry_after=self._retry_after, reason=reason) from None
         counters[1].inc(accepted)
         return Outcome(accepted=accepted, rejected=result.rejected_items, message=message)
 
-    def _refuse_items(self, received: Any, labels: tuple[str, str], reason: str, items: int) -> None:
-        """Count a whole request's items as received and refused for ``reason``."""
-        received.inc(items)
-        self._metrics.refused_items.labels(*labels, reason).inc(items)
+    def _refuse_items(self, received: Any, labels: tuple[str, str], refused: Refused) -> Refused:
+        """Count a whole request's items as received and refused for its reason; return ``refused``."""
+        received.inc(refused.items)
+        self._metrics.refused_items.labels(*labels, refused.reason).inc(refused.items)
+        return refused
+
+    def _refuse_request(self, labels: tuple[str, str], refused: Refused) -> Refused:
+        """Count a request refused before its items were counted; return ``refused``."""
+        self._metrics.refused_requests.labels(*labels, refused.reason).inc()
+        return refused
 
     def _count(self, signal: Signal, data: bytes | memoryview, labels: tuple[str, str]) -> int:
         """The items of a request that could not be rewritten: the quick split, counting."""
         try:
             return sum(r.items for r in split_resources(signal, data, validate=False))
         except MalformedRequest as exc:
-            self._metrics.refused_requests.labels(*labels, "malformed").inc()
-            raise InvalidRequest(f"invalid {_request_name(signal)}: {exc}") from None
+            raise self._refuse_request(labels, _malformed(signal, exc)) from None
 
     def _rate_limited(self, limit: Any, items: int) -> float | None:
         """Seconds to wait when over the tenant's limit (from the policy's pod settings)."""
@@ -259,5 +308,5 @@ class Pipeline:
         return bucket.take(items)
 
 
-def _request_name(signal: Signal) -> str:
-    return str(signal.request_class.DESCRIPTOR.name)
+def _malformed(signal: Signal, exc: MalformedRequest) -> InvalidRequest:
+    return InvalidRequest(f"invalid {signal.request_class.__name__}: {exc}")

@@ -13,34 +13,23 @@ body that does not fit the receive budget shared with the gRPC listener (503 wit
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 from google.rpc import status_pb2
 
 from sidecar import loop_guard
 from sidecar.config import ReceiversConfig
-from sidecar.export.partial import rejected_field
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
 from sidecar.overload.budget import Account, MemoryBudget
 from sidecar.overload.config import LimitsConfig
 from sidecar.overload.metrics import Counted
 from sidecar.overload.reasons import Action
-from sidecar.pipeline import (
-    InvalidRequest,
-    PermissionDenied,
-    Pipeline,
-    RateLimited,
-    Refused,
-    TooManyResources,
-    Unavailable,
-)
-from sidecar.receivers import peers
+from sidecar.pipeline import Pipeline, Refused
+from sidecar.receivers import contract, peers
+from sidecar.receivers.peers import PeerResolver
 from sidecar.signals import Signal
-from sidecar.tls.server import PeerRefused
 from sidecar.wire import compression
 from sidecar.wire.http1 import Http1Server, Limits, Request, Response
 from sidecar.wire.otlp_json import InvalidJSON, JsonRefused, json_to_protobuf_bounded, response_json
@@ -56,8 +45,6 @@ _DEFAULT_TYPE = "application/octet-stream"
 #: gRPC codes of google.rpc.Status bodies, per HTTP status
 _RPC_CODES = {400: 3, 401: 16, 403: 7, 408: 4, 429: 14, 404: 5, 405: 12, 413: 8, 415: 3, 417: 3, 500: 13, 503: 14}
 
-#: the peer of a connection, from its transport (PeerRefused for a TLS client refused)
-PeerResolver = Callable[[Any], Peer]
 #: the refused-requests reason of the server's own refusals, per status
 _REFUSAL_REASONS = {408: "too_slow", 413: "too_large", 503: "busy"}
 #: this listener's name in the overload metrics
@@ -141,13 +128,11 @@ class HttpReceiver:
         started = time.perf_counter()
         labels = route.labels
         try:
-            peer = self._peer(request.transport)
-        except PeerRefused as exc:
+            peer = contract.resolve_peer(self._peer, request.transport)
+            contract.check_loop(request.headers.get(loop_guard.HEADER))
+        except Refused as exc:
             self._metrics.refused_requests.labels(*labels, exc.reason).inc()
-            return _observed(route, started, _error(exc.http_status, content_type, exc.message))
-        if loop_guard.passed_here(request.headers.get(loop_guard.HEADER)):
-            self._metrics.refused_requests.labels(*labels, loop_guard.REASON).inc()
-            return _observed(route, started, _error(loop_guard.HTTP_STATUS, content_type, loop_guard.MESSAGE))
+            return _observed(route, started, _refused(exc, content_type))
         if content_type not in (PROTOBUF, JSON):
             self._metrics.refused_requests.labels(*labels, "unsupported_media_type").inc()
             message = f"unsupported content type {content_type!r}; use {PROTOBUF} or {JSON}"
@@ -226,23 +211,11 @@ class HttpReceiver:
                 return _error(400, content_type, str(exc))
         try:
             outcome = await self._pipeline.submit(signal, body, TRANSPORT, accepted.peer)
-        except TooManyResources as exc:
-            return _error(413, content_type, exc.message)
-        except InvalidRequest as exc:
-            return _error(400, content_type, exc.message)
-        except PermissionDenied as exc:
-            return _error(403, content_type, exc.message)
-        except Unavailable as exc:
-            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after or 1)))}
-            status = 429 if isinstance(exc, RateLimited) else 503
-            return _error(status, content_type, exc.message, headers)
-        except Refused as exc:  # pragma: no cover - every Refused is one of the above
-            return _error(500, content_type, exc.message)
-        if not outcome.rejected:
+        except Refused as exc:  # counted by the pipeline
+            return _refused(exc, content_type)
+        response = contract.partial_success(signal, outcome)
+        if response is None:
             return _OK_JSON if content_type == JSON else _OK_PROTOBUF
-        response = signal.response_class()
-        setattr(response.partial_success, rejected_field(signal), outcome.rejected)
-        response.partial_success.error_message = outcome.message
         return _encode(200, content_type, response)
 
 
@@ -262,6 +235,13 @@ def _media_type(value: str | None) -> str:
 def _observed(route: _Route, started: float, response: Response) -> Response:
     route.duration.observe(time.perf_counter() - started)
     return response
+
+
+def _refused(refused: Refused, content_type: str) -> Response:
+    """A refusal as OTLP/HTTP frames it: its status, Retry-After when retryable, a google.rpc.Status body."""
+    retry_after = refused.retry_after_header
+    return _error(refused.status.http, content_type, refused.message,
+                  {"Retry-After": retry_after} if retry_after is not None else None)
 
 
 def _error(status: int, content_type: str, message: str, headers: dict[str, str] | None = None) -> Response:

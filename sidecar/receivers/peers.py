@@ -13,8 +13,11 @@ from typing import Any
 from sidecar.identity import Peer
 from sidecar.tls.server import ServerTLS, format_address
 
+#: the peer of a connection, from its transport (PeerRefused for a TLS client refused)
+PeerResolver = Callable[[Any], Peer]
 
-def peer_resolver(tls: ServerTLS | None) -> Callable[[Any], Peer]:
+
+def peer_resolver(tls: ServerTLS | None) -> PeerResolver:
     """The peer on the other end of a connection, from its asyncio transport."""
 
     def plaintext(transport: Any) -> Peer:
