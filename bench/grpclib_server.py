@@ -27,8 +27,8 @@ from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
 from h2.settings import SettingCodes
 
+from sidecar.export.grpc_client import _PREFIX, ACCEPT_ENCODING, frame_message
 from sidecar.wire import compression
-from sidecar.wire.grpc import _PREFIX, ACCEPT_ENCODING, frame_message
 
 
 class RawCodec(CodecBase):

@@ -17,12 +17,12 @@ from grpclib.config import Configuration
 from grpclib.const import Status
 
 from sidecar.config import ExporterConfig
+from sidecar.export.grpc_client import CallError, call_unary
 from sidecar.export.negotiate import names_encoding, parse_accepted
 from sidecar.export.partial import parse_response
 from sidecar.export.result import Exported, ExportError
 from sidecar.export.upstream import UpstreamExporter
 from sidecar.signals import Signal
-from sidecar.wire.grpc import CallError, call_unary
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import time
 import grpc
 import pytest
 
+from sidecar.export.grpc_client import frame_message
 from sidecar.signals import Signal
-from sidecar.wire.grpc import frame_message
 from tests.bounds import attacks
 from tests.bounds.harness import SMALL_TRACES, BoundedSidecar, MiB, Probe
 from tests.spine.test_http2_server import DATA, Raw, frame, request_headers

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from sidecar.export.grpc_client import frame_message
 from sidecar.signals import Signal
-from sidecar.wire.grpc import frame_message
 from tests.bounds.harness import BoundedSidecar, MiB, Probe
 from tests.spine.test_http2_server import DATA, HEADERS, PREFACE, SETTINGS, Raw, frame, request_headers
 

@@ -18,10 +18,10 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from sidecar.config import ExporterConfig
 from sidecar.export.grpc import GrpcExporter
+from sidecar.export.grpc_client import CallError, call_unary
 from sidecar.export.http import HttpExporter
 from sidecar.export.negotiate import Negotiator, names_encoding, parse_accepted
 from sidecar.signals import Signal
-from sidecar.wire.grpc import CallError, call_unary
 from tests.interop.harness import AiohttpUpstream, Delivery, GrpcioUpstream
 from tests.policy.conftest import trace_request
 

@@ -14,9 +14,9 @@ from google.rpc import status_pb2
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from sidecar.export.grpc_client import CallError, call_framed, call_unary, frame_message
 from sidecar.rewrite._wire import len_field as _field
 from sidecar.signals import Signal
-from sidecar.wire.grpc import CallError, call_framed, call_unary, frame_message
 from tests.conftest import sidecar_env
 from tests.spine import sdk
 

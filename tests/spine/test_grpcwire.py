@@ -14,9 +14,9 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from bench.grpclib_server import CoalescingTransport
 from sidecar.config import load
 from sidecar.export.grpc import GrpcExporter
+from sidecar.export.grpc_client import CallError, call_unary
 from sidecar.export.result import ExportError
 from sidecar.signals import Signal
-from sidecar.wire.grpc import CallError, call_unary
 from tests.conftest import sidecar_env
 from tests.spine import sdk
 

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from sidecar.export.grpc_client import CallError, call_framed, call_unary, frame_message
 from sidecar.overload.budget import MemoryBudget as ReceiveBudget
 from sidecar.overload.reasons import Action
-from sidecar.wire.grpc import CallError, call_framed, call_unary, frame_message
 from sidecar.wire.http2 import GrpcError, GrpcServer, Limits, UnaryCall
 from sidecar.wire.http2.calls import grpc_message_text
 from sidecar.wire.http2.connection import Connection

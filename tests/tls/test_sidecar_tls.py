@@ -12,8 +12,8 @@ import grpclib.client
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
+from sidecar.export.grpc_client import CallError, call_unary
 from sidecar.signals import Signal
-from sidecar.wire.grpc import CallError, call_unary
 from tests.conftest import sidecar_env
 from tests.spine import sdk
 from tests.tls.pki import make_pki

@@ -1,5 +1,7 @@
 """The exporter's gRPC client on grpclib: raw-bytes unary calls with gzip / zstd messages.
 
+Used by :mod:`sidecar.export.grpc` (and by tests as a plain gRPC client).
+
 grpclib 0.4.9 raises NotImplementedError on a compressed message and cannot put
 ``grpc-encoding`` in headers (its metadata API reserves ``grpc-*``). The Collector accepts
 and sends compressed messages, so this module adds, without patching grpclib:
@@ -9,7 +11,8 @@ and sends compressed messages, so this module adds, without patching grpclib:
 - a cheaper ``repr`` of received DATA frames (same text, without serializing the body), which
   h2 builds for each frame.
 
-The receiver side is ``sidecar.wire.http2``, our own HTTP/2 server.
+The receiver side is ``sidecar.wire.http2``, our own HTTP/2 server; this client stays on
+grpclib and h2.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ def _cheap_frame_reprs() -> None:
 
     raw_data_repr.otlp_sidecar_cheap = True  # type: ignore[attr-defined]
     hyperframe_frame._raw_data_repr = raw_data_repr
-    hyperframe_frame.DataFrame._body_repr = data_body_repr  # type: ignore[method-assign]
+    # a DataFrame-only override of Frame._body_repr, assigned on the class at import
+    hyperframe_frame.DataFrame._body_repr = data_body_repr  # type: ignore[method-assign, assignment]
 
 
 _cheap_frame_reprs()
@@ -190,7 +194,8 @@ async def _read_reply(h2_stream: Any, response: Mapping[str, str], reply_limit: 
         raise CallError(Status.RESOURCE_EXHAUSTED, f"reply of {length} bytes is too large")
     reply = bytes(await h2_stream.recv_data(length))
     if compressed:
-        reply = compression.decompress(compression.normalize(response.get("grpc-encoding")), reply, reply_limit)
+        # bytes in, so bytes out (bytes() of bytes is the same object, no copy)
+        reply = bytes(compression.decompress(compression.normalize(response.get("grpc-encoding")), reply, reply_limit))
     return reply
 
 
