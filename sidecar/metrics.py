@@ -1,35 +1,64 @@
-"""The spine's Prometheus metrics, all in one place, on the sidecar's own registry.
+"""The spine's Prometheus metrics on the sidecar's own registry, created from their declarations.
 
-Names and semantics follow the OpenTelemetry Collector's own telemetry:
-received = accepted + refused at the receivers; sent + failed at the exporter.
-Labels carry only fixed vocabularies (signal, transport, reason), never data.
+The receivers (sidecar.receivers.metrics) and the export side (sidecar.export.metrics) declare
+their metrics; this module declares the process-wide ones (build, sampling, the process) and
+makes one :class:`SidecarMetrics` of them per running sidecar. Names and semantics follow the
+OpenTelemetry Collector's own telemetry: received = accepted + refused at the receivers;
+sent + failed at the exporter. Labels carry only fixed vocabularies, never data.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector
 
+from sidecar.export import metrics as export
+from sidecar.metrickit import PREFIX, Kind, declare
 from sidecar.overload.metrics import OverloadMetrics
+from sidecar.receivers import metrics as receivers
+from sidecar.receivers.metrics import ITEM_REFUSALS, REQUEST_REFUSALS, TRANSPORTS
 from sidecar.signals import Signal
 
 if TYPE_CHECKING:
     from sidecar.wire.budget import ReceiveBudget
 
-PREFIX = "otlp_sidecar"
+__all__ = ["ITEM_REFUSALS", "PREFIX", "REQUEST_REFUSALS", "TRANSPORTS", "SidecarMetrics"]
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_BATCH_BUCKETS = (1, 10, 50, 100, 256, 512, 1024, 2048, 4096, 8192, 16384)
+COMPONENT = "sidecar"
 
-#: the receivers' transports (label ``transport``)
-TRANSPORTS = ("grpc", "http")
-#: why items are refused (``otlp_sidecar_receiver_refused_items_total{reason}``, sidecar.pipeline)
-ITEM_REFUSALS = ("policy", "queue_full", "rate_limited", "policy_unavailable", "policy_busy", "shutting_down")
-#: why whole requests are refused before their items are counted (the receivers; others at first use)
-REQUEST_REFUSALS = (
-    "malformed", "too_large", "too_many_resources", "bad_compression", "unsupported_encoding",
-    "unsupported_media_type", "busy", "loop",
+BUILD = declare(
+    f"{PREFIX}_build", Kind.info, "1", "otlp-sidecar version.", component=COMPONENT,
+    note="Select the sidecar's own `process_*` series with `and on (job, instance) otlp_sidecar_build_info`.",
+)
+SAMPLED_OUT_ITEMS = declare(
+    f"{PREFIX}_processor_sampled_out_items", Kind.counter, "{items}", "Spans dropped by sampling.",
+    component=COMPONENT, labels=(receivers.SIGNAL,),
+    collector="(no common name: each Collector sampler counts in its own way)",
+)
+_PROCESS = "From prometheus_client's process collector (read from /proc/self)."
+PROCESS_CPU = declare(
+    "process_cpu_seconds", Kind.counter, "s", "CPU time of the sidecar process (user + system).",
+    component=COMPONENT, collector="otelcol_process_cpu_seconds", note=_PROCESS,
+)
+PROCESS_RSS = declare(
+    "process_resident_memory_bytes", Kind.gauge, "By", "Resident memory of the sidecar process.",
+    component=COMPONENT, collector="otelcol_process_memory_rss", note=_PROCESS,
+)
+PROCESS_VMS = declare(
+    "process_virtual_memory_bytes", Kind.gauge, "By", "Virtual memory of the sidecar process.",
+    component=COMPONENT, note=_PROCESS,
+)
+PROCESS_OPEN_FDS = declare(
+    "process_open_fds", Kind.gauge, "{fds}", "Open file descriptors.", component=COMPONENT, note=_PROCESS,
+)
+PROCESS_MAX_FDS = declare(
+    "process_max_fds", Kind.gauge, "{fds}", "The file descriptor limit (RLIMIT_NOFILE).",
+    component=COMPONENT, note=_PROCESS,
+)
+PROCESS_START = declare(
+    "process_start_time_seconds", Kind.gauge, "s", "Start time of the sidecar process (Unix time).",
+    component=COMPONENT, note=_PROCESS,
 )
 
 
@@ -39,83 +68,26 @@ class SidecarMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.build_info = Info(f"{PREFIX}_build", "otlp-sidecar version", registry=r)
-        self.received_items = Counter(
-            f"{PREFIX}_receiver_received_items", "Items (spans, data points, log records) received.",
-            ["signal", "transport"], registry=r,
-        )
-        self.accepted_items = Counter(
-            f"{PREFIX}_receiver_accepted_items", "Items accepted and queued for export.",
-            ["signal", "transport"], registry=r,
-        )
-        self.refused_items = Counter(
-            f"{PREFIX}_receiver_refused_items",
-            "Items refused: rejected by policy, malformed, over a limit, or queue full.",
-            ["signal", "transport", "reason"], registry=r,
-        )
-        self.refused_requests = Counter(
-            f"{PREFIX}_receiver_refused_requests",
-            "Requests refused before their items could be counted (bad body, limits, encoding).",
-            ["signal", "transport", "reason"], registry=r,
-        )
-        self.request_duration = Histogram(
-            f"{PREFIX}_receiver_request_duration_seconds", "Time to answer an export request.",
-            ["signal", "transport"], buckets=_LATENCY_BUCKETS, registry=r,
-        )
-        self.receive_budget_in_use = Gauge(
-            f"{PREFIX}_receiver_inflight_bytes",
-            "Request bytes the listeners hold (reserved before reading, freed once handled).",
-            registry=r,
-        )
-        self.receive_budget_limit = Gauge(
-            f"{PREFIX}_receiver_inflight_limit_bytes", "receivers.max_inflight_bytes.", registry=r,
-        )
-        self.sampled_out_items = Counter(
-            f"{PREFIX}_processor_sampled_out_items", "Spans dropped by sampling.", ["signal"], registry=r,
-        )
-        self.queue_size = Gauge(
-            f"{PREFIX}_queue_size_bytes", "Bytes accepted and not yet exported.", registry=r,
-        )
-        self.queue_capacity = Gauge(
-            f"{PREFIX}_queue_capacity_bytes", "Bytes the export queue may hold.", registry=r,
-        )
-        self.queue_items = Gauge(
-            f"{PREFIX}_queue_size_items", "Items accepted and not yet exported.", ["signal"], registry=r,
-        )
-        self.sent_items = Counter(
-            f"{PREFIX}_exporter_sent_items", "Items the upstream accepted.", ["signal"], registry=r,
-        )
-        self.failed_items = Counter(
-            f"{PREFIX}_exporter_failed_items", "Items that could not be exported (final failure).",
-            ["signal", "reason"], registry=r,
-        )
-        self.rejected_upstream_items = Counter(
-            f"{PREFIX}_exporter_rejected_items", "Items the upstream rejected in partial_success.",
-            ["signal"], registry=r,
-        )
-        self.export_retries = Counter(
-            f"{PREFIX}_exporter_retries", "Export attempts retried after a retryable failure.",
-            ["signal"], registry=r,
-        )
-        self.export_duration = Histogram(
-            f"{PREFIX}_exporter_request_duration_seconds", "Duration of one export request.",
-            ["signal"], buckets=_LATENCY_BUCKETS, registry=r,
-        )
-        self.batch_items = Histogram(
-            f"{PREFIX}_exporter_batch_size_items", "Items in each batch sent upstream.",
-            ["signal"], buckets=_BATCH_BUCKETS, registry=r,
-        )
-        self.batch_bytes = Histogram(
-            f"{PREFIX}_exporter_batch_size_bytes", "Uncompressed bytes in each batch sent upstream.",
-            ["signal"], buckets=tuple(b * 1024 for b in (1, 16, 64, 256, 1024, 4096, 16384)),
-            registry=r,
-        )
-        self.compression_downgrades = Counter(
-            f"{PREFIX}_exporter_compression_downgrades",
-            "Times the upstream refused the exporter's compression and the next one was used "
-            "(zstd -> gzip -> none; the refused batch is sent again, not lost).",
-            ["from_encoding", "to_encoding"], registry=r,
-        )
+        self.build_info = BUILD.info(r)
+        self.received_items = receivers.RECEIVED_ITEMS.counter(r)
+        self.accepted_items = receivers.ACCEPTED_ITEMS.counter(r)
+        self.refused_items = receivers.REFUSED_ITEMS.counter(r)
+        self.refused_requests = receivers.REFUSED_REQUESTS.counter(r)
+        self.request_duration = receivers.REQUEST_DURATION.histogram(r)
+        self.receive_budget_in_use = receivers.INFLIGHT_BYTES.gauge(r)
+        self.receive_budget_limit = receivers.INFLIGHT_LIMIT_BYTES.gauge(r)
+        self.sampled_out_items = SAMPLED_OUT_ITEMS.counter(r)
+        self.queue_size = export.QUEUE_SIZE.gauge(r)
+        self.queue_capacity = export.QUEUE_CAPACITY.gauge(r)
+        self.queue_items = export.QUEUE_ITEMS.gauge(r)
+        self.sent_items = export.SENT_ITEMS.counter(r)
+        self.failed_items = export.FAILED_ITEMS.counter(r)
+        self.rejected_upstream_items = export.REJECTED_ITEMS.counter(r)
+        self.export_retries = export.RETRIES.counter(r)
+        self.export_duration = export.REQUEST_DURATION.histogram(r)
+        self.batch_items = export.BATCH_ITEMS.histogram(r)
+        self.batch_bytes = export.BATCH_BYTES.histogram(r)
+        self.compression_downgrades = export.COMPRESSION_DOWNGRADES.counter(r)
         #: protective actions, connections per listener, the receive budget (sidecar.overload)
         self.overload = OverloadMetrics(r)
         #: process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, process_max_fds ...

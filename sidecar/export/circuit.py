@@ -21,7 +21,9 @@ import enum
 import logging
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
+
+from sidecar.export import metrics
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +72,8 @@ class CircuitBreaker:
         self._probing = False
         self._changed = asyncio.Event()
         registry = registry or CollectorRegistry()
-        self._gauge = Gauge(
-            "otlp_sidecar_exporter_circuit_state", "Exporter circuit: 0 closed, 1 half-open, 2 open.",
-            registry=registry,
-        )
-        self._transitions = Counter(
-            "otlp_sidecar_exporter_circuit_transitions", "Circuit state changes, by new state.",
-            ["state"], registry=registry,
-        )
+        self._gauge = metrics.CIRCUIT_STATE.gauge(registry)
+        self._transitions = metrics.CIRCUIT_TRANSITIONS.counter(registry)
         self._gauge.set(0)
         for state in State:  # each transition counted from zero
             self._transitions.labels(state.name.lower())

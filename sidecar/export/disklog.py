@@ -28,8 +28,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
+from sidecar.export import metrics
 from sidecar.signals import Signal
 
 log = logging.getLogger(__name__)
@@ -88,18 +89,10 @@ class DiskLog:
         self._sync_waiters: list[asyncio.Future[None]] = []
         self._syncing = False
         registry = registry or CollectorRegistry()
-        self._size = Gauge("otlp_sidecar_disk_queue_size_bytes", "Bytes in the on-disk queue.", registry=registry)
-        self._capacity = Gauge(
-            "otlp_sidecar_disk_queue_capacity_bytes", "Bytes the on-disk queue may hold.", registry=registry
-        )
-        self._corrupt = Counter(
-            "otlp_sidecar_disk_queue_corrupt_records",
-            "Records found corrupt or cut short on replay (skipped with the rest of their segment).",
-            registry=registry,
-        )
-        self._replayed = Counter(
-            "otlp_sidecar_disk_queue_replayed_records", "Records replayed from disk at start.", registry=registry
-        )
+        self._size = metrics.DISK_QUEUE_SIZE.gauge(registry)
+        self._capacity = metrics.DISK_QUEUE_CAPACITY.gauge(registry)
+        self._corrupt = metrics.DISK_QUEUE_CORRUPT.counter(registry)
+        self._replayed = metrics.DISK_QUEUE_REPLAYED.counter(registry)
         self._capacity.set(max_bytes)
 
     @property

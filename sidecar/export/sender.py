@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from sidecar.config import ExporterConfig
 from sidecar.export.circuit import CircuitBreaker, State, upstream_failed
+from sidecar.export.metrics import COMMON_FAILURES, PROTOCOL_FAILURES
 from sidecar.export.queue import Batch, ExportQueue
 from sidecar.export.result import Exported, ExportError
 from sidecar.metrics import SidecarMetrics
@@ -35,14 +36,6 @@ class Exporter(Protocol):
 
 _AT_SHUTDOWN = "at shutdown: the grace period ended before the upstream took them"
 
-#: why a batch is counted as failed, each series at zero from the start (any protocol)
-COMMON_FAILURES = ("unavailable", "timeout", "shutdown")
-#: the final answers of each protocol an operator meets most (others appear at their first use)
-PROTOCOL_FAILURES = {
-    "grpc": ("grpc_invalid_argument", "grpc_unauthenticated", "grpc_permission_denied", "grpc_unimplemented",
-             "grpc_unavailable", "grpc_resource_exhausted"),
-    "http/protobuf": ("http_400", "http_401", "http_403", "http_404", "http_413", "http_429", "http_503"),
-}
 
 
 def describe_target(config: ExporterConfig, signal: Signal) -> str:

@@ -8,46 +8,61 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
+from sidecar.metrickit import PREFIX, Kind, Label, declare
 from sidecar.overload.budget import MemoryBudget
 from sidecar.overload.reasons import LISTENERS, Action
 
-PREFIX = "otlp_sidecar"
+COMPONENT = "sidecar.overload"
+
+LISTENER = Label("listener", LISTENERS)
+
+ACTIONS = declare(
+    f"{PREFIX}_overload_actions", Kind.counter, "{actions}",
+    "Protective actions taken against what clients sent, by listener and action "
+    "(refusals by reason, timeouts, connections closed at the cap; docs/limits.md).",
+    component=COMPONENT,
+    labels=(LISTENER, Label("action", tuple(action.value for action in Action),
+                            description="sidecar/overload/reasons.py; docs/limits.md")),
+)
+CONNECTIONS = declare(
+    f"{PREFIX}_receiver_connections", Kind.gauge, "{connections}", "Open connections per listener.",
+    component=COMPONENT, labels=(LISTENER,),
+)
+CONNECTIONS_LIMIT = declare(
+    f"{PREFIX}_receiver_connections_limit", Kind.gauge, "{connections}",
+    "Connections each listener accepts at most.", component=COMPONENT, labels=(LISTENER,),
+)
+BUDGET_IN_USE = declare(
+    f"{PREFIX}_overload_budget_in_use_bytes", Kind.gauge, "By",
+    "Bytes of the receive budget held now (wire, decompressed and decoded bytes).", component=COMPONENT,
+)
+BUDGET_PEAK = declare(
+    f"{PREFIX}_overload_budget_peak_bytes", Kind.gauge, "By", "The most of the receive budget held at once.",
+    component=COMPONENT,
+)
+BUDGET_LIMIT = declare(
+    f"{PREFIX}_overload_budget_limit_bytes", Kind.gauge, "By", "limits.budget_bytes (the receive budget).",
+    component=COMPONENT,
+)
+MEMORY_LIMIT = declare(
+    f"{PREFIX}_overload_memory_limit_bytes", Kind.gauge, "By", "limits.max_memory_bytes (the memory ceiling).",
+    component=COMPONENT,
+)
 
 
 class OverloadMetrics:
     """``actions.labels(listener, action)``, ``connections.labels(listener)``, budget gauges."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.actions = Counter(
-            f"{PREFIX}_overload_actions",
-            "Protective actions taken against what clients sent, by listener and action "
-            "(refusals by reason, timeouts, connections closed at the cap; docs/limits.md).",
-            ["listener", "action"], registry=registry,
-        )
-        self.connections = Gauge(
-            f"{PREFIX}_receiver_connections", "Open connections per listener.", ["listener"], registry=registry,
-        )
-        self.connection_limit = Gauge(
-            f"{PREFIX}_receiver_connections_limit", "Connections each listener accepts at most.",
-            ["listener"], registry=registry,
-        )
-        self.budget_in_use = Gauge(
-            f"{PREFIX}_overload_budget_in_use_bytes",
-            "Bytes of the receive budget held now (wire, decompressed and decoded bytes).", registry=registry,
-        )
-        self.budget_peak = Gauge(
-            f"{PREFIX}_overload_budget_peak_bytes", "The most of the receive budget held at once.",
-            registry=registry,
-        )
-        self.budget_limit = Gauge(
-            f"{PREFIX}_overload_budget_limit_bytes", "limits.budget_bytes (the receive budget).", registry=registry,
-        )
-        self.memory_limit = Gauge(
-            f"{PREFIX}_overload_memory_limit_bytes", "limits.max_memory_bytes (the memory ceiling).",
-            registry=registry,
-        )
+        self.actions = ACTIONS.counter(registry)
+        self.connections = CONNECTIONS.gauge(registry)
+        self.connection_limit = CONNECTIONS_LIMIT.gauge(registry)
+        self.budget_in_use = BUDGET_IN_USE.gauge(registry)
+        self.budget_peak = BUDGET_PEAK.gauge(registry)
+        self.budget_limit = BUDGET_LIMIT.gauge(registry)
+        self.memory_limit = MEMORY_LIMIT.gauge(registry)
         self._children = {
             (listener, action): self.actions.labels(listener, action.value)
             for listener in LISTENERS

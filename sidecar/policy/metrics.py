@@ -10,9 +10,108 @@ import contextlib
 import re
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+
+from sidecar.metrickit import PREFIX, Kind, Label, declare
+from sidecar.receivers.metrics import SIGNAL
 
 _LABEL_SAFE = re.compile(r"[^A-Za-z0-9_.:/-]")
+
+COMPONENT = "sidecar.policy"
+#: the policy engine's back-ends
+BACKENDS = ("embedded", "opa")
+#: the policy modes (sidecar.policy.config.MODES)
+MODES = ("enforce", "dry_run", "passthrough")
+#: the plan caches
+CACHES = ("plans", "last_good")
+#: outcomes of a load, reload or poll: one vocabulary on every metric
+RESULTS = ("ok", "failed")
+RULE_ID = Label("rule_id", closed=False, description="the loaded policies' rule ids")
+CACHE = Label("cache", CACHES)
+
+INFO = declare(
+    f"{PREFIX}_policy_info", Kind.gauge, "1", "The active policy set: 1 for its version and back-end.",
+    component=COMPONENT,
+    labels=(Label("version", closed=False, description="the policy set's version"),
+            Label("backend", BACKENDS, every=False, description="the back-end in use")),
+)
+LOADED_TIMESTAMP = declare(
+    f"{PREFIX}_policy_loaded_timestamp_seconds", Kind.gauge, "s",
+    "When the active policy set went live (Unix time).", component=COMPONENT,
+)
+RELOADS = declare(
+    f"{PREFIX}_policy_reloads", Kind.counter, "{loads}", "Policy set loads by result (ok, failed).",
+    component=COMPONENT, labels=(Label("result", RESULTS),),
+)
+DECISION_CACHE = declare(
+    f"{PREFIX}_policy_decision_cache", Kind.counter, "{lookups}", "Plan cache lookups by result (hit, miss).",
+    component=COMPONENT, labels=(Label("result", ("hit", "miss")),),
+)
+DECISION_SECONDS = declare(
+    f"{PREFIX}_policy_decision_seconds", Kind.histogram, "s",
+    "Time to evaluate the policies for one resource and compile the plan (cache misses).",
+    component=COMPONENT, labels=(Label("backend", BACKENDS, every=False, description="the back-end in use"),),
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+DECISION_ERRORS = declare(
+    f"{PREFIX}_policy_decision_errors", Kind.counter, "{decisions}",
+    "Decisions the engine could not make, by what was done instead (refused, last_good, strict).",
+    component=COMPONENT, labels=(Label("fallback", ("refused", "last_good", "strict")),),
+    appears="at the first decision the engine could not make",
+)
+RULE_ACTIONS = declare(
+    f"{PREFIX}_policy_rule_actions", Kind.counter, "{actions}",
+    "What the rules did, from the rewriter's counts: values masked, attributes dropped "
+    "or hashed, resources refused, spans sampled out... by signal, rule id and action.",
+    component=COMPONENT,
+    labels=(SIGNAL, RULE_ID, Label("action", closed=False,
+                                   description="`mask_pan`, `hash`, `drop`, `sample_out`, `keep` ...")),
+    appears="for each rule id and action at the rule's first use",
+)
+DRY_RUN = declare(
+    f"{PREFIX}_policy_dry_run", Kind.gauge, "1", "1 when decisions are counted but data is left unchanged.",
+    component=COMPONENT,
+)
+MODE = declare(
+    f"{PREFIX}_policy_mode", Kind.gauge, "1",
+    "1 for the policy mode in force (enforce, dry_run, passthrough); only `enforce` masks card numbers.",
+    component=COMPONENT, labels=(Label("mode", MODES),),
+)
+EXEMPTIONS = declare(
+    f"{PREFIX}_policy_exemptions", Kind.gauge, "{keys}",
+    "Attribute keys the active policy set exempts from card-number masking, by rule id "
+    "(each use is counted in otlp_sidecar_policy_rule_actions with action `keep`).",
+    component=COMPONENT, labels=(RULE_ID,), appears="when the active policy set exempts attribute keys",
+)
+CACHE_ENTRIES = declare(
+    f"{PREFIX}_policy_cache_entries", Kind.gauge, "{entries}",
+    "Entries held by the plan caches (cache: plans, last_good).", component=COMPONENT, labels=(CACHE,),
+)
+CACHE_DISTINCT_PLANS = declare(
+    f"{PREFIX}_policy_cache_distinct_plans", Kind.gauge, "{plans}",
+    "Distinct plans held by the plan caches (equal plans are held once).", component=COMPONENT, labels=(CACHE,),
+)
+CACHE_BYTES = declare(
+    f"{PREFIX}_policy_cache_bytes", Kind.gauge, "By",
+    "Estimated memory held by the plan caches (bounded by the policy engine's cache bytes).",
+    component=COMPONENT, labels=(CACHE,),
+)
+CACHE_EVICTIONS = declare(
+    f"{PREFIX}_policy_cache_evictions", Kind.counter, "{plans}",
+    "Plans evicted from the plan caches, by why: entries (over policy.cache_size), bytes "
+    "(over the cache's byte bound), ttl (remote back-end).",
+    component=COMPONENT, labels=(CACHE, Label("reason", ("entries", "bytes", "ttl"))),
+    appears="at the first eviction",
+)
+EVALUATIONS_REFUSED = declare(
+    f"{PREFIX}_policy_evaluations_refused", Kind.counter, "{resources}",
+    "New resources not evaluated because the policy engine was at its rate or burst; "
+    "their requests got 503 / UNAVAILABLE with Retry-After.", component=COMPONENT,
+)
+ENGINE_PENDING = declare(
+    f"{PREFIX}_policy_engine_pending", Kind.gauge, "{evaluations}",
+    "Evaluations waiting for or running on the policy engine thread.", component=COMPONENT,
+)
 
 
 def safe_label(value: str) -> str:
@@ -25,87 +124,24 @@ class PolicyMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.info = Gauge(
-            "otlp_sidecar_policy_info", "The active policy set: 1 for its version and back-end.",
-            ["version", "backend"], registry=registry,
-        )
-        self.loaded_timestamp = Gauge(
-            "otlp_sidecar_policy_loaded_timestamp_seconds",
-            "When the active policy set went live (Unix time).", registry=registry,
-        )
-        self.reloads = Counter(
-            "otlp_sidecar_policy_reloads", "Policy set loads by result (ok, failed).",
-            ["result"], registry=registry,
-        )
-        for result in ("ok", "failed"):  # at zero from the start: the reload alert sees the first failure
+        self.info = INFO.gauge(registry)
+        self.loaded_timestamp = LOADED_TIMESTAMP.gauge(registry)
+        self.reloads = RELOADS.counter(registry)
+        for result in RESULTS:  # at zero from the start: the reload alert sees the first failure
             self.reloads.labels(result)
-        self.cache = Counter(
-            "otlp_sidecar_policy_decision_cache", "Plan cache lookups by result (hit, miss).",
-            ["result"], registry=registry,
-        )
-        self.decision_seconds = Histogram(
-            "otlp_sidecar_policy_decision_seconds",
-            "Time to evaluate the policies for one resource and compile the plan (cache misses).",
-            ["backend"], registry=registry,
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
-        )
-        self.errors = Counter(
-            "otlp_sidecar_policy_decision_errors",
-            "Decisions the engine could not make, by what was done instead "
-            "(refused, last_good, strict).",
-            ["fallback"], registry=registry,
-        )
-        self.rule_actions = Counter(
-            "otlp_sidecar_policy_rule_actions",
-            "What the rules did, from the rewriter's counts: values masked, attributes dropped "
-            "or hashed, resources refused, spans sampled out... by signal, rule id and action.",
-            ["signal", "rule_id", "action"], registry=registry,
-        )
-        self.dry_run = Gauge(
-            "otlp_sidecar_policy_dry_run", "1 when decisions are counted but data is left unchanged.",
-            registry=registry,
-        )
-        self.mode = Gauge(
-            "otlp_sidecar_policy_mode",
-            "1 for the policy mode in force (enforce, dry_run, passthrough); only `enforce` masks "
-            "card numbers.",
-            ["mode"], registry=registry,
-        )
-        self.exemptions = Gauge(
-            "otlp_sidecar_policy_exemptions",
-            "Attribute keys the active policy set exempts from card-number masking, by rule id "
-            "(each use is counted in otlp_sidecar_policy_rule_actions with action `keep`).",
-            ["rule_id"], registry=registry,
-        )
-        self.cache_entries = Gauge(
-            "otlp_sidecar_policy_cache_entries",
-            "Entries held by the plan caches (cache: plans, last_good).", ["cache"], registry=registry,
-        )
-        self.cache_plans = Gauge(
-            "otlp_sidecar_policy_cache_distinct_plans",
-            "Distinct plans held by the plan caches (equal plans are held once).", ["cache"],
-            registry=registry,
-        )
-        self.cache_bytes = Gauge(
-            "otlp_sidecar_policy_cache_bytes",
-            "Estimated memory held by the plan caches (bounded by the policy engine's cache bytes).",
-            ["cache"], registry=registry,
-        )
-        self.cache_evictions = Counter(
-            "otlp_sidecar_policy_cache_evictions",
-            "Plans evicted from the plan caches, by why: entries (over policy.cache_size), bytes "
-            "(over the cache's byte bound), ttl (remote back-end).",
-            ["cache", "reason"], registry=registry,
-        )
-        self.evaluations_refused = Counter(
-            "otlp_sidecar_policy_evaluations_refused",
-            "New resources not evaluated because the policy engine was at its rate or burst; "
-            "their requests got 503 / UNAVAILABLE with Retry-After.", registry=registry,
-        )
-        self.engine_pending = Gauge(
-            "otlp_sidecar_policy_engine_pending",
-            "Evaluations waiting for or running on the policy engine thread.", registry=registry,
-        )
+        self.cache = DECISION_CACHE.counter(registry)
+        self.decision_seconds = DECISION_SECONDS.histogram(registry)
+        self.errors = DECISION_ERRORS.counter(registry)
+        self.rule_actions = RULE_ACTIONS.counter(registry)
+        self.dry_run = DRY_RUN.gauge(registry)
+        self.mode = MODE.gauge(registry)
+        self.exemptions = EXEMPTIONS.gauge(registry)
+        self.cache_entries = CACHE_ENTRIES.gauge(registry)
+        self.cache_plans = CACHE_DISTINCT_PLANS.gauge(registry)
+        self.cache_bytes = CACHE_BYTES.gauge(registry)
+        self.cache_evictions = CACHE_EVICTIONS.counter(registry)
+        self.evaluations_refused = EVALUATIONS_REFUSED.counter(registry)
+        self.engine_pending = ENGINE_PENDING.gauge(registry)
         self._version: tuple[str, str] | None = None
 
     def set_version(self, version: str, backend: str, loaded_at: float) -> None:
@@ -118,8 +154,6 @@ class PolicyMetrics:
         self.loaded_timestamp.set(loaded_at)
 
     def set_mode(self, mode: str) -> None:
-        from sidecar.policy.config import MODES
-
         for name in MODES:
             self.mode.labels(name).set(1 if name == mode else 0)
 

@@ -18,17 +18,16 @@ from grpclib.const import Status
 
 from sidecar import loop_guard
 from sidecar.config import ReceiversConfig
-from sidecar.export.partial import rejected_field
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
 from sidecar.overload.budget import MemoryBudget
 from sidecar.overload.config import LimitsConfig
 from sidecar.overload.metrics import Counted
 from sidecar.overload.reasons import Action
-from sidecar.pipeline import InvalidRequest, PermissionDenied, Pipeline, TooManyResources, Unavailable
-from sidecar.receivers import peers
+from sidecar.pipeline import Pipeline, Refused
+from sidecar.receivers import contract, peers
+from sidecar.receivers.peers import PeerResolver
 from sidecar.signals import Signal
-from sidecar.tls.server import PeerRefused
 from sidecar.wire import compression
 from sidecar.wire.http2 import GrpcError, GrpcServer, Limits, UnaryCall
 
@@ -37,9 +36,18 @@ log = logging.getLogger(__name__)
 TRANSPORT = "grpc"
 #: the listener's name in the overload metrics
 LISTENER = "otlp_grpc"
+#: the server's refusal reasons named as on the HTTP listener (one vocabulary of reasons)
+_SERVER_REASONS = {"timeout": "too_slow"}
 
-#: the peer of a connection, from its transport (PeerRefused for a TLS client refused)
-PeerResolver = Callable[[Any], Peer]
+
+class _Call:
+    """What ``_authorize`` learnt from a call's headers, for its handler (``UnaryCall.context``)."""
+
+    __slots__ = ("peer", "started")
+
+    def __init__(self, peer: Peer, started: float) -> None:
+        self.peer = peer
+        self.started = started
 
 
 class GrpcReceiver:
@@ -79,38 +87,46 @@ class GrpcReceiver:
         overload.track_connections(LISTENER, lambda: server.open_connections, cap)
         return server
 
-    def _authorize(self, path: str, transport: Any) -> Peer:
-        """The peer of a call, as soon as its headers arrive (it reaches the handler as the
-        call's context); a TLS client outside the allowlist is refused there, before its message."""
+    def _authorize(self, path: str, transport: Any) -> _Call:
+        """The peer of a call and when its head was complete, as soon as its headers arrive (it
+        reaches the handler as the call's context: the request duration starts here, as on the
+        HTTP listener); a TLS client outside the allowlist is refused there, before its message."""
+        started = time.perf_counter()
         try:
-            return self._peer(transport)
-        except PeerRefused as exc:
+            return _Call(contract.resolve_peer(self._peer, transport), started)
+        except Refused as exc:
             self._refused_by_server(path, exc.reason)
-            raise GrpcError(Status[exc.grpc_status].value, exc.message) from None
+            signal = self._signals.get(path)
+            if signal is not None:
+                self._metrics.request_duration.labels(signal.value, TRANSPORT).observe(time.perf_counter() - started)
+            raise GrpcError(exc.status.grpc, exc.message) from None
 
     def _refused_by_server(self, path: str, reason: str) -> None:
         signal = self._signals.get(path)
         if signal is not None:  # an unknown method has no signal to count it under
+            reason = _SERVER_REASONS.get(reason, reason)
             self._metrics.refused_requests.labels(signal.value, TRANSPORT, reason).inc()
 
     def _handler(self, signal: Signal) -> Callable[[UnaryCall], Awaitable[bytes]]:
         duration = self._metrics.request_duration.labels(signal.value, TRANSPORT)
 
         async def handle(call: UnaryCall) -> bytes:
-            started = time.perf_counter()
             try:
                 return await self._handle(signal, call)
             finally:
-                duration.observe(time.perf_counter() - started)
+                # from the call's complete head (_authorize) to its answer handed to the connection
+                duration.observe(time.perf_counter() - call.context.started)
 
         return handle
 
     async def _handle(self, signal: Signal, call: UnaryCall) -> bytes:
         labels = (signal.value, TRANSPORT)
-        peer: Peer = call.context  # resolved by _authorize when the call's headers came
-        if loop_guard.passed_here(call.headers.get(loop_guard.HEADER)):
-            self._metrics.refused_requests.labels(*labels, loop_guard.REASON).inc()
-            raise GrpcError(Status.FAILED_PRECONDITION.value, loop_guard.MESSAGE)
+        peer = call.context.peer  # resolved by _authorize when the call's headers came
+        try:
+            contract.check_loop(call.headers.get(loop_guard.HEADER))
+        except Refused as exc:
+            self._metrics.refused_requests.labels(*labels, exc.reason).inc()
+            raise GrpcError(exc.status.grpc, exc.message) from None
         try:
             data = await self._message(call)
         except GrpcError as exc:
@@ -123,23 +139,16 @@ class GrpcReceiver:
             raise
         try:
             outcome = await self._pipeline.submit(signal, data, TRANSPORT, peer)
-        except TooManyResources as exc:  # a limit, not a malformed request (HTTP answers 413)
-            raise GrpcError(Status.RESOURCE_EXHAUSTED.value, exc.message) from None
-        except InvalidRequest as exc:
-            raise GrpcError(Status.INVALID_ARGUMENT.value, exc.message) from None
-        except PermissionDenied as exc:
-            raise GrpcError(Status.PERMISSION_DENIED.value, exc.message) from None
-        except Unavailable as exc:
-            raise GrpcError(Status.UNAVAILABLE.value, exc.message) from None
+        except Refused as exc:  # counted by the pipeline
+            raise GrpcError(exc.status.grpc, exc.message) from None
         finally:
             if call.account is not None and data is not call.message:
                 call.account.give(len(data))  # the decompressed bytes: queued or refused now
-        if not outcome.rejected:
+        response = contract.partial_success(signal, outcome)
+        if response is None:
             return b""  # an empty Export*ServiceResponse
-        response = signal.response_class()
-        setattr(response.partial_success, rejected_field(signal), outcome.rejected)
-        response.partial_success.error_message = outcome.message
-        return response.SerializeToString()  # type: ignore[no-any-return]
+        encoded: bytes = response.SerializeToString()
+        return encoded
 
     async def _message(self, call: UnaryCall) -> bytes | memoryview:
         """The request message, decompressed as its ``grpc-encoding`` says: in bounded steps that

@@ -9,13 +9,15 @@ import ssl
 import weakref
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from sidecar.metrickit import Kind, Label, declare
 from sidecar.tls.reload import ReloadingTLS
 
 PREFIX = "otlp_sidecar_tls"
+COMPONENT = "sidecar.tls"
 
 #: reasons of failed handshakes, from :func:`classify_tls_error`
 HANDSHAKE_REASONS = (
@@ -28,6 +30,37 @@ HANDSHAKE_REASONS = (
     "not_tls",
     "timeout",
     "handshake",
+)
+#: why a client is refused after its handshake (sidecar.tls.server.PeerRefused)
+PEER_REFUSALS = ("no_client_certificate", "spiffe_id_not_allowed", "not_tls")
+ROLE = Label("role", ("client", "server"), every=False,
+             description="client: the exporter's certificate or handshakes with the upstream; server: the listeners'")
+
+CERTIFICATE_EXPIRY = declare(
+    f"{PREFIX}_certificate_expiry_seconds", Kind.gauge, "s",
+    "Seconds until the certificate in use expires (negative once expired).",
+    component=COMPONENT,
+    labels=(ROLE, Label("name", closed=False, description="the TLS configuration it belongs to")),
+    appears="for each certificate configured (receivers_tls, exporter_tls)",
+)
+RELOADS = declare(
+    f"{PREFIX}_reloads", Kind.counter, "{reloads}",
+    "Reloads after the certificate files changed: ok (a new generation is in use) "
+    "or failed (the previous one stays).",
+    component=COMPONENT, labels=(ROLE, Label("result", ("ok", "failed"), every=False)),
+    appears="at the first reload",
+)
+REFUSED_PEERS = declare(
+    f"{PREFIX}_refused_peers", Kind.counter, "{requests}",
+    "Requests refused after the handshake (no client certificate, SPIFFE ID not allowed).",
+    component=COMPONENT, labels=(Label("reason", PEER_REFUSALS, every=False),),
+    appears="at the first refusal",
+)
+HANDSHAKE_FAILURES = declare(
+    f"{PREFIX}_handshake_failures", Kind.counter, "{handshakes}",
+    "TLS handshakes that failed, by side (client: to the upstream) and reason.",
+    component=COMPONENT, labels=(ROLE, Label("reason", HANDSHAKE_REASONS, every=False)),
+    appears="at the first failed handshake",
 )
 
 
@@ -87,9 +120,7 @@ class _ExpiryCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
-            f"{PREFIX}_certificate_expiry_seconds",
-            "Seconds until the certificate in use expires (negative once expired).",
-            labels=["role", "name"],
+            CERTIFICATE_EXPIRY.name, CERTIFICATE_EXPIRY.description, labels=CERTIFICATE_EXPIRY.label_names
         )
         for name, tls in sorted(self.tracked.items()):
             left = tls.seconds_until_expiry()
@@ -106,25 +137,9 @@ class TLSMetrics:
         r = self.registry
         self._expiry = _ExpiryCollector()
         r.register(self._expiry)
-        self.reloads = Counter(
-            f"{PREFIX}_reloads",
-            "Reloads after the certificate files changed: ok (a new generation is in use) "
-            "or failed (the previous one stays).",
-            ["role", "result"],
-            registry=r,
-        )
-        self.refused_peers = Counter(
-            f"{PREFIX}_refused_peers",
-            "Requests refused after the handshake (no client certificate, SPIFFE ID not allowed).",
-            ["reason"],
-            registry=r,
-        )
-        self.handshake_failures = Counter(
-            f"{PREFIX}_handshake_failures",
-            "TLS handshakes that failed, by side (client: to the upstream) and reason.",
-            ["role", "reason"],
-            registry=r,
-        )
+        self.reloads = RELOADS.counter(r)
+        self.refused_peers = REFUSED_PEERS.counter(r)
+        self.handshake_failures = HANDSHAKE_FAILURES.counter(r)
 
     def track(self, tls: ReloadingTLS, name: str = "") -> None:
         """Export ``tls``'s expiry and count its reloads (and refusals for a ServerTLS)."""

@@ -11,17 +11,8 @@ import json
 import re
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
-from sidecar.config import ExporterConfig
-from sidecar.export.debug import DebugExporter
-from sidecar.export.queue import ExportQueue
-from sidecar.export.sender import Sender
-from sidecar.metrics import SidecarMetrics
-from sidecar.policy.metrics import PolicyMetrics
-from sidecar.tls.metrics import TLSMetrics
+from sidecar.metrickit import Kind, catalogue
 from sidecar.webhook.inject import ADMIN_PORT_NAME, LABEL_INJECTED
-from sidecar.webhook.server import WebhookMetrics
 from tests.helm.test_chart import selects
 
 MONITORING = {
@@ -37,20 +28,12 @@ _METRIC = re.compile(r"\b((?:otlp_sidecar|process)_[a-z0-9_]+)\b")
 
 
 def exported_metrics() -> set[str]:
-    """Every series name the sidecar and the webhook expose (counters as <name>_total)."""
+    """Every series name the sidecar and the webhook expose (counters as <name>_total), from the
+    metric catalogue (tests/metrics/test_catalogue.py: the code registers exactly these)."""
     names: set[str] = set()
-    policy = CollectorRegistry()
-    PolicyMetrics(policy)
-    sidecar = SidecarMetrics()
-    queue = ExportQueue(capacity_bytes=1024, batch_items=1, batch_bytes=1024, batch_timeout=1.0, metrics=sidecar)
-    Sender(queue, DebugExporter("-"), ExporterConfig(), sidecar)  # the circuit breaker's metrics
-    registries = [sidecar.registry, WebhookMetrics().registry, TLSMetrics().registry, policy]
-    for registry in registries:
-        for family in registry.collect():
-            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "info": ["_info"]}.get(
-                family.type, [""]
-            )
-            names.update(family.name + s for s in suffixes)
+    for metric in catalogue():
+        suffixes = ["_bucket", "_sum", "_count"] if metric.kind is Kind.histogram else [""]
+        names.update(metric.exposed + suffix for suffix in suffixes)
     return names
 
 

@@ -22,7 +22,7 @@ from sidecar.export.queue import ExportQueue
 from sidecar.export.sender import Sender
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy.metrics import PolicyMetrics
-from sidecar.webhook.server import WebhookMetrics
+from sidecar.webhook.metrics import WebhookMetrics
 from tests.operability.monitoring import promtool, render_monitoring
 
 POD = {"namespace": "shop", "pod": "checkout-7d9", "job": "shop/otlp-sidecar", "instance": "10.0.0.7:13133"}
