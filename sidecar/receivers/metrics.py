@@ -65,8 +65,11 @@ REQUEST_DURATION = declare(
     note="Timed alike on both transports: from the moment the request's head is complete (HTTP: the "
     "request line and headers parsed; gRPC: the call's HEADERS frame decoded) to the moment its answer "
     "is handed to the connection to be written, so the time to receive the body is included. "
-    "Requests refused from their head once their endpoint is known (peer, loop, media type, size) are "
-    "observed too; those without an endpoint (404, 405, an unknown gRPC method) are not.",
+    "Refusals decided by the receiver once the endpoint is known are timed too (a TLS peer refused, the "
+    "loop guard, media type, encoding, decompression, policy, queue). Not timed: requests without an "
+    "endpoint (404, 405, an unknown gRPC method) and, on gRPC only, calls the HTTP/2 server refuses "
+    "before their message is complete (over the size, budget or time limits: counted in "
+    "refused_requests, answered without the receiver).",
 )
 INFLIGHT_BYTES = declare(
     f"{PREFIX}_receiver_inflight_bytes", Kind.gauge, "By",
