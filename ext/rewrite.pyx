@@ -579,11 +579,44 @@ cdef KeySlot _KEY_CACHE[KEY_SLOTS]
 
 
 cdef inline uint32_t key_hash(const unsigned char* key, Py_ssize_t kn) noexcept:
-    cdef uint32_t h = 2166136261u
-    cdef Py_ssize_t i
-    for i in range(kn):
-        h = (h ^ key[i]) * 16777619u
-    return h
+    """A hash of the key, eight bytes per step (a multiply per byte was a quarter of the time
+    of a metrics request: attribute keys are 10-30 bytes)."""
+    cdef uint64_t h = 0x9E3779B97F4A7C15u ^ <uint64_t>kn
+    cdef uint64_t w
+    cdef Py_ssize_t i = 0
+    cdef int k
+    while i + 8 <= kn:
+        memcpy(&w, key + i, 8)
+        h = (h ^ w) * 0xFF51AFD7ED558CCDu
+        h ^= h >> 32
+        i += 8
+    if i < kn:
+        w = 0
+        k = 0
+        while i < kn:
+            w |= (<uint64_t>key[i]) << k
+            k += 8
+            i += 1
+        h = (h ^ w) * 0xFF51AFD7ED558CCDu
+    h ^= h >> 29
+    return <uint32_t>(h ^ (h >> 32))
+
+
+cdef inline bint same_key(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept:
+    """a[:n] == b[:n], eight bytes per step (keys are short: no call to memcmp)."""
+    cdef uint64_t x, y
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        memcpy(&x, a + i, 8)
+        memcpy(&y, b + i, 8)
+        if x != y:
+            return False
+        i += 8
+    while i < n:
+        if a[i] != b[i]:
+            return False
+        i += 1
+    return True
 
 
 cdef Rule* scan_rules(CPlan* plan, const unsigned char* key, Py_ssize_t kn) noexcept:
@@ -602,7 +635,7 @@ cdef Rule* match_rule(CPlan* plan, const unsigned char* key, Py_ssize_t kn) noex
         return scan_rules(plan, key, kn)
     h = key_hash(key, kn) ^ <uint32_t>(plan.id * 2654435761u)
     slot = &_KEY_CACHE[h & (KEY_SLOTS - 1)]
-    if slot.plan_id == plan.id and slot.hash == h and slot.klen == kn and memcmp(slot.key, key, kn) == 0:
+    if slot.plan_id == plan.id and slot.hash == h and slot.klen == kn and same_key(slot.key, key, kn):
         return NULL if slot.rule < 0 else &plan.rules[slot.rule]
     rule = scan_rules(plan, key, kn)
     slot.plan_id = plan.id
@@ -666,21 +699,60 @@ cdef int kv_scalar(St* st, Py_ssize_t vs, Py_ssize_t ve, int scan) noexcept:
     return 1
 
 
+cdef inline bint kv_simple(const unsigned char* d, Py_ssize_t vs, Py_ssize_t ve,
+                          Py_ssize_t* ke, Py_ssize_t* ss) noexcept:
+    """Whether the KeyValue in d[vs:ve] is the common one, well formed: a key shorter than 128
+    bytes, then one value of one string shorter than 128 bytes, an int, a double or a bool (or
+    empty). Then the key ends at ke[0] and the string starts at ss[0] (-1: not a string, or
+    it is empty) and ends at ve. Anything else is left to the full walk."""
+    cdef Py_ssize_t p
+    if ve - vs < 4 or d[vs] != 0x0A or d[vs + 1] >= 0x80:
+        return False
+    p = vs + 2 + d[vs + 1]
+    if p + 2 > ve or d[p] != 0x12 or d[p + 1] >= 0x80 or p + 2 + d[p + 1] != ve \
+            or not scalar_value(d, p + 2, ve):
+        return False
+    ke[0] = p
+    ss[0] = p + 4 if p + 2 < ve and d[p + 2] == 0x0A and p + 4 < ve else -1
+    return True
+
+
+cdef inline int scan_masked(St* st, Py_ssize_t ss, Py_ssize_t se) noexcept:
+    """Mask the card numbers in the string data[ss:se] (the detector's action is mask_pan)."""
+    cdef int n = find_pans_c(st, st.data + ss, se - ss)
+    if n <= 0:
+        return n
+    st.counts[st.plan.det_slot] += n
+    return mask_edit(st, ss, se, n)
+
+
 cdef Py_ssize_t kv(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve,
                    int active) noexcept:
     cdef CPlan* plan = st.plan
     cdef Py_ssize_t ks, ke, at, d
     cdef Rule* rule
     cdef int r
-    if not active or not plan.nrules:
+    cdef Py_ssize_t ss, se
+    if active and (plan.det_action == ACT_MASK or plan.det_action == 0) and \
+            kv_simple(st.data, vs, ve, &ke, &ss):
+        # the common attribute, read in one pass: a short key and one scalar value
+        ks = vs + 2
+        rule = match_rule(plan, st.data + ks, ke - ks) if plan.nrules else NULL
+        if rule == NULL:
+            if ss >= 0 and plan.det_action:
+                if scan_masked(st, ss, ve) < 0:
+                    return 0
+            return 0
+    elif not active or not plan.nrules:
         if active and plan.det_action == ACT_MASK:
             r = kv_scalar(st, vs, ve, 1)
             if r != 0:
                 return 0
         return submsg(st, KV, tag_pos, vs, ve, active and plan.det_action != 0)
-    if kv_key(st, vs, ve, &ks, &ke) < 0:
-        return 0
-    rule = match_rule(plan, st.data + ks, ke - ks)
+    else:
+        if kv_key(st, vs, ve, &ks, &ke) < 0:
+            return 0
+        rule = match_rule(plan, st.data + ks, ke - ks)
     if rule == NULL:
         if plan.det_action == ACT_MASK or plan.det_action == 0:
             r = kv_scalar(st, vs, ve, plan.det_action != 0)
