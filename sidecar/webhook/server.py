@@ -18,12 +18,13 @@ import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from sidecar.configkit import parse_endpoint
 from sidecar.webhook.config import ServerConfig, WebhookConfig
 from sidecar.webhook.inject import Scope
+from sidecar.webhook.metrics import WebhookMetrics
 from sidecar.webhook.review import rejection, review
 
 log = logging.getLogger("otlp_sidecar.webhook")
@@ -31,41 +32,7 @@ log = logging.getLogger("otlp_sidecar.webhook")
 CONFIG_KEY = web.AppKey("config", WebhookConfig)
 METRICS_KEY = web.AppKey("metrics", "WebhookMetrics")
 
-#: every result of a review (sidecar.webhook.review.Outcome), each counted from zero
-REVIEW_RESULTS = ("injected", "skipped", "refused", "invalid", "error")
 ROUTES = {"/mutate": Scope.POD, "/mutate/namespace": Scope.NAMESPACE, "/mutate/pci": Scope.PCI}
-
-
-class WebhookMetrics:
-    """The webhook's own metrics, in a registry of their own (one per app)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.reviews = Counter(
-            "otlp_sidecar_webhook_reviews",
-            "AdmissionReviews answered, by scope and result.",
-            ["scope", "result"],
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "otlp_sidecar_webhook_review_duration_seconds",
-            "Time to answer one AdmissionReview.",
-            registry=self.registry,
-            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
-        )
-        self.cert_reloads = Counter(
-            "otlp_sidecar_webhook_cert_reloads",
-            "Serving certificate reloads, by result (ok, failed).",
-            ["result"],
-            registry=self.registry,
-        )
-        # every series the alerts and the dashboard use exists at zero from the start, so that
-        # rate() and increase() see the first event (docs/metrics.md)
-        for scope in Scope:
-            for result in REVIEW_RESULTS:
-                self.reviews.labels(scope.value, result)
-        for result in ("ok", "failed"):
-            self.cert_reloads.labels(result)
 
 
 def build_app(config: WebhookConfig) -> web.Application:
