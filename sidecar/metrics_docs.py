@@ -82,6 +82,14 @@ def _zero_series(metrics: list[Metric]) -> list[str]:
     return [*lines, *later_head, *later]
 
 
+def _names(text: str) -> str:
+    """The Collector's metric names in ``text`` as code (``otelcol_x, ..._y`` -> `` `otelcol_x`, `..._y` ``)."""
+    return " ".join(
+        f"`{word.rstrip(',')}`" + ("," if word.endswith(",") else "") if word.startswith(("otelcol_", "..._")) else word
+        for word in text.split(" ")
+    )
+
+
 def _collector_names(metrics: list[Metric]) -> list[str]:
     lines = [
         "## The Collector's names",
@@ -92,7 +100,7 @@ def _collector_names(metrics: list[Metric]) -> list[str]:
     for metric in metrics:
         if metric.collector:
             lines.append(
-                f"| `{metric.exposed}` | {_cell(metric.collector)} | {_cell(metric.collector_differences)} |"
+                f"| `{metric.exposed}` | {_cell(_names(metric.collector))} | {_cell(metric.collector_differences)} |"
             )
     return lines
 
