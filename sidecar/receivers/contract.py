@@ -3,8 +3,9 @@
 Every refusal is a :class:`sidecar.pipeline.Refused` carrying its answer (HTTP status, gRPC code,
 retryability, Retry-After) and its metric reason; the refusals decided before the pipeline (a TLS
 peer outside the allowlist, a request that already passed this sidecar) are made into the same
-shape here. What an accepted request answers (``partial_success``) is built here too, so that the
-receivers only frame: an HTTP response or a gRPC status.
+shape here, and so are a body's refusals by the bounds of its decompression (the overload
+action's status). What an accepted request answers (``partial_success``) is built here too, so
+that the receivers only frame: an HTTP response or a gRPC status.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from grpclib.const import Status as GrpcStatus
 from sidecar import loop_guard
 from sidecar.export.partial import rejected_field
 from sidecar.identity import Peer
-from sidecar.overload.reasons import Status
+from sidecar.overload.budget import Account
+from sidecar.overload.config import LimitsConfig
+from sidecar.overload.reasons import Action, Status
 from sidecar.pipeline import Outcome, Refused
 from sidecar.receivers.peers import PeerResolver
 from sidecar.signals import Signal
 from sidecar.tls.server import PeerRefused
+from sidecar.wire import compression
 
 
 class PeerNotAllowed(Refused):
@@ -39,6 +43,38 @@ class LoopDetected(Refused):
 
     status = Status(loop_guard.HTTP_STATUS, GrpcStatus.FAILED_PRECONDITION.value, False)
     reason = loop_guard.REASON
+
+
+class Bounded(Refused):
+    """A body refused by a bound, answered as its overload ``action`` says (413, 400, or 503 with
+    Retry-After: sidecar.overload.reasons), counted under ``reason`` and as the action."""
+
+    def __init__(self, message: str, action: Action, reason: str) -> None:
+        super().__init__(message, reason=reason, status=action.status or _INVALID)
+        self.action = action
+
+
+_INVALID = Status(400, GrpcStatus.INVALID_ARGUMENT.value, False)
+
+
+async def decompress(
+    encoding: str, data: bytes | memoryview, limit: int, *, account: Account | None, limits: LimitsConfig, noun: str
+) -> bytes | memoryview:
+    """``data`` decompressed in bounded steps taken from ``account`` (``limit``: the most it may
+    decompress to); :class:`Bounded` when a bound refuses it (``noun`` names it in the message)."""
+    try:
+        return await compression.decompress_bounded(
+            encoding, data, limit, account=account,
+            step=limits.decompress_step_bytes, max_members=limits.max_compression_members,
+        )
+    except compression.TooLarge as exc:
+        raise Bounded(f"decompressed {noun} {exc}", Action.decompressed_too_large, "too_large") from None
+    except compression.BudgetExhausted as exc:
+        raise Bounded(str(exc), exc.action, "busy") from None
+    except compression.TooManyMembers as exc:
+        raise Bounded(str(exc), Action.too_many_members, "bad_compression") from None
+    except compression.DecompressionError as exc:
+        raise Bounded(str(exc), Action.bad_compression, "bad_compression") from None
 
 
 def resolve_peer(resolver: PeerResolver, transport: Any) -> Peer:

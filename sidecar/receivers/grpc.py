@@ -127,16 +127,7 @@ class GrpcReceiver:
         except Refused as exc:
             self._metrics.refused_requests.labels(*labels, exc.reason).inc()
             raise GrpcError(exc.status.grpc, exc.message) from None
-        try:
-            data = await self._message(call)
-        except GrpcError as exc:
-            reason = {
-                Status.RESOURCE_EXHAUSTED: "too_large",
-                Status.UNIMPLEMENTED: "unsupported_encoding",
-                Status.UNAVAILABLE: "busy",
-            }.get(Status(exc.status), "bad_compression")
-            self._metrics.refused_requests.labels(*labels, reason).inc()
-            raise
+        data = await self._message(call, labels)
         try:
             outcome = await self._pipeline.submit(signal, data, TRANSPORT, peer)
         except Refused as exc:  # counted by the pipeline
@@ -150,37 +141,31 @@ class GrpcReceiver:
         encoded: bytes = response.SerializeToString()
         return encoded
 
-    async def _message(self, call: UnaryCall) -> bytes | memoryview:
+    async def _message(self, call: UnaryCall, labels: tuple[str, str]) -> bytes | memoryview:
         """The request message, decompressed as its ``grpc-encoding`` says: in bounded steps that
         give the event loop a turn, each taken from the connection's account (given back by
-        :meth:`_handle` once the request is queued or refused)."""
+        :meth:`_handle` once the request is queued or refused). A refusal is counted here."""
+        refused_requests = self._metrics.refused_requests
         try:
             encoding = compression.normalize(call.headers.get("grpc-encoding"))
         except compression.UnsupportedEncoding as exc:
+            refused_requests.labels(*labels, "unsupported_encoding").inc()
             raise GrpcError(Status.UNIMPLEMENTED.value, str(exc)) from None
         limit = self._config.max_decompressed_bytes
         if not call.compressed:
             if len(call.message) > limit:
+                refused_requests.labels(*labels, "too_large").inc()
                 self._count(Action.request_too_large)
                 raise GrpcError(Status.RESOURCE_EXHAUSTED.value, f"message exceeds the limit of {limit} bytes")
             return call.message
         if encoding == compression.IDENTITY:
+            refused_requests.labels(*labels, "bad_compression").inc()
             raise GrpcError(Status.INTERNAL.value, "compressed flag set without a grpc-encoding")
-        limits = self._limits
         try:
-            return await compression.decompress_bounded(
-                encoding, call.message, limit, account=call.account,
-                step=limits.decompress_step_bytes, max_members=limits.max_compression_members,
+            return await contract.decompress(
+                encoding, call.message, limit, account=call.account, limits=self._limits, noun="message"
             )
-        except compression.TooLarge as exc:
-            self._count(Action.decompressed_too_large)
-            raise GrpcError(Status.RESOURCE_EXHAUSTED.value, f"decompressed message {exc}") from None
-        except compression.BudgetExhausted as exc:
+        except contract.Bounded as exc:
+            refused_requests.labels(*labels, exc.reason).inc()
             self._count(exc.action)
-            raise GrpcError(Status.UNAVAILABLE.value, str(exc)) from None
-        except compression.TooManyMembers as exc:
-            self._count(Action.too_many_members)
-            raise GrpcError(Status.INVALID_ARGUMENT.value, str(exc)) from None
-        except compression.DecompressionError as exc:
-            self._count(Action.bad_compression)
-            raise GrpcError(Status.INVALID_ARGUMENT.value, str(exc)) from None
+            raise GrpcError(exc.status.grpc, exc.message) from None

@@ -25,7 +25,6 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.overload.budget import Account, MemoryBudget
 from sidecar.overload.config import LimitsConfig
 from sidecar.overload.metrics import Counted
-from sidecar.overload.reasons import Action
 from sidecar.pipeline import Pipeline, Refused
 from sidecar.receivers import contract, peers
 from sidecar.receivers.peers import PeerResolver
@@ -175,40 +174,19 @@ class HttpReceiver:
         content_type = accepted.content_type
         limits = self._limits
         try:
-            body = await compression.decompress_bounded(
-                accepted.encoding, raw, self._config.max_decompressed_bytes, account=account,
-                step=limits.decompress_step_bytes, max_members=limits.max_compression_members,
+            body = await contract.decompress(
+                accepted.encoding, raw, self._config.max_decompressed_bytes, account=account, limits=limits,
+                noun="body",
             )
-        except compression.TooLarge as exc:
-            self._metrics.refused_requests.labels(*labels, "too_large").inc()
-            self._count(Action.decompressed_too_large)
-            return _error(413, content_type, f"decompressed body {exc}")
-        except compression.TooManyMembers as exc:
-            self._metrics.refused_requests.labels(*labels, "bad_compression").inc()
-            self._count(Action.too_many_members)
-            return _error(400, content_type, str(exc))
-        except compression.DecompressionError as exc:
-            self._metrics.refused_requests.labels(*labels, "bad_compression").inc()
-            self._count(Action.bad_compression)
-            return _error(400, content_type, str(exc))
-        except compression.BudgetExhausted as exc:
-            self._metrics.refused_requests.labels(*labels, "busy").inc()
+            if content_type == JSON:
+                body = await _from_json(signal, body, account, limits)
+        except contract.Bounded as exc:
+            self._metrics.refused_requests.labels(*labels, exc.reason).inc()
             self._count(exc.action)
-            return _error(503, content_type, str(exc), {"Retry-After": "1"})
-        if content_type == JSON:
-            try:
-                body = await json_to_protobuf_bounded(
-                    signal, body, account=account, max_depth=limits.json_max_depth, max_items=limits.json_max_items
-                )
-            except JsonRefused as exc:
-                self._metrics.refused_requests.labels(*labels, exc.reason).inc()
-                self._count(exc.action)
-                status = exc.action.status
-                headers = {"Retry-After": "1"} if status is not None and status.retryable else None
-                return _error(status.http if status is not None else 400, content_type, str(exc), headers)
-            except InvalidJSON as exc:
-                self._metrics.refused_requests.labels(*labels, "malformed").inc()
-                return _error(400, content_type, str(exc))
+            return _refused(exc, content_type)
+        except InvalidJSON as exc:
+            self._metrics.refused_requests.labels(*labels, "malformed").inc()
+            return _error(400, content_type, str(exc))
         try:
             outcome = await self._pipeline.submit(signal, body, TRANSPORT, accepted.peer)
         except Refused as exc:  # counted by the pipeline
@@ -223,6 +201,16 @@ class HttpReceiver:
 _EMPTY_JSON = b"{}"
 _OK_JSON = Response(200, _EMPTY_JSON, JSON)
 _OK_PROTOBUF = Response(200, b"", PROTOBUF)
+
+
+async def _from_json(signal: Signal, body: bytes | memoryview, account: Account, limits: LimitsConfig) -> bytes:
+    """OTLP/JSON as protobuf, decoded within the bounds (a bound that refuses it: contract.Bounded)."""
+    try:
+        return await json_to_protobuf_bounded(
+            signal, body, account=account, max_depth=limits.json_max_depth, max_items=limits.json_max_items
+        )
+    except JsonRefused as exc:
+        raise contract.Bounded(str(exc), exc.action, exc.reason) from None
 
 
 def _media_type(value: str | None) -> str:

@@ -143,9 +143,9 @@ def test_each_literal_reason_the_receivers_count_is_declared() -> None:
     counted = set()
     for path in sources:
         for line in path.read_text().splitlines():
-            if re.search(r"refused_items|_refuse_items|refused_requests", line):
+            if re.search(r"refused_items|_refuse_items|refused_requests|Bounded\(", line):
                 counted |= set(re.findall(r'"([a-z_]+)"', line))
-    assert {"unsupported_media_type", "bad_compression", "busy"} <= counted  # the scan sees the calls
+    assert {"unsupported_media_type", "bad_compression", "busy", "too_large"} <= counted  # the scan sees the calls
     assert counted <= set(ITEM_REFUSALS) | set(REQUEST_REFUSALS), counted - set(ITEM_REFUSALS) - set(REQUEST_REFUSALS)
 
 

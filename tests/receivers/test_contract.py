@@ -3,11 +3,14 @@ code, whether the client retries, and the reason it is counted under; both recei
 
 from __future__ import annotations
 
+import gzip
+
 import pytest
 from grpclib.const import Status as Grpc
 
 from sidecar import loop_guard
 from sidecar.identity import Peer
+from sidecar.overload.config import LimitsConfig
 from sidecar.overload.reasons import Action
 from sidecar.pipeline import (
     ITEM_REASONS,
@@ -113,3 +116,39 @@ def test_partial_success_counts_the_rejected_items_of_each_signal(signal: Signal
     field = {"traces": "rejected_spans", "metrics": "rejected_data_points", "logs": "rejected_log_records"}
     assert getattr(decoded.partial_success, field[signal.value]) == 2
     assert decoded.partial_success.error_message == "refused by rule pci"
+
+
+async def test_a_body_decompresses_within_its_bounds() -> None:
+    data = b"x" * 10_000
+    out = await contract.decompress("gzip", gzip.compress(data), 1 << 20, account=None, limits=LimitsConfig(),
+                                    noun="body")
+    assert bytes(out) == data
+
+
+@pytest.mark.parametrize(
+    ("body", "limit", "http", "grpc", "reason", "action", "message"),
+    [
+        (gzip.compress(b"\0" * (1 << 20)), 1 << 16, 413, Grpc.RESOURCE_EXHAUSTED, "too_large",
+         Action.decompressed_too_large, "decompressed message "),
+        (b"\x1f\x8b not gzip", 1 << 20, 400, Grpc.INVALID_ARGUMENT, "bad_compression", Action.bad_compression, ""),
+        (gzip.compress(b"") * 200, 1 << 20, 400, Grpc.INVALID_ARGUMENT, "bad_compression",
+         Action.too_many_members, ""),
+    ],
+    ids=["too_large", "not_gzip", "too_many_members"],
+)
+async def test_a_body_refused_by_a_bound_answers_as_its_overload_action(
+    body: bytes, limit: int, http: int, grpc: Grpc, reason: str, action: Action, message: str
+) -> None:
+    with pytest.raises(contract.Bounded) as caught:
+        await contract.decompress("gzip", body, limit, account=None, limits=LimitsConfig(max_compression_members=100),
+                                  noun="message")
+    refused = caught.value
+    assert (refused.status.http, refused.status.grpc) == (http, grpc.value)
+    assert (refused.reason, refused.action) == (reason, action)
+    assert refused.status == action.status and refused.message.startswith(message)
+    assert refused.retry_after_header is None
+
+
+def test_a_busy_bound_is_retried_after_a_second() -> None:
+    refused = contract.Bounded("the receive budget is full", Action.budget_full, "busy")
+    assert (refused.status.http, refused.status.grpc, refused.retry_after_header) == (503, Grpc.UNAVAILABLE.value, "1")
