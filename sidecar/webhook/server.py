@@ -15,7 +15,7 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import generate_latest
@@ -30,7 +30,7 @@ from sidecar.webhook.review import rejection, review
 log = logging.getLogger("otlp_sidecar.webhook")
 
 CONFIG_KEY = web.AppKey("config", WebhookConfig)
-METRICS_KEY = web.AppKey("metrics", "WebhookMetrics")
+METRICS_KEY: web.AppKey[WebhookMetrics] = web.AppKey("metrics")
 
 ROUTES = {"/mutate": Scope.POD, "/mutate/namespace": Scope.NAMESPACE, "/mutate/pci": Scope.PCI}
 
@@ -47,7 +47,7 @@ def build_app(config: WebhookConfig) -> web.Application:
     return app
 
 
-def _mutate_handler(scope: Scope):
+def _mutate_handler(scope: Scope) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         metrics = request.app[METRICS_KEY]
         started = time.perf_counter()
@@ -142,8 +142,8 @@ async def running(config: WebhookConfig) -> AsyncIterator[tuple[str, int]]:
     try:
         site = web.TCPSite(runner, host, port, ssl_context=context)
         await site.start()
-        sockets = site._server.sockets if site._server else ()
-        bound = sockets[0].getsockname()[:2] if sockets else (host, port)
+        addresses = runner.addresses
+        bound = (addresses[0][0], addresses[0][1]) if addresses else (host, port)
         watcher = asyncio.create_task(watch_certificate(context, config.server, app[METRICS_KEY]))
         log.info("webhook listening on https://%s:%s", bound[0], bound[1])
         yield bound[0], bound[1]
