@@ -30,9 +30,9 @@ from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
+from tests import sdk
 from tests.conftest import REPO, sidecar_env
 from tests.processes import SidecarProcess
-from tests.spine import sdk
 from tests.upstream import Upstream
 
 MiB = 1024 * 1024

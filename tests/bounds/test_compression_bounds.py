@@ -15,9 +15,9 @@ import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from sidecar.wire import compression
+from tests import sdk
 from tests.bounds import attacks
 from tests.bounds.harness import BoundedSidecar, Probe, http_post, status_message
-from tests.spine import sdk
 
 pytestmark = pytest.mark.timeout(120)
 

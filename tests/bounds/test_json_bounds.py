@@ -13,9 +13,9 @@ import pytest
 from google.protobuf import json_format
 
 from sidecar.wire.otlp_json import message_to_json
+from tests import sdk
 from tests.bounds import attacks
 from tests.bounds.harness import BoundedSidecar, Probe, http_post
-from tests.spine import sdk
 
 pytestmark = pytest.mark.timeout(120)
 

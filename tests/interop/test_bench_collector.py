@@ -13,9 +13,9 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from bench import load
 from sidecar.signals import Signal
+from tests import sdk
 from tests.interop.harness import CARD_BYTES, SPAN_ATTRIBUTES, Delivery
 from tests.peers import peer
-from tests.spine import sdk
 from tests.upstream import Upstream
 
 pytestmark = pytest.mark.timeout(90)

@@ -18,6 +18,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from sidecar.signals import Signal
+from tests import sdk
 from tests.interop.harness import (
     EGRESS_HEADER,
     SPAN_ATTRIBUTES,
@@ -32,7 +33,6 @@ from tests.interop.harness import (
 )
 from tests.interop.test_upstreams import send_spans
 from tests.peers import peer
-from tests.spine import sdk
 from tests.upstream import Upstream
 
 pytestmark = pytest.mark.timeout(90)

@@ -17,6 +17,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from sidecar.signals import Signal
+from tests import sdk
 from tests.interop.harness import (
     CARD_BYTES,
     EGRESS_HEADER,
@@ -37,7 +38,6 @@ from tests.interop.harness import (
     wait_until,
 )
 from tests.policy.conftest import attrs_of
-from tests.spine import sdk
 from tests.tls.pki import make_pki
 from tests.upstream import Upstream
 

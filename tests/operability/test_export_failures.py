@@ -15,12 +15,12 @@ import pytest
 import yaml
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
+from tests import sdk
 from tests.conftest import sidecar_env
 from tests.operability.monitoring import render_monitoring
 from tests.operability.test_alert_rules import POD, pod_alert, run_promtool
 from tests.operability.test_live_metrics import scrape, value
 from tests.processes import SidecarProcess
-from tests.spine import sdk
 from tests.upstream import Answer, Upstream
 
 PB = {"Content-Type": "application/x-protobuf"}

@@ -21,10 +21,10 @@ from sidecar.metrics import ITEM_REFUSALS, REQUEST_REFUSALS, TRANSPORTS
 from sidecar.signals import Signal
 from sidecar.webhook.config import load_webhook_config
 from sidecar.webhook.server import running
+from tests import sdk
 from tests.conftest import sidecar_env
 from tests.operability.monitoring import WEBHOOK_PREFIX, queried_metrics, render_monitoring
 from tests.processes import SidecarProcess
-from tests.spine import sdk
 from tests.tls.pki import PKI, make_pki
 from tests.upstream import Upstream
 from tests.webhook.conftest import CONFIG_TOML

@@ -14,11 +14,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from sidecar.signals import Signal
+from tests import sdk
 from tests.bundles.helpers import BundleServer, Keys, build, shipped_config, tampered, whole_set
 from tests.conftest import sidecar_env
 from tests.policy.conftest import attrs_of
 from tests.processes import SidecarProcess
-from tests.spine import sdk
 
 VISA = "4111 1111 1111 1111"
 

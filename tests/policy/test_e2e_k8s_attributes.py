@@ -16,10 +16,10 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from sidecar.signals import Signal
+from tests import sdk
 from tests.conftest import sidecar_env
 from tests.policy.conftest import attrs_of
 from tests.processes import SidecarProcess
-from tests.spine import sdk
 
 POD_ENV = {
     "SIDECAR_POD_NAME": "api-7d9f8-x2x4q",

@@ -12,8 +12,8 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from sidecar.export.grpc_client import CallError, call_unary
 from sidecar.signals import Signal
+from tests import sdk
 from tests.conftest import sidecar_env
-from tests.spine import sdk
 
 BODY = encode_spans(sdk.make_spans(100)).SerializeToString()
 PB = {"Content-Type": "application/x-protobuf"}

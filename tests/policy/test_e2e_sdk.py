@@ -18,9 +18,9 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from sidecar.rewrite.plan import HASH_PREFIX
 from sidecar.signals import Signal
+from tests import sdk
 from tests.conftest import sidecar_env
 from tests.policy.conftest import POLICIES, attrs_of
-from tests.spine import sdk
 
 VISA, MASTERCARD = "4111 1111 1111 1111", "5555-5555-5555-4444"
 

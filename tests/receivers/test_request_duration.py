@@ -13,8 +13,8 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from sidecar.export.grpc_client import frame_message
 from sidecar.signals import Signal
+from tests import sdk
 from tests.bounds.harness import BoundedSidecar, read_response
-from tests.spine import sdk
 from tests.spine.test_http2_server import DATA, Raw, frame, request_headers
 
 DELAY = 0.5

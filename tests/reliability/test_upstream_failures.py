@@ -17,9 +17,9 @@ import pytest
 from grpclib.const import Status
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
+from tests import sdk
 from tests.conftest import sidecar_env
 from tests.processes import SidecarProcess
-from tests.spine import sdk
 from tests.upstream import Answer, Upstream
 
 PB = {"Content-Type": "application/x-protobuf"}

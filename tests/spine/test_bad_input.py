@@ -17,8 +17,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from sidecar.export.grpc_client import CallError, call_framed, call_unary, frame_message
 from sidecar.rewrite._wire import len_field as _field
 from sidecar.signals import Signal
+from tests import sdk
 from tests.conftest import sidecar_env
-from tests.spine import sdk
 
 GOOD = encode_spans(sdk.make_spans(3)).SerializeToString()
 #: a length-delimited field claiming more bytes than there are

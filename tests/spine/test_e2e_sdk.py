@@ -18,8 +18,8 @@ from opentelemetry.sdk.metrics.export import MetricExportResult
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from sidecar.signals import Signal
+from tests import sdk
 from tests.conftest import sidecar_env
-from tests.spine import sdk
 
 INBOUND = [("grpc", "none"), ("grpc", "gzip"), ("http", "none"), ("http", "gzip"), ("http", "deflate")]
 

@@ -10,8 +10,8 @@ from grpclib.const import Status
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from sidecar.export.http import parse_retry_after
+from tests import sdk
 from tests.conftest import sidecar_env
-from tests.spine import sdk
 from tests.upstream import Answer
 
 BODY = encode_spans(sdk.make_spans(10)).SerializeToString()

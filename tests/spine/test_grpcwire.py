@@ -17,8 +17,8 @@ from sidecar.export.grpc import GrpcExporter
 from sidecar.export.grpc_client import CallError, call_unary
 from sidecar.export.result import ExportError
 from sidecar.signals import Signal
+from tests import sdk
 from tests.conftest import sidecar_env
-from tests.spine import sdk
 
 BIG = encode_spans(sdk.make_spans(400)).SerializeToString()
 

@@ -17,8 +17,8 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.pipeline import Outcome
 from sidecar.receivers.http import HttpReceiver
 from sidecar.wire.budget import ReceiveBudget
+from tests import sdk
 from tests.conftest import sidecar_env
-from tests.spine import sdk
 
 GOOD = encode_spans(sdk.make_spans(4)).SerializeToString()
 PB = {"Content-Type": "application/x-protobuf"}

@@ -14,8 +14,8 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from sidecar.export.grpc_client import CallError, call_unary
 from sidecar.signals import Signal
+from tests import sdk
 from tests.conftest import sidecar_env
-from tests.spine import sdk
 from tests.tls.pki import make_pki
 from tests.upstream import Upstream
 
