@@ -19,7 +19,7 @@ from sidecar.export.grpc_client import frame_message
 from sidecar.signals import Signal
 from tests.bounds import attacks
 from tests.bounds.harness import SMALL_TRACES, BoundedSidecar, MiB, Probe
-from tests.spine.test_http2_server import DATA, Raw, frame, request_headers
+from tests.wire.http2.raw import DATA, Raw, frame, request_headers
 
 TRACES = Signal.TRACES.grpc_path
 INVALID_ARGUMENT, RESOURCE_EXHAUSTED = "3", "8"

@@ -19,7 +19,7 @@ import pytest
 
 from sidecar.signals import Signal
 from tests.bounds.harness import BoundedSidecar, MiB, Probe
-from tests.spine.test_http2_server import DATA, Raw, frame, request_headers
+from tests.wire.http2.raw import DATA, Raw, frame, request_headers
 
 TRACES = Signal.TRACES.grpc_path
 DEADLINE_EXCEEDED = "4"

@@ -25,7 +25,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from sidecar.export.grpc_client import frame_message
 from sidecar.signals import Signal
 from tests.bounds.harness import BoundedSidecar, MiB, Probe
-from tests.spine.test_http2_server import DATA, HEADERS, PREFACE, SETTINGS, Raw, frame, request_headers
+from tests.wire.http2.raw import DATA, HEADERS, PREFACE, SETTINGS, Raw, frame, request_headers
 
 TRACES = Signal.TRACES.grpc_path
 

@@ -18,7 +18,7 @@ import pytest
 
 from sidecar.signals import Signal
 from tests.bounds.harness import BoundedSidecar, MiB, Probe
-from tests.spine.test_http2_server import DATA, HEAD, PREFACE, SETTINGS, Raw, frame, request_headers
+from tests.wire.http2.raw import DATA, HEAD, PREFACE, SETTINGS, Raw, frame, request_headers
 
 TRACES = Signal.TRACES.grpc_path
 ENHANCE_YOUR_CALM = 11

@@ -18,7 +18,7 @@ import pytest
 
 from sidecar.signals import Signal
 from tests.bounds.harness import SMALL_TRACES, BoundedSidecar, MiB, Probe
-from tests.spine.test_http2_server import RST_STREAM, SETTINGS, Raw, request_headers
+from tests.wire.http2.raw import RST_STREAM, SETTINGS, Raw, request_headers
 
 TRACES = Signal.TRACES.grpc_path
 PROTOCOL_ERROR, ENHANCE_YOUR_CALM = 1, 11

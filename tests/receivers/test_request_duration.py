@@ -15,7 +15,7 @@ from sidecar.export.grpc_client import frame_message
 from sidecar.signals import Signal
 from tests import sdk
 from tests.bounds.harness import BoundedSidecar, read_response
-from tests.spine.test_http2_server import DATA, Raw, frame, request_headers
+from tests.wire.http2.raw import DATA, Raw, frame, request_headers
 
 DELAY = 0.5
 DURATION = "otlp_sidecar_receiver_request_duration_seconds"
