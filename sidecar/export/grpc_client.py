@@ -143,7 +143,7 @@ async def _call(
         release = await h2_stream.send_request(headers, _processor=protocol.processor)
         done = False
         try:
-            await _send_message(h2_stream, frame)
+            await h2_stream.send_data(frame, end_stream=True)
             response = dict(await h2_stream.recv_headers())
             reply = await _read_reply(h2_stream, response, reply_limit)
             trailers = dict(await h2_stream.recv_trailers())
@@ -156,38 +156,6 @@ async def _call(
             if not done and h2_stream.closable:
                 h2_stream.reset_nowait()
             release()
-
-
-async def _send_message(h2_stream: Any, frame: bytes) -> None:
-    """Send ``frame`` and end the stream, as grpclib's ``Stream.send_data`` does, but with every
-    DATA frame the flow-control window allows written at once: one socket write for a batch
-    instead of one per 16 KiB frame (a loopback write also runs the receiver's TCP path on this
-    core), and no copies of the message into a BytesIO and out of it again."""
-    connection = h2_stream._h2_connection
-    view = memoryview(frame)
-    pos, end = 0, len(frame)
-    while True:
-        await h2_stream.connection.write_ready.wait()
-        window = connection.local_flow_control_window(h2_stream.id)
-        if window <= 0 and pos < end:
-            h2_stream.window_updated.clear()
-            await h2_stream.window_updated.wait()
-            continue  # other streams may have taken the window meanwhile: check it again
-        stop = min(end, pos + window)
-        size = connection.max_outbound_frame_size
-        sent = stop - pos
-        while True:
-            chunk_end = min(stop, pos + size)
-            connection.send_data(h2_stream.id, view[pos:chunk_end], end_stream=chunk_end == end)
-            pos = chunk_end
-            if pos >= stop:
-                break
-        h2_stream._transport.write(connection.data_to_send())
-        h2_stream.data_sent += sent
-        h2_stream.connection.data_sent += sent
-        h2_stream.connection.data_send_process()
-        if pos >= end:
-            return
 
 
 def _request_headers(
