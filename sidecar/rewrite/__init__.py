@@ -1,8 +1,10 @@
 """The rewriter: apply per-resource plans to OTLP export requests on their protobuf bytes.
 
-Imports the Cython module ``sidecar._ext.rewrite`` unless ``OTLP_SIDECAR_NO_EXTENSIONS=1``
-is set or it is not built, else the pure-Python twin ``sidecar.rewrite._py``.
-``IMPLEMENTATION`` says which one ("cython" or "python"). See docs/rewriter.md.
+Imports the Cython module ``sidecar._ext.rewrite`` (which imports the compiled modules it
+cimports: ``wire``, ``cards``, ``sampling``, ``stamps``) unless ``OTLP_SIDECAR_NO_EXTENSIONS=1``
+is set or one of them is not built, else the pure-Python twin ``sidecar.rewrite._py`` (and its
+parts ``_wire``, ``_cards``, ``_sampling``, ``_stamps``). ``IMPLEMENTATION`` says which one
+("cython" or "python"). See docs/rewriter.md.
 """
 
 from __future__ import annotations
