@@ -1,4 +1,5 @@
-"""Raw OTLP/JSON posts (as `curl -d @traces.json` sends them) arrive upstream as the same data."""
+"""Raw OTLP/JSON posts (as `curl -d @traces.json` sends them) through the HTTP receiver of a real
+sidecar arrive upstream as the same data. The bounded conversion itself: tests/wire/test_otlp_json.py."""
 
 from __future__ import annotations
 
@@ -77,56 +78,3 @@ async def test_logs_example_and_json_partial_answer(upstream, start_sidecar) -> 
 async def test_empty_json_object_is_an_empty_request(upstream, start_sidecar, signal: Signal) -> None:
     sidecar = await start_sidecar(sidecar_env(upstream, "grpc"))
     assert await post_json(sidecar.addresses["http"][1], signal, b"{}") == (200, {})
-
-
-# -- bounds before decoding (issue 14) ------------------------------------------------------------
-
-
-async def test_bounded_conversion_equals_the_plain_one_and_charges_the_account() -> None:
-    from sidecar.overload.budget import MemoryBudget
-    from sidecar.wire.otlp_json import json_cost, json_to_protobuf, json_to_protobuf_bounded
-
-    body = (EXAMPLES / "traces.json").read_bytes()
-    budget = MemoryBudget(1 << 20)
-    account = budget.account()
-    converted = await json_to_protobuf_bounded(Signal.TRACES, body, account=account)
-    assert converted == json_to_protobuf(Signal.TRACES, body)
-    assert account.held == json_cost(body)[1]  # taken before decoding; the caller gives it back
-
-
-@pytest.mark.parametrize(
-    ("body", "action", "text"),
-    [
-        (b'{"resourceSpans":' + b"[" * 5000 + b"]" * 5000 + b"}", "json_too_deep", "nested more than 64 levels"),
-        (b'{"resourceSpans":[' + b'{"a":' * 70 + b"1" + b"}" * 70 + b"]}", "json_too_deep", "more than 64 levels"),
-        (b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"startTimeUnixNano":' + b"7" * 5000 + b"}]}]}]}",
-         "json_invalid", "integer string conversion"),
-        (b'{"resourceSpans":[{"scopeSpans":[{"spans":[' + b",".join([b"{}"] * 1001) + b"]}]}]}",
-         "json_too_many_items", "more than the 1000 allowed"),
-    ],
-    ids=["deep arrays", "deep objects", "a 5,000-digit integer", "too many objects"],
-)
-async def test_hostile_json_is_refused_with_its_action(body: bytes, action: str, text: str) -> None:
-    from sidecar.wire.otlp_json import JsonRefused, json_to_protobuf_bounded
-
-    items = 1000 if action == "json_too_many_items" else 100_000
-    with pytest.raises(JsonRefused, match=text) as refused:
-        await json_to_protobuf_bounded(Signal.TRACES, body, max_items=items)
-    assert refused.value.action.value == action
-    assert refused.value.action.status.http in (400, 413)
-
-
-async def test_json_over_the_budget_is_refused_before_decoding() -> None:
-    from sidecar.overload.budget import MemoryBudget
-    from sidecar.wire.otlp_json import JsonRefused, json_to_protobuf_bounded
-
-    body = b'{"resourceSpans":[{"scopeSpans":[{"spans":[' + b",".join([b"{}"] * 10_000) + b"]}]}]}"
-    small = MemoryBudget(1 << 20, per_connection=1 << 20)
-    with pytest.raises(JsonRefused, match="one connection may hold") as refused:
-        await json_to_protobuf_bounded(Signal.TRACES, body, account=small.account())
-    assert refused.value.action.status.http == 413
-    busy = MemoryBudget(4 << 20, per_connection=4 << 20)
-    assert busy.account().take(3 << 20)
-    with pytest.raises(JsonRefused) as refused:
-        await json_to_protobuf_bounded(Signal.TRACES, body, account=busy.account())
-    assert (refused.value.action.value, refused.value.action.status.http) == ("budget_full", 503)
