@@ -1,8 +1,7 @@
-"""Our grpclib extension against grpcio, the C-core gRPC the SDK uses: compression both ways."""
+"""The exporter's gRPC client (sidecar.export.grpc_client, on grpclib) and GrpcExporter against grpcio,
+the C-core gRPC the SDK and many upstreams use: compression both ways, fallbacks, retryable statuses."""
 
 from __future__ import annotations
-
-import asyncio
 
 import grpc
 import grpclib.client
@@ -11,36 +10,14 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-from bench.grpclib_server import CoalescingTransport
 from sidecar.config import load
 from sidecar.export.grpc import GrpcExporter
 from sidecar.export.grpc_client import CallError, call_unary
 from sidecar.export.result import ExportError
 from sidecar.signals import Signal
 from tests import sdk
-from tests.conftest import sidecar_env
 
 BIG = encode_spans(sdk.make_spans(400)).SerializeToString()
-
-
-async def test_large_requests_on_fresh_connections(upstream, start_sidecar) -> None:
-    """Regression: a client may send its SETTINGS ACK and a >16 KiB frame in one segment."""
-    assert len(BIG) > 50_000
-    sidecar = await start_sidecar(sidecar_env(upstream, "grpc"))
-    port = sidecar.addresses["grpc"][1]
-
-    def calls() -> list[str]:
-        codes = []
-        for _ in range(20):
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                try:
-                    channel.unary_unary(Signal.TRACES.grpc_path)(BIG, timeout=10)
-                    codes.append("OK")
-                except grpc.RpcError as exc:
-                    codes.append(f"{exc.code().name}: {exc.details()}")
-        return codes
-
-    assert await asyncio.to_thread(calls) == ["OK"] * 20
 
 
 class _GrpcioUpstream:
@@ -170,61 +147,3 @@ def test_data_frame_repr_text_is_unchanged(size: int, padding: int | None) -> No
     full = binascii.hexlify(body).decode("ascii")
     expected = "None" if not body else "<hex:" + (full[:20] + "..." if len(full) > 20 else full) + ">"
     assert repr(frame) == f"DataFrame(stream_id=1, flags={frame.flags!r}): {expected}"
-
-
-async def test_coalescing_transport_sends_one_turns_writes_together_in_order() -> None:
-    """grpclib writes a unary answer in three parts; the server sends them with one write."""
-    received = bytearray()
-    got_all = asyncio.Event()
-
-    class Sink(asyncio.Protocol):
-        def data_received(self, data: bytes) -> None:
-            received.extend(data)
-            if received.endswith(b"end"):
-                got_all.set()
-
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Sink, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    sent: list[bytes] = []
-
-    async def spied_connection() -> asyncio.Transport:
-        """A real loopback transport whose writes are recorded in ``sent``."""
-        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
-        real_write = transport.write
-        transport.write = lambda data: (sent.append(bytes(data)), real_write(data))  # type: ignore[method-assign]
-        return transport
-
-    transport = await spied_connection()
-    transport2: asyncio.Transport | None = None
-    try:
-        coalescing = CoalescingTransport(transport)
-        for part in (b"headers|", b"", b"message|", b"trailers|"):
-            coalescing.write(part)
-        assert sent == []  # nothing yet: sent at the end of this loop turn
-        await asyncio.sleep(0)
-        assert sent == [b"headers|message|trailers|"]
-        coalescing.write(b"last ")
-        coalescing.write(b"end")
-        coalescing.close()  # closing sends what is pending first
-        await asyncio.wait_for(got_all.wait(), 5)
-        assert bytes(received) == b"headers|message|trailers|last end"
-        assert coalescing.is_closing()
-        coalescing.write(b"after close")  # dropped quietly, as a closed transport would
-        await asyncio.sleep(0)
-        # a large write is sent at once, with what was held before it (the wrapped transport's
-        # flow control must see it)
-        sent.clear()
-        transport2 = await spied_connection()
-        big = CoalescingTransport(transport2)
-        big.write(b"head|")
-        big.write(b"x" * CoalescingTransport.MAX_HELD)
-        assert sent == [b"head|" + b"x" * CoalescingTransport.MAX_HELD]
-        assert big.get_write_buffer_size() == transport2.get_write_buffer_size()
-        big.close()
-    finally:
-        transport.close()
-        if transport2 is not None:
-            transport2.close()
-        server.close()
-        await server.wait_closed()
