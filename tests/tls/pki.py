@@ -13,6 +13,7 @@ import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sidecar.tls.certs import (
     DEFAULT_CLIENT_SPIFFE_ID,
@@ -22,6 +23,7 @@ from sidecar.tls.certs import (
     make_server_cert,
     write_issued,
 )
+from sidecar.tls.server import ServerTLS
 
 CLIENT_SPIFFE_ID = DEFAULT_CLIENT_SPIFFE_ID
 OTHER_SPIFFE_ID = "spiffe://cluster.local/ns/intruder/sa/other"
@@ -39,6 +41,16 @@ class PKI:
     client_cert: str
     client_key: str
     client_spiffe_id: str
+
+    def mtls_server(self, **kwargs: Any) -> ServerTLS:
+        """Server TLS with this PKI's server pair that requires a client certificate from its CA."""
+        return ServerTLS(
+            cert_file=self.server_cert,
+            key_file=self.server_key,
+            client_ca_file=self.ca_cert,
+            require_client_cert=True,
+            **kwargs,
+        )
 
     def issue_client(self, name: str, spiffe_id: str = CLIENT_SPIFFE_ID, **kwargs: object) -> tuple[str, str]:
         """Another client certificate from this CA: (cert path, key path)."""

@@ -25,7 +25,7 @@ from sidecar.export.result import ExportError
 from sidecar.signals import Signal
 from sidecar.tls.client import ClientTLS
 from sidecar.tls.server import PeerRefused, ServerTLS
-from tests.tls.pki import make_pki
+from tests.tls.pki import PKI
 from tests.tls.servers import TraceService, peer_cert_serial, serve_grpc, serve_https
 
 
@@ -81,20 +81,8 @@ class Upstream:
         return app
 
 
-@pytest.fixture
-def pki(tmp_path: Path):
-    return make_pki(tmp_path)
-
-
-def upstream_tls(pki, **kwargs: object) -> ServerTLS:
-    return ServerTLS(
-        cert_file=pki.server_cert,
-        key_file=pki.server_key,
-        client_ca_file=pki.ca_cert,
-        require_client_cert=True,
-        spiffe_allow=[pki.client_spiffe_id],
-        **kwargs,  # type: ignore[arg-type]
-    )
+def upstream_tls(pki: PKI, **kwargs: object) -> ServerTLS:
+    return pki.mtls_server(spiffe_allow=[pki.client_spiffe_id], **kwargs)
 
 
 async def test_http_exporter_over_mtls_with_rotation_and_a_bearer_token(pki, tmp_path: Path) -> None:

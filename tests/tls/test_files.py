@@ -14,18 +14,13 @@ from sidecar.configkit import ConfigError
 from sidecar.tls.certs import make_ca, make_server_cert, write_pem
 from sidecar.tls.client import ClientTLS
 from sidecar.tls.server import ServerTLS
-from tests.tls.pki import expired_window, make_pki, write_pair
+from tests.tls.pki import expired_window, write_pair
 
 EXPORTER_KEYS = {
     "ca_file": "exporter.certificate",
     "cert_file": "exporter.client_certificate",
     "key_file": "exporter.client_key",
 }
-
-
-@pytest.fixture
-def pki(tmp_path: Path):
-    return make_pki(tmp_path)
 
 
 def client_error(**kwargs: object) -> ConfigError:

@@ -3,8 +3,6 @@ Channel with ClientTLS, an OTLP trace Export call."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from grpclib.client import Channel, UnaryUnaryMethod
 from grpclib.config import Configuration
@@ -19,7 +17,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from sidecar.tls.client import ClientTLS
 from sidecar.tls.metrics import TLSMetrics
 from sidecar.tls.server import ServerTLS
-from tests.tls.pki import OTHER_SPIFFE_ID, make_pki
+from tests.tls.pki import OTHER_SPIFFE_ID, PKI
 from tests.tls.servers import TRACE_EXPORT, TraceService, serve_grpc
 
 H2 = ("h2",)
@@ -39,20 +37,8 @@ async def export(port: int, client: ClientTLS, host: str = "localhost") -> Expor
         channel.close()
 
 
-@pytest.fixture
-def pki(tmp_path: Path):
-    return make_pki(tmp_path)
-
-
-def server_tls(pki, **kwargs: object) -> ServerTLS:
-    return ServerTLS(
-        cert_file=pki.server_cert,
-        key_file=pki.server_key,
-        client_ca_file=pki.ca_cert,
-        require_client_cert=True,
-        alpn=H2,
-        **kwargs,  # type: ignore[arg-type]
-    )
+def server_tls(pki: PKI, **kwargs: object) -> ServerTLS:
+    return pki.mtls_server(alpn=H2, **kwargs)
 
 
 async def test_grpc_mtls_passes_and_the_handler_sees_the_spiffe_id(pki) -> None:

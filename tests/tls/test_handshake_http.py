@@ -16,7 +16,7 @@ from sidecar.tls.certs import make_ca, make_client_cert, make_server_cert
 from sidecar.tls.client import ClientTLS
 from sidecar.tls.metrics import TLSMetrics
 from sidecar.tls.server import ServerTLS
-from tests.tls.pki import OTHER_SPIFFE_ID, expired_window, make_pki, write_pair
+from tests.tls.pki import OTHER_SPIFFE_ID, PKI, expired_window, make_pki, write_pair
 from tests.tls.servers import make_http_app, serve_http, serve_https
 
 BODY = b"\x0a\x00"  # an empty ResourceSpans, as bytes: the content does not matter here
@@ -33,25 +33,14 @@ async def post(port: int, ctx: ssl.SSLContext, host: str = "localhost", **kwargs
             return resp.status, await resp.json()
 
 
-@pytest.fixture
-def pki(tmp_path: Path):
-    return make_pki(tmp_path)
-
-
 @pytest.fixture(params=["ssl_context", "acceptor"])
 def style(request: pytest.FixtureRequest) -> str:
     """Both ways a receiver can listen: TCPSite(ssl_context=...) and the counting acceptor."""
     return str(request.param)
 
 
-def mtls_server(pki, **kwargs: object) -> ServerTLS:
-    return ServerTLS(
-        cert_file=pki.server_cert,
-        key_file=pki.server_key,
-        client_ca_file=pki.ca_cert,
-        require_client_cert=True,
-        **kwargs,  # type: ignore[arg-type]
-    )
+def mtls_server(pki: PKI, **kwargs: object) -> ServerTLS:
+    return pki.mtls_server(**kwargs)
 
 
 async def test_mtls_passes_and_the_peer_carries_the_spiffe_id(pki, style: str) -> None:
