@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import aiohttp
 import grpc
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
@@ -103,3 +104,13 @@ def exporters(transport: str, port: int, compression: str) -> tuple:
         HttpMetricExporter(endpoint=f"{base}/v1/metrics", compression=http_compression, timeout=10),
         HttpLogExporter(endpoint=f"{base}/v1/logs", compression=http_compression, timeout=10),
     )
+
+
+async def post_protobuf(port: int, body: bytes, path: str = "/v1/traces") -> int:
+    """POST an encoded OTLP request to a sidecar's HTTP receiver on loopback, as OTLP/HTTP clients
+    do; the answer's status."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"http://127.0.0.1:{port}{path}", data=body, headers={"Content-Type": "application/x-protobuf"}
+        ) as response:
+            return response.status

@@ -21,11 +21,7 @@ async def get(port: int, path: str) -> tuple[int, str]:
 
 
 async def post_traces(port: int) -> int:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            f"http://127.0.0.1:{port}/v1/traces", data=BODY, headers={"Content-Type": "application/x-protobuf"}
-        ) as response:
-            return response.status
+    return await sdk.post_protobuf(port, BODY)
 
 
 async def test_health_ready_metrics(upstream, start_sidecar) -> None:

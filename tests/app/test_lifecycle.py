@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 
-import aiohttp
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from tests import sdk
@@ -17,11 +16,7 @@ BODY = encode_spans(sdk.make_spans(25)).SerializeToString()
 
 
 async def post_traces(port: int) -> int:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            f"http://127.0.0.1:{port}/v1/traces", data=BODY, headers={"Content-Type": "application/x-protobuf"}
-        ) as response:
-            return response.status
+    return await sdk.post_protobuf(port, BODY)
 
 
 async def test_sigterm_flushes_accepted_items_and_exits_zero(upstream) -> None:

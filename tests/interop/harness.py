@@ -27,6 +27,7 @@ import grpc
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from tests.conftest import sidecar_env
 from tests.peers import peer
 from tests.policy.conftest import POLICIES, attrs_of
 from tests.processes import SidecarProcess
@@ -52,19 +53,14 @@ def free_port() -> int:
 
 async def start_sidecar(hash_key_file: Path, upstream_env: Mapping[str, str]) -> SidecarProcess:
     """A real ``otlp-sidecar run`` with the bundled policies and tenant ``acme``."""
-    env = {
-        "SIDECAR_GRPC_ENDPOINT": "127.0.0.1:0",
-        "SIDECAR_HTTP_ENDPOINT": "127.0.0.1:0",
-        "SIDECAR_ADMIN_ENDPOINT": "127.0.0.1:0",
-        "SIDECAR_EXPORTER_BATCH_TIMEOUT": "0.05",
-        "SIDECAR_EXPORTER_RETRY_INITIAL_INTERVAL": "0.05",
-        "SIDECAR_EXPORTER_RETRY_MAX_INTERVAL": "0.2",
-        "SIDECAR_POLICY_DIR": str(POLICIES),
-        "SIDECAR_POLICY_HASH_KEY_FILE": str(hash_key_file),
-        "SIDECAR_POLICY_RELOAD_INTERVAL": "0",
-        "SIDECAR_TENANT": TENANT,
+    env = sidecar_env(
+        None,
+        SIDECAR_POLICY_DIR=str(POLICIES),
+        SIDECAR_POLICY_HASH_KEY_FILE=str(hash_key_file),
+        SIDECAR_POLICY_RELOAD_INTERVAL="0",
+        SIDECAR_TENANT=TENANT,
         **upstream_env,
-    }
+    )
     sidecar = SidecarProcess(env)
     await sidecar.start(timeout=60.0)
     return sidecar
