@@ -20,6 +20,7 @@ import contextlib
 import enum
 import logging
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -61,7 +62,10 @@ class CircuitBreaker:
         open_for: float = 1.0,
         max_open_for: float = 30.0,
         registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock``: seconds, monotonic (tests inject their own to step through the open time)."""
+        self._clock = clock
         self.threshold = threshold
         self.base_open_for = open_for
         self.max_open_for = max_open_for
@@ -90,7 +94,7 @@ class CircuitBreaker:
             if self.state is State.CLOSED:
                 return
             if self.state is State.OPEN:
-                remaining = self._opened_at + self._open_for - time.monotonic()
+                remaining = self._opened_at + self._open_for - self._clock()
                 if remaining > 0:
                     self._changed.clear()
                     with contextlib.suppress(TimeoutError):
@@ -131,7 +135,7 @@ class CircuitBreaker:
             self._changed.set()
 
     def _open(self) -> None:
-        self._opened_at = time.monotonic()
+        self._opened_at = self._clock()
         log.warning(
             "upstream failed %d attempts in a row: circuit open, next probe in %.1fs (last: %s)",
             self._failures, self._open_for, self.last_failure or "no message",
