@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -161,15 +161,17 @@ class TokenBucket:
     """Items per second with a burst. A request larger than the burst passes when the bucket
     is full (the bucket goes negative), so a large request is slowed down, never refused forever."""
 
-    def __init__(self, per_second: float, burst: float) -> None:
+    def __init__(self, per_second: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock``: seconds, monotonic (tests inject their own)."""
         self.per_second = per_second
         self.burst = max(burst, 1.0)
+        self._clock = clock
         self._tokens = self.burst
-        self._at = time.monotonic()
+        self._at = clock()
 
     def take(self, items: int) -> float | None:
         """Take ``items``; None when allowed, else the seconds to wait before trying again."""
-        now = time.monotonic()
+        now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.per_second)
         self._at = now
         if self._tokens >= min(items, self.burst):
