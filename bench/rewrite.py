@@ -6,9 +6,10 @@ One core, eight different 512-item requests built from the card-number corpus, r
 in turn as the end-to-end benchmark sends them: traces (512 spans), logs (512 log records with
 message bodies to scan, an eighth of them structured maps) and metrics (512 data points of
 gauges, sums and histograms with exemplars, as an SDK's periodic reader sends them). The naive
-baseline covers traces only. It prints the best round's rate and the median
-round's: on a shared machine the best catches the moments the core ran at full speed (up to
-twice the median here), while a running sidecar sees the median. Two plans:
+baseline (``bench/baselines/naive_rewrite.py``) does the same job for each signal. It prints
+the best round's rate and the median round's: on a shared machine the best catches the moments
+the core ran at full speed (up to twice the median here), while a running sidecar sees the
+median. Two plans:
 
 - ``default``: PAN detection in every string, four key rules, a tenant stamp, 10 % sampling
   with keep rules (``bench.corpus_requests.DEFAULT_PLAN``);
@@ -28,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.baselines.naive_rewrite import naive_rewrite
+from bench.baselines.naive_rewrite import naive_rewrite, naive_rewrite_logs, naive_rewrite_metrics
 from bench.corpus_requests import DEFAULT_PLAN, _set, corpus_values, shipped_plan, trace_request
 from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
@@ -203,8 +204,9 @@ def shipped_plan_for(signal: Signal, body: bytes, tenant: str = "acme") -> Plan:
 
     return asyncio.run(ask())
 
-BUILDERS = {"traces": (Signal.TRACES, trace_request), "logs": (Signal.LOGS, log_request),
-            "metrics": (Signal.METRICS, metric_request)}
+BUILDERS = {"traces": (Signal.TRACES, trace_request, naive_rewrite),
+            "logs": (Signal.LOGS, log_request, naive_rewrite_logs),
+            "metrics": (Signal.METRICS, metric_request, naive_rewrite_metrics)}
 
 
 def main() -> int:
@@ -224,7 +226,7 @@ def main() -> int:
     print(f"{'signal':<9}{'plan':<10}{'implementation':<16}{'best items/s':>14}{'median':>14}"
           f"{'vs naive':>10}{'B/item':>8}")
     for signal_name in args.signals.split(","):
-        signal, build = BUILDERS[signal_name]
+        signal, build, naive_fn = BUILDERS[signal_name]
         requests = [build(args.spans, seed=seed) for seed in range(7, 7 + args.requests)]
         data = requests[0]
         per_item = len(data) / args.spans
@@ -238,13 +240,11 @@ def main() -> int:
                                                requests, args.spans, args.seconds)))
             rows.append(("twin", measure(lambda d, s=signal, plans=plans: py.rewrite(s, d, plans),
                                          requests, args.spans, args.seconds)))
-            naive = None
-            if signal is Signal.TRACES:
-                rows.append(("naive", measure(lambda d, plan=plan: naive_rewrite(d, plan), requests,
-                                              args.spans, args.seconds)))
-                naive = rows[-1][1][1]
+            rows.append(("naive", measure(lambda d, plan=plan, fn=naive_fn: fn(d, plan), requests,
+                                          args.spans, args.seconds)))
+            naive = rows[-1][1][1]
             for implementation, (best, median) in rows:
-                ratio = f"{median / naive:>9.1f}x" if naive else f"{'-':>10}"
+                ratio = f"{median / naive:>9.1f}x"
                 print(f"{signal_name:<9}{name:<10}{implementation:<16}{best:>14,.0f}{median:>14,.0f}"
                       f"{ratio}{per_item:>8.0f}")
     return 0

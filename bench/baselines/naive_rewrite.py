@@ -1,8 +1,9 @@
 """The naive baseline: decode with upb, apply the policy in Python, encode.
 
 What a straightforward Python sidecar would do. It implements the same plan semantics as
-the rewriter for trace requests (enough for the benchmark; the test oracle in
-tests/rewrite/reference.py covers all signals).
+the rewriter for trace requests (``naive_rewrite``), and for log and metric requests
+(``naive_rewrite_logs``, ``naive_rewrite_metrics``: no sampling, every item kept) enough for
+the benchmark; the test oracle in tests/rewrite/reference.py covers every case.
 """
 
 from __future__ import annotations
@@ -83,16 +84,21 @@ def _mask_all_but_last4(s: str) -> str:
     return "".join(out)
 
 
-def _value(v: AnyValue) -> None:
+def _value(v: AnyValue, plan: Plan | None = None) -> None:
+    """Mask card numbers in the strings of ``v``; with ``plan``, nested key/value pairs go
+    through its attribute rules by their own keys, as the rewriter's do."""
     kind = v.WhichOneof("value")
     if kind == "string_value":
         v.string_value = _mask(v.string_value)
     elif kind == "array_value":
         for x in v.array_value.values:
-            _value(x)
+            _value(x, plan)
     elif kind == "kvlist_value":
-        for x in v.kvlist_value.values:
-            _value(x.value)
+        if plan is not None:
+            _attributes(v.kvlist_value.values, plan.attribute_rules, plan)
+        else:
+            for x in v.kvlist_value.values:
+                _value(x.value)
 
 
 #: the rule each key matched, per rules tuple (keyed by id; the tuple is kept alive beside it)
@@ -116,7 +122,7 @@ def _attributes(attrs, rules, plan: Plan) -> None:
     for a in attrs:
         rule = _rule_for(a.key, rules)
         if rule is None:
-            _value(a.value)
+            _value(a.value, plan)
         elif rule.action == "drop":
             continue
         elif rule.action == "redact":
@@ -182,4 +188,56 @@ def naive_rewrite(data: bytes, plan: Plan) -> bytes:
                 copies = [type(s).FromString(s.SerializeToString()) for s in kept]
                 del ss.spans[:]
                 ss.spans.extend(copies)
+    return req.SerializeToString()
+
+
+def _stamp(resource, plan: Plan) -> None:
+    for st in plan.stamps:
+        for a in resource.attributes:
+            if a.key == st.key:
+                a.value.string_value = st.value
+                break
+        else:
+            resource.attributes.add(key=st.key).value.string_value = st.value
+    _attributes(resource.attributes, plan.attribute_rules, plan)
+
+
+def naive_rewrite_logs(data: bytes, plan: Plan) -> bytes:
+    """Log requests: bodies (nested maps and arrays too) and event names scanned for card
+    numbers, the attribute rules on record attributes (and nested pairs), the stamps."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    req = ExportLogsServiceRequest.FromString(data)
+    for rl in req.resource_logs:
+        _stamp(rl.resource, plan)
+        for sl in rl.scope_logs:
+            for lr in sl.log_records:
+                if lr.HasField("body"):
+                    _value(lr.body, plan)
+                if lr.event_name:
+                    lr.event_name = _mask(lr.event_name)
+                _attributes(lr.attributes, plan.attribute_rules, plan)
+    return req.SerializeToString()
+
+
+def naive_rewrite_metrics(data: bytes, plan: Plan) -> bytes:
+    """Metric requests: the attribute rules and card numbers on every data point's attributes
+    and its exemplars' filtered attributes, the stamps."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+
+    req = ExportMetricsServiceRequest.FromString(data)
+    for rm in req.resource_metrics:
+        _stamp(rm.resource, plan)
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                _attributes(metric.metadata, plan.attribute_rules, plan)
+                kind = metric.WhichOneof("data")
+                if kind is None:
+                    continue
+                for dp in getattr(metric, kind).data_points:
+                    _attributes(dp.attributes, plan.attribute_rules, plan)
+                    for ex in getattr(dp, "exemplars", ()):
+                        _attributes(ex.filtered_attributes, plan.attribute_rules, plan)
     return req.SerializeToString()
