@@ -1,0 +1,220 @@
+"""ExportQueue (sidecar.export.queue) as the pipeline and the Sender use it: accepted request bytes
+are bounded in bytes (waiting and in flight), merged per signal into batches bounded in items,
+bytes and time, handed out in the order they were accepted; closing refuses new requests but
+hands out everything held; what does not fit is refused (QueueFull, retryable) before it is
+accepted, and nothing accepted is lost, with or without the disk queue."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+from sidecar.export.disklog import DiskLog
+from sidecar.export.queue import Batch, ExportQueue, QueueClosed, QueueFull
+from sidecar.metrics import SidecarMetrics
+from sidecar.signals import Signal
+from tests import sdk
+
+
+def make_queue(
+    capacity: int = 1 << 20, items: int = 1000, nbytes: int = 1 << 20, timeout: float = 30.0,
+    disk: DiskLog | None = None,
+) -> tuple[ExportQueue, SidecarMetrics]:
+    metrics = SidecarMetrics()
+    queue = ExportQueue(capacity_bytes=capacity, batch_items=items, batch_bytes=nbytes, batch_timeout=timeout,
+                        metrics=metrics, disk=disk)
+    return queue, metrics
+
+
+def request(spans: int) -> bytes:
+    """A real ExportTraceServiceRequest of ``spans`` spans, as the pipeline queues it."""
+    return bytes(encode_spans(sdk.make_spans(spans)).SerializeToString())
+
+
+async def all_batches(queue: ExportQueue) -> list[tuple[Batch, bytes]]:
+    """Close the queue and take every batch it hands out with its bytes, then mark it done, as the
+    Sender's workers do at shutdown."""
+    queue.close()
+    batches = []
+    while (batch := await asyncio.wait_for(queue.next_batch(), 5)) is not None:
+        batches.append((batch, queue.load(batch)))
+        queue.done(batch)
+    return batches
+
+
+async def test_requests_are_merged_into_one_valid_request_in_the_order_accepted() -> None:
+    queue, _ = make_queue()
+    bodies = [request(n) for n in (3, 1, 4)]
+    for body, n in zip(bodies, (3, 1, 4), strict=True):
+        await queue.put(Signal.TRACES, body, n)
+    ((batch, merged),) = await all_batches(queue)
+    assert (batch.signal, batch.items, batch.nbytes) == (Signal.TRACES, 8, sum(map(len, bodies)))
+    assert merged == b"".join(bodies)
+    parsed = Signal.TRACES.request_class.FromString(merged)
+    expected = [Signal.TRACES.request_class.FromString(b).resource_spans[0] for b in bodies]
+    assert list(parsed.resource_spans) == expected
+
+
+async def test_signals_are_batched_apart() -> None:
+    queue, _ = make_queue()
+    await queue.put(Signal.TRACES, b"t1", 1)
+    await queue.put(Signal.LOGS, b"l1", 1)
+    await queue.put(Signal.TRACES, b"t2", 1)
+    batches = await all_batches(queue)
+    assert sorted((b.signal.value, data) for b, data in batches) == [("logs", b"l1"), ("traces", b"t1t2")]
+
+
+async def test_a_batch_is_sealed_at_its_item_and_byte_sizes_and_batches_leave_in_order() -> None:
+    queue, _ = make_queue(items=10, nbytes=100)
+    for number in range(12):  # 3 items each: a batch takes at most 3 requests (9 items)
+        await queue.put(Signal.TRACES, b"%02d" % number, 3)
+    await queue.put(Signal.TRACES, b"x" * 100, 1)  # alone over the byte size: a batch of its own
+    await queue.put(Signal.TRACES, b"end", 1)
+    batches = await all_batches(queue)
+    assert [data for _, data in batches] == [
+        b"000102", b"030405", b"060708", b"091011", b"x" * 100, b"end",
+    ]
+    assert [b.items for b, _ in batches] == [9, 9, 9, 9, 1, 1]
+
+
+async def test_a_partial_batch_leaves_after_the_batch_timeout() -> None:
+    queue, _ = make_queue(timeout=0.1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await queue.put(Signal.LOGS, b"alone", 1)
+    batch = await asyncio.wait_for(queue.next_batch(), 5)
+    assert batch is not None and queue.load(batch) == b"alone"
+    assert 0.08 <= loop.time() - started < 2.0
+    queue.done(batch)
+
+
+async def test_capacity_counts_bytes_waiting_and_in_flight_and_a_request_that_does_not_fit_is_refused() -> None:
+    queue, metrics = make_queue(capacity=1000, items=1000, nbytes=400)
+    for _ in range(2):
+        await queue.put(Signal.TRACES, b"a" * 400, 1)  # each seals a batch of 400 bytes
+    batch = await queue.next_batch()  # in flight: still counted
+    assert batch is not None
+    await queue.put(Signal.TRACES, b"b" * 200, 1)
+    assert queue.held_bytes == 1000 and queue.full
+    with pytest.raises(QueueFull, match="1000 of 1000 bytes held"):
+        await queue.put(Signal.TRACES, b"c", 1)
+    assert metrics.registry.get_sample_value("otlp_sidecar_queue_size_bytes") == 1000
+    queue.done(batch)  # the upstream took it: its room is free again
+    assert queue.held_bytes == 600 and not queue.full
+    await queue.put(Signal.TRACES, b"c" * 400, 1)
+    with pytest.raises(QueueFull):
+        await queue.put(Signal.TRACES, b"d", 1)  # 1001 would not fit: refused whole, nothing held of it
+    assert queue.held_bytes == 1000
+    batches = await all_batches(queue)
+    assert b"".join(data for _, data in batches) == b"a" * 400 + b"b" * 200 + b"c" * 400
+    assert queue.held_bytes == 0
+    assert metrics.registry.get_sample_value("otlp_sidecar_queue_size_bytes") == 0
+
+
+async def test_items_held_per_signal_are_in_the_metrics() -> None:
+    queue, metrics = make_queue()
+    await queue.put(Signal.METRICS, b"m", 7)
+    await queue.put(Signal.LOGS, b"l", 2)
+    assert metrics.registry.get_sample_value("otlp_sidecar_queue_size_items", {"signal": "metrics"}) == 7
+    await all_batches(queue)
+    assert metrics.registry.get_sample_value("otlp_sidecar_queue_size_items", {"signal": "metrics"}) == 0
+
+
+async def test_closed_refuses_new_requests_but_hands_out_everything_held_then_none() -> None:
+    queue, _ = make_queue(items=2)
+    accepted = []
+    for number in range(5):
+        body = b"r%d" % number
+        await queue.put(Signal.TRACES, body, 1)
+        accepted.append(body)
+    queue.close()
+    assert queue.closed
+    with pytest.raises(QueueClosed):
+        await queue.put(Signal.TRACES, b"late", 1)
+    handed = []
+    while (batch := await asyncio.wait_for(queue.next_batch(), 5)) is not None:
+        handed.append(queue.load(batch))
+        queue.done(batch)
+    assert handed == [b"r0r1", b"r2r3", b"r4"]  # the open batch too, at once, not after its timeout
+    assert await asyncio.wait_for(queue.next_batch(), 1) is None  # and None again after
+
+
+async def test_drained_waits_until_every_batch_is_done() -> None:
+    queue, _ = make_queue(items=1)
+    await asyncio.wait_for(queue.drained(), 1)  # empty: drained at once
+    await queue.put(Signal.TRACES, b"one", 1)
+    await queue.put(Signal.TRACES, b"two", 1)
+    waiter = asyncio.create_task(queue.drained())
+    first = await queue.next_batch()
+    second = await queue.next_batch()
+    assert first is not None and second is not None
+    queue.done(first)
+    await asyncio.sleep(0.05)
+    assert not waiter.done()  # one batch still in flight
+    queue.done(second)
+    await asyncio.wait_for(waiter, 1)
+
+
+async def test_a_worker_waiting_on_an_empty_queue_gets_the_next_batch_or_none_at_close() -> None:
+    queue, _ = make_queue(items=1)
+    waiting = asyncio.create_task(queue.next_batch())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await queue.put(Signal.LOGS, b"x", 1)
+    batch = await asyncio.wait_for(waiting, 1)
+    assert batch is not None and queue.load(batch) == b"x"
+    queue.done(batch)
+    waiting = asyncio.create_task(queue.next_batch())
+    await asyncio.sleep(0.05)
+    queue.close()
+    assert await asyncio.wait_for(waiting, 1) is None
+
+
+async def test_with_the_disk_queue_what_exceeds_memory_is_spilled_and_read_back_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    disk = DiskLog(str(tmp_path), max_bytes=1 << 20)
+    disk.open()
+    queue, _ = make_queue(capacity=1000, items=2, disk=disk)
+    assert queue.durable
+    bodies = [bytes([65 + n]) * 400 for n in range(6)]  # 2400 bytes: more than the memory capacity
+    for body in bodies:
+        await queue.put(Signal.TRACES, body, 1)
+    assert not queue.full and queue.held_bytes <= 1000  # memory stays bounded; the rest is on disk
+    batches = await all_batches(queue)
+    assert b"".join(data for _, data in batches) == b"".join(bodies)
+    assert queue.held_bytes == 0
+    disk.close()
+    # every batch was done (acknowledged): nothing is replayed at the next start
+    assert DiskLog(str(tmp_path), max_bytes=1 << 20).open() == []
+
+
+async def test_with_the_disk_queue_a_full_disk_is_refused_and_unsent_batches_survive_a_restart(
+    tmp_path: Path,
+) -> None:
+    disk = DiskLog(str(tmp_path), max_bytes=4096)
+    disk.open()
+    queue, _ = make_queue(capacity=1 << 20, items=1, disk=disk)
+    await queue.put(Signal.LOGS, b"kept" * 200, 1)
+    with pytest.raises(QueueFull):
+        for _ in range(20):
+            await queue.put(Signal.LOGS, b"more" * 200, 1)
+    # shutdown without sending: the batches stay on disk for the next start
+    queue.close()
+    held = 0
+    while (batch := await queue.next_batch()) is not None:
+        held += 1
+        queue.done(batch, keep_on_disk=True)
+    disk.close()
+    disk = DiskLog(str(tmp_path), max_bytes=4096)
+    replayed = disk.open()
+    assert len(replayed) == held and disk.read(replayed[0]) == b"kept" * 200
+    restarted, _ = make_queue(items=1, disk=disk)
+    restarted.restore(replayed)
+    batches = await all_batches(restarted)
+    assert batches[0][1] == b"kept" * 200
+    assert len(batches) == held
+    disk.close()
