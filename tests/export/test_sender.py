@@ -1,0 +1,194 @@
+"""Sender (sidecar.export.sender) with its real queue and exporters, against a real upstream on
+loopback (tests/upstream.py) told how to answer: retryable answers are retried with backoff and
+Retry-After until delivered, final answers are dropped at once and counted, partial_success is
+counted as rejected, retries stop at retry_max_elapsed, and drain() delivers what was accepted or
+counts what the grace period could not. Every batch ends in the metrics, sent or failed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+from grpclib.const import Status
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+from sidecar.config import load
+from sidecar.export.circuit import State
+from sidecar.export.grpc import GrpcExporter
+from sidecar.export.http import HttpExporter
+from sidecar.export.queue import ExportQueue
+from sidecar.export.sender import Exporter, Sender
+from sidecar.metrics import SidecarMetrics
+from sidecar.signals import Signal
+from tests import sdk
+from tests.conftest import sidecar_env
+from tests.upstream import Answer, Upstream
+
+SPANS = 5
+BODY = bytes(encode_spans(sdk.make_spans(SPANS)).SerializeToString())
+PROTOCOLS = ["http/protobuf", "grpc"]
+
+
+@dataclass
+class Sending:
+    sender: Sender
+    queue: ExportQueue
+    metrics: SidecarMetrics
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample of the sidecar's registry (0 when not created)."""
+        found = self.metrics.registry.get_sample_value(name, {"signal": "traces", **labels})
+        return found or 0.0
+
+    def sent(self) -> float:
+        return self.value("otlp_sidecar_exporter_sent_items_total")
+
+    def failed(self, reason: str) -> float:
+        return self.value("otlp_sidecar_exporter_failed_items_total", reason=reason)
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.01)
+
+
+def failing(http_status: int = 503, grpc_status: Status = Status.UNAVAILABLE, **kwargs: object) -> Answer:
+    return Answer(http_status=http_status, grpc_status=grpc_status, **kwargs)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def sending(upstream: Upstream, protocol: str = "http/protobuf", **settings: str) -> AsyncIterator[Sending]:
+    """A queue (a batch per request), the exporter the sidecar would build for ``protocol`` and a
+    started Sender; drained (1 s grace) and stopped at the end."""
+    defaults = {"SIDECAR_EXPORTER_RETRY_INITIAL_INTERVAL": "0.05", "SIDECAR_EXPORTER_RETRY_MAX_INTERVAL": "0.1",
+                "SIDECAR_EXPORTER_CIRCUIT_THRESHOLD": "100"}
+    config = load(None, env=sidecar_env(upstream, protocol, **{**defaults, **settings})).exporter
+    metrics = SidecarMetrics()
+    queue = ExportQueue(capacity_bytes=1 << 20, batch_items=1, batch_bytes=1 << 20, batch_timeout=0.01,
+                        metrics=metrics)
+    exporter: Exporter = GrpcExporter(config) if protocol == "grpc" else HttpExporter(config)
+    await exporter.start()
+    sender = Sender(queue, exporter, config, metrics)
+    sender.start()
+    try:
+        yield Sending(sender, queue, metrics)
+    finally:
+        await sender.drain(1.0)
+        await exporter.stop()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_retryable_answers_are_retried_with_backoff_until_delivered_once(upstream, protocol) -> None:
+    upstream.script = [failing(), failing()]
+    async with sending(upstream, protocol, SIDECAR_EXPORTER_RETRY_INITIAL_INTERVAL="0.1",
+                       SIDECAR_EXPORTER_RETRY_MAX_INTERVAL="1") as s:
+        started = time.monotonic()
+        await s.queue.put(Signal.TRACES, BODY, SPANS)
+        await upstream.wait_for(lambda: len(upstream.spans()) == SPANS)
+        elapsed = time.monotonic() - started
+        await s.until(lambda: s.sent() == SPANS)
+    assert upstream.attempts == 3 and len(upstream.spans()) == SPANS  # delivered once
+    # backoff with jitter: the first wait is 0.05-0.1 s, the second 0.1-0.2 s
+    assert 0.15 <= elapsed < 5
+    assert s.value("otlp_sidecar_exporter_retries_total") == 2
+    assert s.failed("http_503") == s.failed("grpc_unavailable") == 0
+    assert s.sender.last_error == "" and s.sender.healthy
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_is_waited_even_when_longer_than_the_backoff(upstream, status) -> None:
+    upstream.script = [failing(status, retry_after="1")]
+    async with sending(upstream) as s:
+        started = time.monotonic()
+        await s.queue.put(Signal.TRACES, BODY, SPANS)
+        await upstream.wait_for(lambda: len(upstream.spans()) == SPANS)
+        elapsed = time.monotonic() - started
+    assert 0.95 <= elapsed < 5  # the backoff alone would be under 0.1 s
+    assert upstream.attempts == 2
+
+
+@pytest.mark.parametrize(
+    ("protocol", "answer", "reason"),
+    [
+        ("http/protobuf", failing(400, message="bad data"), "http_400"),
+        ("grpc", failing(grpc_status=Status.INVALID_ARGUMENT, message="bad data"), "grpc_invalid_argument"),
+    ],
+)
+async def test_a_final_answer_is_not_retried_and_is_counted_and_the_sender_goes_on(
+    upstream, protocol, answer, reason
+) -> None:
+    upstream.script = [answer]
+    async with sending(upstream, protocol) as s:
+        await s.queue.put(Signal.TRACES, BODY, SPANS)
+        await s.until(lambda: s.failed(reason) == SPANS)
+        assert upstream.attempts == 1 and s.sent() == 0
+        assert f"{SPANS} spans on a final answer (not retried, per OTLP)" in s.sender.last_drop
+        assert "bad data" in s.sender.last_drop
+        # an answer about the data says the upstream works: the circuit stays closed
+        assert s.sender.breaker.state is State.CLOSED
+        await s.queue.put(Signal.TRACES, BODY, SPANS)
+        await upstream.wait_for(lambda: len(upstream.spans()) == SPANS)
+        await s.until(lambda: s.sent() == SPANS)
+
+
+async def test_a_final_answer_about_the_endpoint_also_counts_against_the_upstream(upstream) -> None:
+    upstream.default = failing(404, message="no such path")
+    async with sending(upstream, SIDECAR_EXPORTER_CIRCUIT_THRESHOLD="1") as s:
+        await s.queue.put(Signal.TRACES, BODY, SPANS)
+        await s.until(lambda: s.failed("http_404") == SPANS)
+        assert upstream.attempts == 1
+        assert s.sender.breaker.state is State.OPEN and not s.sender.healthy
+        status = s.sender.status()
+        assert status["exporter"].startswith("failing: ") and "exporter.endpoint" in status["exporter"]
+        assert status["exporter_circuit"] == "open"
+        upstream.default = Answer()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_partial_success_counts_the_rejected_items_and_is_not_retried(upstream, protocol) -> None:
+    upstream.script = [Answer(rejected=2, message="2 spans too old")]
+    async with sending(upstream, protocol) as s:
+        await s.queue.put(Signal.TRACES, BODY, SPANS)
+        await s.until(lambda: s.value("otlp_sidecar_exporter_rejected_items_total") == 2)
+        assert s.sent() == SPANS - 2
+        assert upstream.attempts == 1
+
+
+async def test_retries_stop_after_retry_max_elapsed_and_the_batch_is_counted(upstream) -> None:
+    upstream.default = failing()
+    async with sending(upstream, SIDECAR_EXPORTER_RETRY_MAX_ELAPSED="0.3") as s:
+        started = time.monotonic()
+        await s.queue.put(Signal.TRACES, BODY, SPANS)
+        await s.until(lambda: s.failed("http_503") == SPANS)
+        assert time.monotonic() - started < 3
+        assert upstream.attempts >= 2
+        assert "after retrying for 0.3 s (exporter.retry_max_elapsed)" in s.sender.last_drop
+        assert s.queue.held_bytes == 0  # given up: its room is free again
+        upstream.default = Answer()
+
+
+async def test_drain_delivers_everything_accepted_before_it(upstream) -> None:
+    upstream.default = Answer(delay=0.1)
+    async with sending(upstream) as s:
+        for _ in range(4):
+            await s.queue.put(Signal.TRACES, BODY, SPANS)
+        await s.sender.drain(5.0)
+        assert len(upstream.spans()) == 4 * SPANS
+        assert s.sent() == 4 * SPANS and s.queue.held_bytes == 0
+
+
+async def test_drain_counts_what_the_grace_period_could_not_deliver(upstream) -> None:
+    upstream.default = failing()
+    async with sending(upstream) as s:
+        await s.queue.put(Signal.TRACES, BODY, SPANS)
+        await s.until(lambda: upstream.attempts >= 1)
+        started = time.monotonic()
+        await s.sender.drain(0.3)
+        assert time.monotonic() - started < 2.5
+        assert s.failed("shutdown") == SPANS  # never silently: counted under its own reason
+        assert "at shutdown" in s.sender.last_drop
+        assert s.sent() == 0
