@@ -11,19 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.export.circuit import ENDPOINT_FAILURES, CircuitBreaker, State, upstream_failed
-
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.clock import ManualClock as Clock
 
 
 def breaker(clock: Clock, registry: CollectorRegistry | None = None, **kwargs: float) -> CircuitBreaker:

@@ -7,16 +7,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.pipeline import TokenBucket
-
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import ManualClock as Clock
 
 
 def test_a_full_bucket_lets_a_burst_through_then_refuses_with_the_wait_for_the_next_item() -> None:
@@ -31,10 +22,10 @@ def test_the_bucket_refills_at_the_rate_and_never_above_the_burst() -> None:
     clock = Clock()
     bucket = TokenBucket(per_second=100, burst=50, clock=clock)
     assert bucket.take(50) is None
-    clock.now += 0.1  # 10 items back
+    clock.advance(0.1)  # 10 items back
     assert bucket.take(11) == pytest.approx(0.01)
     assert bucket.take(10) is None
-    clock.now += 3600  # idle for an hour: still only the burst
+    clock.advance(3600)  # idle for an hour: still only the burst
     assert bucket.take(50) is None
     assert bucket.take(1) is not None
 
@@ -45,7 +36,7 @@ def test_a_refused_take_costs_nothing() -> None:
     assert bucket.take(10) is None
     for _ in range(100):
         assert bucket.take(5) == pytest.approx(0.5)
-    clock.now += 0.5
+    clock.advance(0.5)
     assert bucket.take(5) is None
 
 
@@ -54,7 +45,7 @@ def test_over_time_the_rate_holds_whatever_the_request_sizes() -> None:
     bucket = TokenBucket(per_second=200, burst=100, clock=clock)
     taken = 0
     for step in range(1000):  # 10 s of requests of 1 to 7 items every 10 ms
-        clock.now += 0.01
+        clock.advance(0.01)
         items = 1 + step % 7
         if bucket.take(items) is None:
             taken += items
@@ -67,9 +58,9 @@ def test_a_request_larger_than_the_burst_passes_on_a_full_bucket_and_the_debt_is
     bucket = TokenBucket(per_second=10, burst=5, clock=clock)
     assert bucket.take(25) is None  # 20 items in debt
     assert bucket.take(1) == pytest.approx(2.1)  # the debt, then one item
-    clock.now += 2.0
+    clock.advance(2.0)
     assert bucket.take(1) == pytest.approx(0.1)
-    clock.now += 0.1
+    clock.advance(0.1)
     assert bucket.take(1) is None
     assert bucket.take(25) == pytest.approx(0.5)  # waits for a full bucket, not for 25 tokens
 
@@ -79,5 +70,5 @@ def test_no_rate_refuses_with_a_minute_and_a_burst_under_one_is_one() -> None:
     bucket = TokenBucket(per_second=0, burst=0, clock=clock)
     assert bucket.burst == 1.0
     assert bucket.take(1) is None
-    clock.now += 1e6
+    clock.advance(1e6)
     assert bucket.take(1) == 60.0
