@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from sidecar.export.compress import Payload
 from sidecar.export.negotiate import DowngradeListener
 from sidecar.export.result import Exported
 from sidecar.export.sender import Exporter
@@ -34,5 +35,5 @@ class BySignalExporter:
             if watch is not None:
                 watch(listener)
 
-    async def export(self, signal: Signal, data: bytes) -> Exported:
+    async def export(self, signal: Signal, data: Payload) -> Exported:
         return await self._exporters[signal].export(signal, data)

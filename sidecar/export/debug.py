@@ -10,6 +10,7 @@ import json
 import sys
 from typing import TextIO
 
+from sidecar.export.compress import Payload, joined
 from sidecar.export.result import Exported
 from sidecar.signals import Signal
 from sidecar.wire.otlp_json import protobuf_to_json
@@ -28,9 +29,9 @@ class DebugExporter:
         else:
             self._handle = open(self._output, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
 
-    async def export(self, signal: Signal, data: bytes) -> Exported:
+    async def export(self, signal: Signal, data: Payload) -> Exported:
         assert self._handle is not None, "start() first"
-        line = json.dumps({"signal": signal.value, "request": protobuf_to_json(signal, data)},
+        line = json.dumps({"signal": signal.value, "request": protobuf_to_json(signal, joined(data))},
                           separators=(",", ":"))
         self._handle.write(line + "\n")
         self._handle.flush()

@@ -17,6 +17,7 @@ from grpclib.config import Configuration
 from grpclib.const import Status
 
 from sidecar.config import ExporterConfig
+from sidecar.export.compress import Payload
 from sidecar.export.grpc_client import CallError, call_unary
 from sidecar.export.negotiate import names_encoding, parse_accepted
 from sidecar.export.partial import parse_response
@@ -100,7 +101,7 @@ class GrpcExporter(UpstreamExporter):
 
         asyncio.get_running_loop().call_later(self._config.timeout + 1.0, close)
 
-    async def export(self, signal: Signal, data: bytes) -> Exported:
+    async def export(self, signal: Signal, data: Payload) -> Exported:
         metadata = await self._headers()
         encoding = self.negotiator.select()
         while True:

@@ -31,6 +31,7 @@ from grpclib.metadata import Deadline, decode_grpc_message, encode_timeout
 from grpclib.utils import Wrapper
 from hyperframe import frame as hyperframe_frame
 
+from sidecar.export.compress import Payload, compress_async
 from sidecar.wire import compression
 
 ACCEPT_ENCODING = ",".join((compression.IDENTITY, *compression.ENCODINGS))
@@ -77,7 +78,7 @@ class CallError(Exception):
 async def call_unary(
     channel: grpclib.client.Channel,
     path: str,
-    payload: bytes,
+    payload: Payload,
     *,
     encoding: str = compression.IDENTITY,
     level: int = compression.DEFAULT_LEVEL,
@@ -90,7 +91,7 @@ async def call_unary(
     Raises CallError with the call's status on any failure, transport errors as
     UNAVAILABLE and a timeout as DEADLINE_EXCEEDED.
     """
-    body = await compression.compress_async(encoding, payload, level)
+    body = await compress_async(encoding, payload, level)
     frame = frame_message(body, compressed=encoding != compression.IDENTITY)
     return await call_framed(
         channel, path, frame, encoding=encoding, timeout=timeout, metadata=metadata, reply_limit=reply_limit

@@ -12,12 +12,12 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from sidecar.config import ExporterConfig
+from sidecar.export.compress import Payload, compress_async
 from sidecar.export.negotiate import names_encoding, parse_accepted
 from sidecar.export.partial import parse_response
 from sidecar.export.result import Exported, ExportError
 from sidecar.export.upstream import UpstreamExporter
 from sidecar.signals import Signal
-from sidecar.wire import compression
 
 #: OTLP/HTTP statuses a client retries
 RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
@@ -38,7 +38,7 @@ class HttpExporter(UpstreamExporter):
             await self._session.close()
             self._session = None
 
-    async def export(self, signal: Signal, data: bytes) -> Exported:
+    async def export(self, signal: Signal, data: Payload) -> Exported:
         """POST the batch; an upstream refusing our compression gets it again with the next one."""
         encoding: str | None = self.negotiator.select()
         while True:
@@ -51,10 +51,10 @@ class HttpExporter(UpstreamExporter):
                 if encoding is None:
                     raise refusal.error from None
 
-    async def _post(self, signal: Signal, data: bytes, encoding: str) -> Exported:
+    async def _post(self, signal: Signal, data: Payload, encoding: str) -> Exported:
         assert self._session is not None, "start() first"
         headers = {"Content-Type": "application/x-protobuf", "User-Agent": "otlp-sidecar", **await self._headers()}
-        body = await compression.compress_async(encoding, data, self._config.compression_level)
+        body = await compress_async(encoding, data, self._config.compression_level)
         if encoding != "identity":
             headers["Content-Encoding"] = encoding
         url = self._config.url_for(signal)

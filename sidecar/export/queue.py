@@ -143,12 +143,17 @@ class ExportQueue:
         if batch.items >= self._batch_items or batch.nbytes >= self._batch_bytes:
             self._seal(signal)
 
-    def load(self, batch: Batch) -> bytes:
-        """The batch's request bytes, reading spilled parts back from disk."""
-        parts = [
+    def parts(self, batch: Batch) -> list[bytes]:
+        """The batch's requests, in order, reading spilled parts back from disk (the exporters
+        compress them one after the other: no joined copy of the batch)."""
+        return [
             part if part is not None else self._disk.read(record)  # type: ignore[union-attr,arg-type]
             for part, record in zip(batch.parts, batch.records, strict=True)
         ]
+
+    def load(self, batch: Batch) -> bytes:
+        """The batch's request bytes as one request."""
+        parts = self.parts(batch)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _seal(self, signal: Signal) -> None:

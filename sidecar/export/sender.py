@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from sidecar.config import ExporterConfig
 from sidecar.export.circuit import CircuitBreaker, State, upstream_failed
+from sidecar.export.compress import Payload
 from sidecar.export.metrics import COMMON_FAILURES, PROTOCOL_FAILURES
 from sidecar.export.queue import Batch, ExportQueue
 from sidecar.export.result import Exported, ExportError
@@ -31,7 +32,7 @@ class Exporter(Protocol):
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-    async def export(self, signal: Signal, data: bytes) -> Exported: ...
+    async def export(self, signal: Signal, data: Payload) -> Exported: ...
 
 
 _AT_SHUTDOWN = "at shutdown: the grace period ended before the upstream took them"
@@ -146,7 +147,7 @@ class Sender:
         signal = batch.signal.value
         self._metrics.batch_items.labels(signal).observe(batch.items)
         self._metrics.batch_bytes.labels(signal).observe(batch.nbytes)
-        data = self._queue.load(batch)
+        data = self._queue.parts(batch)
         started = time.monotonic()
         attempt = 0
         while True:
