@@ -51,7 +51,8 @@ setup(
     packages=find_packages(include=["sidecar", "sidecar.*"]),
     # the bundled policy set: what `otlp-sidecar run` applies with no policy directory
     package_data={"sidecar": [
-        "py.typed", "_ext/*.pyi", "_ext/*.pxd", "policy/bundled/*.json", "policy/bundled/*.rego", "policy/bundled/*/*.rego",
+        "py.typed", "_ext/*.pyi", "_ext/*.pxd",
+        "policy/bundled/*.json", "policy/bundled/*.rego", "policy/bundled/*/*.rego",
     ]},
     ext_modules=extensions(),
     install_requires=[
