@@ -46,6 +46,11 @@ class BundleLimits:
     max_files: int = 2000
 
 
+#: the JWS algorithms of OPA's bundle signatures; here, not in signing.py, so the command line can
+#: offer them without loading cryptography (about 6 MiB resident) into every `otlp-sidecar run`
+ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+              "HS256", "HS384", "HS512")
+
 def _clean_name(raw: str) -> str:
     """A member's path relative to the bundle root (``opa build`` writes ``/data.json``, ``tar -C
     dir .`` writes ``./data.json``), or BundleError when it is empty or escapes the root."""

@@ -17,9 +17,18 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from sidecar.policy.bundles.archive import MANIFEST, SIGNATURES, BundleError, BundleLimits, read_path, used
-from sidecar.policy.bundles.bundle import parse_bundle
-from sidecar.policy.bundles.signing import ALGORITHMS, VerificationConfig, sign_files
+from sidecar.policy.bundles.archive import (
+    ALGORITHMS,
+    MANIFEST,
+    SIGNATURES,
+    BundleError,
+    BundleLimits,
+    read_path,
+    used,
+)
+
+# bundle.py (yaml) and signing.py (cryptography) are imported by the commands that use them: every
+# `otlp-sidecar run` builds this parser, and those imports alone cost it 6-8 MiB resident
 
 
 def register(actions: Any) -> None:
@@ -74,6 +83,8 @@ def _sign_into(files: dict[str, bytes], args: argparse.Namespace) -> None:
     files.pop(SIGNATURES, None)
     if args.signing_key:
         key = Path(args.signing_key).read_bytes()
+        from sidecar.policy.bundles.signing import sign_files
+
         files[SIGNATURES] = sign_files(files, key, args.signing_alg, args.key_id, args.scope)
 
 
@@ -83,6 +94,8 @@ def _fail(message: str) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from sidecar.policy.bundles.bundle import parse_bundle
+
     limits = BundleLimits(max_download=1 << 30, max_size=1 << 30, max_files=100_000)
     try:
         files = {name: raw for name, raw in read_path(args.dir, limits).items() if used(name)}
@@ -117,6 +130,9 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from sidecar.policy.bundles.bundle import parse_bundle
+    from sidecar.policy.bundles.signing import VerificationConfig
+
     try:
         verification = None
         if args.verification_key:
