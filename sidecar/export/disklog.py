@@ -20,6 +20,7 @@ dies means the record is sent again after restart.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import os
@@ -167,7 +168,7 @@ class DiskLog:
 
     # -- appending ----------------------------------------------------------------------------
 
-    async def append(self, signal: Signal, items: int, data: bytes) -> Record:
+    async def append(self, signal: Signal, items: int, data: builtins.bytes) -> Record:  # `bytes` is a property here
         """Write one record; return once it is durable on disk. Raises DiskFull."""
         size = _HEADER.size + len(data)
         if self._bytes + size > self.max_bytes:
@@ -218,7 +219,7 @@ class DiskLog:
 
     # -- reading and acknowledging ------------------------------------------------------------
 
-    def read(self, record: Record) -> bytes:
+    def read(self, record: Record) -> builtins.bytes:
         fd = self._read_fds.get(record.segment)
         if fd is None:
             fd = self._read_fds[record.segment] = os.open(self._path(record.segment), os.O_RDONLY)
