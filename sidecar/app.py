@@ -22,10 +22,11 @@ from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
 from sidecar.admin.server import AdminServer, admin_app
-from sidecar.config import Config, ConfigError, ExporterConfig
+from sidecar.config import Config, ConfigError
 from sidecar.configkit import parse_endpoint
 from sidecar.export.auth import UpstreamAuth
 from sidecar.export.by_signal import BySignalExporter
+from sidecar.export.config import ExporterConfig
 from sidecar.export.debug import DebugExporter
 from sidecar.export.disklog import DiskLog
 from sidecar.export.grpc import GrpcExporter

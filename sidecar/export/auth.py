@@ -26,7 +26,8 @@ from urllib.parse import quote_plus
 
 import aiohttp
 
-from sidecar.configkit import ConfigError, setting
+from sidecar.configkit import ConfigError
+from sidecar.export.config import AuthConfig
 from sidecar.tls.files import Stamp, read_file, stamp
 
 log = logging.getLogger("sidecar.export.auth")
@@ -348,110 +349,49 @@ class OAuth2ClientCredentials:
             self._session = None
 
 
-@dataclass(frozen=True)
-class AuthConfig:
-    """Upstream authentication beside mTLS: one of an API key header, a bearer token file,
-    or OAuth2 client credentials. Secrets are never logged."""
-
-    api_key: str = setting(
-        "", "API key sent in `api_key_header` (prefer `api_key_file`).", secret=True
-    )
-    api_key_file: str = setting(
-        "", "File holding the API key (re-read when it changes).", kind="path"
-    )
-    api_key_header: str = setting("X-API-Key", "Header that carries the API key.")
-    bearer_token_file: str = setting(
-        "",
-        "File holding a bearer token, sent as `Authorization: Bearer` (re-read when it changes).",
-        kind="path",
-    )
-    oauth2_token_url: str = setting("", "OAuth2 token endpoint (client credentials grant).")
-    oauth2_client_id: str = setting("", "OAuth2 client id.")
-    oauth2_client_secret: str = setting(
-        "",
-        "OAuth2 client secret (prefer `oauth2_client_secret_file`).",
-        secret=True,
-    )
-    oauth2_client_secret_file: str = setting(
-        "", "File holding the OAuth2 client secret.", kind="path"
-    )
-    oauth2_scopes: list[str] = setting(
-        [], "Scopes requested with the token.", kind="list"
-    )
-    oauth2_audience: str = setting("", "`audience` parameter some providers require.")
-    oauth2_auth_method: str = setting(
-        "basic",
-        "How the client authenticates to the token endpoint.",
-        choices=["basic", "post"],
-    )
-    reload_interval: float = setting(
-        5.0,
-        "How often files are checked for changes.",
-        kind="duration",
-        min=0.0,
-    )
-
-    def mode(self) -> str:
-        """``none``, ``api_key``, ``bearer`` or ``oauth2``; ConfigError when several are set."""
-        modes = []
-        if self.api_key or self.api_key_file:
-            modes.append("api_key")
-        if self.bearer_token_file:
-            modes.append("bearer")
-        if self.oauth2_token_url or self.oauth2_client_id:
-            modes.append("oauth2")
-        if len(modes) > 1:
-            raise ConfigError(
-                "auth", f"choose one kind of upstream auth, not {' and '.join(modes)}"
-            )
-        return modes[0] if modes else "none"
-
-    def validate(self) -> None:
-        self.mode()
-
-    def build(
-        self, section: str = "auth", ssl_context: ssl.SSLContext | None = None
-    ) -> UpstreamAuth | None:
-        """The auth object for the exporter (None without auth); ConfigError naming the key."""
-        mode = self.mode()
-        if mode == "api_key":
-            return HeaderAuth(
-                self.api_key_header,
-                value=self.api_key,
-                value_file=self.api_key_file,
-                check_interval=self.reload_interval,
-                keys={
-                    "header": f"{section}.api_key_header",
-                    "value": f"{section}.api_key",
-                    "value_file": f"{section}.api_key_file",
-                },
-            )
-        if mode == "bearer":
-            return BearerTokenFile(
-                self.bearer_token_file,
-                check_interval=self.reload_interval,
-                key=f"{section}.bearer_token_file",
-            )
-        if mode == "oauth2":
-            return OAuth2ClientCredentials(
-                token_url=self.oauth2_token_url,
-                client_id=self.oauth2_client_id,
-                client_secret=self.oauth2_client_secret,
-                client_secret_file=self.oauth2_client_secret_file,
-                scopes=self.oauth2_scopes,
-                audience=self.oauth2_audience,
-                auth_method=self.oauth2_auth_method,
-                ssl_context=ssl_context,
-                check_interval=self.reload_interval,
-                keys={
-                    f: f"{section}.oauth2_{f}"
-                    for f in (
-                        "token_url",
-                        "client_id",
-                        "client_secret",
-                        "client_secret_file",
-                        "auth_method",
-                    )
-                },
-            )
-        return None
+def build_auth(
+    config: AuthConfig, section: str = "auth", ssl_context: ssl.SSLContext | None = None
+) -> UpstreamAuth | None:
+    """The auth object that ``[auth]`` describes (None without auth); ConfigError naming the key."""
+    mode = config.mode()
+    if mode == "api_key":
+        return HeaderAuth(
+            config.api_key_header,
+            value=config.api_key,
+            value_file=config.api_key_file,
+            check_interval=config.reload_interval,
+            keys={
+                "header": f"{section}.api_key_header",
+                "value": f"{section}.api_key",
+                "value_file": f"{section}.api_key_file",
+            },
+        )
+    if mode == "bearer":
+        return BearerTokenFile(
+            config.bearer_token_file,
+            check_interval=config.reload_interval,
+            key=f"{section}.bearer_token_file",
+        )
+    if mode == "oauth2":
+        return OAuth2ClientCredentials(
+            token_url=config.oauth2_token_url,
+            client_id=config.oauth2_client_id,
+            client_secret=config.oauth2_client_secret,
+            client_secret_file=config.oauth2_client_secret_file,
+            scopes=config.oauth2_scopes,
+            audience=config.oauth2_audience,
+            auth_method=config.oauth2_auth_method,
+            ssl_context=ssl_context,
+            check_interval=config.reload_interval,
+            keys={
+                f: f"{section}.oauth2_{f}"
+                for f in (
+                    "token_url",
+                    "client_id",
+                    "client_secret",
+                    "client_secret_file",
+                    "auth_method",
+                )
+            },
+        )
+    return None

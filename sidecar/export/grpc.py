@@ -16,8 +16,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpclib.config import Configuration
 from grpclib.const import Status
 
-from sidecar.config import ExporterConfig
 from sidecar.export.compress import Payload
+from sidecar.export.config import ExporterConfig
 from sidecar.export.grpc_client import CallError, call_unary
 from sidecar.export.negotiate import names_encoding, parse_accepted
 from sidecar.export.partial import parse_response

@@ -11,8 +11,8 @@ import aiohttp
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
-from sidecar.config import ExporterConfig
 from sidecar.export.compress import Payload, compress_async
+from sidecar.export.config import ExporterConfig
 from sidecar.export.negotiate import names_encoding, parse_accepted
 from sidecar.export.partial import parse_response
 from sidecar.export.result import Exported, ExportError

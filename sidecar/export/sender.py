@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sidecar.config import ExporterConfig
 from sidecar.export.circuit import CircuitBreaker, State, upstream_failed
 from sidecar.export.compress import Payload
+from sidecar.export.config import ExporterConfig
 from sidecar.export.metrics import COMMON_FAILURES, PROTOCOL_FAILURES
 from sidecar.export.queue import Batch, ExportQueue
 from sidecar.export.result import Exported, ExportError

@@ -6,7 +6,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 from sidecar import loop_guard
-from sidecar.config import ExporterConfig
+from sidecar.export.config import ExporterConfig
 from sidecar.export.negotiate import DowngradeListener, Negotiator
 from sidecar.export.result import ExportError
 

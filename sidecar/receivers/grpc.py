@@ -17,7 +17,6 @@ from typing import Any
 from grpclib.const import Status
 
 from sidecar import loop_guard
-from sidecar.config import ReceiversConfig
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
 from sidecar.overload.budget import MemoryBudget
@@ -26,6 +25,7 @@ from sidecar.overload.metrics import Counted
 from sidecar.overload.reasons import Action
 from sidecar.pipeline import Pipeline, Refused
 from sidecar.receivers import contract, peers
+from sidecar.receivers.config import ReceiversConfig
 from sidecar.receivers.peers import PeerResolver
 from sidecar.signals import Signal
 from sidecar.wire import compression

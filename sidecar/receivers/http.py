@@ -19,7 +19,6 @@ from typing import Any
 from google.rpc import status_pb2
 
 from sidecar import loop_guard
-from sidecar.config import ReceiversConfig
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
 from sidecar.overload.budget import Account, MemoryBudget
@@ -27,6 +26,7 @@ from sidecar.overload.config import LimitsConfig
 from sidecar.overload.metrics import Counted
 from sidecar.pipeline import Pipeline, Refused
 from sidecar.receivers import contract, peers
+from sidecar.receivers.config import ReceiversConfig
 from sidecar.receivers.peers import PeerResolver
 from sidecar.signals import Signal
 from sidecar.wire import compression

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from sidecar.config import ExporterConfig
+from sidecar.export.config import ExporterConfig
 from sidecar.export.grpc import GrpcExporter
 from sidecar.export.grpc_client import CallError, call_unary
 from sidecar.export.http import HttpExporter

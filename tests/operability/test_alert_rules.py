@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.config import ExporterConfig
+from sidecar.export.config import ExporterConfig
 from sidecar.export.debug import DebugExporter
 from sidecar.export.queue import ExportQueue
 from sidecar.export.sender import Sender

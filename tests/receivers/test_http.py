@@ -12,9 +12,9 @@ import pytest
 from google.rpc import status_pb2
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-from sidecar.config import ReceiversConfig
 from sidecar.metrics import SidecarMetrics
 from sidecar.pipeline import Outcome
+from sidecar.receivers.config import ReceiversConfig
 from sidecar.receivers.http import HttpReceiver
 from sidecar.wire.budget import ReceiveBudget
 from tests import sdk

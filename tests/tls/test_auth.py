@@ -14,12 +14,12 @@ from aiohttp import web
 
 from sidecar.configkit import ConfigError, load_section
 from sidecar.export.auth import (
-    AuthConfig,
     AuthError,
     BearerTokenFile,
     HeaderAuth,
     OAuth2ClientCredentials,
 )
+from sidecar.export.config import AuthConfig
 from sidecar.tls.client import ClientTLS
 from sidecar.tls.server import ServerTLS
 from tests.tls.pki import make_pki

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import ExporterConfig
 from sidecar.configkit import ConfigError, load_section
+from sidecar.export.config import ExporterConfig
 from sidecar.tls.client import ClientTLS
 from sidecar.tls.config import InboundTLSConfig, UpstreamTLSConfig, check_listen_address, client_tls
 from sidecar.tls.server import ServerTLS

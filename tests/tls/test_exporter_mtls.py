@@ -16,9 +16,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from sidecar.config import ExporterConfig
 from sidecar.configkit import load_section
 from sidecar.export.auth import BearerTokenFile
+from sidecar.export.config import ExporterConfig
 from sidecar.export.grpc import GrpcExporter
 from sidecar.export.http import HttpExporter
 from sidecar.export.result import ExportError
