@@ -221,13 +221,14 @@ def load_section(
 ) -> T:
     """Build the section ``cls`` from its TOML table and the environment (env wins)."""
     data = dict(data or {})
+    # every section is a dataclass; T is left unbound (a bound to DataclassInstance would reach every caller)
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for key in data:
         if key not in known:
             allowed = ", ".join(sorted(known))
             raise ConfigError(f"{section}.{key}", f"unknown key; the keys of [{section}] are: {allowed}")
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]  # a dataclass, as above
         meta = field.metadata
         dotted = f"{section}.{field.name}"
         raw: Any = _MISSING

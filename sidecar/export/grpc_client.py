@@ -55,7 +55,7 @@ def _cheap_frame_reprs() -> None:
         head = self.serialize_padding_data() + bytes(self.data[:11]) + b"\0" * min(self.pad_length, 11)
         return raw_data_repr(head[:11])
 
-    raw_data_repr.otlp_sidecar_cheap = True  # type: ignore[attr-defined]
+    raw_data_repr.otlp_sidecar_cheap = True  # type: ignore[attr-defined]  # a mark: patched once per process
     hyperframe_frame._raw_data_repr = raw_data_repr
     # a DataFrame-only override of Frame._body_repr, assigned on the class at import
     hyperframe_frame.DataFrame._body_repr = data_body_repr  # type: ignore[method-assign, assignment]

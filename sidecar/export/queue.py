@@ -147,6 +147,7 @@ class ExportQueue:
         """The batch's requests, in order, reading spilled parts back from disk (the exporters
         compress them one after the other: no joined copy of the batch)."""
         return [
+            # a part is None only when it was spilled: then there is a disk log and a record
             part if part is not None else self._disk.read(record)  # type: ignore[union-attr,arg-type]
             for part, record in zip(batch.parts, batch.records, strict=True)
         ]

@@ -148,6 +148,7 @@ class TLSMetrics:
         add_refusal = getattr(tls, "add_refusal_listener", None)
         if add_refusal is not None:
             add_refusal(self._on_refusal)
+            # a ServerTLS (the one with refusal listeners) has handshake listeners too
             tls.add_handshake_listener(self._on_server_handshake_failure)  # type: ignore[attr-defined]
 
     def handshake_failed(self, role: str, exc: BaseException) -> str:
