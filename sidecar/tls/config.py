@@ -11,11 +11,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sidecar.configkit import ConfigError, parse_endpoint, setting
 from sidecar.tls.client import ClientTLS
 from sidecar.tls.server import ServerTLS, check_spiffe_allow
+
+if TYPE_CHECKING:
+    from sidecar.export.config import ExporterConfig
 
 
 @dataclass(frozen=True)
@@ -154,13 +157,13 @@ class UpstreamTLSConfig:
 
 
 def client_tls(
-    exporter: Any,
+    exporter: ExporterConfig,
     upstream: UpstreamTLSConfig,
     alpn: Sequence[str] = (),
 ) -> ClientTLS | None:
     """The reloadable upstream TLS from ``[exporter]`` (certificate, client_certificate,
     client_key, insecure) and ``[exporter_tls]``; None for a plaintext upstream."""
-    if getattr(exporter, "insecure", False):
+    if exporter.insecure:
         return None
     return ClientTLS(
         ca_file=exporter.certificate,
