@@ -4,8 +4,8 @@ Each component owns its section (its dataclass, ``configkit.setting`` declaratio
 factory defaults and validation): ``[receivers]`` in :mod:`sidecar.receivers.config`,
 ``[exporter]`` and ``[auth]`` in :mod:`sidecar.export.config`, ``[receivers_tls]`` and
 ``[exporter_tls]`` in :mod:`sidecar.tls.config`, ``[policy]`` in :mod:`sidecar.policy.config`,
-``[limits]`` in :mod:`sidecar.overload.config`. This module declares the process's own
-sections (``[admin]``, ``[pod]``, ``[log]``) and does what spans components: reading the
+``[limits]`` in :mod:`sidecar.overload.config`, ``[admin]`` in :mod:`sidecar.admin.config`.
+This module declares the process's own sections (``[pod]``, ``[log]``) and does what spans components: reading the
 file (``--config``) and the environment, the standard ``OTEL_EXPORTER_OTLP_*`` variables,
 and the checks across sections (listeners need TLS off loopback, no upstream that is
 one of our own listeners, one memory ceiling). Components never import this module.
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sidecar.admin.config import AdminConfig
 from sidecar.configkit import (
     ConfigError,
     load_section,
@@ -45,24 +46,6 @@ from sidecar.tls.config import InboundTLSConfig, UpstreamTLSConfig, check_listen
 
 #: the section types are exported too: ``Config``'s fields are typed with them
 __all__ = ["AdminConfig", "Config", "ConfigError", "ExporterConfig", "ReceiversConfig", "load"]
-
-
-@dataclass(frozen=True)
-class AdminConfig:
-    """The admin listener: /health, /ready, /metrics, /policy."""
-
-    endpoint: str = setting(
-        "127.0.0.1:13133", "host:port of the admin listener (0.0.0.0:13133 in a pod, for probes).",
-        kind="endpoint", env=["SIDECAR_ADMIN_ENDPOINT"],
-    )
-    enabled: bool = setting(True, "Serve the admin listener.", kind="bool")
-    ready_requires_upstream: bool = setting(
-        False,
-        "Answer /ready with 503 while the exporter's circuit is open. Off by default: a native "
-        "sidecar's readiness gates its pod, and an upstream outage should not take every app out "
-        "of its Services (data waits in the queue meanwhile). /ready always reports the exporter's state.",
-        kind="bool",
-    )
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,16 @@ def test_docs_are_generated_from_the_code() -> None:
     assert (REPO / "docs" / "configuration.md").read_text(encoding="utf-8") == config_mod.render_docs()
 
 
+def test_docs_are_what_the_command_prints() -> None:
+    """`make docs` writes `otlp-sidecar config docs` (the installed command) to docs/configuration.md."""
+    cli = Path(sys.executable).parent / "otlp-sidecar"
+    done = subprocess.run([str(cli), "config", "docs"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    for section, _, _ in config_mod.SECTIONS:
+        assert f"## `[{section}]`" in done.stdout
+
+
 def test_config_check_command(tmp_path: Path) -> None:
     run = [sys.executable, "-m", "sidecar", "config", "check"]
     ok = subprocess.run([*run, str(VALID_FULL)], capture_output=True, text=True, check=False)

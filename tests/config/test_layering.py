@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 COMPONENT_CONFIGS = [
     "sidecar.receivers.config",
+    "sidecar.admin.config",
     "sidecar.export.config",
     "sidecar.tls.config",
     "sidecar.overload.config",

@@ -38,7 +38,8 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
     "auth": ("auth",),
     "policy": ("policy",),
     "limits": ("limits",),
-    "top": ("admin", "pod", "log"),
+    "admin": ("admin",),
+    "top": ("pod", "log"),
     "webhook": ("webhook", "injection"),
 }
 WEBHOOK_SECTIONS = {"webhook": ServerConfig, "injection": InjectionConfig}
