@@ -37,7 +37,7 @@ from sidecar.configkit import (
     setting,
 )
 from sidecar.export.config import AuthConfig, ExporterConfig
-from sidecar.identity import PodIdentity, read_downward_api_file
+from sidecar.identity import PodConfig
 from sidecar.overload.config import LimitsConfig
 from sidecar.policy.config import PolicyConfig
 from sidecar.receivers.config import ReceiversConfig
@@ -46,49 +46,6 @@ from sidecar.tls.config import InboundTLSConfig, UpstreamTLSConfig, check_listen
 
 #: the section types are exported too: ``Config``'s fields are typed with them
 __all__ = ["AdminConfig", "Config", "ConfigError", "ExporterConfig", "ReceiversConfig", "load"]
-
-
-@dataclass(frozen=True)
-class PodConfig:
-    """The pod's identity, from the downward API (the injector sets these variables)."""
-
-    name: str = setting("", "Pod name.", env=["SIDECAR_POD_NAME"])
-    namespace: str = setting("", "Pod namespace.", env=["SIDECAR_POD_NAMESPACE"])
-    service_account: str = setting("", "Pod service account.", env=["SIDECAR_POD_SERVICE_ACCOUNT"])
-    tenant: str = setting("", "The pod's tenant (from a label or annotation).", env=["SIDECAR_TENANT"])
-    labels_file: str = setting("", "Downward API file with the pod's labels.", kind="path")
-    annotations_file: str = setting("", "Downward API file with the pod's annotations.", kind="path")
-    uid: str = setting("", "Pod UID (metadata.uid).", env=["SIDECAR_POD_UID"])
-    node_name: str = setting("", "Node the pod runs on (spec.nodeName).", env=["SIDECAR_NODE_NAME"])
-    cluster_name: str = setting(
-        "", "The cluster's name (the chart's `clusterName`).", env=["SIDECAR_CLUSTER_NAME"],
-    )
-    workload_kind: str = setting(
-        "", "Kind of the pod's controller: Deployment, StatefulSet, DaemonSet, Job, CronJob, ReplicaSet "
-        "(the injector derives it from ownerReferences).", env=["SIDECAR_WORKLOAD_KIND"],
-    )
-    workload_name: str = setting(
-        "", "Name of the pod's controller (a Deployment's name, not its ReplicaSet's).",
-        env=["SIDECAR_WORKLOAD_NAME"],
-    )
-
-    def identity(self) -> PodIdentity:
-        try:
-            labels = read_downward_api_file(self.labels_file)
-        except OSError as exc:
-            raise ConfigError("pod.labels_file", f"cannot read {self.labels_file}: {exc.strerror}") from None
-        try:
-            annotations = read_downward_api_file(self.annotations_file)
-        except OSError as exc:
-            raise ConfigError(
-                "pod.annotations_file", f"cannot read {self.annotations_file}: {exc.strerror}"
-            ) from None
-        return PodIdentity(
-            name=self.name, namespace=self.namespace, service_account=self.service_account,
-            tenant=self.tenant, labels=labels, annotations=annotations,
-            uid=self.uid, node_name=self.node_name, cluster_name=self.cluster_name,
-            workload_kind=self.workload_kind, workload_name=self.workload_name,
-        )
 
 
 @dataclass(frozen=True)

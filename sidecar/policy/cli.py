@@ -93,8 +93,8 @@ class _Session:
     """A compiled policy set with the pod identity from the environment, for the CLI."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from sidecar.config import PodConfig
         from sidecar.configkit import load_section
+        from sidecar.identity import PodConfig
         from sidecar.policy.loader import load_policy
 
         self.root = _policy_dir(args.dir)

@@ -199,8 +199,8 @@ def engine_checks(root: str, decision_path: str, hash_key_file: str) -> tuple[li
     """
     import prometheus_client
 
-    from sidecar.config import PodConfig
     from sidecar.configkit import ConfigError, load_section
+    from sidecar.identity import PodConfig
     from sidecar.policy.config import PolicyConfig
     from sidecar.policy.service import PolicyService
 
