@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -16,6 +17,33 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_CORPUS = REPO.parent / "shared" / "corpus"
 
 StartSidecar = Callable[..., Awaitable[Sidecar]]
+
+#: which rewriter this run is on: ``make test`` requires the C module, ``make test-twin`` sets
+#: OTLP_SIDECAR_NO_EXTENSIONS=1 (and the sidecar processes the tests spawn inherit it)
+NO_EXTENSIONS = os.environ.get("OTLP_SIDECAR_NO_EXTENSIONS", "") not in ("", "0")
+REQUIRE_EXTENSIONS = os.environ.get("OTLP_SIDECAR_REQUIRE_EXTENSIONS", "") not in ("", "0")
+
+
+def expected_implementation() -> str | None:
+    """The rewriter the environment asks for: "python", "cython" or None (whichever is built)."""
+    if NO_EXTENSIONS:
+        return "python"
+    return "cython" if REQUIRE_EXTENSIONS else None
+
+
+def pytest_report_header() -> str:
+    from sidecar.rewrite import IMPLEMENTATION
+
+    return f"otlp-sidecar rewriter: {IMPLEMENTATION} (OTLP_SIDECAR_NO_EXTENSIONS={NO_EXTENSIONS:d})"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail the run at once when it is not on the rewriter it was asked to test."""
+    from sidecar.rewrite import IMPLEMENTATION
+
+    expected = expected_implementation()
+    if expected is not None and expected != IMPLEMENTATION:
+        raise pytest.UsageError(f"this run must test the {expected} rewriter but {IMPLEMENTATION} is loaded")
 
 
 @pytest.fixture
