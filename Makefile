@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: build run test lint bench bench-rewrite docs clean peers tools
+.PHONY: build run test test-twin lint bench bench-rewrite docs clean peers tools
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,9 +27,26 @@ run: build $(DEV_KEY)
 	SIDECAR_POLICY_HASH_KEY_FILE=$${SIDECAR_POLICY_HASH_KEY_FILE:-$(DEV_KEY)} \
 	$(BIN)/otlp-sidecar run $(if $(CONFIG),--config $(CONFIG),)
 
-## test: the whole suite, on the Cython extensions (and the pure-Python twins where tests say)
+## test: the whole suite on the Cython extensions (tests/rewrite crosses them with the twins), then
+## test-twin (with PYTEST_ARGS, the same selection on the twins)
 test: build
 	OTLP_SIDECAR_REQUIRE_EXTENSIONS=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-twin $(if $(PYTEST_ARGS),TWIN_TESTS=)
+
+## test-twin: the suite again on the pure-Python twins (OTLP_SIDECAR_NO_EXTENSIONS=1, inherited by
+## every sidecar process the tests spawn), as a user without a compiler runs the package; the run
+## fails at once if the C rewriter is loaded (tests/conftest.py) and tests/app/test_rewriter_in_use.py
+## checks a spawned sidecar. TWIN_TESTS is every directory whose tests go through the rewriter, the
+## pipeline, the policies or TLS. Left out, as the twin adds nothing there: tests/rewrite (each test
+## already runs on both, ids c/py, in the first pass) but its selector tests, and the areas that
+## never rewrite (wire servers, config, helm, webhook, metrics catalogue, operability, bench, mypy).
+## The whole suite on the twin takes about as long again as the extension pass: over CI's budget.
+## `make test-twin TWIN_TESTS=tests` runs all of it.
+TWIN_TESTS ?= tests/admin tests/app tests/bounds tests/day_one tests/end_to_end tests/export \
+	tests/interop tests/pci_invariant tests/pipeline tests/policy tests/receivers tests/tls \
+	tests/rewrite/test_selector.py
+test-twin: $(STAMP)
+	OTLP_SIDECAR_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q $(TWIN_TESTS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check sidecar tests bench setup.py
