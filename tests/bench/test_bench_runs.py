@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import sidecar.rewrite
 from tests.conftest import REPO
 
 
@@ -47,8 +48,11 @@ def test_profile_names_where_the_time_goes() -> None:
         pytest.skip(f"py-spy may not read other processes here: {proc.stderr.strip()[-200:]}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "own time:" in proc.stdout and "with callees:" in proc.stdout
-    # the request path is in the profile: the HTTP receiver handing requests to the pipeline
-    assert "Pipeline.submit" in proc.stdout
     folded = REPO / proc.stdout.rsplit("folded stacks: ", 1)[1].strip()
     assert folded.stat().st_size > 0
+    # the request path is in the profile: the HTTP receiver handing requests to the pipeline; on
+    # the pure-Python twin (make test-twin) the rewriter's own frames fill the top 40, so there
+    # it is looked for in the folded stacks
+    shown = proc.stdout if sidecar.rewrite.IMPLEMENTATION == "cython" else folded.read_text()
+    assert "Pipeline.submit" in shown
     folded.unlink()
