@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import random
 import statistics
 import sys
 import time
@@ -30,7 +29,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.baselines.naive_rewrite import naive_rewrite, naive_rewrite_logs, naive_rewrite_metrics
-from bench.corpus_requests import DEFAULT_PLAN, _set, corpus_values, shipped_plan, trace_request
+from bench.corpus_requests import (
+    DEFAULT_PLAN,
+    log_request,
+    metric_request,
+    shipped_plan,
+    trace_request,
+)
 from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
 
@@ -60,120 +65,6 @@ def _round(fn, requests: list[bytes], n: int) -> float:
 
 
 # ---- log and metric requests (as the SDKs send them), built like the trace requests ----
-
-LOG_MESSAGES = [
-    "order {order} paid: {amount} EUR, customer {user}",
-    "GET /api/orders/{order} 200 in {ms} ms",
-    "cache miss for key orders:{order}, loading from db",
-    "payment gateway answered {status} after {ms} ms (attempt {attempt})",
-    "user {user} logged in from 10.1.{a}.{b}",
-    "retrying request to inventory-svc: connection reset by peer",
-]
-
-
-def log_request(records: int = 512, seed: int = 1, pan_share: float = 0.05) -> bytes:
-    """One ExportLogsServiceRequest of ``records`` log records (the SDKs' default batch): a
-    formatted message body each, some structured (a map body), 5 % with a card number from the
-    corpus, and the attributes a logging bridge sets."""
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-
-    rng = random.Random(seed)
-    values = corpus_values()
-    req = ExportLogsServiceRequest()
-    rl = req.resource_logs.add()
-    for k, v in (("service.name", "checkout"), ("service.version", "1.4.2"),
-                 ("k8s.namespace.name", "shop"), ("k8s.pod.name", "checkout-7d9f8-x2x9q"),
-                 ("host.name", "node-12"), ("telemetry.sdk.language", "python")):
-        _set(rl.resource.attributes, k, v)
-    sl = rl.scope_logs.add()
-    sl.scope.name = "checkout.payments"
-    for i in range(records):
-        lr = sl.log_records.add(time_unix_nano=1_700_000_000_000_000_000 + i * 1000,
-                                observed_time_unix_nano=1_700_000_000_000_500_000 + i * 1000,
-                                severity_number=rng.choice([9, 9, 9, 13, 17]),
-                                trace_id=rng.randbytes(16), span_id=rng.randbytes(8), flags=1)
-        lr.severity_text = {9: "INFO", 13: "WARN", 17: "ERROR"}[lr.severity_number]
-        message = rng.choice(LOG_MESSAGES).format(
-            order=rng.randint(1, 99999), amount=f"{rng.randint(1, 500)}.{rng.randint(0, 99):02d}",
-            user=f"u-{rng.randint(1, 10**6)}", ms=rng.randint(1, 900), status=rng.choice([200, 402]),
-            attempt=rng.randint(1, 3), a=rng.randint(0, 255), b=rng.randint(0, 255))
-        if rng.random() < pan_share:
-            message = f"{message}; request: {rng.choice(values)}"
-        if i % 8 == 0:  # a structured log: the body is a map
-            kv = lr.body.kvlist_value.values
-            _set(kv, "message", message)
-            _set(kv, "order.id", rng.randint(1, 99999))
-            _set(kv, "customer.tier", rng.choice(["vip", "standard"]))
-        else:
-            lr.body.string_value = message
-        _set(lr.attributes, "code.function", "pay")
-        _set(lr.attributes, "code.lineno", rng.randint(10, 900))
-        _set(lr.attributes, "thread.name", "MainThread")
-        _set(lr.attributes, "user.id", f"u-{rng.randint(1, 10**6)}")
-        if i % 10 == 0:
-            _set(lr.attributes, "exception.message", rng.choice(values))
-    return req.SerializeToString()
-
-
-def metric_request(points: int = 512, seed: int = 1) -> bytes:
-    """One ExportMetricsServiceRequest as an SDK's periodic reader sends it: gauges, sums and
-    histograms (with exemplars), ``points`` data points in all, each with its attributes
-    (http.route, method, status, and a few with a card number put where it does not belong)."""
-    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-        ExportMetricsServiceRequest,
-    )
-
-    rng = random.Random(seed)
-    values = corpus_values()
-    req = ExportMetricsServiceRequest()
-    rm = req.resource_metrics.add()
-    for k, v in (("service.name", "checkout"), ("service.version", "1.4.2"),
-                 ("k8s.namespace.name", "shop"), ("k8s.pod.name", "checkout-7d9f8-x2x9q"),
-                 ("host.name", "node-12"), ("telemetry.sdk.language", "python")):
-        _set(rm.resource.attributes, k, v)
-    sm = rm.scope_metrics.add()
-    sm.scope.name = "opentelemetry.instrumentation.flask"
-    bounds = [0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0,
-              5000.0, 7500.0, 10000.0]
-    made, m = 0, 0
-    while made < points:
-        kind = m % 3
-        metric = sm.metrics.add(name=("http.server.duration", "http.server.active_requests",
-                                      "http.server.request.size")[kind] + f".{m}",
-                                unit=("ms", "{request}", "By")[kind])
-        n = min(16, points - made)
-        for j in range(n):
-            if kind == 0:
-                dp = metric.histogram.data_points.add(
-                    start_time_unix_nano=1_700_000_000_000_000_000,
-                    time_unix_nano=1_700_000_060_000_000_000, count=rng.randint(1, 5000),
-                    sum=rng.random() * 1e5, min=0.5, max=rng.random() * 1e4)
-                metric.histogram.aggregation_temporality = 2
-                dp.explicit_bounds.extend(bounds)
-                dp.bucket_counts.extend(rng.randint(0, 400) for _ in range(len(bounds) + 1))
-                ex = dp.exemplars.add(time_unix_nano=1_700_000_059_000_000_000,
-                                      as_double=rng.random() * 1e3, span_id=rng.randbytes(8),
-                                      trace_id=rng.randbytes(16))
-                _set(ex.filtered_attributes, "user.id", f"u-{rng.randint(1, 10**6)}")
-            elif kind == 1:
-                dp = metric.gauge.data_points.add(time_unix_nano=1_700_000_060_000_000_000,
-                                                  as_int=rng.randint(0, 200))
-            else:
-                metric.sum.aggregation_temporality = 2
-                metric.sum.is_monotonic = True
-                dp = metric.sum.data_points.add(start_time_unix_nano=1_700_000_000_000_000_000,
-                                                time_unix_nano=1_700_000_060_000_000_000,
-                                                as_double=rng.random() * 1e7)
-            _set(dp.attributes, "http.route", f"/api/orders/{j % 8}")
-            _set(dp.attributes, "http.request.method", rng.choice(["GET", "POST"]))
-            _set(dp.attributes, "http.response.status_code", rng.choice([200, 200, 404, 500]))
-            _set(dp.attributes, "server.address", "checkout.shop.svc")
-            if rng.random() < 0.02:
-                _set(dp.attributes, "payment.reference", rng.choice(values))
-        made += n
-        m += 1
-    return req.SerializeToString()
-
 
 def shipped_plan_for(signal: Signal, body: bytes, tenant: str = "acme") -> Plan:
     """The plan the bundled policies give the first resource of ``body`` for ``signal``."""
