@@ -18,6 +18,7 @@ from sidecar.rewrite.plan import (
     Sampling,
     ValueDetector,
 )
+from sidecar.signals import Signal
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus" / "pan_cases.json"
@@ -46,8 +47,16 @@ DEFAULT_PLAN = Plan(
 
 
 def shipped_plan(body: bytes, tenant: str = "acme") -> Plan:
-    """The plan the bundled policies (policies/) give the first resource of ``body``: what the
-    sidecar applies in the benchmarks, asked of the real policy engine once."""
+    """The plan the bundled policies (policies/) give the first resource of trace request ``body``:
+    what the sidecar applies in the benchmarks, asked of the real policy engine once."""
+    from sidecar.signals import Signal
+
+    return shipped_plan_for(Signal.TRACES, body, tenant)
+
+
+def shipped_plan_for(signal: Signal, body: bytes, tenant: str = "acme", policies: Path | None = None) -> Plan:
+    """The plan a policy directory (the bundled ``policies/`` by default) gives the first
+    resource of ``body`` for ``signal``, asked of the real policy engine."""
     import asyncio
     import tempfile
 
@@ -57,19 +66,19 @@ def shipped_plan(body: bytes, tenant: str = "acme") -> Plan:
     from sidecar.policy.config import PolicyConfig
     from sidecar.policy.service import PolicyService
     from sidecar.rewrite import split_resources
-    from sidecar.signals import Signal
 
     async def ask() -> Plan:
         with tempfile.TemporaryDirectory() as tmp:
             key = Path(tmp) / "hash.key"
             key.write_bytes(b"bench-key-0123456789abcdef0123456")
-            config = PolicyConfig(dir=str(REPO / "policies"), hash_key_file=str(key), reload_interval=0)
+            config = PolicyConfig(dir=str(policies or REPO / "policies"), hash_key_file=str(key),
+                                  reload_interval=0)
             pod = PodIdentity(name="bench-0", namespace="shop", service_account="bench", tenant=tenant)
             service = PolicyService(config, pod, prometheus_client.CollectorRegistry())
             await service.start()
             try:
-                resources = split_resources(Signal.TRACES, body)
-                return (await service.plans_for(Signal.TRACES, resources[:1], Peer("127.0.0.1"), "http"))[0]
+                resources = split_resources(signal, body)
+                return (await service.plans_for(signal, resources[:1], Peer("127.0.0.1"), "http"))[0]
             finally:
                 await service.stop()
 

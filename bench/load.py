@@ -8,15 +8,23 @@ Side by side in the same run, on each transport:
   answering without looking at the request: the floor of receiving;
 - ``passthrough``: the sidecar with no policy;
 - ``policy``: the sidecar with the bundled default policies (embedded Rego, Cython rewriter);
+- ``keep-all``: the bundled policies with the sampling ratio at 1.0 (masking on, every span kept,
+  zstd export): what an unsampled tenant costs;
 - ``naive``: a naive Python proxy (upb decode, the same policy in Python, encode, forward);
 - ``rego-per-span``: the naive proxy asking Rego about every span as well (why plans);
 - ``collector``: the OpenTelemetry Collector (``make peers``) configured as a sidecar doing the
   same job: a card-number pattern redacted, the tenant stamped, 10 % probabilistic sampling,
   batching, zstd upstream; ``GOMAXPROCS=1`` on the same core (skipped if not built).
 
+Each signal has its rows (``--signals``): traces (512 spans a request), logs (512 log records
+with message bodies scanned for card numbers) and metrics (512 data points of gauges, sums and
+histograms with exemplars), built in ``bench.corpus_requests``; logs and metrics run the modes of
+``SIGNAL_MODES``. Ratios are taken within a run: against the naive proxy, the Collector and the
+transport floor of the same signal and transport.
+
 The load comes from ``bench.loadgen`` (pre-built requests on raw connections, cheap enough to
-saturate the target from one core). Measured per row: spans/s the target accepted, the target's
-CPU time per span (from /proc, so it holds whoever is the bottleneck), peak RSS, refused /
+saturate the target from one core). Measured per row: items/s the target accepted, the target's
+CPU time per item (from /proc, so it holds whoever is the bottleneck), peak RSS, refused /
 failed requests, and at a fixed rate the latency the app sees (p50 / p99 / p99.9; skipped for
 a target that cannot sustain the rate). The table goes to stdout, the figures to
 ``bench/results/load-<date>.json``.
@@ -33,7 +41,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +48,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from signal import SIGTERM
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +60,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 class Row:
     transport: str
     mode: str
+    #: traces, logs or metrics; the per-span figures below are per item of this signal (span, log
+    #: record, data point)
+    signal: str = "traces"
     spans_per_s: float = 0.0
     cpu_us_per_span: float = 0.0
     target_cpu_share: float = 0.0
@@ -120,6 +131,7 @@ def start_collector(sink_grpc: int, workdir: str) -> tuple[subprocess.Popen[str]
 
     grpc_port, http_port, health = free_port(), free_port(), free_port()
     processors = ["memory_limiter", "resource", "redaction", "probabilistic_sampler", "batch"]
+    unsampled = [name for name in processors if name != "probabilistic_sampler"]
     config = {
         "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"},
                                              "http": {"endpoint": f"127.0.0.1:{http_port}"}}}},
@@ -135,7 +147,12 @@ def start_collector(sink_grpc: int, workdir: str) -> tuple[subprocess.Popen[str]
         "extensions": {"health_check": {"endpoint": f"127.0.0.1:{health}"}},
         "service": {
             "extensions": ["health_check"],
-            "pipelines": {"traces": {"receivers": ["otlp"], "processors": processors, "exporters": ["otlp_grpc"]}},
+            # the sidecar samples traces only; logs and metrics go through whole, as here
+            "pipelines": {
+                "traces": {"receivers": ["otlp"], "processors": processors, "exporters": ["otlp_grpc"]},
+                "logs": {"receivers": ["otlp"], "processors": unsampled, "exporters": ["otlp_grpc"]},
+                "metrics": {"receivers": ["otlp"], "processors": unsampled, "exporters": ["otlp_grpc"]},
+            },
             "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
         },
     }
@@ -155,13 +172,28 @@ def start_collector(sink_grpc: int, workdir: str) -> tuple[subprocess.Popen[str]
     raise RuntimeError("the Collector did not become healthy")
 
 
-def start_target(mode: str, sink_grpc: int, sink_http: int, workdir: str) -> tuple[subprocess.Popen[str], int, int]:
+def keep_all_policies(workdir: str) -> Path:
+    """The bundled policies with the sampling ratio at 1.0 (a tenant that keeps every trace)."""
+    import shutil
+
+    root = Path(workdir) / "policies-keep-all"
+    shutil.copytree(REPO / "policies", root)
+    data = json.loads((root / "data.json").read_text())
+    data["otlp_sidecar"]["config"]["sampling"]["ratio"] = 1.0
+    (root / "data.json").write_text(json.dumps(data, indent=2))
+    return root
+
+
+def start_target(
+    mode: str, sink_grpc: int, sink_http: int, workdir: str, signal: str = "traces",
+) -> tuple[subprocess.Popen[str], int, int]:
     if mode == "collector":
         return start_collector(sink_grpc, workdir)
     env = {**os.environ}
     if mode in ("naive", "rego-per-span", "transport", "transport-libraries"):
         cmd = {
-            "naive": [sys.executable, "-m", "bench.baselines.naive_proxy", "--upstream-http", str(sink_http)],
+            "naive": [sys.executable, "-m", "bench.baselines.naive_proxy", "--upstream-http", str(sink_http),
+                      "--signal", signal],
             "rego-per-span": [sys.executable, "-m", "bench.baselines.naive_proxy", "--upstream-http",
                               str(sink_http), "--rego-per-span"],
             "transport": [sys.executable, "-m", "bench.baselines.transport_floor"],
@@ -178,11 +210,12 @@ def start_target(mode: str, sink_grpc: int, sink_http: int, workdir: str) -> tup
     })
     env.pop("SIDECAR_POLICY_DIR", None)
     # no policy is an explicit mode: with nothing configured the sidecar applies its bundled set
-    env["SIDECAR_POLICY_MODE"] = "enforce" if mode == "policy" else "passthrough"
-    if mode == "policy":
+    env["SIDECAR_POLICY_MODE"] = "enforce" if mode in ("policy", "keep-all") else "passthrough"
+    if mode in ("policy", "keep-all"):
         key = Path(workdir) / "hmac.key"
         key.write_bytes(os.urandom(32))
-        env.update({"SIDECAR_POLICY_DIR": str(REPO / "policies"), "SIDECAR_POLICY_HASH_KEY_FILE": str(key),
+        policies = REPO / "policies" if mode == "policy" else keep_all_policies(workdir)
+        env.update({"SIDECAR_POLICY_DIR": str(policies), "SIDECAR_POLICY_HASH_KEY_FILE": str(key),
                     "SIDECAR_TENANT": "acme"})
     ports_file = Path(workdir) / f"ports-{mode}.json"
     env["SIDECAR_LOG_LEVEL"] = "info"
@@ -236,14 +269,14 @@ def peak_rss_mib(pid: int) -> float:
 
 
 async def _generate(transport: str, port: int, bodies: list[bytes], duration: float, concurrency: int,
-                    rate: float | None) -> dict[str, Any]:
+                    rate: float | None, signal: str = "traces") -> dict[str, Any]:
     from bench.loadgen import CallFailed, connect
     from sidecar.signals import Signal
 
     ok = refused = failed = 0
     latencies: list[float] = []
     deadline = time.monotonic() + duration
-    path = Signal.TRACES.http_path if transport == "http" else Signal.TRACES.grpc_path
+    path = Signal(signal).http_path if transport == "http" else Signal(signal).grpc_path
     # HTTP/1.1 carries one request at a time per connection; gRPC multiplexes on one
     connections = [await connect(transport, "127.0.0.1", port, path, bodies)
                    for _ in range(concurrency if transport == "http" else 1)]
@@ -309,11 +342,12 @@ def _generator_main(args: tuple, out: Any) -> None:
 
 
 def run_load(transport: str, port: int, bodies: list[bytes], duration: float, generators: int, concurrency: int,
-             rate: float | None = None) -> dict[str, Any]:
+             rate: float | None = None, signal: str = "traces") -> dict[str, Any]:
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_generator_main, args=((transport, port, bodies, duration, concurrency,
-                                                        None if rate is None else rate / generators), queue))
+                                                        None if rate is None else rate / generators, signal),
+                                                       queue))
              for _ in range(generators)]
     for proc in procs:
         proc.start()
@@ -339,32 +373,34 @@ def percentile(values: list[float], share: float) -> float:
 
 @contextlib.contextmanager
 def running(
-    transport: str, mode: str, bodies: list[bytes],
+    transport: str, mode: str, bodies: list[bytes], signal: str = "traces",
 ) -> Iterator[tuple[subprocess.Popen[str], int, subprocess.Popen[str]]]:
     """A sink and the target of ``mode``, warmed up: (target process, its port for ``transport``,
     sink process). Both are stopped on leaving."""
     with tempfile.TemporaryDirectory() as workdir:
         sink, sink_grpc, sink_http = start_sink()
         try:
-            target, grpc_port, http_port = start_target(mode, sink_grpc, sink_http, workdir)
+            target, grpc_port, http_port = start_target(mode, sink_grpc, sink_http, workdir, signal)
             try:
                 port = grpc_port if transport == "grpc" else http_port
-                run_load(transport, port, bodies, 1.0, 1, 4)  # warm-up: caches, connections, plans
+                run_load(transport, port, bodies, 1.0, 1, 4, signal=signal)  # warm-up: caches, connections, plans
                 yield target, port, sink
             finally:
-                target.send_signal(signal.SIGTERM)
+                target.send_signal(SIGTERM)
                 target.wait(60)
         finally:
-            sink.send_signal(signal.SIGTERM)
+            sink.send_signal(SIGTERM)
             sink.wait(60)
 
 
-def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: argparse.Namespace) -> Row:
-    row = Row(transport, mode)
-    with running(transport, mode, bodies) as (target, port, sink):
+def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: argparse.Namespace,
+            signal: str = "traces") -> Row:
+    row = Row(transport, mode, signal)
+    with running(transport, mode, bodies, signal) as (target, port, sink):
         steal0 = steal_ticks()
         cpu0, t0 = cpu_seconds(target.pid), time.monotonic()
-        result = run_load(transport, port, bodies, args.duration, args.generators, args.concurrency)
+        result = run_load(transport, port, bodies, args.duration, args.generators, args.concurrency,
+                          signal=signal)
         elapsed = time.monotonic() - t0
         cpu = cpu_seconds(target.pid) - cpu0
         accepted_spans = result["ok"] * spans
@@ -377,7 +413,8 @@ def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: ar
         if row.spans_per_s >= 1.5 * args.rate:
             os.setpriority(os.PRIO_PROCESS, sink.pid, SINK_NICE)  # raising niceness needs no privilege
             rate_requests = args.rate / spans
-            latency = run_load(transport, port, bodies, args.latency_duration, 1, 64, rate=rate_requests)
+            latency = run_load(transport, port, bodies, args.latency_duration, 1, 64, rate=rate_requests,
+                               signal=signal)
             row.rate_spans_per_s = args.rate
             row.p50_ms = percentile(latency["latencies"], 0.50)
             row.p99_ms = percentile(latency["latencies"], 0.99)
@@ -385,7 +422,7 @@ def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: ar
             row.requests_refused += latency["refused"]
             row.requests_failed += latency["failed"]
         else:
-            row.notes.append(f"no latency run: it cannot sustain {args.rate:,.0f} spans/s")
+            row.notes.append(f"no latency run: it cannot sustain {args.rate:,.0f} items/s")
         row.peak_rss_mib = peak_rss_mib(target.pid)
         steal1 = steal_ticks()
         if steal1[1] > steal0[1]:
@@ -393,36 +430,58 @@ def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: ar
     return row
 
 
+#: the modes that also run for logs and metrics (never sampled, so keep-all is policy there; the
+#: library floor and Rego-per-span are about receiving and planning, measured on traces)
+SIGNAL_MODES = ("transport", "passthrough", "policy", "naive", "collector")
+
+#: the goals of issue 18, as ratios in the same run: (signal, mode) -> (against, at least / at most)
+GOALS = {
+    ("traces", "policy"): "≥ 25x less CPU than naive, ≤ 2.5x the floor",
+    ("traces", "keep-all"): "≤ 4x the floor, 0 refused at the fixed rate",
+    ("logs", "policy"): "≥ 20x less CPU than naive",
+    ("metrics", "policy"): "≥ 20x less CPU than naive",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of flat-out load per row")
     parser.add_argument("--latency-duration", type=float, default=5.0, help="seconds of fixed-rate load")
-    parser.add_argument("--rate", type=float, default=50_000, help="spans/s of the latency run")
-    parser.add_argument("--spans", type=int, default=512, help="spans per request")
+    parser.add_argument("--rate", type=float, default=50_000, help="items/s of the latency run")
+    parser.add_argument("--spans", type=int, default=512,
+                        help="items per request: spans, log records or data points (the SDKs' batch of 512)")
     parser.add_argument("--requests", type=int, default=8, help="different pre-built requests, sent in turn")
     parser.add_argument("--generators", type=int, default=2, help="load generator processes")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per generator")
     parser.add_argument("--transports", default="http,grpc")
     parser.add_argument("--modes",
-                        default="transport-libraries,transport,passthrough,policy,naive,rego-per-span,collector")
+                        default="transport-libraries,transport,passthrough,policy,keep-all,naive,rego-per-span,"
+                                "collector")
+    parser.add_argument("--signals", default="traces,logs,metrics",
+                        help="logs and metrics run the modes of SIGNAL_MODES only")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
-    from bench.corpus_requests import trace_request
+    from bench.corpus_requests import log_request, metric_request, trace_request
     from sidecar.rewrite import IMPLEMENTATION
 
-    # different spans, attribute values and card numbers in each request; one resource (one app)
-    bodies = [trace_request(args.spans, seed=seed) for seed in range(7, 7 + args.requests)]
-    request_bytes = sum(map(len, bodies)) // len(bodies)
+    builders = {"traces": trace_request, "logs": log_request, "metrics": metric_request}
     rows = []
+    request_bytes: dict[str, int] = {}
     modes = args.modes.split(",")
     if "collector" in modes and not collector_binary().exists():
         print(f"no Collector at {collector_binary()}: run `make peers` for the collector row", file=sys.stderr)
         modes.remove("collector")
-    for transport in args.transports.split(","):
-        for mode in modes:
-            print(f"measuring {transport} / {mode} ...", file=sys.stderr, flush=True)
-            rows.append(measure(transport, mode, bodies, args.spans, args))
+    for signal in args.signals.split(","):
+        # different items, attribute values and card numbers in each request; one resource (one app)
+        bodies = [builders[signal](args.spans, seed=seed) for seed in range(7, 7 + args.requests)]
+        request_bytes[signal] = sum(map(len, bodies)) // len(bodies)
+        for transport in args.transports.split(","):
+            for mode in modes:
+                if signal != "traces" and mode not in SIGNAL_MODES:
+                    continue
+                print(f"measuring {signal} / {transport} / {mode} ...", file=sys.stderr, flush=True)
+                rows.append(measure(transport, mode, bodies, args.spans, args, signal))
     print_table(rows, args, IMPLEMENTATION, request_bytes)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"load-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -444,26 +503,39 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d")}
 
 
-def print_table(rows: list[Row], args: argparse.Namespace, implementation: str, request_bytes: int) -> None:
+def print_table(rows: list[Row], args: argparse.Namespace, implementation: str,
+                request_bytes: dict[str, int]) -> None:
     info = machine()
+    sizes = ", ".join(f"{signal} {size:,} bytes" for signal, size in request_bytes.items())
     print(f"\n{info['date']} · {info['cpu']} · {info['cores']} cores · Python {info['python']} · "
-          f"rewriter: {implementation} · {args.requests} requests of {args.spans} spans "
-          f"({request_bytes} bytes) sent in turn · target on one core")
-    head = ("transport", "mode", "spans/s", "CPU µs/span", "vs naive", "p50 ms", "p99 ms", "p99.9 ms",
-            "peak RSS MiB", "refused", "failed", "limit", "steal %")
+          f"rewriter: {implementation} · {args.requests} requests of {args.spans} items ({sizes}) sent in turn"
+          " · target on one core")
+    head = ("signal", "transport", "mode", "items/s", "CPU µs/item", "vs naive", "vs floor", "vs collector",
+            "p50 ms", "p99 ms", "p99.9 ms", "peak RSS MiB", "refused", "failed", "limit", "steal %")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    naive = {r.transport: r for r in rows if r.mode == "naive"}
+    by_mode = {(r.signal, r.transport, r.mode): r for r in rows}
+
+    def times(mode: str, r: Row, inverse: bool = False) -> str:
+        other = by_mode.get((r.signal, r.transport, mode))
+        if other is None or other is r or not r.cpu_us_per_span or not other.cpu_us_per_span:
+            return "-"
+        ratio = r.cpu_us_per_span / other.cpu_us_per_span if inverse else other.cpu_us_per_span / r.cpu_us_per_span
+        return f"{ratio:.1f}x"
+
     for r in rows:
-        base = naive.get(r.transport)
-        ratio = f"{base.cpu_us_per_span / r.cpu_us_per_span:.1f}x" if base and r.cpu_us_per_span else "-"
         latency = (f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.p999_ms:.2f}" if r.rate_spans_per_s
                    else "- | - | -")
-        print(f"| {r.transport} | {r.mode} | {r.spans_per_s:,.0f} | {r.cpu_us_per_span:.2f} | {ratio} | "
+        print(f"| {r.signal} | {r.transport} | {r.mode} | {r.spans_per_s:,.0f} | {r.cpu_us_per_span:.2f} | "
+              f"{times('naive', r)} | {times('transport', r, inverse=True)} | {times('collector', r)} | "
               f"{latency} | {r.peak_rss_mib:.0f} | {r.requests_refused} | {r.requests_failed} | {r.limit} | "
               f"{r.steal_pct:.1f} |")
-    print(f"\nlatency at {args.rate:,.0f} spans/s, fixed rate; 'vs naive' = naive CPU per span / this CPU per span;"
-          " steal % = CPU time the hypervisor took from this machine during the row (it shows as latency)")
+    print(f"\nlatency at {args.rate:,.0f} items/s, fixed rate; 'vs naive' / 'vs collector' = their CPU per item"
+          " / this CPU per item (higher is better); 'vs floor' = this CPU per item / the transport floor's (lower"
+          " is better); steal % = CPU time the hypervisor took from this machine during the row")
+    goals = [(key, goal) for key, goal in GOALS.items() if any((r.signal, r.mode) == key for r in rows)]
+    if goals:
+        print("goals (issue 18): " + "; ".join(f"{signal} {mode}: {goal}" for (signal, mode), goal in goals))
 
 
 if __name__ == "__main__":

@@ -34,9 +34,9 @@ from bench.corpus_requests import (
     log_request,
     metric_request,
     shipped_plan,
+    shipped_plan_for,
     trace_request,
 )
-from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
 
 
@@ -65,35 +65,6 @@ def _round(fn, requests: list[bytes], n: int) -> float:
 
 
 # ---- log and metric requests (as the SDKs send them), built like the trace requests ----
-
-def shipped_plan_for(signal: Signal, body: bytes, tenant: str = "acme") -> Plan:
-    """The plan the bundled policies give the first resource of ``body`` for ``signal``."""
-    import asyncio
-    import tempfile
-
-    import prometheus_client
-
-    from bench.corpus_requests import REPO
-    from sidecar.identity import Peer, PodIdentity
-    from sidecar.policy.config import PolicyConfig
-    from sidecar.policy.service import PolicyService
-    from sidecar.rewrite import split_resources
-
-    async def ask() -> Plan:
-        with tempfile.TemporaryDirectory() as tmp:
-            key = Path(tmp) / "hash.key"
-            key.write_bytes(b"bench-key-0123456789abcdef0123456")
-            config = PolicyConfig(dir=str(REPO / "policies"), hash_key_file=str(key), reload_interval=0)
-            pod = PodIdentity(name="bench-0", namespace="shop", service_account="bench", tenant=tenant)
-            service = PolicyService(config, pod, prometheus_client.CollectorRegistry())
-            await service.start()
-            try:
-                resources = split_resources(signal, body)
-                return (await service.plans_for(signal, resources[:1], Peer("127.0.0.1"), "http"))[0]
-            finally:
-                await service.stop()
-
-    return asyncio.run(ask())
 
 BUILDERS = {"traces": (Signal.TRACES, trace_request, naive_rewrite),
             "logs": (Signal.LOGS, log_request, naive_rewrite_logs),

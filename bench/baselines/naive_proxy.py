@@ -25,17 +25,25 @@ from aiohttp import web
 from grpclib.const import Cardinality, Handler
 
 from bench import grpclib_server as grpcwire
-from bench.baselines.naive_rewrite import naive_rewrite
-from bench.corpus_requests import shipped_plan, trace_request
+from bench.baselines.naive_rewrite import naive_rewrite, naive_rewrite_logs, naive_rewrite_metrics
+from bench.corpus_requests import log_request, metric_request, shipped_plan_for, trace_request
 from bench.serving import serve_until_terminated
 from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
 
+#: the naive rewrite of each signal: decode with the protobuf library, apply the plan, encode
+REWRITES = {Signal.TRACES: naive_rewrite, Signal.LOGS: naive_rewrite_logs, Signal.METRICS: naive_rewrite_metrics}
+#: one item of each signal's benchmark request, to ask the bundled policies for its plan
+SAMPLES = {Signal.TRACES: lambda: trace_request(1, seed=7), Signal.LOGS: lambda: log_request(1, seed=7),
+           Signal.METRICS: lambda: metric_request(1, seed=7)}
+
 
 class NaiveProxy:
-    def __init__(self, upstream: str, plan: Plan, per_span: Any = None) -> None:
+    def __init__(self, upstream: str, plan: Plan, per_span: Any = None, signal: Signal = Signal.TRACES) -> None:
         self.upstream = upstream
         self.plan = plan
+        self.signal = signal
+        self.rewrite = REWRITES[signal]
         self.per_span = per_span
         self.session: aiohttp.ClientSession | None = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -43,7 +51,7 @@ class NaiveProxy:
     async def handle(self, body: bytes) -> None:
         if self.per_span is not None:
             self.per_span(body)
-        rewritten = naive_rewrite(body, self.plan)
+        rewritten = self.rewrite(body, self.plan)
         task = asyncio.create_task(self.forward(rewritten))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -60,7 +68,7 @@ class NaiveProxy:
             await self.handle(body)
             await grpcwire.send_unary(stream, b"")
 
-        return {Signal.TRACES.grpc_path: Handler(export, Cardinality.UNARY_UNARY, bytes, bytes)}
+        return {self.signal.grpc_path: Handler(export, Cardinality.UNARY_UNARY, bytes, bytes)}
 
     async def http_export(self, request: web.Request) -> web.Response:
         await self.handle(await request.read())
@@ -98,14 +106,16 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--upstream-http", type=int, required=True)
     parser.add_argument("--rego-per-span", action="store_true", help="ask Rego about every span")
+    parser.add_argument("--signal", default="traces", choices=[s.value for s in Signal])
     args = parser.parse_args()
+    signal = Signal(args.signal)
     # the benchmark's requests all carry one resource: its plan is the only one needed
-    plan = await asyncio.to_thread(shipped_plan, trace_request(1, seed=7))
+    plan = await asyncio.to_thread(shipped_plan_for, signal, SAMPLES[signal]())
     per_span = await asyncio.to_thread(rego_per_span) if args.rego_per_span else None
-    proxy = NaiveProxy(f"http://127.0.0.1:{args.upstream_http}/v1/traces", plan, per_span)
+    proxy = NaiveProxy(f"http://127.0.0.1:{args.upstream_http}{signal.http_path}", plan, per_span, signal)
     proxy.session = aiohttp.ClientSession()
     app = web.Application(client_max_size=1 << 30)
-    app.router.add_post("/v1/traces", proxy.http_export)
+    app.router.add_post(signal.http_path, proxy.http_export)
     try:
         # plain grpclib frame size: what a straightforward proxy would use
         await serve_until_terminated(proxy, app, max_frame_size=16384)

@@ -38,7 +38,7 @@ async def http_export(request: Request) -> Response:
 
 
 async def serve_ours() -> None:
-    grpc = GrpcServer({Signal.TRACES.grpc_path: grpc_export}, GrpcLimits(max_message_bytes=1 << 30))
+    grpc = GrpcServer({s.grpc_path: grpc_export for s in Signal}, GrpcLimits(max_message_bytes=1 << 30))
     http = Http1Server(http_export, limits=HttpLimits(max_request_bytes=1 << 30))
     _, grpc_port = await grpc.start("127.0.0.1", 0)
     _, http_port = await http.start("127.0.0.1", 0)
@@ -58,7 +58,7 @@ class LibraryFloor:
             await grpcwire.recv_unary(stream, 1 << 30, 1 << 30)
             await grpcwire.send_unary(stream, b"")
 
-        return {Signal.TRACES.grpc_path: Handler(export, Cardinality.UNARY_UNARY, bytes, bytes)}
+        return {s.grpc_path: Handler(export, Cardinality.UNARY_UNARY, bytes, bytes) for s in Signal}
 
     async def http_export(self, request: web.Request) -> web.Response:
         await request.read()
@@ -68,7 +68,8 @@ class LibraryFloor:
 async def serve_libraries() -> None:
     floor = LibraryFloor()
     app = web.Application(client_max_size=1 << 30)
-    app.router.add_post(Signal.TRACES.http_path, floor.http_export)
+    for each in Signal:
+        app.router.add_post(each.http_path, floor.http_export)
     await serve_until_terminated(floor, app)
 
 

@@ -17,19 +17,64 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
                           check=False)
 
 
+def table(stdout: str) -> dict[tuple[str, str], list[str]]:
+    """(signal, transport) -> the modes of its rows, in order."""
+    rows: dict[tuple[str, str], list[str]] = {}
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        if len(cells) > 3 and cells[0] in ("traces", "logs", "metrics"):
+            rows.setdefault((cells[0], cells[1]), []).append(cells[2])
+    return rows
+
+
+def figures(stdout: str) -> dict:
+    results = REPO / stdout.rsplit("figures: ", 1)[1].strip()
+    data = json.loads(results.read_text())
+    results.unlink()
+    return data
+
+
 def test_load_benchmark_measures_every_mode() -> None:
     proc = run("bench.load", "--duration", "0.5", "--latency-duration", "0.3", "--rate", "5000",
-               "--generators", "1", "--concurrency", "2", "--transports", "http,grpc",
+               "--generators", "1", "--concurrency", "2", "--transports", "http,grpc", "--signals", "traces",
                "--modes", "transport-libraries,transport,passthrough,policy,naive,rego-per-span")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for transport in ("http", "grpc"):
-        rows = [line for line in proc.stdout.splitlines() if line.startswith(f"| {transport} |")]
-        assert [row.split("|")[2].strip() for row in rows] == [
-            "transport-libraries", "transport", "passthrough", "policy", "naive", "rego-per-span"]
-    results = REPO / proc.stdout.rsplit("figures: ", 1)[1].strip()
-    figures = json.loads(results.read_text())
-    assert all(row["spans_per_s"] > 0 and row["requests_failed"] == 0 for row in figures["rows"])
-    results.unlink()
+    assert table(proc.stdout) == {("traces", transport): [
+        "transport-libraries", "transport", "passthrough", "policy", "naive", "rego-per-span"]
+        for transport in ("http", "grpc")}
+    assert all(row["spans_per_s"] > 0 and row["requests_failed"] == 0 for row in figures(proc.stdout)["rows"])
+
+
+def test_load_benchmark_has_rows_for_logs_metrics_and_keep_all_traces() -> None:
+    """Issue 18's rows: every signal through the sidecar and the naive proxy, and unsampled traces."""
+    proc = run("bench.load", "--duration", "0.5", "--latency-duration", "0.3", "--rate", "5000",
+               "--generators", "1", "--concurrency", "2", "--transports", "grpc",
+               "--signals", "traces,logs,metrics", "--modes", "transport,policy,keep-all,naive")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert table(proc.stdout) == {
+        ("traces", "grpc"): ["transport", "policy", "keep-all", "naive"],
+        # logs and metrics are never sampled: keep-all would be the policy row again
+        ("logs", "grpc"): ["transport", "policy", "naive"],
+        ("metrics", "grpc"): ["transport", "policy", "naive"],
+    }
+    rows = figures(proc.stdout)["rows"]
+    assert all(row["spans_per_s"] > 0 and row["requests_failed"] == 0 for row in rows), rows
+    assert "goals (issue 18)" in proc.stdout
+
+
+def test_keep_all_is_the_bundled_policies_keeping_every_span(tmp_path) -> None:
+    """The keep-all row runs the bundled set with the sampling ratio at 1.0, nothing else changed."""
+    from bench.corpus_requests import shipped_plan_for, trace_request
+    from bench.load import keep_all_policies
+    from sidecar.signals import Signal
+
+    body = trace_request(1, seed=7)
+    bundled = shipped_plan_for(Signal.TRACES, body)
+    keep_all = shipped_plan_for(Signal.TRACES, body, policies=keep_all_policies(str(tmp_path)))
+    assert bundled.sampling is not None and bundled.sampling.ratio == 0.1
+    assert keep_all.sampling is None or keep_all.sampling.ratio == 1.0
+    assert keep_all.attribute_rules == bundled.attribute_rules  # masking as in the bundled set
+    assert keep_all.detectors == bundled.detectors and keep_all.detectors
 
 
 def test_rewrite_benchmark_compares_against_the_naive_baseline() -> None:
