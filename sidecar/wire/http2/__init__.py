@@ -25,7 +25,9 @@ sweeps of about a second): the handshake, a minimum receive rate while a request
 frame is held, a deadline per request and per frame, a request that stops arriving, an answer the
 client takes no window or no bytes for, an idle connection. Stream ids follow RFC 9113 5.1.1.
 Violations end the connection with GOAWAY, or the stream with RST_STREAM, as the RFC says;
-nothing raises into the event loop; every protective action is counted.
+nothing raises into the event loop; every protective action is counted. A connection ends
+gracefully: after our GOAWAY the server half-closes its side and drops what the client still
+sends for ``linger_timeout`` at most, so the GOAWAY is not lost to a TCP reset.
 """
 
 from sidecar.wire.http2.calls import GrpcError, Handler, Limits, UnaryCall

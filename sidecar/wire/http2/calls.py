@@ -86,6 +86,9 @@ class Limits:
     #: answer bytes a connection may leave waiting (for window, or in the socket because the
     #: client does not read) for longer than ``min_rate_grace`` before it is closed
     max_outbound_bytes: int = 1 << 20
+    #: after our GOAWAY, seconds to discard what the client still sends (our side half-closed)
+    #: before closing, so the GOAWAY is not lost to a TCP reset (as the HTTP/1 listener lingers)
+    linger_timeout: float = 2.0
 
     def __post_init__(self) -> None:
         if self.window < 65_535:

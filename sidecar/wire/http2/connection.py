@@ -153,6 +153,7 @@ class Connection(asyncio.BufferedProtocol):
         self._preface = False
         self._settings_seen = False
         self._dead = False
+        self._linger: asyncio.TimerHandle | None = None  # our side half-closed: input discarded
         self._closing = False  # GOAWAY sent or received: no new streams
         self._out: list[bytes] = []
         self._streams: dict[int, Stream] = {}
@@ -218,6 +219,8 @@ class Connection(asyncio.BufferedProtocol):
         self._dead = True
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
+        if self._linger is not None:
+            self._linger.cancel()
         self._server.connections.discard(self)
         for stream in list(self._streams.values()):
             stream.reset = True  # a handler still running answers nobody, then frees its slot
@@ -230,6 +233,8 @@ class Connection(asyncio.BufferedProtocol):
         self._charged = 0
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self._linger is not None:
+            return _DISCARD  # read only to be dropped: one scratch buffer for every connection
         if not self._buf:  # a first read, or the first after a quiet spell (or the end: EOF)
             self._buf = bytearray(self.FIRST_READ)
         elif len(self._buf) - self._end < 4096:
@@ -242,6 +247,8 @@ class Connection(asyncio.BufferedProtocol):
         return memoryview(self._buf)[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._linger is not None:
+            return
         self._end += nbytes
         self._received += nbytes
         self.active = True
@@ -863,24 +870,55 @@ class Connection(asyncio.BufferedProtocol):
         self._close_if_idle()
 
     def _close_if_idle(self) -> None:
-        if self._closing and not self._streams and self._transport is not None:
-            self._flush()
-            self._transport.close()
+        if self._closing and not self._streams:
+            self.close()
 
-    def close(self) -> None:
-        if self._transport is not None:
-            self._flush()
-            self._transport.close()
+    def close(self, *, linger: bool = True) -> None:
+        """Send what is queued (our GOAWAY last), then end the connection gracefully.
+
+        Closing a socket whose peer's frames are still arriving makes the kernel answer them with
+        a TCP reset, and a reset can destroy what we sent before it was read: the client would see
+        "connection reset" instead of our GOAWAY. So our side is half-closed (FIN after the
+        queued bytes), what the client still sends is read and dropped, and the socket is closed
+        when the client closes its side or after ``linger_timeout``. TLS has no half-close in
+        asyncio: it closes at once, after close_notify. ``linger=False`` (the server's last step at
+        shutdown, after its grace period) closes at once too.
+        """
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._linger is not None:  # lingering already: the timer or the client's FIN ends it
+            if not linger:
+                transport.close()
+            return
+        self._flush()
+        self._dead = True
+        if not linger or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._linger = asyncio.get_running_loop().call_later(self._limits.linger_timeout, self._linger_over)
+        self._buf = bytearray()
+        self._start = self._end = 0
+        self._account.give(self._charged)
+        self._charged = 0
+        if self._starved or self._write_paused_at:
+            self._starved = False
+            transport.resume_reading()
+
+    def _linger_over(self) -> None:
+        transport = self._transport
+        if transport is not None:
+            # answers the client never read would hold the socket open for ever: dropped
+            transport.abort() if transport.get_write_buffer_size() else transport.close()
 
     def _fail(self, code: int, message: str, action: Action | None = Action.protocol_error) -> None:
         log.debug("HTTP/2 connection from %s ended: %s", self.address, message)
         if action is not None:
             self._server.count(action)
         self._out.append(frame(GOAWAY, 0, 0, GOAWAY_HEAD.pack(self._last_stream, code) + message.encode()[:256]))
-        self._flush()
+        self.close()
         self._dead = True
-        if self._transport is not None:
-            self._transport.close()
 
     def _cut(self, action: Action | None, message: str, status: int = DEADLINE_EXCEEDED) -> None:
         """End a connection that holds budget without sending fast enough (or waits for budget
@@ -1002,6 +1040,9 @@ class Connection(asyncio.BufferedProtocol):
         """Calls are in progress (being received, handled or answered)."""
         return bool(self._streams) and not self._dead
 
+
+#: where a lingering connection's input is read to be dropped (the loop is one thread)
+_DISCARD = memoryview(bytearray(16 << 10))
 
 _OK_HEAD = header_block([(":status", "200"), ("content-type", CONTENT_TYPE)])
 _OK_TRAILERS = header_block([("grpc-status", "0")])

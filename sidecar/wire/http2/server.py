@@ -148,7 +148,7 @@ class GrpcServer:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=1.0)
         for connection in list(self.connections):
-            connection.close()
+            connection.close(linger=False)
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None

@@ -362,6 +362,31 @@ async def test_graceful_close_answers_calls_in_flight_and_takes_no_new_ones() ->
         await asyncio.open_connection("127.0.0.1", port)
 
 
+@pytest.mark.parametrize("end", ["client GOAWAY", "protocol error"])
+async def test_frames_behind_the_end_of_a_connection_do_not_reset_it(end: str) -> None:
+    """The client's GOAWAY (h2spec http2/7/1) or a connection error ends the connection while
+    more of the client's frames are on the way (here 340 kB of PINGs in the same write). Closing
+    the socket with them unread made the kernel send a TCP reset, and the client saw "connection
+    reset" instead of what the server had sent (its GOAWAY). Now the server half-closes, drops
+    what still arrives, and the client reads everything, then a clean end."""
+    async with serving(Limits(linger_timeout=0.5)) as (server, _, port), Raw.open(port) as client:
+        ending = frame(GOAWAY, 0, 0, b"\0\0\0\0\0\0\0\xff") if end == "client GOAWAY" else frame(PING, 0, 0, b"1234")
+        client.send(ending + frame(PING, 0, 0, b"h2spec\0\0") * 20_000)
+        await client.writer.drain()  # the server reads (and drops) it all: no reset
+        kinds = []
+        while (got := await client.read_frame()) is not None:  # ConnectionResetError on a reset
+            kinds.append(got[0])
+        assert kinds[0] == SETTINGS, kinds
+        if end == "protocol error":
+            assert kinds[-1] == GOAWAY and PING not in kinds, kinds  # nothing answered after the error
+        # the lingering socket is closed by the timeout even though the client never closes its side
+        for _ in range(100):
+            if not server.connections:
+                break
+            await asyncio.sleep(0.02)
+        assert not server.connections
+
+
 async def test_a_client_that_says_nothing_is_closed_after_the_handshake_timeout() -> None:
     async with serving(Limits(handshake_timeout=0.2)) as (_, _, port), Raw.open(port, handshake=False) as client:
         code, text = await client.goaway()
@@ -608,6 +633,9 @@ class _Transport(asyncio.Transport):
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def can_write_eof(self) -> bool:
+        return False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 1) if name == "peername" else default
