@@ -35,7 +35,7 @@ def figures(stdout: str) -> dict:
 
 
 def test_load_benchmark_measures_every_mode() -> None:
-    proc = run("bench.load", "--duration", "0.5", "--latency-duration", "0.3", "--rate", "5000",
+    proc = run("bench.load", "--duration", "0.5", "--latency-duration", "0.3", "--rates", "5000",
                "--generators", "1", "--concurrency", "2", "--transports", "http,grpc", "--signals", "traces",
                "--modes", "transport-libraries,transport,passthrough,policy,naive,rego-per-span")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -47,7 +47,7 @@ def test_load_benchmark_measures_every_mode() -> None:
 
 def test_load_benchmark_has_rows_for_logs_metrics_and_keep_all_traces() -> None:
     """Issue 18's rows: every signal through the sidecar and the naive proxy, and unsampled traces."""
-    proc = run("bench.load", "--duration", "0.5", "--latency-duration", "0.3", "--rate", "5000",
+    proc = run("bench.load", "--duration", "0.5", "--latency-duration", "0.3", "--rates", "5000,20000",
                "--generators", "1", "--concurrency", "2", "--transports", "grpc",
                "--signals", "traces,logs,metrics", "--modes", "transport,policy,keep-all,naive")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -60,6 +60,16 @@ def test_load_benchmark_has_rows_for_logs_metrics_and_keep_all_traces() -> None:
     rows = figures(proc.stdout)["rows"]
     assert all(row["spans_per_s"] > 0 and row["requests_failed"] == 0 for row in rows), rows
     assert "goals (issue 18)" in proc.stdout
+    # each fixed rate is its own run, its refusals and peak RSS apart from the flat-out run's
+    for row in rows:
+        sustained = [rate for rate in (5000, 20000) if row["spans_per_s"] >= 1.5 * rate]
+        assert [run["rate"] for run in row["rates"]] == sustained, row
+        assert len(row["notes"]) == 2 - len(sustained), row  # a rate not run says why
+        assert row["mode"] == "naive" or sustained == [5000, 20000], row  # the sidecar keeps up
+        assert row["refused_at_rate"] == sum(run["refused"] for run in row["rates"])
+        assert all(run["p99_ms"] >= run["p50_ms"] > 0 for run in row["rates"]), row
+        assert 20 < row["peak_rss_at_rate_mib"] <= row["peak_rss_mib"] + 1, row
+    assert "at 5k/s" in proc.stdout and "at 20k/s" in proc.stdout
 
 
 def test_keep_all_is_the_bundled_policies_keeping_every_span(tmp_path) -> None:
