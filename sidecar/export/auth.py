@@ -21,14 +21,15 @@ import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote_plus
-
-import aiohttp
 
 from sidecar.configkit import ConfigError
 from sidecar.export.config import AuthConfig
 from sidecar.tls.files import Stamp, read_file, stamp
+
+if TYPE_CHECKING:  # imported where OAuth2 uses it: aiohttp loads the CA store, ~9 MiB, at import
+    import aiohttp
 
 log = logging.getLogger("sidecar.export.auth")
 
@@ -225,7 +226,7 @@ class OAuth2ClientCredentials:
         self._audience = audience
         self._auth_method = auth_method
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._margin = refresh_margin
         self._clock = clock
         self._token: _Token | None = None
@@ -294,8 +295,10 @@ class OAuth2ClientCredentials:
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
         else:
             form["client_id"], form["client_secret"] = self.client_id, self._secret()
+        import aiohttp
+
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
         started = self._clock()
         try:
             async with self._session.post(

@@ -303,6 +303,8 @@ class AuthConfig:
         self, section: str = "auth", ssl_context: ssl.SSLContext | None = None
     ) -> UpstreamAuth | None:
         """The auth object for the exporter (None without auth); ConfigError naming the key."""
-        from sidecar.export.auth import build_auth  # the HTTP client code, only when it is used
+        if self.mode() == "none":
+            return None
+        from sidecar.export.auth import build_auth  # the auth code, only when it is used
 
         return build_auth(self, section, ssl_context)

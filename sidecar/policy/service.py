@@ -42,7 +42,6 @@ from sidecar.policy.loader import load_policy
 from sidecar.policy.metrics import PolicyMetrics, safe_label
 from sidecar.policy.pod_input import pod_input
 from sidecar.policy.probe import PROBES, survivors
-from sidecar.policy.remote import RemoteBackend, without_userinfo
 from sidecar.policy.source import BUNDLED_DIR, read_policy_dir, snapshot
 from sidecar.policy.worker import EngineLimits, EngineThread, EvaluationRate, PolicyBusy
 from sidecar.rewrite import ResourceInfo
@@ -51,6 +50,7 @@ from sidecar.signals import Signal
 
 if TYPE_CHECKING:
     from sidecar.policy.bundles.manager import BundleManager
+    from sidecar.policy.remote import RemoteBackend
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,11 @@ class PolicyService:
         #: plan-cache keys hold a keyed digest of the resource, not its bytes (bounded per entry)
         self._digest_key = secrets.token_bytes(16)
         self._strict = strict_plan(pod)
-        self._remote = RemoteBackend(config.opa_url, config.opa_path, config.opa_timeout) if remote else None
+        self._remote: RemoteBackend | None = None
+        if remote:  # imported here: its HTTP client (aiohttp) loads the CA store, ~9 MiB, at import
+            from sidecar.policy.remote import RemoteBackend
+
+            self._remote = RemoteBackend(config.opa_url, config.opa_path, config.opa_timeout)
         #: OPA bundles (policy.bundles): staged into one directory that replaces self._dir on each swap
         self._bundles: BundleManager | None = None
         if config.bundles and not remote:
@@ -227,7 +231,7 @@ class PolicyService:
         assert self._remote is not None
         try:
             document = await self._remote.query("pod_settings", self._request_input(None, None, ""))
-            settings = pod_settings_from(document, f"OPA {without_userinfo(self.config.opa_url)}")
+            settings = pod_settings_from(document, f"OPA {self._remote.url}")
         except DecisionError as exc:
             self._note_error(f"pod settings from OPA: {exc}")
             return
@@ -264,7 +268,7 @@ class PolicyService:
             "dir": self._dir if self._remote is None else "",
             "bundled": self._remote is None and not self.config.dir and self._bundles is None,
             "bundles": self._bundles.status() if self._bundles is not None else [],
-            "opa_url": without_userinfo(self.config.opa_url) if self._remote else "",
+            "opa_url": self._remote.url if self._remote else "",
             "version": self.version,
             "loaded_at": active.loaded_at if active else None,
             "files": list(active.files) if active else [],
