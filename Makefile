@@ -46,7 +46,7 @@ test-twin: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check sidecar tests bench setup.py
 
-## bench: the end-to-end load benchmark (about 4 minutes): a table on stdout, figures in bench/results/
+## bench: the end-to-end load benchmark (about 10 minutes): a table on stdout, figures in bench/results/
 bench: build
 	$(BIN)/python -m bench.load $(BENCH_ARGS)
 
