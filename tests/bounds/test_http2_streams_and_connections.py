@@ -121,3 +121,51 @@ async def test_the_http2_limits_are_config_keys_the_listener_advertises() -> Non
         _, _, refused, body = await client.until(RST_STREAM)
         assert refused == 5 and struct.unpack(">L", body)[0] == 0x7  # REFUSED_STREAM
         assert await sidecar.action("otlp_grpc", "stream_limit") == 1
+
+
+@pytest.mark.timeout(90)
+async def test_connections_that_keep_sending_after_their_goaway_are_drained_then_closed() -> None:
+    """After a connection error the listener half-closes and drops what the client still sends
+    (so its GOAWAY is not lost to a TCP reset), for 2 s at most. 200 clients that each break the
+    protocol and then flood bytes for 3 s: each reads the GOAWAY and a clean end, the lingering
+    connections are closed by the timeout, memory stays flat, and a normal client is served."""
+    async with BoundedSidecar() as sidecar, Probe(sidecar, "grpc", interval=0.1) as probe:
+        await asyncio.sleep(0.5)
+        before = sidecar.rss()
+        flood = bytes(64 << 10)
+
+        async def attacker() -> bytes:
+            async with Raw.open(sidecar.grpc) as client:
+                client.send(struct.pack(">BHBBL", 0, 4, 6, 0, 0) + b"1234")  # a PING of 4 bytes
+                deadline = time.monotonic() + 3.0
+                received = b""
+
+                async def read_all() -> None:
+                    nonlocal received
+                    while chunk := await client.reader.read(1 << 16):  # ConnectionResetError on a reset
+                        received += chunk
+
+                reading = asyncio.create_task(read_all())
+                with contextlib.suppress(ConnectionError):  # the server closes after its linger
+                    while time.monotonic() < deadline:
+                        client.send(flood)
+                        await asyncio.wait_for(client.writer.drain(), 5)
+                await asyncio.wait_for(reading, 10)
+                return received
+
+        answers = await asyncio.gather(*(attacker() for _ in range(200)))
+        held = sidecar.rss() - before
+        for received in answers:
+            assert received[3] == SETTINGS  # the server's preface, then its GOAWAY, then the end
+            goaway = received.rfind(struct.pack(">BB", 7, 0) + b"\0\0\0\0")  # type GOAWAY, stream 0
+            assert goaway > 0 and struct.unpack(">L", received[goaway + 10 : goaway + 14])[0] == 6  # FRAME_SIZE
+        for _ in range(50):  # the lingering connections are gone after the 2 s linger
+            if await connections(sidecar) == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert await connections(sidecar) == 1  # the probe's
+        probe.assert_served(max_latency=1.0)
+        print(f"200 flooding connections after GOAWAY: +{held / MiB:.1f} MiB, "
+              f"probe's longest call {probe.result.max_latency * 1000:.0f} ms, peak {sidecar.peak_rss() / MiB:.1f} MiB")
+        assert held < 16 * MiB, f"{held / MiB:.1f} MiB held while they flooded"
+        sidecar.assert_peak_under()
