@@ -731,7 +731,11 @@ class _Connection(asyncio.BufferedProtocol):
             self._close()
             return
         if transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the client is gone already (its reset came before our FIN)
+                self._close()
+                return
         if self._read_paused:
             self._read_paused = False
             transport.resume_reading()

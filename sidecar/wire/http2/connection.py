@@ -896,7 +896,11 @@ class Connection(asyncio.BufferedProtocol):
         if not linger or not transport.can_write_eof():
             transport.close()
             return
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError:  # the client is gone already (its reset came before our FIN)
+            transport.abort()
+            return
         self._linger = asyncio.get_running_loop().call_later(self._limits.linger_timeout, self._linger_over)
         self._buf = bytearray()
         self._start = self._end = 0

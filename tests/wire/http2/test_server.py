@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -385,6 +387,33 @@ async def test_frames_behind_the_end_of_a_connection_do_not_reset_it(end: str) -
                 break
             await asyncio.sleep(0.02)
         assert not server.connections
+
+
+async def test_closing_a_connection_whose_client_left_unseen_is_clean() -> None:
+    """A client closes its connection (grpcio closing its channel) and the server shuts down
+    before its event loop has read the FIN. The GOAWAY then meets a closed socket, whose kernel
+    answers with a reset, and half-closing fails with ENOTCONN: that raised out of
+    ``server.close()``. Now such a connection is aborted."""
+    server = GrpcServer({PATH: Echo().call})
+    _, port = await server.start("127.0.0.1", 0)
+    clients = []
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(PREFACE + frame(SETTINGS, 0, 0))
+        clients.append(sock)
+    while len(server.connections) < len(clients):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # the server's SETTINGS and ACK are sent
+    for sock in clients:
+        sock.recv(1 << 16)  # read: closing with unread bytes would send a reset, not a FIN
+        sock.close()
+    time.sleep(0.1)  # the FINs arrive; the server's loop (this one) does not run meanwhile
+    await server.close(1.0)
+    for _ in range(50):
+        if not server.connections:
+            break
+        await asyncio.sleep(0.01)
+    assert not server.connections
 
 
 async def test_a_client_that_says_nothing_is_closed_after_the_handshake_timeout() -> None:
