@@ -6,7 +6,7 @@ with ``py-spy`` while the load generators run flat out. Writes the raw folded st
 prints the functions with the most samples, their own and with what they call.
 
     pip install py-spy        # or: pip install -e '.[bench]'
-    python -m bench.profile --transport http --mode policy [--seconds 8] [--native]
+    python -m bench.profile --transport http --mode policy [--signal logs] [--seconds 8] [--native]
 
 ``--native`` adds the C frames (the Cython rewriter shows its own functions). py-spy needs the
 right to read another process's memory (root, or ``ptrace_scope`` 0).
@@ -23,7 +23,10 @@ import time
 from pathlib import Path
 
 from bench import load
-from bench.corpus_requests import trace_request
+from bench.corpus_requests import log_request, metric_request, trace_request
+
+_IDLE = "_worker (concurrent/futures/thread.py"
+_IDLE_NATIVE = "_queue_SimpleQueue_get"
 
 
 def summarize(folded: Path, top: int) -> str:
@@ -37,8 +40,9 @@ def summarize(folded: Path, top: int) -> str:
             continue
         n = int(count)
         frames = stack.split(";")
-        # a worker thread waiting for work is not busy, whatever py-spy thinks of it
-        if frames[-1].startswith("_worker (concurrent/futures/thread.py"):
+        # a worker thread waiting for work is not busy, whatever py-spy thinks of it (with
+        # --native the stack goes on below the queue's get into the lock)
+        if frames[-1].startswith(_IDLE) or any(frame.startswith(_IDLE_NATIVE) for frame in frames):
             continue
         total += n
         own[frames[-1]] += n
@@ -57,7 +61,9 @@ def summarize(folded: Path, top: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--transport", choices=["http", "grpc"], default="http")
-    parser.add_argument("--mode", choices=["passthrough", "policy", "naive", "transport"], default="policy")
+    parser.add_argument("--mode", choices=["passthrough", "policy", "keep-all", "naive", "transport"],
+                        default="policy")
+    parser.add_argument("--signal", choices=["traces", "logs", "metrics"], default="traces")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--native", action="store_true", help="include C frames")
@@ -67,21 +73,24 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(spy).exists():
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)
         return 2
-    bodies = [trace_request(512, seed=seed) for seed in range(7, 15)]
+    build = {"traces": trace_request, "logs": log_request, "metrics": metric_request}[args.signal]
+    bodies = [build(512, seed=seed) for seed in range(7, 15)]
     load.RESULTS.mkdir(exist_ok=True)
-    out = load.RESULTS / f"profile-{args.transport}-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
-    with load.running(args.transport, args.mode, bodies) as (target, port, _sink):
+    name = f"profile-{args.signal}-{args.transport}-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+    out = load.RESULTS / name
+    with load.running(args.transport, args.mode, bodies, args.signal) as (target, port, _sink):
         command = [spy, "record", "--pid", str(target.pid), "--duration", str(int(args.seconds)),
                    "--rate", str(args.rate), "--format", "raw", "--output", str(out)]
         if args.native:
             command.append("--native")
         recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        result = load.run_load(args.transport, port, bodies, args.seconds, 2, 8)
+        result = load.run_load(args.transport, port, bodies, args.seconds, 2, 8, signal=args.signal)
         _, errors = recorder.communicate(timeout=args.seconds + 60)
         if recorder.returncode != 0:
             print(f"py-spy failed: {errors.strip()}", file=sys.stderr)
             return 1
-    print(f"{args.transport} / {args.mode}: {result['ok'] * 512 / args.seconds:,.0f} spans/s accepted while profiled")
+    print(f"{args.signal} / {args.transport} / {args.mode}: {result['ok'] * 512 / args.seconds:,.0f} items/s"
+          " accepted while profiled")
     print(summarize(out, args.top))
     print(f"\nfolded stacks: {out.relative_to(load.REPO)}")
     return 0
