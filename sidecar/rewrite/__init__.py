@@ -9,18 +9,15 @@ parts ``_wire``, ``_cards``, ``_sampling``, ``_stamps``). ``IMPLEMENTATION`` say
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import TYPE_CHECKING
 
+from sidecar._ext import DISABLED
 from sidecar.rewrite._common import MalformedRequest, ResourceInfo, RewriteResult
 
 __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
            "count_items", "rewrite", "split_resources"]
 
-NO_EXTENSIONS = bool(os.environ.get("OTLP_SIDECAR_NO_EXTENSIONS", "") not in ("", "0")) or (
-    sys.implementation.name != "cpython"
-)
+NO_EXTENSIONS = DISABLED
 
 if TYPE_CHECKING or NO_EXTENSIONS:
     from sidecar.rewrite._py import IMPLEMENTATION, count_items, rewrite, split_resources

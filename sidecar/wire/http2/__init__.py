@@ -9,8 +9,9 @@ ask beyond it:
 - the connection preface, SETTINGS (acknowledged, and applied: window, frame size), PING,
   GOAWAY both ways, RST_STREAM, WINDOW_UPDATE, PRIORITY (ignored), unknown frames (ignored);
 - flow control on receive (windows replenished as data arrives) and on send;
-- HPACK decoding with the ``hpack`` package (and a cache for header blocks that only index the
-  table, which is what clients send after the first call); answers use literals only, never
+- HPACK decoding by ``hpack_decoder`` (compiled from ``ext/hpack.pyx``, or its pure-Python
+  twin), and a cache for header blocks that only index the table, which is what clients send
+  after the first call when nothing in their headers changes; answers use literals only, never
   the peer's table;
 - unary calls: one length-prefixed message per stream; the handler's bytes go back with
   ``grpc-status: 0``, a :class:`GrpcError` as a trailers-only answer.

@@ -20,8 +20,6 @@ from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-import hpack
-
 from sidecar.overload.reasons import Action
 from sidecar.wire.http2.calls import (
     CONTENT_TYPE,
@@ -52,6 +50,7 @@ from sidecar.wire.http2.frames import (
     GOAWAY,
     GOAWAY_HEAD,
     HEAD,
+    HEADER_TABLE_SIZE,
     HEADERS,
     INITIAL_WINDOW_SIZE,
     INTERNAL_ERROR,
@@ -83,6 +82,7 @@ from sidecar.wire.http2.frames import (
     header_block,
     request_fields,
 )
+from sidecar.wire.http2.hpack_decoder import Decoder, HeaderListTooLarge, HpackError
 from sidecar.wire.listener import format_address
 
 if TYPE_CHECKING:
@@ -160,9 +160,7 @@ class Connection(asyncio.BufferedProtocol):
         self._last_stream = 0
         self._goaway_last: int | None = None  # the last stream id our GOAWAY said we take
         self._recent_resets: deque[int] = deque()  # streams whose frames in flight are ignored
-        self._decoder = hpack.Decoder()
-        self._decoder.max_header_list_size = self._limits.max_header_list_bytes
-        self._decoder.max_allowed_table_size = 4096
+        self._decoder = Decoder(self._limits.max_header_list_bytes, HEADER_TABLE_SIZE)
         self._header_cache = HeaderCache()
         self._continuing: tuple[int, int, list[bytes], int] | None = None  # stream, flags, parts, size
         self._blocked: dict[int, Stream] = {}  # streams whose answer waits for send window
@@ -607,10 +605,10 @@ class Connection(asyncio.BufferedProtocol):
             return cached
         try:
             fields = self._decoder.decode(block)
-        except hpack.OversizedHeaderListError:
+        except HeaderListTooLarge:
             raise ConnectionFailure(ENHANCE_YOUR_CALM, "header list too large") from None
-        except (hpack.HPACKError, UnicodeDecodeError, IndexError, ValueError) as exc:
-            raise ConnectionFailure(COMPRESSION_ERROR, f"HPACK: {type(exc).__name__}") from None
+        except HpackError as exc:
+            raise ConnectionFailure(COMPRESSION_ERROR, f"HPACK: {exc}") from None
         result = request_fields(fields)
         indexed = HeaderCache.only_indexed(block)
         decoded_size = sum(len(name) + len(value) for name, value in fields) if indexed else 0

@@ -32,6 +32,9 @@ INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = 4, 5, 6
 DEFAULT_WINDOW = 65_535
 MIN_FRAME_SIZE = 16_384
 MAX_WINDOW = (1 << 31) - 1
+#: SETTINGS_HEADER_TABLE_SIZE: the default, which the server never changes (the limit of the
+#: client's HPACK table, that is, of the decoder's)
+HEADER_TABLE_SIZE = 4096
 
 HEAD = struct.Struct(">BHBBL")  # length (24 bits as 8 + 16), type, flags, stream id
 SETTING = struct.Struct(">HL")
