@@ -79,7 +79,8 @@ class Row:
     p99_ms: float = 0.0
     p999_ms: float = 0.0
     rate_spans_per_s: float = 0.0
-    #: every fixed-rate run: rate, p50_ms, p99_ms, p999_ms, refused, failed
+    #: every fixed-rate run: rate, p50_ms, p99_ms, p999_ms, refused, failed, cpu_us_per_item (the
+    #: target's CPU time over the run and the export of what it accepted, per item accepted)
     rates: list[dict[str, float]] = field(default_factory=list)
     #: refused / failed requests in the fixed-rate runs (``requests_*``: the flat-out run)
     refused_at_rate: int = 0
@@ -259,6 +260,18 @@ def _other_core() -> int | None:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def cpu_seconds_precise(pid: int) -> float:
+    """CPU time of ``pid``'s threads alive now, to the nanosecond (``/proc/<pid>/task/*/schedstat``):
+    for short runs, where ``cpu_seconds``'s 10 ms ticks would be coarse."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended meanwhile
+    return total / 1e9
 
 
 def steal_ticks() -> tuple[int, int]:
@@ -455,12 +468,15 @@ def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: ar
         for rate in sustainable:
             # one generator process keeps 100 requests/s with room; beyond, the rate is split
             generators = 1 if rate / spans <= 200 else args.generators
+            cpu_before = cpu_seconds_precise(target.pid)
             latency = run_load(transport, port, bodies, args.latency_duration, generators, 64,
                                rate=rate / spans, signal=signal)
+            settle(target.pid, timeout=5.0)  # its last partial batch is exported: counted here
             figures = {"rate": rate, "p50_ms": percentile(latency["latencies"], 0.50),
                        "p99_ms": percentile(latency["latencies"], 0.99),
                        "p999_ms": percentile(latency["latencies"], 0.999),
-                       "refused": latency["refused"], "failed": latency["failed"]}
+                       "refused": latency["refused"], "failed": latency["failed"],
+                       "cpu_us_per_item": (cpu_seconds_precise(target.pid) - cpu_before) / max(1, latency["ok"] * spans) * 1e6}
             row.rates.append(figures)
             row.refused_at_rate += latency["refused"]
             row.failed_at_rate += latency["failed"]
@@ -565,6 +581,7 @@ def print_table(rows: list[Row], args: argparse.Namespace, implementation: str,
           " · target on one core")
     rates = [_k(rate) for rate in args.rates]
     head = ("signal", "transport", "mode", "items/s", "CPU µs/item", "vs naive", "vs floor", "vs collector",
+            f"CPU µs/item at {' / '.join(rates)}/s",
             *(f"p50 / p99 / p99.9 ms at {rate}/s" for rate in rates), "peak RSS MiB flat out / at the rates",
             "refused flat out / at the rates", "failed", "limit", "steal %")
     print("| " + " | ".join(head) + " |")
@@ -583,13 +600,17 @@ def print_table(rows: list[Row], args: argparse.Namespace, implementation: str,
         latency = " | ".join(
             f"{run['p50_ms']:.2f} / {run['p99_ms']:.2f} / {run['p999_ms']:.2f}" if run else "-"
             for run in (measured.get(rate) for rate in args.rates))
+        cpu_at_rates = " / ".join(f"{run['cpu_us_per_item']:.2f}" if run else "-"
+                                  for run in (measured.get(rate) for rate in args.rates))
         rss_at_rate = f"{r.peak_rss_at_rate_mib:.0f}" if r.peak_rss_at_rate_mib else "-"
         refused_at_rate = str(r.refused_at_rate) if r.rates else "-"
         print(f"| {r.signal} | {r.transport} | {r.mode} | {r.spans_per_s:,.0f} | {r.cpu_us_per_span:.2f} | "
               f"{times('naive', r)} | {times('transport', r, inverse=True)} | {times('collector', r)} | "
-              f"{latency} | {r.peak_rss_mib:.0f} / {rss_at_rate} | {r.requests_refused} / {refused_at_rate} | "
+              f"{cpu_at_rates} | {latency} | {r.peak_rss_mib:.0f} / {rss_at_rate} | {r.requests_refused} / {refused_at_rate} | "
               f"{r.requests_failed + r.failed_at_rate} | {r.limit} | {r.steal_pct:.1f} |")
     print(f"\nlatency at {', '.join(rates)} items/s, fixed rates, once the target is idle after the flat-out run;"
+          " 'CPU µs/item' flat out, then at each fixed rate (nothing refused there: the least noisy figure of an"
+          " unsampled row, whose flat-out run refuses as its export queue fills);"
           " 'vs naive' / 'vs collector' = their CPU per item / this CPU per item (higher is better); 'vs floor' ="
           " this CPU per item / the transport floor's (lower is better); steal % = CPU time the hypervisor took"
           " from this machine during the row")

@@ -68,10 +68,12 @@ def test_load_benchmark_has_rows_for_logs_metrics_and_keep_all_traces() -> None:
         assert row["refused_at_rate"] == sum(run["refused"] for run in row["rates"])
         assert all(run["p99_ms"] >= run["p50_ms"] > 0 for run in row["rates"]), row
         assert not row["rates"] or row["peak_rss_at_rate_mib"] > 20, row  # measured on its own
+        # the target's CPU per item at each rate: a target does some work for every item it takes
+        assert all(0 < run["cpu_us_per_item"] < 10_000 for run in row["rates"]), row
     # the transport floor sustains both rates on any machine (the rewriter's twin may not): so
     # the fixed-rate runs did happen
     assert all(len(row["rates"]) == 2 for row in rows if row["mode"] == "transport"), rows
-    assert "at 5k/s" in proc.stdout and "at 20k/s" in proc.stdout
+    assert "at 5k/s" in proc.stdout and "at 20k/s" in proc.stdout and "CPU µs/item at 5k / 20k/s" in proc.stdout
 
 
 def test_keep_all_is_the_bundled_policies_keeping_every_span(tmp_path) -> None:
