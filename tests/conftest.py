@@ -40,10 +40,14 @@ def pytest_report_header() -> str:
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Fail the run at once when it is not on the rewriter it was asked to test."""
     from sidecar.rewrite import IMPLEMENTATION
+    from sidecar.wire.http2.hpack_decoder import IMPLEMENTATION as HPACK_IMPLEMENTATION
 
     expected = expected_implementation()
     if expected is not None and expected != IMPLEMENTATION:
         raise pytest.UsageError(f"this run must test the {expected} rewriter but {IMPLEMENTATION} is loaded")
+    if expected is not None and expected != HPACK_IMPLEMENTATION:
+        raise pytest.UsageError(f"this run must test the {expected} HPACK decoder but {HPACK_IMPLEMENTATION} is"
+                                " loaded")
 
 
 @pytest.fixture

@@ -29,5 +29,8 @@ async def test_spawned_sidecars_run_the_rewriter_of_this_run() -> None:
         maps = Path(f"/proc/{process.proc.pid}/maps").read_text()
         mapped = any("/sidecar/_ext/rewrite" in line and ".so" in line for line in maps.splitlines())
         assert mapped == (expected == "cython"), start_line
+        # and so is the HTTP/2 server's HPACK decoder, the other compiled module
+        mapped = any("/sidecar/_ext/hpack" in line and ".so" in line for line in maps.splitlines())
+        assert mapped == (expected == "cython"), "the HPACK decoder is not the run's implementation"
     finally:
         assert await process.stop() == 0
