@@ -171,16 +171,9 @@ cdef class Decoder:
             if grown == NULL:
                 raise MemoryError()
             self._scratch, self._scratch_size = grown, need
-        for i in range(i, i + length):
-            byte = block[i]
-            step = state << 4 | byte >> 4
-            flags = _flags[step]
-            if flags & FAIL:
-                raise HpackError("EOS in a Huffman-coded string")
-            if flags & EMIT:
-                self._scratch[n] = <char>_symbol[step]
-                n += 1
-            step = _next_state[step] << 4 | (byte & 0xF)
+        for i in range(2 * i, 2 * (i + length)):  # nibble by nibble, high one first
+            byte = block[i >> 1]
+            step = state << 4 | (byte & 0xF if i & 1 else byte >> 4)
             flags = _flags[step]
             if flags & FAIL:
                 raise HpackError("EOS in a Huffman-coded string")
