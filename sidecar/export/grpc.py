@@ -1,4 +1,4 @@
-"""OTLP/gRPC exporter (grpclib): raw bytes, gzip / zstd negotiated down on refusal, one reused channel."""
+"""OTLP/gRPC exporter (our HTTP/2 client): raw bytes, gzip / zstd negotiated down on refusal, one reused channel."""
 
 from __future__ import annotations
 
@@ -10,15 +10,13 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import grpclib.client
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
-from grpclib.config import Configuration
 from grpclib.const import Status
 
 from sidecar.export.compress import Payload
 from sidecar.export.config import ExporterConfig
-from sidecar.export.grpc_client import CallError, call_unary
+from sidecar.export.grpc_client import CallError, Channel, call_unary
 from sidecar.export.negotiate import names_encoding, parse_accepted
 from sidecar.export.partial import parse_response
 from sidecar.export.result import Exported, ExportError
@@ -46,8 +44,8 @@ class GrpcExporter(UpstreamExporter):
     def __init__(self, config: ExporterConfig, **options: Any) -> None:
         super().__init__(config, **options)
         self._targets: dict[Signal, tuple[str, int, bool]] = {}
-        self._channels: dict[tuple[str, int, bool], tuple[grpclib.client.Channel, object, int]] = {}
-        self._retired: list[grpclib.client.Channel] = []
+        self._channels: dict[tuple[str, int, bool], tuple[Channel, object, int]] = {}
+        self._retired: list[Channel] = []
 
     async def start(self) -> None:
         return None
@@ -70,7 +68,7 @@ class GrpcExporter(UpstreamExporter):
             target = self._targets[signal] = (url.hostname or "localhost", port, secure)
         return target
 
-    def _channel(self, signal: Signal) -> grpclib.client.Channel:
+    def _channel(self, signal: Signal) -> Channel:
         key = host, port, secure = self._target(signal)
         context: ssl.SSLContext | None = None
         if secure:
@@ -81,17 +79,15 @@ class GrpcExporter(UpstreamExporter):
             return current[0]
         if current is not None:
             # the TLS material or the compression changed: new calls use a new connection (a
-            # C-core server refuses gzip on a connection that carried a zstd call); calls in flight
+            # C-core server whose HPACK table a refused encoding upset takes the next one there;
+            # our client never indexes, but a fresh start costs one handshake); calls in flight
             # finish on the old one, closed once they have had their timeout
             self._retire(current[0])
-        options = None
-        if context is not None and self._server_hostname:
-            options = Configuration(ssl_target_name_override=self._server_hostname)
-        channel = grpclib.client.Channel(host, port, ssl=context, config=options)
+        channel = Channel(host, port, ssl=context, server_hostname=self._server_hostname or None)
         self._channels[key] = (channel, context, generation)
         return channel
 
-    def _retire(self, channel: grpclib.client.Channel) -> None:
+    def _retire(self, channel: Channel) -> None:
         self._retired.append(channel)
 
         def close() -> None:

@@ -1,10 +1,9 @@
-"""The exporter's gRPC client (sidecar.export.grpc_client, on grpclib) and GrpcExporter against grpcio,
+"""The exporter's gRPC client (sidecar.export.grpc_client, on our HTTP/2 client) and GrpcExporter against grpcio,
 the C-core gRPC the SDK and many upstreams use: compression both ways, fallbacks, retryable statuses."""
 
 from __future__ import annotations
 
 import grpc
-import grpclib.client
 import pytest
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -12,7 +11,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from sidecar.config import load
 from sidecar.export.grpc import GrpcExporter
-from sidecar.export.grpc_client import CallError, call_unary
+from sidecar.export.grpc_client import CallError, Channel, call_unary
 from sidecar.export.result import ExportError
 from sidecar.signals import Signal
 from tests import sdk
@@ -51,7 +50,7 @@ class _GrpcioUpstream:
 async def test_call_unary_against_grpcio(encoding: str) -> None:
     upstream = _GrpcioUpstream()
     await upstream.server.start()
-    channel = grpclib.client.Channel("127.0.0.1", upstream.port)
+    channel = Channel("127.0.0.1", upstream.port)
     try:
         if encoding == "zstd":
             # grpcio knows no zstd: the call fails with a status that says so (the exporter falls back)
@@ -120,7 +119,7 @@ async def test_resource_exhausted_with_retry_info_is_retryable() -> None:
 
 
 async def test_unreachable_upstream_is_unavailable() -> None:
-    channel = grpclib.client.Channel("127.0.0.1", 9)  # discard port: nothing listens
+    channel = Channel("127.0.0.1", 9)  # discard port: nothing listens
     try:
         with pytest.raises(CallError) as info:
             await call_unary(channel, Signal.TRACES.grpc_path, b"", timeout=5)

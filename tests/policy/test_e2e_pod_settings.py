@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import aiohttp
-import grpclib.client
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-from sidecar.export.grpc_client import CallError, call_unary
+from sidecar.export.grpc_client import CallError, Channel, call_unary
 from sidecar.signals import Signal
 from tests import sdk
 from tests.conftest import sidecar_env
@@ -53,7 +52,7 @@ async def test_tenant_rate_limit_refuses_retryably(upstream, start_sidecar, poli
     # a burst of 250 spans takes two 100-span requests (the second leaves 50), then 50/s refills too slowly
     assert [s for s, _ in statuses[:2]] == [200, 200]
     assert statuses[3][0] == 429 and int(statuses[3][1]) >= 1
-    channel = grpclib.client.Channel("127.0.0.1", sidecar.addresses["grpc"][1])
+    channel = Channel("127.0.0.1", sidecar.addresses["grpc"][1])
     try:
         try:
             await call_unary(channel, Signal.TRACES.grpc_path, BODY, timeout=5)
@@ -90,7 +89,7 @@ async def test_partly_refused_request_answers_partial_success(upstream, start_si
             answer = Signal.TRACES.response_class.FromString(await response.read())
     assert answer.partial_success.rejected_spans == 2
     assert "globex" in answer.partial_success.error_message
-    channel = grpclib.client.Channel("127.0.0.1", sidecar.addresses["grpc"][1])
+    channel = Channel("127.0.0.1", sidecar.addresses["grpc"][1])
     try:
         reply = await call_unary(channel, Signal.TRACES.grpc_path, body, timeout=5)
     finally:

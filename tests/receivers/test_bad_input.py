@@ -7,14 +7,13 @@ import struct
 
 import aiohttp
 import grpc
-import grpclib.client
 import pytest
 import zstandard
 from google.rpc import status_pb2
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from sidecar.export.grpc_client import CallError, call_framed, call_unary, frame_message
+from sidecar.export.grpc_client import CallError, Channel, call_framed, call_unary, frame_message
 from sidecar.rewrite._wire import len_field as _field
 from sidecar.signals import Signal
 from tests import sdk
@@ -182,9 +181,9 @@ async def test_grpc_bad_input(sidecar) -> None:
 
 
 async def test_grpc_broken_compression_and_unknown_encoding(sidecar) -> None:
-    """Frames a well-behaved client would never send, through our grpclib client."""
+    """Frames a well-behaved client would never send, through our gRPC client."""
     port = sidecar.addresses["grpc"][1]
-    channel = grpclib.client.Channel("127.0.0.1", port)
+    channel = Channel("127.0.0.1", port)
     path = Signal.TRACES.grpc_path
     try:
         bad_gzip = frame_message(b"not gzip at all", compressed=True)

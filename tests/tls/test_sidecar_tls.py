@@ -8,11 +8,10 @@ import ssl
 from pathlib import Path
 
 import aiohttp
-import grpclib.client
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-from sidecar.export.grpc_client import CallError, call_unary
+from sidecar.export.grpc_client import CallError, Channel, call_unary
 from sidecar.signals import Signal
 from tests import sdk
 from tests.conftest import sidecar_env
@@ -92,7 +91,7 @@ async def test_inbound_mtls_with_spiffe_allowlist(tmp_path: Path, upstream, star
                 return response.status
 
     async def grpc_status(cert: str | None, key: str | None) -> str:
-        channel = grpclib.client.Channel("localhost", grpc_port, ssl=client_context(cert, key, ["h2"]))
+        channel = Channel("localhost", grpc_port, ssl=client_context(cert, key, ["h2"]))
         try:
             await call_unary(channel, Signal.TRACES.grpc_path, BODY, timeout=10)
             return "OK"
@@ -114,7 +113,7 @@ async def test_inbound_mtls_with_spiffe_allowlist(tmp_path: Path, upstream, star
     # a plaintext gRPC client on the TLS port fails its handshake, and the gRPC listener counts it
     failures = {"role": "server", "reason": "not_tls"}
     before = sidecar.metrics.registry.get_sample_value("otlp_sidecar_tls_handshake_failures_total", failures) or 0
-    channel = grpclib.client.Channel("localhost", grpc_port)
+    channel = Channel("localhost", grpc_port)
     try:
         with pytest.raises(CallError):
             await call_unary(channel, Signal.TRACES.grpc_path, BODY, timeout=10)

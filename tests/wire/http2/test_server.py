@@ -1,6 +1,6 @@
 """The HTTP/2 gRPC server (sidecar.wire.http2) at the protocol level, on loopback.
 
-Well-formed traffic comes from real clients (grpcio, grpclib, and the ``h2`` library driven by
+Well-formed traffic comes from real clients (grpcio, the exporter's own client, and the ``h2`` library driven by
 hand where a test needs control of frames, windows or header compression); malformed traffic
 is written frame by frame. Each test asserts what a client sees: answers, status codes, GOAWAY
 and RST_STREAM codes, a connection that stays usable or is closed.
@@ -18,12 +18,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
-import grpclib.client
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sidecar.export.grpc_client import CallError, call_framed, call_unary, frame_message
+from sidecar.export.grpc_client import CallError, Channel, call_framed, call_unary, frame_message
 from sidecar.overload.budget import MemoryBudget as ReceiveBudget
 from sidecar.overload.reasons import Action
 from sidecar.wire.http2 import GrpcError, GrpcServer, Limits, UnaryCall
@@ -118,9 +117,9 @@ async def test_grpcio_gzip_message_is_flagged_compressed() -> None:
         assert echo.calls[-1].compressed and echo.calls[-1].headers["grpc-encoding"] == "gzip"
 
 
-async def test_grpclib_client_many_concurrent_calls_on_one_connection() -> None:
+async def test_exporter_client_many_concurrent_calls_on_one_connection() -> None:
     async with serving() as (_, echo, port):
-        channel = grpclib.client.Channel("127.0.0.1", port)
+        channel = Channel("127.0.0.1", port)
         try:
             replies = await asyncio.gather(
                 *(call_unary(channel, PATH, f"m{i}".encode() * 1000, timeout=10) for i in range(50))
@@ -136,7 +135,7 @@ async def test_grpclib_client_many_concurrent_calls_on_one_connection() -> None:
 
 async def test_oversized_message_is_refused_from_its_prefix_and_the_connection_goes_on() -> None:
     async with serving(Limits(max_message_bytes=1000)) as (_, echo, port):
-        channel = grpclib.client.Channel("127.0.0.1", port)
+        channel = Channel("127.0.0.1", port)
         try:
             with pytest.raises(CallError) as info:
                 await call_unary(channel, PATH, b"x" * 5000, timeout=5)
@@ -151,7 +150,7 @@ async def test_oversized_message_is_refused_from_its_prefix_and_the_connection_g
 
 async def test_framing_errors_of_the_grpc_message() -> None:
     async with serving() as (_, echo, port):
-        channel = grpclib.client.Channel("127.0.0.1", port)
+        channel = Channel("127.0.0.1", port)
         try:
             cases = [
                 (b"", "no complete gRPC message"),
