@@ -267,10 +267,8 @@ def cpu_seconds_precise(pid: int) -> float:
     for short runs, where ``cpu_seconds``'s 10 ms ticks would be coarse."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that ended meanwhile
             total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass  # a thread that ended meanwhile
     return total / 1e9
 
 
@@ -476,7 +474,8 @@ def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: ar
                        "p99_ms": percentile(latency["latencies"], 0.99),
                        "p999_ms": percentile(latency["latencies"], 0.999),
                        "refused": latency["refused"], "failed": latency["failed"],
-                       "cpu_us_per_item": (cpu_seconds_precise(target.pid) - cpu_before) / max(1, latency["ok"] * spans) * 1e6}
+                       "cpu_us_per_item":
+                           (cpu_seconds_precise(target.pid) - cpu_before) / max(1, latency["ok"] * spans) * 1e6}
             row.rates.append(figures)
             row.refused_at_rate += latency["refused"]
             row.failed_at_rate += latency["failed"]
@@ -606,7 +605,8 @@ def print_table(rows: list[Row], args: argparse.Namespace, implementation: str,
         refused_at_rate = str(r.refused_at_rate) if r.rates else "-"
         print(f"| {r.signal} | {r.transport} | {r.mode} | {r.spans_per_s:,.0f} | {r.cpu_us_per_span:.2f} | "
               f"{times('naive', r)} | {times('transport', r, inverse=True)} | {times('collector', r)} | "
-              f"{cpu_at_rates} | {latency} | {r.peak_rss_mib:.0f} / {rss_at_rate} | {r.requests_refused} / {refused_at_rate} | "
+              f"{cpu_at_rates} | {latency} | {r.peak_rss_mib:.0f} / {rss_at_rate} | "
+              f"{r.requests_refused} / {refused_at_rate} | "
               f"{r.requests_failed + r.failed_at_rate} | {r.limit} | {r.steal_pct:.1f} |")
     print(f"\nlatency at {', '.join(rates)} items/s, fixed rates, once the target is idle after the flat-out run;"
           " 'CPU µs/item' flat out, then at each fixed rate (nothing refused there: the least noisy figure of an"

@@ -29,6 +29,9 @@ Violations end the connection with GOAWAY, or the stream with RST_STREAM, as the
 nothing raises into the event loop; every protective action is counted. A connection ends
 gracefully: after our GOAWAY the server half-closes its side and drops what the client still
 sends for ``linger_timeout`` at most, so the GOAWAY is not lost to a TCP reset.
+
+``client`` is the other side, for the exporter: unary requests to the upstream on the same
+frames and HPACK decoder (docs/http2.md, "The exporter's client").
 """
 
 from sidecar.wire.http2.calls import GrpcError, Handler, Limits, UnaryCall

@@ -1,4 +1,4 @@
-"""HPACK decoding for the HTTP/2 server: the compiled ``sidecar._ext.hpack`` or its twin.
+"""HPACK decoding for the HTTP/2 server and client: the compiled ``sidecar._ext.hpack`` or its twin.
 
 The compiled module is used unless ``OTLP_SIDECAR_NO_EXTENSIONS=1`` is set or it is not built;
 then the pure-Python twin ``sidecar.wire.http2._hpack_py``, which behaves the same.
