@@ -9,8 +9,8 @@ that come back are read from one buffer.
 What a client of unary calls needs, and nothing more:
 
 - the preface and SETTINGS (push disabled, our windows), the server's SETTINGS acknowledged and
-  applied (initial window, concurrent streams; frames stay at the 16 kB every peer takes), PING
-  answered;
+  applied (initial window, concurrent streams, frame size: a larger one once the server has
+  answered a request sent after our acknowledgement), PING answered;
 - flow control both ways: a request's DATA waits for the server's windows; a reply's bytes are
   acknowledged as they arrive, bounded by the caller's limit;
 - header blocks sent as literals that never touch the server's HPACK table (split into
@@ -86,6 +86,9 @@ MAX_CONTROL_BACKLOG = 1 << 20
 LINGER = 1.0
 #: a stream id may not exceed 2^31 - 1; a connection that used them all is replaced
 LAST_STREAM_ID = (1 << 31) - 1
+#: the largest DATA frame we send when the server allows larger ones than 16 kB: fewer frames for
+#: its parser, while one frame still leaves room for the other streams' frames
+MAX_SEND_FRAME = 1 << 20
 
 
 class ConnectionClosed(ConnectionError):
@@ -157,6 +160,11 @@ class ClientConnection(asyncio.Protocol):
         self._initial_window = DEFAULT_WINDOW
         self._max_streams = 1 << 31
         self._send_window = DEFAULT_WINDOW
+        self._frame_size = MIN_FRAME_SIZE
+        # a larger SETTINGS_MAX_FRAME_SIZE waits until the server answers a stream opened after
+        # our ACK (h2, for one, applies it only from the read after the one that held the ACK):
+        # (the size, the first stream id opened after the ACK)
+        self._larger_frames: tuple[int, int] | None = None
         self._unacknowledged = 0
         # a header block arriving in HEADERS + CONTINUATION: (stream, flags, fragments, size)
         self._block: tuple[int, int, list[bytes], int] | None = None
@@ -269,7 +277,7 @@ class ClientConnection(asyncio.Protocol):
                 raise self._error
             if stream.done.done():  # the server answered (or reset) before taking it all
                 return
-            size = min(end - pos, self._send_window, stream.send_window, MIN_FRAME_SIZE)
+            size = min(end - pos, self._send_window, stream.send_window, self._frame_size)
             if size <= 0 or self._paused:
                 await self._changed()
                 continue
@@ -518,11 +526,13 @@ class ClientConnection(asyncio.Protocol):
                     if stream.send_window > MAX_WINDOW:
                         raise ConnectionFailure(FLOW_CONTROL_ERROR, "a stream window overflowed")
             elif key == MAX_FRAME_SIZE:
-                # checked, not used: frames stay at 16 kB, which every server takes from the first
-                # byte (h2 applies its larger size only from the next read after our ACK), and a
-                # larger frame saves 9 bytes in 16 kB
                 if not MIN_FRAME_SIZE <= value < 1 << 24:
                     raise ConnectionFailure(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
+                value = min(value, MAX_SEND_FRAME)
+                if value <= self._frame_size:  # smaller: at once
+                    self._frame_size, self._larger_frames = value, None
+                else:  # larger: from the first answer to a stream opened after this ACK
+                    self._larger_frames = (value, self._next_id)
             elif key == MAX_CONCURRENT_STREAMS:
                 self._max_streams = value
             # the table size is the encoder's limit, and we never index; the rest is advisory
@@ -548,6 +558,8 @@ class ClientConnection(asyncio.Protocol):
     # -- endings -----------------------------------------------------------------------------
 
     def _complete(self, stream: _Stream) -> None:
+        if self._larger_frames is not None and stream.id >= self._larger_frames[1]:
+            self._frame_size, self._larger_frames = self._larger_frames[0], None
         if not stream.done.done():
             stream.done.set_result(Response(stream.headers or {}, bytes(stream.data), stream.trailers))
         if stream.sent_all:

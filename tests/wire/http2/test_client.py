@@ -29,6 +29,7 @@ from sidecar.wire.http2.client import (
     ConnectionClosed,
     ProtocolViolation,
     ReplyTooLarge,
+    Response,
     StreamReset,
 )
 from sidecar.wire.http2.frames import (
@@ -216,7 +217,7 @@ async def test_a_large_request_waits_for_the_servers_small_windows() -> None:
         assert answer.trailers == {"grpc-status": "0", "x-sha": str(hash(body[i:]))}
 
 
-async def test_long_headers_continue_and_frames_stay_at_16_kB() -> None:
+async def test_long_headers_continue_and_larger_frames_wait_for_an_answer() -> None:
     block = header_block([(":method", "POST"), (":scheme", "http"), (":path", "/t.S/M"), (":authority", "t"),
                           ("x-token", "t" * 40_000)])  # three frames of 16 kB: HEADERS, CONTINUATION x 2
     settings = {h2.settings.SettingCodes.MAX_FRAME_SIZE: 65_536,
@@ -225,7 +226,8 @@ async def test_long_headers_continue_and_frames_stay_at_16_kB() -> None:
         channel = Channel("127.0.0.1", port)
         try:
             first = await asyncio.wait_for(channel.request(block, b"x" * 200_000, 1 << 20), 10)
-            # h2 takes frames larger than 16 kB only after a read that held our ACK: none are sent
+            # h2 takes frames larger than 16 kB only from the read after the one that held our
+            # ACK: the second request, sent after an answer, is in frames of 64 kB, and h2 takes them
             second = await asyncio.wait_for(channel.request(BLOCK, b"y" * 300_000, 1 << 20), 10)
         finally:
             channel.close()
@@ -338,6 +340,39 @@ async def test_windows_settings_and_ping_are_followed() -> None:
         assert sum(await peer.data(200_000 - 100_000)) == 100_000
         peer.answer(1)
         assert (await call).data == b"ok"
+
+
+async def test_a_larger_frame_size_is_used_once_the_server_answered_after_our_ack() -> None:
+    async with scripted() as (channel, peers):
+        body = b"f" * 300_000
+        first = asyncio.create_task(channel.request(BLOCK, body, 1000))
+        peer = await peers.get()
+
+        async def largest_frame(stream_id: int, call: asyncio.Task[Response] | None = None) -> int:
+            call = call or asyncio.create_task(channel.request(BLOCK, body, 1000))
+            await peer.until(HEADERS, stream_id)
+            peer.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", len(body))))
+            sizes = await peer.data(len(body))
+            peer.answer(stream_id)
+            await call
+            return max(sizes)
+
+        await peer.handshake(struct.pack(">HLHL", 5, 100_000, 4, 4_000_000))  # MAX_FRAME_SIZE, window
+        # stream 1 was opened before the SETTINGS came; stream 3, after our ACK, may reach the
+        # server in the read that holds the ACK: both in 16 kB frames; once 3 is answered, larger
+        assert await largest_frame(1, first) == 16_384
+        assert await largest_frame(3) == 16_384
+        assert await largest_frame(5) == 100_000
+        # a smaller size applies at once
+        peer.send(frame(SETTINGS, 0, 0, struct.pack(">HL", 5, 20_000)))
+        await peer.until(SETTINGS)
+        assert await largest_frame(7) == 20_000
+        # one above our own cap is held to it
+        peer.send(frame(SETTINGS, 0, 0, struct.pack(">HL", 5, (1 << 24) - 1)))
+        await peer.until(SETTINGS)
+        body = b"g" * 3_000_000
+        assert await largest_frame(9) == 20_000
+        assert await largest_frame(11) == client.MAX_SEND_FRAME
 
 
 @pytest.mark.parametrize(
