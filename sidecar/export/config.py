@@ -96,6 +96,15 @@ class ExporterConfig:
         "less CPU than 1 for 5-10 % more bytes (docs/performance.md).",
         kind="int", min=-7, max=19,
     )
+    compress_in: str = setting(
+        "auto",
+        "Where a large batch is compressed: in a worker thread (in parallel with the event loop, "
+        "for two cores or more), on the event loop in 64 kB slices between the apps' requests (for "
+        "one core: a thread there only takes millisecond turns with the loop, which apps see as "
+        "latency), or auto: the thread when the process may use two cores or more (CPU affinity "
+        "and the cgroup's CPU quota), the loop otherwise.",
+        choices=["auto", "thread", "loop"],
+    )
     timeout: float = setting(
         DEFAULT_TIMEOUT,
         "Timeout of one export request (OTEL_EXPORTER_OTLP_TIMEOUT, in milliseconds there as the "

@@ -104,7 +104,8 @@ class GrpcExporter(UpstreamExporter):
             try:
                 reply = await call_unary(
                     self._channel(signal), signal.grpc_path, data,
-                    encoding=encoding, level=self._config.compression_level, timeout=self._config.timeout,
+                    encoding=encoding, level=self._config.compression_level,
+                    compress_in=self._config.compress_in, timeout=self._config.timeout,
                     metadata=metadata,
                 )
             except CallError as exc:

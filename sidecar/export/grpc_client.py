@@ -48,16 +48,18 @@ async def call_unary(
     *,
     encoding: str = compression.IDENTITY,
     level: int = compression.DEFAULT_LEVEL,
+    compress_in: str = "auto",
     timeout: float,
     metadata: Mapping[str, str] | None = None,
     reply_limit: int = 4 << 20,
 ) -> bytes:
-    """One unary call on ``channel`` with a request compressed at ``level``; returns the reply bytes.
+    """One unary call on ``channel`` with a request compressed at ``level`` (where:
+    ``compress_in``, see :func:`sidecar.export.compress.compress_async`); returns the reply bytes.
 
     Raises CallError with the call's status on any failure, transport errors as
     UNAVAILABLE and a timeout as DEADLINE_EXCEEDED.
     """
-    body = await compress_async(encoding, payload, level)
+    body = await compress_async(encoding, payload, level, compress_in)
     frame = frame_message(body, compressed=encoding != compression.IDENTITY)
     return await call_framed(
         channel, path, frame, encoding=encoding, timeout=timeout, metadata=metadata, reply_limit=reply_limit

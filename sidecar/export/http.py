@@ -54,7 +54,7 @@ class HttpExporter(UpstreamExporter):
     async def _post(self, signal: Signal, data: Payload, encoding: str) -> Exported:
         assert self._session is not None, "start() first"
         headers = {"Content-Type": "application/x-protobuf", "User-Agent": "otlp-sidecar", **await self._headers()}
-        body = await compress_async(encoding, data, self._config.compression_level)
+        body = await compress_async(encoding, data, self._config.compression_level, self._config.compress_in)
         if encoding != "identity":
             headers["Content-Encoding"] = encoding
         url = self._config.url_for(signal)

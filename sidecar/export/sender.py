@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from sidecar.export import compress
 from sidecar.export.circuit import CircuitBreaker, State, upstream_failed
 from sidecar.export.compress import Payload
 from sidecar.export.config import ExporterConfig
@@ -154,6 +155,7 @@ class Sender:
             attempt += 1
             await self.breaker.acquire()
             t0 = time.monotonic()
+            compress.backlog.set(self._queue.held_bytes / self._queue.capacity_bytes)
             try:
                 result = await self._exporter.export(batch.signal, data)
             except ExportError as exc:
