@@ -88,7 +88,10 @@ LINGER = 1.0
 LAST_STREAM_ID = (1 << 31) - 1
 #: the largest DATA frame we send when the server allows larger ones than 16 kB: fewer frames for
 #: its parser, while one frame still leaves room for the other streams' frames
-MAX_SEND_FRAME = 1 << 20
+MAX_SEND_FRAME = 256 << 10
+#: what the transport may hold of our own requests when a control answer is written: one DATA
+#: frame past the high-water mark, and the header blocks of calls started meanwhile
+SEND_ALLOWANCE = MAX_SEND_FRAME + (256 << 10)
 
 
 class ConnectionClosed(ConnectionError):
@@ -141,10 +144,11 @@ class _Stream:
 
 
 def _fields(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
-    out: dict[str, str] = {}
+    """Header fields by name; a repeated name's values joined with ", " (once: linear)."""
+    values: dict[str, list[str]] = {}
     for name, value in pairs:
-        out[name] = f"{out[name]}, {value}" if name in out else value
-    return out
+        values.setdefault(name, []).append(value)
+    return {name: ", ".join(each) for name, each in values.items()}
 
 
 class ClientConnection(asyncio.Protocol):
@@ -224,7 +228,9 @@ class ClientConnection(asyncio.Protocol):
     async def request(self, header_block: bytes, body: bytes, limit: int) -> Response:
         """Send one request (its header block and body) and wait for the whole answer; raises
         ConnectionClosed, StreamReset, ProtocolViolation, ReplyTooLarge, or OSError."""
-        while len(self._streams) >= self._max_streams and self._error is None:
+        # a full stream quota, or a server that reads nothing: wait (the caller's deadline applies)
+        # rather than add one more header block to the transport's buffer
+        while (len(self._streams) >= self._max_streams or self._paused) and self._error is None:
             await self._changed()
         if not self.available:
             raise self._error or ConnectionClosed("the connection takes no new requests", unprocessed=True)
@@ -252,6 +258,8 @@ class ClientConnection(asyncio.Protocol):
         self._fail_all(self._error)
         if self._transport is not None:
             self._transport.close()
+            # a server that reads nothing would keep the socket (and what it holds) for ever
+            asyncio.get_running_loop().call_later(LINGER, self._transport.abort)
         self._wake()
 
     # -- sending -----------------------------------------------------------------------------
@@ -386,7 +394,7 @@ class ClientConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        if transport.get_write_buffer_size() > MAX_CONTROL_BACKLOG:
+        if transport.get_write_buffer_size() > MAX_CONTROL_BACKLOG + SEND_ALLOWANCE:
             raise ConnectionFailure(ENHANCE_YOUR_CALM, "the server sends control frames and reads no answers")
         transport.write(control)
 
@@ -450,7 +458,7 @@ class ClientConnection(asyncio.Protocol):
         if self._block is None:
             raise ConnectionFailure(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
         _, first_flags, fragments, size = self._block
-        size += len(payload)
+        size += len(payload) + 9  # the frame header too: a flood of empty frames is bounded
         if size > MAX_HEADER_BLOCK:
             raise ConnectionFailure(ENHANCE_YOUR_CALM, "a header block too large")
         fragments.append(payload)
@@ -472,9 +480,10 @@ class ClientConnection(asyncio.Protocol):
             return
         end = bool(flags & END_STREAM)
         if stream.headers is None:
-            headers = _fields(fields)
-            if headers.get(":status", "").startswith("1") and not end:
+            status = next((value for name, value in fields if name == ":status"), "")
+            if status.startswith("1") and not end:
                 return  # informational (1xx): the real headers follow
+            headers = _fields(fields)
             stream.headers = headers
         elif end:
             stream.trailers = _fields(fields)
@@ -513,6 +522,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if len(payload) % 6:
             raise ConnectionFailure(FRAME_SIZE_ERROR, "SETTINGS of a wrong size")
+        initial_window = self._initial_window
         for i in range(0, len(payload), 6):
             key, value = SETTING.unpack_from(payload, i)
             if key == ENABLE_PUSH and value != 0:
@@ -520,11 +530,7 @@ class ClientConnection(asyncio.Protocol):
             if key == INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
                     raise ConnectionFailure(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE too large")
-                delta, self._initial_window = value - self._initial_window, value
-                for stream in self._streams.values():
-                    stream.send_window += delta
-                    if stream.send_window > MAX_WINDOW:
-                        raise ConnectionFailure(FLOW_CONTROL_ERROR, "a stream window overflowed")
+                initial_window = value  # applied once, below: the last value of the frame counts
             elif key == MAX_FRAME_SIZE:
                 if not MIN_FRAME_SIZE <= value < 1 << 24:
                     raise ConnectionFailure(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
@@ -536,6 +542,12 @@ class ClientConnection(asyncio.Protocol):
             elif key == MAX_CONCURRENT_STREAMS:
                 self._max_streams = value
             # the table size is the encoder's limit, and we never index; the rest is advisory
+        if initial_window != self._initial_window:
+            delta, self._initial_window = initial_window - self._initial_window, initial_window
+            for stream in self._streams.values():
+                stream.send_window += delta
+                if stream.send_window > MAX_WINDOW:
+                    raise ConnectionFailure(FLOW_CONTROL_ERROR, "a stream window overflowed")
         self._answer(frame(SETTINGS, ACK, 0))
         self._wake()
 
@@ -591,7 +603,9 @@ class ClientConnection(asyncio.Protocol):
         transport = self._transport
         if transport is not None:
             transport.write(frame(GOAWAY, 0, 0, GOAWAY_HEAD.pack(0, code) + message.encode()[:256]))
-            asyncio.get_running_loop().call_later(LINGER, transport.close)
+            # abort, not close: close waits for the write buffer to drain, which a server that
+            # reads nothing never lets happen
+            asyncio.get_running_loop().call_later(LINGER, transport.abort)
         self._fail_all(self._error)
         self._wake()
 
