@@ -428,27 +428,6 @@ async def test_a_lost_connection_fails_the_call_and_the_next_one_reconnects() ->
         assert (await call).data == b"ok"
 
 
-async def test_a_server_that_floods_pings_and_reads_nothing_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client, "LINGER", 0.1)
-    async with scripted() as (channel, peers):
-        call = asyncio.create_task(channel.request(BLOCK, b"body", 1000))
-        peer = await peers.get()
-        await peer.handshake()
-        await peer.request(1)
-        # the client's answers pile up while this side reads nothing; it holds 1 MiB of them
-        flood = frame(PING, 0, 0, b"01234567") * 4096
-        try:
-            for _ in range(1000):
-                peer.send(flood)
-                await peer.writer.drain()
-                if call.done():
-                    break
-        except ConnectionError:
-            pass
-        with pytest.raises(ProtocolViolation, match="reads no answers"):
-            await asyncio.wait_for(call, 10)
-
-
 @pytest.mark.parametrize(("server_alpn", "works"), [(["h2"], True), ([], True), (["http/1.1"], False)])
 async def test_tls_speaks_http2_unless_the_server_chose_another_protocol(
     tmp_path: Path, server_alpn: list[str], works: bool

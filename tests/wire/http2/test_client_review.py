@@ -86,7 +86,9 @@ async def test_a_flood_of_empty_continuation_frames_is_bounded(monkeypatch: pyte
 async def test_a_connection_ended_for_a_violation_closes_though_the_server_reads_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """_abort (and close) end the socket with transport.close(), which waits for the write buffer
+    """A PING flood from a server that reads nothing is cut off at 1 MiB of held answers
+    (ENHANCE_YOUR_CALM), and the socket closes after the linger. _abort (and close) used to
+    end the socket with transport.close(), which waits for the write buffer
     to drain: a server that reads nothing keeps the socket and its buffer (over 1 MiB here) for
     ever. The channel opens a fresh connection for the next call, so a server can repeat this
     and exhaust file descriptors and memory, one connection at a time."""
