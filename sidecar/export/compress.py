@@ -149,14 +149,14 @@ async def _compress_on_loop(encoding: str, data: Payload, level: int) -> bytes:
             zstd = compressors[level] = zstandard.ZstdCompressor(level=level)
         stream = _stream(encoding, level, size_of(parts), zstd)
         out: list[bytes] = []
-        turn, started = turn_for(backlog.get()), time.perf_counter()
+        turn, started = turn_for(backlog.get()), time.perf_counter()  # the fill as this export began
         for part in parts:
             view = memoryview(part)
             for pos in range(0, len(view), SLICE):
                 out.append(stream.compress(view[pos : pos + SLICE]))
                 if time.perf_counter() - started >= turn:
                     await asyncio.sleep(0)  # what arrived meanwhile is served
-                    turn, started = turn_for(backlog.get()), time.perf_counter()
+                    started = time.perf_counter()
         out.append(stream.flush())
     return b"".join(out)
 
