@@ -318,8 +318,18 @@ def settle(pid: int, timeout: float = 20.0) -> None:
 # -- load generators ---------------------------------------------------------------------------
 
 
+def starts(place: tuple[int, int], connections: int, bodies: int) -> list[int]:
+    """Where each connection of generator ``place`` = (index, generators) starts in the bodies:
+    every connection of every generator at its own place, spread evenly, so that requests sent at
+    once differ (the same body twice in one export batch flatters zstd, see ``bench.loadgen``)."""
+    index, generators = place
+    total = generators * connections
+    return [(index * connections + k) * bodies // total for k in range(connections)]
+
+
 async def _generate(transport: str, port: int, bodies: list[bytes], duration: float, concurrency: int,
-                    rate: float | None, signal: str = "traces") -> dict[str, Any]:
+                    rate: float | None, signal: str = "traces", place: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """One generator's load; ``place`` = (this generator's index, how many run at once)."""
     from bench.loadgen import CallFailed, connect
     from sidecar.signals import Signal
 
@@ -328,8 +338,9 @@ async def _generate(transport: str, port: int, bodies: list[bytes], duration: fl
     deadline = time.monotonic() + duration
     path = Signal(signal).http_path if transport == "http" else Signal(signal).grpc_path
     # HTTP/1.1 carries one request at a time per connection; gRPC multiplexes on one
-    connections = [await connect(transport, "127.0.0.1", port, path, bodies)
-                   for _ in range(concurrency if transport == "http" else 1)]
+    count = concurrency if transport == "http" else 1
+    connections = [await connect(transport, "127.0.0.1", port, path, bodies, start)
+                   for start in starts(place, count, len(bodies))]
     idle = asyncio.Queue()
     for n in range(concurrency):
         idle.put_nowait(connections[n % len(connections)])
@@ -396,9 +407,10 @@ def run_load(transport: str, port: int, bodies: list[bytes], duration: float, ge
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_generator_main, args=((transport, port, bodies, duration, concurrency,
-                                                        None if rate is None else rate / generators, signal),
+                                                        None if rate is None else rate / generators, signal,
+                                                        (index, generators)),
                                                        queue))
-             for _ in range(generators)]
+             for index in range(generators)]
     for proc in procs:
         proc.start()
     results = [queue.get(timeout=duration + 120) for _ in procs]
@@ -518,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="items/s of the fixed-rate (latency) runs, comma-separated")
     parser.add_argument("--spans", type=int, default=512,
                         help="items per request: spans, log records or data points (the SDKs' batch of 512)")
-    parser.add_argument("--requests", type=int, default=8, help="different pre-built requests, sent in turn")
+    parser.add_argument("--requests", type=int, default=64,
+                        help="different pre-built requests, sent in turn (connections start apart in them)")
     parser.add_argument("--generators", type=int, default=2, help="load generator processes")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per generator")
     parser.add_argument("--transports", default="http,grpc")

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)
         return 2
     build = {"traces": trace_request, "logs": log_request, "metrics": metric_request}[args.signal]
-    bodies = [build(512, seed=seed) for seed in range(7, 15)]
+    bodies = [build(512, seed=seed) for seed in range(7, 7 + 64)]  # as bench.load
     load.RESULTS.mkdir(exist_ok=True)
     name = f"profile-{args.signal}-{args.transport}-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
     out = load.RESULTS / name

@@ -201,8 +201,11 @@ class Process(SidecarProcess):
             return await self.launch(self.runtime.command, cwd=self.runtime.root, stdout=stdout, timeout=timeout)
 
     def stdout_lines(self) -> list[dict[str, Any]]:
+        """The JSON lines the container has written whole: the last one may be read while it is
+        still being written (no newline yet), and is left for the next look."""
         text = self.stdout_path.read_text(encoding="utf-8") if self.stdout_path.exists() else ""
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def peak_rss(self) -> int:
         """VmHWM of the running process, in bytes (what a memory limit is held against)."""
