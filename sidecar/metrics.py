@@ -88,6 +88,7 @@ class SidecarMetrics:
         self.batch_items = export.BATCH_ITEMS.histogram(r)
         self.batch_bytes = export.BATCH_BYTES.histogram(r)
         self.compression_downgrades = export.COMPRESSION_DOWNGRADES.counter(r)
+        self.dead_connections = export.DEAD_CONNECTIONS.counter(r)
         #: protective actions, connections per listener, the receive budget (sidecar.overload)
         self.overload = OverloadMetrics(r)
         #: process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, process_max_fds ...

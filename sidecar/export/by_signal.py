@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from sidecar.export.compress import Payload
 from sidecar.export.negotiate import DowngradeListener
@@ -32,6 +32,12 @@ class BySignalExporter:
     def watch_downgrades(self, listener: DowngradeListener) -> None:
         for exporter in self._distinct:
             watch = getattr(exporter, "watch_downgrades", None)
+            if watch is not None:
+                watch(listener)
+
+    def watch_dead_connections(self, listener: Callable[[], None]) -> None:
+        for exporter in self._distinct:
+            watch = getattr(exporter, "watch_dead_connections", None)
             if watch is not None:
                 watch(listener)
 

@@ -108,7 +108,9 @@ class ExporterConfig:
     timeout: float = setting(
         DEFAULT_TIMEOUT,
         "Timeout of one export request (OTEL_EXPORTER_OTLP_TIMEOUT, in milliseconds there as the "
-        "spec says).",
+        "spec says). Also bounds connecting to the upstream; over gRPC, a request that timed out before "
+        "its answer began sends a PING, and its connection is replaced when min(5 s, this) passes "
+        "without an answer.",
         kind="duration", min=0.001, max=300.0,
     )
     headers: dict[str, str] = setting(

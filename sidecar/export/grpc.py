@@ -6,7 +6,7 @@ import asyncio
 import base64
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +22,7 @@ from sidecar.export.partial import parse_response
 from sidecar.export.result import Exported, ExportError
 from sidecar.export.upstream import UpstreamExporter
 from sidecar.signals import Signal
+from sidecar.wire.http2.client import PING_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,12 @@ class GrpcExporter(UpstreamExporter):
         self._targets: dict[Signal, tuple[str, int, bool]] = {}
         self._channels: dict[tuple[str, int, bool], tuple[Channel, object, int]] = {}
         self._retired: list[Channel] = []
+        self._dead_listeners: list[Callable[[], None]] = []
+
+    def watch_dead_connections(self, listener: Callable[[], None]) -> None:
+        """``listener()`` each time an upstream connection is closed as dead (it answered nothing,
+        not even a PING, after an export on it timed out)."""
+        self._dead_listeners.append(listener)
 
     async def start(self) -> None:
         return None
@@ -83,7 +90,21 @@ class GrpcExporter(UpstreamExporter):
             # our client never indexes, but a fresh start costs one handshake); calls in flight
             # finish on the old one, closed once they have had their timeout
             self._retire(current[0])
-        channel = Channel(host, port, ssl=context, server_hostname=self._server_hostname or None)
+        timeout = self._config.timeout
+
+        def unresponsive() -> None:
+            log.warning(
+                "the upstream connection to %s:%d sent nothing, not even a PING answer, within %g s after "
+                "an export timed out: closed as dead; the export is retried on a new connection",
+                host, port, min(PING_TIMEOUT, timeout),
+            )
+            for listener in self._dead_listeners:
+                listener()
+
+        channel = Channel(
+            host, port, ssl=context, server_hostname=self._server_hostname or None,
+            connect_timeout=timeout, ping_timeout=min(PING_TIMEOUT, timeout), on_unresponsive=unresponsive,
+        )
         self._channels[key] = (channel, context, generation)
         return channel
 

@@ -91,6 +91,13 @@ COMPRESSION_DOWNGRADES = declare(
     labels=(Label("from_encoding", COMPRESSIONS[:-1]), Label("to_encoding", COMPRESSIONS[1:])),
     appears="at the first downgrade (the upstream refused zstd or gzip)",
 )
+DEAD_CONNECTIONS = declare(
+    f"{PREFIX}_exporter_dead_connections", Kind.counter, "{connections}",
+    "Upstream connections closed as dead: after an export on one timed out, it sent nothing back, "
+    "not even an answer to a PING, within min(5 s, exporter.timeout) (a Collector gone without "
+    "closing, a network partition). The export is retried on a new connection.",
+    component=COMPONENT,
+)
 CIRCUIT_STATE = declare(
     f"{PREFIX}_exporter_circuit_state", Kind.gauge, "1", "Exporter circuit: 0 closed, 1 half-open, 2 open.",
     component=COMPONENT,

@@ -89,6 +89,9 @@ class Sender:
         watch = getattr(exporter, "watch_downgrades", None)
         if watch is not None:
             watch(lambda old, new: metrics.compression_downgrades.labels(old, new).inc())
+        watch_dead = getattr(exporter, "watch_dead_connections", None)
+        if watch_dead is not None:
+            watch_dead(metrics.dead_connections.inc)
 
     @property
     def healthy(self) -> bool:

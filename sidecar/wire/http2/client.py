@@ -18,7 +18,13 @@ What a client of unary calls needs, and nothing more:
 - GOAWAY: streams above its last id fail as unprocessed, the others finish, and the connection
   takes no new stream (:class:`Channel` opens another); RST_STREAM fails its stream;
 - anything the server does wrong ends the connection with GOAWAY and fails its streams with
-  :class:`ProtocolViolation`. Nothing raises into the event loop.
+  :class:`ProtocolViolation`. Nothing raises into the event loop;
+- a server gone without a FIN or a reset (its node lost, a partition, a connection tracker that
+  forgot the flow) sends nothing at all: when a caller gives up on a request whose answer had not
+  begun (no response headers), a PING asks whether anyone is there, and without a frame back
+  within ``ping_timeout`` the connection is taken for dead (:class:`Unresponsive`) and the next
+  request opens another. Connecting is bounded by ``connect_timeout`` the same way (a SYN
+  nobody answers is retried by the kernel for two minutes).
 
 A request is one HEADERS, its DATA and the END_STREAM flag; a response is its headers, its data
 and its trailers (:class:`Response`), or the reason it has none.
@@ -27,7 +33,7 @@ and its trailers (:class:`Response`), or the reason it has none.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ssl import SSLContext
 
@@ -84,6 +90,10 @@ MAX_HEADER_BLOCK = 2 * MAX_HEADER_LIST
 MAX_CONTROL_BACKLOG = 1 << 20
 #: seconds a connection we ended for a violation keeps reading (and dropping) before it closes
 LINGER = 1.0
+#: seconds a connection has to send any frame back after a PING it owes us an answer to
+PING_TIMEOUT = 5.0
+#: the PING we send to learn whether the server is still there
+PROBE = frame(PING, 0, 0, b"liveness")
 #: a stream id may not exceed 2^31 - 1; a connection that used them all is replaced
 LAST_STREAM_ID = (1 << 31) - 1
 #: the largest DATA frame we send when the server allows larger ones than 16 kB: fewer frames for
@@ -101,6 +111,11 @@ class ConnectionClosed(ConnectionError):
     def __init__(self, message: str, *, unprocessed: bool = False) -> None:
         super().__init__(message)
         self.unprocessed = unprocessed
+
+
+class Unresponsive(ConnectionClosed):
+    """The server answered nothing, not even a PING, for ``ping_timeout`` seconds after a
+    request was given up on: the connection was closed as dead."""
 
 
 class StreamReset(ConnectionError):
@@ -154,9 +169,13 @@ def _fields(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
 class ClientConnection(asyncio.Protocol):
     """One HTTP/2 connection to a server, carrying concurrent unary requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, ping_timeout: float = PING_TIMEOUT, on_unresponsive: Callable[[], None] | None = None) -> None:
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
+        self._ping_timeout = ping_timeout
+        self._on_unresponsive = on_unresponsive
+        #: the timer of the PING sent when a request the server said nothing about was given up on
+        self._probe: asyncio.TimerHandle | None = None
         self._decoder = Decoder(MAX_HEADER_LIST, 4096)
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1
@@ -190,6 +209,7 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_probe()
         if self._error is None:
             reason = f"the connection was lost: {exc}" if exc else "the server closed the connection"
             error = ConnectionClosed(reason)
@@ -208,6 +228,8 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._error is not None:
             return
+        if self._probe is not None:
+            self._stop_probe()  # the server is there
         self._buffer += data
         try:
             self._read_frames()
@@ -255,12 +277,43 @@ class ClientConnection(asyncio.Protocol):
             self._error = ConnectionClosed("the connection was closed", unprocessed=True)
             if self._transport is not None:
                 self._transport.write(frame(GOAWAY, 0, 0, GOAWAY_HEAD.pack(0, NO_ERROR)))
+        self._stop_probe()
         self._fail_all(self._error)
         if self._transport is not None:
             self._transport.close()
             # a server that reads nothing would keep the socket (and what it holds) for ever
             asyncio.get_running_loop().call_later(LINGER, self._transport.abort)
         self._wake()
+
+    # -- liveness ------------------------------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        """Send a PING (one at a time): a server that is there answers it, and any frame it sends
+        cancels the check; nothing within ``ping_timeout`` and the connection is dead."""
+        if self._probe is not None or self._error is not None or self._transport is None:
+            return
+        self._transport.write(PROBE)
+        self._probe = asyncio.get_running_loop().call_later(self._ping_timeout, self._unresponsive)
+
+    def _stop_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
+
+    def _unresponsive(self) -> None:
+        self._probe = None
+        if self._error is not None:
+            return
+        self._error = Unresponsive(
+            f"the server sent nothing, not even a PING answer, within {self._ping_timeout:g} s "
+            "after a request was given up on: the connection was closed as dead"
+        )
+        self._fail_all(self._error)
+        if self._transport is not None:
+            self._transport.abort()  # nobody is there to read a GOAWAY
+        self._wake()
+        if self._on_unresponsive is not None:
+            self._on_unresponsive()
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -322,6 +375,8 @@ class ClientConnection(asyncio.Protocol):
         if still_open and self._error is None and self._transport is not None:
             # the caller gave up, or the server answered before taking the whole request
             self._transport.write(frame(RST_STREAM, 0, stream.id, U32.pack(CANCEL)))
+            if stream.headers is None:
+                self._check_alive()  # given up on, and the server said nothing about it
         if not stream.done.done():
             stream.done.cancel()
         elif not stream.done.cancelled():
@@ -621,8 +676,17 @@ class Channel:
         *,
         ssl: SSLContext | None = None,
         server_hostname: str | None = None,
+        connect_timeout: float = 10.0,
+        ping_timeout: float = PING_TIMEOUT,
+        on_unresponsive: Callable[[], None] | None = None,
     ) -> None:
+        """``connect_timeout``: seconds to connect (and shake hands); ``ping_timeout``: seconds a
+        silent connection has to answer a PING (see the module's text); ``on_unresponsive``:
+        called each time a connection is closed as dead."""
         self.host, self.port = host, port
+        self._connect_timeout = connect_timeout
+        self._ping_timeout = ping_timeout
+        self._on_unresponsive = on_unresponsive
         self._ssl = ssl
         self._server_hostname = server_hostname
         self.scheme = "https" if ssl is not None else "http"
@@ -657,9 +721,16 @@ class Channel:
     async def _connect(self) -> ClientConnection:
         loop = asyncio.get_running_loop()
         server_hostname = (self._server_hostname or self.host) if self._ssl is not None else None
-        transport, connection = await loop.create_connection(
-            ClientConnection, self.host, self.port, ssl=self._ssl, server_hostname=server_hostname
-        )
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                transport, connection = await loop.create_connection(
+                    lambda: ClientConnection(self._ping_timeout, self._on_unresponsive), self.host, self.port,
+                    ssl=self._ssl, server_hostname=server_hostname,
+                )
+        except TimeoutError:
+            raise ConnectionClosed(
+                f"no connection to {self.authority} within {self._connect_timeout:g} s", unprocessed=True
+            ) from None
         if self._ssl is not None:
             # a server without ALPN gets HTTP/2 by prior knowledge, as gRPC clients do; one that
             # chose another protocol would read our frames as garbage
