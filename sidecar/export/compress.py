@@ -41,7 +41,7 @@ Payload = bytes | Sequence[bytes]
 
 #: batches at least this large are compressed in the worker thread (zlib and zstd release the
 #: GIL): the event loop keeps answering apps meanwhile
-THREAD_THRESHOLD = compression.THREAD_THRESHOLD
+THREAD_THRESHOLD = 64 * 1024
 
 #: zstandard's compressor objects must not be used by two threads at once: one per thread and level
 _LOCAL = threading.local()

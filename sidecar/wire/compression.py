@@ -10,7 +10,6 @@ to a receive-budget account (both receivers use it: Content-Encoding and grpc-en
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 import weakref
 import zlib
@@ -361,22 +360,3 @@ def compress(encoding: str, data: bytes, level: int = DEFAULT_LEVEL) -> bytes:
         return zlib.compress(data, zlib_level)
     raise UnsupportedEncoding(encoding)
 
-
-#: payloads at least this large are compressed in a worker thread: zlib and zstd release the
-#: GIL, so a batch compresses on the other core while the event loop keeps answering apps
-THREAD_THRESHOLD = 64 * 1024
-
-
-#: one worker thread for all compression: one zstd context and one malloc arena, not one per
-#: thread of asyncio's default pool (several MiB each); the sidecar has one core to give anyway
-_WORKER: concurrent.futures.ThreadPoolExecutor | None = None
-
-
-async def compress_async(encoding: str, data: bytes, level: int = DEFAULT_LEVEL) -> bytes:
-    """:func:`compress`, off the event loop for large payloads."""
-    global _WORKER
-    if encoding == IDENTITY or len(data) < THREAD_THRESHOLD:
-        return compress(encoding, data, level)
-    if _WORKER is None:
-        _WORKER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compress")
-    return await asyncio.get_running_loop().run_in_executor(_WORKER, compress, encoding, data, level)

@@ -46,6 +46,20 @@ def test_parts_compress_to_what_their_join_decodes_to(encoding: str, parts: list
         assert len(body) < len(b"".join(parts)) / 4
 
 
+@pytest.mark.parametrize("encoding", ["zstd", "gzip"])
+async def test_the_worker_thread_and_the_loop_compress_at_once(encoding: str) -> None:
+    """Regression: one zstd compressor used by two threads at once crashed the process. Large
+    batches go to the worker thread while the loop compresses small ones with its own."""
+    payloads = [os.urandom(2048) * 64 + bytes([n]) * 4096 for n in range(48)]
+    work = [asyncio.ensure_future(compress.compress_async(encoding, [p, p[:100]], 1, "thread")) for p in payloads]
+    await asyncio.sleep(0)  # submitted: the worker compresses from here
+    small = [compress.compress(encoding, p[:30000], 1) for p in payloads]  # on the loop, meanwhile
+    for original, result in zip(payloads, await asyncio.gather(*work), strict=True):
+        assert decode(encoding, result) == original + original[:100]
+    for original, result in zip(payloads, small, strict=True):
+        assert decode(encoding, result) == original[:30000]
+
+
 def test_a_large_batch_compresses_in_the_worker_thread_and_a_small_one_inline() -> None:
     large = PARTS * 2
     assert compress.size_of(large) >= compress.THREAD_THRESHOLD
