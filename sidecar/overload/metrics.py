@@ -50,6 +50,13 @@ MEMORY_LIMIT = declare(
     f"{PREFIX}_overload_memory_limit_bytes", Kind.gauge, "By", "limits.max_memory_bytes (the memory ceiling).",
     component=COMPONENT,
 )
+LOOP_LAG = declare(
+    f"{PREFIX}_event_loop_lag_seconds", Kind.histogram, "s",
+    "How late the event loop ran a timer due every 0.1 s: the time every request and timer waited "
+    "then (work holding the loop, a CPU limit throttling the pod, steal). A lag of 1 s or more is "
+    "also logged.",
+    component=COMPONENT, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 
 
 class OverloadMetrics:
@@ -63,6 +70,7 @@ class OverloadMetrics:
         self.budget_peak = BUDGET_PEAK.gauge(registry)
         self.budget_limit = BUDGET_LIMIT.gauge(registry)
         self.memory_limit = MEMORY_LIMIT.gauge(registry)
+        self.loop_lag = LOOP_LAG.histogram(registry)
         self._children = {
             (listener, action): self.actions.labels(listener, action.value)
             for listener in LISTENERS

@@ -160,6 +160,27 @@ def circuit_cases() -> list[dict[str, Any]]:
     ]
 
 
+def loop_lag_cases() -> list[dict[str, Any]]:
+    """The probe checks the loop ten times a second: 600 observations a minute."""
+    count, bucket = "otlp_sidecar_event_loop_lag_seconds_count", "otlp_sidecar_event_loop_lag_seconds_bucket"
+    fires = pod_alert(
+        "warning",
+        "the event loop of otlp-sidecar in shop/checkout-7d9 ran over 100 ms late in 10% of its checks",
+        "Every request waited as long. The sidecar needs more CPU (its limit throttles it, or its node "
+        "has steal) or work holds its loop; see otlp_sidecar_event_loop_lag_seconds and the sidecar's log.",
+    )
+    return [
+        # a CPU limit throttling the pod: 60 of the 600 checks a minute over 100 ms late
+        alert("OtlpSidecarEventLoopLagging", "20m",
+              [series(count, "0+600x30"), series(bucket, "0+540x30", le="0.1")], fires),
+        alert("OtlpSidecarEventLoopLagging", "20m",  # 3 of 600: a garbage collection now and then
+              [series(count, "0+600x30"), series(bucket, "0+597x30", le="0.1")], None),
+        # half the checks late for 3 minutes: still within the window at 12m, but shorter than the 10m
+        alert("OtlpSidecarEventLoopLagging", "12m",
+              [series(count, "0+600x30"), series(bucket, "0+600x5 3300+300x2 4500+600x21", le="0.1")], None),
+    ]
+
+
 def certificate_cases() -> list[dict[str, Any]]:
     expiry = "otlp_sidecar_tls_certificate_expiry_seconds"
     day = 86400
@@ -276,6 +297,7 @@ def _labels(name: str, **labels: str) -> str:
 
 CASES = {
     "refusals": refusal_cases, "export": export_failure_cases, "queue": queue_cases, "circuit": circuit_cases,
+    "loop_lag": loop_lag_cases,
     "certificate": certificate_cases, "policy": policy_cases, "webhook": webhook_cases,
     "collector_names": recording_cases,
 }

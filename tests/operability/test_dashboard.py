@@ -27,6 +27,7 @@ TOPICS = {
     "memory": "process_resident_memory_bytes",
     "file descriptors": "process_open_fds",
     "policy mode": "otlp_sidecar_policy_mode",
+    "event loop lag": "otlp_sidecar_event_loop_lag_seconds_bucket",
 }
 
 
