@@ -187,6 +187,13 @@ class InjectionConfig:
         "", "Secret (in the pod's namespace) with a bearer token for the bundle server.", check=_dns_name,
     )
     bundle_token_secret_key: str = setting("token", "Key of the token in bundle_token_secret.")
+    bundle_ca_secret: str = setting(
+        "",
+        "Secret (in the pod's namespace) with the PEM CA bundle that signs an https:// bundle server's "
+        "certificate (empty: the system's CAs).",
+        check=_dns_name,
+    )
+    bundle_ca_secret_key: str = setting("ca.crt", "Key of the CA bundle in bundle_ca_secret.")
     extra_env: dict[str, str] = setting(
         {},
         "Extra environment variables for the sidecar (e.g. SIDECAR_LOG_LEVEL).",
@@ -223,8 +230,10 @@ class InjectionConfig:
         ports = {self.grpc_port, self.http_port, self.admin_port}
         if len(ports) != 3:
             raise ConfigError("injection.admin_port", "grpc_port, http_port and admin_port must differ")
-        if (self.bundle_key_secret or self.bundle_token_secret) and not self.bundles:
-            raise ConfigError("injection.bundles", "bundle_key_secret / bundle_token_secret need bundles")
+        if (self.bundle_key_secret or self.bundle_token_secret or self.bundle_ca_secret) and not self.bundles:
+            raise ConfigError(
+                "injection.bundles", "bundle_key_secret / bundle_token_secret / bundle_ca_secret need bundles"
+            )
         if self.tenant_label and self.tenant_annotation:
             raise ConfigError(
                 "injection.tenant_annotation",

@@ -34,6 +34,7 @@ MTLS_DIR = "/etc/otlp-sidecar/tls"
 HASH_KEY_DIR = "/etc/otlp-sidecar/hash-key"
 BUNDLE_KEY_DIR = "/etc/otlp-sidecar/bundle-key"
 BUNDLE_TOKEN_DIR = "/etc/otlp-sidecar/bundle-token"
+BUNDLE_CA_DIR = "/etc/otlp-sidecar/bundle-ca"
 
 VOLUME_PODINFO = "otlp-sidecar-podinfo"
 VOLUME_POLICIES = "otlp-sidecar-policies"
@@ -42,6 +43,7 @@ VOLUME_HASH_KEY = "otlp-sidecar-hash-key"
 VOLUME_TMP = "otlp-sidecar-tmp"
 VOLUME_BUNDLE_KEY = "otlp-sidecar-bundle-key"
 VOLUME_BUNDLE_TOKEN = "otlp-sidecar-bundle-token"
+VOLUME_BUNDLE_CA = "otlp-sidecar-bundle-ca"
 
 
 class Scope(enum.Enum):
@@ -376,6 +378,8 @@ def _volumes(policy_set: PolicySetConfig | None, injection: InjectionConfig) -> 
         volumes.append({"name": VOLUME_BUNDLE_KEY, "secret": {"secretName": injection.bundle_key_secret}})
     if injection.bundle_token_secret:
         volumes.append({"name": VOLUME_BUNDLE_TOKEN, "secret": {"secretName": injection.bundle_token_secret}})
+    if injection.bundle_ca_secret:
+        volumes.append({"name": VOLUME_BUNDLE_CA, "secret": {"secretName": injection.bundle_ca_secret}})
     return volumes
 
 
@@ -403,6 +407,8 @@ def sidecar_container(
         mounts.append({"name": VOLUME_BUNDLE_KEY, "mountPath": BUNDLE_KEY_DIR, "readOnly": True})
     if injection.bundle_token_secret:
         mounts.append({"name": VOLUME_BUNDLE_TOKEN, "mountPath": BUNDLE_TOKEN_DIR, "readOnly": True})
+    if injection.bundle_ca_secret:
+        mounts.append({"name": VOLUME_BUNDLE_CA, "mountPath": BUNDLE_CA_DIR, "readOnly": True})
     container: dict[str, Any] = {
         "name": SIDECAR_NAME,
         "image": injection.image,
@@ -478,6 +484,9 @@ def _bundle_env(injection: InjectionConfig) -> list[dict[str, Any]]:
     if injection.bundle_token_secret:
         env.append({"name": "SIDECAR_POLICY_BUNDLE_TOKEN_FILE",
                     "value": f"{BUNDLE_TOKEN_DIR}/{injection.bundle_token_secret_key}"})
+    if injection.bundle_ca_secret:
+        env.append({"name": "SIDECAR_POLICY_BUNDLE_CA_FILE",
+                    "value": f"{BUNDLE_CA_DIR}/{injection.bundle_ca_secret_key}"})
     return env
 
 

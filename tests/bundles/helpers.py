@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import shutil
+import ssl
 import subprocess
 import tarfile
 from dataclasses import dataclass, field
@@ -150,15 +151,16 @@ class BundleServer:
         self.bytes_served += len(body)
         return web.Response(body=body, headers={"ETag": etag, "Content-Type": "application/gzip"})
 
-    async def start(self) -> str:
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> str:
+        """Serve on a free loopback port (HTTPS with ``ssl_context``); the base URL of the bundles."""
         app = web.Application()
         app.router.add_get("/bundles/{name}", self._serve)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return f"http://127.0.0.1:{self.port}/bundles"
+        return f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.port}/bundles"
 
     async def stop(self) -> None:
         if self._runner is not None:

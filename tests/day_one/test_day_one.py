@@ -62,8 +62,10 @@ from tests.webhook.conftest import admission_review, apply, assert_valid_pod, de
 #: the install line of docs/kubernetes.md: the namespaces where pods are injected get the policies
 DOCS_NAMESPACES = {"policies": {"namespaces": ["shop", "payments"]}}
 MTLS_SECRET = "otlp-client"
-#: the bundle server's in-cluster address in the values; the test's server stands in for it
+#: the bundle server's in-cluster address in the values (HTTPS where its CA is a Secret); the
+#: test's server stands in for it
 BUNDLE_HOST = "http://bundle-server.platform:8080"
+BUNDLE_HOST_TLS = "https://bundle-server.platform:8443"
 BUNDLE_TOKEN = "a-bearer-token-for-the-bundle-server"
 
 
@@ -182,21 +184,24 @@ CASES: dict[str, Case] = {
             "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}},
             "podMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}},
             "prometheusRule": {"enabled": True, "labels": {"release": "prom"}, "refusalRatio": 0.1,
-                               "exportFailureRatio": 0.02, "queueFullRatio": 0.9, "certExpiryDays": 14,
+                               "exportFailureRatio": 0.02, "queueFullRatio": 0.9, "loopLagRatio": 0.1,
+                               "certExpiryDays": 14,
                                "collectorMetricNames": True},
             "grafanaDashboard": {"enabled": True, "labels": {"grafana_dashboard": "1"}, "namespace": "grafana"},
         },
     }),
     # every rule and tunable from a signed bundle, no ConfigMap: PCI-scope pods are admitted (the
-    # bundle carries the policies; the PCI probe checks them at start)
-    "signed policy bundle with a token": Case({
+    # bundle carries the policies; the PCI probe checks them at start). The bundle server is HTTPS
+    # with a certificate from the platform team's own CA, given as a Secret
+    "signed policy bundle with a token, over HTTPS with a private CA": Case({
         "policies": {"enabled": False, "namespaces": ["shop", "payments"]},
         "bundles": {
-            "sources": [{"name": "platform", "url": f"{BUNDLE_HOST}/bundles/platform.tar.gz"}],
+            "sources": [{"name": "platform", "url": f"{BUNDLE_HOST_TLS}/bundles/platform.tar.gz"}],
             "pollingMinDelay": "100ms", "pollingMaxDelay": "300ms",
             "verification": {"secretName": "otlp-bundle-key", "key": "public.pem", "algorithm": "PS256",
                              "keyId": "platform-2026", "scope": "otlp-sidecar"},
             "token": {"secretName": "bundle-server-token", "key": "bearer"},
+            "ca": {"secretName": "platform-ca", "key": "root.pem"},
         },
     }, scope=Scope.PCI, namespace="payments"),
     # the rules stay in the chart's ConfigMap (its .manifest owns localRoots); the tenant data
@@ -272,6 +277,8 @@ class Published:
     base: str
     keys: Keys
     revisions: dict[str, str]
+    #: the CA of the server's certificate (HTTPS), for the Secret the user creates
+    ca_cert: str = ""
 
 
 async def publish_bundles(case: Case, root: Path) -> Published | None:
@@ -302,8 +309,14 @@ async def publish_bundles(case: Case, root: Path) -> Published | None:
         raw = await asyncio.to_thread(build, folder, root / f"{name}.tar.gz", *extra)
         server.put(source["url"].rsplit("/", 1)[1], raw.read_bytes())
         revisions[name] = revision
-    base = (await server.start()).removesuffix("/bundles")
-    return Published(server, base, keys, revisions)
+    context, ca_cert = None, ""
+    if bundles.get("ca", {}).get("secretName"):  # HTTPS, its certificate from the team's own CA
+        pki = make_pki(root, "bundle-server")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(pki.server_cert, pki.server_key)
+        ca_cert = pki.ca_cert
+    base = (await server.start(context)).removesuffix("/bundles")
+    return Published(server, base, keys, revisions, ca_cert)
 
 
 def user_objects(case: Case, pki: PKI | None, published: Published | None = None) -> list[dict[str, Any]]:
@@ -317,6 +330,10 @@ def user_objects(case: Case, pki: PKI | None, published: Published | None = None
         public = published.keys.ec_public if algorithm.startswith("ES") else published.keys.rsa_public
         objects.append(_object("Secret", verification["secretName"], case.namespace,
                                {verification.get("key", "key.pem"): base64.b64encode(public.read_bytes()).decode()}))
+    ca = bundles.get("ca", {})
+    if ca.get("secretName") and published is not None:
+        pem = base64.b64encode(Path(published.ca_cert).read_bytes()).decode()
+        objects.append(_object("Secret", ca["secretName"], case.namespace, {ca.get("key", "ca.crt"): pem}))
     token = bundles.get("token", {})
     if token.get("secretName"):
         objects.append(_object("Secret", token["secretName"], case.namespace,
@@ -473,8 +490,10 @@ async def _run(name: str, case: Case, injected: dict[str, Any], objects: Any, pk
     if published is not None:  # the bundle server's Service is the test's server
         sources = case.values["bundles"]["sources"]
         assert runtime.env["SIDECAR_POLICY_BUNDLES"] == ",".join(f"{s['name']}={s['url']}" for s in sources)
-        runtime.env["SIDECAR_POLICY_BUNDLES"] = runtime.env["SIDECAR_POLICY_BUNDLES"].replace(
-            BUNDLE_HOST, published.base)
+        runtime.env["SIDECAR_POLICY_BUNDLES"] = re.sub(
+            r"https?://bundle-server\.platform:\d+", published.base, runtime.env["SIDECAR_POLICY_BUNDLES"])
+        # a bundle server on HTTPS is only trusted through the CA Secret the user created
+        assert published.base.startswith("https://") == ("SIDECAR_POLICY_BUNDLE_CA_FILE" in runtime.env)
     app_container = next(c for c in injected["spec"]["containers"] if c["name"] == "app")
     app_env = {e["name"]: e["value"] for e in app_container["env"] if "value" in e}
     fingerprint = _fingerprint(runtime, app_env, case.tenant)

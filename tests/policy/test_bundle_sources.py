@@ -196,3 +196,71 @@ async def test_a_failed_start_leaves_no_staged_directory(make_service, tmp_path:
         await make_service(bundles=[f"set={folder}"], hash_key_file=str(hash_key_file))
     after = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(mine)}
     assert after <= before
+
+
+async def test_a_rotated_ca_secret_is_trusted_without_a_restart(tmp_path: Path) -> None:
+    """The bundle server's certificate moves to a new CA and the CA Secret (mounted as the kubelet
+    does: an atomic ``..data`` swap) follows: the next poll trusts the new CA. An unreadable CA file
+    is a clear error, not a traceback."""
+    import ssl
+
+    from aiohttp import web
+
+    from sidecar.policy.bundles.archive import BundleError, BundleLimits
+    from tests.tls.pki import make_pki
+
+    raw = build(whole_set(tmp_path / "set", "r-1"), tmp_path / "b.tar.gz").read_bytes()
+    old, new = make_pki(tmp_path, "old"), make_pki(tmp_path, "new")
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=raw, headers={"ETag": '"r-1"'})
+
+    async def start(pki, port: int = 0) -> tuple[web.AppRunner, int]:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(pki.server_cert, pki.server_key)
+        app = web.Application()
+        app.router.add_get("/set.tar.gz", serve)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=context)
+        await site.start()
+        return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    secret = ConfigMapDir(tmp_path / "bundle-ca")
+    (tmp_path / "ca-old").mkdir()
+    shutil.copy(old.ca_cert, tmp_path / "ca-old" / "ca.crt")
+    secret.publish(tmp_path / "ca-old")
+    runner, port = await start(old)
+    url = f"https://127.0.0.1:{port}/set.tar.gz"
+    fetcher = HttpFetcher(url, BundleLimits(), 5.0, ca_file=str(secret.root / "ca.crt"))
+    try:
+        assert (await fetcher.fetch("")).tag == '"r-1"'
+        await runner.cleanup()
+        runner, _ = await start(new, port)  # the server's certificate now comes from the new CA
+        try:
+            await fetcher.fetch("")
+            raise AssertionError("a certificate of an untrusted CA was accepted")
+        except BundleError as exc:
+            assert "certificate verify failed" in str(exc)
+        (tmp_path / "ca-new").mkdir()
+        shutil.copy(new.ca_cert, tmp_path / "ca-new" / "ca.crt")
+        secret.publish(tmp_path / "ca-new")  # the Secret rotated
+        fetched = await fetcher.fetch("")
+        assert fetched.tag == '"r-1"' and fetched.read is not None
+    finally:
+        await fetcher.close()
+        await runner.cleanup()
+
+    missing = HttpFetcher(url, BundleLimits(), 5.0, ca_file=str(tmp_path / "nowhere" / "ca.crt"))
+    garbage = tmp_path / "garbage.crt"
+    garbage.write_text("not a certificate\n")
+    unusable = HttpFetcher(url, BundleLimits(), 5.0, ca_file=str(garbage))
+    for fetcher, message in ((missing, "cannot read policy.bundle_ca_file"),
+                             (unusable, "cannot use policy.bundle_ca_file")):
+        try:
+            await fetcher.fetch("")
+            raise AssertionError("fetched without a usable CA")
+        except BundleError as exc:
+            assert message in str(exc) and str(tmp_path) in str(exc)
+        finally:
+            await fetcher.close()

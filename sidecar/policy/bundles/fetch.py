@@ -46,7 +46,11 @@ class Fetched:
 
 
 class HttpFetcher:
-    """GETs with ``If-None-Match``; the body read in bounded chunks (never decompressed by aiohttp)."""
+    """GETs with ``If-None-Match``; the body read in bounded chunks (never decompressed by aiohttp).
+
+    ``ca_file`` is read again when it changes (a rotated Secret: the kubelet swaps the file), so
+    a bundle server whose certificate moved to a new CA is trusted without a restart.
+    """
 
     def __init__(self, url: str, limits: BundleLimits, timeout: float, ca_file: str = "",
                  token_file: str = "") -> None:
@@ -56,17 +60,36 @@ class HttpFetcher:
         self.ca_file = ca_file
         self.token_file = token_file
         self._session: aiohttp.ClientSession | None = None
+        #: the status of ca_file when the session's TLS context was made from it
+        self._ca_stamp: tuple[int, int, int] | None = None
+
+    def _ca_status(self) -> tuple[int, int, int] | None:
+        if not self.ca_file or not self.url.startswith("https://"):
+            return None
+        try:
+            st = os.stat(self.ca_file)
+        except OSError as exc:
+            raise BundleError(f"cannot read policy.bundle_ca_file {self.ca_file}: {exc.strerror}") from None
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
     def _ssl(self) -> Any:
         if not self.url.startswith("https://"):
             return None
-        context = ssl.create_default_context(cafile=self.ca_file or None)
-        return context
+        try:
+            return ssl.create_default_context(cafile=self.ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise BundleError(f"cannot use policy.bundle_ca_file {self.ca_file}: {reason}") from None
 
     async def fetch(self, etag: str) -> Fetched:
+        stamp = self._ca_status()
+        if self._session is not None and stamp != self._ca_stamp:
+            await self.close()  # the CA changed: a new TLS context, new connections
         if self._session is None:
+            context = self._ssl()
+            self._ca_stamp = stamp
             self._session = aiohttp.ClientSession(
-                auto_decompress=False, connector=aiohttp.TCPConnector(limit=2, ssl=self._ssl()),
+                auto_decompress=False, connector=aiohttp.TCPConnector(limit=2, ssl=context),
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             )
         headers = {"Accept-Encoding": "identity", "Accept": "application/gzip, application/octet-stream"}
