@@ -45,12 +45,20 @@ async def peers_of(channel_options: dict[str, float]) -> AsyncIterator[tuple[Cha
             peers.get_nowait().writer.close()
 
 
+async def first_call(
+    channel: Channel, peers: asyncio.Queue[Peer], body: bytes, deadline: float
+) -> tuple[asyncio.Task[object], Peer]:
+    """A call with ``deadline`` on a new connection, taken by the server (which answers nothing)."""
+    call = asyncio.create_task(asyncio.wait_for(channel.request(BLOCK, body, 1000), deadline))
+    peer = await peers.get()
+    await peer.handshake()
+    await peer.request(1)
+    return call, peer
+
+
 async def test_a_silent_connection_is_pinged_then_replaced() -> None:
     async with peers_of({"ping_timeout": 0.5}) as (channel, peers, dead):
-        call = asyncio.create_task(asyncio.wait_for(channel.request(BLOCK, b"first", 1000), 0.3))
-        peer = await peers.get()
-        await peer.handshake()
-        await peer.request(1)
+        call, peer = await first_call(channel, peers, b"first", 0.3)
         # from here the server is gone without a word: it reads what comes and answers nothing
         with pytest.raises(TimeoutError):
             await call
@@ -72,10 +80,7 @@ async def test_a_silent_connection_is_pinged_then_replaced() -> None:
 
 async def test_requests_in_flight_on_a_dead_connection_fail_so_they_can_be_retried() -> None:
     async with peers_of({"ping_timeout": 0.3}) as (channel, peers, _):
-        first = asyncio.create_task(asyncio.wait_for(channel.request(BLOCK, b"first", 1000), 0.2))
-        peer = await peers.get()
-        await peer.handshake()
-        await peer.request(1)
+        first, peer = await first_call(channel, peers, b"first", 0.2)
         second = asyncio.create_task(channel.request(BLOCK, b"second", 1000))  # no deadline of its own
         await peer.request(3)
         with pytest.raises(TimeoutError):
@@ -86,10 +91,7 @@ async def test_requests_in_flight_on_a_dead_connection_fail_so_they_can_be_retri
 
 async def test_a_slow_server_that_answers_the_ping_keeps_its_connection() -> None:
     async with peers_of({"ping_timeout": 0.3}) as (channel, peers, dead):
-        call = asyncio.create_task(asyncio.wait_for(channel.request(BLOCK, b"slow", 1000), 0.2))
-        peer = await peers.get()
-        await peer.handshake()
-        await peer.request(1)
+        call, peer = await first_call(channel, peers, b"slow", 0.2)
         with pytest.raises(TimeoutError):
             await call
         _, _, _, payload = await peer.until(PING)
@@ -107,10 +109,7 @@ async def test_no_ping_when_the_answer_had_begun() -> None:
     """A request given up on after the server began its answer (the response headers came) is a
     slow answer, not a silent server: no PING, and the connection stays."""
     async with peers_of({"ping_timeout": 0.3}) as (channel, peers, dead):
-        slow = asyncio.create_task(asyncio.wait_for(channel.request(BLOCK, b"slow", 1000), 0.3))
-        peer = await peers.get()
-        await peer.handshake()
-        await peer.request(1)
+        slow, peer = await first_call(channel, peers, b"slow", 0.3)
         peer.headers(1, ANSWER)  # the answer begins, and its data never comes
         with pytest.raises(TimeoutError):
             await slow
