@@ -39,6 +39,9 @@ MiB = 1024 * 1024
 #: the default memory ceiling (limits.max_memory_bytes)
 CEILING = 128 * MiB
 
+#: the sidecar's own view of its event loop: how late a timer due every 0.1 s ran
+LOOP_LAG = "otlp_sidecar_event_loop_lag_seconds"
+
 #: a small valid OTLP/HTTP traces request (3 spans)
 SMALL_TRACES = encode_spans(sdk.make_spans(3)).SerializeToString()
 
@@ -148,6 +151,22 @@ class BoundedSidecar:
                     return float(value)
         return 0.0
 
+    async def late_checks(self) -> dict[float, float] | None:
+        """The event loop's checks so far by lag: bucket bound (seconds) -> how many ran later
+        than it (``otlp_sidecar_event_loop_lag_seconds``; None from a sidecar without it)."""
+        samples: dict[float, float] = {}
+        total = None
+        for line in (await self.metrics()).splitlines():
+            if line.startswith(f"{LOOP_LAG}_count "):
+                total = float(line.rpartition(" ")[2])
+            elif line.startswith(f"{LOOP_LAG}_bucket{{"):
+                bound = re.search(r'le="([^"]+)"', line)
+                if bound and bound.group(1) != "+Inf":
+                    samples[float(bound.group(1))] = float(line.rpartition(" ")[2])
+        if total is None:
+            return None
+        return {bound: total - on_time for bound, on_time in samples.items()}
+
     async def action(self, listener: str, action: str) -> float:
         """otlp_sidecar_overload_actions_total{listener, action}."""
         return await self.metric("otlp_sidecar_overload_actions_total", listener=listener, action=action)
@@ -251,6 +270,8 @@ class Probe:
         self.result = ProbeResult()
         self._task: asyncio.Task[None] | None = None
         self._channel: Any = None
+        #: the sidecar's late loop checks by bound, before and after the attack
+        self._late: tuple[dict[float, float] | None, dict[float, float] | None] = (None, None)
 
     async def __aenter__(self) -> Probe:
         if self.kind == "grpc":
@@ -259,6 +280,7 @@ class Probe:
             self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.sidecar.grpc}")
         await self.once()  # served before the attack starts
         self.result = ProbeResult()
+        self._late = (await self._late_checks(), None)
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -271,6 +293,16 @@ class Probe:
         await self.once()  # and after it
         if self._channel is not None:
             await self._channel.close()
+        if self.sidecar.alive():
+            self._late = (self._late[0], await self._late_checks())
+
+    async def _late_checks(self) -> dict[float, float] | None:
+        """The sidecar's late loop checks; None when its admin port cannot tell (an attack on
+        that port may still hold its connections): the check is then left out."""
+        try:
+            return await self.sidecar.late_checks()
+        except (AssertionError, OSError, TimeoutError):
+            return None
 
     async def once(self) -> None:
         started = time.perf_counter()
@@ -317,4 +349,10 @@ class Probe:
         assert result.max_latency <= max_latency, (
             f"the normal {self.kind} client waited {result.max_latency:.3f}s (bound {max_latency}s)"
         )
+        before, after = self._late
+        if before is not None and after is not None:
+            # and the sidecar's own view: its event loop never ran a timer later than the bound
+            bound = min((b for b in after if b >= max_latency), default=max(after))
+            late = after[bound] - before.get(bound, 0.0)
+            assert late == 0, f"the sidecar's event loop ran {late:g} checks over {bound:g} s late meanwhile"
         return result
