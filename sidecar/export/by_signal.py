@@ -30,14 +30,15 @@ class BySignalExporter:
             await exporter.stop()
 
     def watch_downgrades(self, listener: DowngradeListener) -> None:
-        for exporter in self._distinct:
-            watch = getattr(exporter, "watch_downgrades", None)
-            if watch is not None:
-                watch(listener)
+        self._watch("watch_downgrades", listener)
 
     def watch_dead_connections(self, listener: Callable[[], None]) -> None:
+        self._watch("watch_dead_connections", listener)
+
+    def _watch(self, method: str, listener: Callable[..., None]) -> None:
+        """Hand ``listener`` to each exporter that reports these events (``method``)."""
         for exporter in self._distinct:
-            watch = getattr(exporter, "watch_dead_connections", None)
+            watch = getattr(exporter, method, None)
             if watch is not None:
                 watch(listener)
 
