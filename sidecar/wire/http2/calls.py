@@ -35,7 +35,8 @@ class UnaryCall:
 
     path: str
     headers: Mapping[str, str]
-    message: bytes
+    #: bytes when it came in one frame, a view of its own buffer when it spanned frames
+    message: bytes | memoryview
     compressed: bool
     transport: asyncio.BaseTransport
     context: Any = None

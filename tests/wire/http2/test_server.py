@@ -61,13 +61,14 @@ class Echo:
         self.calls.append(call)
         if self.gate is not None:
             await self.gate.wait()
-        if call.message.startswith(b"fail:"):
-            raise GrpcError(int(call.message[5:7]), "refused: caf\u00e9 100%")
-        if call.message == b"crash":
+        message = bytes(call.message)  # a view of its own buffer when it spanned frames
+        if message.startswith(b"fail:"):
+            raise GrpcError(int(message[5:7]), "refused: caf\u00e9 100%")
+        if message == b"crash":
             raise RuntimeError("a bug in the handler")
-        if call.message.startswith(b"big:"):
-            return b"r" * int(call.message[4:])
-        return b"echo:" + call.message
+        if message.startswith(b"big:"):
+            return b"r" * int(message[4:])
+        return b"echo:" + message
 
 
 @asynccontextmanager
