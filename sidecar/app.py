@@ -29,6 +29,7 @@ from sidecar.export.config import ExporterConfig
 from sidecar.export.debug import DebugExporter
 from sidecar.export.disklog import DiskLog
 from sidecar.export.grpc import GrpcExporter
+from sidecar.export.lanes import lane_name, lanes_of
 from sidecar.export.queue import ExportQueue
 from sidecar.export.sender import Exporter, Sender
 from sidecar.metrics import SidecarMetrics
@@ -119,7 +120,12 @@ class Sidecar:
                 raise ConfigError(
                     "exporter.disk_queue_dir", f"cannot use {cfg.exporter.disk_queue_dir}: {exc.strerror}"
                 ) from None
+        lanes = lanes_of(cfg.exporter_for)
+        if len(lanes) > 1:
+            log.info("%d upstreams, each with its own circuit, workers and share of the export queue: %s",
+                     len(lanes), "; ".join(lane_name(lane) for lane in lanes))
         self.queue = ExportQueue(
+            lanes=lanes,
             capacity_bytes=cfg.exporter.queue_max_bytes,
             batch_items=cfg.exporter.batch_size,
             batch_bytes=cfg.exporter.batch_max_bytes,

@@ -213,7 +213,7 @@ class Pipeline:
         # counts the items (a request malformed inside its items is then planned before the
         # rewrite refuses it: the policy engine sees only its Resource, which is checked whole).
         limit = self._planner.rate_limit()
-        full = self._queue.full
+        full = self._queue.full_for(signal)
         counting = full or limit is not None
         try:
             resources = split_resources(signal, data, validate=False, count=counting)
@@ -238,7 +238,7 @@ class Pipeline:
             if full:
                 # the export is behind: refuse before spending the rewrite on a request that cannot fit
                 raise self._refuse_items(counters[0], labels, Unavailable(
-                    self._queue.full_message(), items_in, retry_after=self._retry_after, reason="queue_full"))
+                    self._queue.full_message(signal), items_in, retry_after=self._retry_after, reason="queue_full"))
             wait = self._rate_limited(limit, items_in)
             if wait is not None:
                 raise self._refuse_items(counters[0], labels, RateLimited(

@@ -11,6 +11,9 @@ A failed attempt is one the upstream could not take: a retryable error, or a fin
 that says the upstream *as configured* takes nothing (:data:`ENDPOINT_FAILURES`: a wrong
 path answering 404, a refused credential, a protocol it does not serve). A final answer about
 one batch's data (400, 413, INVALID_ARGUMENT) is the upstream working: it does not count.
+
+Each upstream has its own breaker (:mod:`sidecar.export.lanes`): its state is shown for each
+signal it serves (``otlp_sidecar_exporter_circuit_state{signal}``).
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry
 
 from sidecar.export import metrics
+from sidecar.signals import Signal
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,14 @@ def upstream_failed(reason: str, retryable: bool) -> bool:
     return retryable or reason in ENDPOINT_FAILURES
 
 
+class CircuitMetrics:
+    """The circuit metrics of one registry, shared by the breakers of every upstream."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.state = metrics.CIRCUIT_STATE.gauge(registry)
+        self.transitions = metrics.CIRCUIT_TRANSITIONS.counter(registry)
+
+
 class CircuitBreaker:
     def __init__(
         self,
@@ -62,9 +74,13 @@ class CircuitBreaker:
         open_for: float = 1.0,
         max_open_for: float = 30.0,
         registry: CollectorRegistry | None = None,
+        shared: CircuitMetrics | None = None,
+        signals: Iterable[Signal] = tuple(Signal),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``clock``: seconds, monotonic (tests inject their own to step through the open time)."""
+        """``shared``: the metrics to report in (else made in ``registry``), for ``signals``, the
+        ones this upstream serves; ``clock``: seconds, monotonic (tests inject their own to step
+        through the open time)."""
         self._clock = clock
         self.threshold = threshold
         self.base_open_for = open_for
@@ -75,12 +91,14 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probing = False
         self._changed = asyncio.Event()
-        registry = registry or CollectorRegistry()
-        self._gauge = metrics.CIRCUIT_STATE.gauge(registry)
-        self._transitions = metrics.CIRCUIT_TRANSITIONS.counter(registry)
-        self._gauge.set(0)
-        for state in State:  # each transition counted from zero
-            self._transitions.labels(state.name.lower())
+        shared = shared or CircuitMetrics(registry or CollectorRegistry())
+        self._gauges = [shared.state.labels(signal.value) for signal in signals]
+        self._transitions = {
+            state: [shared.transitions.labels(signal.value, state.name.lower()) for signal in signals]
+            for state in State  # each transition counted from zero
+        }
+        for gauge in self._gauges:
+            gauge.set(0)
         #: the last failed attempt's message (logged when the circuit opens)
         self.last_failure = ""
 
@@ -144,6 +162,8 @@ class CircuitBreaker:
 
     def _set(self, state: State) -> None:
         self.state = state
-        self._gauge.set(int(state))
-        self._transitions.labels(state.name.lower()).inc()
+        for gauge in self._gauges:
+            gauge.set(int(state))
+        for counter in self._transitions[state]:
+            counter.inc()
         self._changed.set()

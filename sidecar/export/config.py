@@ -145,12 +145,16 @@ class ExporterConfig:
     queue_max_bytes: int = setting(
         DEFAULT_QUEUE_MAX_BYTES,
         "Bytes of accepted data held in memory for export; when full, new data is refused retryably. "
+        "With several upstreams (per-signal endpoints), each may hold it less a reserve for the others. "
         "Counted under limits.max_memory_bytes with the receive budget; hold more across an upstream "
         "outage with the disk queue (disk_queue_dir).",
         kind="size", min=1024,
     )
     concurrency: int = setting(
-        DEFAULT_CONCURRENCY, "Export requests in flight at once.", kind="int", min=1, max=64,
+        DEFAULT_CONCURRENCY,
+        "Export requests in flight at once, for each upstream (signals with endpoints on different "
+        "hosts or ports each have their own; docs/reliability.md).",
+        kind="int", min=1, max=64,
     )
     retry_initial_interval: float = setting(
         0.5, "First retry delay (doubles each attempt, with jitter).", kind="duration", min=0.0,

@@ -99,12 +99,15 @@ DEAD_CONNECTIONS = declare(
     component=COMPONENT,
 )
 CIRCUIT_STATE = declare(
-    f"{PREFIX}_exporter_circuit_state", Kind.gauge, "1", "Exporter circuit: 0 closed, 1 half-open, 2 open.",
-    component=COMPONENT,
+    f"{PREFIX}_exporter_circuit_state", Kind.gauge, "1",
+    "Exporter circuit of the upstream each signal goes to: 0 closed, 1 half-open, 2 open (signals "
+    "sent to one upstream share its circuit).",
+    component=COMPONENT, labels=(SIGNAL,),
 )
 CIRCUIT_TRANSITIONS = declare(
-    f"{PREFIX}_exporter_circuit_transitions", Kind.counter, "{transitions}", "Circuit state changes, by new state.",
-    component=COMPONENT, labels=(Label("state", CIRCUIT_STATES),),
+    f"{PREFIX}_exporter_circuit_transitions", Kind.counter, "{transitions}",
+    "Circuit state changes of the upstream each signal goes to, by new state.",
+    component=COMPONENT, labels=(SIGNAL, Label("state", CIRCUIT_STATES)),
 )
 DISK_QUEUE_SIZE = declare(
     f"{PREFIX}_disk_queue_size_bytes", Kind.gauge, "By", "Bytes in the on-disk queue.",

@@ -9,6 +9,11 @@ With the on-disk queue (:mod:`sidecar.export.disklog`) every request is written
 durably before it is accepted; what does not fit in memory stays on disk only
 ("spilled") and is read back when its batch is sent, so the memory bound holds
 while the disk holds hours of backlog.
+
+Signals sent to different upstreams are in different lanes (:mod:`sidecar.export.lanes`): each
+lane's batches are handed to its own workers, and a lane may hold the capacity less a reserve
+for each other lane (half of an even share), so an upstream that is down cannot take the room
+the others need. Beyond its share, a lane's requests are refused (or spilled, with the disk queue).
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sidecar.export.disklog import DiskFull, DiskLog, Record
+from sidecar.export.lanes import Lane, lane_name
 from sidecar.metrics import SidecarMetrics
 from sidecar.signals import Signal
 
@@ -57,8 +64,18 @@ class ExportQueue:
         batch_timeout: float,
         metrics: SidecarMetrics,
         disk: DiskLog | None = None,
+        lanes: Sequence[Lane] = (frozenset(Signal),),
     ) -> None:
+        """``lanes``: the signals of each upstream (every signal in exactly one)."""
         self.capacity_bytes = capacity_bytes
+        self.lanes = tuple(lanes)
+        self._lane_of = {signal: number for number, lane in enumerate(self.lanes) for signal in lane}
+        if sorted(self._lane_of, key=list(Signal).index) != list(Signal) or sum(map(len, self.lanes)) != len(Signal):
+            raise ValueError(f"every signal must be in exactly one lane: {self.lanes}")
+        n = len(self.lanes)
+        #: what one lane may hold in memory: the capacity less a reserve for each other lane
+        self.lane_capacity = capacity_bytes - (n - 1) * (capacity_bytes // (2 * n))
+        self._lane_bytes = [0] * n
         self._batch_items = batch_items
         self._batch_bytes = batch_bytes
         self._batch_timeout = batch_timeout
@@ -66,8 +83,8 @@ class ExportQueue:
         self._disk = disk
         self._open: dict[Signal, Batch] = {}
         self._timers: dict[Signal, asyncio.TimerHandle] = {}
-        self._ready: deque[Batch] = deque()
-        self._wake = asyncio.Event()
+        self._ready: list[deque[Batch]] = [deque() for _ in self.lanes]
+        self._wake = [asyncio.Event() for _ in self.lanes]
         self._held_bytes = 0
         self._held_items = dict.fromkeys(Signal, 0)
         self._closed = False
@@ -86,24 +103,41 @@ class ExportQueue:
     def closed(self) -> bool:
         return self._closed
 
-    @property
-    def full(self) -> bool:
-        """No byte more fits in memory and there is no disk queue to spill to: refuse early."""
-        return self._disk is None and self._held_bytes >= self.capacity_bytes
+    def full_for(self, signal: Signal) -> bool:
+        """No byte more of ``signal`` fits in memory (its lane's share, or the whole capacity)
+        and there is no disk queue to spill to: refuse early."""
+        lane = self._lane_of[signal]
+        return self._disk is None and (
+            self._held_bytes >= self.capacity_bytes or self._lane_bytes[lane] >= self.lane_capacity
+        )
 
-    def full_message(self) -> str:
+    def full_message(self, signal: Signal, size: int = 0) -> str:
+        """Why ``size`` more bytes of ``signal`` do not fit (0: why the queue refuses early)."""
+        lane = self._lane_of[signal]
+        if len(self.lanes) > 1 and self._lane_bytes[lane] + max(size, 1) > self.lane_capacity:
+            # the lane's share is what ran out: the other upstreams' reserve stays free
+            return (
+                f"export queue is full for {lane_name(self.lanes[lane])} ({self._lane_bytes[lane]} of the "
+                f"{self.lane_capacity} bytes their upstream may hold; "
+                f"{self._held_bytes} of {self.capacity_bytes} in all)"
+            )
         return f"export queue is full ({self._held_bytes} of {self.capacity_bytes} bytes held)"
+
+    def _fits(self, lane: int, size: int) -> bool:
+        return (
+            self._held_bytes + size <= self.capacity_bytes and self._lane_bytes[lane] + size <= self.lane_capacity
+        )
 
     async def put(self, signal: Signal, data: bytes, items: int) -> None:
         """Accept ``data`` for export (durably, with the disk queue), or raise QueueFull / QueueClosed."""
         if self._closed:
             raise QueueClosed("the sidecar is shutting down")
         size = len(data)
-        fits_in_memory = self._held_bytes + size <= self.capacity_bytes
+        lane = self._lane_of[signal]
         record: Record | None = None
         if self._disk is None:
-            if not fits_in_memory:
-                raise QueueFull(self.full_message())
+            if not self._fits(lane, size):
+                raise QueueFull(self.full_message(signal, size))
         else:
             try:
                 record = await self._disk.append(signal, items, data)
@@ -111,8 +145,7 @@ class ExportQueue:
                 raise QueueFull(str(exc)) from None
             except OSError as exc:
                 raise QueueFull(f"cannot write the disk queue: {exc.strerror}") from None
-            fits_in_memory = self._held_bytes + size <= self.capacity_bytes
-        self._add(signal, data if fits_in_memory else None, record, size, items)
+        self._add(signal, data if self._fits(lane, size) else None, record, size, items)
 
     def restore(self, records: list[Record]) -> None:
         """Queue records replayed from disk (spilled: read back when sent)."""
@@ -122,6 +155,7 @@ class ExportQueue:
     def _add(self, signal: Signal, data: bytes | None, record: Record | None, size: int, items: int) -> None:
         in_memory = size if data is not None else 0
         self._held_bytes += in_memory
+        self._lane_bytes[self._lane_of[signal]] += in_memory
         self._held_items[signal] += items
         self._drained.clear()
         self._publish(signal)
@@ -163,22 +197,25 @@ class ExportQueue:
         if timer is not None:
             timer.cancel()
         if batch is not None:
-            self._ready.append(batch)
-            self._wake.set()
+            lane = self._lane_of[signal]
+            self._ready[lane].append(batch)
+            self._wake[lane].set()
 
-    async def next_batch(self) -> Batch | None:
-        """The next batch to export; None once closed and empty."""
+    async def next_batch(self, lane: int = 0) -> Batch | None:
+        """The next batch of the lane (its number in ``lanes``) to export; None once closed and
+        the lane is empty."""
+        ready = self._ready[lane]
         while True:
-            if self._ready:
-                return self._ready.popleft()
+            if ready:
+                return ready.popleft()
             if self._closed:
-                for signal in list(self._open):
+                for signal in [signal for signal in self._open if self._lane_of[signal] == lane]:
                     self._seal(signal)
-                if self._ready:
+                if ready:
                     continue
                 return None
-            self._wake.clear()
-            await self._wake.wait()
+            self._wake[lane].clear()
+            await self._wake[lane].wait()
 
     @property
     def durable(self) -> bool:
@@ -192,6 +229,7 @@ class ExportQueue:
         for the next start.
         """
         self._held_bytes -= batch.memory_bytes
+        self._lane_bytes[self._lane_of[batch.signal]] -= batch.memory_bytes
         self._held_items[batch.signal] -= batch.items
         self._publish(batch.signal)
         if self._disk is not None and not keep_on_disk:
@@ -204,7 +242,8 @@ class ExportQueue:
     def close(self) -> None:
         """Accept nothing new; what is held is still handed out, then next_batch returns None."""
         self._closed = True
-        self._wake.set()
+        for wake in self._wake:
+            wake.set()
 
     async def drained(self) -> None:
         await self._drained.wait()

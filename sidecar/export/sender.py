@@ -4,6 +4,9 @@ A batch leaves the queue only when the upstream took it, or when it failed for
 good (a non-retryable answer, retries past ``retry_max_elapsed``, or the shutdown grace
 period over); either way it is counted, so nothing that was accepted disappears silently.
 Every error names the URL and the setting it came from, in the log and on ``/ready``.
+
+Each upstream (lane, :mod:`sidecar.export.lanes`) has its own circuit breaker and its own
+workers, which take only its batches: an upstream that is down holds up only its own signals.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from sidecar.export import compress
-from sidecar.export.circuit import CircuitBreaker, State, upstream_failed
+from sidecar.export.circuit import CircuitBreaker, CircuitMetrics, State, upstream_failed
 from sidecar.export.compress import Payload
 from sidecar.export.config import ExporterConfig
+from sidecar.export.lanes import Lane, lane_name
 from sidecar.export.metrics import COMMON_FAILURES, PROTOCOL_FAILURES
 from sidecar.export.queue import Batch, ExportQueue
 from sidecar.export.result import Exported, ExportError
@@ -49,6 +53,23 @@ def describe_target(config: ExporterConfig, signal: Signal) -> str:
     return f"{config.url_for(signal)} ({key})"
 
 
+class _Upstream:
+    """One lane's circuit, and its last failed attempt."""
+
+    def __init__(self, number: int, signals: Lane, breaker: CircuitBreaker) -> None:
+        self.number = number
+        self.name = lane_name(signals)
+        self.breaker = breaker
+        #: the last failed attempt (with its URL and setting); "" once an attempt succeeds
+        self.last_error = ""
+
+    def failing(self) -> str:
+        """Why this upstream is failing, or "" when it is not."""
+        if self.breaker.state is State.CLOSED and not self.last_error:
+            return ""
+        return self.last_error or self.breaker.last_failure
+
+
 class Sender:
     def __init__(
         self,
@@ -66,9 +87,6 @@ class Sender:
         self._metrics = metrics
         self._workers: list[asyncio.Task[None]] = []
         self._deadline: float | None = None
-        #: the last failed attempt (with its URL and setting); "" once an attempt succeeds
-        self.last_error = ""
-        self.last_error_at = 0.0
         #: the last batch given up on, and when
         self.last_drop = ""
         self.last_drop_at = 0.0
@@ -80,12 +98,20 @@ class Sender:
             protocol = (exporter_for(signal) if exporter_for else config).protocol
             for reason in COMMON_FAILURES + PROTOCOL_FAILURES.get(protocol, ()):
                 metrics.failed_items.labels(signal.value, reason)
-        self.breaker = CircuitBreaker(
-            threshold=config.circuit_threshold,
-            open_for=config.circuit_open_for,
-            max_open_for=config.circuit_max_open_for,
-            registry=metrics.registry,
-        )
+        circuits = CircuitMetrics(metrics.registry)
+        self._upstreams = [
+            _Upstream(number, lane, CircuitBreaker(
+                threshold=config.circuit_threshold,
+                open_for=config.circuit_open_for,
+                max_open_for=config.circuit_max_open_for,
+                shared=circuits,
+                signals=[signal for signal in Signal if signal in lane],
+            ))
+            for number, lane in enumerate(queue.lanes)
+        ]
+        self._upstream_of = {
+            signal: up for up, lane in zip(self._upstreams, queue.lanes, strict=True) for signal in lane
+        }
         watch = getattr(exporter, "watch_downgrades", None)
         if watch is not None:
             watch(lambda old, new: metrics.compression_downgrades.labels(old, new).inc())
@@ -93,27 +119,43 @@ class Sender:
         if watch_dead is not None:
             watch_dead(metrics.dead_connections.inc)
 
+    def breaker_for(self, signal: Signal) -> CircuitBreaker:
+        """The circuit of the upstream ``signal`` goes to."""
+        return self._upstream_of[signal].breaker
+
     @property
     def healthy(self) -> bool:
-        """False unless the circuit is closed: the upstream keeps failing (fed to /ready)."""
-        return self.breaker.state is State.CLOSED
+        """False unless every upstream's circuit is closed: one keeps failing (fed to /ready)."""
+        return all(up.breaker.state is State.CLOSED for up in self._upstreams)
+
+    @property
+    def last_error(self) -> str:
+        """The last failed attempt of each upstream that has one, with its URL and setting."""
+        return "; ".join(up.last_error for up in self._upstreams if up.last_error)
 
     def status(self) -> dict[str, Any]:
-        """What ``/ready`` shows of the exporter: ``ok`` or ``failing: <error>``, the circuit,
+        """What ``/ready`` shows of the exporter: ``ok`` or ``failing: <error>`` (each failing
+        upstream's), the circuit (the worst one's; with several upstreams each by its signals),
         the last batch dropped (a final answer, retries or the grace period over)."""
-        failing = not self.healthy or bool(self.last_error)
+        failing = [why for why in (up.failing() for up in self._upstreams) if why]
+        worst = max(up.breaker.state for up in self._upstreams)
         status: dict[str, Any] = {
-            "exporter": f"failing: {self.last_error or self.breaker.last_failure}" if failing else "ok",
-            "exporter_circuit": self.breaker.state.name.lower(),
+            "exporter": f"failing: {'; '.join(failing)}" if failing else "ok",
+            "exporter_circuit": worst.name.lower(),
         }
+        if len(self._upstreams) > 1:
+            status["exporter_circuits"] = {up.name: up.breaker.state.name.lower() for up in self._upstreams}
         if self.last_drop:
             status["exporter_last_drop"] = self.last_drop
             status["exporter_last_drop_seconds_ago"] = round(time.monotonic() - self.last_drop_at, 1)
         return status
 
     def start(self) -> None:
-        for number in range(self._config.concurrency):
-            self._workers.append(asyncio.create_task(self._work(), name=f"export-worker-{number}"))
+        """``exporter.concurrency`` workers for each upstream."""
+        for up in self._upstreams:
+            for number in range(self._config.concurrency):
+                name = f"export-worker-{up.name}-{number}"
+                self._workers.append(asyncio.create_task(self._work(up), name=name))
 
     async def drain(self, grace: float) -> None:
         """Send everything held, retrying until ``grace`` seconds from now, then stop the workers."""
@@ -127,9 +169,9 @@ class Sender:
             if task.exception() is not None:
                 log.error("export worker failed: %r", task.exception())
 
-    async def _work(self) -> None:
+    async def _work(self, upstream: _Upstream) -> None:
         while True:
-            batch = await self._queue.next_batch()
+            batch = await self._queue.next_batch(upstream.number)
             if batch is None:
                 return
             try:
@@ -141,7 +183,7 @@ class Sender:
                     self._queue.done(batch, keep_on_disk=True)
                 else:
                     # the grace period ran out: say so, loudly and in the metrics, never silently
-                    last = self.last_error or "no answer from the upstream yet"
+                    last = upstream.last_error or "no answer from the upstream yet"
                     self._fail(batch, ExportError("shutdown", f"last error: {last}", retryable=False), why=_AT_SHUTDOWN)
                     self._queue.done(batch)
                 raise
@@ -152,27 +194,28 @@ class Sender:
         self._metrics.batch_items.labels(signal).observe(batch.items)
         self._metrics.batch_bytes.labels(signal).observe(batch.nbytes)
         data = self._queue.parts(batch)
+        upstream = self._upstream_of[batch.signal]
+        breaker = upstream.breaker
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
-            await self.breaker.acquire()
+            await breaker.acquire()
             t0 = time.monotonic()
             compress.backlog.set(self._queue.held_bytes / self._queue.capacity_bytes)
             try:
                 result = await self._exporter.export(batch.signal, data)
             except ExportError as exc:
                 self._metrics.export_duration.labels(signal).observe(time.monotonic() - t0)
-                self.last_error = self._with_target(exc.message, batch.signal)
-                self.last_error_at = time.monotonic()
+                upstream.last_error = self._with_target(exc.message, batch.signal)
                 if upstream_failed(exc.reason, exc.retryable):
-                    self.breaker.failure(self.last_error)
+                    breaker.failure(upstream.last_error)
                 else:  # the upstream answered about this batch: it is up, the data was the problem
-                    self.breaker.success()
+                    breaker.success()
                 delay, why = self._next_delay(attempt, exc, started)
                 if delay is None:
                     if why == _AT_SHUTDOWN:  # counted as what it is: dropped at shutdown, not an upstream answer
-                        exc = ExportError("shutdown", f"last error: {self.last_error}", retryable=False)
+                        exc = ExportError("shutdown", f"last error: {upstream.last_error}", retryable=False)
                     self._fail(batch, exc, why=why)
                     return
                 self._metrics.export_retries.labels(signal).inc()
@@ -180,7 +223,7 @@ class Sender:
                 await asyncio.sleep(delay)
                 continue
             except BaseException as exc:
-                self.breaker.release()
+                breaker.release()
                 if not isinstance(exc, Exception):
                     raise
                 # an exporter bug must not kill the worker or lose the count
@@ -188,8 +231,8 @@ class Sender:
                 self._fail(batch, ExportError("internal", repr(exc), retryable=False), why="on an internal error")
                 return
             self._metrics.export_duration.labels(signal).observe(time.monotonic() - t0)
-            self.breaker.success()
-            self.last_error = ""
+            breaker.success()
+            upstream.last_error = ""
             sent = batch.items - min(result.rejected, batch.items)
             self._metrics.sent_items.labels(signal).inc(sent)
             if result.rejected:

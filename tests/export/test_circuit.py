@@ -129,10 +129,12 @@ async def test_the_state_and_every_transition_are_in_the_metrics() -> None:
     circuit = breaker(clock, registry)
 
     def state() -> float | None:
-        return registry.get_sample_value("otlp_sidecar_exporter_circuit_state")
+        return registry.get_sample_value("otlp_sidecar_exporter_circuit_state", {"signal": "traces"})
 
     def transitions(to: str) -> float | None:
-        return registry.get_sample_value("otlp_sidecar_exporter_circuit_transitions_total", {"state": to})
+        return registry.get_sample_value(
+            "otlp_sidecar_exporter_circuit_transitions_total", {"signal": "traces", "state": to}
+        )
 
     assert (state(), transitions("open"), transitions("half_open"), transitions("closed")) == (0, 0, 0, 0)
     for _ in range(3):

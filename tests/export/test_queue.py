@@ -21,11 +21,11 @@ from tests import sdk
 
 def make_queue(
     capacity: int = 1 << 20, items: int = 1000, nbytes: int = 1 << 20, timeout: float = 30.0,
-    disk: DiskLog | None = None,
+    disk: DiskLog | None = None, lanes: tuple[frozenset[Signal], ...] = (frozenset(Signal),),
 ) -> tuple[ExportQueue, SidecarMetrics]:
     metrics = SidecarMetrics()
     queue = ExportQueue(capacity_bytes=capacity, batch_items=items, batch_bytes=nbytes, batch_timeout=timeout,
-                        metrics=metrics, disk=disk)
+                        metrics=metrics, disk=disk, lanes=lanes)
     return queue, metrics
 
 
@@ -39,9 +39,10 @@ async def all_batches(queue: ExportQueue) -> list[tuple[Batch, bytes]]:
     Sender's workers do at shutdown."""
     queue.close()
     batches = []
-    while (batch := await asyncio.wait_for(queue.next_batch(), 5)) is not None:
-        batches.append((batch, queue.load(batch)))
-        queue.done(batch)
+    for lane in range(len(queue.lanes)):
+        while (batch := await asyncio.wait_for(queue.next_batch(lane), 5)) is not None:
+            batches.append((batch, queue.load(batch)))
+            queue.done(batch)
     return batches
 
 
@@ -98,12 +99,12 @@ async def test_capacity_counts_bytes_waiting_and_in_flight_and_a_request_that_do
     batch = await queue.next_batch()  # in flight: still counted
     assert batch is not None
     await queue.put(Signal.TRACES, b"b" * 200, 1)
-    assert queue.held_bytes == 1000 and queue.full
+    assert queue.held_bytes == 1000 and queue.full_for(Signal.TRACES)
     with pytest.raises(QueueFull, match="1000 of 1000 bytes held"):
         await queue.put(Signal.TRACES, b"c", 1)
     assert metrics.registry.get_sample_value("otlp_sidecar_queue_size_bytes") == 1000
     queue.done(batch)  # the upstream took it: its room is free again
-    assert queue.held_bytes == 600 and not queue.full
+    assert queue.held_bytes == 600 and not queue.full_for(Signal.TRACES)
     await queue.put(Signal.TRACES, b"c" * 400, 1)
     with pytest.raises(QueueFull):
         await queue.put(Signal.TRACES, b"d", 1)  # 1001 would not fit: refused whole, nothing held of it
@@ -183,7 +184,8 @@ async def test_with_the_disk_queue_what_exceeds_memory_is_spilled_and_read_back_
     bodies = [bytes([65 + n]) * 400 for n in range(6)]  # 2400 bytes: more than the memory capacity
     for body in bodies:
         await queue.put(Signal.TRACES, body, 1)
-    assert not queue.full and queue.held_bytes <= 1000  # memory stays bounded; the rest is on disk
+    # memory stays bounded; the rest is on disk
+    assert not queue.full_for(Signal.TRACES) and queue.held_bytes <= 1000
     batches = await all_batches(queue)
     assert b"".join(data for _, data in batches) == b"".join(bodies)
     assert queue.held_bytes == 0
@@ -217,4 +219,49 @@ async def test_with_the_disk_queue_a_full_disk_is_refused_and_unsent_batches_sur
     batches = await all_batches(restarted)
     assert batches[0][1] == b"kept" * 200
     assert len(batches) == held
+    disk.close()
+
+
+TWO_UPSTREAMS = (frozenset({Signal.TRACES, Signal.METRICS}), frozenset({Signal.LOGS}))
+
+
+async def test_each_upstream_takes_only_its_batches_and_cannot_take_the_others_reserve() -> None:
+    """Two upstreams (lanes): each worker gets its own lane's batches; a lane whose upstream is down
+    fills 3/4 of the capacity at most, the rest stays for the other."""
+    queue, _ = make_queue(capacity=1000, items=1, lanes=TWO_UPSTREAMS)
+    assert queue.lane_capacity == 750
+    for _ in range(7):
+        await queue.put(Signal.LOGS, b"l" * 100, 1)
+    with pytest.raises(QueueFull, match=r"full for logs \(700 of the 750 bytes their upstream may hold; 700 of 1000"):
+        await queue.put(Signal.LOGS, b"l" * 100, 1)
+    await queue.put(Signal.LOGS, b"l" * 50, 1)  # what fits in the share is taken
+    assert queue.full_for(Signal.LOGS) and not queue.full_for(Signal.TRACES)
+    await queue.put(Signal.TRACES, b"t" * 200, 1)  # the other upstream's data is still accepted
+    await queue.put(Signal.METRICS, b"m" * 50, 1)
+    # nothing of the logs reaches the traces' workers, which get theirs at once
+    first = await asyncio.wait_for(queue.next_batch(0), 1)
+    second = await asyncio.wait_for(queue.next_batch(0), 1)
+    assert [b.signal for b in (first, second)] == [Signal.TRACES, Signal.METRICS]  # type: ignore[union-attr]
+    waiting = asyncio.ensure_future(queue.next_batch(0))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # the logs' eight batches are not for it
+    logs = [await asyncio.wait_for(queue.next_batch(1), 1) for _ in range(8)]
+    assert {b.signal for b in logs} == {Signal.LOGS}  # type: ignore[union-attr]
+    queue.close()
+    assert await asyncio.wait_for(waiting, 1) is None
+    with pytest.raises(ValueError, match="exactly one lane"):
+        make_queue(lanes=(frozenset({Signal.TRACES}), frozenset({Signal.TRACES, Signal.LOGS})))
+
+
+async def test_with_the_disk_queue_an_upstream_over_its_share_spills_to_disk(tmp_path: Path) -> None:
+    disk = DiskLog(str(tmp_path / "q"), max_bytes=1 << 20)
+    disk.open()
+    queue, _ = make_queue(capacity=1000, items=100, disk=disk, lanes=TWO_UPSTREAMS)
+    for _ in range(10):
+        await queue.put(Signal.LOGS, b"l" * 100, 1)  # 1000 bytes: 750 in memory, the rest on disk
+    assert queue.held_bytes == 700
+    await queue.put(Signal.TRACES, b"t" * 250, 1)  # in memory: the reserve was kept for it
+    assert queue.held_bytes == 950
+    batches = await all_batches(queue)
+    assert sorted(data for _, data in batches) == sorted([b"l" * 1000, b"t" * 250])
     disk.close()

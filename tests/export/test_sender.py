@@ -129,7 +129,7 @@ async def test_a_final_answer_is_not_retried_and_is_counted_and_the_sender_goes_
         assert f"{SPANS} spans on a final answer (not retried, per OTLP)" in s.sender.last_drop
         assert "bad data" in s.sender.last_drop
         # an answer about the data says the upstream works: the circuit stays closed
-        assert s.sender.breaker.state is State.CLOSED
+        assert s.sender.breaker_for(Signal.TRACES).state is State.CLOSED
         await s.queue.put(Signal.TRACES, BODY, SPANS)
         await upstream.wait_for(lambda: len(upstream.spans()) == SPANS)
         await s.until(lambda: s.sent() == SPANS)
@@ -141,7 +141,7 @@ async def test_a_final_answer_about_the_endpoint_also_counts_against_the_upstrea
         await s.queue.put(Signal.TRACES, BODY, SPANS)
         await s.until(lambda: s.failed("http_404") == SPANS)
         assert upstream.attempts == 1
-        assert s.sender.breaker.state is State.OPEN and not s.sender.healthy
+        assert s.sender.breaker_for(Signal.TRACES).state is State.OPEN and not s.sender.healthy
         status = s.sender.status()
         assert status["exporter"].startswith("failing: ") and "exporter.endpoint" in status["exporter"]
         assert status["exporter_circuit"] == "open"

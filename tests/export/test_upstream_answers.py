@@ -10,6 +10,7 @@ from grpclib.const import Status
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from sidecar.export.http import parse_retry_after
+from sidecar.signals import Signal
 from tests import sdk
 from tests.conftest import sidecar_env
 from tests.upstream import Answer
@@ -110,7 +111,7 @@ async def test_a_full_queue_refuses_before_rewriting(upstream, start_sidecar) ->
     sidecar = await start_sidecar(env)
     port = sidecar.addresses["http"][1]
     assert [(await post(port))[0] for _ in range(3)] == [200, 200, 200]
-    assert sidecar.queue is not None and sidecar.queue.full
+    assert sidecar.queue is not None and sidecar.queue.full_for(Signal.TRACES)
     status, headers = await post(port)
     assert (status, headers["Retry-After"]) == (503, "1")
     assert sample(sidecar, "otlp_sidecar_receiver_refused_items_total", signal="traces", transport="http",

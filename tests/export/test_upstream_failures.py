@@ -101,18 +101,18 @@ async def test_upstream_down_at_start_then_up(start_sidecar) -> None:
     await app.send(5)
     registry = sidecar.metrics.registry
     for _ in range(100):
-        if registry.get_sample_value("otlp_sidecar_exporter_circuit_state") == 2:
+        if registry.get_sample_value("otlp_sidecar_exporter_circuit_state", {"signal": "logs"}) == 2:
             break
         await asyncio.sleep(0.05)
-    assert registry.get_sample_value("otlp_sidecar_exporter_circuit_state") == 2  # open
+    assert registry.get_sample_value("otlp_sidecar_exporter_circuit_state", {"signal": "logs"}) == 2  # open
     await upstream.start(grpc_port=grpc_port)
     try:
         await wait_all_arrived(upstream, app)
         for _ in range(100):
-            if registry.get_sample_value("otlp_sidecar_exporter_circuit_state") == 0:
+            if registry.get_sample_value("otlp_sidecar_exporter_circuit_state", {"signal": "logs"}) == 0:
                 break
             await asyncio.sleep(0.05)
-        assert registry.get_sample_value("otlp_sidecar_exporter_circuit_state") == 0  # closed again
+        assert registry.get_sample_value("otlp_sidecar_exporter_circuit_state", {"signal": "logs"}) == 0  # closed again
     finally:
         await upstream.stop()
 

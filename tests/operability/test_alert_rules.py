@@ -150,13 +150,22 @@ def circuit_cases() -> list[dict[str, Any]]:
     state = "otlp_sidecar_exporter_circuit_state"
     fires = pod_alert(
         "critical", "otlp-sidecar in shop/checkout-7d9 stopped sending upstream (circuit open)",
-        "The exporter's circuit breaker is open after repeated failures.",
+        "The circuit breaker of an upstream is open after repeated failures; "
+        "otlp_sidecar_exporter_circuit_state{signal} and /ready (exporter_circuits) say which signals wait.",
     )
+
+    def every(values: str, logs: str | None = None) -> list[dict[str, str]]:
+        """The state of each signal's upstream: one upstream for all, or the logs' own."""
+        return [series(state, logs if logs is not None and signal == "logs" else values, signal=signal)
+                for signal in ("traces", "metrics", "logs")]
+
     return [
-        alert("OtlpSidecarCircuitOpen", "10m", [series(state, "0x2 2x20")], fires),
-        alert("OtlpSidecarCircuitOpen", "10m", [series(state, "0x20")], None),
-        alert("OtlpSidecarCircuitOpen", "10m", [series(state, "1x20")], None),  # half-open: probing
-        alert("OtlpSidecarCircuitOpen", "10m", [series(state, "0x2 2x2 0x16")], None),  # opened 3 minutes
+        alert("OtlpSidecarCircuitOpen", "10m", every("0x2 2x20"), fires),
+        alert("OtlpSidecarCircuitOpen", "10m", every("0x20"), None),
+        alert("OtlpSidecarCircuitOpen", "10m", every("1x20"), None),  # half-open: probing
+        alert("OtlpSidecarCircuitOpen", "10m", every("0x2 2x2 0x16"), None),  # opened 3 minutes
+        # the logs' own upstream down, the others' up: one alert for the pod
+        alert("OtlpSidecarCircuitOpen", "10m", every("0x20", logs="0x2 2x20"), fires),
     ]
 
 

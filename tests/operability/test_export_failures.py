@@ -79,11 +79,12 @@ async def test_a_wrong_upstream_path_opens_the_circuit_and_says_where(upstream: 
         assert "on a final answer" in str(body["exporter_last_drop"]) and url in str(body["exporter_last_drop"])
 
         samples = await scrape(f"http://127.0.0.1:{ports['admin']}/metrics")
-        assert value(samples, "otlp_sidecar_exporter_circuit_state") == 2
+        assert value(samples, "otlp_sidecar_exporter_circuit_state", signal="traces") == 2
         failed = value(samples, "otlp_sidecar_exporter_failed_items_total", signal="traces", reason="http_404")
         assert failed is not None and failed >= 50, failed  # 5 batches before the circuit opened
         assert value(samples, "otlp_sidecar_exporter_sent_items_total", signal="traces") == 0
-        assert (value(samples, "otlp_sidecar_exporter_circuit_transitions_total", state="open") or 0) >= 1
+        opened = value(samples, "otlp_sidecar_exporter_circuit_transitions_total", signal="traces", state="open")
+        assert (opened or 0) >= 1
         assert upstream.spans() == []
     finally:
         await sidecar.stop()
@@ -104,7 +105,7 @@ async def test_a_bad_batch_does_not_open_the_circuit(upstream: Upstream, start_s
             "otlp_sidecar_exporter_failed_items_total", {"signal": "traces", "reason": "http_400"}) == 80))
     assert status == 200 and body["exporter_circuit"] == "closed", body
     assert "upstream answered 400: bad data" in str(body["exporter"]) and "exporter.endpoint" in str(body["exporter"])
-    assert sidecar.metrics.registry.get_sample_value("otlp_sidecar_exporter_circuit_state") == 0
+    assert sidecar.metrics.registry.get_sample_value("otlp_sidecar_exporter_circuit_state", {"signal": "traces"}) == 0
     upstream.default = Answer()
     await post_spans(sidecar.addresses["http"][1], 1)
     _, body = await wait_ready(admin, lambda b: b["exporter"] == "ok")  # the next success clears it
@@ -169,7 +170,8 @@ async def test_the_alerts_fire_on_what_a_sidecar_with_a_wrong_path_exposes(upstr
             "The upstream collector refuses or cannot be reached; telemetry is being dropped.")],
         "OtlpSidecarCircuitOpen": [pod_alert(
             "critical", "otlp-sidecar in shop/checkout-7d9 stopped sending upstream (circuit open)",
-            "The exporter's circuit breaker is open after repeated failures.")],
+            "The circuit breaker of an upstream is open after repeated failures; "
+            "otlp_sidecar_exporter_circuit_state{signal} and /ready (exporter_circuits) say which signals wait.")],
         "OtlpSidecarHighRefusalRate": [],  # the app's requests were all accepted
         "OtlpSidecarQueueNearlyFull": [],  # 3 batches wait in a 64 MiB queue
         "OtlpSidecarPolicyReloadFailing": [],

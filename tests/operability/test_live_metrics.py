@@ -114,7 +114,8 @@ async def test_every_series_exists_at_zero_from_the_start(live: tuple[SidecarPro
     for result in ("ok", "failed"):
         assert value(samples, "otlp_sidecar_policy_reloads_total", result=result) is not None
     assert value(samples, "otlp_sidecar_policy_reloads_total", result="failed") == 0
-    assert value(samples, "otlp_sidecar_exporter_circuit_state") == 0
+    for signal in ("traces", "metrics", "logs"):
+        assert value(samples, "otlp_sidecar_exporter_circuit_state", signal=signal) == 0
     assert value(samples, "otlp_sidecar_overload_actions_total", listener="otlp_http", action="budget_full") == 0
     # every metric an alert or a panel queries is there before any request, but the per-rule counter
     # (its rule ids come with the first plans: docs/metrics.md)

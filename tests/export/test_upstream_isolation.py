@@ -1,0 +1,121 @@
+"""Signals sent to different upstreams do not hold each other up.
+
+A user who sends logs to one backend and traces and metrics to another (the standard
+``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`` beside ``OTEL_EXPORTER_OTLP_ENDPOINT``) expects a logs
+backend that is down to cost the logs, not the traces. A real sidecar, configured by those
+variables, exports to two test upstreams; the logs one answers 503 to everything, then recovers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from grpclib.const import Status
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+
+from sidecar.export.lanes import lanes_of
+from sidecar.signals import Signal
+from tests import sdk
+from tests.conftest import sidecar_env
+from tests.export.test_upstream_failures import App, wait_all_arrived
+from tests.operability.test_export_failures import wait_ready
+from tests.upstream import Answer, Upstream
+
+PB = {"Content-Type": "application/x-protobuf"}
+LOGS_PER_REQUEST = 20
+
+
+async def post_logs(port: int) -> tuple[int, str]:
+    """One OTLP/HTTP logs request of the SDK's records: (status, body)."""
+    body = encode_logs(sdk.make_logs(LOGS_PER_REQUEST)).SerializeToString()
+    async with aiohttp.ClientSession() as session, session.post(
+        f"http://127.0.0.1:{port}/v1/logs", data=body, headers=PB
+    ) as response:
+        return response.status, await response.text()
+
+
+@pytest.fixture
+async def logs_backend() -> AsyncIterator[Upstream]:
+    backend = Upstream()
+    await backend.start()
+    yield backend
+    await backend.stop()
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+async def test_a_logs_backend_down_does_not_hold_up_traces_and_nothing_is_lost(
+    upstream: Upstream, logs_backend: Upstream, start_sidecar, protocol: str
+) -> None:
+    logs_backend.default = Answer(http_status=503, grpc_status=Status.UNAVAILABLE)
+    port = logs_backend.grpc_port if protocol == "grpc" else logs_backend.http_port
+    logs_url = f"http://127.0.0.1:{port}" + ("" if protocol == "grpc" else "/v1/logs")
+    env = sidecar_env(
+        upstream, protocol,
+        OTEL_EXPORTER_OTLP_LOGS_ENDPOINT=logs_url,
+        SIDECAR_EXPORTER_CIRCUIT_THRESHOLD="2",
+        SIDECAR_EXPORTER_CIRCUIT_OPEN_FOR="0.2",
+        SIDECAR_EXPORTER_CIRCUIT_MAX_OPEN_FOR="0.5",
+        SIDECAR_EXPORTER_QUEUE_MAX_BYTES="64KiB",
+        SIDECAR_EXPORTER_BATCH_SIZE="20",
+    )
+    sidecar = await start_sidecar(env)
+    registry = sidecar.metrics.registry
+    http_port, admin = sidecar.addresses["http"][1], sidecar.addresses["admin"][1]
+
+    def circuit(signal: str) -> float | None:
+        return registry.get_sample_value("otlp_sidecar_exporter_circuit_state", {"signal": signal})
+
+    # the logs are accepted until the share of the queue their upstream may hold is full
+    accepted_logs = 0
+    refusal = ""
+    for _ in range(200):
+        status, text = await post_logs(http_port)
+        if status != 200:
+            assert status == 503, (status, text)  # retryable: the app's SDK sends them again
+            refusal = text
+            break
+        accepted_logs += LOGS_PER_REQUEST
+    assert accepted_logs > 0 and refusal, "the logs' share of the queue never filled"
+    assert "export queue is full for logs" in refusal, refusal
+    status, body = await wait_ready(admin, lambda b: b["exporter_circuit"] == "open")
+    assert body["exporter_circuits"] == {"traces+metrics": "closed", "logs": "open"}, body
+    assert f"127.0.0.1:{port}" in str(body["exporter"]) and "exporter.logs_endpoint" in str(body["exporter"]), body
+    assert (circuit("logs"), circuit("traces"), circuit("metrics")) == (2, 0, 0)
+
+    # traces meanwhile: every request accepted, every span delivered while the logs' circuit is open
+    app = App(http_port)
+    await app.send(10)
+    assert app.refused == 0 and len(app.accepted) == 200
+    await wait_all_arrived(upstream, app, timeout=10.0)
+    assert circuit("logs") in (1, 2)  # still failing (half-open between probes)
+    assert upstream.log_records() == []  # nothing of the logs went to the other upstream
+
+    # the logs backend recovers: every log record accepted arrives, once
+    logs_backend.default = Answer()
+    await logs_backend.wait_for(lambda: len(logs_backend.log_records()) >= accepted_logs, timeout=20.0)
+    assert len(logs_backend.log_records()) == accepted_logs
+    assert registry.get_sample_value(
+        "otlp_sidecar_exporter_failed_items_total", {"signal": "logs", "reason": "http_503"}
+    ) in (None, 0)
+    await wait_ready(admin, lambda b: b["exporter"] == "ok" and b["exporter_circuit"] == "closed")
+
+
+def test_signals_share_a_lane_when_they_share_an_upstream() -> None:
+    """One lane per upstream: scheme, host and port (paths on one server are one upstream)."""
+    from sidecar import config as config_mod
+
+    def lanes(**env: str) -> list[list[str]]:
+        cfg = config_mod.load(None, env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", **env})
+        return [[s.value for s in Signal if s in lane] for lane in lanes_of(cfg.exporter_for)]
+
+    every = [["traces", "metrics", "logs"]]
+    assert lanes() == every
+    # a signal's own path on the same collector: the same upstream
+    assert lanes(OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="http://collector:4318/custom/logs") == every
+    assert lanes(OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="http://logs:4318/v1/logs") == [["traces", "metrics"], ["logs"]]
+    assert lanes(
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://collector:4319/v1/traces",
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT="http://COLLECTOR:4319/v1/metrics",
+    ) == [["traces", "metrics"], ["logs"]]
