@@ -21,7 +21,7 @@ class AdminConfig:
     enabled: bool = setting(True, "Serve the admin listener.", kind="bool")
     ready_requires_upstream: bool = setting(
         False,
-        "Answer /ready with 503 while the exporter's circuit is open. Off by default: a native "
+        "Answer /ready with 503 while an upstream's circuit is open (any one). Off by default: a native "
         "sidecar's readiness gates its pod, and an upstream outage should not take every app out "
         "of its Services (data waits in the queue meanwhile). /ready always reports the exporter's state.",
         kind="bool",
