@@ -67,6 +67,8 @@ MTLS_SECRET = "otlp-client"
 BUNDLE_HOST = "http://bundle-server.platform:8080"
 BUNDLE_HOST_TLS = "https://bundle-server.platform:8443"
 BUNDLE_TOKEN = "a-bearer-token-for-the-bundle-server"
+#: a logs backend's in-cluster address (a second test upstream stands for it)
+LOGS_BACKEND = "http://logs-backend.observability:4318"
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,13 @@ CASES: dict[str, Case] = {
     "upstream http plaintext": Case({
         **DOCS_NAMESPACES,
         "upstream": {"endpoint": "http://collector.observability:4318", "protocol": "http/protobuf"},
+    }),
+    # the logs to a backend of their own, by the standard variable the chart passes on: a second
+    # upstream here; the sidecar gives it its own circuit and share of the queue
+    "logs to their own backend": Case({
+        **DOCS_NAMESPACES,
+        "upstream": {"endpoint": "http://collector.observability:4318", "protocol": "http/protobuf"},
+        "sidecar": {"extraEnv": {"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": f"{LOGS_BACKEND}/v1/logs"}},
     }),
     "upstream host:port insecure": Case({
         **DOCS_NAMESPACES, "upstream": {"endpoint": "collector.observability:4317", "insecure": True},
@@ -515,6 +524,12 @@ async def _run(name: str, case: Case, injected: dict[str, Any], objects: Any, pk
         protocol = runtime.env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
         port = upstream.grpc_port if protocol == "grpc" else upstream.http_port
         runtime.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = (f"{scheme}://" if scheme else "") + f"localhost:{port}"
+    logs_backend: Upstream | None = None
+    if runtime.env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "").startswith(LOGS_BACKEND):
+        logs_backend = Upstream()
+        await logs_backend.start()
+        runtime.env["OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"] = runtime.env["OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"].replace(
+            LOGS_BACKEND, f"http://localhost:{logs_backend.http_port}")
 
     process = Process(runtime)
     try:
@@ -534,7 +549,7 @@ async def _run(name: str, case: Case, injected: dict[str, Any], objects: Any, pk
         corpus = app.corpus_cases() if name == "defaults" else []
         await asyncio.to_thread(app.send, local_endpoint, protocol, corpus)
 
-        requests = await _output(process, upstream)
+        requests = await _output(process, upstream, logs_backend)
         if published is not None:
             await _bundles_live(case, published, ports["admin"])
         peak = process.peak_rss()
@@ -544,6 +559,8 @@ async def _run(name: str, case: Case, injected: dict[str, Any], objects: Any, pk
             await process.stop()
         if upstream is not None:
             await upstream.stop()
+        if logs_backend is not None:
+            await logs_backend.stop()
 
     text = json.dumps(requests)
     pans = list(app.CARDS) + [pan for c in corpus for pan in c["pans"]]
@@ -578,6 +595,10 @@ async def _run(name: str, case: Case, injected: dict[str, Any], objects: Any, pk
         assert "localhost:" in start_line and ("plaintext" in start_line) == (not tls)
     if case.values.get("upstream", {}).get("insecure") and endpoint.startswith("https://"):
         assert "ignored for https://localhost" in process.stderr  # and it stayed TLS: the upstream took it
+    if logs_backend is not None:  # each signal where the user sent it, and nowhere else
+        assert upstream is not None and logs_backend.log_records() and upstream.log_records() == []
+        assert upstream.spans() and upstream.metrics() and not logs_backend.spans() and not logs_backend.metrics()
+        assert "2 upstreams, each with its own circuit" in process.stderr and "traces+metrics; logs" in process.stderr
     assert exit_code == 0, process.stderr
     assert "Traceback" not in process.stderr
     # it fits in the memory limit the chart gives it (the kubelet would OOM-kill it otherwise)
@@ -636,15 +657,17 @@ def test_a_namespace_not_listed_keeps_its_pods_pending_not_unprotected(tmp_path:
         prepare(injected, "otlp-sidecar", Cluster(list(objects)), tmp_path / "node")
 
 
-async def _output(process: Process, upstream: Upstream | None, timeout: float = 15.0) -> list[dict[str, Any]]:
-    """The OTLP requests that left the sidecar (as OTLP/JSON), once the app's span, log and metric are there."""
+async def _output(process: Process, upstream: Upstream | None, logs_backend: Upstream | None = None,
+                  timeout: float = 15.0) -> list[dict[str, Any]]:
+    """The OTLP requests that left the sidecar (as OTLP/JSON; to the upstream, and the logs
+    backend of their own if there is one), once the app's span, log and metric are there."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         if upstream is None:
             requests = [line["request"] for line in process.stdout_lines()]
         else:
-            requests = [MessageToDict(r.message) for r in upstream.received]
+            requests = [MessageToDict(r.message) for u in (upstream, logs_backend) if u for r in u.received]
         text = json.dumps(requests)
         if text.count(app.MARKER) >= 3:  # the span, the log record and the data point
             return requests
