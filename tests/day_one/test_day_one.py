@@ -52,9 +52,8 @@ from sidecar.webhook.server import running
 from tests.bundles.helpers import PLATFORM_ROOTS, SAMPLING_ROOTS, BundleServer, Keys, build, split_set, whole_set
 from tests.day_one import app
 from tests.day_one.kubelet import Cluster, Pending, Process, admitted, prepare
+from tests.helm.checks import leaf_paths, selects, validate_all, webhook_toml
 from tests.helm.conftest import CHART_DIR, REPO, render_chart
-from tests.helm.test_chart import selects, validate_all, webhook_toml
-from tests.helm.test_docs import leaf_paths
 from tests.tls.pki import PKI, make_pki
 from tests.upstream import Upstream
 from tests.webhook.conftest import admission_review, apply, assert_valid_pod, deployment_pod

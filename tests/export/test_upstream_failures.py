@@ -9,57 +9,21 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-from collections import Counter
 from pathlib import Path
 
-import aiohttp
 import pytest
 from grpclib.const import Status
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-from tests import sdk
 from tests.conftest import sidecar_env
+from tests.export.app_client import App, arrived, wait_all_arrived
 from tests.processes import SidecarProcess
 from tests.upstream import Answer, Upstream
-
-PB = {"Content-Type": "application/x-protobuf"}
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-class App:
-    """An app sending distinct spans over OTLP/HTTP and remembering which were accepted."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.accepted: set[bytes] = set()
-        self.refused = 0
-
-    async def send(self, requests: int, spans: int = 20) -> None:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(requests):
-                batch = sdk.make_spans(spans)
-                body = encode_spans(batch).SerializeToString()
-                async with session.post(f"http://127.0.0.1:{self.port}/v1/traces", data=body, headers=PB) as resp:
-                    await resp.read()
-                    if resp.status == 200:
-                        self.accepted |= {s.context.span_id.to_bytes(8, "big") for s in batch}
-                    else:
-                        assert resp.status == 503, resp.status  # only ever a retryable refusal
-                        self.refused += 1
-
-
-def arrived(upstream: Upstream) -> Counter[bytes]:
-    return Counter(span.span_id for span in upstream.spans())
-
-
-async def wait_all_arrived(upstream: Upstream, app: App, timeout: float = 20.0) -> Counter[bytes]:
-    await upstream.wait_for(lambda: app.accepted <= set(arrived(upstream)), timeout=timeout)
-    return arrived(upstream)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])

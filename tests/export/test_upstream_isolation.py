@@ -19,8 +19,8 @@ from sidecar.export.lanes import lanes_of
 from sidecar.signals import Signal
 from tests import sdk
 from tests.conftest import sidecar_env
-from tests.export.test_upstream_failures import App, wait_all_arrived
-from tests.operability.test_export_failures import wait_ready
+from tests.export.app_client import App, wait_all_arrived
+from tests.operator import wait_ready
 from tests.upstream import Answer, Upstream
 
 PB = {"Content-Type": "application/x-protobuf"}

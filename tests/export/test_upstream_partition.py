@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.conftest import sidecar_env
-from tests.export.test_upstream_failures import App, wait_all_arrived
+from tests.export.app_client import App, wait_all_arrived
 from tests.upstream import Upstream
 
 

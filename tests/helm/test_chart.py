@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import helm_python
-import kubernetes_validate
 import pytest
 
 from sidecar.cli import build_parser
 from sidecar.webhook.config import load_webhook_config
 from sidecar.webhook.inject import Scope, decide
-from tests.helm.conftest import CHART_DIR, CRD_KINDS, NAMESPACE, Rendered
+from tests.helm.checks import selects, validate_all, webhook_toml
+from tests.helm.conftest import CHART_DIR, NAMESPACE
 from tests.webhook.conftest import apply, assert_valid_pod, deployment_pod, env_of, sidecar_of
-
-KUBE_VERSION = "1.29"
 
 #: one entry per documented option (docs/kubernetes.md); each must render valid objects
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -89,35 +87,6 @@ OPTIONS: dict[str, dict[str, Any]] = {
         },
     },
 }
-
-
-def validate_all(objects: Rendered) -> None:
-    for obj in objects:
-        if obj["kind"] in CRD_KINDS:
-            check_crd_object(obj)
-        else:
-            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
-
-
-def check_crd_object(obj: dict[str, Any]) -> None:
-    group = obj["apiVersion"].split("/")[0]
-    expected = {
-        "ServiceMonitor": "monitoring.coreos.com",
-        "PodMonitor": "monitoring.coreos.com",
-        "PrometheusRule": "monitoring.coreos.com",
-        "Certificate": "cert-manager.io",
-        "Issuer": "cert-manager.io",
-    }[obj["kind"]]
-    assert obj["apiVersion"] == f"{expected}/v1"
-    assert obj["metadata"]["name"] and obj["metadata"]["namespace"]
-    assert isinstance(obj["spec"], dict) and obj["spec"]
-    assert group == expected
-
-
-def webhook_toml(objects: Rendered) -> str:
-    configmaps = [o for o in objects.of_kind("ConfigMap") if "webhook.toml" in o.get("data", {})]
-    assert len(configmaps) == 1
-    return configmaps[0]["data"]["webhook.toml"]
 
 
 @pytest.mark.parametrize("option", list(OPTIONS))
@@ -248,25 +217,6 @@ def test_webhook_entries_selectors_and_failure_policies(render: Any) -> None:
     assert selects(pci["objectSelector"], {"otlp-sidecar.io/inject": "false"})
     assert pod["matchConditions"][0]["expression"].count("otlp-sidecar.io/inject") == 2
     assert "matchConditions" not in ns and "matchConditions" not in pci
-
-
-def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    """A Kubernetes label selector, evaluated (matchLabels and matchExpressions)."""
-    for key, value in selector.get("matchLabels", {}).items():
-        if labels.get(key) != value:
-            return False
-    for expr in selector.get("matchExpressions", []):
-        present, value = expr["key"] in labels, labels.get(expr["key"])
-        operator = expr["operator"]
-        if operator == "In" and value not in expr["values"]:
-            return False
-        if operator == "NotIn" and present and value in expr["values"]:
-            return False
-        if operator == "Exists" and not present:
-            return False
-        if operator == "DoesNotExist" and present:
-            return False
-    return True
 
 
 def test_pci_failure_policy_stays_fail_when_the_default_is_changed(render: Any) -> None:

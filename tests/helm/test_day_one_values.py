@@ -13,8 +13,8 @@ import pytest
 
 from sidecar.webhook.config import load_webhook_config
 from sidecar.webhook.inject import Refused, Scope, decide
+from tests.helm.checks import validate_all, webhook_toml
 from tests.helm.conftest import CHART_DIR, NAMESPACE, RELEASE, render_chart
-from tests.helm.test_chart import validate_all, webhook_toml
 from tests.webhook.conftest import apply, deployment_pod, env_of, sidecar_of
 
 HASH_SECRET = f"{RELEASE}-otlp-sidecar-hash-key"

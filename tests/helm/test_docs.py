@@ -2,39 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import yaml
 
 from sidecar.webhook.config import render_docs
+from tests.helm.checks import leaf_paths
 from tests.helm.conftest import CHART_DIR, REPO
 
 DOC = REPO / "docs" / "kubernetes.md"
-
-#: values that are maps of user entries (their keys are the user's, not options)
-FREE_FORM = {
-    "resources",
-    "extraEnv",
-    "labels",
-    "issuerRef",
-    "podAnnotations",
-    "nodeSelector",
-    "affinity",
-    "extraSets",
-    "requests",
-    "limits",
-}
-
-
-def leaf_paths(values: dict[str, Any], prefix: str = "") -> list[str]:
-    paths = []
-    for key, value in values.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value and key not in FREE_FORM:
-            paths += leaf_paths(value, path + ".")
-        else:
-            paths.append(path)
-    return paths
 
 
 def test_every_value_is_documented() -> None:

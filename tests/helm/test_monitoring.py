@@ -13,7 +13,7 @@ from typing import Any
 
 from sidecar.metrickit import Kind, catalogue
 from sidecar.webhook.inject import ADMIN_PORT_NAME, LABEL_INJECTED
-from tests.helm.test_chart import selects
+from tests.helm.checks import selects
 
 MONITORING = {
     "metrics": {

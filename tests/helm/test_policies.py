@@ -10,8 +10,8 @@ from typing import Any
 
 from sidecar.webhook.config import load_webhook_config
 from sidecar.webhook.inject import Scope, decide
+from tests.helm.checks import webhook_toml
 from tests.helm.conftest import CHART_DIR, REPO
-from tests.helm.test_chart import webhook_toml
 from tests.webhook.conftest import apply, deployment_pod
 
 CONFIGMAP_LIMIT = 1024 * 1024  # bytes of data a ConfigMap may hold

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +65,17 @@ def promtool() -> Path:
     if required():
         pytest.fail(message + " [OTLP_SIDECAR_REQUIRE_PEERS=1]", pytrace=False)
     pytest.skip(message)
+
+
+POD = {"namespace": "shop", "pod": "checkout-7d9", "job": "shop/otlp-sidecar", "instance": "10.0.0.7:13133"}
+
+
+def pod_alert(severity: str, summary: str, description: str, **labels: str) -> dict[str, Any]:
+    return {
+        "exp_labels": {"severity": severity, "namespace": POD["namespace"], "pod": POD["pod"], **labels},
+        "exp_annotations": {"summary": summary, "description": description},
+    }
+
+
+def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(promtool()), *args], capture_output=True, text=True, timeout=60, check=False)

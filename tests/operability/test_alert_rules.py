@@ -9,7 +9,6 @@ first event would miss that event (``rate()`` needs two samples), which is what 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,8 @@ from sidecar.export.sender import Sender
 from sidecar.metrics import SidecarMetrics
 from sidecar.policy.metrics import PolicyMetrics
 from sidecar.webhook.metrics import WebhookMetrics
-from tests.operability.monitoring import promtool, render_monitoring
+from tests.operability.monitoring import POD, pod_alert, render_monitoring, run_promtool
 
-POD = {"namespace": "shop", "pod": "checkout-7d9", "job": "shop/otlp-sidecar", "instance": "10.0.0.7:13133"}
 TARGET = 'namespace="shop", pod="checkout-7d9"'
 
 
@@ -66,13 +64,6 @@ def alert(name: str, at: str, series_: list[dict[str, str]], fires: dict[str, An
         "input_series": series_,
         "alert_rule_test": [{"eval_time": at, "alertname": name, "exp_alerts": expected}],
         "name": f"{name} {'fires' if fires else 'stays quiet'} at {at}",
-    }
-
-
-def pod_alert(severity: str, summary: str, description: str, **labels: str) -> dict[str, Any]:
-    return {
-        "exp_labels": {"severity": severity, "namespace": POD["namespace"], "pod": POD["pod"], **labels},
-        "exp_annotations": {"summary": summary, "description": description},
     }
 
 
@@ -318,10 +309,6 @@ def rule_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("rules") / "otlp-sidecar.rules.yaml"
     path.write_text(yaml.safe_dump({"groups": spec["groups"]}, sort_keys=False))
     return path
-
-
-def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(promtool()), *args], capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_rules_are_valid(rule_file: Path) -> None:

@@ -6,7 +6,6 @@ shutdown is logged as such."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 
@@ -17,9 +16,8 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from tests import sdk
 from tests.conftest import sidecar_env
-from tests.operability.monitoring import render_monitoring
-from tests.operability.test_alert_rules import POD, pod_alert, run_promtool
-from tests.operability.test_live_metrics import scrape, value
+from tests.operability.monitoring import POD, pod_alert, render_monitoring, run_promtool
+from tests.operator import ready, scrape, value, wait_ready
 from tests.processes import SidecarProcess
 from tests.upstream import Answer, Upstream
 
@@ -32,29 +30,6 @@ async def post_spans(port: int, requests: int) -> None:
         for _ in range(requests):
             async with session.post(f"http://127.0.0.1:{port}/v1/traces", data=BODY, headers=PB) as response:
                 assert response.status == 200, await response.text()
-
-
-async def ready(port: int) -> tuple[int, dict[str, object]]:
-    timeout = aiohttp.ClientTimeout(total=5)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
-        f"http://127.0.0.1:{port}/ready"
-    ) as response:
-        return response.status, json.loads(await response.text())
-
-
-async def wait_ready(port: int, predicate, timeout: float = 20.0) -> tuple[int, dict[str, object]]:
-    """/ready's answer once ``predicate(body)`` holds (polled every 50 ms)."""
-    seen: list[dict[str, object]] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                status, body = await ready(port)
-                if predicate(body):
-                    return status, body
-                seen[:] = [body]
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"/ready never matched in {timeout} s; last body: {seen}") from None
 
 
 @pytest.mark.parametrize("gate", [False, True], ids=["default", "ready_requires_upstream"])

@@ -24,32 +24,15 @@ from sidecar.webhook.server import running
 from tests import sdk
 from tests.conftest import sidecar_env
 from tests.operability.monitoring import WEBHOOK_PREFIX, queried_metrics, render_monitoring
+from tests.operator import Samples, scrape, value
 from tests.processes import SidecarProcess
 from tests.tls.pki import PKI, make_pki
 from tests.upstream import Upstream
 from tests.webhook.conftest import CONFIG_TOML
 
 PB = {"Content-Type": "application/x-protobuf"}
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def scrape(url: str, ssl_context: ssl.SSLContext | None = None) -> Samples:
-    async with aiohttp.ClientSession() as session, session.get(url, ssl=ssl_context or False) as response:
-        assert response.status == 200
-        text = await response.text()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def names(samples: Samples) -> set[str]:
     return {name for name, _ in samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
 
 
 def enforcing_env(tmp_path: Path, pki: PKI, upstream_port: int, **extra: str) -> dict[str, str]:

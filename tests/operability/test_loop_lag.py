@@ -19,7 +19,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from sidecar.overload.loop_lag import LoopLagProbe
 from tests import sdk
 from tests.conftest import sidecar_env
-from tests.operability.test_live_metrics import scrape, value
+from tests.operator import scrape, value
 from tests.processes import SidecarProcess
 from tests.upstream import Upstream
 

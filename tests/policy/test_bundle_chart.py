@@ -19,8 +19,8 @@ from sidecar.signals import Signal
 from sidecar.webhook.config import load_webhook_config
 from sidecar.webhook.inject import BUNDLE_KEY_DIR, Scope, decide
 from tests.bundles.helpers import PLATFORM_ROOTS, BundleServer, Keys, build, shipped_config, split_set, whole_set
+from tests.helm.checks import webhook_toml
 from tests.helm.conftest import CHART_DIR, render_chart
-from tests.helm.test_chart import webhook_toml
 from tests.policy.conftest import trace_request
 from tests.webhook.conftest import apply, assert_valid_pod, deployment_pod, env_of, sidecar_of
 
