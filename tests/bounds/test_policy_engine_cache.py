@@ -15,8 +15,8 @@ from pathlib import Path
 
 from sidecar.policy.cache import ENTRY_BYTES, PlanCache
 from sidecar.signals import Signal
+from tests.bounds.distinct_resources import Client, assert_masked, traces
 from tests.bounds.harness import BoundedSidecar, MiB
-from tests.bounds.test_policy_engine import Client, assert_masked, traces
 
 ECHO_POLICY = """\
 package otlp_sidecar.main

@@ -19,11 +19,11 @@ from tests.interop.harness import (
     Delivery,
     check_delivery,
     free_port,
+    send_spans,
     sidecar_metric,
     start_sidecar,
     upstream_collector_config,
 )
-from tests.interop.test_upstreams import send_spans
 from tests.upstream import Upstream
 
 pytestmark = pytest.mark.timeout(120)

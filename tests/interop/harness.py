@@ -26,7 +26,10 @@ import aiohttp
 import grpc
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.export import SpanExportResult
 
+from tests import sdk
 from tests.conftest import sidecar_env
 from tests.peers import peer
 from tests.policy.conftest import POLICIES, attrs_of
@@ -336,3 +339,21 @@ async def wait_until(predicate: Any, timeout: float = 20.0, what: str = "") -> N
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
         await asyncio.sleep(0.05)
+
+
+#: what send_spans sends: batches of spans, each with card numbers in its attributes
+BATCHES, PER_BATCH = 3, 40
+
+
+async def send_spans(port: int, transport: str = "grpc", compression: str = "none") -> set[str]:
+    """Three batches from the SDK's own exporter; returns the ids of the acknowledged spans."""
+    exporter, _, _ = sdk.exporters(transport, port, compression)
+    acknowledged: set[str] = set()
+    try:
+        for _ in range(BATCHES):
+            spans = sdk.make_spans(PER_BATCH, Resource.create({"service.name": "checkout"}), SPAN_ATTRIBUTES)
+            assert await asyncio.to_thread(exporter.export, spans) is SpanExportResult.SUCCESS
+            acknowledged |= {format(s.context.span_id, "016x") for s in spans}
+    finally:
+        await asyncio.to_thread(exporter.shutdown)
+    return acknowledged

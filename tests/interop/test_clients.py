@@ -28,10 +28,10 @@ from tests.interop.harness import (
     check_delivery,
     forwarding_collector_config,
     free_port,
+    send_spans,
     sidecar_metric,
     start_sidecar,
 )
-from tests.interop.test_upstreams import send_spans
 from tests.peers import peer
 from tests.upstream import Upstream
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import grpc
 import pytest
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace.export import SpanExportResult
 
 from sidecar.signals import Signal
 from tests import sdk
@@ -23,7 +22,6 @@ from tests.interop.harness import (
     EGRESS_HEADER,
     HEADER_ATTRIBUTE,
     MASTERCARD,
-    SPAN_ATTRIBUTES,
     TENANT,
     VISA,
     AiohttpUpstream,
@@ -32,6 +30,7 @@ from tests.interop.harness import (
     GrpcioUpstream,
     check_delivery,
     free_port,
+    send_spans,
     sidecar_metric,
     start_sidecar,
     upstream_collector_config,
@@ -42,23 +41,6 @@ from tests.tls.pki import make_pki
 from tests.upstream import Upstream
 
 pytestmark = pytest.mark.timeout(90)
-
-BATCHES, PER_BATCH = 3, 40
-
-
-async def send_spans(port: int, transport: str = "grpc", compression: str = "none") -> set[str]:
-    """Three batches from the SDK's own exporter; returns the ids of the acknowledged spans."""
-    exporter, _, _ = sdk.exporters(transport, port, compression)
-    acknowledged: set[str] = set()
-    try:
-        for _ in range(BATCHES):
-            spans = sdk.make_spans(PER_BATCH, Resource.create({"service.name": "checkout"}), SPAN_ATTRIBUTES)
-            assert await asyncio.to_thread(exporter.export, spans) is SpanExportResult.SUCCESS
-            acknowledged |= {format(s.context.span_id, "016x") for s in spans}
-    finally:
-        await asyncio.to_thread(exporter.shutdown)
-    return acknowledged
-
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 @pytest.mark.parametrize(("mtls", "compression"),

@@ -26,7 +26,7 @@ from tests.pci_invariant.helpers import (
     with_data,
 )
 from tests.policy.conftest import attrs_of
-from tests.policy.test_remote_opa import Opa
+from tests.policy.opa_server import Opa
 from tests.processes import SidecarProcess
 
 pytestmark = pytest.mark.timeout(90)

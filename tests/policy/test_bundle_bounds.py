@@ -15,7 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from tests.bundles.helpers import BundleServer, Keys, build, whole_set
-from tests.policy.test_bundle_sidecars import (
+from tests.bundles.sidecar_client import (
     bundle_env,
     card_values,
     metric,

@@ -14,7 +14,8 @@ from sidecar.rewrite import split_resources
 from sidecar.signals import Signal
 from tests.bundles.helpers import Keys, build, shipped_config, split_set, whole_set
 from tests.conftest import REPO
-from tests.policy.test_remote_opa import Opa, _request_for, generated_resources
+from tests.policy.generated import generated_resources, request_for
+from tests.policy.opa_server import Opa
 
 PEER = Peer(address="127.0.0.1:1")
 
@@ -46,14 +47,14 @@ async def test_embedded_and_remote_opa_decide_the_same_from_the_same_bundles(
             [(Signal.TRACES, "grpc"), (Signal.TRACES, "http"), (Signal.LOGS, "grpc"), (Signal.METRICS, "http")]
         ):
             batch = generated_resources(100 + seed, 30)
-            infos = split_resources(signal_, _request_for(signal_, batch))
+            infos = split_resources(signal_, request_for(signal_, batch))
             got = await via_opa.plans_for(signal_, infos, PEER, transport)
             want = await embedded.plans_for(signal_, infos, PEER, transport)
             assert got == want
             compared += len(got)
         assert compared == 120
         plan = (await embedded.plans_for(
-            Signal.TRACES, split_resources(Signal.TRACES, _request_for(Signal.TRACES, [{"service.name": "a"}])),
+            Signal.TRACES, split_resources(Signal.TRACES, request_for(Signal.TRACES, [{"service.name": "a"}])),
             PEER, "grpc"))[0]
         assert any(k.rule_id == "sampling.vip_user" and k.value == "u-42" for k in plan.sampling.keep)
         assert any(s.on_conflict == "overwrite" for s in plan.stamps)  # the tenant bundle's data
@@ -87,7 +88,7 @@ async def test_a_bundle_signed_here_is_served_by_opa_run_with_verification(
         embedded = await make_service(bundles=[str(out)], hash_key_file=str(hash_key_file),
                                       bundle_verification_key_file=str(keys.ec_public),
                                       bundle_verification_algorithm="ES256", bundle_verification_key_id="fleet")
-        infos = split_resources(Signal.TRACES, _request_for(Signal.TRACES, generated_resources(7, 30)))
+        infos = split_resources(Signal.TRACES, request_for(Signal.TRACES, generated_resources(7, 30)))
         assert await via_opa.plans_for(Signal.TRACES, infos, PEER, "grpc") == await embedded.plans_for(
             Signal.TRACES, infos, PEER, "grpc")
     finally:

@@ -8,40 +8,19 @@ import asyncio
 import os
 from pathlib import Path
 
-import aiohttp
 import pytest
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace.export import SpanExportResult
 
 from sidecar.signals import Signal
-from tests import sdk
 from tests.bundles.helpers import BundleServer, Keys, build, shipped_config, tampered, whole_set
-from tests.conftest import sidecar_env
-from tests.policy.conftest import attrs_of
+from tests.bundles.sidecar_client import (
+    bundle_env,
+    card_values,
+    metric,
+    policy_status,
+    send_cards,
+    vm_hwm_kib,
+)
 from tests.processes import SidecarProcess
-
-VISA = "4111 1111 1111 1111"
-
-
-def bundle_env(upstream, base: str, keys: Keys, hash_key_file: Path, **extra: str) -> dict[str, str]:
-    return sidecar_env(
-        upstream, "grpc",
-        SIDECAR_POLICY_MODE="enforce", SIDECAR_POLICY_BUNDLES=f"platform={base}/set",
-        SIDECAR_POLICY_BUNDLE_VERIFICATION_KEY_FILE=str(keys.rsa_public),
-        SIDECAR_POLICY_BUNDLE_POLLING_MIN_DELAY="0.1", SIDECAR_POLICY_BUNDLE_POLLING_MAX_DELAY="0.2",
-        SIDECAR_POLICY_HASH_KEY_FILE=str(hash_key_file), SIDECAR_TENANT="acme", **extra,
-    )
-
-
-async def policy_status(admin: int) -> dict:
-    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{admin}/policy") as response:
-        return await response.json()
-
-
-async def metric(admin: int, name: str) -> float:
-    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{admin}/metrics") as response:
-        text = await response.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 async def wait_until(check, timeout: float = 30.0) -> None:
@@ -51,30 +30,9 @@ async def wait_until(check, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.1)
 
 
-async def send_cards(port: int) -> None:
-    exporter, _, _ = sdk.exporters("grpc", port, "none")
-    spans = sdk.make_spans(5, Resource.create({"service.name": "checkout"}),
-                           {"card_number": VISA, "order.amount": 2500})
-    try:
-        assert await asyncio.to_thread(exporter.export, spans) is SpanExportResult.SUCCESS
-    finally:
-        await asyncio.to_thread(exporter.shutdown)
-
-
-def card_values(upstream) -> list[str]:
-    return [attrs_of(span.attributes).get("card_number") for span in upstream.spans()]
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def vm_hwm_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
 
 
 @pytest.fixture

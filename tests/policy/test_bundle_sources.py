@@ -15,8 +15,8 @@ from sidecar.policy.bundles.fetch import HttpFetcher
 from sidecar.policy.bundles.manager import BundleManager, BundleSource
 from sidecar.policy.config import PolicyConfig
 from tests.bundles.helpers import Keys, build, shipped_config, whole_set
+from tests.policy.configmap_dir import ConfigMapDir
 from tests.policy.conftest import sample_value
-from tests.policy.test_reload import ConfigMapDir
 
 
 async def wait_for(condition, timeout: float = 30.0) -> None:

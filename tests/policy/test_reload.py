@@ -4,40 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 from pathlib import Path
 
 from sidecar.identity import Peer
 from sidecar.rewrite import split_resources
 from sidecar.signals import Signal
+from tests.policy.configmap_dir import ConfigMapDir
 from tests.policy.conftest import POLICIES, sample_value, trace_request
 
 PEER = Peer(address="127.0.0.1:1")
-
-
-class ConfigMapDir:
-    """kubelet's layout: real files under ``..<timestamp>/``, ``..data`` pointing at one,
-    and each key a symlink through ``..data``. An update swaps ``..data`` atomically."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.generation = 0
-        root.mkdir()
-
-    def publish(self, source: Path, edit=None) -> None:
-        self.generation += 1
-        version = self.root / f"..2026_11_21_{self.generation:02d}"
-        shutil.copytree(source, version)
-        if edit is not None:
-            edit(version)
-        tmp = self.root / "..data_tmp"
-        tmp.symlink_to(version.name)
-        os.replace(tmp, self.root / "..data")  # the atomic swap
-        for entry in version.iterdir():
-            link = self.root / entry.name
-            if not link.is_symlink():
-                link.symlink_to(Path("..data") / entry.name)
 
 
 def add_vip(version: Path) -> None:

@@ -9,14 +9,11 @@ or without the policy (undefined decision): the sidecar fails closed (refuses re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import random
 import signal
-import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,73 +25,14 @@ from sidecar.policy.errors import PolicyUnavailable
 from sidecar.rewrite import split_resources
 from sidecar.signals import Signal
 from tests.conftest import SHARED_CORPUS
-from tests.peers import peer
 from tests.policy.conftest import POLICIES, sample_value, trace_request
+from tests.policy.generated import generated_resources, request_for
+from tests.policy.opa_server import Opa
 
 pytestmark = pytest.mark.timeout(90)
 
 PEER = Peer(address="127.0.0.1:1")
 ERRORS = "otlp_sidecar_policy_decision_errors_total"
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-class Opa:
-    """A real ``opa run --server`` on a loopback port, with console decision logs."""
-
-    def __init__(self, workdir: Path, *paths: Path, port: int = 0) -> None:
-        self.paths = paths
-        self.port = port or _free_port()
-        self.log_path = workdir / f"opa-{self.port}.log"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self, timeout: float = 30.0) -> None:
-        log = self.log_path.open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            str(peer("opa")), "run", "--server", "--addr", f"127.0.0.1:{self.port}",
-            "--log-level", "info", "--set", "decision_logs.console=true", *map(str, self.paths),
-            stdout=log, stderr=log,
-        )
-        log.close()
-        try:
-            deadline = time.monotonic() + timeout
-            async with aiohttp.ClientSession() as session:
-                while True:
-                    assert self.proc.returncode is None, self.log_path.read_text()
-                    with contextlib.suppress(aiohttp.ClientError):
-                        async with session.get(f"{self.url}/health") as response:
-                            if response.status == 200:
-                                return
-                    assert time.monotonic() < deadline, f"OPA not healthy in {timeout} s"
-                    await asyncio.sleep(0.05)
-        except BaseException:
-            await self.stop()
-            raise
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
-    def decision_logs(self) -> list[dict[str, Any]]:
-        entries = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if entry.get("msg") == "Decision Log":
-                    entries.append(entry)
-        return entries
 
 @pytest.fixture
 async def opa(tmp_path: Path) -> AsyncIterator[Opa]:
@@ -110,25 +48,6 @@ def remote(opa: Opa, hash_key_file: Path, **fields: Any) -> dict[str, Any]:
 def resources(*attributes: dict[str, Any]):
     return split_resources(Signal.TRACES, trace_request([(attrs, [{}]) for attrs in attributes]))
 
-def generated_resources(seed: int, count: int) -> list[dict[str, Any]]:
-    """Resources with the attributes the bundled policies look at, mixed at random."""
-    rng = random.Random(seed)
-    pools: dict[str, Sequence[Any]] = {
-        "service.name": ["checkout", "payments", "cart", "", "intruder"],
-        "tenant.id": ["acme", "globex", "", "ACME"],
-        "deployment.environment": ["prod", "test", "staging"],
-        "k8s.namespace.name": ["shop", "kube-system", "payments"],
-        "k8s.pod.name": ["api-0", "api-1"],
-        "telemetry.sdk.language": ["python", "go", "java"],
-        "service.version": ["1.0", "2.3.4"],
-        "host.name": ["node-1", "node-2"],
-    }
-    out = []
-    for _ in range(count):
-        attrs = {key: rng.choice(values) for key, values in pools.items() if rng.random() < 0.6}
-        out.append(attrs)
-    return out
-
 async def test_decisions_equal_the_embedded_engine(make_service, opa: Opa, hash_key_file: Path) -> None:
     via_opa = await make_service(**remote(opa, hash_key_file))
     embedded = await make_service(dir=str(POLICIES), hash_key_file=str(hash_key_file))
@@ -138,7 +57,7 @@ async def test_decisions_equal_the_embedded_engine(make_service, opa: Opa, hash_
         [(Signal.TRACES, "grpc"), (Signal.TRACES, "http"), (Signal.LOGS, "grpc"), (Signal.METRICS, "http")]
     ):
         batch = generated_resources(seed, 40)
-        infos = split_resources(signal_, _request_for(signal_, batch))
+        infos = split_resources(signal_, request_for(signal_, batch))
         got = await via_opa.plans_for(signal_, infos, PEER, transport)
         want = await embedded.plans_for(signal_, infos, PEER, transport)
         assert got == want
@@ -149,35 +68,13 @@ async def test_decisions_equal_the_embedded_engine(make_service, opa: Opa, hash_
     if corpus.exists():
         values = [c["value"] for c in json.loads(corpus.read_text())["cases"] if c["where"] == "resource.attr"]
         batch = [{"service.name": "checkout", "note": value} for value in values[:60]]
-        infos = split_resources(Signal.TRACES, _request_for(Signal.TRACES, batch))
+        infos = split_resources(Signal.TRACES, request_for(Signal.TRACES, batch))
         assert await via_opa.plans_for(Signal.TRACES, infos, PEER, "grpc") == await embedded.plans_for(
             Signal.TRACES, infos, PEER, "grpc")
     # and the decisions did come from OPA: its decision log has the sidecar's queries
     logged = [e for e in opa.decision_logs() if e.get("path") == "otlp_sidecar/main/decisions"]
     assert logged and all(e["input"]["pod"]["tenant"] == "acme" for e in logged)
     assert sample_value(via_opa.metrics.registry, ERRORS, fallback="refused") == 0
-
-def _request_for(signal_: Signal, batch: list[dict[str, Any]]) -> bytes:
-    if signal_ is Signal.TRACES:
-        return trace_request([(attrs, [{}]) for attrs in batch])
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-
-    from tests.policy.conftest import kv
-
-    request: Any = ExportLogsServiceRequest() if signal_ is Signal.LOGS else ExportMetricsServiceRequest()
-    for attrs in batch:
-        if signal_ is Signal.LOGS:
-            rl = request.resource_logs.add()
-            rl.resource.attributes.extend(kv(k, v) for k, v in attrs.items())
-            rl.scope_logs.add().log_records.add().body.string_value = "hello"
-        else:
-            rm = request.resource_metrics.add()
-            rm.resource.attributes.extend(kv(k, v) for k, v in attrs.items())
-            metric = rm.scope_metrics.add().metrics.add()
-            metric.name = "orders"
-            metric.gauge.data_points.add().as_int = 1
-    return request.SerializeToString()
 
 async def test_policy_not_loaded_fails_closed(make_service, tmp_path: Path, hash_key_file: Path, caplog) -> None:
     empty = tmp_path / "empty"
