@@ -36,7 +36,7 @@ from sidecar.configkit import (
     render_markdown,
     setting,
 )
-from sidecar.export.config import AuthConfig, ExporterConfig
+from sidecar.export.config import AuthConfig, ExporterConfig, upstream_port
 from sidecar.identity import PodConfig
 from sidecar.overload.config import LimitsConfig
 from sidecar.policy.config import PolicyConfig
@@ -193,7 +193,7 @@ def check_no_loop(config: Config) -> None:
             continue
         url = urlsplit(exporter.url_for(signal))
         host = url.hostname or ""
-        port = url.port or (443 if url.scheme == "https" else 4317 if exporter.protocol == "grpc" else 80)
+        port = upstream_port(url.port, url.scheme, exporter.protocol)
         for name, endpoint, listen_host, listen_port in listeners:
             same_host = host == listen_host or (_is_local(host) and _is_local(listen_host))
             if same_host and port == listen_port:

@@ -92,6 +92,7 @@ class CircuitBreaker:
         self._probing = False
         self._changed = asyncio.Event()
         shared = shared or CircuitMetrics(registry or CollectorRegistry())
+        signals = tuple(signals)
         self._gauges = [shared.state.labels(signal.value) for signal in signals]
         self._transitions = {
             state: [shared.transitions.labels(signal.value, state.name.lower()) for signal in signals]

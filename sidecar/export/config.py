@@ -35,6 +35,12 @@ DEFAULT_QUEUE_MAX_BYTES = 16 * MiB
 DEFAULT_CONCURRENCY = 2
 #: where the OTLP spec's exporters send when no endpoint is given, per protocol
 DEFAULT_GRPC_URL = "http://localhost:4317"
+
+
+def upstream_port(port: int | None, scheme: str, protocol: str) -> int:
+    """The port an upstream URL connects to: its own, else 443 for https, else 4317 for gRPC and
+    80 for HTTP."""
+    return port or (443 if scheme == "https" else 4317 if protocol == "grpc" else 80)
 DEFAULT_HTTP_URL = "http://localhost:4318"
 
 
@@ -152,8 +158,8 @@ class ExporterConfig:
     )
     concurrency: int = setting(
         DEFAULT_CONCURRENCY,
-        "Export requests in flight at once, for each upstream (signals with endpoints on different "
-        "hosts or ports each have their own; docs/reliability.md).",
+        "Export requests in flight at once, for each upstream (a signal with an endpoint or settings "
+        "of its own has its own; docs/reliability.md).",
         kind="int", min=1, max=64,
     )
     retry_initial_interval: float = setting(

@@ -15,7 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpclib.const import Status
 
 from sidecar.export.compress import Payload
-from sidecar.export.config import ExporterConfig
+from sidecar.export.config import ExporterConfig, upstream_port
 from sidecar.export.grpc_client import CallError, Channel, call_unary
 from sidecar.export.negotiate import names_encoding, parse_accepted
 from sidecar.export.partial import parse_response
@@ -71,7 +71,7 @@ class GrpcExporter(UpstreamExporter):
         if target is None:
             url = urlsplit(self._config.url_for(signal))
             secure = url.scheme == "https" and not self._config.insecure
-            port = url.port or (443 if url.scheme == "https" else 4317)
+            port = upstream_port(url.port, url.scheme, "grpc")
             target = self._targets[signal] = (url.hostname or "localhost", port, secure)
         return target
 

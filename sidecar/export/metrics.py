@@ -106,7 +106,8 @@ CIRCUIT_STATE = declare(
 )
 CIRCUIT_TRANSITIONS = declare(
     f"{PREFIX}_exporter_circuit_transitions", Kind.counter, "{transitions}",
-    "Circuit state changes of the upstream each signal goes to, by new state.",
+    "Circuit state changes, by new state, counted for each signal the circuit's upstream serves "
+    "(with one upstream for every signal, a change shows once per signal).",
     component=COMPONENT, labels=(SIGNAL, Label("state", CIRCUIT_STATES)),
 )
 DISK_QUEUE_SIZE = declare(

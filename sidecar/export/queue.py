@@ -11,9 +11,10 @@ durably before it is accepted; what does not fit in memory stays on disk only
 while the disk holds hours of backlog.
 
 Signals sent to different upstreams are in different lanes (:mod:`sidecar.export.lanes`): each
-lane's batches are handed to its own workers, and a lane may hold the capacity less a reserve
-for each other lane (half of an even share), so an upstream that is down cannot take the room
-the others need. Beyond its share, a lane's requests are refused (or spilled, with the disk queue).
+lane's batches are handed to its own workers, and each lane has a reserve (half of an even share
+of the capacity) that the others cannot take: a lane may hold what is free less what the other
+lanes' reserves still need, so upstreams that are down cannot take the room of one that is up.
+Beyond that, a lane's requests are refused (or spilled, with the disk queue).
 """
 
 from __future__ import annotations
@@ -70,11 +71,13 @@ class ExportQueue:
         self.capacity_bytes = capacity_bytes
         self.lanes = tuple(lanes)
         self._lane_of = {signal: number for number, lane in enumerate(self.lanes) for signal in lane}
-        if sorted(self._lane_of, key=list(Signal).index) != list(Signal) or sum(map(len, self.lanes)) != len(Signal):
+        if set(self._lane_of) != set(Signal) or sum(map(len, self.lanes)) != len(Signal) or not all(self.lanes):
             raise ValueError(f"every signal must be in exactly one lane: {self.lanes}")
         n = len(self.lanes)
-        #: what one lane may hold in memory: the capacity less a reserve for each other lane
-        self.lane_capacity = capacity_bytes - (n - 1) * (capacity_bytes // (2 * n))
+        #: the bytes kept for each lane that the others cannot take (none with one lane)
+        self.lane_reserve = capacity_bytes // (2 * n) if n > 1 else 0
+        #: the most one lane may hold in memory (when the others hold nothing)
+        self.lane_capacity = capacity_bytes - (n - 1) * self.lane_reserve
         self._lane_bytes = [0] * n
         self._batch_items = batch_items
         self._batch_bytes = batch_bytes
@@ -106,27 +109,31 @@ class ExportQueue:
     def full_for(self, signal: Signal) -> bool:
         """No byte more of ``signal`` fits in memory (its lane's share, or the whole capacity)
         and there is no disk queue to spill to: refuse early."""
-        lane = self._lane_of[signal]
-        return self._disk is None and (
-            self._held_bytes >= self.capacity_bytes or self._lane_bytes[lane] >= self.lane_capacity
-        )
+        return self._disk is None and self._room(self._lane_of[signal]) <= 0
 
     def full_message(self, signal: Signal, size: int = 0) -> str:
         """Why ``size`` more bytes of ``signal`` do not fit (0: why the queue refuses early)."""
         lane = self._lane_of[signal]
-        if len(self.lanes) > 1 and self._lane_bytes[lane] + max(size, 1) > self.lane_capacity:
-            # the lane's share is what ran out: the other upstreams' reserve stays free
+        if len(self.lanes) > 1 and self._held_bytes + max(size, 1) <= self.capacity_bytes:
+            # there is room, but it is the other upstreams' reserve
             return (
-                f"export queue is full for {lane_name(self.lanes[lane])} ({self._lane_bytes[lane]} of the "
-                f"{self.lane_capacity} bytes their upstream may hold; "
-                f"{self._held_bytes} of {self.capacity_bytes} in all)"
+                f"export queue is full for {lane_name(self.lanes[lane])} ({self._lane_bytes[lane]} bytes "
+                f"held for their upstream; {self._kept_for_others(lane)} of the {self.capacity_bytes} "
+                f"kept for the other upstreams, {self._held_bytes} held in all)"
             )
         return f"export queue is full ({self._held_bytes} of {self.capacity_bytes} bytes held)"
 
+    def _kept_for_others(self, lane: int) -> int:
+        """What the other lanes' reserves still need: bytes ``lane`` may not take."""
+        reserve = self.lane_reserve
+        return sum(reserve - held for other, held in enumerate(self._lane_bytes) if other != lane and held < reserve)
+
+    def _room(self, lane: int) -> int:
+        """Bytes ``lane`` may still take in memory."""
+        return self.capacity_bytes - self._held_bytes - (self._kept_for_others(lane) if self.lane_reserve else 0)
+
     def _fits(self, lane: int, size: int) -> bool:
-        return (
-            self._held_bytes + size <= self.capacity_bytes and self._lane_bytes[lane] + size <= self.lane_capacity
-        )
+        return size <= self._room(lane)
 
     async def put(self, signal: Signal, data: bytes, items: int) -> None:
         """Accept ``data`` for export (durably, with the disk queue), or raise QueueFull / QueueClosed."""

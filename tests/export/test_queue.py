@@ -232,7 +232,7 @@ async def test_each_upstream_takes_only_its_batches_and_cannot_take_the_others_r
     assert queue.lane_capacity == 750
     for _ in range(7):
         await queue.put(Signal.LOGS, b"l" * 100, 1)
-    with pytest.raises(QueueFull, match=r"full for logs \(700 of the 750 bytes their upstream may hold; 700 of 1000"):
+    with pytest.raises(QueueFull, match=r"full for logs \(700 bytes held for their upstream; 250 of the 1000 kept"):
         await queue.put(Signal.LOGS, b"l" * 100, 1)
     await queue.put(Signal.LOGS, b"l" * 50, 1)  # what fits in the share is taken
     assert queue.full_for(Signal.LOGS) and not queue.full_for(Signal.TRACES)
@@ -251,6 +251,32 @@ async def test_each_upstream_takes_only_its_batches_and_cannot_take_the_others_r
     assert await asyncio.wait_for(waiting, 1) is None
     with pytest.raises(ValueError, match="exactly one lane"):
         make_queue(lanes=(frozenset({Signal.TRACES}), frozenset({Signal.TRACES, Signal.LOGS})))
+
+
+async def test_upstreams_that_are_down_cannot_take_the_reserve_of_one_that_is_up() -> None:
+    """Three upstreams, two down (their batches stay in flight): together they cannot take the
+    third one's reserve (a sixth of the capacity), whatever their order."""
+    three = (frozenset({Signal.TRACES}), frozenset({Signal.METRICS}), frozenset({Signal.LOGS}))
+    queue, _ = make_queue(capacity=1200, items=1, lanes=three)
+    assert (queue.lane_reserve, queue.lane_capacity) == (200, 800)
+    for _ in range(8):
+        await queue.put(Signal.TRACES, b"t" * 100, 1)
+    with pytest.raises(QueueFull, match="full for traces"):
+        await queue.put(Signal.TRACES, b"t", 1)
+    for _ in range(2):
+        await queue.put(Signal.METRICS, b"m" * 100, 1)  # its own reserve
+    with pytest.raises(QueueFull, match=r"full for metrics \(200 bytes held for their upstream; 200 of the 1200"):
+        await queue.put(Signal.METRICS, b"m", 1)
+    assert queue.full_for(Signal.TRACES) and queue.full_for(Signal.METRICS) and not queue.full_for(Signal.LOGS)
+    await queue.put(Signal.LOGS, b"l" * 200, 1)  # the reserve of the upstream that is up
+    with pytest.raises(QueueFull, match=r"export queue is full \(1200 of 1200 bytes held\)"):
+        await queue.put(Signal.LOGS, b"l", 1)
+    # the logs' batches leave: their reserve is theirs again, not the others'
+    for _ in range(1):
+        batch = await asyncio.wait_for(queue.next_batch(2), 1)
+        assert batch is not None
+        queue.done(batch)
+    assert queue.full_for(Signal.TRACES) and queue.full_for(Signal.METRICS) and not queue.full_for(Signal.LOGS)
 
 
 async def test_with_the_disk_queue_an_upstream_over_its_share_spills_to_disk(tmp_path: Path) -> None:

@@ -33,7 +33,8 @@ async def post_logs(port: int) -> tuple[int, str]:
     async with aiohttp.ClientSession() as session, session.post(
         f"http://127.0.0.1:{port}/v1/logs", data=body, headers=PB
     ) as response:
-        return response.status, await response.text()
+        # the body is a google.rpc.Status (protobuf): its message is readable text inside it
+        return response.status, (await response.read()).decode("utf-8", "replace")
 
 
 @pytest.fixture
@@ -102,20 +103,23 @@ async def test_a_logs_backend_down_does_not_hold_up_traces_and_nothing_is_lost(
     await wait_ready(admin, lambda b: b["exporter"] == "ok" and b["exporter_circuit"] == "closed")
 
 
-def test_signals_share_a_lane_when_they_share_an_upstream() -> None:
-    """One lane per upstream: scheme, host and port (paths on one server are one upstream)."""
+def test_signals_share_a_lane_when_they_share_an_endpoint_and_its_settings() -> None:
+    """One lane per endpoint: signals on the exporter's endpoint share it (whatever their default
+    paths, a default port written out or not); an endpoint or settings of a signal's own is a lane
+    of its own (a wrong logs path or logs API key must not open the traces' circuit)."""
     from sidecar import config as config_mod
 
-    def lanes(**env: str) -> list[list[str]]:
-        cfg = config_mod.load(None, env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", **env})
+    def lanes(endpoint: str = "http://collector:4318", **env: str) -> list[list[str]]:
+        cfg = config_mod.load(None, env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, **env})
         return [[s.value for s in Signal if s in lane] for lane in lanes_of(cfg.exporter_for)]
 
-    every = [["traces", "metrics", "logs"]]
+    every, apart = [["traces", "metrics", "logs"]], [["traces", "metrics"], ["logs"]]
     assert lanes() == every
-    # a signal's own path on the same collector: the same upstream
-    assert lanes(OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="http://collector:4318/custom/logs") == every
-    assert lanes(OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="http://logs:4318/v1/logs") == [["traces", "metrics"], ["logs"]]
-    assert lanes(
-        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://collector:4319/v1/traces",
-        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT="http://COLLECTOR:4319/v1/metrics",
-    ) == [["traces", "metrics"], ["logs"]]
+    assert lanes(OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="http://logs:4318/v1/logs") == apart
+    assert lanes(OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="http://collector:4318/v1/logz") == apart  # a typo: its own
+    assert lanes(OTEL_EXPORTER_OTLP_LOGS_HEADERS="x-api-key=logs-key") == apart  # its own credentials
+    # gRPC: a signal's endpoint that is the exporter's, the default port written out, is the same
+    grpc = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    assert lanes("https://collector", **grpc, OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="https://COLLECTOR:443") == every
+    assert lanes("http://collector:4317", **grpc, OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="http://collector") == every
+    assert lanes("http://collector:4317", **grpc, OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="http://loki:4317") == apart
