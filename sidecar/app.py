@@ -122,7 +122,7 @@ class Sidecar:
                 ) from None
         lanes = lanes_of(cfg.exporter_for)
         if len(lanes) > 1:
-            log.info("%d upstreams, each with its own circuit, workers and share of the export queue: %s",
+            log.info("%d upstreams, each with its own circuit, workers and reserve of the export queue: %s",
                      len(lanes), "; ".join(lane_name(lane) for lane in lanes))
         self.queue = ExportQueue(
             lanes=lanes,
