@@ -27,7 +27,7 @@ from sidecar.configkit import parse_endpoint
 from sidecar.export.by_signal import BySignalExporter
 from sidecar.export.config import ExporterConfig
 from sidecar.export.debug import DebugExporter
-from sidecar.export.disklog import DiskLog
+from sidecar.export.diskqueue import DiskQueue
 from sidecar.export.grpc import GrpcExporter
 from sidecar.export.lanes import lane_name, lanes_of
 from sidecar.export.queue import ExportQueue
@@ -68,7 +68,7 @@ class Sidecar:
         self.exporter: Exporter | None = None
         self.sender: Sender | None = None
         self.policy: Any = None
-        self.disk: DiskLog | None = None
+        self.disk: DiskQueue | None = None
         self.auth: UpstreamAuth | None = None
         self.tls_metrics = TLSMetrics(self.metrics.registry)
         self._grpc_server: GrpcServer | None = None
@@ -106,10 +106,16 @@ class Sidecar:
         cfg = self.config
         await self.prepare()
         assert self.exporter is not None and self._planner is not None
+        lanes = lanes_of(cfg.exporter_for)
+        if len(lanes) > 1:
+            log.info("%d upstreams, each with its own circuit, workers and reserve of the export queue%s: %s",
+                     len(lanes), " and of the disk queue" if cfg.exporter.disk_queue_dir else "",
+                     "; ".join(lane_name(lane) for lane in lanes))
         replay = []
         if cfg.exporter.disk_queue_dir:
-            self.disk = DiskLog(
+            self.disk = DiskQueue(
                 cfg.exporter.disk_queue_dir,
+                lanes=lanes,
                 max_bytes=cfg.exporter.disk_queue_max_bytes,
                 segment_bytes=cfg.exporter.disk_queue_segment_bytes,
                 registry=self.metrics.registry,
@@ -120,10 +126,6 @@ class Sidecar:
                 raise ConfigError(
                     "exporter.disk_queue_dir", f"cannot use {cfg.exporter.disk_queue_dir}: {exc.strerror}"
                 ) from None
-        lanes = lanes_of(cfg.exporter_for)
-        if len(lanes) > 1:
-            log.info("%d upstreams, each with its own circuit, workers and reserve of the export queue: %s",
-                     len(lanes), "; ".join(lane_name(lane) for lane in lanes))
         self.queue = ExportQueue(
             lanes=lanes,
             capacity_bytes=cfg.exporter.queue_max_bytes,

@@ -177,7 +177,9 @@ class ExporterConfig:
         kind="path",
     )
     disk_queue_max_bytes: int = setting(
-        1024 * MiB, "Bytes the on-disk queue may hold; when full, new data is refused retryably.",
+        1024 * MiB, "Bytes the on-disk queue may hold; when full, new data is refused retryably. "
+        "With several upstreams (per-signal endpoints), each has a log of its own and may hold this "
+        "less a reserve for the others.",
         kind="size", min=1 * MiB,
     )
     disk_queue_segment_bytes: int = setting(

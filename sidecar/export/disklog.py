@@ -1,6 +1,7 @@
-"""The optional on-disk queue: accepted requests are on disk before the app is told "accepted".
+"""One log of the on-disk queue (:mod:`sidecar.export.diskqueue`, which keeps one per upstream):
+accepted requests are on disk before the app is told "accepted".
 
-Format (docs/reliability.md): the directory holds segment files
+Format (docs/reliability.md): the log's directory holds segment files
 ``segment-<n>.log`` (n increasing, zero-padded) and, beside each, ``segment-<n>.acks``.
 A segment is a run of records::
 
@@ -29,9 +30,6 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
-
-from sidecar.export import metrics
 from sidecar.signals import Signal
 
 log = logging.getLogger(__name__)
@@ -42,21 +40,20 @@ _ACK = struct.Struct(">Q")
 _SIGNALS = (Signal.TRACES, Signal.METRICS, Signal.LOGS)
 
 
-class DiskFull(Exception):
-    """The on-disk queue reached its size limit: refuse retryably."""
+def record_size(length: int) -> int:
+    """Bytes a record of a ``length``-byte request takes on disk."""
+    return _HEADER.size + length
 
 
 @dataclass(frozen=True)
 class Record:
+    #: the number of the log it is in (DiskLog's ``number``)
+    log: int
     segment: int
     offset: int
     signal: Signal
     items: int
     length: int
-
-    @property
-    def size(self) -> int:
-        return _HEADER.size + self.length
 
 
 class _Segment:
@@ -73,14 +70,14 @@ class _Segment:
 class DiskLog:
     def __init__(
         self,
-        directory: str,
+        directory: str | Path,
         *,
-        max_bytes: int,
         segment_bytes: int = 16 << 20,
-        registry: CollectorRegistry | None = None,
+        number: int = 0,
     ) -> None:
+        """``number``: which log this is, written in its records (the disk queue's index)."""
         self.dir = Path(directory)
-        self.max_bytes = max_bytes
+        self.number = number
         self.segment_bytes = segment_bytes
         self._segments: dict[int, _Segment] = {}
         self._active: _Segment | None = None
@@ -89,21 +86,24 @@ class DiskLog:
         self._bytes = 0
         self._sync_waiters: list[asyncio.Future[None]] = []
         self._syncing = False
-        registry = registry or CollectorRegistry()
-        self._size = metrics.DISK_QUEUE_SIZE.gauge(registry)
-        self._capacity = metrics.DISK_QUEUE_CAPACITY.gauge(registry)
-        self._corrupt = metrics.DISK_QUEUE_CORRUPT.counter(registry)
-        self._replayed = metrics.DISK_QUEUE_REPLAYED.counter(registry)
-        self._capacity.set(max_bytes)
+        #: records found damaged by open() (the rest of their segment is skipped)
+        self.corrupt = 0
 
     @property
     def bytes(self) -> int:
+        """Bytes of the segment files still kept (records not acknowledged and their neighbours)."""
         return self._bytes
+
+    @property
+    def empty(self) -> bool:
+        """No segment file is kept (a log opened to drain only has nothing left)."""
+        return not self._segments
 
     # -- start: replay ------------------------------------------------------------------------
 
-    def open(self) -> list[Record]:
-        """Create or scan the directory; return the records still to export, oldest first."""
+    def open(self, *, append: bool = True) -> list[Record]:
+        """Create or scan the directory; return the records still to export, oldest first.
+        ``append=False``: only drain what is there (no new segment is started)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         pending: list[Record] = []
         numbers = sorted(int(p.stem.split("-")[1]) for p in self.dir.glob("segment-*.log"))
@@ -122,10 +122,9 @@ class DiskLog:
             self._bytes += segment.bytes
             pending.extend(left)
         if pending:
-            self._replayed.inc(len(pending))
             log.info("disk queue: replaying %d records from %s", len(pending), self.dir)
-        self._roll(max(numbers, default=0) + 1)
-        self._size.set(self._bytes)
+        if append:
+            self._roll(max(numbers, default=0) + 1)
         return pending
 
     def _scan(self, segment: _Segment) -> list[Record]:
@@ -147,13 +146,13 @@ class DiskLog:
                 elif zlib.crc32(payload) != crc:
                     problem = "checksum mismatch"
             if problem:
-                self._corrupt.inc()
+                self.corrupt += 1
                 log.error(
                     "disk queue: %s at offset %d of %s; skipping the rest of that segment",
                     problem, offset, segment.path.name,
                 )
                 break
-            records.append(Record(segment.number, offset, _SIGNALS[code], items, length))
+            records.append(Record(self.number, segment.number, offset, _SIGNALS[code], items, length))
             offset += _HEADER.size + length
         segment.bytes = offset
         return records
@@ -169,10 +168,8 @@ class DiskLog:
     # -- appending ----------------------------------------------------------------------------
 
     async def append(self, signal: Signal, items: int, data: builtins.bytes) -> Record:  # `bytes` is a property here
-        """Write one record; return once it is durable on disk. Raises DiskFull."""
-        size = _HEADER.size + len(data)
-        if self._bytes + size > self.max_bytes:
-            raise DiskFull(f"disk queue is full ({self._bytes} of {self.max_bytes} bytes)")
+        """Write one record; return once it is durable on disk (the disk queue keeps the budget)."""
+        size = record_size(len(data))
         segment = self._active
         assert segment is not None, "open() first"
         if segment.bytes and segment.bytes + size > self.segment_bytes:
@@ -185,8 +182,7 @@ class DiskLog:
         segment.bytes += size
         segment.records += 1
         self._bytes += size
-        self._size.set(self._bytes)
-        record = Record(segment.number, offset, signal, items, len(data))
+        record = Record(self.number, segment.number, offset, signal, items, len(data))
         await self._sync()
         return record
 
@@ -235,9 +231,17 @@ class DiskLog:
         segment.acked += 1
         if segment.sealed and segment.acked >= segment.records:
             self._bytes -= segment.bytes
-            self._size.set(self._bytes)
             self._delete(segment)
             del self._segments[segment.number]
+
+    def reclaim(self) -> bool:
+        """Delete the segment being written to if every record in it has left (a segment is
+        otherwise deleted only once sealed, when full); True if bytes were freed."""
+        segment = self._active
+        if segment is None or not segment.bytes or segment.acked < segment.records:
+            return False
+        self._seal_active()
+        return True
 
     def close(self) -> None:
         if self._fd >= 0:

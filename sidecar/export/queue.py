@@ -5,16 +5,16 @@ exported (waiting and in flight), so memory stays bounded whatever the upstream
 does. Merging is a concatenation: concatenated Export*ServiceRequest messages
 are one valid request (their repeated resource fields append).
 
-With the on-disk queue (:mod:`sidecar.export.disklog`) every request is written
+With the on-disk queue (:mod:`sidecar.export.diskqueue`) every request is written
 durably before it is accepted; what does not fit in memory stays on disk only
 ("spilled") and is read back when its batch is sent, so the memory bound holds
 while the disk holds hours of backlog.
 
 Signals sent to different upstreams are in different lanes (:mod:`sidecar.export.lanes`): each
-lane's batches are handed to its own workers, and each lane has a reserve (half of an even share
-of the capacity) that the others cannot take: a lane may hold what is free less what the other
-lanes' reserves still need, so upstreams that are down cannot take the room of one that is up.
-Beyond that, a lane's requests are refused (or spilled, with the disk queue).
+lane's batches are handed to its own workers, and each lane has a reserve of the capacity that the
+others cannot take (:mod:`sidecar.export.shares`), so upstreams that are down cannot take the room
+of one that is up. Beyond that, a lane's requests are refused (or spilled, with the disk queue,
+which shares its own budget the same way).
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sidecar.export.disklog import DiskFull, DiskLog, Record
+from sidecar.export.disklog import Record
+from sidecar.export.diskqueue import DiskFull, DiskQueue
 from sidecar.export.lanes import Lane, lane_name
+from sidecar.export.shares import Shares
 from sidecar.metrics import SidecarMetrics
 from sidecar.signals import Signal
 
@@ -64,7 +66,7 @@ class ExportQueue:
         batch_bytes: int,
         batch_timeout: float,
         metrics: SidecarMetrics,
-        disk: DiskLog | None = None,
+        disk: DiskQueue | None = None,
         lanes: Sequence[Lane] = (frozenset(Signal),),
     ) -> None:
         """``lanes``: the signals of each upstream (every signal in exactly one)."""
@@ -73,12 +75,14 @@ class ExportQueue:
         self._lane_of = {signal: number for number, lane in enumerate(self.lanes) for signal in lane}
         if set(self._lane_of) != set(Signal) or sum(map(len, self.lanes)) != len(Signal) or not all(self.lanes):
             raise ValueError(f"every signal must be in exactly one lane: {self.lanes}")
-        n = len(self.lanes)
+        if disk is not None and disk.lanes != self.lanes:
+            raise ValueError(f"the disk queue's lanes {disk.lanes} are not the queue's {self.lanes}")
+        self._shares = Shares(capacity_bytes, len(self.lanes))
         #: the bytes kept for each lane that the others cannot take (none with one lane)
-        self.lane_reserve = capacity_bytes // (2 * n) if n > 1 else 0
+        self.lane_reserve = self._shares.reserve
         #: the most one lane may hold in memory (when the others hold nothing)
-        self.lane_capacity = capacity_bytes - (n - 1) * self.lane_reserve
-        self._lane_bytes = [0] * n
+        self.lane_capacity = self._shares.lane_capacity
+        self._lane_bytes = [0] * len(self.lanes)
         self._batch_items = batch_items
         self._batch_bytes = batch_bytes
         self._batch_timeout = batch_timeout
@@ -114,23 +118,12 @@ class ExportQueue:
     def full_message(self, signal: Signal, size: int = 0) -> str:
         """Why ``size`` more bytes of ``signal`` do not fit (0: why the queue refuses early)."""
         lane = self._lane_of[signal]
-        if len(self.lanes) > 1 and self._held_bytes + max(size, 1) <= self.capacity_bytes:
-            # there is room, but it is the other upstreams' reserve
-            return (
-                f"export queue is full for {lane_name(self.lanes[lane])} ({self._lane_bytes[lane]} bytes "
-                f"held for their upstream; {self._kept_for_others(lane)} of the {self.capacity_bytes} "
-                f"kept for the other upstreams, {self._held_bytes} held in all)"
-            )
-        return f"export queue is full ({self._held_bytes} of {self.capacity_bytes} bytes held)"
-
-    def _kept_for_others(self, lane: int) -> int:
-        """What the other lanes' reserves still need: bytes ``lane`` may not take."""
-        reserve = self.lane_reserve
-        return sum(reserve - held for other, held in enumerate(self._lane_bytes) if other != lane and held < reserve)
+        return self._shares.refusal(
+            "export queue", lane_name(self.lanes[lane]), lane, self._lane_bytes, self._held_bytes, size)
 
     def _room(self, lane: int) -> int:
         """Bytes ``lane`` may still take in memory."""
-        return self.capacity_bytes - self._held_bytes - (self._kept_for_others(lane) if self.lane_reserve else 0)
+        return self._shares.room(lane, self._lane_bytes, self._held_bytes)
 
     def _fits(self, lane: int, size: int) -> bool:
         return size <= self._room(lane)

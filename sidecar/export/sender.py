@@ -166,7 +166,7 @@ class Sender:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         for task in done:
-            if task.exception() is not None:
+            if not task.cancelled() and task.exception() is not None:
                 log.error("export worker failed: %r", task.exception())
 
     async def _work(self, upstream: _Upstream) -> None:
@@ -175,21 +175,28 @@ class Sender:
             if batch is None:
                 return
             try:
-                await self._send(batch)
+                left = await self._send(batch)
             except asyncio.CancelledError:
                 if self._queue.durable:
-                    log.warning("%d %s stay in the disk queue for the next start",
-                                batch.items, batch.signal.item_name)
-                    self._queue.done(batch, keep_on_disk=True)
+                    self._keep_for_next_start(batch)
                 else:
                     # the grace period ran out: say so, loudly and in the metrics, never silently
                     last = upstream.last_error or "no answer from the upstream yet"
                     self._fail(batch, ExportError("shutdown", f"last error: {last}", retryable=False), why=_AT_SHUTDOWN)
                     self._queue.done(batch)
                 raise
-            self._queue.done(batch)
+            if left:
+                self._queue.done(batch)
+            else:
+                self._keep_for_next_start(batch)
 
-    async def _send(self, batch: Batch) -> None:
+    def _keep_for_next_start(self, batch: Batch) -> None:
+        log.warning("%d %s stay in the disk queue for the next start", batch.items, batch.signal.item_name)
+        self._queue.done(batch, keep_on_disk=True)
+
+    async def _send(self, batch: Batch) -> bool:
+        """Send the batch, retrying; True once it left (sent, or failed for good), False if the
+        grace period ends first and the disk queue keeps it for the next start."""
         signal = batch.signal.value
         self._metrics.batch_items.labels(signal).observe(batch.items)
         self._metrics.batch_bytes.labels(signal).observe(batch.nbytes)
@@ -214,10 +221,13 @@ class Sender:
                     breaker.success()
                 delay, why = self._next_delay(attempt, exc, started)
                 if delay is None:
-                    if why == _AT_SHUTDOWN:  # counted as what it is: dropped at shutdown, not an upstream answer
+                    if why == _AT_SHUTDOWN:
+                        if self._queue.durable:
+                            return False
+                        # counted as what it is: dropped at shutdown, not an upstream answer
                         exc = ExportError("shutdown", f"last error: {upstream.last_error}", retryable=False)
                     self._fail(batch, exc, why=why)
-                    return
+                    return True
                 self._metrics.export_retries.labels(signal).inc()
                 log.debug("export of %d %s failed (%s), retry in %.2fs", batch.items, signal, exc, delay)
                 await asyncio.sleep(delay)
@@ -229,7 +239,7 @@ class Sender:
                 # an exporter bug must not kill the worker or lose the count
                 log.exception("exporter %s failed unexpectedly", self._exporter.name)
                 self._fail(batch, ExportError("internal", repr(exc), retryable=False), why="on an internal error")
-                return
+                return True
             self._metrics.export_duration.labels(signal).observe(time.monotonic() - t0)
             breaker.success()
             upstream.last_error = ""
@@ -241,7 +251,7 @@ class Sender:
                     "upstream rejected %d of %d %s: %s",
                     result.rejected, batch.items, batch.signal.item_name, result.message,
                 )
-            return
+            return True
 
     def _next_delay(self, attempt: int, exc: ExportError, started: float) -> tuple[float | None, str]:
         """Seconds to wait before the next attempt, or (None, why) to give up."""

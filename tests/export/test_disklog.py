@@ -1,38 +1,36 @@
-"""The on-disk queue's format: durable appends, replay, acknowledgements, corruption handling."""
+"""One log of the on-disk queue: its format, durable appends, replay, acknowledgements, corruption
+handling (the budget and the logs per upstream: test_diskqueue.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from sidecar.export.disklog import DiskFull, DiskLog
+from sidecar.export.disklog import DiskLog
 from sidecar.signals import Signal
 
 
-def open_log(path: Path, **kwargs: int) -> tuple[DiskLog, list, CollectorRegistry]:
-    registry = CollectorRegistry()
-    log = DiskLog(str(path), max_bytes=kwargs.pop("max_bytes", 1 << 20), registry=registry, **kwargs)
-    return log, log.open(), registry
+def open_log(path: Path, **kwargs: int) -> tuple[DiskLog, list]:
+    log = DiskLog(str(path), **kwargs)
+    return log, log.open()
 
 
 async def test_replay_returns_unacknowledged_records_in_order(tmp_path: Path) -> None:
-    log, replay, _ = open_log(tmp_path)
+    log, replay = open_log(tmp_path)
     assert replay == []
     records = [await log.append(Signal.TRACES, i, f"request-{i}".encode()) for i in range(5)]
     log.ack(records[1])
     log.ack(records[3])
     log.close()
-    log, replay, registry = open_log(tmp_path)
+    log, replay = open_log(tmp_path)
     assert [(r.signal, r.items) for r in replay] == [(Signal.TRACES, 0), (Signal.TRACES, 2), (Signal.TRACES, 4)]
     assert [log.read(r) for r in replay] == [b"request-0", b"request-2", b"request-4"]
-    assert registry.get_sample_value("otlp_sidecar_disk_queue_replayed_records_total") == 3
     log.close()
 
 
 async def test_segments_roll_and_are_deleted_when_all_acknowledged(tmp_path: Path) -> None:
-    log, _, _ = open_log(tmp_path, segment_bytes=64 * 1024)
+    log, _ = open_log(tmp_path, segment_bytes=64 * 1024)
     records = [await log.append(Signal.LOGS, 1, b"x" * 20_000) for _ in range(10)]
     assert len(list(tmp_path.glob("segment-*.log"))) >= 3
     for record in records:
@@ -41,22 +39,47 @@ async def test_segments_roll_and_are_deleted_when_all_acknowledged(tmp_path: Pat
     assert len(list(tmp_path.glob("segment-*.log"))) == 1
     assert log.bytes <= 64 * 1024
     log.close()
-    log, replay, _ = open_log(tmp_path)
+    log, replay = open_log(tmp_path)
     assert replay == []
     log.close()
 
 
-async def test_full_disk_queue_refuses(tmp_path: Path) -> None:
-    log, _, _ = open_log(tmp_path, max_bytes=1 << 20)
-    await log.append(Signal.METRICS, 1, b"y" * 900_000)
-    with pytest.raises(DiskFull):
-        await log.append(Signal.METRICS, 1, b"y" * 200_000)
+async def test_a_log_opened_to_drain_starts_no_segment_and_is_empty_once_all_left(tmp_path: Path) -> None:
+    log, _ = open_log(tmp_path)
+    await log.append(Signal.METRICS, 3, b"m" * 100)
+    await log.append(Signal.LOGS, 2, b"l" * 100)
+    log.close()
+    drain = DiskLog(tmp_path, number=4)
+    replay = drain.open(append=False)
+    assert [(r.log, r.signal, r.items) for r in replay] == [(4, Signal.METRICS, 3), (4, Signal.LOGS, 2)]
+    assert len(list(tmp_path.glob("segment-*.log"))) == 1 and not drain.empty
+    for record in replay:
+        drain.ack(record)
+    assert drain.empty and list(tmp_path.iterdir()) == []
+    drain.close()
+
+
+async def test_the_segment_being_written_is_reclaimed_once_all_its_records_left(tmp_path: Path) -> None:
+    """A segment is deleted when sealed (full); a budget smaller than a segment would otherwise
+    never see its bytes come back."""
+    log, _ = open_log(tmp_path)
+    records = [await log.append(Signal.TRACES, 1, b"t" * 1000) for _ in range(3)]
+    assert not log.reclaim()  # records still to leave
+    for record in records[:2]:
+        log.ack(record)
+    assert not log.reclaim() and log.bytes > 3000
+    log.ack(records[2])
+    assert log.reclaim() and log.bytes == 0
+    record = await log.append(Signal.TRACES, 1, b"after")  # a new segment
+    log.close()
+    log, replay = open_log(tmp_path)
+    assert [log.read(r) for r in replay] == [b"after"] and record.segment == replay[0].segment
     log.close()
 
 
 @pytest.mark.parametrize("damage", ["flip_byte", "truncate", "garbage_tail"])
 async def test_corruption_is_counted_and_skipped_never_a_crash(tmp_path: Path, damage: str) -> None:
-    log, _, _ = open_log(tmp_path)
+    log, _ = open_log(tmp_path)
     for i in range(4):
         await log.append(Signal.TRACES, 1, f"payload-{i}".encode() * 10)
     log.close()
@@ -70,8 +93,8 @@ async def test_corruption_is_counted_and_skipped_never_a_crash(tmp_path: Path, d
     else:
         data += b"\x00garbage"
     segment.write_bytes(bytes(data))
-    log, replay, registry = open_log(tmp_path)
+    log, replay = open_log(tmp_path)
     expected = {"flip_byte": 2, "truncate": 3, "garbage_tail": 4}[damage]
     assert [log.read(r) for r in replay] == [f"payload-{i}".encode() * 10 for i in range(expected)]
-    assert registry.get_sample_value("otlp_sidecar_disk_queue_corrupt_records_total") == 1
+    assert log.corrupt == 1
     log.close()

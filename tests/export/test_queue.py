@@ -12,16 +12,25 @@ from pathlib import Path
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-from sidecar.export.disklog import DiskLog
+from sidecar.export.diskqueue import DiskQueue
 from sidecar.export.queue import Batch, ExportQueue, QueueClosed, QueueFull
 from sidecar.metrics import SidecarMetrics
 from sidecar.signals import Signal
 from tests import sdk
 
+ONE_UPSTREAM = (frozenset(Signal),)
+TWO_UPSTREAMS = (frozenset({Signal.TRACES, Signal.METRICS}), frozenset({Signal.LOGS}))
+
+
+def open_disk(path: Path, max_bytes: int = 1 << 20, lanes: tuple[frozenset[Signal], ...] = ONE_UPSTREAM) -> DiskQueue:
+    disk = DiskQueue(str(path), lanes=lanes, max_bytes=max_bytes)
+    disk.open()
+    return disk
+
 
 def make_queue(
     capacity: int = 1 << 20, items: int = 1000, nbytes: int = 1 << 20, timeout: float = 30.0,
-    disk: DiskLog | None = None, lanes: tuple[frozenset[Signal], ...] = (frozenset(Signal),),
+    disk: DiskQueue | None = None, lanes: tuple[frozenset[Signal], ...] = ONE_UPSTREAM,
 ) -> tuple[ExportQueue, SidecarMetrics]:
     metrics = SidecarMetrics()
     queue = ExportQueue(capacity_bytes=capacity, batch_items=items, batch_bytes=nbytes, batch_timeout=timeout,
@@ -177,8 +186,7 @@ async def test_a_worker_waiting_on_an_empty_queue_gets_the_next_batch_or_none_at
 async def test_with_the_disk_queue_what_exceeds_memory_is_spilled_and_read_back_and_nothing_is_lost(
     tmp_path: Path,
 ) -> None:
-    disk = DiskLog(str(tmp_path), max_bytes=1 << 20)
-    disk.open()
+    disk = open_disk(tmp_path)
     queue, _ = make_queue(capacity=1000, items=2, disk=disk)
     assert queue.durable
     bodies = [bytes([65 + n]) * 400 for n in range(6)]  # 2400 bytes: more than the memory capacity
@@ -191,14 +199,13 @@ async def test_with_the_disk_queue_what_exceeds_memory_is_spilled_and_read_back_
     assert queue.held_bytes == 0
     disk.close()
     # every batch was done (acknowledged): nothing is replayed at the next start
-    assert DiskLog(str(tmp_path), max_bytes=1 << 20).open() == []
+    assert DiskQueue(str(tmp_path), lanes=ONE_UPSTREAM, max_bytes=1 << 20).open() == []
 
 
 async def test_with_the_disk_queue_a_full_disk_is_refused_and_unsent_batches_survive_a_restart(
     tmp_path: Path,
 ) -> None:
-    disk = DiskLog(str(tmp_path), max_bytes=4096)
-    disk.open()
+    disk = open_disk(tmp_path, max_bytes=4096)
     queue, _ = make_queue(capacity=1 << 20, items=1, disk=disk)
     await queue.put(Signal.LOGS, b"kept" * 200, 1)
     with pytest.raises(QueueFull):
@@ -211,7 +218,7 @@ async def test_with_the_disk_queue_a_full_disk_is_refused_and_unsent_batches_sur
         held += 1
         queue.done(batch, keep_on_disk=True)
     disk.close()
-    disk = DiskLog(str(tmp_path), max_bytes=4096)
+    disk = DiskQueue(str(tmp_path), lanes=ONE_UPSTREAM, max_bytes=4096)
     replayed = disk.open()
     assert len(replayed) == held and disk.read(replayed[0]) == b"kept" * 200
     restarted, _ = make_queue(items=1, disk=disk)
@@ -220,9 +227,6 @@ async def test_with_the_disk_queue_a_full_disk_is_refused_and_unsent_batches_sur
     assert batches[0][1] == b"kept" * 200
     assert len(batches) == held
     disk.close()
-
-
-TWO_UPSTREAMS = (frozenset({Signal.TRACES, Signal.METRICS}), frozenset({Signal.LOGS}))
 
 
 async def test_each_upstream_takes_only_its_batches_and_cannot_take_the_others_reserve() -> None:
@@ -280,8 +284,7 @@ async def test_upstreams_that_are_down_cannot_take_the_reserve_of_one_that_is_up
 
 
 async def test_with_the_disk_queue_an_upstream_over_its_share_spills_to_disk(tmp_path: Path) -> None:
-    disk = DiskLog(str(tmp_path / "q"), max_bytes=1 << 20)
-    disk.open()
+    disk = open_disk(tmp_path / "q", lanes=TWO_UPSTREAMS)
     queue, _ = make_queue(capacity=1000, items=100, disk=disk, lanes=TWO_UPSTREAMS)
     for _ in range(10):
         await queue.put(Signal.LOGS, b"l" * 100, 1)  # 1000 bytes: 750 in memory, the rest on disk

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,41 @@ async def test_kill_9_with_disk_queue_loses_nothing(tmp_path: Path) -> None:
     finally:
         assert await second.stop() == 0, second.stderr
         await upstream.stop()
+
+
+async def test_sigterm_with_disk_queue_keeps_what_it_could_not_send_for_the_next_start(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """SIGTERM while an export is in flight, then answered 503, and the next retry would come after
+    the grace period: with the disk queue nothing is dropped; the batches stay on disk and leave
+    after the restart."""
+    upstream.default = Answer(http_status=503, grpc_status=Status.UNAVAILABLE, delay=0.5)
+    env = sidecar_env(
+        upstream, "grpc",
+        SIDECAR_EXPORTER_DISK_QUEUE_DIR=str(tmp_path / "queue"),
+        SIDECAR_EXPORTER_RETRY_INITIAL_INTERVAL="10",  # the next try is 5-10 s away: after the grace
+        SIDECAR_EXPORTER_RETRY_MAX_INTERVAL="10",
+        SIDECAR_EXPORTER_CIRCUIT_THRESHOLD="100",
+    )
+    first = SidecarProcess(env)
+    try:
+        app = App((await first.launch([sys.executable, "-m", "sidecar", "run", "--grace", "1"]))["http"])
+        await app.send(4)
+        assert len(app.accepted) == 80
+        async with asyncio.timeout(10):
+            while upstream.attempts == 0:  # the first export is in flight
+                await asyncio.sleep(0.05)
+    finally:
+        assert await first.stop() == 0, first.stderr
+    assert "stay in the disk queue for the next start" in first.stderr, first.stderr
+    assert "dropped" not in first.stderr, first.stderr
+    assert upstream.spans() == []
+
+    upstream.default = Answer()
+    second = SidecarProcess(env)
+    try:
+        await second.start()
+        got = await wait_all_arrived(upstream, app, timeout=30)
+        assert set(got) == app.accepted
+    finally:
+        assert await second.stop() == 0, second.stderr

@@ -9,6 +9,7 @@ variables, exports to two test upstreams; the logs one answers 503 to everything
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -27,9 +28,9 @@ PB = {"Content-Type": "application/x-protobuf"}
 LOGS_PER_REQUEST = 20
 
 
-async def post_logs(port: int) -> tuple[int, str]:
+async def post_logs(port: int, records: int = LOGS_PER_REQUEST) -> tuple[int, str]:
     """One OTLP/HTTP logs request of the SDK's records: (status, body)."""
-    body = encode_logs(sdk.make_logs(LOGS_PER_REQUEST)).SerializeToString()
+    body = encode_logs(sdk.make_logs(records)).SerializeToString()
     async with aiohttp.ClientSession() as session, session.post(
         f"http://127.0.0.1:{port}/v1/logs", data=body, headers=PB
     ) as response:
@@ -101,6 +102,57 @@ async def test_a_logs_backend_down_does_not_hold_up_traces_and_nothing_is_lost(
         "otlp_sidecar_exporter_failed_items_total", {"signal": "logs", "reason": "http_503"}
     ) in (None, 0)
     await wait_ready(admin, lambda b: b["exporter"] == "ok" and b["exporter_circuit"] == "closed")
+
+
+async def test_with_the_disk_queue_a_logs_backend_down_fills_only_the_logs_part_of_the_disk(
+    upstream: Upstream, logs_backend: Upstream, start_sidecar, tmp_path: Path
+) -> None:
+    """With ``exporter.disk_queue_dir`` the logs beyond what memory holds go to disk, in a log of
+    their own: traces go on through more than the whole disk budget while the logs' part is full.
+    The user then sends the logs to the collector too and restarts: the logs held on disk arrive
+    there, and the logs' old directory is removed once drained."""
+    logs_backend.default = Answer(http_status=503)
+    queue_dir = tmp_path / "queue"
+    disk = {
+        "SIDECAR_EXPORTER_DISK_QUEUE_DIR": str(queue_dir),
+        "SIDECAR_EXPORTER_DISK_QUEUE_MAX_BYTES": "1MiB",
+        "SIDECAR_EXPORTER_DISK_QUEUE_SEGMENT_BYTES": "64KiB",
+        "SIDECAR_EXPORTER_QUEUE_MAX_BYTES": "64KiB",
+        "SIDECAR_EXPORTER_BATCH_SIZE": "200",
+    }
+    env = sidecar_env(upstream, "http/protobuf", **disk,
+                      OTEL_EXPORTER_OTLP_LOGS_ENDPOINT=f"http://127.0.0.1:{logs_backend.http_port}/v1/logs")
+    sidecar = await start_sidecar(env)
+    http_port = sidecar.addresses["http"][1]
+
+    accepted_logs, refusal = 0, ""
+    for _ in range(400):
+        status, text = await post_logs(http_port, records=100)
+        if status != 200:
+            assert status == 503, (status, text)
+            refusal = text
+            break
+        accepted_logs += 100
+    assert "disk queue is full for logs" in refusal, refusal
+    logs_dir = queue_dir / "upstream-logs"
+    assert sum(f.stat().st_size for f in logs_dir.glob("segment-*.log")) > (1 << 20) // 2
+
+    app = App(http_port)
+    await app.send(40, spans=100)  # more than the disk budget of spans, written and sent
+    assert app.refused == 0 and len(app.accepted) == 4000
+    await wait_all_arrived(upstream, app, timeout=20.0)
+    traces_dir = queue_dir / "upstream-traces+metrics"
+    assert 1 <= len(list(traces_dir.glob("segment-*.log"))) <= 2  # the sent segments are deleted
+    assert upstream.log_records() == [] and logs_backend.log_records() == []
+    await sidecar.stop(grace=0.5)  # the logs' backend still down: they stay on disk
+
+    # the user sends the logs to the collector too: one upstream, the directory's own log
+    restarted = await start_sidecar(sidecar_env(upstream, "http/protobuf", **disk))
+    await upstream.wait_for(lambda: len(upstream.log_records()) >= accepted_logs, timeout=20.0)
+    assert len(upstream.log_records()) == accepted_logs
+    await wait_ready(restarted.addresses["admin"][1], lambda b: b["exporter"] == "ok")
+    assert not logs_dir.exists() and not traces_dir.exists(), sorted(queue_dir.rglob("*"))
+    assert restarted.metrics.registry.get_sample_value("otlp_sidecar_disk_queue_replayed_records_total") > 0
 
 
 def test_signals_share_a_lane_when_they_share_an_endpoint_and_its_settings() -> None:

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from sidecar import loop_guard, metrickit
 from sidecar.export import metrics as export_metrics
 from sidecar.export.circuit import CircuitBreaker, State
-from sidecar.export.disklog import DiskLog
+from sidecar.export.diskqueue import DiskQueue
 from sidecar.metrickit import Kind, Label, Metric, catalogue
 from sidecar.metrics import SidecarMetrics
 from sidecar.metrics_docs import render_docs
@@ -27,6 +27,7 @@ from sidecar.receivers import grpc as grpc_receiver
 from sidecar.receivers import http as http_receiver
 from sidecar.receivers.contract import LoopDetected
 from sidecar.receivers.metrics import ITEM_REFUSALS, REQUEST_REFUSALS
+from sidecar.signals import Signal
 from sidecar.tls import metrics as tls_metrics
 from sidecar.tls.server import PeerRefused
 from sidecar.webhook.inject import Scope
@@ -47,7 +48,7 @@ def registered(tmp_path: Path) -> dict[str, tuple[str, str, frozenset[str]]]:
     BundleMetrics(registry)
     tls_metrics.TLSMetrics(registry)
     CircuitBreaker(registry=registry)
-    DiskLog(str(tmp_path / "q"), max_bytes=1 << 20, registry=registry)
+    DiskQueue(str(tmp_path / "q"), lanes=(frozenset(Signal),), max_bytes=1 << 20, registry=registry)
     families = {}
     for reg in (registry, WebhookMetrics().registry):
         for family in reg.collect():

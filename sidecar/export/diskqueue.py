@@ -1,0 +1,160 @@
+"""The on-disk queue: a log (:mod:`sidecar.export.disklog`) per upstream, one byte budget.
+
+A segment file is deleted only once every record in it has left, so the signals of an upstream
+that stays down must not share segments with the others: each lane (the signals of one upstream,
+:mod:`sidecar.export.lanes`) writes its own log. With one upstream (the usual case) the log is the
+directory itself, as it always was; with several, each lane's log is a subdirectory named for its
+signals (``upstream-traces+metrics``, ``upstream-logs``).
+
+Logs left by an earlier configuration (segments in the directory itself when there are now
+several upstreams, or a subdirectory whose signals are now grouped otherwise) are replayed and
+drained, never written to: every record carries its signal, so it goes to the lane that signal is
+in now. A drained subdirectory is removed.
+
+The budget (``exporter.disk_queue_max_bytes``) is shared the way the memory queue is
+(:mod:`sidecar.export.shares`): each lane has a reserve the others cannot take, and bytes of the
+logs being drained count against the whole.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from sidecar.export import metrics
+from sidecar.export.disklog import DiskLog, Record, record_size
+from sidecar.export.lanes import Lane, lane_name
+from sidecar.export.shares import Shares
+from sidecar.signals import Signal
+
+log = logging.getLogger(__name__)
+
+LANE_PREFIX = "upstream-"
+
+
+class DiskFull(Exception):
+    """No room on disk for the request under the budget: refuse retryably."""
+
+
+def lane_dir(lane: Lane) -> str:
+    """The subdirectory of a lane's log when there are several upstreams."""
+    return LANE_PREFIX + lane_name(lane)
+
+
+class DiskQueue:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        lanes: Sequence[Lane],
+        max_bytes: int,
+        segment_bytes: int = 16 << 20,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.dir = Path(directory)
+        self.lanes = tuple(lanes)
+        self._lane_of = {signal: number for number, lane in enumerate(self.lanes) for signal in lane}
+        self._shares = Shares(max_bytes, len(self.lanes))
+        self._segment_bytes = segment_bytes
+        #: the lanes' logs (index = lane), then the logs being drained
+        self._logs: list[DiskLog] = []
+        registry = registry or CollectorRegistry()
+        self._size = metrics.DISK_QUEUE_SIZE.gauge(registry)
+        self._corrupt = metrics.DISK_QUEUE_CORRUPT.counter(registry)
+        self._replayed = metrics.DISK_QUEUE_REPLAYED.counter(registry)
+        metrics.DISK_QUEUE_CAPACITY.gauge(registry).set(max_bytes)
+
+    @property
+    def max_bytes(self) -> int:
+        return self._shares.capacity
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of every log's segment files."""
+        return sum(disk_log.bytes for disk_log in self._logs)
+
+    def lane_bytes(self, signal: Signal) -> int:
+        """Bytes of the log of the upstream ``signal`` is sent to."""
+        return self._logs[self._lane_of[signal]].bytes
+
+    # -- start: replay ------------------------------------------------------------------------
+
+    def open(self) -> list[Record]:
+        """Create or scan the logs; return the records still to export: those of earlier
+        configurations' logs first, each log's oldest first."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        several = len(self.lanes) > 1
+        current = [self.dir / lane_dir(lane) for lane in self.lanes] if several else [self.dir]
+        left = sorted(p for p in self.dir.glob(LANE_PREFIX + "*") if p.is_dir() and p not in current)
+        if several and any(self.dir.glob("segment-*.log")):
+            left.insert(0, self.dir)
+        self._logs = [DiskLog(path, segment_bytes=self._segment_bytes, number=n) for n, path in enumerate(current)]
+        drained: list[Record] = []
+        for path in left:
+            disk_log = DiskLog(path, segment_bytes=self._segment_bytes, number=len(self._logs))
+            self._logs.append(disk_log)
+            records = disk_log.open(append=False)
+            if records:
+                log.warning("disk queue: %d records in %s were written for other upstreams than now; "
+                            "sending them to where their signals go now", len(records), path)
+            drained += records
+            self._forget_if_drained(disk_log)
+        pending = drained
+        for disk_log in self._logs[: len(current)]:
+            pending += disk_log.open()
+        self._corrupt.inc(sum(disk_log.corrupt for disk_log in self._logs))
+        self._replayed.inc(len(pending))
+        self._size.set(self.bytes)
+        return pending
+
+    # -- appending, reading, acknowledging ----------------------------------------------------
+
+    async def append(self, signal: Signal, items: int, data: builtins.bytes) -> Record:  # `bytes` is a property here
+        """Write one record to the log of its upstream; return once it is durable. Raises DiskFull
+        when it does not fit in what that upstream may hold."""
+        lane = self._lane_of[signal]
+        size = record_size(len(data))
+        # segments being written to whose records have all left are deleted only when needed
+        if size > self._room(lane) and (
+            not any([disk_log.reclaim() for disk_log in self._logs]) or size > self._room(lane)
+        ):
+            raise DiskFull(self._shares.refusal(
+                "disk queue", lane_name(self.lanes[lane]), lane, self._held(), self.bytes, size))
+        # the bytes are counted before the first await: the check and the count are one step
+        record = await self._logs[lane].append(signal, items, data)
+        self._size.set(self.bytes)
+        return record
+
+    def _held(self) -> list[int]:
+        return [self._logs[lane].bytes for lane in range(len(self.lanes))]
+
+    def _room(self, lane: int) -> int:
+        return self._shares.room(lane, self._held(), self.bytes)
+
+    def read(self, record: Record) -> builtins.bytes:
+        return self._logs[record.log].read(record)
+
+    def ack(self, record: Record) -> None:
+        """The record left the sidecar: its segment is deleted once all of its records have."""
+        disk_log = self._logs[record.log]
+        disk_log.ack(record)
+        if record.log >= len(self.lanes):
+            self._forget_if_drained(disk_log)
+        self._size.set(self.bytes)
+
+    def _forget_if_drained(self, disk_log: DiskLog) -> None:
+        """A log of an earlier configuration with nothing left: close it, remove its directory."""
+        if disk_log.empty:
+            disk_log.close()
+            if disk_log.dir != self.dir:
+                with contextlib.suppress(OSError):
+                    disk_log.dir.rmdir()
+
+    def close(self) -> None:
+        for disk_log in self._logs:
+            disk_log.close()

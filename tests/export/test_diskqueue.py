@@ -1,0 +1,138 @@
+"""The on-disk queue's logs per upstream and its budget (sidecar.export.diskqueue): an upstream
+that stays down fills its part of the disk, not the others'; what an earlier configuration left
+on disk is sent where its signals go now; a budget smaller than a segment still frees its bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sidecar.export.diskqueue import DiskFull, DiskQueue
+from sidecar.export.queue import ExportQueue
+from sidecar.metrics import SidecarMetrics
+from sidecar.signals import Signal
+
+ONE = (frozenset(Signal),)
+TWO = (frozenset({Signal.TRACES, Signal.METRICS}), frozenset({Signal.LOGS}))
+THREE = (frozenset({Signal.TRACES}), frozenset({Signal.METRICS}), frozenset({Signal.LOGS}))
+SEGMENT = 64 * 1024  # the smallest the setting allows
+
+
+def open_queue(path: Path, lanes: tuple[frozenset[Signal], ...], max_bytes: int = 1 << 20,
+               registry: CollectorRegistry | None = None) -> tuple[DiskQueue, list]:
+    disk = DiskQueue(str(path), lanes=lanes, max_bytes=max_bytes, segment_bytes=SEGMENT, registry=registry)
+    return disk, disk.open()
+
+
+def segments(path: Path) -> list[str]:
+    """The segment files under ``path``, as paths relative to it."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("segment-*.log"))
+
+
+async def test_an_upstream_that_stays_down_fills_its_share_of_the_disk_and_the_others_go_on(tmp_path: Path) -> None:
+    """The logs' upstream is down (nothing of the logs leaves) while traces leave as fast as they
+    come: traces are never refused, through many times the budget, and the logs are refused once
+    they hold what they may (3/4 of the budget with two upstreams)."""
+    registry = CollectorRegistry()
+    disk, _ = open_queue(tmp_path, TWO, registry=registry)
+    held_logs, refusal = 0, ""
+    for n in range(400):
+        trace = await disk.append(Signal.TRACES, 1, b"t" * 9000)  # ~9 kB, sent at once
+        disk.ack(trace)
+        if not refusal:
+            try:
+                await disk.append(Signal.LOGS, 1, b"l" * 9000)  # never sent
+                held_logs += 1
+            except DiskFull as exc:
+                refusal = str(exc)
+        assert disk.lane_bytes(Signal.TRACES) <= SEGMENT, n  # only the segment being written
+    assert refusal.startswith("disk queue is full for logs ("), refusal
+    assert "262144 of the 1048576 kept for the other upstreams" in refusal, refusal
+    assert 3 * (1 << 20) // 4 - 9100 < disk.lane_bytes(Signal.LOGS) <= 3 * (1 << 20) // 4
+    assert held_logs == disk.lane_bytes(Signal.LOGS) // 9017
+    # each upstream's log in its own directory; the traces' sent segments are deleted
+    files = segments(tmp_path)
+    assert all(f.startswith(("upstream-logs/", "upstream-traces+metrics/")) for f in files), files
+    assert sum(f.startswith("upstream-traces+metrics/") for f in files) == 1
+    assert registry.get_sample_value("otlp_sidecar_disk_queue_size_bytes") == disk.bytes
+    assert registry.get_sample_value("otlp_sidecar_disk_queue_capacity_bytes") == 1 << 20
+    disk.close()
+
+
+async def test_upstreams_that_are_down_cannot_take_the_disk_reserve_of_one_that_is_up(tmp_path: Path) -> None:
+    disk, _ = open_queue(tmp_path, THREE, max_bytes=1 << 20)
+    for signal in (Signal.TRACES, Signal.METRICS):  # both down: they fill what they may, in turn
+        with pytest.raises(DiskFull, match=f"full for {signal.value}"):
+            for _ in range(200):
+                await disk.append(signal, 1, b"x" * 8000)
+    reserve = (1 << 20) // 6
+    assert disk.bytes >= (1 << 20) - reserve - 8100
+    kept = [await disk.append(Signal.LOGS, 1, b"l" * 8000) for _ in range(reserve // 8017)]
+    with pytest.raises(DiskFull, match="disk queue is full"):
+        await disk.append(Signal.LOGS, 1, b"l" * 8000)
+    assert len(kept) == 21 and disk.lane_bytes(Signal.LOGS) > reserve - 8017  # its reserve, whole
+    disk.close()
+
+
+async def test_what_an_earlier_configuration_left_is_replayed_to_where_its_signals_go_now(tmp_path: Path) -> None:
+    """One upstream, then the logs sent to their own (the directory itself, then a log per upstream),
+    then one upstream again: every record not sent is replayed, once, with its signal; the old
+    logs are written no more and are gone once drained."""
+    disk, _ = open_queue(tmp_path, ONE)
+    for signal in Signal:
+        await disk.append(signal, 2, f"{signal.value}-1".encode())
+    disk.close()
+    assert segments(tmp_path) == ["segment-0000000001.log"]
+
+    registry = CollectorRegistry()
+    disk, replay = open_queue(tmp_path, TWO, registry=registry)
+    assert [(r.signal, disk.read(r)) for r in replay] == [(s, f"{s.value}-1".encode()) for s in Signal]
+    assert registry.get_sample_value("otlp_sidecar_disk_queue_replayed_records_total") == 3
+    assert disk.lane_bytes(Signal.LOGS) == 0 and disk.bytes > 0  # the old log counts in the budget
+    new = await disk.append(Signal.LOGS, 1, b"logs-2")
+    assert segments(tmp_path) == [
+        "segment-0000000001.log", "upstream-logs/segment-0000000001.log",
+        "upstream-traces+metrics/segment-0000000001.log",
+    ]
+    disk.ack(replay[0])  # traces sent; metrics and logs not yet: shutdown
+    disk.close()
+
+    disk, replay = open_queue(tmp_path, TWO)
+    assert [disk.read(r) for r in replay] == [b"metrics-1", b"logs-1", b"logs-2"]
+    for record in replay:
+        disk.ack(record)
+    # the directory's own segment is gone; each upstream's log started a new segment at the start
+    assert segments(tmp_path) == ["upstream-logs/segment-0000000002.log",
+                                  "upstream-traces+metrics/segment-0000000002.log"]
+    await disk.append(Signal.METRICS, 1, b"metrics-3")
+    disk.close()
+    assert new.log == 1
+
+    disk, replay = open_queue(tmp_path, ONE)  # back to one upstream
+    assert [(r.signal, disk.read(r)) for r in replay] == [(Signal.METRICS, b"metrics-3")]
+    disk.ack(replay[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["segment-0000000001.log"]  # the new log only
+    disk.close()
+
+
+async def test_a_budget_smaller_than_a_segment_frees_what_was_sent(tmp_path: Path) -> None:
+    """The smallest budget (1 MiB) under the default segment (16 MiB): the segment being written
+    is never full, and what was sent must still make room."""
+    disk = DiskQueue(str(tmp_path), lanes=ONE, max_bytes=1 << 20)  # segment: the default 16 MiB
+    disk.open()
+    for _ in range(40):  # 4 MiB through a 1 MiB budget
+        disk.ack(await disk.append(Signal.TRACES, 1, b"t" * 100_000))
+    held = [await disk.append(Signal.TRACES, 1, b"t" * 100_000) for _ in range(10)]
+    with pytest.raises(DiskFull, match=r"disk queue is full \(1000170 of 1048576 bytes held\)"):
+        await disk.append(Signal.TRACES, 1, b"t" * 100_000)  # what was not sent is never freed
+    assert len(held) == 10
+    disk.close()
+
+
+def test_the_memory_queue_and_the_disk_queue_have_the_same_upstreams(tmp_path: Path) -> None:
+    disk = DiskQueue(str(tmp_path), lanes=TWO, max_bytes=1 << 20)
+    with pytest.raises(ValueError, match="lanes"):
+        ExportQueue(capacity_bytes=1 << 20, batch_items=10, batch_bytes=1 << 20, batch_timeout=1.0,
+                    metrics=SidecarMetrics(), disk=disk, lanes=ONE)
