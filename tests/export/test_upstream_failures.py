@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -17,14 +16,9 @@ from grpclib.const import Status
 
 from tests.conftest import sidecar_env
 from tests.export.app_client import App, arrived, wait_all_arrived
+from tests.peers.process import free_port
 from tests.processes import SidecarProcess
 from tests.upstream import Answer, Upstream
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])

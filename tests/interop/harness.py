@@ -10,10 +10,8 @@ test sees what the Collector saw. As a client it receives from an SDK and forwar
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -32,6 +30,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from tests import sdk
 from tests.conftest import sidecar_env
 from tests.peers import peer
+from tests.peers.process import free_port, wait_healthy
 from tests.policy.conftest import POLICIES, attrs_of
 from tests.processes import SidecarProcess
 
@@ -44,12 +43,6 @@ VISA, MASTERCARD = "4111 1111 1111 1111", "5555-5555-5555-4444"
 SPAN_ATTRIBUTES = {"note": f"paid with {VISA}", "card.number": MASTERCARD, "order.amount": 2500}
 MASKED = {"note": "paid with **** **** **** 1111", "card.number": "****-****-****-4444"}
 CARD_BYTES = (b"4111 1111 1111 1111", b"4111111111111111", b"5555-5555-5555-4444", b"5555555555554444")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the sidecar --------------------------------------------------------------------------------
@@ -111,23 +104,11 @@ class Collector:
         )
         log.close()
         try:
-            await self._wait_healthy(timeout)
+            await wait_healthy(self.proc, f"http://127.0.0.1:{self.health_port}/", what="otelcol", log=self.log,
+                               timeout=timeout)
         except BaseException:
             await self.stop()
             raise
-
-    async def _wait_healthy(self, timeout: float) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while True:
-                assert self.proc.returncode is None, f"otelcol exited:\n{self.log()}"
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"http://127.0.0.1:{self.health_port}/") as response:
-                        if response.status == 200:
-                            return
-                assert time.monotonic() < deadline, f"otelcol not healthy in {timeout} s:\n{self.log()}"
-                await asyncio.sleep(0.1)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""

@@ -7,20 +7,11 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from tests.peers import peer
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.peers.process import free_port, wait_healthy
 
 
 class Opa:
@@ -28,7 +19,7 @@ class Opa:
 
     def __init__(self, workdir: Path, *paths: Path, port: int = 0) -> None:
         self.paths = paths
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.log_path = workdir / f"opa-{self.port}.log"
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -45,16 +36,8 @@ class Opa:
         )
         log.close()
         try:
-            deadline = time.monotonic() + timeout
-            async with aiohttp.ClientSession() as session:
-                while True:
-                    assert self.proc.returncode is None, self.log_path.read_text()
-                    with contextlib.suppress(aiohttp.ClientError):
-                        async with session.get(f"{self.url}/health") as response:
-                            if response.status == 200:
-                                return
-                    assert time.monotonic() < deadline, f"OPA not healthy in {timeout} s"
-                    await asyncio.sleep(0.05)
+            await wait_healthy(self.proc, f"{self.url}/health", what="OPA", log=self.log_path.read_text,
+                               timeout=timeout)
         except BaseException:
             await self.stop()
             raise
