@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from urllib.parse import urlsplit
 
 from sidecar.configkit import ConfigError, load_section, read_toml, render_markdown, setting
@@ -27,6 +28,32 @@ def _quantity(value: str) -> str | None:
     if value and not _QUANTITY.match(value):
         return f"{value!r} is not a Kubernetes quantity (e.g. 100m, 128Mi)"
     return None
+
+
+_SUFFIX_FACTOR = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    **{unit: 1024 ** (n + 1) for n, unit in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+}
+#: the smallest disk queue volume: the sidecar's disk queue holds at least 1 MiB (90 % of it)
+MIN_DISK_QUEUE_VOLUME = 2 * 1024**2
+
+
+def quantity_bytes(value: str) -> int:
+    """Bytes of a Kubernetes storage quantity (``512Mi``, ``1.5G``), rounded down."""
+    match = _QUANTITY.match(value)
+    if match is None or match.group(3) == "m":
+        raise ValueError(f"{value!r} is not a Kubernetes storage quantity (e.g. 512Mi, 2Gi)")
+    return int(Decimal(match.group(1)) * _SUFFIX_FACTOR[match.group(3) or ""])
+
+
+def _disk_volume(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        size = quantity_bytes(value)
+    except ValueError as exc:
+        return str(exc)
+    return f"{value!r} is too small for a disk queue (at least 2Mi)" if size < MIN_DISK_QUEUE_VOLUME else None
 
 
 #: protocols an app can use towards the sidecar (OTEL_EXPORTER_OTLP_PROTOCOL values)
@@ -198,6 +225,12 @@ class InjectionConfig:
         {},
         "Extra environment variables for the sidecar (e.g. SIDECAR_LOG_LEVEL).",
         kind="map",
+    )
+    disk_queue_size_limit: str = setting(
+        "",
+        "sizeLimit of an emptyDir for the sidecar's on-disk queue (empty: memory only); the sidecar "
+        "may hold 90 % of it (exporter.disk_queue_max_bytes), so the kubelet never evicts the pod for it.",
+        check=_disk_volume,
     )
     cpu_request: str = setting("50m", "Sidecar CPU request.", check=_quantity)
     memory_request: str = setting("64Mi", "Sidecar memory request.", check=_quantity)

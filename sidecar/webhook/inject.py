@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sidecar import __version__
-from sidecar.webhook.config import APP_PROTOCOLS, InjectionConfig, PolicySetConfig, WebhookConfig
+from sidecar.webhook.config import APP_PROTOCOLS, InjectionConfig, PolicySetConfig, WebhookConfig, quantity_bytes
 
 ANNOTATION_INJECT = "otlp-sidecar.io/inject"
 ANNOTATION_POLICY = "otlp-sidecar.io/policy"
@@ -35,6 +35,10 @@ HASH_KEY_DIR = "/etc/otlp-sidecar/hash-key"
 BUNDLE_KEY_DIR = "/etc/otlp-sidecar/bundle-key"
 BUNDLE_TOKEN_DIR = "/etc/otlp-sidecar/bundle-token"
 BUNDLE_CA_DIR = "/etc/otlp-sidecar/bundle-ca"
+DISK_QUEUE_DIR = "/var/lib/otlp-sidecar/queue"
+#: the part of the disk queue's emptyDir the sidecar may fill: the rest is headroom for the
+#: acknowledgement files and the segment being written, so the kubelet never evicts the pod
+DISK_QUEUE_SHARE = 0.9
 
 VOLUME_PODINFO = "otlp-sidecar-podinfo"
 VOLUME_POLICIES = "otlp-sidecar-policies"
@@ -44,6 +48,7 @@ VOLUME_TMP = "otlp-sidecar-tmp"
 VOLUME_BUNDLE_KEY = "otlp-sidecar-bundle-key"
 VOLUME_BUNDLE_TOKEN = "otlp-sidecar-bundle-token"
 VOLUME_BUNDLE_CA = "otlp-sidecar-bundle-ca"
+VOLUME_DISK_QUEUE = "otlp-sidecar-queue"
 
 
 class Scope(enum.Enum):
@@ -365,6 +370,8 @@ def _volumes(policy_set: PolicySetConfig | None, injection: InjectionConfig) -> 
         },
         {"name": VOLUME_TMP, "emptyDir": {"sizeLimit": "64Mi"}},
     ]
+    if injection.disk_queue_size_limit:
+        volumes.append({"name": VOLUME_DISK_QUEUE, "emptyDir": {"sizeLimit": injection.disk_queue_size_limit}})
     if policy_set is not None:
         source: dict[str, Any] = {"name": policy_set.config_map}
         if policy_set.items:
@@ -397,6 +404,8 @@ def sidecar_container(
         {"name": VOLUME_PODINFO, "mountPath": PODINFO_DIR, "readOnly": True},
         {"name": VOLUME_TMP, "mountPath": "/tmp"},
     ]
+    if injection.disk_queue_size_limit:
+        mounts.append({"name": VOLUME_DISK_QUEUE, "mountPath": DISK_QUEUE_DIR})
     if with_policies:
         mounts.append({"name": VOLUME_POLICIES, "mountPath": injection.policy_dir, "readOnly": True})
     if injection.mtls_secret:
@@ -548,6 +557,12 @@ def _sidecar_env(
                 "name": "OTEL_EXPORTER_OTLP_CLIENT_KEY",
                 "value": f"{MTLS_DIR}/{injection.key_secret_key}",
             },
+        ]
+    if injection.disk_queue_size_limit:
+        max_bytes = int(quantity_bytes(injection.disk_queue_size_limit) * DISK_QUEUE_SHARE)
+        env += [
+            {"name": "SIDECAR_EXPORTER_DISK_QUEUE_DIR", "value": DISK_QUEUE_DIR},
+            {"name": "SIDECAR_EXPORTER_DISK_QUEUE_MAX_BYTES", "value": str(max_bytes)},
         ]
     fixed = {item["name"] for item in env}
     env += [{"name": k, "value": v} for k, v in sorted(injection.extra_env.items()) if k not in fixed]

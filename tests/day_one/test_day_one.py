@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import signal
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ import pytest
 import yaml
 from aiohttp import web
 from google.protobuf.json_format import MessageToDict
+from grpclib.const import Status
 
 from sidecar.rewrite import IMPLEMENTATION
 from sidecar.webhook.config import load_webhook_config
@@ -55,7 +57,7 @@ from tests.day_one.kubelet import Cluster, Pending, Process, admitted, prepare
 from tests.helm.checks import leaf_paths, selects, validate_all, webhook_toml
 from tests.helm.conftest import CHART_DIR, REPO, render_chart
 from tests.tls.pki import PKI, make_pki
-from tests.upstream import Upstream
+from tests.upstream import Answer, Upstream
 from tests.webhook.conftest import admission_review, apply, assert_valid_pod, deployment_pod
 
 #: the install line of docs/kubernetes.md: the namespaces where pods are injected get the policies
@@ -157,6 +159,13 @@ CASES: dict[str, Case] = {
         **DOCS_NAMESPACES,
         "upstream": {"endpoint": "http://collector.observability:4318", "protocol": "http/protobuf"},
         "sidecar": {"extraEnv": {"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": f"{LOGS_BACKEND}/v1/logs"}},
+    }),
+    # the export queue on disk, in an emptyDir: the sidecar container is killed (a crash, an OOM
+    # kill) while the upstream is down, and the restarted container sends what the first accepted
+    "disk queue across a container restart": Case({
+        **DOCS_NAMESPACES,
+        "upstream": {"endpoint": "http://collector.observability:4318", "protocol": "http/protobuf"},
+        "sidecar": {"diskQueue": {"enabled": True, "sizeLimit": "256Mi"}},
     }),
     "upstream host:port insecure": Case({
         **DOCS_NAMESPACES, "upstream": {"endpoint": "collector.observability:4317", "insecure": True},
@@ -546,8 +555,15 @@ async def _run(name: str, case: Case, injected: dict[str, Any], objects: Any, pk
             f"the app's endpoint {app_endpoint} is not the sidecar's {protocol} listener")
         local_endpoint = re.sub(r"//[^/]+", f"//127.0.0.1:{by_port[injected_port]}", app_endpoint, count=1)
         corpus = app.corpus_cases() if name == "defaults" else []
+        disk_queue = runtime.env.get("SIDECAR_EXPORTER_DISK_QUEUE_DIR")
+        assert (disk_queue is not None) == case.values.get("sidecar", {}).get("diskQueue", {}).get("enabled", False)
+        if disk_queue is not None:  # the upstream is down while the app sends
+            assert upstream is not None
+            upstream.default = Answer(http_status=503, grpc_status=Status.UNAVAILABLE)
         await asyncio.to_thread(app.send, local_endpoint, protocol, corpus)
 
+        if disk_queue is not None:
+            process = await _container_restart(process, runtime, upstream, disk_queue, sidecar)
         requests = await _output(process, upstream, logs_backend)
         if published is not None:
             await _bundles_live(case, published, ports["admin"])
@@ -605,6 +621,28 @@ async def _run(name: str, case: Case, injected: dict[str, Any], objects: Any, pk
     assert peak < limit, f"peak RSS {peak / 2**20:.0f} MiB over the limit {limit / 2**20:.0f} MiB"
     _PASSED[fingerprint] = name
     _PEAKS[name] = peak
+
+
+async def _container_restart(process: Process, runtime: Any, upstream: Upstream | None, queue: str,
+                             container: dict[str, Any]) -> Process:
+    """The container is killed (SIGKILL: a crash, an OOM kill) while the upstream answers 503; the
+    kubelet starts it again with the same emptyDir, and the upstream comes back."""
+    assert upstream is not None and upstream.received == []
+    assert queue.startswith(str(runtime.root)), queue  # the emptyDir, not the read-only root
+    max_bytes = int(runtime.env["SIDECAR_EXPORTER_DISK_QUEUE_MAX_BYTES"])
+    assert max_bytes == int(0.9 * _bytes(CASES["disk queue across a container restart"].values["sidecar"]
+                                         ["diskQueue"]["sizeLimit"]))
+    async with asyncio.timeout(10):
+        while upstream.attempts == 0:  # what the app sent was accepted and tried
+            await asyncio.sleep(0.05)
+    await process.stop(signal.SIGKILL)
+    assert sum(f.stat().st_size for f in Path(queue).rglob("segment-*.log")) > 0
+    upstream.default = Answer()
+    restarted = Process(runtime)
+    ports = await restarted.start()
+    await _ready(ports["admin"], container, timeout=30.0)
+    assert "disk queue: replaying" in restarted.stderr
+    return restarted
 
 
 async def _bundles_live(case: Case, published: Published, admin: int, timeout: float = 10.0) -> None:

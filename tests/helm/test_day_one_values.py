@@ -135,8 +135,14 @@ def test_the_docs_install_line_and_other_set_values_render(render: Any, tmp_path
         ({"injection": {"pciScopeLabelValue": True}}, lambda data, toml: True),
         ({"upstream": {"endpoint": "collector.observability:4317", "insecure": True}},
          lambda data, toml: 'upstream_endpoint = "collector.observability:4317"' in toml),
+        # `--set sidecar.diskQueue.enabled=true`, with the default size or a size in bytes (an integer)
+        ({"sidecar": {"diskQueue": {"enabled": True}}}, lambda data, toml: 'disk_queue_size_limit = "1Gi"' in toml),
+        ({"sidecar": {"diskQueue": {"enabled": True, "sizeLimit": 500000000}}},
+         lambda data, toml: 'disk_queue_size_limit = "500000000"' in toml),
+        ({"sidecar": {"diskQueue": {"sizeLimit": "2Gi"}}}, lambda data, toml: 'disk_queue_size_limit = ""' in toml),
     ],
-    ids=["ratio-string", "ratio-one-string", "ratio-zero", "label-value-bool", "endpoint-host-port"],
+    ids=["ratio-string", "ratio-one-string", "ratio-zero", "label-value-bool", "endpoint-host-port",
+         "disk-queue-default-size", "disk-queue-bytes", "disk-queue-off"],
 )
 def test_values_as_helm_set_gives_them_pass_the_schema(render: Any, values: dict[str, Any], check: Any) -> None:
     objects = render(values)
@@ -153,6 +159,8 @@ def test_values_as_helm_set_gives_them_pass_the_schema(render: Any, values: dict
         ({"sampling": {"ratio": "1.5"}}, "at '/sampling/ratio'"),
         ({"upstream": {"endpoint": "ftp://collector:21"}}, "at '/upstream/endpoint'"),
         ({"injection": {"appProtocol": "thrift"}}, "at '/injection/appProtocol'"),
+        ({"sidecar": {"diskQueue": {"enabled": True, "sizeLimit": "lots"}}}, "at '/sidecar/diskQueue/sizeLimit'"),
+        ({"sidecar": {"diskQueue": {"enabled": "yes"}}}, "at '/sidecar/diskQueue/enabled'"),
     ],
 )
 def test_wrong_set_values_are_still_refused(chart: helm_python.Chart, values: dict[str, Any], message: str) -> None:

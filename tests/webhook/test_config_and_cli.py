@@ -39,6 +39,14 @@ def test_environment_overrides_a_key(config_file: Path) -> None:
         ("[sidecar]\n", "sidecar: unknown section"),
         ('[injection]\ncpu_request = "lots"\n', "injection.cpu_request: 'lots' is not a Kubernetes quantity"),
         (
+            '[injection]\ndisk_queue_size_limit = "500m"\n',
+            "injection.disk_queue_size_limit: '500m' is not a Kubernetes storage quantity",
+        ),
+        (
+            '[injection]\ndisk_queue_size_limit = "1Mi"\n',
+            "injection.disk_queue_size_limit: '1Mi' is too small for a disk queue (at least 2Mi)",
+        ),
+        (
             '[injection]\ntenant_label = "a"\ntenant_annotation = "b"\n',
             "injection.tenant_annotation: set tenant_label or tenant_annotation, not both",
         ),

@@ -113,6 +113,27 @@ def test_volumes_restore_the_policy_tree_and_mount_the_secrets(config: WebhookCo
     assert mounts["/tmp"]["name"] == "otlp-sidecar-tmp"
 
 
+@pytest.mark.parametrize(("limit", "max_bytes"), [("1Gi", 966367641), ("1.5G", 1350000000), ("2Mi", 1887436)])
+def test_the_disk_queue_is_an_empty_dir_the_sidecar_fills_to_90_percent(
+    config: WebhookConfig, limit: str, max_bytes: int
+) -> None:
+    injection = dataclasses.replace(config.injection, disk_queue_size_limit=limit)
+    pod = deployment_pod(**{"otlp-sidecar.io/inject": "true"})
+    result = inject(pod, dataclasses.replace(config, injection=injection))
+    volumes = {v["name"]: v for v in result["spec"]["volumes"]}
+    assert volumes["otlp-sidecar-queue"] == {"name": "otlp-sidecar-queue", "emptyDir": {"sizeLimit": limit}}
+    mounts = {m["mountPath"]: m for m in sidecar_of(result)["volumeMounts"]}
+    assert mounts["/var/lib/otlp-sidecar/queue"] == {"name": "otlp-sidecar-queue",
+                                                      "mountPath": "/var/lib/otlp-sidecar/queue"}
+    env = env_of(sidecar_of(result))
+    assert env["SIDECAR_EXPORTER_DISK_QUEUE_DIR"] == "/var/lib/otlp-sidecar/queue"
+    assert env["SIDECAR_EXPORTER_DISK_QUEUE_MAX_BYTES"] == str(max_bytes)
+    # without it: memory only, no volume
+    plain = inject(deployment_pod(**{"otlp-sidecar.io/inject": "true"}), config)
+    assert "otlp-sidecar-queue" not in {v["name"] for v in plain["spec"]["volumes"]}
+    assert "SIDECAR_EXPORTER_DISK_QUEUE_DIR" not in env_of(sidecar_of(plain))
+
+
 def test_existing_env_is_kept_and_a_set_endpoint_is_not_overridden(config: WebhookConfig) -> None:
     pod = deployment_pod(**{"otlp-sidecar.io/inject": "true"})
     pod["spec"]["containers"] = [
