@@ -88,6 +88,7 @@ class DiskLog:
         self._syncing = False
         #: records found damaged by open() (the rest of their segment is skipped)
         self.corrupt = 0
+        self._ack_failed = False
 
     @property
     def bytes(self) -> int:
@@ -107,6 +108,11 @@ class DiskLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         pending: list[Record] = []
         numbers = sorted(int(p.stem.split("-")[1]) for p in self.dir.glob("segment-*.log"))
+        for acks in self.dir.glob("segment-*.acks"):
+            if not acks.with_suffix(".log").exists():
+                # left by a crash in the middle of a delete: its segment number must not be
+                # reused beside it, or the new segment's records would read as sent
+                acks.unlink()
         for number in numbers:
             segment = _Segment(number, self._path(number))
             segment.sealed = True
@@ -226,8 +232,14 @@ class DiskLog:
         segment = self._segments.get(record.segment)
         if segment is None:
             return
-        with open(segment.acks_path, "ab") as handle:
-            handle.write(_ACK.pack(record.offset))
+        try:
+            with open(segment.acks_path, "ab") as handle:
+                handle.write(_ACK.pack(record.offset))
+        except OSError as exc:  # a full disk, its directory removed under us: sent again after a restart
+            if not self._ack_failed:
+                log.error("disk queue: cannot write acknowledgements in %s (%s): records sent may be sent "
+                          "again after a restart", self.dir, exc.strerror)
+            self._ack_failed = True
         segment.acked += 1
         if segment.sealed and segment.acked >= segment.records:
             self._bytes -= segment.bytes
@@ -258,6 +270,8 @@ class DiskLog:
 
     def _roll(self, number: int) -> None:
         segment = _Segment(number, self._path(number))
+        with contextlib.suppress(FileNotFoundError):
+            segment.acks_path.unlink()  # a new segment has no record sent yet
         self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._segments[number] = segment
         self._active = segment
@@ -265,10 +279,12 @@ class DiskLog:
     def _seal_active(self) -> None:
         segment = self._active
         assert segment is not None
-        os.fdatasync(self._fd)
+        sent = segment.acked >= segment.records
+        if not sent:  # a segment whose records all left is deleted now: no need to make it durable
+            os.fdatasync(self._fd)
         os.close(self._fd)
         segment.sealed = True
-        if segment.acked >= segment.records:
+        if sent:
             self._bytes -= segment.bytes
             self._delete(segment)
             del self._segments[segment.number]
@@ -278,6 +294,8 @@ class DiskLog:
         fd = self._read_fds.pop(segment.number, None)
         if fd is not None:
             os.close(fd)
-        for path in (segment.path, segment.acks_path):
+        # the acknowledgements first: a crash between the two then means records sent again (at
+        # least once), never records read as sent
+        for path in (segment.acks_path, segment.path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
+import fcntl
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +38,9 @@ from sidecar.signals import Signal
 log = logging.getLogger(__name__)
 
 LANE_PREFIX = "upstream-"
+#: held (flock) by the process using the directory: a second one would delete segments the first
+#: is still writing to
+LOCK_FILE = "lock"
 
 
 class DiskFull(Exception):
@@ -63,6 +69,10 @@ class DiskQueue:
         self._segment_bytes = segment_bytes
         #: the lanes' logs (index = lane), then the logs being drained
         self._logs: list[DiskLog] = []
+        #: bytes of each lane's records not yet sent in the logs being drained: charged to the lane
+        #: (an upstream still down holds its old records too, not the upstream that is up)
+        self._earlier = [0] * len(self.lanes)
+        self._lock = -1
         registry = registry or CollectorRegistry()
         self._size = metrics.DISK_QUEUE_SIZE.gauge(registry)
         self._corrupt = metrics.DISK_QUEUE_CORRUPT.counter(registry)
@@ -79,8 +89,9 @@ class DiskQueue:
         return sum(disk_log.bytes for disk_log in self._logs)
 
     def lane_bytes(self, signal: Signal) -> int:
-        """Bytes of the log of the upstream ``signal`` is sent to."""
-        return self._logs[self._lane_of[signal]].bytes
+        """Bytes held for the upstream ``signal`` is sent to: its log, and its records not yet sent
+        in logs of an earlier grouping."""
+        return self._held()[self._lane_of[signal]]
 
     # -- start: replay ------------------------------------------------------------------------
 
@@ -88,6 +99,7 @@ class DiskQueue:
         """Create or scan the logs; return the records still to export: those of earlier
         configurations' logs first, each log's oldest first."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
         several = len(self.lanes) > 1
         current = [self.dir / lane_dir(lane) for lane in self.lanes] if several else [self.dir]
         left = sorted(p for p in self.dir.glob(LANE_PREFIX + "*") if p.is_dir() and p not in current)
@@ -103,6 +115,8 @@ class DiskQueue:
                 log.warning("disk queue: %d records in %s were written for other upstreams than now; "
                             "sending them to where their signals go now", len(records), path)
             drained += records
+            for record in records:
+                self._earlier[self._lane_of[record.signal]] += record_size(record.length)
             self._forget_if_drained(disk_log)
         pending = drained
         for disk_log in self._logs[: len(current)]:
@@ -119,19 +133,32 @@ class DiskQueue:
         when it does not fit in what that upstream may hold."""
         lane = self._lane_of[signal]
         size = record_size(len(data))
-        # segments being written to whose records have all left are deleted only when needed
-        if size > self._room(lane) and (
-            not any([disk_log.reclaim() for disk_log in self._logs]) or size > self._room(lane)
-        ):
-            raise DiskFull(self._shares.refusal(
-                "disk queue", lane_name(self.lanes[lane]), lane, self._held(), self.bytes, size))
+        if size > self._room(lane) and (not self._reclaim(lane) or size > self._room(lane)):
+            message = self._shares.refusal(
+                "disk queue", lane_name(self.lanes[lane]), lane, self._held(), self.bytes, size)
+            if earlier := sum(disk_log.bytes for disk_log in self._logs[len(self.lanes):]):
+                message += (f"; {earlier} bytes of it were written when the upstreams were grouped "
+                            "otherwise, and leave as their upstreams take them")
+            raise DiskFull(message)
         # the bytes are counted before the first await: the check and the count are one step
         record = await self._logs[lane].append(signal, items, data)
         self._size.set(self.bytes)
         return record
 
+    def _reclaim(self, lane: int) -> bool:
+        """Delete segments being written to whose records have all left, where that makes room for
+        ``lane``: its own, and those of lanes over their reserve (freeing a lane's bytes under its
+        reserve only moves them to what is kept for it). True if bytes were freed."""
+        held = self._held()
+        freed = [
+            self._logs[other].reclaim()
+            for other in range(len(self.lanes))
+            if other == lane or held[other] > self._shares.reserve
+        ]
+        return any(freed)
+
     def _held(self) -> list[int]:
-        return [self._logs[lane].bytes for lane in range(len(self.lanes))]
+        return [self._logs[lane].bytes + self._earlier[lane] for lane in range(len(self.lanes))]
 
     def _room(self, lane: int) -> int:
         return self._shares.room(lane, self._held(), self.bytes)
@@ -144,6 +171,7 @@ class DiskQueue:
         disk_log = self._logs[record.log]
         disk_log.ack(record)
         if record.log >= len(self.lanes):
+            self._earlier[self._lane_of[record.signal]] -= record_size(record.length)
             self._forget_if_drained(disk_log)
         self._size.set(self.bytes)
 
@@ -155,6 +183,18 @@ class DiskQueue:
                 with contextlib.suppress(OSError):
                     disk_log.dir.rmdir()
 
+    def _take_lock(self) -> None:
+        fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OSError(errno.EBUSY, "in use by another sidecar process (it holds the directory's lock)") from None
+        self._lock = fd
+
     def close(self) -> None:
         for disk_log in self._logs:
             disk_log.close()
+        if self._lock >= 0:
+            os.close(self._lock)  # releases the lock
+            self._lock = -1

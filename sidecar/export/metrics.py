@@ -54,7 +54,8 @@ FAILED_ITEMS = declare(
             "reason", COMMON_FAILURES + PROTOCOL_FAILURES["http/protobuf"] + PROTOCOL_FAILURES["grpc"],
             closed=False, every=False,
             description="unavailable, timeout, shutdown; the final answer (`http_<status>`, `grpc_<code>`); "
-            "`tls_<reason>` for a failed handshake. The exporter's own protocol's answers are at zero "
+            "`tls_<reason>` for a failed handshake; `disk_read` for a request the disk queue cannot read "
+            "back; `internal` for an exporter bug. The exporter's own protocol's answers are at zero "
             "from the start; others appear at their first use",
         ),
     ),

@@ -200,7 +200,12 @@ class Sender:
         signal = batch.signal.value
         self._metrics.batch_items.labels(signal).observe(batch.items)
         self._metrics.batch_bytes.labels(signal).observe(batch.nbytes)
-        data = self._queue.parts(batch)
+        try:
+            data = self._queue.parts(batch)
+        except OSError as exc:  # a spilled request the disk cannot give back: counted, never a dead worker
+            error = ExportError("disk_read", f"cannot read the disk queue: {exc}", retryable=False)
+            self._fail(batch, error, why="unreadable in the disk queue")
+            return True
         upstream = self._upstream_of[batch.signal]
         breaker = upstream.breaker
         started = time.monotonic()

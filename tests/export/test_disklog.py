@@ -3,12 +3,17 @@ handling (the budget and the logs per upstream: test_diskqueue.py)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from sidecar.export.disklog import DiskLog
 from sidecar.signals import Signal
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def open_log(path: Path, **kwargs: int) -> tuple[DiskLog, list]:
@@ -97,4 +102,59 @@ async def test_corruption_is_counted_and_skipped_never_a_crash(tmp_path: Path, d
     expected = {"flip_byte": 2, "truncate": 3, "garbage_tail": 4}[damage]
     assert [log.read(r) for r in replay] == [f"payload-{i}".encode() * 10 for i in range(expected)]
     assert log.corrupt == 1
+    log.close()
+
+
+KILLED_WHILE_DELETING = r"""
+import asyncio, os, signal, sys
+from pathlib import Path
+from sidecar.export.disklog import DiskLog
+from sidecar.signals import Signal
+
+unlink = Path.unlink
+deleted = []
+def killed(self, *args, **kwargs):
+    if deleted:
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 between the segment's two files
+    deleted.append(self)
+    return unlink(self, *args, **kwargs)
+
+async def main(directory):
+    log = DiskLog(directory)
+    log.open()
+    record = await log.append(Signal.TRACES, 1, b"sent")
+    log.ack(record)
+    Path.unlink = killed
+    log.reclaim()  # every record left: the segment being written is deleted
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_a_kill_while_a_segment_is_deleted_never_makes_later_records_read_as_sent(tmp_path: Path) -> None:
+    """kill -9 between the two files of a segment's delete, then two starts: the records accepted
+    after the first are all replayed at the second (at worst the sent one again, never fewer)."""
+    child = subprocess.run([sys.executable, "-c", KILLED_WHILE_DELETING, str(tmp_path)], cwd=REPO, check=False)
+    assert child.returncode == -signal.SIGKILL
+    log, replay = open_log(tmp_path)
+    accepted = [await log.append(Signal.LOGS, 1, f"log-{n}".encode()) for n in range(3)]
+    log.close()
+    log, replay = open_log(tmp_path)
+    assert [log.read(r) for r in replay][-3:] == [b"log-0", b"log-1", b"log-2"] and len(accepted) == 3
+    log.close()
+
+
+async def test_acknowledgements_left_without_their_segment_are_removed_at_start(tmp_path: Path) -> None:
+    """An older version deleted a segment's records before its acknowledgements: a crash between
+    the two left them, and the next segment of that number read its records as sent."""
+    log, _ = open_log(tmp_path)
+    log.ack(await log.append(Signal.TRACES, 1, b"sent"))
+    log.close()
+    (tmp_path / "segment-0000000001.log").unlink()  # the crash, the old way round
+    log, replay = open_log(tmp_path)
+    assert replay == [] and not (tmp_path / "segment-0000000001.acks").exists()
+    await log.append(Signal.TRACES, 1, b"accepted after")
+    log.close()
+    log, replay = open_log(tmp_path)
+    assert [log.read(r) for r in replay] == [b"accepted after"]
     log.close()

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from sidecar.configkit import ConfigError
 from sidecar.export.diskqueue import DiskFull, DiskQueue
 from sidecar.export.queue import ExportQueue
 from sidecar.metrics import SidecarMetrics
 from sidecar.signals import Signal
+from tests.conftest import sidecar_env
 
 ONE = (frozenset(Signal),)
 TWO = (frozenset({Signal.TRACES, Signal.METRICS}), frozenset({Signal.LOGS}))
@@ -37,7 +39,7 @@ async def test_an_upstream_that_stays_down_fills_its_share_of_the_disk_and_the_o
     they hold what they may (3/4 of the budget with two upstreams)."""
     registry = CollectorRegistry()
     disk, _ = open_queue(tmp_path, TWO, registry=registry)
-    held_logs, refusal = 0, ""
+    held_logs, refusal, traces_held = 0, "", 0
     for n in range(400):
         trace = await disk.append(Signal.TRACES, 1, b"t" * 9000)  # ~9 kB, sent at once
         disk.ack(trace)
@@ -46,10 +48,11 @@ async def test_an_upstream_that_stays_down_fills_its_share_of_the_disk_and_the_o
                 await disk.append(Signal.LOGS, 1, b"l" * 9000)  # never sent
                 held_logs += 1
             except DiskFull as exc:
-                refusal = str(exc)
+                refusal, traces_held = str(exc), disk.lane_bytes(Signal.TRACES)
         assert disk.lane_bytes(Signal.TRACES) <= SEGMENT, n  # only the segment being written
     assert refusal.startswith("disk queue is full for logs ("), refusal
-    assert "262144 of the 1048576 kept for the other upstreams" in refusal, refusal
+    # what the traces' reserve still needs: their segment being written holds what was sent in it
+    assert f"{(1 << 20) // 4 - traces_held} of the 1048576 kept for the other upstreams" in refusal, refusal
     assert 3 * (1 << 20) // 4 - 9100 < disk.lane_bytes(Signal.LOGS) <= 3 * (1 << 20) // 4
     assert held_logs == disk.lane_bytes(Signal.LOGS) // 9017
     # each upstream's log in its own directory; the traces' sent segments are deleted
@@ -90,7 +93,9 @@ async def test_what_an_earlier_configuration_left_is_replayed_to_where_its_signa
     disk, replay = open_queue(tmp_path, TWO, registry=registry)
     assert [(r.signal, disk.read(r)) for r in replay] == [(s, f"{s.value}-1".encode()) for s in Signal]
     assert registry.get_sample_value("otlp_sidecar_disk_queue_replayed_records_total") == 3
-    assert disk.lane_bytes(Signal.LOGS) == 0 and disk.bytes > 0  # the old log counts in the budget
+    # the old log counts in the budget, its records in their upstreams' parts
+    assert disk.lane_bytes(Signal.LOGS) == 17 + len(b"logs-1")
+    assert disk.bytes == 3 * 17 + len(b"traces-1metrics-1logs-1")
     new = await disk.append(Signal.LOGS, 1, b"logs-2")
     assert segments(tmp_path) == [
         "segment-0000000001.log", "upstream-logs/segment-0000000001.log",
@@ -113,7 +118,7 @@ async def test_what_an_earlier_configuration_left_is_replayed_to_where_its_signa
     disk, replay = open_queue(tmp_path, ONE)  # back to one upstream
     assert [(r.signal, disk.read(r)) for r in replay] == [(Signal.METRICS, b"metrics-3")]
     disk.ack(replay[0])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["segment-0000000001.log"]  # the new log only
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lock", "segment-0000000001.log"]  # the new log only
     disk.close()
 
 
@@ -136,3 +141,61 @@ def test_the_memory_queue_and_the_disk_queue_have_the_same_upstreams(tmp_path: P
     with pytest.raises(ValueError, match="lanes"):
         ExportQueue(capacity_bytes=1 << 20, batch_items=10, batch_bytes=1 << 20, batch_timeout=1.0,
                     metrics=SidecarMetrics(), disk=disk, lanes=ONE)
+
+
+async def test_a_refused_upstream_does_not_rotate_the_others_segments(tmp_path: Path) -> None:
+    """Deleting another upstream's segment being written (all of it sent) cannot make room for one
+    refused for its own share: each refusal must not seal, sync and recreate it."""
+    disk, _ = open_queue(tmp_path, TWO)
+    with pytest.raises(DiskFull):
+        for _ in range(1000):
+            await disk.append(Signal.LOGS, 1, b"l" * 9000)  # the logs' upstream is down
+    first = await disk.append(Signal.TRACES, 1, b"t" * 100)
+    disk.ack(first)
+    for _ in range(50):
+        with pytest.raises(DiskFull, match="full for logs"):
+            await disk.append(Signal.LOGS, 1, b"l" * 9000)
+        last = await disk.append(Signal.TRACES, 1, b"t" * 100)
+        disk.ack(last)
+    assert last.segment == first.segment
+    disk.close()
+
+
+async def test_one_process_at_a_time_uses_the_directory(tmp_path: Path) -> None:
+    """A second sidecar on the same directory (a volume two pods share) would delete segments the
+    first is still writing to: it is refused until the first has closed."""
+    first, _ = open_queue(tmp_path, ONE)
+    second = DiskQueue(str(tmp_path), lanes=ONE, max_bytes=1 << 20)
+    with pytest.raises(OSError, match="in use by another sidecar process"):
+        second.open()
+    accepted = await first.append(Signal.TRACES, 1, b"accepted by the first")
+    first.close()
+    assert [second.read(r) for r in second.open()] == [b"accepted by the first"] and accepted
+    second.close()
+
+
+async def test_records_of_an_earlier_grouping_count_until_they_leave_and_the_refusal_says_so(tmp_path: Path) -> None:
+    """One upstream whose logs could not be sent filled the disk; the logs then get an upstream of
+    their own. The old log is not anyone's share: until its records leave, the budget is what
+    holds, and the refusal says why."""
+    disk, _ = open_queue(tmp_path, ONE)
+    with pytest.raises(DiskFull):
+        for _ in range(200):
+            await disk.append(Signal.LOGS, 1, b"l" * 9000)
+    disk.close()
+    disk, replay = open_queue(tmp_path, TWO)
+    with pytest.raises(DiskFull, match="bytes of it were written when the upstreams were grouped otherwise"):
+        await disk.append(Signal.TRACES, 1, b"t" * 9000)
+    for record in replay[:10]:  # the logs' new upstream takes some
+        disk.ack(record)
+    await disk.append(Signal.TRACES, 1, b"t" * 9000)
+    disk.close()
+
+
+async def test_a_second_sidecar_on_the_directory_refuses_to_start_and_says_why(
+    upstream, start_sidecar, tmp_path: Path
+) -> None:
+    env = sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_DISK_QUEUE_DIR=str(tmp_path / "queue"))
+    await start_sidecar(env)
+    with pytest.raises(ConfigError, match=r"exporter.disk_queue_dir: cannot use .*queue: in use by another sidecar"):
+        await start_sidecar(env)

@@ -7,10 +7,12 @@ counts what the grace period could not. Every batch ends in the metrics, sent or
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from grpclib.const import Status
@@ -18,6 +20,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from sidecar.config import load
 from sidecar.export.circuit import State
+from sidecar.export.diskqueue import DiskQueue
 from sidecar.export.grpc import GrpcExporter
 from sidecar.export.http import HttpExporter
 from sidecar.export.queue import ExportQueue
@@ -61,15 +64,17 @@ def failing(http_status: int = 503, grpc_status: Status = Status.UNAVAILABLE, **
 
 
 @asynccontextmanager
-async def sending(upstream: Upstream, protocol: str = "http/protobuf", **settings: str) -> AsyncIterator[Sending]:
-    """A queue (a batch per request), the exporter the sidecar would build for ``protocol`` and a
-    started Sender; drained (1 s grace) and stopped at the end."""
+async def sending(
+    upstream: Upstream, protocol: str = "http/protobuf", disk: DiskQueue | None = None, **settings: str
+) -> AsyncIterator[Sending]:
+    """A queue (a batch per request; with ``disk``, the disk queue), the exporter the sidecar would
+    build for ``protocol`` and a started Sender; drained (1 s grace) and stopped at the end."""
     defaults = {"SIDECAR_EXPORTER_RETRY_INITIAL_INTERVAL": "0.05", "SIDECAR_EXPORTER_RETRY_MAX_INTERVAL": "0.1",
                 "SIDECAR_EXPORTER_CIRCUIT_THRESHOLD": "100"}
     config = load(None, env=sidecar_env(upstream, protocol, **{**defaults, **settings})).exporter
     metrics = SidecarMetrics()
     queue = ExportQueue(capacity_bytes=1 << 20, batch_items=1, batch_bytes=1 << 20, batch_timeout=0.01,
-                        metrics=metrics)
+                        metrics=metrics, disk=disk)
     exporter: Exporter = GrpcExporter(config) if protocol == "grpc" else HttpExporter(config)
     await exporter.start()
     sender = Sender(queue, exporter, config, metrics)
@@ -192,3 +197,27 @@ async def test_drain_counts_what_the_grace_period_could_not_deliver(upstream) ->
         assert s.failed("shutdown") == SPANS  # never silently: counted under its own reason
         assert "at shutdown" in s.sender.last_drop
         assert s.sent() == 0
+
+
+async def test_a_request_the_disk_queue_cannot_read_back_is_counted_and_the_worker_goes_on(
+    upstream, tmp_path: Path
+) -> None:
+    """A spilled request whose file is gone (removed under the sidecar, or a disk error) is counted
+    as failed (`disk_read`); the worker does not die with it, and what comes next is sent."""
+    lanes = (frozenset({Signal.TRACES, Signal.METRICS}), frozenset({Signal.LOGS}))
+    earlier = DiskQueue(str(tmp_path), lanes=lanes, max_bytes=1 << 20)
+    earlier.open()
+    await earlier.append(Signal.TRACES, SPANS, BODY)
+    earlier.close()
+    disk = DiskQueue(str(tmp_path), lanes=(frozenset(Signal),), max_bytes=1 << 20)
+    replay = disk.open()  # the earlier configuration's log is drained
+    shutil.rmtree(tmp_path / "upstream-traces+metrics")
+    try:
+        async with sending(upstream, disk=disk, SIDECAR_EXPORTER_CONCURRENCY="1") as s:
+            s.queue.restore(replay)
+            await s.until(lambda: s.failed("disk_read") == SPANS)
+            assert "unreadable in the disk queue" in s.sender.last_drop
+            await s.queue.put(Signal.TRACES, BODY, SPANS)  # the one worker is still there
+            await upstream.wait_for(lambda: len(upstream.spans()) == SPANS)
+    finally:
+        disk.close()
