@@ -12,8 +12,9 @@ drained, never written to: every record carries its signal, so it goes to the la
 in now. A drained subdirectory is removed.
 
 The budget (``exporter.disk_queue_max_bytes``) is shared the way the memory queue is
-(:mod:`sidecar.export.shares`): each lane has a reserve the others cannot take, and bytes of the
-logs being drained count against the whole.
+(:mod:`sidecar.export.shares`): each lane has a reserve the others cannot take; the records of
+the logs being drained count in the part of the lane they go to now, and their files against the
+whole. Only one process at a time uses the directory (a lock file).
 """
 
 from __future__ import annotations
@@ -78,10 +79,6 @@ class DiskQueue:
         self._corrupt = metrics.DISK_QUEUE_CORRUPT.counter(registry)
         self._replayed = metrics.DISK_QUEUE_REPLAYED.counter(registry)
         metrics.DISK_QUEUE_CAPACITY.gauge(registry).set(max_bytes)
-
-    @property
-    def max_bytes(self) -> int:
-        return self._shares.capacity
 
     @property
     def bytes(self) -> int:
