@@ -36,8 +36,9 @@ BUNDLE_KEY_DIR = "/etc/otlp-sidecar/bundle-key"
 BUNDLE_TOKEN_DIR = "/etc/otlp-sidecar/bundle-token"
 BUNDLE_CA_DIR = "/etc/otlp-sidecar/bundle-ca"
 DISK_QUEUE_DIR = "/var/lib/otlp-sidecar/queue"
-#: the part of the disk queue's emptyDir the sidecar may fill: the rest is headroom for the
-#: acknowledgement files and the segment being written, so the kubelet never evicts the pod
+#: the part of the disk queue's emptyDir the sidecar may fill: the rest is headroom for what the
+#: budget does not count (acknowledgement files, the lock, the filesystem's own blocks), so the
+#: kubelet never evicts the pod
 DISK_QUEUE_SHARE = 0.9
 
 VOLUME_PODINFO = "otlp-sidecar-podinfo"
