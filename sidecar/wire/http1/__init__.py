@@ -57,7 +57,7 @@ a head, its fields and framing, chunk lines), ``buffers`` (buffer sizes, the poo
 
 from __future__ import annotations
 
-from sidecar.wire.http1.buffers import BufferPool
+from sidecar.wire.buffer_pool import BufferPool
 from sidecar.wire.http1.connection import _BODY, _CHUNKED, _HEAD, _IDLE, _Connection
 from sidecar.wire.http1.messages import (
     Check,

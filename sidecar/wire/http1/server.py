@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from sidecar.overload.budget import MemoryBudget
 from sidecar.overload.reasons import Action
-from sidecar.wire.http1.buffers import BufferPool
+from sidecar.wire.buffer_pool import BufferPool
 from sidecar.wire.http1.connection import _EVICT_GRACE, _Connection
 from sidecar.wire.http1.messages import Check, Handler, Limits, Refuse, Response
 from sidecar.wire.listener import ProtocolWrapper, bound_address

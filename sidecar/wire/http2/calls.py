@@ -90,6 +90,10 @@ class Limits:
     #: after our GOAWAY, seconds to discard what the client still sends (our side half-closed)
     #: before closing, so the GOAWAY is not lost to a TCP reset (as the HTTP/1 listener lingers)
     linger_timeout: float = 2.0
+    #: receive buffers the server keeps for the next large messages once their calls are done
+    #: (bytes in all; at most eight buffers; each dropped after ``pool_idle`` seconds unused)
+    pool_bytes: int = 8 << 20
+    pool_idle: float = 5.0
 
     def __post_init__(self) -> None:
         if self.window < 65_535:

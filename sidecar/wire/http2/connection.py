@@ -1,8 +1,10 @@
 """One HTTP/2 client connection of the gRPC server: frames in, calls out, answers back.
 
 Frames are read into one reused buffer (allocated when bytes first arrive, grown for a frame
-larger than it, given back when the connection goes quiet); a request message is copied out of it
-once. What one read produced (acknowledgements, window updates, answers) goes out in one write.
+larger than it, given back when the connection goes quiet). A request message that arrived in one
+frame goes to its handler in that buffer (lent with the call, to the server's pool when the handler
+is done; the connection reads on in another); one that spanned frames is gathered from them. What
+one read produced (acknowledgements, window updates, answers) goes out in one write.
 
 What a client makes the connection hold is taken from the server's memory budget through the
 connection's account as the bytes arrive, never from a declared size: the read buffer beyond its
@@ -108,8 +110,8 @@ class Stream:
     """One request: its headers, the message as it arrives, and the answer waiting for window."""
 
     __slots__ = (
-        "body", "compressed", "consumed", "context", "headers", "id", "length", "opened", "path",
-        "pending", "reserved", "reset", "send_window", "state", "touched",
+        "body", "compressed", "consumed", "context", "headers", "id", "length", "lent", "opened",
+        "path", "pending", "reserved", "reset", "send_window", "state", "touched",
     )
 
     def __init__(self, stream_id: int, path: str, headers: Mapping[str, str], send_window: int, tick: int) -> None:
@@ -124,6 +126,7 @@ class Stream:
         self.send_window = send_window
         self.pending = b""  # the answer's DATA still waiting for send window (trailers follow it)
         self.reserved = 0  # bytes of the connection's account held for this call
+        self.lent: bytearray | None = None  # the read buffer its message is in (to the pool when done)
         self.context: object = None  # what the server's authorizer returned for this call
         self.reset = False
         self.touched = tick  # the server's sweep tick of the last progress
@@ -294,15 +297,30 @@ class Connection(asyncio.BufferedProtocol):
             size = max(len(buf), self.MIN_READ)
         else:
             size = max(len(buf), min(need + self.MIN_READ, 2 * max(have, self.MIN_READ)))
-        if size > len(buf) and not self._charge_buffer(size):
+        pooled = self._server.buffers.take(size) if size > len(buf) else None
+        if pooled is not None:  # its memory is committed already: taken if the account has room
+            if self._charge_buffer(len(pooled)):
+                size = len(pooled)
+            else:
+                self._server.buffers.put(pooled)
+                pooled = None
+        if size > len(buf) and pooled is None and not self._charge_buffer(size):
             size = len(buf)
             if len(buf) - have < max(need - have, 4096):
                 self._starve(counted)
         if size == len(buf) and start == 0:
             return
-        fresh = bytearray(size) if size > len(buf) else buf
-        fresh[:have] = buf[start:end]
+        fresh = pooled if pooled is not None else bytearray(size) if size > len(buf) else buf
+        if fresh is buf:
+            fresh[:have] = buf[start:end]
+        else:  # the smaller one left is not pooled: it was a step of the growth
+            memoryview(fresh)[:have] = memoryview(buf)[start:end]  # view to view: one copy
         self._buf, self._start, self._end = fresh, 0, have
+
+    def _drop_buffer(self, buf: bytearray) -> None:
+        """A read buffer the connection no longer uses: a large one goes to the server's pool."""
+        if len(buf) >= self.MIN_READ:
+            self._server.buffers.put(buf)
 
     def _charge_buffer(self, size: int) -> bool:
         """Take what a buffer of ``size`` bytes holds beyond ``FIRST_READ`` from the account;
@@ -376,6 +394,9 @@ class Connection(asyncio.BufferedProtocol):
         view = memoryview(buf)
         max_frame = self._limits.max_frame_size
         while not self._dead and self._end - self._start >= 9:
+            if self._buf is not buf:  # the buffer went with the message before (_lend)
+                buf = self._buf
+                view = memoryview(buf)
             start = self._start
             high, low, kind, flags, stream_id = HEAD.unpack_from(buf, start)
             length = (high << 16) | low
@@ -486,9 +507,13 @@ class Connection(asyncio.BufferedProtocol):
             # the common case: the whole message in one frame, copied out of the buffer once
             compressed, length = PREFIX.unpack_from(payload)
             if len(payload) == 5 + length:
-                if self._message_fits(stream, compressed, length) and self._hold(stream, length):
-                    stream.compressed = compressed
-                    self._dispatch(stream, bytes(payload[5:]))
+                if self._message_fits(stream, compressed, length):
+                    whole: bytes | memoryview | None = self._lend(stream, payload)
+                    if whole is None and self._hold(stream, length):
+                        whole = bytes(payload[5:])
+                    if whole is not None:
+                        stream.compressed = compressed
+                        self._dispatch(stream, whole)
                 return
         if stream.body is None:
             stream.body = bytearray()
@@ -526,6 +551,44 @@ class Connection(asyncio.BufferedProtocol):
             # each time, page faults included)
             self._dispatch(stream, memoryview(body)[5:])
 
+    def _lend(self, stream: Stream, payload: memoryview) -> memoryview | None:
+        """The message of ``payload`` (the frame just read) in place, when that costs less than
+        copying it: the read buffer goes with the call, with what the account holds for it, and
+        comes back to the server's pool when the handler is done; what was read past the frame
+        moves to another buffer (from the pool when one holds the next frame). None when the
+        message is to be copied instead: the buffer is a small one, more was read past the frame
+        than the message holds, or the account has no room for the other buffer."""
+        buf, start, end = self._buf, self._start, self._end
+        tail = end - start
+        if len(buf) < self.MIN_READ or tail >= len(payload):
+            return None
+        need = self._needed()  # the next frame's, from what was read of it
+        pool = self._server.buffers
+        new = pool.take(need) if need > self.FIRST_READ else None
+        size = len(new) if new is not None else max(self.FIRST_READ, tail)
+        lent_charge = self._charged
+        self._charged = 0
+        # the lent buffer is held whole: its first FIRST_READ bytes were the connection's own
+        if not self._account.take(self.FIRST_READ):
+            self._charged = lent_charge
+            if new is not None:
+                pool.put(new)
+            return None
+        if not self._charge_buffer(size):
+            self._account.give(self.FIRST_READ)
+            self._charged = lent_charge
+            if new is not None:
+                pool.put(new)
+            return None
+        stream.reserved += lent_charge + self.FIRST_READ
+        stream.lent = buf
+        if new is None:
+            new = bytearray(size)
+        if tail:
+            memoryview(new)[:tail] = memoryview(buf)[start:end]  # view to view: one copy
+        self._buf, self._start, self._end = new, 0, tail
+        return payload[5:]
+
     def _message_fits(self, stream: Stream, compressed: int, length: int) -> bool:
         """Whether a message announced by its prefix may be received. If not, the call is
         refused. Nothing is taken from the budget for a declared size: bytes are, as they come."""
@@ -554,6 +617,9 @@ class Connection(asyncio.BufferedProtocol):
         if stream.reserved:
             self._account.give(stream.reserved)
             stream.reserved = 0
+        if stream.lent is not None:
+            self._server.buffers.put(stream.lent)
+            stream.lent = None
 
     def _malformed(self, stream: Stream, message: str) -> None:
         self._refuse(stream, INVALID_ARGUMENT, message, "malformed", Action.malformed_request)
@@ -955,6 +1021,7 @@ class Connection(asyncio.BufferedProtocol):
         if self.active:
             self._quiet_since = tick
         elif self._start == self._end and self._buf:
+            self._drop_buffer(self._buf)
             self._buf = bytearray()  # allocated again when bytes arrive
             self._start = self._end = 0
             self._account.give(self._charged)

@@ -9,6 +9,7 @@ from typing import Any
 
 from sidecar.overload.budget import MemoryBudget
 from sidecar.overload.reasons import Action
+from sidecar.wire.buffer_pool import BufferPool
 from sidecar.wire.http2.calls import (
     INTERNAL,
     UNAVAILABLE,
@@ -56,6 +57,9 @@ class GrpcServer:
         self.budget = budget if budget is not None else MemoryBudget(1 << 62)
         self.count: Callable[[Action], None] = count or (lambda action: None)
         self.connections: set[Connection] = set()
+        #: large read buffers between messages: one goes with each call whose message it holds
+        #: (lent, not copied) and comes back when the handler is done
+        self.buffers = BufferPool(self.limits.pool_bytes, max_idle=self.limits.pool_idle)
         self.closing = False
         #: sweeps so far: the clock of the timeouts
         self.tick = 0
@@ -127,6 +131,7 @@ class GrpcServer:
         self.tick += 1
         for connection in list(self.connections):
             connection.sweep(self.tick)
+        self.buffers.sweep()
         self._sweeper = asyncio.get_running_loop().call_later(self.SWEEP_EVERY, self._sweep)
 
     async def close(self, grace: float) -> None:
