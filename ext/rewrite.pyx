@@ -413,6 +413,8 @@ cdef Py_ssize_t walk_fields(St* st, int t, Py_ssize_t start, Py_ssize_t end) noe
                     delta -= f.ve - tag_pos
                 if add_edit(st, tag_pos, f.ve, mark, -1) < 0:
                     return 0
+            elif active and plan.det_action:  # left as it is: a string like any other
+                delta += scan_string(st, tag_pos, f.vs, f.ve, f.fn)
         else:
             sub = code - F_SUB
             if sub == RESOURCE:
@@ -981,6 +983,10 @@ cdef Py_ssize_t span(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve) n
             new_ts = 1
     if new_ts and st.scratch.n == ts_e - ts_s and \
             memcmp(st.scratch.p, buf + ts_s, st.scratch.n) == 0:
+        new_ts = 0
+    if new_ts and plan.det_action and find_pans_c(st, buf + ts_s, ts_e - ts_s) > 0:
+        # a card number in the tracestate: it is masked where it is, and its threshold is
+        # not written (the new value would copy the number from its other members)
         new_ts = 0
     if new_ts:
         # the new value lives in the arena until the span is walked (scratch is reused)

@@ -6,7 +6,7 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 # ---- codes (sidecar/rewrite/_schema.py and _common.py; checked at import by rewrite.pyx) ----
 cdef enum:
-    NTYPES = 30
+    NTYPES = 31
     MAXF = 17
 cdef enum:
     RS_SPANS = 0

@@ -122,15 +122,19 @@ def _traces(planter: _Planter) -> bytes:
     planter.resource(rs.resource)
     ss = rs.scope_spans.add()
     ss.scope.name = "probe"
+    ss.scope.version = planter.text("scope version")
     ss.scope.attributes.extend(planter.attributes("scope"))
+    ss.schema_url = planter.text("scope schema URL")
     span = ss.spans.add(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)))
     span.name = planter.text("span name")
+    span.trace_state = f"probe={planter.text('tracestate')}"
     span.attributes.extend(planter.attributes("span"))
     span.status.code = Status.STATUS_CODE_ERROR
     span.status.message = planter.text("status message")
     event = span.events.add(name=planter.text("event name"))
     event.attributes.extend(planter.attributes("event"))
     link = span.links.add(trace_id=bytes(range(2, 18)), span_id=bytes(range(2, 10)))
+    link.trace_state = f"probe={planter.text('link tracestate')}"
     link.attributes.extend(planter.attributes("link"))
     return request.SerializeToString()
 
@@ -145,7 +149,7 @@ def _logs(planter: _Planter) -> bytes:
     record.body.string_value = planter.text("log body")
     record.attributes.extend(planter.attributes("log record"))
     record.event_name = planter.text("log event name")
-    structured = sl.log_records.add()
+    structured = sl.log_records.add(severity_text=planter.text("severity text"))
     structured.body.CopyFrom(planter.nested("log body").value)
     return request.SerializeToString()
 
@@ -156,7 +160,7 @@ def _metrics(planter: _Planter) -> bytes:
     planter.resource(rm.resource)
     sm = rm.scope_metrics.add()
     sm.scope.attributes.extend(planter.attributes("scope"))
-    gauge = sm.metrics.add(name="probe.gauge")
+    gauge = sm.metrics.add(name="probe.gauge", description=planter.text("metric description"))
     gauge.metadata.append(planter.kv("otlp_sidecar.probe.meta", "metric metadata"))
     point = gauge.gauge.data_points.add(as_int=1)
     point.attributes.extend(planter.attributes("gauge data point"))

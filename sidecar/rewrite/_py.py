@@ -135,6 +135,8 @@ def _walk_fields(st: State, t: int, start: int, end: int, active: bool) -> int:
                 else:  # an earlier duplicate: the last one counts
                     st.edit(tag_pos, ve, b"")
                     delta -= ve - tag_pos
+            elif active and plan.det_action:  # left as it is: a string like any other
+                delta += _scan_string(st, tag_pos, vs, ve, fn)
         else:
             sub = code - F_SUB
             if sub == RESOURCE:
@@ -343,7 +345,9 @@ def _span(st: State, tag_pos: int, vs: int, ve: int) -> int:
         st.count(slot, 1)
         if has_th:  # kept by a rule, not by the threshold: erase the threshold
             new_ts = join_tracestate(members, ot_index, b";".join(rest))
-    if new_ts == ts:
+    if new_ts == ts or (new_ts is not None and plan.det_action and find_pans(ts)):
+        # a card number in the tracestate: it is masked where it is, and its threshold is
+        # not written (the new value would copy the number from its other members)
         new_ts = None
     st.ts_new, st.ts_last = new_ts, ts_last
     try:

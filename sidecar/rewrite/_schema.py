@@ -2,7 +2,8 @@
 
 Shared by the pure-Python twin and the Cython module (which copies the tables into C
 arrays at import). Field codes: ``F_STR`` a string the value detectors scan, ``F_KV`` an
-attribute (KeyValue), ``F_TS`` the span's tracestate, ``F_SUB + type`` a sub-message.
+attribute (KeyValue), ``F_TS`` the span's tracestate (scanned too, unless sampling rewrites
+it), ``F_SUB + type`` a sub-message.
 """
 
 from __future__ import annotations
@@ -11,33 +12,38 @@ from sidecar.signals import Signal
 
 (RS_SPANS, RS_METRICS, RS_LOGS, RESOURCE, SCOPE_SPANS, SCOPE_METRICS, SCOPE_LOGS, SCOPE, SPAN,
  EVENT, LINK, STATUS, LOG, METRIC, GAUGE, HIST, EXPH, SUMMARY, NDP, HDP, EDP, SDP, EXEMPLAR, KV,
- ANY, ARRAY, KVLIST, REQ_TRACES, REQ_METRICS, REQ_LOGS) = range(30)
+ ANY, ARRAY, KVLIST, REQ_TRACES, REQ_METRICS, REQ_LOGS, ENTITY_REF) = range(31)
 NAMES = ("ResourceSpans", "ResourceMetrics", "ResourceLogs", "Resource", "ScopeSpans",
          "ScopeMetrics", "ScopeLogs", "InstrumentationScope", "Span", "Span.Event", "Span.Link",
          "Status", "LogRecord", "Metric", "Gauge/Sum", "Histogram", "ExponentialHistogram",
          "Summary", "NumberDataPoint", "HistogramDataPoint", "ExponentialHistogramDataPoint",
          "SummaryDataPoint", "Exemplar", "KeyValue", "AnyValue", "ArrayValue", "KeyValueList",
-         "ExportTraceServiceRequest", "ExportMetricsServiceRequest", "ExportLogsServiceRequest")
+         "ExportTraceServiceRequest", "ExportMetricsServiceRequest", "ExportLogsServiceRequest",
+         "EntityRef")
 #: arrays and maps inside attribute values may nest this deep (upb parses up to 100 levels)
 MAX_NESTING = 30
 F_STR, F_KV, F_TS, F_SUB = 1, 2, 3, 32  # F_SUB + type: descend into a sub-message
 _S = F_SUB
 FIELDS: dict[int, dict[int, int]] = {
-    RS_SPANS: {1: _S + RESOURCE, 2: _S + SCOPE_SPANS},
-    RS_METRICS: {1: _S + RESOURCE, 2: _S + SCOPE_METRICS},
-    RS_LOGS: {1: _S + RESOURCE, 2: _S + SCOPE_LOGS},
-    RESOURCE: {1: F_KV},
-    SCOPE_SPANS: {1: _S + SCOPE, 2: _S + SPAN},
-    SCOPE_METRICS: {1: _S + SCOPE, 2: _S + METRIC},
-    SCOPE_LOGS: {1: _S + SCOPE, 2: _S + LOG},
-    SCOPE: {3: F_KV},
+    # every string field is scanned (schema URLs, scope names, metric names and units, trace
+    # states too), so a card number has no field to hide in; attribute keys are the exception
+    # (docs/policy.md, "The PCI guarantee")
+    RS_SPANS: {1: _S + RESOURCE, 2: _S + SCOPE_SPANS, 3: F_STR},
+    RS_METRICS: {1: _S + RESOURCE, 2: _S + SCOPE_METRICS, 3: F_STR},
+    RS_LOGS: {1: _S + RESOURCE, 2: _S + SCOPE_LOGS, 3: F_STR},
+    RESOURCE: {1: F_KV, 3: _S + ENTITY_REF},
+    ENTITY_REF: {1: F_STR, 2: F_STR, 3: F_STR, 4: F_STR},  # schema URL, type, key names
+    SCOPE_SPANS: {1: _S + SCOPE, 2: _S + SPAN, 3: F_STR},
+    SCOPE_METRICS: {1: _S + SCOPE, 2: _S + METRIC, 3: F_STR},
+    SCOPE_LOGS: {1: _S + SCOPE, 2: _S + LOG, 3: F_STR},
+    SCOPE: {1: F_STR, 2: F_STR, 3: F_KV},
     SPAN: {3: F_TS, 5: F_STR, 9: F_KV, 11: _S + EVENT, 13: _S + LINK, 15: _S + STATUS},
     EVENT: {2: F_STR, 3: F_KV},
-    LINK: {4: F_KV},
+    LINK: {3: F_STR, 4: F_KV},
     STATUS: {2: F_STR},
-    LOG: {5: _S + ANY, 6: F_KV, 12: F_STR},
-    METRIC: {5: _S + GAUGE, 7: _S + GAUGE, 9: _S + HIST, 10: _S + EXPH, 11: _S + SUMMARY,
-             12: F_KV},
+    LOG: {3: F_STR, 5: _S + ANY, 6: F_KV, 12: F_STR},
+    METRIC: {1: F_STR, 2: F_STR, 3: F_STR, 5: _S + GAUGE, 7: _S + GAUGE, 9: _S + HIST,
+             10: _S + EXPH, 11: _S + SUMMARY, 12: F_KV},
     GAUGE: {1: _S + NDP},
     HIST: {1: _S + HDP},
     EXPH: {1: _S + EDP},

@@ -228,6 +228,8 @@ def sample_span(ref: Reference, span) -> bool:
         if not any(x.startswith("th:") for x in subkeys):
             return True
         new = ",".join((([f"ot={';'.join(rest)}"] if rest else []) + others)[:32])
+    if ref.detector is not None and cards(span.trace_state.encode()):
+        new = span.trace_state  # not rewritten: the number is masked where it is (by _apply)
     if new != span.trace_state:
         span.trace_state = new
     return True
@@ -322,19 +324,26 @@ def _apply(ref: Reference, signal: Signal, rx) -> None:
     else:
         ref.attributes(rx.resource.attributes)
     scopes = {"traces": "scope_spans", "metrics": "scope_metrics", "logs": "scope_logs"}
+    rx.schema_url = ref.text(rx.schema_url)
     for sx in getattr(rx, scopes[signal.value]):
+        sx.schema_url = ref.text(sx.schema_url)
+        if sx.HasField("scope"):
+            sx.scope.name = ref.text(sx.scope.name)
+            sx.scope.version = ref.text(sx.scope.version)
         ref.attributes(sx.scope.attributes)
         if signal is Signal.TRACES:
             kept = []
             for span in sx.spans:
                 if plan.sampling and plan.sampling.ratio < 1.0 and not sample_span(ref, span):
                     continue
+                span.trace_state = ref.text(span.trace_state)
                 span.name = ref.text(span.name)
                 ref.attributes(span.attributes)
                 for ev in span.events:
                     ev.name = ref.text(ev.name)
                     ref.attributes(ev.attributes)
                 for ln in span.links:
+                    ln.trace_state = ref.text(ln.trace_state)
                     ref.attributes(ln.attributes)
                 if span.HasField("status"):
                     span.status.message = ref.text(span.status.message)
@@ -347,8 +356,10 @@ def _apply(ref: Reference, signal: Signal, rx) -> None:
                     ref.value(lr.body)
                 ref.attributes(lr.attributes)
                 lr.event_name = ref.text(lr.event_name)
+                lr.severity_text = ref.text(lr.severity_text)
         else:
             for m in sx.metrics:
+                m.name, m.description, m.unit = (ref.text(m.name), ref.text(m.description), ref.text(m.unit))
                 ref.attributes(m.metadata)
                 kind = m.WhichOneof("data")
                 if not kind:

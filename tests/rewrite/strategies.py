@@ -92,6 +92,8 @@ tracestates = st.sampled_from(
         "ot=rv:ffffffffffffff;th:c",
         "vendor=x,ot=th:0",
         "a=1,b=2",
+        "card=4111111111111111,ot=th:8",
+        "ot=th:0,pan=5555 5555 5555 4444",
         "ot=rv:00000000000001",
         " ot=th:e6666 , congo=t61rcWkgMzE",
         "ot=th:",
@@ -124,7 +126,9 @@ def trace_requests(draw) -> ExportTraceServiceRequest:
         draw(resource(rs))
         for _ in range(draw(st.integers(0, 2))):
             ss = rs.scope_spans.add()
-            ss.scope.name = draw(st.sampled_from(["", "lib"]))
+            ss.scope.name = draw(st.sampled_from(["", "lib"]) | text)
+            ss.scope.version = draw(text)
+            ss.schema_url = draw(text)
             _fill(ss.scope.attributes, draw(attributes))
             for _ in range(draw(st.integers(0, 4))):
                 sp = ss.spans.add(
@@ -140,7 +144,8 @@ def trace_requests(draw) -> ExportTraceServiceRequest:
                 for _ in range(draw(st.integers(0, 2))):
                     _fill(sp.events.add(name=draw(text)).attributes, draw(attributes))
                 for _ in range(draw(st.integers(0, 1))):
-                    _fill(sp.links.add(trace_id=b"\x01" * 16, trace_state="a=b").attributes, draw(attributes))
+                    _fill(sp.links.add(trace_id=b"\x01" * 16, trace_state=draw(text)).attributes, draw(attributes))
+        rs.schema_url = draw(text)
     return req
 
 
@@ -154,7 +159,7 @@ def log_requests(draw) -> ExportLogsServiceRequest:
             sl = rl.scope_logs.add()
             _fill(sl.scope.attributes, draw(attributes))
             for _ in range(draw(st.integers(0, 4))):
-                lr = sl.log_records.add(severity_number=9, event_name=draw(text))
+                lr = sl.log_records.add(severity_number=9, event_name=draw(text), severity_text=draw(text))
                 if draw(st.booleans()):
                     lr.body.CopyFrom(draw(anyvalues))
                 _fill(lr.attributes, draw(attributes))
@@ -170,7 +175,7 @@ def metric_requests(draw) -> ExportMetricsServiceRequest:
         for _ in range(draw(st.integers(0, 2))):
             sm = rm.scope_metrics.add()
             for _ in range(draw(st.integers(0, 3))):
-                m = sm.metrics.add(name="m")
+                m = sm.metrics.add(name=draw(st.just("m") | text), description=draw(text), unit=draw(text))
                 _fill(m.metadata, draw(attributes))
                 kind = draw(st.sampled_from(["gauge", "sum", "histogram", "exponential_histogram", "summary"]))
                 data = getattr(m, kind)
