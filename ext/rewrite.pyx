@@ -13,7 +13,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memmove
 
-from sidecar._ext.cards cimport find_pans_c, mask_digits
+from sidecar._ext.cards cimport find_pans_c, mask_digits, may_hold_pan
 from sidecar._ext.sampling cimport TS, build_ts, keep_rule, parse_ts
 from sidecar._ext.stamps cimport apply_stamp, find_stamp, insert_stamps, new_resource, refusal
 from sidecar._ext.state cimport *
@@ -728,8 +728,44 @@ cdef inline int scan_masked(St* st, Py_ssize_t ss, Py_ssize_t se) noexcept:
     return mask_edit(st, ss, se, n)
 
 
+cdef int mask_keys(St* st, Py_ssize_t vs, Py_ssize_t ve, Py_ssize_t since) noexcept:
+    """Mask the card numbers in the key of the KeyValue data[vs:ve] (every `key` field: the
+    digits but the last four, whatever the detector's action, so the length stays), each edit
+    put among those made since edit ``since`` in the order of the bytes. -1 on error."""
+    cdef Py_ssize_t pos = vs, mark, k
+    cdef Field f
+    cdef int n, j
+    while pos < ve:
+        if next_field(st, pos, ve, KV, &f) < 0:
+            return -1
+        pos = f.ve
+        if f.fn != 1 or f.wt != 2 or not may_hold_pan(st.data + f.vs, f.ve - f.vs):
+            continue
+        n = find_pans_c(st, st.data + f.vs, f.ve - f.vs)
+        if n < 0:
+            return -1
+        if n == 0:
+            continue
+        st.counts[st.plan.det_slot] += n
+        if st.dry:
+            continue
+        mark = st.arena.n
+        if buf_put(st, &st.arena, st.data + f.vs, f.ve - f.vs) < 0:
+            return -1
+        for j in range(n):
+            mask_digits(st.arena.p + mark, st.pans[j].i, st.pans[j].j)
+        k = since
+        while k < st.nedits and st.edits[k].start < f.vs:
+            k += 1
+        if add_edit(st, f.vs, f.ve, mark, k) < 0:
+            return -1
+    return 0
+
+
 cdef Py_ssize_t kv(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve,
                    int active) noexcept:
+    """An attribute (KeyValue field): apply the first matching rule, else the detectors; a card
+    number in its key is masked unless a rule drops or keeps (exempts) the attribute."""
     cdef CPlan* plan = st.plan
     cdef Py_ssize_t ks, ke, at, d
     cdef Rule* rule
@@ -741,26 +777,40 @@ cdef Py_ssize_t kv(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve,
         ks = vs + 2
         rule = match_rule(plan, st.data + ks, ke - ks) if plan.nrules else NULL
         if rule == NULL:
-            if ss >= 0 and plan.det_action:
-                if scan_masked(st, ss, ve) < 0:
+            if plan.det_action:
+                if may_hold_pan(st.data + ks, ke - ks) and scan_masked(st, ks, ke) < 0:
+                    return 0
+                if ss >= 0 and scan_masked(st, ss, ve) < 0:
                     return 0
             return 0
     elif not active or not plan.nrules:
+        at = st.nedits
         if active and plan.det_action == ACT_MASK:
             r = kv_scalar(st, vs, ve, 1)
             if r != 0:
+                if r > 0:
+                    mask_keys(st, vs, ve, at)
                 return 0
-        return submsg(st, KV, tag_pos, vs, ve, active and plan.det_action != 0)
+        d = submsg(st, KV, tag_pos, vs, ve, active and plan.det_action != 0)
+        if active and plan.det_action and not st.err:
+            mask_keys(st, vs, ve, at)
+        return d
     else:
         if kv_key(st, vs, ve, &ks, &ke) < 0:
             return 0
         rule = match_rule(plan, st.data + ks, ke - ks)
     if rule == NULL:
+        at = st.nedits
         if plan.det_action == ACT_MASK or plan.det_action == 0:
             r = kv_scalar(st, vs, ve, plan.det_action != 0)
             if r != 0:
+                if r > 0 and plan.det_action:
+                    mask_keys(st, vs, ve, at)
                 return 0
-        return submsg(st, KV, tag_pos, vs, ve, 1)
+        d = submsg(st, KV, tag_pos, vs, ve, 1)
+        if plan.det_action and not st.err:
+            mask_keys(st, vs, ve, at)
+        return d
     walk(st, KV, vs, ve, 0)
     if st.err:
         return 0
@@ -772,7 +822,11 @@ cdef Py_ssize_t kv(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve,
         return -(ve - tag_pos)
     at = st.nedits
     d = replace_value(st, vs, ve, rule.action)
-    if d == 0 or st.err:
+    if st.err:
+        return 0
+    if plan.det_action and mask_keys(st, vs, ve, at) < 0:
+        return 0
+    if d == 0:
         return 0
     return prefix_edit(st, tag_pos, vs, ve, d, at)
 

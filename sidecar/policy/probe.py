@@ -95,6 +95,7 @@ class _Planter:
         value = AnyValue()
         outer = value.kvlist_value.values
         outer.add(key="note", value=AnyValue(string_value=self.text(f"{place} map value")))
+        outer.add(key=self.text(f"{place} map key"), value=AnyValue(string_value="keyed by a card number"))
         inner = outer.add(key="inner").value.kvlist_value.values
         inner.add(key="deeper", value=AnyValue(string_value=self.text(f"{place} map in a map")))
         array = outer.add(key="list").value.array_value.values

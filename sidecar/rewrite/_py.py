@@ -213,13 +213,20 @@ def _match_rule(plan: CompiledPlan, key: bytes) -> CompiledRule | None:
 
 
 def _kv(st: State, tag_pos: int, vs: int, ve: int, active: bool) -> int:
-    """An attribute (KeyValue field): apply the first matching rule, else the detectors."""
+    """An attribute (KeyValue field): apply the first matching rule, else the detectors; a card
+    number in its key is masked unless a rule drops or keeps (exempts) the attribute."""
     plan = st.plan
     if not active or not plan.rules:
-        return _sub(st, KV, tag_pos, vs, ve, active and plan.det_action != 0)
+        d = _sub(st, KV, tag_pos, vs, ve, active and plan.det_action != 0)
+        if active and plan.det_action:
+            _mask_keys(st, vs, ve)
+        return d
     rule = _match_rule(plan, kv_key(st, vs, ve))
     if rule is None:
-        return _sub(st, KV, tag_pos, vs, ve, True)
+        d = _sub(st, KV, tag_pos, vs, ve, True)
+        if plan.det_action:
+            _mask_keys(st, vs, ve)
+        return d
     _walk(st, KV, vs, ve, False)  # validate what the rule replaces or exempts
     st.count(rule.slot, 1)  # a `keep` (an exemption) is counted too: each use is audited
     if rule.action == ACT_KEEP:
@@ -229,12 +236,34 @@ def _kv(st: State, tag_pos: int, vs: int, ve: int, active: bool) -> int:
         return -(ve - tag_pos)
     at = len(st.edits)
     d = _replace_value(st, vs, ve, rule.action)
+    if plan.det_action:
+        _mask_keys(st, vs, ve)
     if d == 0:
         return 0
     len_pos = tag_pos + len(encode_varint(tag_at(st.data, tag_pos)))
     new_len = encode_varint(ve - vs + d)
     st.edit(len_pos, vs, new_len, at)
     return d + len(new_len) - (vs - len_pos)
+
+
+def _mask_keys(st: State, vs: int, ve: int) -> None:
+    """Mask the card numbers in the key of the KeyValue data[vs:ve] (every `key` field: the
+    digits but the last four, whatever the detector's action: the length stays)."""
+    buf = st.data
+    pos = vs
+    while pos < ve:
+        fn, wt, s, e, _ = next_field(buf, pos, ve, KV)
+        pos = e
+        if fn != 1 or wt != 2:
+            continue
+        pans = find_pans(buf[s:e])
+        if not pans:
+            continue
+        st.count(st.plan.det_slot, len(pans))
+        if not st.dry:
+            w = st.writable()
+            for i, j, _digits in pans:
+                mask_digits(w, s + i, s + j)
 
 
 def _replace_value(st: State, vs: int, ve: int, action: int) -> int:

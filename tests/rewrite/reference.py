@@ -130,17 +130,36 @@ class Reference:
                 return r
         return None
 
+    def key(self, a) -> None:
+        """A card number in a key: masked to its last four digits, whatever the detector does."""
+        if self.detector is None:
+            return
+        b = a.key.encode()
+        found = cards(b)
+        if not found:
+            return
+        self.counts[(self.detector.rule_id, self.detector.action)] += len(found)
+        out, last = [], 0
+        for i, j, _digits in found:
+            out.append(b[last:i].decode())
+            out.append(mask_all_but_last4(b[i:j].decode()))
+            last = j
+        out.append(b[last:].decode())
+        a.key = "".join(out)
+
     def attribute(self, a) -> bool:
         """Apply the rules or the detector to one KeyValue; False when it is dropped."""
         r = self.rule_for(a.key) if self.plan.attribute_rules else None
         if r is None:
             self.value(a.value)
+            self.key(a)
             return True
         self.counts[(r.rule_id, r.action)] += 1
         if r.action == "keep":
             return True
         if r.action == "drop":
             return False
+        self.key(a)
         kind = a.value.WhichOneof("value")
         if r.action == "redact":
             a.value.CopyFrom(AnyValue(string_value=self.plan.redaction))

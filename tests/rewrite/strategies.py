@@ -43,6 +43,8 @@ KEYS = [
     "priority",
     "note",
     "",
+    "4111 1111 1111 1111",  # keys holding card numbers (a map keyed by them, in a log body)
+    "card 5555555555554444 x",
 ]
 PATTERNS = ["*cvv*", "card.number", "user.*", "x", "msg?", "*", "?", "tenant", "note", "priority", "db.*"]
 
