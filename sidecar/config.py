@@ -107,12 +107,16 @@ _OTEL_GENERAL = {
 }
 
 
-def _otel_overrides(env: Mapping[str, str], signal: Signal | None = None) -> dict[str, str]:
+def _otel_overrides(
+    env: Mapping[str, str], signal: Signal | None = None, names: dict[str, str] | None = None,
+) -> dict[str, str]:
     """Translate the standard OTEL_EXPORTER_OTLP_* variables into exporter env overrides.
 
     With ``signal``: only that signal's own variables (``OTEL_EXPORTER_OTLP_TRACES_HEADERS``...).
+    ``names`` gets each SIDECAR_* variable made, mapped to the OTEL_* one it came from.
     """
     out: dict[str, str] = {}
+    made = names if names is not None else {}
     infix = f"{signal.value.upper()}_" if signal is not None else ""
     for suffix, key in _OTEL_GENERAL.items():
         name = f"OTEL_EXPORTER_OTLP_{infix}{suffix}"
@@ -128,12 +132,22 @@ def _otel_overrides(env: Mapping[str, str], signal: Signal | None = None) -> dic
                     "'http/json' is not supported upstream; choose 'grpc' or 'http/protobuf'",
                 )
             out[f"SIDECAR_EXPORTER_{key.upper()}"] = value
+            made[f"SIDECAR_EXPORTER_{key.upper()}"] = name
     if signal is None:
         for each in Signal:
             name = f"OTEL_EXPORTER_OTLP_{each.value.upper()}_ENDPOINT"
             if name in env:
                 out[f"SIDECAR_EXPORTER_{each.value.upper()}_ENDPOINT"] = env[name]
+                made[f"SIDECAR_EXPORTER_{each.value.upper()}_ENDPOINT"] = name
     return out
+
+
+def _named_as_set(exc: ConfigError, names: Mapping[str, str], env: Mapping[str, str]) -> ConfigError:
+    """The error naming the OTEL_* variable the user set, not the SIDECAR_* one made from it."""
+    for made, otel in names.items():
+        if made not in env and f"(from {made})" in exc.key:
+            return ConfigError(exc.key.replace(f"(from {made})", f"(from {otel})"), exc.message)
+    return exc
 
 
 def _otel_timeout(name: str, value: str) -> str:
@@ -150,18 +164,26 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     source = str(path) if path else ""
     data = read_toml(path, [name for name, _, _ in SECTIONS])
     # OTEL_* sit below SIDECAR_EXPORTER_*: apply them only where SIDECAR_* is silent
-    merged_env = {**_otel_overrides(env), **env}
-    sections = {name: load_section(cls, name, data.get(name), merged_env) for name, cls, _ in SECTIONS}
+    names: dict[str, str] = {}
+    merged_env = {**_otel_overrides(env, names=names), **env}
+    try:
+        sections = {name: load_section(cls, name, data.get(name), merged_env) for name, cls, _ in SECTIONS}
+    except ConfigError as exc:
+        raise _named_as_set(exc, names, env) from None
     notices: list[str] = []
     sections["exporter"] = sections["exporter"].with_schemes(notices)
     for key, endpoint in sections["receivers"].listeners():
         check_listen_address(key, endpoint, sections["receivers_tls"])
     signal_exporters = {}
     for signal in Signal:
-        own = _otel_overrides(env, signal)
+        own_names: dict[str, str] = {}
+        own = _otel_overrides(env, signal, own_names)
         if own:
             # the most specific wins: a signal's own OTEL variables over the general ones
-            specific = load_section(ExporterConfig, "exporter", data.get("exporter"), {**merged_env, **own})
+            try:
+                specific = load_section(ExporterConfig, "exporter", data.get("exporter"), {**merged_env, **own})
+            except ConfigError as exc:
+                raise _named_as_set(exc, {**names, **own_names}, env) from None
             signal_exporters[signal] = specific.with_schemes(notices)
     config = Config(
         **sections, source=source, signal_exporters=signal_exporters, notices=tuple(dict.fromkeys(notices)),

@@ -253,8 +253,24 @@ class ExporterConfig:
                 )
         resolved = dataclasses.replace(self, **changes) if changes else self
         if resolved.resolved_type != "otlp":
+            if self.type == "auto":  # no endpoint: said once at start, not only in the start line
+                target = "stdout" if self.debug_output == "-" else self.debug_output
+                notices.append(
+                    f"no upstream endpoint (exporter.endpoint, OTEL_EXPORTER_OTLP_ENDPOINT): nothing is "
+                    f"forwarded; the debug exporter writes every batch, masked, as JSON lines to {target}"
+                )
             return resolved
         plaintext = all(urlsplit(resolved.url_for(signal)).scheme == "http" for signal in Signal)
+        unused = [name for name, value in (("exporter.certificate (OTEL_EXPORTER_OTLP_CERTIFICATE)", self.certificate),
+                                           ("exporter.client_certificate (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE)",
+                                            self.client_certificate),
+                                           ("exporter.client_key (OTEL_EXPORTER_OTLP_CLIENT_KEY)", self.client_key))
+                  if value]
+        if plaintext and unused:
+            notices.append(
+                f"{', '.join(unused)} not used: every upstream endpoint is http:// (plaintext, no TLS); "
+                "give an https:// endpoint (or one without a scheme, and insecure false) for TLS"
+            )
         return dataclasses.replace(resolved, insecure=plaintext) if plaintext != resolved.insecure else resolved
 
 

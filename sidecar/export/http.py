@@ -84,7 +84,18 @@ class HttpExporter(UpstreamExporter):
             ) from None
         except aiohttp.ClientError as exc:
             reason = self._failure_reason(exc, "unavailable")
-            raise ExportError(reason, f"cannot reach {url}: {exc}", retryable=True) from None
+            raise ExportError(reason, f"cannot reach {url}: {_explained(exc)}", retryable=True) from None
+
+
+def _explained(exc: aiohttp.ClientError) -> str:
+    """The client's error, with what it means when the upstream spoke HTTP/2: an answer that
+    starts with a SETTINGS frame (00 00 xx 04) is a gRPC port, not OTLP/HTTP."""
+    text = str(exc)
+    if "Bad status line" in text and ("\\x00\\x00" in text or "\\x04" in text):
+        return ("the upstream answered in HTTP/2, not HTTP/1.1: it is a gRPC endpoint (an OTLP/gRPC port such "
+                "as 4317?); give its OTLP/HTTP port (4318), or exporter.protocol = \"grpc\" "
+                "(OTEL_EXPORTER_OTLP_PROTOCOL)")
+    return text
 
 
 class _EncodingRefused(Exception):

@@ -151,7 +151,7 @@ def test_per_signal_otel_variables() -> None:
     assert cfg.exporter_for(Signal.TRACES).headers == {"x-team": "core"}
     with pytest.raises(ConfigError) as info:
         load(None, env={"OTEL_EXPORTER_OTLP_METRICS_COMPRESSION": "lz4"})
-    assert "exporter.compression (from SIDECAR_EXPORTER_COMPRESSION)" in str(info.value)
+    assert "exporter.compression (from OTEL_EXPORTER_OTLP_METRICS_COMPRESSION)" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -173,6 +173,51 @@ def test_a_bare_number_above_a_durations_largest_value_is_refused_with_a_hint() 
     # the docs say the unit and the bound
     assert "`timeout` (default = `10.0`; duration: `'500ms'`, `'5s'`, `'2m'`, or a bare number of seconds; " \
         "at most 300 s)" in config_mod.render_docs()
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "htp://collector:4317"},
+         "exporter.endpoint (from OTEL_EXPORTER_OTLP_ENDPOINT)"),
+        ({"OTEL_EXPORTER_OTLP_COMPRESSION": "brotli"}, "exporter.compression (from OTEL_EXPORTER_OTLP_COMPRESSION)"),
+        ({"OTEL_EXPORTER_OTLP_INSECURE": "maybe"}, "exporter.insecure (from OTEL_EXPORTER_OTLP_INSECURE)"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "htp://x"},
+         "exporter.traces_endpoint (from OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)"),
+        ({"OTEL_EXPORTER_OTLP_LOGS_COMPRESSION": "brotli"},
+         "exporter.compression (from OTEL_EXPORTER_OTLP_LOGS_COMPRESSION)"),
+        # a SIDECAR_* variable the user set is named as set
+        ({"OTEL_EXPORTER_OTLP_COMPRESSION": "gzip", "SIDECAR_EXPORTER_COMPRESSION": "brotli"},
+         "exporter.compression (from SIDECAR_EXPORTER_COMPRESSION)"),
+    ],
+    ids=["endpoint", "compression", "insecure", "traces-endpoint", "logs-compression", "sidecar-variable"],
+)
+def test_an_error_names_the_variable_the_user_set(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(None, env=env)
+    assert str(info.value).startswith(named + ":")
+
+
+def test_no_upstream_is_said_at_start() -> None:
+    """No endpoint: the debug exporter, and a notice (logged as a WARNING at start) that nothing
+    is forwarded; none once an endpoint is set."""
+    assert any("no upstream endpoint" in n and "nothing is forwarded" in n for n in load(None, env={}).notices)
+    cfg = load(None, env={"OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector:4317"})
+    assert not any("no upstream endpoint" in n for n in cfg.notices)
+
+
+def test_tls_files_for_a_plaintext_upstream_are_named_as_unused() -> None:
+    """mTLS files with an http:// endpoint: not silently dropped (the start logs the notice)."""
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317",
+           "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": "/certs/client.crt",
+           "OTEL_EXPORTER_OTLP_CLIENT_KEY": "/certs/client.key"}
+    cfg = load(None, env=env)
+    (notice,) = [n for n in cfg.notices if "not used" in n]
+    assert "exporter.client_certificate (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE)" in notice
+    assert "exporter.client_key (OTEL_EXPORTER_OTLP_CLIENT_KEY)" in notice
+    assert "http://" in notice
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "https://collector:4317"
+    assert not [n for n in load(None, env=env).notices if "not used" in n]
 
 
 @pytest.mark.parametrize(

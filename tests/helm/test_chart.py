@@ -270,6 +270,16 @@ def test_notes_tell_how_to_inject(chart: helm_python.Chart) -> None:
     assert "rendered in observability, shop" in notes
 
 
+def test_notes_warn_when_no_upstream_is_set(chart: helm_python.Chart) -> None:
+    """The default values start, with the debug exporter: the notes say the telemetry then goes
+    to the pods' logs, and stop saying so once an upstream is set."""
+    notes = chart.render({}, name="obs", namespace=NAMESPACE)["otlp-sidecar/templates/NOTES.txt"]
+    assert "WARNING: no upstream.endpoint: injected sidecars forward nothing" in notes
+    values = {"upstream": {"endpoint": "https://collector.observability:4317"}}
+    notes = chart.render(values, name="obs", namespace=NAMESPACE)["otlp-sidecar/templates/NOTES.txt"]
+    assert "no upstream.endpoint" not in notes
+
+
 def test_probe_paths_reach_the_webhook_settings(render: Any) -> None:
     toml = tomllib.loads(webhook_toml(render({"sidecar": {"probes": {"readinessPath": "/health"}}})))
     assert toml["injection"]["readiness_path"] == "/health"

@@ -90,6 +90,11 @@ MAX_HEADER_BLOCK = 2 * MAX_HEADER_LIST
 MAX_CONTROL_BACKLOG = 1 << 20
 #: seconds a connection we ended for a violation keeps reading (and dropping) before it closes
 LINGER = 1.0
+#: what a server that answers in HTTP/1.x is told it is (the first bytes of an HTTP/2 server
+#: are a SETTINGS frame)
+HTTP1_ANSWER = ("the upstream answered in HTTP/1.1, not HTTP/2: it is not a gRPC endpoint (an OTLP/HTTP "
+                "port such as 4318?); give its gRPC port (4317), or exporter.protocol = \"http/protobuf\" "
+                "(OTEL_EXPORTER_OTLP_PROTOCOL)")
 #: seconds a connection has to send any frame back after a PING it owes us an answer to
 PING_TIMEOUT = 5.0
 #: the PING we send to learn whether the server is still there
@@ -195,6 +200,7 @@ class ClientConnection(asyncio.Protocol):
         self._error: BaseException | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._paused = False
+        self._heard = False  # the server's first bytes were looked at
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -231,6 +237,11 @@ class ClientConnection(asyncio.Protocol):
         if self._probe is not None:
             self._stop_probe()  # the server is there
         self._buffer += data
+        if not self._heard and len(self._buffer) >= 5:
+            self._heard = True
+            if self._buffer[:5] == b"HTTP/":  # the server speaks HTTP/1.x: say so, not "a frame of 4740180 bytes"
+                self._abort(PROTOCOL_ERROR, HTTP1_ANSWER)
+                return
         try:
             self._read_frames()
         except ConnectionFailure as failure:
