@@ -35,7 +35,9 @@ class UnaryCall:
 
     path: str
     headers: Mapping[str, str]
-    #: bytes when it came in one frame, a view of its own buffer when it spanned frames
+    #: a view of the buffer it was received in (lent with the call), or bytes when it was
+    #: copied; valid only until the handler returns: the buffer is then read into again, so a
+    #: handler keeps a copy of what it keeps (the pipeline queues the rewrite's own bytes)
     message: bytes | memoryview
     compressed: bool
     transport: asyncio.BaseTransport

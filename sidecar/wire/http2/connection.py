@@ -555,14 +555,19 @@ class Connection(asyncio.BufferedProtocol):
         """The message of ``payload`` (the frame just read) in place, when that costs less than
         copying it: the read buffer goes with the call, with what the account holds for it, and
         comes back to the server's pool when the handler is done; what was read past the frame
-        moves to another buffer (from the pool when one holds the next frame). None when the
-        message is to be copied instead: the buffer is a small one, more was read past the frame
-        than the message holds, or the account has no room for the other buffer."""
+        moves to another buffer (from the pool when one holds it and the next frame). None when
+        the message is to be copied instead: the buffer is a small one or more than twice the
+        message, more was read past the frame than the message holds, or the account has no
+        room for the other buffer."""
         buf, start, end = self._buf, self._start, self._end
         tail = end - start
-        if len(buf) < self.MIN_READ or tail >= len(payload):
+        # lent only when the message fills at least half the buffer (the call holds all of it)
+        # and less was read past the frame than the message holds (that much is copied instead)
+        if len(buf) < self.MIN_READ or 2 * len(payload) < len(buf) or tail >= len(payload):
             return None
-        need = self._needed()  # the next frame's, from what was read of it
+        # the next buffer holds what was read past the frame (maybe several frames) and, when the
+        # pool has one that large, the whole next frame
+        need = max(self._needed(), tail)
         pool = self._server.buffers
         new = pool.take(need) if need > self.FIRST_READ else None
         size = len(new) if new is not None else max(self.FIRST_READ, tail)
@@ -580,12 +585,13 @@ class Connection(asyncio.BufferedProtocol):
             if new is not None:
                 pool.put(new)
             return None
-        stream.reserved += lent_charge + self.FIRST_READ
-        stream.lent = buf
         if new is None:
             new = bytearray(size)
         if tail:
             memoryview(new)[:tail] = memoryview(buf)[start:end]  # view to view: one copy
+        # nothing can fail past this point: the call holds the buffer from here on
+        stream.reserved += lent_charge + self.FIRST_READ
+        stream.lent = buf
         self._buf, self._start, self._end = new, 0, tail
         return payload[5:]
 

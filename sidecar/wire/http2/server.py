@@ -101,6 +101,9 @@ class GrpcServer:
         task = asyncio.get_running_loop().create_task(self._call(connection, stream, call))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # a task cancelled before its first step (the server closing) never runs _call: what the
+        # call holds goes back here too (release is idempotent)
+        task.add_done_callback(lambda _task: connection.release(stream))
 
     async def _call(self, connection: Connection, stream: Stream, call: UnaryCall) -> None:
         handler = self.routes[call.path]
