@@ -329,7 +329,11 @@ def load_webhook_config(
             "injection.default_policy_set",
             f"{injection.default_policy_set!r} is not a policy set; the sets are: " + ", ".join(sorted(sets)),
         )
-    return WebhookConfig(server=server, injection=injection, policy_sets=sets, source=str(path or ""))
+    config = WebhookConfig(server=server, injection=injection, policy_sets=sets, source=str(path or ""))
+    from sidecar.webhook.inject import check_injected_sidecar  # inject builds on this module
+
+    check_injected_sidecar(config)
+    return config
 
 
 def render_docs() -> str:

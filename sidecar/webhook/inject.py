@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sidecar import __version__
+from sidecar.configkit import ConfigError
 from sidecar.webhook.config import APP_PROTOCOLS, InjectionConfig, PolicySetConfig, WebhookConfig, quantity_bytes
 
 ANNOTATION_INJECT = "otlp-sidecar.io/inject"
@@ -116,6 +117,9 @@ def decide(pod: Any, namespace: str, scope: Scope, config: WebhookConfig) -> Dec
 
     wanted = _inject_annotation(annotations)
     if scope is Scope.PCI:
+        problem = _pci_mode_problem(injection)
+        if problem is not None:
+            raise Refused(f"namespace {namespace} is in PCI scope: {problem}")
         if wanted is False:
             raise Refused(
                 f"namespace {namespace} is in PCI scope: its pods must run with the otlp-sidecar; "
@@ -568,6 +572,32 @@ def _sidecar_env(
     fixed = {item["name"] for item in env}
     env += [{"name": k, "value": v} for k, v in sorted(injection.extra_env.items()) if k not in fixed]
     return env
+
+
+def check_injected_sidecar(config: WebhookConfig) -> None:
+    """Load the configuration an injected sidecar gets (its environment, as for a pod with the
+    default policy set) as the sidecar loads it at start; ConfigError when every injected sidecar
+    would refuse to start (an upstream that is its own listener, a policy mode it refuses, an
+    invalid OTEL_* value): said once at the webhook's start, not by every pod's sidecar."""
+    from sidecar.config import load  # the sidecar's loader: imported here, where it is used
+
+    with_policies = bool(config.policy_sets) and not config.injection.bundles
+    env = {item["name"]: item["value"] for item in _sidecar_env(with_policies, config.injection, ("", ""))
+           if "value" in item}
+    try:
+        load(None, env=env)
+    except ConfigError as exc:
+        raise ConfigError("injection", f"every injected sidecar would refuse to start: {exc}") from None
+
+
+def _pci_mode_problem(injection: InjectionConfig) -> str | None:
+    """Why a PCI-scope pod cannot get this sidecar: extra_env sets a policy mode that forwards
+    card numbers unmasked (passthrough, dry_run)."""
+    mode = injection.extra_env.get("SIDECAR_POLICY_MODE", "enforce").strip().lower()
+    if mode == "enforce":
+        return None
+    return (f"injection.extra_env sets SIDECAR_POLICY_MODE={mode}, which forwards card numbers unmasked; "
+            "PCI-scope pods are only admitted with the sidecar in enforce mode")
 
 
 def apply_patch(document: Any, ops: list[dict[str, Any]]) -> Any:
