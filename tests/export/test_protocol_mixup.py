@@ -51,33 +51,30 @@ async def grpc_server() -> AsyncIterator[int]:
         await server.close(1.0)
 
 
+async def export_error(port: int, protocol: str) -> ExportError:
+    """What one export to 127.0.0.1:``port`` over ``protocol`` fails with, as a user configures it."""
+    config = load(None, env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+                             "OTEL_EXPORTER_OTLP_PROTOCOL": protocol, "OTEL_EXPORTER_OTLP_TIMEOUT": "3000"})
+    exporter = GrpcExporter(config.exporter) if protocol == "grpc" else HttpExporter(config.exporter)
+    await exporter.start()
+    try:
+        with pytest.raises(ExportError) as info:
+            await exporter.export(Signal.TRACES, b"")
+    finally:
+        await exporter.stop()
+    return info.value
+
+
 async def test_grpc_sent_to_an_http1_port_is_named_as_such() -> None:
     async with http1_server() as port:
-        config = load(None, env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-                                 "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TIMEOUT": "3000"})
-        exporter = GrpcExporter(config.exporter)
-        try:
-            with pytest.raises(ExportError) as info:
-                await exporter.export(Signal.TRACES, b"")
-        finally:
-            await exporter.stop()
-    message = info.value.message
-    assert "answered in HTTP/1.1, not HTTP/2" in message, message
-    assert "OTEL_EXPORTER_OTLP_PROTOCOL" in message and "4740180" not in message
-    assert info.value.retryable
+        error = await export_error(port, "grpc")
+    assert "answered in HTTP/1.1, not HTTP/2" in error.message, error.message
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL" in error.message and "4740180" not in error.message
+    assert error.retryable
 
 
 async def test_http_protobuf_sent_to_a_grpc_port_is_named_as_such() -> None:
     async with grpc_server() as port:
-        config = load(None, env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-                                 "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_TIMEOUT": "3000"})
-        exporter = HttpExporter(config.exporter)
-        await exporter.start()
-        try:
-            with pytest.raises(ExportError) as info:
-                await exporter.export(Signal.TRACES, b"")
-        finally:
-            await exporter.stop()
-    message = info.value.message
-    assert "answered in HTTP/2, not HTTP/1.1" in message, message
-    assert "OTEL_EXPORTER_OTLP_PROTOCOL" in message
+        error = await export_error(port, "http/protobuf")
+    assert "answered in HTTP/2, not HTTP/1.1" in error.message, error.message
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL" in error.message
