@@ -23,10 +23,11 @@ class BufferPool:
         self._since: list[float] = []  # when each was put back (time.monotonic())
 
     def take(self, size: int) -> bytearray | None:
-        """A free buffer of at least ``size`` bytes (the smallest such), or None."""
+        """A free buffer of at least ``size`` bytes (the smallest such; of equal ones the last
+        put back, whose memory is likeliest still in the CPU's caches), or None."""
         free = self._free
         best = -1
-        for index in range(len(free)):
+        for index in range(len(free) - 1, -1, -1):
             length = len(free[index])
             if length >= size and (best < 0 or length < len(free[best])):
                 best = index
