@@ -504,7 +504,7 @@ class Connection(asyncio.BufferedProtocol):
         if end:
             stream.state = _HANDLING  # nothing more comes from the client
         if stream.body is None and end and len(payload) >= 5:
-            # the common case: the whole message in one frame, copied out of the buffer once
+            # the common case: the whole message in one frame, lent in its buffer or copied once
             compressed, length = PREFIX.unpack_from(payload)
             if len(payload) == 5 + length:
                 if self._message_fits(stream, compressed, length):
@@ -574,13 +574,10 @@ class Connection(asyncio.BufferedProtocol):
         lent_charge = self._charged
         self._charged = 0
         # the lent buffer is held whole: its first FIRST_READ bytes were the connection's own
-        if not self._account.take(self.FIRST_READ):
-            self._charged = lent_charge
-            if new is not None:
-                pool.put(new)
-            return None
-        if not self._charge_buffer(size):
-            self._account.give(self.FIRST_READ)
+        taken = self._account.take(self.FIRST_READ)
+        if not taken or not self._charge_buffer(size):
+            if taken:
+                self._account.give(self.FIRST_READ)
             self._charged = lent_charge
             if new is not None:
                 pool.put(new)
