@@ -38,6 +38,15 @@ _SUFFIX_FACTOR = {
 MIN_DISK_QUEUE_VOLUME = 2 * 1024**2
 
 
+def quantity_value(value: str) -> Decimal:
+    """The amount of a Kubernetes quantity (``100m`` is 0.1, ``1Ki`` 1024), to compare two of them."""
+    match = _QUANTITY.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 100m, 128Mi)")
+    unit = match.group(3) or ""
+    return Decimal(match.group(1)) * (Decimal("0.001") if unit == "m" else _SUFFIX_FACTOR[unit])
+
+
 def quantity_bytes(value: str) -> int:
     """Bytes of a Kubernetes storage quantity (``512Mi``, ``1.5G``), rounded down."""
     match = _QUANTITY.match(value)
@@ -236,6 +245,20 @@ class InjectionConfig:
     memory_request: str = setting("64Mi", "Sidecar memory request.", check=_quantity)
     cpu_limit: str = setting("", "Sidecar CPU limit (empty: none).", check=_quantity)
     memory_limit: str = setting("256Mi", "Sidecar memory limit (empty: none).", check=_quantity)
+    ephemeral_storage_request: str = setting(
+        "",
+        "Sidecar ephemeral-storage request (empty: disk_queue_size_limit when the disk queue is on, "
+        "so the scheduler reserves the disk the queue may fill and a node short of disk does not "
+        "evict the pod first for it; none without the disk queue; 0: none).",
+        check=_quantity,
+    )
+    ephemeral_storage_limit: str = setting(
+        "",
+        "Sidecar ephemeral-storage limit (empty: none). The kubelet compares the pod's whole use "
+        "(its containers' logs and emptyDirs, the disk queue's included) with the sum of its "
+        "containers' limits, so it must leave room for the disk queue.",
+        check=_quantity,
+    )
     run_as_user: int = setting(65532, "UID the sidecar runs as (non-root).", kind="int", min=1)
     startup_timeout: int = setting(
         60,
@@ -259,7 +282,24 @@ class InjectionConfig:
         kind="list",
     )
 
+    @property
+    def storage_request(self) -> str:
+        """The sidecar's ephemeral-storage request: as set, else the disk queue's volume."""
+        return self.ephemeral_storage_request or self.disk_queue_size_limit
+
     def validate(self) -> None:
+        storage_key = "ephemeral_storage_request" if self.ephemeral_storage_request else "disk_queue_size_limit"
+        for key, request, limit_key, limit in (
+            ("cpu_request", self.cpu_request, "cpu_limit", self.cpu_limit),
+            ("memory_request", self.memory_request, "memory_limit", self.memory_limit),
+            (storage_key, self.storage_request, "ephemeral_storage_limit", self.ephemeral_storage_limit),
+        ):
+            # Kubernetes refuses a pod whose request is over its limit: every injected pod would be
+            if request and limit and quantity_value(request) > quantity_value(limit):
+                raise ConfigError(
+                    f"injection.{key}",
+                    f"{request} is more than {limit_key} {limit}: Kubernetes would refuse every injected pod",
+                )
         ports = {self.grpc_port, self.http_port, self.admin_port}
         if len(ports) != 3:
             raise ConfigError("injection.admin_port", "grpc_port, http_port and admin_port must differ")

@@ -464,8 +464,24 @@ def _probe(path: str, injection: InjectionConfig, *, period: int, failures: int)
 
 
 def _resources(injection: InjectionConfig) -> dict[str, Any]:
-    requests = {k: v for k, v in (("cpu", injection.cpu_request), ("memory", injection.memory_request)) if v}
-    limits = {k: v for k, v in (("cpu", injection.cpu_limit), ("memory", injection.memory_limit)) if v}
+    requests = {
+        k: v
+        for k, v in (
+            ("cpu", injection.cpu_request),
+            ("memory", injection.memory_request),
+            ("ephemeral-storage", injection.storage_request),
+        )
+        if v
+    }
+    limits = {
+        k: v
+        for k, v in (
+            ("cpu", injection.cpu_limit),
+            ("memory", injection.memory_limit),
+            ("ephemeral-storage", injection.ephemeral_storage_limit),
+        )
+        if v
+    }
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests

@@ -11,11 +11,12 @@ from typing import Any
 import helm_python
 import pytest
 
+from sidecar.configkit import ConfigError
 from sidecar.webhook.config import load_webhook_config
 from sidecar.webhook.inject import Refused, Scope, decide
 from tests.helm.checks import validate_all, webhook_toml
 from tests.helm.conftest import CHART_DIR, NAMESPACE, RELEASE, render_chart
-from tests.webhook.conftest import apply, deployment_pod, env_of, sidecar_of
+from tests.webhook.conftest import apply, assert_valid_pod, deployment_pod, env_of, sidecar_of
 
 HASH_SECRET = f"{RELEASE}-otlp-sidecar-hash-key"
 
@@ -210,3 +211,53 @@ def test_cluster_name_and_app_protocol_reach_the_pod(render: Any, tmp_path: Path
     app = next(c for c in pod["spec"]["containers"] if c["name"] == "app")
     assert env_of(app) == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
                            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+
+
+def test_the_disk_queue_is_requested_as_ephemeral_storage(render: Any, tmp_path: Path) -> None:
+    """A disk queue the scheduler does not reserve can fill a node's disk during an outage, and a pod
+    using more ephemeral storage than it requested is the kubelet's first to evict under disk
+    pressure: with the disk queue on, the sidecar requests its volume."""
+    pod = injected_with(render({"sidecar": {"diskQueue": {"enabled": True, "sizeLimit": "2Gi"}}}), tmp_path)
+    assert_valid_pod(pod)
+    resources = sidecar_of(pod)["resources"]
+    assert resources["requests"]["ephemeral-storage"] == "2Gi"
+    assert "ephemeral-storage" not in resources.get("limits", {})
+    # memory only: nothing to reserve
+    plain = sidecar_of(injected_with(render({}), tmp_path))["resources"]
+    assert "ephemeral-storage" not in plain["requests"]
+    # the operator's own request and limit win (the limit counts the whole pod's use)
+    values = {"sidecar": {"diskQueue": {"enabled": True},
+                          "resources": {"requests": {"cpu": "50m", "memory": "64Mi", "ephemeral-storage": "256Mi"},
+                                        "limits": {"memory": "256Mi", "ephemeral-storage": "3Gi"}}}}
+    pod = injected_with(render(values), tmp_path)
+    assert_valid_pod(pod)
+    assert sidecar_of(pod)["resources"] == {
+        "requests": {"cpu": "50m", "memory": "64Mi", "ephemeral-storage": "256Mi"},
+        "limits": {"memory": "256Mi", "ephemeral-storage": "3Gi"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("resources", "disk_queue", "message"),
+    [
+        ({"requests": {"memory": "512Mi"}, "limits": {"memory": "256Mi"}}, False,
+         "injection.memory_request: 512Mi is more than memory_limit 256Mi"),
+        ({"requests": {"cpu": "1"}, "limits": {"cpu": "500m", "memory": "256Mi"}}, False,
+         "injection.cpu_request: 1 is more than cpu_limit 500m"),
+        ({"requests": {"memory": "64Mi"}, "limits": {"memory": "256Mi", "ephemeral-storage": "512Mi"}}, True,
+         "injection.disk_queue_size_limit: 1Gi is more than ephemeral_storage_limit 512Mi"),
+    ],
+    ids=["memory", "cpu", "disk-queue-over-storage-limit"],
+)
+def test_a_request_over_its_limit_stops_the_webhook(
+    render: Any, tmp_path: Path, resources: dict[str, Any], disk_queue: bool, message: str,
+) -> None:
+    """Kubernetes refuses a container whose request is over its limit: every injected pod would
+    fail to be created, so the webhook refuses the settings at its start and names the value."""
+    objects = render({"sidecar": {"resources": resources, "diskQueue": {"enabled": disk_queue}}})
+    path = tmp_path / "webhook.toml"
+    path.write_text(webhook_toml(objects), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_webhook_config(path, env={})
+    assert message in str(caught.value)
+    assert "Kubernetes would refuse every injected pod" in str(caught.value)

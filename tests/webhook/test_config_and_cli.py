@@ -47,6 +47,18 @@ def test_environment_overrides_a_key(config_file: Path) -> None:
             "injection.disk_queue_size_limit: '1Mi' is too small for a disk queue (at least 2Mi)",
         ),
         (
+            '[injection]\nephemeral_storage_limit = "lots"\n',
+            "injection.ephemeral_storage_limit: 'lots' is not a Kubernetes quantity",
+        ),
+        (
+            '[injection]\nmemory_request = "1Gi"\n',
+            "injection.memory_request: 1Gi is more than memory_limit 256Mi: Kubernetes would refuse every",
+        ),
+        (
+            '[injection]\nephemeral_storage_request = "2G"\nephemeral_storage_limit = "1Gi"\n',
+            "injection.ephemeral_storage_request: 2G is more than ephemeral_storage_limit 1Gi",
+        ),
+        (
             '[injection]\ntenant_label = "a"\ntenant_annotation = "b"\n',
             "injection.tenant_annotation: set tenant_label or tenant_annotation, not both",
         ),

@@ -128,10 +128,18 @@ def test_the_disk_queue_is_an_empty_dir_the_sidecar_fills_to_90_percent(
     env = env_of(sidecar_of(result))
     assert env["SIDECAR_EXPORTER_DISK_QUEUE_DIR"] == "/var/lib/otlp-sidecar/queue"
     assert env["SIDECAR_EXPORTER_DISK_QUEUE_MAX_BYTES"] == str(max_bytes)
-    # without it: memory only, no volume
+    # the scheduler reserves it, and the kubelet does not evict the pod first for using it
+    assert sidecar_of(result)["resources"]["requests"]["ephemeral-storage"] == limit
+    # without it: memory only, no volume, nothing reserved
     plain = inject(deployment_pod(**{"otlp-sidecar.io/inject": "true"}), config)
     assert "otlp-sidecar-queue" not in {v["name"] for v in plain["spec"]["volumes"]}
     assert "SIDECAR_EXPORTER_DISK_QUEUE_DIR" not in env_of(sidecar_of(plain))
+    assert "ephemeral-storage" not in sidecar_of(plain)["resources"]["requests"]
+    # an operator's own request wins, 0 included (no reservation)
+    for own in ("0", "100Mi"):
+        chosen = dataclasses.replace(injection, ephemeral_storage_request=own)
+        result = inject(pod, dataclasses.replace(config, injection=chosen))
+        assert sidecar_of(result)["resources"]["requests"]["ephemeral-storage"] == own
 
 
 def test_existing_env_is_kept_and_a_set_endpoint_is_not_overridden(config: WebhookConfig) -> None:
