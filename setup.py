@@ -31,7 +31,7 @@ def extensions() -> list:
         for pyx in sorted((HERE / "ext").glob("*.pyx"))
     ]
     print(
-        "otlp-sidecar: building C extensions: " + ", ".join(m.name for m in modules),
+        "otlp-sidecar: C extensions (compiled where out of date): " + ", ".join(m.name for m in modules),
         file=sys.stderr,
     )
     return cythonize(

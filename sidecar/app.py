@@ -381,17 +381,23 @@ def _tls_wrapper(tls: ServerTLS | None) -> ProtocolWrapper | None:
     return None if tls is None else tls_wrapper(tls)
 
 
+class ListenError(ConfigError):
+    """A listener could not bind: usually another process holds the port, not a wrong setting."""
+
+
 async def _listening(setting: str, endpoint: str, start: Awaitable[tuple[str, int]]) -> tuple[str, int]:
     """Await a listener's start; a port in use (or any bind error) names the setting and value."""
     try:
         return await start
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's text repeats the address
-        raise ConfigError(setting, f"cannot listen on {endpoint}: {reason}") from None
+        raise ListenError(setting, f"cannot listen on {endpoint}: {reason}") from None
 
 
 def start_error(exc: BaseException) -> tuple[str, int] | None:
     """(message, exit code) for an error that stops the start, or None for a bug."""
+    if isinstance(exc, ListenError):
+        return f"otlp-sidecar: cannot start: {exc}", 1
     if isinstance(exc, ConfigError):
         return f"otlp-sidecar: configuration error: {exc}", 2
     if isinstance(exc, OSError):
