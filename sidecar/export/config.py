@@ -169,7 +169,11 @@ class ExporterConfig:
         10.0, "Longest delay between retries.", kind="duration", min=0.0,
     )
     retry_max_elapsed: float = setting(
-        300.0, "Give up on a batch after retrying this long (it is counted as failed).",
+        300.0,
+        "Give up on a batch after retrying this long (it is counted as failed); 0: no limit (as the "
+        "Collector's max_elapsed_time: 0). Not with the disk queue (disk_queue_dir): there a batch "
+        "waits on disk until the upstream takes it or gives a final answer, and a full disk refuses "
+        "new data retryably.",
         kind="duration", min=0.0,
     )
     disk_queue_dir: str = setting(

@@ -46,7 +46,7 @@ SENT_ITEMS = declare(
 FAILED_ITEMS = declare(
     f"{PREFIX}_exporter_failed_items", Kind.counter, "{items}",
     "Items that could not be exported (final failure): a final answer, retries past "
-    "exporter.retry_max_elapsed, shutdown.",
+    "exporter.retry_max_elapsed (memory queue), shutdown.",
     component=COMPONENT,
     labels=(
         SIGNAL,

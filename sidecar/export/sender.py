@@ -1,8 +1,9 @@
 """Export workers: take batches from the queue, send them, retry per the OTLP rules.
 
 A batch leaves the queue only when the upstream took it, or when it failed for
-good (a non-retryable answer, retries past ``retry_max_elapsed``, or the shutdown grace
-period over); either way it is counted, so nothing that was accepted disappears silently.
+good (a non-retryable answer, retries past ``retry_max_elapsed`` without the disk queue, or
+the shutdown grace period over); either way it is counted, so nothing that was accepted
+disappears silently.
 Every error names the URL and the setting it came from, in the log and on ``/ready``.
 
 Each upstream (lane, :mod:`sidecar.export.lanes`) has its own circuit breaker and its own
@@ -270,8 +271,11 @@ class Sender:
         now = time.monotonic()
         if self._deadline is not None and now + delay > self._deadline:
             return None, _AT_SHUTDOWN
-        if now + delay > started + cfg.retry_max_elapsed:
-            return None, f"after retrying for {cfg.retry_max_elapsed:g} s (exporter.retry_max_elapsed)"
+        # 0: no time limit (the Collector's max_elapsed_time: 0); with the disk queue a batch waits on
+        # disk for the upstream however long it takes (the disk's budget bounds the backlog)
+        limit = cfg.retry_max_elapsed
+        if limit and not self._queue.durable and now + delay > started + limit:
+            return None, f"after retrying for {limit:g} s (exporter.retry_max_elapsed)"
         return delay, ""
 
     def _with_target(self, message: str, signal: Signal) -> str:

@@ -1,7 +1,7 @@
 """Sender (sidecar.export.sender) with its real queue and exporters, against a real upstream on
 loopback (tests/upstream.py) told how to answer: retryable answers are retried with backoff and
 Retry-After until delivered, final answers are dropped at once and counted, partial_success is
-counted as rejected, retries stop at retry_max_elapsed, and drain() delivers what was accepted or
+counted as rejected, retries stop at retry_max_elapsed (not with the disk queue), and drain() delivers what was accepted or
 counts what the grace period could not. Every batch ends in the metrics, sent or failed."""
 
 from __future__ import annotations
@@ -174,6 +174,41 @@ async def test_retries_stop_after_retry_max_elapsed_and_the_batch_is_counted(ups
         assert "after retrying for 0.3 s (exporter.retry_max_elapsed)" in s.sender.last_drop
         assert s.queue.held_bytes == 0  # given up: its room is free again
         upstream.default = Answer()
+
+
+async def test_retry_max_elapsed_zero_retries_without_a_time_limit(upstream) -> None:
+    """0 is the Collector's max_elapsed_time: 0, no limit (it used to mean no retry at all)."""
+    upstream.default = failing()
+    async with sending(upstream, SIDECAR_EXPORTER_RETRY_MAX_ELAPSED="0") as s:
+        await s.queue.put(Signal.TRACES, BODY, SPANS)
+        await s.until(lambda: upstream.attempts >= 8)
+        assert s.failed("http_503") == 0 and s.sender.last_drop == ""
+        upstream.default = Answer()
+        await upstream.wait_for(lambda: len(upstream.spans()) == SPANS)
+        await s.until(lambda: s.sent() == SPANS)
+
+
+async def test_with_the_disk_queue_an_outage_longer_than_retry_max_elapsed_loses_nothing(
+    upstream, tmp_path: Path,
+) -> None:
+    """The disk queue is there to ride out an outage: no batch is given up for time, however long
+    the upstream is away; it is delivered once the upstream is back."""
+    disk = DiskQueue(str(tmp_path), lanes=(frozenset(Signal),), max_bytes=1 << 20)
+    disk.open()
+    upstream.default = failing()
+    try:
+        async with sending(upstream, disk=disk, SIDECAR_EXPORTER_RETRY_MAX_ELAPSED="0.2") as s:
+            started = time.monotonic()
+            for _ in range(3):
+                await s.queue.put(Signal.TRACES, BODY, SPANS)
+            await s.until(lambda: time.monotonic() - started > 1.0 and upstream.attempts >= 6)
+            assert s.failed("http_503") == 0 and s.sender.last_drop == ""
+            upstream.default = Answer()
+            await upstream.wait_for(lambda: len(upstream.spans()) == 3 * SPANS)
+            await s.until(lambda: s.sent() == 3 * SPANS)
+    finally:
+        disk.close()
+    assert s.failed("http_503") == 0
 
 
 async def test_drain_delivers_everything_accepted_before_it(upstream) -> None:
