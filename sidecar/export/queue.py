@@ -239,6 +239,16 @@ class ExportQueue:
         if self._held_bytes == 0:
             self._drained.set()
 
+    def leftover(self) -> list[Batch]:
+        """Take every batch not handed out yet (sealed or still open), of every lane: what the
+        shutdown must account for once the workers are stopped."""
+        for signal in list(self._open):
+            self._seal(signal)
+        left = [batch for ready in self._ready for batch in ready]
+        for ready in self._ready:
+            ready.clear()
+        return left
+
     def close(self) -> None:
         """Accept nothing new; what is held is still handed out, then next_batch returns None."""
         self._closed = True

@@ -169,6 +169,27 @@ class Sender:
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 log.error("export worker failed: %r", task.exception())
+        # the workers counted (or kept) the batch each had in hand; the batches they never reached
+        # (waiting on an open circuit, say) are accounted for here, never dropped silently
+        left = self._queue.leftover()
+        if not left:
+            return
+        if self._queue.durable:
+            kept = sum(batch.items for batch in left)
+            log.warning("%d items not sent stay in the disk queue for the next start", kept)
+            for batch in left:
+                self._queue.done(batch, keep_on_disk=True)
+            return
+        lost = dict.fromkeys(Signal, 0)
+        for batch in left:
+            upstream = self._upstream_of[batch.signal]
+            last = upstream.last_error or "no answer from the upstream yet"
+            self._fail(batch, ExportError("shutdown", f"last error: {last}", retryable=False), why=_AT_SHUTDOWN)
+            self._queue.done(batch)
+            lost[batch.signal] += batch.items
+        log.error("at shutdown, %s never sent (still queued when the grace period ended) are dropped, counted in "
+                  "otlp_sidecar_exporter_failed_items_total{reason=\"shutdown\"}",
+                  ", ".join(f"{n} {signal.item_name}" for signal, n in lost.items() if n))
 
     async def _work(self, upstream: _Upstream) -> None:
         while True:

@@ -234,6 +234,42 @@ async def test_drain_counts_what_the_grace_period_could_not_deliver(upstream) ->
         assert s.sent() == 0
 
 
+async def test_drain_counts_every_batch_queued_behind_an_open_circuit(upstream, caplog) -> None:
+    """SIGTERM during an outage: the workers wait on the open circuit, so most batches are never in
+    a worker's hands when the grace period ends; every one of them is counted and logged."""
+    upstream.default = failing()
+    async with sending(upstream, SIDECAR_EXPORTER_CIRCUIT_THRESHOLD="1", SIDECAR_EXPORTER_CIRCUIT_OPEN_FOR="30",
+                       SIDECAR_EXPORTER_CONCURRENCY="2") as s:
+        for _ in range(8):
+            await s.queue.put(Signal.TRACES, BODY, SPANS)
+        await s.until(lambda: s.sender.breaker_for(Signal.TRACES).state is State.OPEN)
+        await s.sender.drain(0.3)
+        assert s.failed("shutdown") + s.failed("http_503") == 8 * SPANS
+        assert s.queue.held_bytes == 0
+    assert "never sent (still queued when the grace period ended)" in caplog.text
+
+
+async def test_drain_with_the_disk_queue_keeps_every_unsent_batch_for_the_next_start(upstream, tmp_path: Path) -> None:
+    disk = DiskQueue(str(tmp_path), lanes=(frozenset(Signal),), max_bytes=1 << 20)
+    disk.open()
+    upstream.default = failing()
+    try:
+        async with sending(upstream, disk=disk, SIDECAR_EXPORTER_CIRCUIT_THRESHOLD="1",
+                           SIDECAR_EXPORTER_CIRCUIT_OPEN_FOR="30") as s:
+            for _ in range(8):
+                await s.queue.put(Signal.TRACES, BODY, SPANS)
+            await s.until(lambda: s.sender.breaker_for(Signal.TRACES).state is State.OPEN)
+            await s.sender.drain(0.3)
+            assert s.failed("shutdown") == 0 and s.queue.held_bytes == 0
+    finally:
+        disk.close()
+    again = DiskQueue(str(tmp_path), lanes=(frozenset(Signal),), max_bytes=1 << 20)
+    try:
+        assert sum(record.items for record in again.open()) == 8 * SPANS
+    finally:
+        again.close()
+
+
 async def test_a_request_the_disk_queue_cannot_read_back_is_counted_and_the_worker_goes_on(
     upstream, tmp_path: Path
 ) -> None:
