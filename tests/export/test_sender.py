@@ -1,8 +1,9 @@
 """Sender (sidecar.export.sender) with its real queue and exporters, against a real upstream on
 loopback (tests/upstream.py) told how to answer: retryable answers are retried with backoff and
 Retry-After until delivered, final answers are dropped at once and counted, partial_success is
-counted as rejected, retries stop at retry_max_elapsed (not with the disk queue), and drain() delivers what was accepted or
-counts what the grace period could not. Every batch ends in the metrics, sent or failed."""
+counted as rejected, retries stop at retry_max_elapsed (not with the disk queue), and drain()
+delivers what was accepted or counts what the grace period could not. Every batch ends in the
+metrics, sent or failed."""
 
 from __future__ import annotations
 
