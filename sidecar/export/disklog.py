@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import errno
 import logging
 import os
 import struct
@@ -184,13 +185,39 @@ class DiskLog:
             assert segment is not None
         header = _HEADER.pack(MAGIC, _SIGNALS.index(signal), items, len(data), zlib.crc32(data))
         offset = segment.bytes
-        os.write(self._fd, header + data)
+        self._write_whole(header + data, offset)
         segment.bytes += size
         segment.records += 1
         self._bytes += size
         record = Record(self.number, segment.number, offset, signal, items, len(data))
         await self._sync()
         return record
+
+    def _write_whole(self, blob: builtins.bytes, offset: int) -> None:
+        """Append ``blob`` at ``offset`` (the segment's end) whole, or raise OSError with the segment
+        as it was: a full disk (or a file size limit) may take part of a write without an error,
+        and a record cut short would be acknowledged to the app, then break every record after
+        it. What a failed write left is cut off again; if even that fails, the segment is sealed
+        (a replay stops at the cut record, after every good one) and the next record starts a new one."""
+        done = 0
+        try:
+            while done < len(blob):
+                wrote = os.write(self._fd, memoryview(blob)[done:])
+                if wrote <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += wrote
+        except OSError:
+            if done:
+                try:
+                    os.ftruncate(self._fd, offset)
+                except OSError as exc:
+                    log.error("disk queue: cannot cut a partly written record off %s (%s); starting a new "
+                              "segment", self._active.path.name if self._active else "?", exc.strerror)
+                    self._active.bytes = offset + done  # type: ignore[union-attr]
+                    self._bytes += done
+                    with contextlib.suppress(OSError):
+                        self._seal_active()
+            raise
 
     async def _sync(self) -> None:
         """Group commit: one fdatasync covers every append made before it started."""
@@ -225,7 +252,15 @@ class DiskLog:
         fd = self._read_fds.get(record.segment)
         if fd is None:
             fd = self._read_fds[record.segment] = os.open(self._path(record.segment), os.O_RDONLY)
-        return os.pread(fd, record.length, record.offset + _HEADER.size)
+        raw = os.pread(fd, _HEADER.size + record.length, record.offset)
+        if len(raw) == _HEADER.size + record.length:
+            magic, _code, _items, length, crc = _HEADER.unpack_from(raw)
+            payload = raw[_HEADER.size:]
+            if magic == MAGIC and length == record.length and zlib.crc32(payload) == crc:
+                return payload
+        # never sent as a request: counted as unreadable (disk_read) by the caller
+        raise OSError(errno.EIO, f"record at offset {record.offset} of {self._path(record.segment).name} "
+                                 "is damaged (cut short or its checksum does not match)")
 
     def ack(self, record: Record) -> None:
         """The record left the sidecar; a segment with every record acknowledged is deleted."""

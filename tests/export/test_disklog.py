@@ -3,6 +3,7 @@ handling (the budget and the logs per upstream: test_diskqueue.py)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -157,4 +158,67 @@ async def test_acknowledgements_left_without_their_segment_are_removed_at_start(
     log.close()
     log, replay = open_log(tmp_path)
     assert [log.read(r) for r in replay] == [b"accepted after"]
+    log.close()
+
+
+#: appends 3,000-byte records under a 10,000-byte file size limit (RLIMIT_FSIZE: the kernel takes
+#: part of the write that crosses it without an error, as a full disk may, then refuses with EFBIG);
+#: prints what each append did, then what a fresh open replays
+WRITES_INTO_A_FULL_DISK = """
+import asyncio, json, resource, sys
+from sidecar.export.disklog import DiskLog
+from sidecar.signals import Signal
+
+async def main(path):
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, hard))
+    log = DiskLog(path)
+    log.open()
+    outcomes = []
+    for i in range(5):
+        try:
+            await log.append(Signal.LOGS, 1, bytes([48 + i]) * 3_000)
+            outcomes.append("ok")
+        except OSError as exc:
+            outcomes.append(exc.strerror)
+    log.close()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    again = DiskLog(path)
+    replay = again.open()
+    print(json.dumps({"outcomes": outcomes, "replayed": [again.read(r)[:1].decode() for r in replay],
+                      "corrupt": again.corrupt}))
+    again.close()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_a_write_the_disk_takes_only_part_of_is_refused_and_leaves_no_torn_record(tmp_path: Path) -> None:
+    """A full disk (here a file size limit, the same short write from the kernel) must not get a
+    record acknowledged that is only partly on disk: the append fails (the app is refused
+    retryably), the part written is cut off, and every record acknowledged before and after is
+    replayed whole."""
+    child = subprocess.run([sys.executable, "-c", WRITES_INTO_A_FULL_DISK, str(tmp_path)], cwd=REPO,
+                           capture_output=True, text=True, check=False, timeout=60)
+    assert child.returncode == 0, child.stderr
+    result = json.loads(child.stdout)
+    # three 3,017-byte records fit under 10,000 bytes; the fourth crosses it
+    assert result["outcomes"][:3] == ["ok", "ok", "ok"]
+    assert all(outcome != "ok" for outcome in result["outcomes"][3:]), result
+    assert result["replayed"] == ["0", "1", "2"] and result["corrupt"] == 0, result
+
+
+async def test_a_damaged_record_is_never_read_back_as_a_request(tmp_path: Path) -> None:
+    """A record whose bytes changed on disk after it was written raises (counted as disk_read by the
+    sender) instead of going out inside a batch the upstream then refuses whole."""
+    log, _ = open_log(tmp_path)
+    good = await log.append(Signal.TRACES, 1, b"a" * 100)
+    bad = await log.append(Signal.TRACES, 1, b"b" * 100)
+    segment = next(tmp_path.glob("segment-*.log"))
+    raw = bytearray(segment.read_bytes())
+    raw[bad.offset + 40] ^= 0xFF
+    segment.write_bytes(bytes(raw))
+    assert log.read(good) == b"a" * 100
+    with pytest.raises(OSError, match="damaged"):
+        log.read(bad)
     log.close()
