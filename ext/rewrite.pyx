@@ -29,13 +29,28 @@ from sidecar.rewrite._common import (
     compile_plan,
     decode_attributes,
 )
-from sidecar.rewrite._schema import FIELDS, HOLDS_ITEMS, ITEMS, MAX_NESTING, NAMES, REQUEST_TYPE, RS_TYPE
+from sidecar.rewrite._schema import (
+    ALLOWED,
+    ALLOWED_NAMES,
+    FIELDS,
+    HOLDS_ITEMS,
+    ITEMS,
+    MAX_ALLOWED_DEPTH,
+    MAX_NESTING,
+    NALLOWED,
+    NAMES,
+    REQUEST_TYPE,
+    RS_TYPE,
+)
+from sidecar.rewrite._schema import BUCKETS as _BUCKETS
+from sidecar.rewrite._schema import EDP as _EDP
+from sidecar.rewrite._schema import SDP as _SDP
 from sidecar.rewrite.plan import Plan
 
 from sidecar._ext.cards import find_pans  # the detector's Python API, also here as before
 
 __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
-           "count_items", "find_pans", "rewrite", "split_resources"]
+           "count_items", "find_pans", "rewrite", "split_resources", "unknown_field"]
 
 IMPLEMENTATION = "cython"
 
@@ -79,6 +94,100 @@ def _load_schema():
 
 
 _load_schema()
+
+# ---- the egress allowlist (sidecar/rewrite/_allowlist.py is the twin) ----
+
+DEF ALLOWED_TYPES = 33
+cdef int AMASK[ALLOWED_TYPES][MAXF]
+cdef int ASUB[ALLOWED_TYPES][MAXF]
+cdef int T_BUCKETS = _BUCKETS, T_EDP = _EDP, T_SDP = _SDP
+cdef int MAX_DEPTH_ALLOWED = MAX_ALLOWED_DEPTH
+
+
+def _load_allowed():
+    cdef int t, f
+    if NALLOWED != ALLOWED_TYPES:
+        raise RuntimeError("ext/rewrite.pyx: ALLOWED_TYPES does not match sidecar/rewrite/_schema.py")
+    for t in range(ALLOWED_TYPES):
+        for f in range(MAXF):
+            AMASK[t][f] = 0
+            ASUB[t][f] = -1
+    for t, fmap in ALLOWED.items():
+        for f, (mask, sub) in fmap.items():
+            if f >= MAXF:
+                raise RuntimeError("allowed field number out of range for the C table")
+            AMASK[t][f] = mask
+            ASUB[t][f] = sub
+
+
+_load_allowed()
+
+
+cdef inline int named(int t) noexcept:
+    """The walk's type to name in a parse error (its messages know the walk's types only)."""
+    if t < T_BUCKETS:
+        return t
+    return T_EDP if t == T_BUCKETS else T_SDP
+
+
+cdef struct Unknown:
+    int t  # the message holding it
+    uint32_t fn
+    int wt
+    int deep  # 1: a sub-message (of type t) nested too deep
+
+
+cdef Py_ssize_t first_unknown(St* st, int t, Py_ssize_t start, Py_ssize_t end, int depth,
+                              Unknown* u) noexcept:
+    """Offset of the first field in data[start:end] (a message of type t, and below) that OTLP
+    does not define, -1 if none, -2 if it does not parse (st.err)."""
+    cdef Py_ssize_t pos = start, tag_pos, found
+    cdef Field f
+    cdef int mask, sub
+    while pos < end:
+        tag_pos = pos
+        if next_field(st, pos, end, named(t), &f) < 0:
+            return -2
+        pos = f.ve
+        if f.fn < MAXF:
+            mask = AMASK[t][f.fn]
+            sub = ASUB[t][f.fn]
+        else:
+            mask = 0
+            sub = -1
+        if not (mask & (1 << f.wt)):
+            u.t, u.fn, u.wt, u.deep = t, f.fn, f.wt, 0
+            return tag_pos
+        if sub >= 0:
+            if depth >= MAX_DEPTH_ALLOWED:
+                u.t, u.fn, u.wt, u.deep = sub, f.fn, f.wt, 1
+                return tag_pos
+            found = first_unknown(st, sub, f.vs, f.ve, depth + 1, u)
+            if found != -1:
+                return found
+    return -1
+
+
+def unknown_field(signal, data):
+    """Where the first field of ``data`` that OTLP does not define is (``field 1000 (wire type 2)
+    of ResourceSpans at offset 12``), or None when every field is OTLP's."""
+    cdef Py_buffer view
+    cdef St st
+    cdef Unknown u
+    cdef Py_ssize_t found
+    st_open(&st, data, &view)
+    try:
+        found = first_unknown(&st, REQUEST_TYPE[signal], 0, st.size, 0, &u)
+        if found == -2:
+            raise error_of(&st)
+        if found == -1:
+            return None
+        if u.deep:
+            return f"{ALLOWED_NAMES[u.t]} nested deeper than {MAX_ALLOWED_DEPTH} at offset {found}"
+        return f"field {u.fn} (wire type {u.wt}) of {ALLOWED_NAMES[u.t]} at offset {found}"
+    finally:
+        st_free(&st)
+        PyBuffer_Release(&view)
 
 # ---- compiled plans in C ----
 

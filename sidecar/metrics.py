@@ -36,6 +36,14 @@ SAMPLED_OUT_ITEMS = declare(
     component=COMPONENT, labels=(receivers.SIGNAL,),
     collector="(no common name: each Collector sampler counts in its own way)",
 )
+UNKNOWN_FIELDS = declare(
+    f"{PREFIX}_processor_unknown_fields_dropped", Kind.counter, "{fields}",
+    "Fields OTLP does not define, dropped from requests before export since nothing scanned them "
+    "for card numbers: the deprecated field 1000 of very old SDKs, a newer protocol's fields, or "
+    "made-up ones.",
+    component=COMPONENT, labels=(receivers.SIGNAL,),
+    collector="(none: the Collector drops unknown fields when it decodes a request)",
+)
 _PROCESS = "From prometheus_client's process collector (read from /proc/self)."
 PROCESS_CPU = declare(
     "process_cpu_seconds", Kind.counter, "s", "CPU time of the sidecar process (user + system).",
@@ -77,6 +85,7 @@ class SidecarMetrics:
         self.receive_budget_in_use = receivers.INFLIGHT_BYTES.gauge(r)
         self.receive_budget_limit = receivers.INFLIGHT_LIMIT_BYTES.gauge(r)
         self.sampled_out_items = SAMPLED_OUT_ITEMS.counter(r)
+        self.unknown_fields_dropped = UNKNOWN_FIELDS.counter(r)
         self.queue_size = export.QUEUE_SIZE.gauge(r)
         self.queue_capacity = export.QUEUE_CAPACITY.gauge(r)
         self.queue_items = export.QUEUE_ITEMS.gauge(r)
@@ -109,6 +118,7 @@ class SidecarMetrics:
                 for reason in REQUEST_REFUSALS:
                     self.refused_requests.labels(s, transport, reason)
             self.sampled_out_items.labels(s)
+            self.unknown_fields_dropped.labels(s)
             self.queue_items.labels(s)
             self.sent_items.labels(s)
             self.rejected_upstream_items.labels(s)

@@ -21,7 +21,14 @@ from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
 from sidecar.overload.reasons import INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE, Action, Status
 from sidecar.policy.errors import PolicyUnavailable
-from sidecar.rewrite import MalformedRequest, ResourceInfo, rewrite, split_resources
+from sidecar.rewrite import (
+    MalformedRequest,
+    ResourceInfo,
+    rewrite,
+    split_resources,
+    unknown_field,
+    without_unknown_fields,
+)
 from sidecar.rewrite.plan import PASS_THROUGH, Plan
 from sidecar.signals import Signal
 
@@ -200,6 +207,7 @@ class Pipeline:
         self._bucket: TokenBucket | None = None
         # (received, accepted, sampled out) counters bound per (signal, transport): labels() costs
         self._counters: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._unknown_logged: set[Signal] = set()
 
     async def submit(self, signal: Signal, data: bytes | memoryview, transport: str, peer: Peer) -> Outcome:
         """Apply the policies to one request and queue what remains; raise Refused otherwise.
@@ -275,14 +283,33 @@ class Pipeline:
                 raise PermissionDenied(message or "refused by policy", items_in)
         accepted = items_in - result.rejected_items
         if result.items_out > 0:
+            data = self._only_otlp(signal, result.data)
             try:
-                await self._queue.put(signal, result.data, result.items_out)
+                await self._queue.put(signal, data, result.items_out)
             except (QueueFull, QueueClosed) as exc:
                 reason = "queue_full" if isinstance(exc, QueueFull) else "shutting_down"
                 self._metrics.refused_items.labels(*labels, reason).inc(accepted)
                 raise Unavailable(str(exc), items_in, retry_after=self._retry_after, reason=reason) from None
         counters[1].inc(accepted)
         return Outcome(accepted=accepted, rejected=result.rejected_items, message=message)
+
+    def _only_otlp(self, signal: Signal, data: bytes) -> bytes:
+        """``data`` without the fields OTLP does not define (the rewriter copies what it does not
+        walk, so those were never scanned): counted, and logged once per signal (where, not what)."""
+        where = unknown_field(signal, data)
+        if where is None:
+            return data
+        data, dropped = without_unknown_fields(signal, data)
+        self._metrics.unknown_fields_dropped.labels(signal.value).inc(dropped)
+        if signal not in self._unknown_logged:
+            self._unknown_logged.add(signal)
+            log.warning(
+                "dropped %d field(s) OTLP does not define from a %s request before export (first: %s); "
+                "nothing scanned them for card numbers. Counted in "
+                "otlp_sidecar_processor_unknown_fields_dropped_total; logged once per signal",
+                dropped, signal.value, where,
+            )
+        return data
 
     def _refuse_items(self, received: Any, labels: tuple[str, str], refused: Refused) -> Refused:
         """Count a whole request's items as received and refused for its reason; return ``refused``."""

@@ -12,7 +12,7 @@ from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
 
 __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
-           "count_items", "find_pans", "rewrite", "split_resources"]
+           "count_items", "find_pans", "rewrite", "split_resources", "unknown_field"]
 
 IMPLEMENTATION: Final[str]
 
@@ -20,3 +20,4 @@ def count_items(signal: Signal, data: RequestData) -> int: ...
 def split_resources(signal: Signal, data: RequestData, validate: bool = True,
                     count: bool = True) -> list[ResourceInfo]: ...
 def rewrite(signal: Signal, data: RequestData, plans: Sequence[Plan]) -> RewriteResult: ...
+def unknown_field(signal: Signal, data: RequestData) -> str | None: ...

@@ -12,17 +12,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sidecar._ext import DISABLED
+from sidecar.rewrite._allowlist import without_unknown_fields  # the rare path: Python either way
 from sidecar.rewrite._common import MalformedRequest, ResourceInfo, RewriteResult
 
 __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
-           "count_items", "rewrite", "split_resources"]
+           "count_items", "rewrite", "split_resources", "unknown_field", "without_unknown_fields"]
 
 NO_EXTENSIONS = DISABLED
 
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from sidecar.rewrite._py import IMPLEMENTATION, count_items, rewrite, split_resources
+    from sidecar.rewrite._py import IMPLEMENTATION, count_items, rewrite, split_resources, unknown_field
 else:
     try:
-        from sidecar._ext.rewrite import IMPLEMENTATION, count_items, rewrite, split_resources
+        from sidecar._ext.rewrite import IMPLEMENTATION, count_items, rewrite, split_resources, unknown_field
     except ImportError:  # pragma: no cover - not built
-        from sidecar.rewrite._py import IMPLEMENTATION, count_items, rewrite, split_resources
+        from sidecar.rewrite._py import IMPLEMENTATION, count_items, rewrite, split_resources, unknown_field

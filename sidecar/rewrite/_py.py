@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 
+from sidecar.rewrite._allowlist import unknown_field
 from sidecar.rewrite._cards import find_pans, mask_digits
 from sidecar.rewrite._common import (
     ACT_DROP,
@@ -77,7 +78,7 @@ from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
 
 __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
-           "count_items", "find_pans", "rewrite", "split_resources"]
+           "count_items", "find_pans", "rewrite", "split_resources", "unknown_field"]
 
 IMPLEMENTATION = "python"
 

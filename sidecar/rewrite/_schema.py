@@ -63,6 +63,66 @@ FIELDS: dict[int, dict[int, int]] = {
 }
 ITEMS = frozenset({SPAN, LOG, NDP, HDP, EDP, SDP})
 
+# ---- the egress allowlist: every field of OTLP, and nothing else, leaves the sidecar ----
+# Fields the walk above does not list pass through the rewriter as they are. Those that are
+# OTLP's (ids, times, counts, flags, numbers) are listed here with their wire types; any other
+# field (a number OTLP does not define, or a defined one with another wire type: what an old SDK
+# sends in the deprecated field 1000, or what a client smuggles) is dropped before export, since
+# nothing scanned it (docs/policy.md, "The PCI guarantee").
+
+#: messages only the allowlist descends into (the rewriter has nothing to scan in them)
+BUCKETS, QUANTILE = 31, 32
+NALLOWED = 33
+#: wire types, as bits of a mask: varint, 64-bit, length-delimited, 32-bit
+VARINT, I64, LEN, I32 = 1 << 0, 1 << 1, 1 << 2, 1 << 5
+#: a packed repeated number is length-delimited, or one field per value
+PACKED_I64, PACKED_VARINT = I64 | LEN, VARINT | LEN
+KEEP: dict[int, dict[int, int]] = {
+    RESOURCE: {2: VARINT},
+    SCOPE: {4: VARINT},
+    SPAN: {1: LEN, 2: LEN, 4: LEN, 6: VARINT, 7: I64, 8: I64, 10: VARINT, 12: VARINT, 14: VARINT, 16: I32},
+    EVENT: {1: I64, 4: VARINT},
+    LINK: {1: LEN, 2: LEN, 5: VARINT, 6: I32},
+    STATUS: {3: VARINT},
+    LOG: {1: I64, 2: VARINT, 7: VARINT, 8: I32, 9: LEN, 10: LEN, 11: I64},
+    GAUGE: {2: VARINT, 3: VARINT},  # Sum's aggregation temporality and monotonicity (Gauge has none)
+    HIST: {2: VARINT},
+    EXPH: {2: VARINT},
+    NDP: {2: I64, 3: I64, 4: I64, 6: I64, 8: VARINT},
+    HDP: {2: I64, 3: I64, 4: I64, 5: I64, 6: PACKED_I64, 7: PACKED_I64, 10: VARINT, 11: I64, 12: I64},
+    EDP: {2: I64, 3: I64, 4: I64, 5: I64, 6: VARINT, 7: I64, 10: VARINT, 12: I64, 13: I64, 14: I64},
+    SDP: {2: I64, 3: I64, 4: I64, 5: I64, 8: VARINT},
+    EXEMPLAR: {2: I64, 3: I64, 4: LEN, 5: LEN, 6: I64},
+    KV: {1: LEN, 3: VARINT},  # the key (scanned by the attribute walk), key_strindex
+    ANY: {2: VARINT, 3: VARINT, 4: I64, 7: LEN, 8: VARINT},
+    BUCKETS: {1: VARINT, 2: PACKED_VARINT},
+    QUANTILE: {1: I64, 2: I64},
+}
+#: sub-messages of OTLP the walk does not enter: the allowlist does
+KEEP_SUB: dict[int, dict[int, int]] = {EDP: {8: BUCKETS, 9: BUCKETS}, SDP: {6: QUANTILE}}
+
+
+def _allowed() -> dict[int, dict[int, tuple[int, int]]]:
+    """For each message type: field number -> (wire-type mask, sub-message type or -1)."""
+    table: dict[int, dict[int, tuple[int, int]]] = {t: {} for t in range(NALLOWED)}
+    for t, fmap in FIELDS.items():
+        for fn, code in fmap.items():
+            sub = code - F_SUB if code >= F_SUB else KV if code == F_KV else -1
+            table[t][fn] = (LEN, sub)
+    for t, fmap in KEEP.items():
+        for fn, mask in fmap.items():
+            table[t][fn] = (mask, -1)
+    for t, fmap in KEEP_SUB.items():
+        for fn, sub in fmap.items():
+            table[t][fn] = (LEN, sub)
+    return table
+
+
+ALLOWED = _allowed()
+ALLOWED_NAMES = (*NAMES, "ExponentialHistogramDataPoint.Buckets", "SummaryDataPoint.ValueAtQuantile")
+#: how deep the allowlist follows messages (the walk refuses values nested deeper than MAX_NESTING)
+MAX_ALLOWED_DEPTH = 2 * MAX_NESTING + 16
+
 
 def _holding_items() -> frozenset[int]:
     """Types with items below them (not counting the items' own insides)."""

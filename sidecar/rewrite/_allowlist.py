@@ -1,0 +1,94 @@
+"""The egress allowlist, in pure Python: find, and drop, every field of a request that is not
+OTLP's (``sidecar.rewrite._schema.ALLOWED``), at any depth.
+
+The rewriter copies the fields it does not walk as they are, so a field OTLP does not define (a
+number of a newer or older protocol, such as the deprecated field 1000 that the Collector still
+turns into spans, or one a client made up) would leave the sidecar unscanned. The pipeline asks
+:func:`unknown_field` (compiled in ``sidecar._ext.rewrite``, this module is its twin) of every
+rewritten request, and sends what :func:`without_unknown_fields` leaves of one that has any.
+"""
+
+from __future__ import annotations
+
+from sidecar.rewrite._common import MalformedRequest
+from sidecar.rewrite._schema import (
+    ALLOWED,
+    ALLOWED_NAMES,
+    BUCKETS,
+    EDP,
+    MAX_ALLOWED_DEPTH,
+    REQUEST_TYPE,
+    SDP,
+)
+from sidecar.rewrite._wire import encode_varint, next_field
+from sidecar.signals import Signal
+
+
+def unknown_field(signal: Signal, data: bytes | bytearray | memoryview) -> str | None:
+    """Where the first field of ``data`` that OTLP does not define is (``field 1000 of
+    ResourceSpans at offset 12``), or None when every field is OTLP's."""
+    buf = bytes(data)
+    return _first_unknown(buf, REQUEST_TYPE[signal], 0, len(buf), 0)
+
+
+def _named(t: int) -> int:
+    """The walk's type to name in a parse error (its messages know the walk's types only)."""
+    return t if t < BUCKETS else EDP if t == BUCKETS else SDP
+
+
+def _first_unknown(buf: bytes, t: int, start: int, end: int, depth: int) -> str | None:
+    pos = start
+    fields = ALLOWED[t]
+    while pos < end:
+        tag_pos = pos
+        fn, wt, vs, ve, _ = next_field(buf, pos, end, _named(t))
+        pos = ve
+        mask, sub = fields.get(fn, (0, -1))
+        if not mask & (1 << wt):
+            return f"field {fn} (wire type {wt}) of {ALLOWED_NAMES[t]} at offset {tag_pos}"
+        if sub >= 0:
+            if depth >= MAX_ALLOWED_DEPTH:
+                return f"{ALLOWED_NAMES[sub]} nested deeper than {MAX_ALLOWED_DEPTH} at offset {tag_pos}"
+            found = _first_unknown(buf, sub, vs, ve, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def without_unknown_fields(signal: Signal, data: bytes | bytearray | memoryview) -> tuple[bytes, int]:
+    """``data`` with every field OTLP does not define dropped (sub-messages re-encoded around
+    what they lose), and how many fields were dropped. MalformedRequest if it does not parse."""
+    buf = bytes(data)
+    out = bytearray()
+    dropped = _copy_known(buf, REQUEST_TYPE[signal], 0, len(buf), 0, out)
+    return bytes(out), dropped
+
+
+def _copy_known(buf: bytes, t: int, start: int, end: int, depth: int, out: bytearray) -> int:
+    pos = start
+    dropped = 0
+    fields = ALLOWED[t]
+    while pos < end:
+        tag_pos = pos
+        fn, wt, vs, ve, _ = next_field(buf, pos, end, _named(t))
+        pos = ve
+        mask, sub = fields.get(fn, (0, -1))
+        if not mask & (1 << wt) or (sub >= 0 and depth >= MAX_ALLOWED_DEPTH):
+            dropped += 1
+            continue
+        if sub < 0:
+            out += buf[tag_pos:ve]
+            continue
+        inner = bytearray()
+        lost = _copy_known(buf, sub, vs, ve, depth + 1, inner)
+        if not lost:
+            out += buf[tag_pos:ve]
+            continue
+        dropped += lost
+        out += encode_varint((fn << 3) | 2)
+        out += encode_varint(len(inner))
+        out += inner
+    return dropped
+
+
+__all__ = ["MalformedRequest", "unknown_field", "without_unknown_fields"]
