@@ -51,15 +51,24 @@ class _Differ:
     def attributes(self, path: str, before: list[Any], after: list[Any]) -> None:
         old = {kv.get("key"): kv.get("value") for kv in before}
         new = {kv.get("key"): kv.get("value") for kv in after}
+        renamed: set[Any] = set()
         for key in old:
-            where = f"{path}[{key!r}]"
+            # a key as it was may hold a card number: masked before repr(), whose escapes (\x01,
+            # \u2028) would join it to other digits where the masker of the lines cannot see it
+            where = f"{path}[{key if self.show_values else _masked_key(key)!r}]"
             if key not in new:
-                self.lines.append(f"  {where}: dropped")
+                masked = _masked_key(key)
+                if masked != key and masked in new:  # the rewriter masked the key itself
+                    renamed.add(masked)
+                    change = f", value {_show(new[masked])}" if new[masked] != old[key] else ""
+                    self.lines.append(f"  {where}: key masked to {masked!r}{change}")
+                else:
+                    self.lines.append(f"  {where}: dropped")
             elif new[key] != old[key]:
                 was = f" (was {_show(old[key])})" if self.show_values else ""
                 self.lines.append(f"  {where}: changed to {_show(new[key])}{was}")
         for key in new:
-            if key not in old:
+            if key not in old and key not in renamed:
                 self.lines.append(f"  {path}[{key!r}]: added {_show(new[key])}")
 
     def walk(self, path: str, before: Any, after: Any) -> None:
@@ -139,6 +148,10 @@ def explain_payload(
     if totals:
         lines.append("counts: " + ", ".join(f"{r} {a} {n}" for (r, a), n in sorted(totals.items())))
     return lines if show_values else [mask_card_numbers(line) for line in lines]
+
+
+def _masked_key(key: Any) -> Any:
+    return mask_card_numbers(key) if isinstance(key, str) else key
 
 
 def _service_after(signal: Signal, data: bytes) -> str:

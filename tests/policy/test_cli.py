@@ -167,6 +167,25 @@ def test_policy_explain_never_prints_a_card_number_without_show_values(tmp_path:
     assert f"'charge {visa}'" in shown.stdout and f"service.name 'shop {amex}'" in shown.stdout
 
 
+def test_policy_explain_masks_keys_holding_card_numbers_before_escaping_them(tmp_path: Path) -> None:
+    """A key's escapes (repr turns a control character into \\x01, U+2028 into \\u2028) joined a
+    card number to other digits where the masker of the printed lines could not see it: a review
+    got both numbers printed without --show-values."""
+    keys = ["\u00014111111111111111", "\u20285555555555554444", "plain"]
+    payload = {"resourceSpans": [{"scopeSpans": [{"spans": [{
+        "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "pay",
+        "status": {"code": 2},
+        "attributes": [{"key": key, "value": {"stringValue": "x"}} for key in keys]}]}]}]}
+    capture = tmp_path / "capture.json"
+    capture.write_text(json.dumps(payload))
+    done = run("explain", str(capture), "--dir", str(POLICIES))
+    assert done.returncode == 0, done.stderr
+    for number in ("4111111111111111", "5555555555554444"):
+        assert number not in done.stdout and number[4:] not in done.stdout, done.stdout
+    assert done.stdout.count("key masked to") == 2, done.stdout
+    assert "dropped" not in done.stdout and "added" not in done.stdout.replace("added \"acme\"", "")
+
+
 def test_print_in_a_set_is_accepted_and_shown_on_failure(policy_dir: Path) -> None:
     """Issue 17: print() was refused, so a FAIL had no reason. `run`'s checks accept it now."""
     from tests.peers import peer
