@@ -261,7 +261,8 @@ class ExporterConfig:
                 target = "stdout" if self.debug_output == "-" else self.debug_output
                 notices.append(
                     f"no upstream endpoint (exporter.endpoint, OTEL_EXPORTER_OTLP_ENDPOINT): nothing is "
-                    f"forwarded; the debug exporter writes every batch, masked, as JSON lines to {target}"
+                    f"forwarded; the debug exporter writes every batch as the policies left it (masked in "
+                    f"enforce mode) as JSON lines to {target}"
                 )
             return resolved
         plaintext = all(urlsplit(resolved.url_for(signal)).scheme == "http" for signal in Signal)

@@ -28,6 +28,7 @@ from typing import Any, Literal, TypeGuard, TypeVar, get_args
 
 from sidecar.policy.errors import DecisionError
 from sidecar.policy.invariant import Exemption, enforce, exemptions_from
+from sidecar.rewrite._cards import find_pans
 from sidecar.rewrite.plan import (
     DEFAULT_REDACTION,
     AttributeAction,
@@ -113,6 +114,10 @@ def _rule_id(where: _Where, path: str, entry: Mapping[str, Any]) -> str:
             f"{path}.rule_id",
             "must be a string of letters, digits and . _ : / - (at most 80), got " + _kind(value),
         )
+    if find_pans(value.encode()):
+        # it would go into metric labels and the decision log: never quoted here either
+        raise where.fail(f"{path}.rule_id", "holds a card number: a rule id names a rule, it is never built "
+                                            "from telemetry")
     return value
 
 

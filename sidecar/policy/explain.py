@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sidecar.policy.masked_text import mask_card_numbers
 from sidecar.rewrite import rewrite, split_resources
-from sidecar.rewrite._py import find_pans
 from sidecar.signals import Signal
 from sidecar.wire.otlp_json import json_to_protobuf, protobuf_to_json
 
@@ -159,16 +159,3 @@ def _service_after(signal: Signal, data: bytes) -> str:
     resources = split_resources(signal, data) if data else []
     return str(resources[0].attributes.get("service.name", "")) if resources else ""
 
-
-def mask_card_numbers(text: str) -> str:
-    """``text`` with every card number masked to its last four digits (as ``mask_pan`` does)."""
-    raw = bytearray(text.encode("utf-8"))
-    for start, end, _ in find_pans(bytes(raw)):
-        keep = 4
-        for at in range(end - 1, start - 1, -1):
-            if 48 <= raw[at] <= 57:
-                if keep:
-                    keep -= 1
-                else:
-                    raw[at] = 42
-    return raw.decode("utf-8")

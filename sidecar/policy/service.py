@@ -565,9 +565,11 @@ class PolicyService:
             log.log(
                 logging.INFO if self.config.mode == "enforce" else logging.WARNING,
                 "policy set %s%s is live: mode %s, %d files, %d tests passed, PCI probe: %d card "
-                "numbers in every signal masked",
+                "numbers in every signal masked by the set%s",
                 active.version, self._origin_note(), self.config.mode,
                 len(active.files), active.tests_passed, active.probed_cards,
+                "" if self.config.mode == "enforce" else
+                f" (in {self.config.mode} mode the data is forwarded as it came: NOT masked)",
             )
             for rule_id in active.ignored_keeps:
                 log.warning(

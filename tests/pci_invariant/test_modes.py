@@ -89,6 +89,9 @@ async def test_dry_run_forwards_in_clear_and_says_so_everywhere(upstream, settin
     assert metric(metrics, "otlp_sidecar_policy_dry_run") == 1
     warning = next(line for line in sidecar.stderr.splitlines() if "dry_run" in line)
     assert "WARNING" in warning and "NOT masked" in warning
+    # the probe's line says what the set would mask, and that nothing is (a review read it as masking)
+    live = next(line for line in sidecar.stderr.splitlines() if " is live: mode dry_run" in line)
+    assert "masked by the set (in dry_run mode the data is forwarded as it came: NOT masked)" in live, live
 
 
 async def test_passthrough_with_a_policy_dir_is_a_configuration_error() -> None:

@@ -184,6 +184,32 @@ def test_errors_never_quote_values_that_may_come_from_telemetry() -> None:
     assert str(caught.value) == "package p: decision.stamps[0].value: must be a string, got a number [rule_id 't']"
 
 
+@pytest.mark.parametrize("rule_id", ["tenant.spoofed.4111111111111111", "x.5555-5555-5555-4444"])
+def test_a_rule_id_holding_a_card_number_is_refused_without_quoting_it(rule_id: str) -> None:
+    """Rule ids go into metric labels and the decision log: one built from telemetry (a review put
+    the claimed tenant in it) would carry a card number there."""
+    decisions = {"p": {"allow": False, "reason": "no", "rule_id": rule_id}}
+    with pytest.raises(DecisionError) as caught:
+        compile_plan(decisions, no_file)
+    assert "rule_id: holds a card number" in str(caught.value)
+    assert rule_id not in str(caught.value) and "1111" not in str(caught.value)
+
+
+async def test_a_rule_id_built_from_telemetry_never_reaches_the_metrics(
+    make_service, policy_dir: Path, hash_key_file: Path,
+) -> None:
+    add_extra_policy(policy_dir, """
+decision_for(request) := {"allow": false, "reason": "no", "rule_id": sprintf("extra.refused.%v", [request.resource.id])}
+""")
+    service = await make_service(dir=str(policy_dir), hash_key_file=str(hash_key_file), on_error="refuse")
+    data = trace_request([({"service.name": "a", "id": "4111111111111111"}, [{}])])
+    with pytest.raises(PolicyUnavailable):
+        await service.plans_for(Signal.TRACES, split_resources(Signal.TRACES, data), PEER, "grpc")
+    from prometheus_client import generate_latest
+
+    assert b"4111111111111111" not in generate_latest(service.metrics.registry)
+
+
 def test_decision_vocabularies_are_the_plans() -> None:
     """The typed word lists the decision is checked against name what the plan documents, in order
     (the order is the one error messages list them in)."""

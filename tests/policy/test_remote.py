@@ -33,7 +33,7 @@ class FakeOpa:
 
     def __init__(self) -> None:
         self.policy, _ = load_policy(str(POLICIES), "otlp_sidecar/main", run_tests=False, isolate=False)
-        self.mode = "ok"  # ok | undefined | error | slow
+        self.mode = "ok"  # ok | undefined | error | slow | echo
         self.requests: list[tuple[str, Any]] = []
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -42,6 +42,8 @@ class FakeOpa:
         path = request.match_info["path"]
         body = await request.json()
         self.requests.append((path, body.get("input")))
+        if self.mode == "echo":  # a proxy before OPA that quotes what it was sent
+            return web.json_response({"code": "bad_gateway", "message": f"upstream failed for {body}"}, status=502)
         if self.mode == "error":
             return web.json_response(
                 {"code": "internal_error", "message": "eval_conflict_error: functions must not produce "
@@ -135,6 +137,22 @@ async def test_opa_error_refuses_retryably(make_service, opa: FakeOpa, hash_key_
     assert "OPA answered 500" in str(caught.value)
     assert "internal_error: eval_conflict_error" in str(caught.value)
     assert sample_value(service.metrics.registry, "otlp_sidecar_policy_decision_errors_total", fallback="refused") == 1
+
+
+async def test_an_error_quoting_the_input_is_logged_masked_and_short(
+    make_service, opa: FakeOpa, hash_key_file, caplog,
+) -> None:
+    """OPA's error text is logged at ERROR and kept in the decision log; something before OPA (a
+    proxy) may quote the input, whose resource attributes are the app's: card numbers masked."""
+    service = await make_service(**remote(opa, hash_key_file, on_error="refuse"))
+    opa.mode = "echo"
+    data = trace_request([({"service.name": "a", "payment.ref": "4111111111111111" + "x" * 400}, [{}])])
+    with pytest.raises(PolicyUnavailable) as caught:
+        await service.plans_for(Signal.TRACES, split_resources(Signal.TRACES, data), PEER, "grpc")
+    assert "OPA answered 502" in str(caught.value) and "************1111" in str(caught.value)
+    assert "4111111111111111" not in str(caught.value) and "4111111111111111" not in caught.value.__repr__()
+    assert len(str(caught.value)) < 500
+    assert "4111111111111111" not in caplog.text
 
 
 async def test_opa_too_slow_refuses(make_service, opa: FakeOpa, hash_key_file) -> None:
