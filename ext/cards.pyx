@@ -123,27 +123,77 @@ cdef int find_pans_c(St* st, const unsigned char* s, Py_ssize_t n) noexcept:
                 j += 1
             else:
                 break
-        if 12 <= nd <= 19:
+        if nd >= 12:
             prev = s[i - 1] if i > 0 else 0
             if i > 0 and (prev == 43 or ((prev == 44 or prev == 46) and i > 1
                                          and is_digit(s[i - 2]))):
                 pass
-            elif brand_ok(digits, nd) and luhn_ok(digits, nd) and not in_uuid(s, n, i, j):
-                if count == st.cappans:
-                    p = <Pan*>PyMem_Realloc(st.pans, sizeof(Pan) * (st.cappans * 2 + 8))
-                    if p == NULL:
-                        fail(st, E_MEMORY, 0, 0, 0, 0)
-                        return -1
-                    st.pans = p
-                    st.cappans = st.cappans * 2 + 8
-                p = &st.pans[count]
-                p.i = i
-                p.j = j
-                p.nd = nd
-                memcpy(p.digits, digits, nd)
-                count += 1
+            elif nd <= 19 and brand_ok(digits, nd) and luhn_ok(digits, nd) and not in_uuid(s, n, i, j):
+                if add_pan(st, &count, i, j, digits, nd) < 0:
+                    return -1
+            elif nd < j - i:  # separators in it: search its groups
+                if groups_holding_pans(st, s, n, i, j, &count) < 0:
+                    return -1
         q = j + 11
     return count
+
+
+cdef int add_pan(St* st, int* count, Py_ssize_t i, Py_ssize_t j, const unsigned char* digits,
+                 int nd) noexcept:
+    cdef Pan* p
+    if count[0] == st.cappans:
+        p = <Pan*>PyMem_Realloc(st.pans, sizeof(Pan) * (st.cappans * 2 + 8))
+        if p == NULL:
+            fail(st, E_MEMORY, 0, 0, 0, 0)
+            return -1
+        st.pans = p
+        st.cappans = st.cappans * 2 + 8
+    p = &st.pans[count[0]]
+    p.i = i
+    p.j = j
+    p.nd = nd
+    memcpy(p.digits, digits, nd)
+    count[0] += 1
+    return 0
+
+
+cdef int groups_holding_pans(St* st, const unsigned char* s, Py_ssize_t n, Py_ssize_t i,
+                             Py_ssize_t j, int* count) noexcept:
+    """Card numbers made of whole groups of the run s[i:j] (digits between its separators), for a
+    run that is not one as a whole: from each group on, the longest card number of 12-19 digits
+    is taken, and the search goes on after it (the twin's _groups_holding_pans)."""
+    cdef Py_ssize_t g = i
+    cdef Py_ssize_t k, best_j = 0
+    cdef int nd, best_nd
+    cdef unsigned char digits[20]
+    cdef unsigned char best[20]
+    while g < j:
+        k = g
+        nd = 0
+        best_nd = 0
+        while k < j:
+            while k < j and is_digit(s[k]):
+                if nd < 20:
+                    digits[nd] = s[k]
+                nd += 1
+                k += 1
+            if nd > 19:
+                break
+            if nd >= 12 and brand_ok(digits, nd) and luhn_ok(digits, nd) and not in_uuid(s, n, g, k):
+                best_nd = nd
+                best_j = k
+                memcpy(best, digits, nd)
+            k += 1  # the separator
+        if best_nd:
+            if add_pan(st, count, g, best_j, best, best_nd) < 0:
+                return -1
+            g = best_j + 1
+        else:
+            k = g
+            while k < j and is_digit(s[k]):
+                k += 1
+            g = k + 1
+    return 0
 
 
 def find_pans(s):

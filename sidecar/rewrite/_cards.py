@@ -58,13 +58,44 @@ def in_uuid(s: bytes, i: int, j: int) -> bool:
     return False
 
 
+def _is_pan(s: bytes, i: int, j: int, digits: bytes) -> bool:
+    return 12 <= len(digits) <= 19 and brand_ok(digits) and luhn_ok(digits) and not in_uuid(s, i, j)
+
+
+def _groups_holding_pans(s: bytes, i: int, j: int) -> list[tuple[int, int, bytes]]:
+    """Card numbers made of whole groups of the run s[i:j] (digits between its separators), for a
+    run that is not one as a whole: a date, a quantity or a CVV joined to a card number by one
+    space or dash. From each group on, the longest card number of 12-19 digits is taken, and the
+    search goes on after it."""
+    starts = [k for k in range(i, j) if 48 <= s[k] <= 57 and (k == i or not 48 <= s[k - 1] <= 57)]
+    found = []
+    g = 0
+    while g < len(starts):
+        best = None
+        digits = b""
+        k = starts[g]
+        for h in range(g, len(starts)):
+            end = starts[h + 1] - 1 if h + 1 < len(starts) else j
+            digits += s[starts[h]:end]
+            if len(digits) > 19:
+                break
+            if _is_pan(s, k, end, digits):
+                best = (k, end, digits, h)
+        if best is None:
+            g += 1
+            continue
+        found.append(best[:3])
+        g = best[3] + 1
+    return found
+
+
 def find_pans(s: bytes) -> list[tuple[int, int, bytes]]:
     """Card numbers in ``s``: (start, end, digits) by the rule in docs/rewriter.md."""
     found = []
     for m in _RUN.finditer(s):
         i, j = m.span()
         digits = m.group().replace(b" ", b"").replace(b"-", b"")
-        if not 12 <= len(digits) <= 19:
+        if len(digits) < 12:
             continue
         if i > 0:
             prev = s[i - 1]
@@ -72,8 +103,10 @@ def find_pans(s: bytes) -> list[tuple[int, int, bytes]]:
                 continue
             if prev in (44, 46) and i > 1 and 48 <= s[i - 2] <= 57:  # fraction of a number
                 continue
-        if brand_ok(digits) and luhn_ok(digits) and not in_uuid(s, i, j):
+        if _is_pan(s, i, j, digits):
             found.append((i, j, digits))
+        elif len(digits) < j - i:  # separators in it: search its groups
+            found += _groups_holding_pans(s, i, j)
     return found
 
 

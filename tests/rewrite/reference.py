@@ -62,10 +62,36 @@ def cards(s: bytes) -> list[tuple[int, int, str]]:
         before = s[max(0, i - 2) : i]
         if before.endswith(b"+") or re.fullmatch(rb"[0-9][.,]", before):
             continue
-        if any(a < j and i < b for a, b in uuids):
-            continue
-        if is_card(digits):
+        in_uuid = any(a < j and i < b for a, b in uuids)
+        if not in_uuid and is_card(digits):
             out.append((i, j, digits))
+        else:
+            out += cards_in_groups(m.group(), i, uuids)
+    return out
+
+
+def cards_in_groups(run: bytes, at: int, uuids: list[tuple[int, int]]) -> list[tuple[int, int, str]]:
+    """A run that is not a card as a whole: from each of its groups (digits between separators)
+    on, the longest card number made of whole groups, not overlapping a UUID; then after it."""
+    groups = [(at + m.start(), at + m.end(), m.group().decode()) for m in re.finditer(rb"[0-9]+", run)]
+    if len(groups) < 2:
+        return []
+    out = []
+    g = 0
+    while g < len(groups):
+        found = None
+        for h in range(g, len(groups)):
+            digits = "".join(text for _, _, text in groups[g : h + 1])
+            if len(digits) > 19:
+                break
+            i, j = groups[g][0], groups[h][1]
+            if is_card(digits) and not any(a < j and i < b for a, b in uuids):
+                found = (i, j, digits, h)
+        if found is None:
+            g += 1
+        else:
+            out.append(found[:3])
+            g = found[3] + 1
     return out
 
 

@@ -76,7 +76,12 @@ def test_find_pans_rule(impl):
     assert impl.find_pans(b".4111111111111111") == [(1, 17, b"4111111111111111")]
     assert impl.find_pans(b"41111111111111111111") == []
     assert impl.find_pans(b"a4111111111111111 ") == [(1, 17, b"4111111111111111")]
-    assert impl.find_pans(b"{4111111111111111-1234}") == []  # the run goes on: 20 digits
+    # the run goes on (20 digits): not a card as a whole, its first group is one
+    assert impl.find_pans(b"{4111111111111111-1234}") == [(1, 17, b"4111111111111111")]
+    assert impl.find_pans(b"12 4111 1111 1111 1111") == [(3, 22, b"4111111111111111")]
+    # after '+' (a phone number) or a fraction, the run's groups are not searched either
+    assert impl.find_pans(b"+1 555 4111111111111111") == []
+    assert impl.find_pans(b"1,4111111111111111 5") == []
     uuid = b"41111111-1111-1111-1111-111111111111"
     assert impl.find_pans(uuid) == []
 
