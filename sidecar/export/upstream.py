@@ -66,4 +66,5 @@ class UpstreamExporter:
         """A transport failure's name for the metrics (a TLS problem by its kind)."""
         if exc is None or self._classify is None:
             return default
-        return self._classify(exc) or default
+        kind = self._classify(exc)
+        return f"tls_{kind}" if kind else default

@@ -164,3 +164,29 @@ async def test_grpc_exporter_over_mtls_opens_a_new_channel_after_rotation(pki, t
     assert names == [["first"], ["second"]]
     assert [serial for _, _, serial in service.received] == [serial_of(pki.client_cert), serial_of(next_cert)]
     assert {spiffe for _, spiffe, _ in service.received} == {pki.client_spiffe_id}
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+async def test_a_failed_handshake_is_counted_under_a_tls_reason(pki, tmp_path: Path, protocol: str) -> None:
+    """The failed-items reason of a TLS failure is tls_<kind> (docs/metrics.md), so alerts on
+    reason=~"tls_.*" see it: an outage walk found plain unknown_ca and not_tls instead."""
+    from sidecar.tls.metrics import TLSMetrics
+    from tests.tls.pki import make_pki
+
+    other = make_pki(tmp_path, "other")  # the sidecar trusts another CA than the upstream's
+    grpc = protocol == "grpc"
+    client = ClientTLS(ca_file=other.ca_cert, cert_file=pki.client_cert, key_file=pki.client_key,
+                       alpn=("h2",) if grpc else ())
+    tls = upstream_tls(pki, alpn=("h2",)) if grpc else upstream_tls(pki)
+    server = serve_grpc(TraceService(), tls) if grpc else serve_https(Upstream(tls).app(), tls, "acceptor")
+    async with server as port:
+        config = exporter_config(f"https://localhost:{port}", protocol)
+        kind = GrpcExporter if grpc else HttpExporter
+        exporter = kind(config, ssl_context=client.context, classify=TLSMetrics().client_failure)
+        await exporter.start()
+        try:
+            with pytest.raises(ExportError) as info:
+                await exporter.export(Signal.TRACES, payload("refused"))
+        finally:
+            await exporter.stop()
+    assert info.value.reason == "tls_unknown_ca", info.value
