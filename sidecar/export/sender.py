@@ -162,7 +162,7 @@ class Sender:
         """Send everything held, retrying until ``grace`` seconds from now, then stop the workers."""
         self._deadline = time.monotonic() + grace
         self._queue.close()
-        done, pending = await asyncio.wait(self._workers, timeout=grace + 1.0)
+        done, pending = await asyncio.wait(self._workers, timeout=grace)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

@@ -260,6 +260,14 @@ class InjectionConfig:
         check=_quantity,
     )
     run_as_user: int = setting(65532, "UID the sidecar runs as (non-root).", kind="int", min=1)
+    shutdown_grace: int = setting(
+        20,
+        "Seconds the sidecar has to send what it accepted once told to stop (otlp-sidecar run "
+        "--grace). In native mode the sidecar is stopped only after the app containers exited, "
+        "within the pod's terminationGracePeriodSeconds: this much is added to it (to 30 s when "
+        "unset), so an app that takes its own grace to stop leaves the sidecar its flush.",
+        kind="int", min=1, max=600,
+    )
     startup_timeout: int = setting(
         60,
         "Seconds the sidecar gets to become ready before kubelet restarts it.",

@@ -266,6 +266,10 @@ def _policy_set(
     raise Refused(f"annotation {ANNOTATION_POLICY}: policy set {name!r} does not exist; the sets are: {known}")
 
 
+#: Kubernetes' terminationGracePeriodSeconds when a pod sets none
+DEFAULT_POD_GRACE = 30
+
+
 def _patch(
     pod: dict[str, Any],
     scope: Scope,
@@ -314,7 +318,15 @@ def _patch(
     else:
         ops.append({"op": "add", "path": "/spec/containers/-", "value": sidecar})
 
-    # 4. record what was done, so a second call (reinvocation) changes nothing
+    # 4. a native sidecar gets SIGTERM once the app containers exited, within the pod's grace: give
+    # it its own flush time on top (Kubernetes' default grace is 30 s)
+    if native:
+        grace = spec.get("terminationGracePeriodSeconds")
+        grace = DEFAULT_POD_GRACE if grace is None else grace
+        ops.append({"op": "add", "path": "/spec/terminationGracePeriodSeconds",
+                    "value": grace + injection.shutdown_grace})
+
+    # 5. record what was done, so a second call (reinvocation) changes nothing
     status = {
         "version": __version__,
         "mode": injection.mode,
@@ -402,7 +414,7 @@ def sidecar_container(
 
     ``workload`` is the (kind, name) of the pod's controller (:func:`workload_of`).
     """
-    command = ["otlp-sidecar", "run"]
+    command = ["otlp-sidecar", "run", "--grace", str(injection.shutdown_grace)]
     if injection.sidecar_config_file:
         command += ["--config", injection.sidecar_config_file]
     mounts = [

@@ -43,7 +43,9 @@ def test_deployment_pod_gets_a_native_sidecar_first(config: WebhookConfig) -> No
     sidecar = result["spec"]["initContainers"][0]
     assert sidecar["name"] == "otlp-sidecar"
     assert sidecar["restartPolicy"] == "Always"
-    assert sidecar["command"] == ["otlp-sidecar", "run"]
+    assert sidecar["command"] == ["otlp-sidecar", "run", "--grace", "20"]
+    # stopped after the app, within the pod's grace: the sidecar's flush is added to Kubernetes' 30 s
+    assert result["spec"]["terminationGracePeriodSeconds"] == 50
     assert sidecar["image"] == "registry.example/otlp-sidecar:1.2.3"
     assert sidecar["startupProbe"]["httpGet"] == {"path": "/ready", "port": 13133, "scheme": "HTTP"}
     assert sidecar["livenessProbe"]["httpGet"]["path"] == "/health"
@@ -64,6 +66,20 @@ def test_deployment_pod_gets_a_native_sidecar_first(config: WebhookConfig) -> No
     assert result["metadata"]["labels"]["otlp-sidecar.io/injected"] == "true"
     assert status_of(result)["mode"] == "native"
     assert "name" not in result["metadata"]  # generateName pods keep having no name
+
+
+def test_the_pod_grace_leaves_the_sidecar_its_flush_in_native_mode_only(config: WebhookConfig) -> None:
+    pod = deployment_pod(**{"otlp-sidecar.io/inject": "true"})
+    pod["spec"]["terminationGracePeriodSeconds"] = 90
+    longer = dataclasses.replace(config.injection, shutdown_grace=45)
+    result = inject(pod, dataclasses.replace(config, injection=longer))
+    assert result["spec"]["terminationGracePeriodSeconds"] == 135
+    assert sidecar_of(result)["command"][2:4] == ["--grace", "45"]
+    # a plain container gets SIGTERM with the app, within the pod's own grace: left as it is
+    container_mode = dataclasses.replace(config.injection, mode="container")
+    plain = inject(deployment_pod(**{"otlp-sidecar.io/inject": "true"}),
+                   dataclasses.replace(config, injection=container_mode))
+    assert "terminationGracePeriodSeconds" not in plain["spec"]
 
 
 def test_sidecar_env_follows_the_runtime_contract(config: WebhookConfig) -> None:
