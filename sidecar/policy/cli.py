@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from sidecar.policy.masked_text import mask_strings
+
 DEFAULT_DIR = "policies"
 RULE = "-" * 80
 
@@ -33,6 +35,10 @@ def register(subparsers: Any) -> None:
     evaluate.add_argument("--input", "-i", metavar="FILE", help="input document as JSON")
     evaluate.add_argument("--format", "-f", choices=["json", "raw", "pretty"], default="json", help="with a query")
     evaluate.add_argument("--fail", action="store_true", help="exit 1 when the query is undefined (as opa eval --fail)")
+    evaluate.add_argument(
+        "--show-values", action="store_true",
+        help="print card numbers in the input and the results as they are (masked otherwise)",
+    )
     _common(evaluate)
     evaluate.set_defaults(handler=pipe_safe(cmd_eval))
 
@@ -176,7 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     }
     if session.key_note:
         output["note"] = session.key_note
-    print(json.dumps(output, indent=2, sort_keys=True))
+    print(json.dumps(output if args.show_values else mask_strings(output), indent=2, sort_keys=True))
     return 0
 
 
@@ -198,7 +204,7 @@ def _eval_query(args: argparse.Namespace) -> int:
         print(json.dumps({"errors": [{"message": f"{root}: no such file or directory"}]}, indent=2))
         return 2
     outcome = evaluate(root, args.query, document)
-    print(render(outcome, args.format))
+    print(render(outcome if args.show_values else mask_strings(outcome), args.format))
     if "errors" in outcome:
         return 2
     return 1 if args.fail and not outcome.get("result") else 0

@@ -94,6 +94,28 @@ def test_policy_eval_prints_decision_and_plan(tmp_path: Path) -> None:
     assert output["input"]["pod"]["tenant"] == "acme"
 
 
+def test_policy_eval_masks_card_numbers_unless_asked(tmp_path: Path) -> None:
+    """The input and the refusal reason quote the resource: card numbers masked by default, as
+    explain does (a review got them printed), escapes included (the document is masked before it
+    is written as JSON, whose \\u0001 would join a number to other digits)."""
+    request = tmp_path / "input.json"
+    request.write_text(json.dumps({"signal": "traces", "resource": {
+        "service.name": "4111111111111111", "tenant.id": "5555555555554444", "\u0001378282246310005": "x"}}))
+    done = run("eval", "--input", str(request), "--dir", str(POLICIES))
+    assert done.returncode == 0, done.stderr
+    for number in ("4111111111111111", "5555555555554444", "378282246310005"):
+        assert number not in done.stdout and number[:-4] not in done.stdout
+    output = json.loads(done.stdout)
+    assert output["input"]["resource"]["tenant.id"] == "************4444"
+    assert "claims tenant ************4444" in json.dumps(output["decisions"])
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"resource": {"service.name": "4111111111111111"}}))
+    query = run("eval", "input.resource", "--input", str(plain), "--dir", str(POLICIES))
+    assert query.returncode == 0 and "4111111111111111" not in query.stdout and "************1111" in query.stdout
+    shown = run("eval", "--input", str(request), "--dir", str(POLICIES), "--show-values")
+    assert "5555555555554444" in shown.stdout
+
+
 def test_policy_eval_with_a_bad_input_file(tmp_path: Path) -> None:
     request = tmp_path / "input.json"
     request.write_text("{not json")
