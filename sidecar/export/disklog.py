@@ -281,6 +281,15 @@ class DiskLog:
             self._delete(segment)
             del self._segments[segment.number]
 
+    @property
+    def reclaimable(self) -> int:
+        """Bytes of the segment being written to when every record in it has left: deleted as
+        soon as room is needed (reclaim), so not held for anything."""
+        segment = self._active
+        if segment is None or segment.acked < segment.records:
+            return 0
+        return segment.bytes
+
     def reclaim(self) -> bool:
         """Delete the segment being written to if every record in it has left (a segment is
         otherwise deleted only once sealed, when full); True if bytes were freed."""

@@ -120,7 +120,7 @@ class DiskQueue:
             pending += disk_log.open()
         self._corrupt.inc(sum(disk_log.corrupt for disk_log in self._logs))
         self._replayed.inc(len(pending))
-        self._size.set(self.bytes)
+        self._publish()
         return pending
 
     # -- appending, reading, acknowledging ----------------------------------------------------
@@ -139,8 +139,13 @@ class DiskQueue:
             raise DiskFull(message)
         # the bytes are counted before the first await: the check and the count are one step
         record = await self._logs[lane].append(signal, items, data)
-        self._size.set(self.bytes)
+        self._publish()
         return record
+
+    def _publish(self) -> None:
+        """The size gauge: the bytes held for records not yet sent (a segment being written to whose
+        records have all left is deleted when room is needed, so an empty queue reads empty)."""
+        self._size.set(self.bytes - sum(disk_log.reclaimable for disk_log in self._logs))
 
     def _reclaim(self, lane: int) -> bool:
         """Delete segments being written to whose records have all left, where that makes room for
@@ -170,7 +175,7 @@ class DiskQueue:
         if record.log >= len(self.lanes):
             self._earlier[self._lane_of[record.signal]] -= record_size(record.length)
             self._forget_if_drained(disk_log)
-        self._size.set(self.bytes)
+        self._publish()
 
     def _forget_if_drained(self, disk_log: DiskLog) -> None:
         """A log of an earlier configuration with nothing left: close it, remove its directory."""

@@ -112,7 +112,9 @@ CIRCUIT_TRANSITIONS = declare(
     component=COMPONENT, labels=(SIGNAL, Label("state", CIRCUIT_STATES)),
 )
 DISK_QUEUE_SIZE = declare(
-    f"{PREFIX}_disk_queue_size_bytes", Kind.gauge, "By", "Bytes in the on-disk queue.",
+    f"{PREFIX}_disk_queue_size_bytes", Kind.gauge, "By",
+    "Bytes the on-disk queue holds for records not yet sent (a segment whose records have all "
+    "left is deleted when room is needed and is not counted).",
     component=COMPONENT, appears="with the on-disk queue (exporter.disk_queue_dir)",
 )
 DISK_QUEUE_CAPACITY = declare(
