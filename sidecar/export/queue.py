@@ -20,6 +20,7 @@ which shares its own budget the same way).
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from sidecar.export.diskqueue import DiskFull, DiskQueue
 from sidecar.export.lanes import Lane, lane_name
 from sidecar.export.shares import Shares
 from sidecar.metrics import SidecarMetrics
+from sidecar.rewrite import MalformedRequest, unknown_field, without_unknown_fields
 from sidecar.signals import Signal
 
 
@@ -95,6 +97,8 @@ class ExportQueue:
         self._held_bytes = 0
         self._held_items = dict.fromkeys(Signal, 0)
         self._closed = False
+        #: records replayed from disk at start, checked against OTLP's fields when read back
+        self._replayed: set[Record] = set()
         self._drained = asyncio.Event()
         self._drained.set()
         # bound once: a labels() lookup per request is measurable on the hot path
@@ -150,6 +154,7 @@ class ExportQueue:
     def restore(self, records: list[Record]) -> None:
         """Queue records replayed from disk (spilled: read back when sent)."""
         for record in records:
+            self._replayed.add(record)
             self._add(record.signal, None, record, record.length, record.items)
 
     def _add(self, signal: Signal, data: bytes | None, record: Record | None, size: int, items: int) -> None:
@@ -182,9 +187,23 @@ class ExportQueue:
         compress them one after the other: no joined copy of the batch)."""
         return [
             # a part is None only when it was spilled: then there is a disk log and a record
-            part if part is not None else self._disk.read(record)  # type: ignore[union-attr,arg-type]
+            part if part is not None else self._read_back(batch.signal, record)  # type: ignore[arg-type]
             for part, record in zip(batch.parts, batch.records, strict=True)
         ]
+
+    def _read_back(self, signal: Signal, record: Record) -> bytes:
+        data = self._disk.read(record)  # type: ignore[union-attr]
+        if record in self._replayed:
+            # written by an earlier start, perhaps by a version that let fields OTLP does not
+            # define through (docs/policy.md, "The PCI guarantee"): they are dropped here too
+            self._replayed.discard(record)
+            try:
+                if unknown_field(signal, data) is not None:
+                    data, dropped = without_unknown_fields(signal, data)
+                    self._metrics.unknown_fields_dropped.labels(signal.value).inc(dropped)
+            except MalformedRequest as exc:  # counted as unreadable (disk_read), as a damaged record
+                raise OSError(errno.EIO, f"a replayed record is not a valid request: {exc}") from None
+        return data
 
     def load(self, batch: Batch) -> bytes:
         """The batch's request bytes as one request."""

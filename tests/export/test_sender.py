@@ -212,6 +212,48 @@ async def test_with_the_disk_queue_an_outage_longer_than_retry_max_elapsed_loses
     assert s.failed("http_503") == 0
 
 
+async def test_records_replayed_from_disk_leave_with_otlp_fields_only(upstream, tmp_path: Path) -> None:
+    """A disk queue written before an upgrade may hold fields OTLP does not define (the rewriter
+    let them through before the egress allowlist): they are dropped when read back, and counted."""
+    from sidecar.rewrite._wire import encode_varint
+
+    card = b"4111111111111111"
+    smuggled = BODY + encode_varint(77 << 3 | 2) + encode_varint(len(card)) + card
+    earlier = DiskQueue(str(tmp_path), lanes=(frozenset(Signal),), max_bytes=1 << 20)
+    earlier.open()
+    await earlier.append(Signal.TRACES, SPANS, smuggled)
+    earlier.close()
+    disk = DiskQueue(str(tmp_path), lanes=(frozenset(Signal),), max_bytes=1 << 20)
+    replay = disk.open()
+    try:
+        async with sending(upstream, disk=disk) as s:
+            s.queue.restore(replay)
+            await upstream.wait_for(lambda: len(upstream.spans()) == SPANS)
+            assert s.value("otlp_sidecar_processor_unknown_fields_dropped_total") == 1
+    finally:
+        disk.close()
+    assert card not in b"".join(m.SerializeToString() for m in upstream.messages(Signal.TRACES))
+
+
+async def test_a_replayed_record_that_is_not_a_request_is_counted_and_the_worker_goes_on(
+    upstream, tmp_path: Path,
+) -> None:
+    earlier = DiskQueue(str(tmp_path), lanes=(frozenset(Signal),), max_bytes=1 << 20)
+    earlier.open()
+    await earlier.append(Signal.TRACES, SPANS, b"\x0b not protobuf")
+    earlier.close()
+    disk = DiskQueue(str(tmp_path), lanes=(frozenset(Signal),), max_bytes=1 << 20)
+    replay = disk.open()
+    try:
+        async with sending(upstream, disk=disk, SIDECAR_EXPORTER_CONCURRENCY="1") as s:
+            s.queue.restore(replay)
+            await s.until(lambda: s.failed("disk_read") == SPANS)
+            await s.queue.put(Signal.TRACES, BODY, SPANS)  # the one worker is still there
+            await upstream.wait_for(lambda: len(upstream.spans()) == SPANS)
+    finally:
+        disk.close()
+
+
 async def test_drain_delivers_everything_accepted_before_it(upstream) -> None:
     upstream.default = Answer(delay=0.1)
     async with sending(upstream) as s:
