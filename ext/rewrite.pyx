@@ -35,7 +35,6 @@ from sidecar.rewrite._schema import (
     FIELDS,
     HOLDS_ITEMS,
     ITEMS,
-    MAX_ALLOWED_DEPTH,
     MAX_NESTING,
     NALLOWED,
     NAMES,
@@ -50,7 +49,8 @@ from sidecar.rewrite.plan import Plan
 from sidecar._ext.cards import find_pans  # the detector's Python API, also here as before
 
 __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
-           "count_items", "find_pans", "rewrite", "split_resources", "unknown_field"]
+           "count_items", "find_pans", "rewrite", "split_resources", "unknown_field",
+           "without_unknown_fields"]
 
 IMPLEMENTATION = "cython"
 
@@ -101,7 +101,7 @@ DEF ALLOWED_TYPES = 33
 cdef int AMASK[ALLOWED_TYPES][MAXF]
 cdef int ASUB[ALLOWED_TYPES][MAXF]
 cdef int T_BUCKETS = _BUCKETS, T_EDP = _EDP, T_SDP = _SDP
-cdef int MAX_DEPTH_ALLOWED = MAX_ALLOWED_DEPTH
+cdef int NEST_MAX = MAX_NESTING
 
 
 def _load_allowed():
@@ -137,32 +137,43 @@ cdef struct Unknown:
     int deep  # 1: a sub-message (of type t) nested too deep
 
 
-cdef Py_ssize_t first_unknown(St* st, int t, Py_ssize_t start, Py_ssize_t end, int depth,
+cdef inline int allowed(int t, Field* f, int* sub) noexcept:
+    """Is field f of a message of type t OTLP's? ``sub``: the sub-message type to enter, or -1."""
+    if f.fn >= MAXF or not (AMASK[t][f.fn] & (1 << f.wt)):
+        return 0
+    sub[0] = ASUB[t][f.fn]
+    return 1
+
+
+cdef inline bint too_deep(int sub, int nest) noexcept:
+    """Values nest (arrays, maps) at most MAX_NESTING levels, as the rewriter counts them."""
+    return (sub == ARRAY or sub == KVLIST) and nest >= NEST_MAX
+
+
+cdef inline int nested(int sub, int nest) noexcept:
+    return nest + 1 if sub == ARRAY or sub == KVLIST else nest
+
+
+cdef Py_ssize_t first_unknown(St* st, int t, Py_ssize_t start, Py_ssize_t end, int nest,
                               Unknown* u) noexcept:
     """Offset of the first field in data[start:end] (a message of type t, and below) that OTLP
     does not define, -1 if none, -2 if it does not parse (st.err)."""
     cdef Py_ssize_t pos = start, tag_pos, found
     cdef Field f
-    cdef int mask, sub
+    cdef int sub
     while pos < end:
         tag_pos = pos
         if next_field(st, pos, end, named(t), &f) < 0:
             return -2
         pos = f.ve
-        if f.fn < MAXF:
-            mask = AMASK[t][f.fn]
-            sub = ASUB[t][f.fn]
-        else:
-            mask = 0
-            sub = -1
-        if not (mask & (1 << f.wt)):
+        if not allowed(t, &f, &sub):
             u.t, u.fn, u.wt, u.deep = t, f.fn, f.wt, 0
             return tag_pos
         if sub >= 0:
-            if depth >= MAX_DEPTH_ALLOWED:
+            if too_deep(sub, nest):
                 u.t, u.fn, u.wt, u.deep = sub, f.fn, f.wt, 1
                 return tag_pos
-            found = first_unknown(st, sub, f.vs, f.ve, depth + 1, u)
+            found = first_unknown(st, sub, f.vs, f.ve, nested(sub, nest), u)
             if found != -1:
                 return found
     return -1
@@ -183,9 +194,120 @@ def unknown_field(signal, data):
         if found == -1:
             return None
         if u.deep:
-            return f"{ALLOWED_NAMES[u.t]} nested deeper than {MAX_ALLOWED_DEPTH} at offset {found}"
+            return f"{ALLOWED_NAMES[u.t]} nested deeper than {MAX_NESTING} levels at offset {found}"
         return f"field {u.fn} (wire type {u.wt}) of {ALLOWED_NAMES[u.t]} at offset {found}"
     finally:
+        st_free(&st)
+        PyBuffer_Release(&view)
+
+
+cdef struct Sizes:
+    Py_ssize_t* p
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef Py_ssize_t sizes_push(St* st, Sizes* sz) noexcept:
+    """A new slot at the end of sz (its index), or -1 on memory error."""
+    cdef Py_ssize_t* grown
+    if sz.n == sz.cap:
+        grown = <Py_ssize_t*>PyMem_Realloc(sz.p, sizeof(Py_ssize_t) * (sz.cap * 2 + 64))
+        if grown == NULL:
+            fail(st, E_MEMORY, 0, 0, 0, 0)
+            return -1
+        sz.p = grown
+        sz.cap = sz.cap * 2 + 64
+    sz.n += 1
+    return sz.n - 1
+
+
+cdef Py_ssize_t known_size(St* st, int t, Py_ssize_t start, Py_ssize_t end, int nest, Sizes* sz,
+                           Py_ssize_t* dropped) noexcept:
+    """First pass of without_unknown_fields: the size of data[start:end] (a message of type t)
+    without the fields OTLP does not define, -1 on error. Each sub-message kept gets a slot in sz,
+    in the order met: -1 when nothing in it is dropped (copied as it is), else its new size."""
+    cdef Py_ssize_t pos = start, tag_pos, size = 0, slot, inner, before
+    cdef Field f
+    cdef int sub
+    while pos < end:
+        tag_pos = pos
+        if next_field(st, pos, end, named(t), &f) < 0:
+            return -1
+        pos = f.ve
+        if not allowed(t, &f, &sub) or (sub >= 0 and too_deep(sub, nest)):
+            dropped[0] += 1
+            continue
+        if sub < 0:
+            size += f.ve - tag_pos
+            continue
+        slot = sizes_push(st, sz)
+        if slot < 0:
+            return -1
+        before = dropped[0]
+        inner = known_size(st, sub, f.vs, f.ve, nested(sub, nest), sz, dropped)
+        if inner < 0:
+            return -1
+        if dropped[0] == before:
+            sz.n = slot + 1  # its own slots are not needed: copied as it is
+            sz.p[slot] = -1
+            size += f.ve - tag_pos
+        else:
+            sz.p[slot] = inner
+            size += varint_size((<uint64_t>f.fn << 3) | 2) + varint_size(<uint64_t>inner) + inner
+    return size
+
+
+cdef int write_known(St* st, int t, Py_ssize_t start, Py_ssize_t end, int nest, Sizes* sz,
+                     Py_ssize_t* cursor, Buf* out) noexcept:
+    """Second pass: write data[start:end] without the fields known_size dropped."""
+    cdef Py_ssize_t pos = start, tag_pos, inner
+    cdef Field f
+    cdef int sub
+    while pos < end:
+        tag_pos = pos
+        if next_field(st, pos, end, named(t), &f) < 0:
+            return -1
+        pos = f.ve
+        if not allowed(t, &f, &sub) or (sub >= 0 and too_deep(sub, nest)):
+            continue
+        if sub >= 0:
+            inner = sz.p[cursor[0]]
+            cursor[0] += 1
+            if inner >= 0:
+                if buf_varint(st, out, (<uint64_t>f.fn << 3) | 2) < 0 or buf_varint(st, out, <uint64_t>inner) < 0:
+                    return -1
+                if write_known(st, sub, f.vs, f.ve, nested(sub, nest), sz, cursor, out) < 0:
+                    return -1
+                continue
+        if buf_put(st, out, st.data + tag_pos, f.ve - tag_pos) < 0:
+            return -1
+    return 0
+
+
+def without_unknown_fields(signal, data):
+    """(``data`` with every field OTLP does not define dropped, sub-messages re-encoded around what
+    they lose; how many fields were dropped). In two linear passes: the sizes, then the bytes."""
+    cdef Py_buffer view
+    cdef St st
+    cdef Sizes sz
+    cdef Py_ssize_t size, dropped = 0, cursor = 0
+    cdef int t = REQUEST_TYPE[signal]
+    sz.p = NULL
+    sz.n = 0
+    sz.cap = 0
+    st_open(&st, data, &view)
+    try:
+        size = known_size(&st, t, 0, st.size, 0, &sz, &dropped)
+        if size < 0:
+            raise error_of(&st)
+        if dropped == 0:
+            return _unchanged(&st, data), 0
+        if buf_reserve(&st, &st.arena, size) < 0 or write_known(&st, t, 0, st.size, 0, &sz, &cursor,
+                                                                 &st.arena) < 0:
+            raise error_of(&st)
+        return PyBytes_FromStringAndSize(<const char*>st.arena.p, st.arena.n), dropped
+    finally:
+        PyMem_Free(sz.p)
         st_free(&st)
         PyBuffer_Release(&view)
 

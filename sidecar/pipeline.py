@@ -133,6 +133,14 @@ class TooManyResources(InvalidRequest):
     reason = "too_many_resources"
 
 
+class TooLarge(Refused):
+    """A request larger than the export queue could ever hold: HTTP 413, gRPC RESOURCE_EXHAUSTED
+    without RetryInfo (final: retrying it cannot succeed)."""
+
+    status = Status(413, RESOURCE_EXHAUSTED, False)
+    reason = "too_large"
+
+
 class PermissionDenied(Refused):
     """Every resource was refused by policy: HTTP 403, gRPC PERMISSION_DENIED (final)."""
 
@@ -161,7 +169,7 @@ UNAVAILABLE_REASONS = ("queue_full", "policy_unavailable", "policy_busy", "shutt
 #: the reasons the pipeline counts whole requests under (refused-requests: items not counted)
 REQUEST_REASONS = (InvalidRequest.reason, TooManyResources.reason)
 #: the reasons the pipeline counts items under (refused-items)
-ITEM_REASONS = (PermissionDenied.reason, RateLimited.reason, *UNAVAILABLE_REASONS)
+ITEM_REASONS = (PermissionDenied.reason, RateLimited.reason, *UNAVAILABLE_REASONS, TooLarge.reason)
 
 
 class TokenBucket:
@@ -256,6 +264,8 @@ class Pipeline:
         try:
             plans = await self._planner.plans_for(signal, resources, peer, transport)
             result = rewrite(signal, data, plans)
+            # inside the rewrite's refusal: the allowlist reads sub-messages the rewriter does not
+            out = self._only_otlp(signal, result.data) if result.items_out > 0 else result.data
         except MalformedRequest as exc:
             # as for a malformed split: a refused request, its items never counted as received
             raise self._refuse_request(labels, _malformed(signal, exc)) from None
@@ -283,9 +293,15 @@ class Pipeline:
                 raise PermissionDenied(message or "refused by policy", items_in)
         accepted = items_in - result.rejected_items
         if result.items_out > 0:
-            data = self._only_otlp(signal, result.data)
+            if len(out) > self._queue.largest(signal):
+                # it could never be queued: refused for good, or its client retries it for ever
+                self._metrics.refused_items.labels(*labels, TooLarge.reason).inc(accepted)
+                raise TooLarge(
+                    f"the request is {len(out)} bytes once the policies applied, more than the export queue can "
+                    f"ever hold for {signal.value} ({self._queue.largest(signal)} bytes: exporter.queue_max_bytes, "
+                    "or disk_queue_max_bytes with the disk queue); send it in smaller requests", items_in)
             try:
-                await self._queue.put(signal, data, result.items_out)
+                await self._queue.put(signal, out, result.items_out)
             except (QueueFull, QueueClosed) as exc:
                 reason = "queue_full" if isinstance(exc, QueueFull) else "shutting_down"
                 self._metrics.refused_items.labels(*labels, reason).inc(accepted)

@@ -12,7 +12,8 @@ from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
 
 __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
-           "count_items", "find_pans", "rewrite", "split_resources", "unknown_field"]
+           "count_items", "find_pans", "rewrite", "split_resources", "unknown_field",
+           "without_unknown_fields"]
 
 IMPLEMENTATION: Final[str]
 
@@ -21,3 +22,4 @@ def split_resources(signal: Signal, data: RequestData, validate: bool = True,
                     count: bool = True) -> list[ResourceInfo]: ...
 def rewrite(signal: Signal, data: RequestData, plans: Sequence[Plan]) -> RewriteResult: ...
 def unknown_field(signal: Signal, data: RequestData) -> str | None: ...
+def without_unknown_fields(signal: Signal, data: RequestData) -> tuple[bytes, int]: ...

@@ -85,6 +85,11 @@ class DiskQueue:
         """Bytes of every log's segment files."""
         return sum(disk_log.bytes for disk_log in self._logs)
 
+    @property
+    def largest_request(self) -> int:
+        """The largest request one upstream's log can take when it holds nothing else."""
+        return self._shares.lane_capacity - record_size(0)
+
     def lane_bytes(self, signal: Signal) -> int:
         """Bytes held for the upstream ``signal`` is sent to: its log, and its records not yet sent
         in logs of an earlier grouping."""

@@ -114,6 +114,14 @@ class ExportQueue:
     def closed(self) -> bool:
         return self._closed
 
+    def largest(self, signal: Signal) -> int:
+        """The largest request of ``signal`` the queue can take when it holds nothing else: its
+        lane's share of the memory, or with the disk queue of the disk (every request is written
+        there; one that does not fit in memory is read back when sent)."""
+        if self._disk is not None:
+            return self._disk.largest_request
+        return self.lane_capacity
+
     def full_for(self, signal: Signal) -> bool:
         """No byte more of ``signal`` fits in memory (its lane's share, or the whole capacity)
         and there is no disk queue to spill to: refuse early."""

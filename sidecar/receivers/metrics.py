@@ -14,7 +14,8 @@ COMPONENT = "sidecar.receivers"
 #: the receivers' transports
 TRANSPORTS = ("grpc", "http")
 #: why items are refused (sidecar.pipeline: ``PermissionDenied``, ``RateLimited``, ``Unavailable``)
-ITEM_REFUSALS = ("policy", "queue_full", "rate_limited", "policy_unavailable", "policy_busy", "shutting_down")
+ITEM_REFUSALS = ("policy", "queue_full", "rate_limited", "policy_unavailable", "policy_busy", "shutting_down",
+                 "too_large")
 #: why whole requests are refused before their items are counted: the pipeline (malformed, too
 #: many resources), the receivers and their servers (size, compression, media type, the receive
 #: budget, a client too slow, the loop guard) and a TLS client refused after its handshake

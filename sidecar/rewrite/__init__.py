@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sidecar._ext import DISABLED
-from sidecar.rewrite._allowlist import without_unknown_fields  # the rare path: Python either way
 from sidecar.rewrite._common import MalformedRequest, ResourceInfo, RewriteResult
 
 __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
@@ -21,9 +20,30 @@ __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult"
 NO_EXTENSIONS = DISABLED
 
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from sidecar.rewrite._py import IMPLEMENTATION, count_items, rewrite, split_resources, unknown_field
+    from sidecar.rewrite._py import (
+        IMPLEMENTATION,
+        count_items,
+        rewrite,
+        split_resources,
+        unknown_field,
+        without_unknown_fields,
+    )
 else:
     try:
-        from sidecar._ext.rewrite import IMPLEMENTATION, count_items, rewrite, split_resources, unknown_field
+        from sidecar._ext.rewrite import (
+            IMPLEMENTATION,
+            count_items,
+            rewrite,
+            split_resources,
+            unknown_field,
+            without_unknown_fields,
+        )
     except ImportError:  # pragma: no cover - not built
-        from sidecar.rewrite._py import IMPLEMENTATION, count_items, rewrite, split_resources, unknown_field
+        from sidecar.rewrite._py import (
+            IMPLEMENTATION,
+            count_items,
+            rewrite,
+            split_resources,
+            unknown_field,
+            without_unknown_fields,
+        )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 
-from sidecar.rewrite._allowlist import unknown_field
+from sidecar.rewrite._allowlist import unknown_field, without_unknown_fields
 from sidecar.rewrite._cards import find_pans, mask_digits
 from sidecar.rewrite._common import (
     ACT_DROP,
@@ -78,7 +78,8 @@ from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
 
 __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
-           "count_items", "find_pans", "rewrite", "split_resources", "unknown_field"]
+           "count_items", "find_pans", "rewrite", "split_resources", "unknown_field",
+           "without_unknown_fields"]
 
 IMPLEMENTATION = "python"
 

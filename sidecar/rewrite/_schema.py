@@ -120,8 +120,6 @@ def _allowed() -> dict[int, dict[int, tuple[int, int]]]:
 
 ALLOWED = _allowed()
 ALLOWED_NAMES = (*NAMES, "ExponentialHistogramDataPoint.Buckets", "SummaryDataPoint.ValueAtQuantile")
-#: how deep the allowlist follows messages (the walk refuses values nested deeper than MAX_NESTING)
-MAX_ALLOWED_DEPTH = 2 * MAX_NESTING + 16
 
 
 def _holding_items() -> frozenset[int]:

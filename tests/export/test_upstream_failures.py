@@ -167,3 +167,32 @@ async def test_sigterm_with_disk_queue_keeps_what_it_could_not_send_for_the_next
         assert set(got) == app.accepted
     finally:
         assert await second.stop() == 0, second.stderr
+
+
+async def test_a_request_larger_than_the_queue_can_ever_hold_is_refused_for_good(upstream, start_sidecar) -> None:
+    """A request the export queue could not take even empty got the queue's retryable 503 ("0 of N
+    bytes held"), so its client retried it for ever (a review): it is refused finally now, 413 /
+    RESOURCE_EXHAUSTED without RetryInfo, its items counted as too_large; smaller ones go through."""
+    import aiohttp
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from tests import sdk
+
+    sidecar = await start_sidecar(sidecar_env(upstream, "grpc", SIDECAR_POLICY_MODE="passthrough",
+                                              SIDECAR_EXPORTER_QUEUE_MAX_BYTES="64KiB"))
+    big = encode_spans(sdk.make_spans(800)).SerializeToString()
+    assert len(big) > 64 * 1024
+    port = sidecar.addresses["http"][1]
+    headers = {"Content-Type": "application/x-protobuf"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{port}/v1/traces", data=big, headers=headers) as response:
+            assert response.status == 413, await response.text()
+            assert "Retry-After" not in response.headers
+            assert "more than the export queue can ever hold" in (await response.read()).decode(errors="replace")
+        small = encode_spans(sdk.make_spans(5)).SerializeToString()
+        async with session.post(f"http://127.0.0.1:{port}/v1/traces", data=small, headers=headers) as response:
+            assert response.status == 200
+    registry = sidecar.metrics.registry
+    assert registry.get_sample_value("otlp_sidecar_receiver_refused_items_total",
+                                     {"signal": "traces", "transport": "http", "reason": "too_large"}) == 800
+    await upstream.wait_for(lambda: len(upstream.spans()) == 5)

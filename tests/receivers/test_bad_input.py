@@ -129,6 +129,24 @@ async def test_malformed_inside_is_refused_whole_and_counted_as_a_request(sideca
     assert code == 200
 
 
+async def test_malformed_histogram_buckets_are_refused_whole_and_counted_as_a_request(sidecar) -> None:
+    """The rewriter does not enter an exponential histogram's buckets (nothing to scan there); the
+    egress allowlist does, and a review got a 500 with a traceback from a truncated varint in
+    them, the items counted as received and never accounted for."""
+    buckets = b"\x08"  # Buckets{offset: <a varint cut short>}
+    point = _field(8, buckets)  # ExponentialHistogramDataPoint{positive: buckets}
+    metric = _field(1, b"m") + _field(10, _field(1, point))  # Metric{name, exponential_histogram}
+    body = _field(1, _field(2, _field(2, metric)))  # request{resource_metrics: [{scope_metrics: [..]}]}
+    code, payload, _ = await post(sidecar, "/v1/metrics", body, PB)
+    assert code == 400, payload
+    assert "truncated varint" in rpc_message(payload)
+    registry = sidecar.metrics.registry
+    labels = {"signal": "metrics", "transport": "http"}
+    assert registry.get_sample_value("otlp_sidecar_receiver_refused_requests_total",
+                                     {**labels, "reason": "malformed"}) == 1
+    assert (registry.get_sample_value("otlp_sidecar_receiver_received_items_total", labels) or 0) == 0
+
+
 async def test_http_unknown_path_and_method(sidecar) -> None:
     assert (await post(sidecar, "/v1/profiles", GOOD, PB))[0] == 404
     port = sidecar.addresses["http"][1]

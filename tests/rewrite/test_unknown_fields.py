@@ -16,9 +16,9 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 import bench.corpus_requests as corpus
-from sidecar.rewrite._allowlist import without_unknown_fields
-from sidecar.rewrite._schema import ALLOWED, ALLOWED_NAMES, I32, I64, LEN, REQUEST_TYPE, VARINT
+from sidecar.rewrite._schema import ALLOWED, ALLOWED_NAMES, I32, I64, LEN, MAX_NESTING, REQUEST_TYPE, VARINT
 from sidecar.rewrite._wire import encode_varint
+from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
 
 WIRE = {
@@ -127,7 +127,7 @@ def test_a_field_otlp_does_not_define_is_found_and_dropped_at_any_depth(
     assert impl.unknown_field(signal, clean) is None
     where = impl.unknown_field(signal, data)
     assert where is not None and "of " in where
-    out, dropped = without_unknown_fields(signal, data)
+    out, dropped = impl.without_unknown_fields(signal, data)
     assert dropped == 1
     assert impl.unknown_field(signal, out) is None
     assert signal.request_class.FromString(out) == signal.request_class.FromString(clean)
@@ -139,6 +139,7 @@ def test_both_implementations_name_the_same_place(c_impl, py_impl) -> None:
     for signal, path, extra in (case.values for case in CASES[::7]):
         data, _clean = planted(path, extra)
         assert c_impl.unknown_field(signal, data) == py_impl.unknown_field(signal, data)
+        assert c_impl.without_unknown_fields(signal, data) == py_impl.without_unknown_fields(signal, data)
 
 
 def test_a_known_field_with_another_wire_type_is_not_otlp(impl) -> None:
@@ -149,7 +150,7 @@ def test_a_known_field_with_another_wire_type_is_not_otlp(impl) -> None:
         resource = encode_varint(2 << 3 | 2) + encode_varint(len(scope)) + scope
         data = encode_varint(1 << 3 | 2) + encode_varint(len(resource)) + resource
         assert "of Span at offset" in impl.unknown_field(Signal.TRACES, data)
-        out, dropped = without_unknown_fields(Signal.TRACES, data)
+        out, dropped = impl.without_unknown_fields(Signal.TRACES, data)
         assert dropped == 1 and CARD not in out
 
 
@@ -158,4 +159,46 @@ def test_requests_as_sdks_send_them_have_nothing_to_drop(impl, signal: Signal) -
     data = {Signal.TRACES: corpus.trace_request, Signal.LOGS: corpus.log_request,
             Signal.METRICS: corpus.metric_request}[signal](64)
     assert impl.unknown_field(signal, data) is None
-    assert without_unknown_fields(signal, data) == (data, 0)
+    assert impl.without_unknown_fields(signal, data) == (data, 0)
+
+
+def nested_maps(levels: int) -> bytes:
+    """A logs request whose record's body is ``levels`` maps nested in each other, a string inside."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+
+    value = AnyValue(string_value="leaf")
+    for _ in range(levels):
+        value = AnyValue(kvlist_value=KeyValueList(values=[KeyValue(key="k", value=value)]))
+    record = LogRecord(body=value)
+    return ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[record])])]
+                                    ).SerializeToString()
+
+
+def test_the_allowlist_follows_values_as_deep_as_the_rewriter_takes_them(impl) -> None:
+    """A review found the allowlist's own depth bound cutting valid bodies of 25-30 nested maps
+    the rewriter had accepted: it counts nesting as the rewriter does now (arrays and maps)."""
+    deepest = nested_maps(MAX_NESTING)
+    assert impl.rewrite(Signal.LOGS, deepest, [Plan()]).data == deepest  # the rewriter takes it
+    assert impl.unknown_field(Signal.LOGS, deepest) is None
+    assert impl.without_unknown_fields(Signal.LOGS, deepest) == (deepest, 0)
+    too_deep = nested_maps(MAX_NESTING + 1)
+    assert "KeyValueList nested deeper than 30 levels" in impl.unknown_field(Signal.LOGS, too_deep)
+
+
+def test_the_sanitizer_is_linear_and_agrees_with_its_twin_on_nested_unknown_fields(c_impl, py_impl) -> None:
+    """Unknown fields at several depths of one nested value, and beside it: both implementations
+    drop the same fields and give the same bytes, which parse to the request without them."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    data = bytearray(nested_maps(12))
+    # append a made-up field to the request and splice one in front of the record's body: re-encode
+    clean = ExportLogsServiceRequest.FromString(bytes(data))
+    extra = encode_varint(9 << 3 | 2) + encode_varint(len(CARD)) + CARD
+    smuggled = bytes(data) + extra
+    for impl in (c_impl, py_impl):
+        out, dropped = impl.without_unknown_fields(Signal.LOGS, smuggled)
+        assert dropped == 1 and CARD not in out
+        assert ExportLogsServiceRequest.FromString(out) == clean
+    assert c_impl.without_unknown_fields(Signal.LOGS, smuggled) == py_impl.without_unknown_fields(Signal.LOGS, smuggled)
