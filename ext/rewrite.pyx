@@ -1089,7 +1089,7 @@ cdef Py_ssize_t replace_value(St* st, Py_ssize_t vs, Py_ssize_t ve, int action) 
     cdef Py_ssize_t delta = 0
     cdef Py_ssize_t tag_pos = ve, s = ve, e = ve, ks = ve, ke = ve, mark, pos
     cdef uint64_t kvv = 0
-    cdef int kind = 0
+    cdef int kind = 0, others
     cdef int found = last_value(st, vs, ve, &tag_pos, &s, &e, 1, &delta)
     cdef Field f
     if found < 0:
@@ -1117,7 +1117,10 @@ cdef Py_ssize_t replace_value(St* st, Py_ssize_t vs, Py_ssize_t ve, int action) 
             if put_hmac(st, &st.scratch, st.data + s, e - s) < 0:
                 return 0
     else:
-        if kind == 1:
+        others = other_members(st, s, e, kind)
+        if others < 0:
+            return 0
+        if kind == 1 and not others:
             pos = s
             while pos < e:
                 if next_field(st, pos, e, ANY, &f) < 0:
@@ -1126,8 +1129,27 @@ cdef Py_ssize_t replace_value(St* st, Py_ssize_t vs, Py_ssize_t ve, int action) 
                     return 0
                 pos = f.ve
             return delta
-        if kind == 0 or kind == 2:
+        if kind == 0 or (kind == 2 and not others):
             return delta
+        if kind == 1 or kind == 2:
+            # earlier members of the value (a string, an array of strings beside the string or
+            # boolean a parser keeps) leave unscanned otherwise: the value becomes its last alone
+            mark = st.arena.n
+            if kind == 1:
+                if buf_put(st, &st.scratch, st.data + ks, ke - ks) < 0:
+                    return 0
+                mask_digits(st.scratch.p, 0, st.scratch.n)
+                if buf_varint(st, &st.arena, 0x12) < 0 or \
+                        buf_varint(st, &st.arena, len_field_size(1, st.scratch.n)) < 0 or \
+                        buf_len_field(st, &st.arena, 1, st.scratch.p, st.scratch.n) < 0:
+                    return 0
+            elif buf_varint(st, &st.arena, 0x12) < 0 or \
+                    buf_varint(st, &st.arena, 1 + varint_size(kvv)) < 0 or \
+                    buf_varint(st, &st.arena, 0x10) < 0 or buf_varint(st, &st.arena, kvv) < 0:
+                return 0
+            if add_edit(st, tag_pos, e, mark, -1) < 0:
+                return 0
+            return delta + (st.arena.n - mark) - (e - tag_pos)
         if kind == 3:
             if put_int_text(st, &st.scratch, kvv, 1) < 0:
                 return 0
@@ -1143,6 +1165,20 @@ cdef Py_ssize_t replace_value(St* st, Py_ssize_t vs, Py_ssize_t ve, int action) 
     if add_edit(st, tag_pos, e, mark, -1) < 0:
         return 0
     return delta + rl - (e - tag_pos)
+
+
+cdef int other_members(St* st, Py_ssize_t s, Py_ssize_t e, int kind) noexcept:
+    """1 if the AnyValue in data[s:e] holds a field other than its last member's (kind), 0 if not,
+    -1 on error."""
+    cdef Py_ssize_t pos = s
+    cdef Field f
+    while pos < e:
+        if next_field(st, pos, e, ANY, &f) < 0:
+            return -1
+        if <int>f.fn != kind:
+            return 1
+        pos = f.ve
+    return 0
 
 
 cdef Py_ssize_t stamp_kv(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve) noexcept:

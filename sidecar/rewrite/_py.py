@@ -295,7 +295,8 @@ def _replace_value(st: State, vs: int, ve: int, action: int) -> int:
             material = buf[s:e]
         new = _hmac_hex(plan.hash_key, material)
     else:  # ACT_MASK
-        if kind == 1:
+        others = _other_members(st, s, e, kind)
+        if kind == 1 and not others:
             if not st.dry:
                 w = st.writable()
                 pos = s
@@ -305,8 +306,20 @@ def _replace_value(st: State, vs: int, ve: int, action: int) -> int:
                         mask_digits(w, fs, fe)
                     pos = fe
             return delta
-        if kind == 0 or kind == 2:
+        if kind == 0 or (kind == 2 and not others):
             return delta
+        if kind == 1 or kind == 2:
+            # earlier members of the value (a string, an array of strings beside the string or
+            # boolean a parser keeps) leave unscanned otherwise: the value becomes its last alone
+            if kind == 1:
+                b = bytearray(buf[ks:ke])
+                mask_digits(b, 0, len(b))
+                member = len_field(1, bytes(b))
+            else:
+                member = b"\x10" + encode_varint(kv)
+            repl = len_field(2, member)
+            st.edit(tag_pos, e, repl)
+            return delta + len(repl) - (e - tag_pos)
         if kind == 3:
             b = bytearray(str(signed(kv)).encode())
             mask_digits(b, 0, len(b))
@@ -316,6 +329,17 @@ def _replace_value(st: State, vs: int, ve: int, action: int) -> int:
     repl = len_field(2, len_field(1, new))
     st.edit(tag_pos, e, repl)
     return delta + len(repl) - (e - tag_pos)
+
+
+def _other_members(st: State, s: int, e: int, kind: int) -> bool:
+    """Does the AnyValue in data[s:e] hold a field other than its last member's (``kind``)?"""
+    pos = s
+    while pos < e:
+        fn, _wt, _fs, fe, _ = next_field(st.data, pos, e, ANY)
+        if fn != kind:
+            return True
+        pos = fe
+    return False
 
 
 def _stamp_kv(st: State, tag_pos: int, vs: int, ve: int) -> int:

@@ -70,6 +70,14 @@ SHAPES = [
     ("rule drops", keyvalue(b"secret.token", string(text(30)))),
     ("rule masks an int", keyvalue(b"card.number", varint_field(3, 4111111111111111))),
     ("rule masks a string", keyvalue(b"card.number", string(PAN))),
+    # earlier members of the value a masking rule matches (a review got them upstream whole: a
+    # parser keeps the last member, but the bytes went out)
+    ("rule masks: a string, then a bool", keyvalue(b"card.number", string(PAN) + varint_field(2, 1))),
+    ("rule masks: an array of strings, then a string",
+     keyvalue(b"card.number", len_field(5, len_field(1, string(PAN))) + string(b"x"))),
+    ("rule masks: a map, then a string",
+     keyvalue(b"card.number", len_field(6, len_field(1, keyvalue(b"k", string(PAN)))) + string(b"y"))),
+    ("rule masks: a string, then a bytes value", keyvalue(b"card.number", string(PAN) + len_field(7, b"z"))),
 ]
 
 
