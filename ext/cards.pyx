@@ -53,8 +53,10 @@ cdef bint luhn_ok(const unsigned char* d, int n) noexcept:
 
 
 cdef bint in_uuid(const unsigned char* s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t j) noexcept:
-    cdef Py_ssize_t st0 = i - 35 if i > 35 else 0
-    cdef Py_ssize_t last = j - 1
+    """Does an 8-4-4-4-12 hex group hold all of s[i:j]? (one that only overlaps it does not: the
+    digits beyond it may be a card number)"""
+    cdef Py_ssize_t st0 = j - 36 if j > 36 else 0
+    cdef Py_ssize_t last = i
     cdef Py_ssize_t k, stt
     cdef bint ok
     if n - 36 < last:
@@ -91,6 +93,7 @@ cdef int find_pans_c(St* st, const unsigned char* s, Py_ssize_t n) noexcept:
     cdef Py_ssize_t i, j
     cdef int nd, count = 0
     cdef unsigned char c, prev
+    cdef bint exempt
     cdef unsigned char digits[20]
     cdef Pan* p
     while q < n:
@@ -124,15 +127,16 @@ cdef int find_pans_c(St* st, const unsigned char* s, Py_ssize_t n) noexcept:
             else:
                 break
         if nd >= 12:
+            # '+': a phone number; a digit and '.' or ',': the fraction of a number. Then the run's
+            # first group is that, and only groups after it may start a card number
             prev = s[i - 1] if i > 0 else 0
-            if i > 0 and (prev == 43 or ((prev == 44 or prev == 46) and i > 1
-                                         and is_digit(s[i - 2]))):
-                pass
-            elif nd <= 19 and brand_ok(digits, nd) and luhn_ok(digits, nd) and not in_uuid(s, n, i, j):
+            exempt = i > 0 and (prev == 43 or ((prev == 44 or prev == 46) and i > 1 and is_digit(s[i - 2])))
+            if not exempt and nd <= 19 and brand_ok(digits, nd) and luhn_ok(digits, nd) \
+                    and not in_uuid(s, n, i, j):
                 if add_pan(st, &count, i, j, digits, nd) < 0:
                     return -1
             elif nd < j - i:  # separators in it: search its groups
-                if groups_holding_pans(st, s, n, i, j, &count) < 0:
+                if groups_holding_pans(st, s, n, i, j, exempt, &count) < 0:
                     return -1
         q = j + 11
     return count
@@ -157,42 +161,141 @@ cdef int add_pan(St* st, int* count, Py_ssize_t i, Py_ssize_t j, const unsigned 
     return 0
 
 
+#: the fewest digits of a group the group search takes (the twin's _MIN_GROUP)
+cdef int MIN_GROUP = 3
+
+
+cdef inline bint brand_first(unsigned char c) noexcept:
+    """Can a brand's prefix start with the digit c? (2, 3, 4, 5, 6, 8: the table in brand_ok)"""
+    return c == 50 or c == 51 or c == 52 or c == 53 or c == 54 or c == 56
+
+
+cdef struct Group:
+    Py_ssize_t s  # its first digit
+    Py_ssize_t e  # after its last digit
+    int cnt  # its digits
+    int a  # Luhn sum of its digits alone, the last at an even place from the right
+    int b  # the same, the last at an odd place
+
+
+cdef inline void read_group(const unsigned char* s, Py_ssize_t j, Py_ssize_t* k, Group* g) noexcept:
+    """The group of the run at k (a digit); k moves past it and its separator."""
+    cdef Py_ssize_t p = k[0]
+    cdef int a = 0, b = 0, t, d, cnt = 0
+    g.s = p
+    while p < j and is_digit(s[p]):
+        d = s[p] - 48
+        t = b + d
+        b = a + (2 * d - 9 if d > 4 else 2 * d)
+        a = t
+        cnt += 1
+        p += 1
+    g.e = p
+    g.cnt = cnt
+    g.a = a
+    g.b = b
+    k[0] = p + 1
+
+
 cdef int groups_holding_pans(St* st, const unsigned char* s, Py_ssize_t n, Py_ssize_t i,
-                             Py_ssize_t j, int* count) noexcept:
+                             Py_ssize_t j, bint skip_first, int* count) noexcept:
     """Card numbers made of whole groups of the run s[i:j] (digits between its separators), for a
-    run that is not one as a whole: from each group on, the longest card number of 12-19 digits
-    is taken, and the search goes on after it (the twin's _groups_holding_pans)."""
-    cdef Py_ssize_t g = i
-    cdef Py_ssize_t k, best_j = 0
-    cdef int nd, best_nd
-    cdef unsigned char digits[20]
+    run that is not one as a whole (the twin's _groups_holding_pans): every group of 3 or more
+    digits on a brand's first digit starts a search for the longest card number of whole groups of
+    3 or more digits from it, and overlapping finds are merged into one span carrying its first
+    find's digits. skip_first: the first group is a phone number's or a fraction's, and starts no
+    search. Each group is read once: a window's Luhn sum is composed from its groups' sums, so a
+    run of many short groups costs a few steps a group, not one a digit of every window."""
+    cdef Group gq[8]  # a ring: gq[r0] is the group a search starts from, then those after it
+    cdef int ng = 0, r0 = 0, h, best_h, nd, best_nd, maxg, A, B, tA, m
+    cdef bint spaced
+    cdef Py_ssize_t k = i, p, span_i = -1, span_j = -1
+    cdef int span_nd = 0
+    cdef unsigned char first4[4]
     cdef unsigned char best[20]
-    while g < j:
-        k = g
-        nd = 0
-        best_nd = 0
-        while k < j:
-            while k < j and is_digit(s[k]):
-                if nd < 20:
-                    digits[nd] = s[k]
-                nd += 1
-                k += 1
-            if nd > 19:
+    cdef Group* g
+    cdef Group* q
+    while True:
+        if ng == 0:
+            if k >= j:
                 break
-            if nd >= 12 and brand_ok(digits, nd) and luhn_ok(digits, nd) and not in_uuid(s, n, g, k):
-                best_nd = nd
-                best_j = k
-                memcpy(best, digits, nd)
-            k += 1  # the separator
-        if best_nd:
-            if add_pan(st, count, g, best_j, best, best_nd) < 0:
-                return -1
-            g = best_j + 1
-        else:
-            k = g
-            while k < j and is_digit(s[k]):
-                k += 1
-            g = k + 1
+            # nothing read ahead: a group that cannot start a search is passed over at once
+            p = k
+            while p < j and is_digit(s[p]):
+                p += 1
+            if p - k < MIN_GROUP or not brand_first(s[k]) or (skip_first and k == i):
+                k = p + 1
+                continue
+            read_group(s, j, &k, &gq[r0])
+            ng = 1
+        g = &gq[r0]
+        if g.cnt >= MIN_GROUP and brand_first(s[g.s]) and not (skip_first and g.s == i):
+            # the window's first four digits (a brand is told by them): its first group has three or more
+            m = 0
+            p = g.s
+            while m < 4 and p < j:
+                if is_digit(s[p]):
+                    first4[m] = s[p]
+                    m += 1
+                p += 1
+            A = 0
+            B = 0
+            nd = 0
+            maxg = 0
+            spaced = False
+            best_h = -1
+            best_nd = 0
+            h = 0
+            while True:
+                if h == ng:
+                    if k >= j or ng == 8:
+                        break
+                    read_group(s, j, &k, &gq[(r0 + ng) & 7])
+                    ng += 1
+                q = &gq[(r0 + h) & 7]
+                if q.cnt < MIN_GROUP:
+                    break
+                nd += q.cnt
+                if nd > 19:
+                    break
+                if h > 0 and s[q.s - 1] == 32:
+                    spaced = True
+                if q.cnt > maxg:
+                    maxg = q.cnt
+                if q.cnt & 1:
+                    tA = q.a + B
+                    B = q.b + A
+                else:
+                    tA = q.a + A
+                    B = q.b + B
+                A = tA
+                # inside a UUID only with dashes and groups of at most 12 (its longest)
+                if nd >= 12 and m == 4 and A % 10 == 0 and brand_ok(first4, nd) \
+                        and not (maxg <= 12 and not spaced and in_uuid(s, n, g.s, q.e)):
+                    best_h = h
+                    best_nd = nd
+                h += 1
+            if best_h >= 0:
+                q = &gq[(r0 + best_h) & 7]
+                if span_nd and g.s < span_j:  # overlaps the span being built: merged into it
+                    if q.e > span_j:
+                        span_j = q.e
+                else:
+                    if span_nd and add_pan(st, count, span_i, span_j, best, span_nd) < 0:
+                        return -1
+                    span_i = g.s
+                    span_j = q.e
+                    span_nd = 0
+                    p = g.s
+                    while p < span_j:
+                        if is_digit(s[p]):
+                            best[span_nd] = s[p]
+                            span_nd += 1
+                        p += 1
+        ng -= 1
+        r0 = (r0 + 1) & 7
+    if span_nd and add_pan(st, count, span_i, span_j, best, span_nd) < 0:
+        return -1
     return 0
 
 

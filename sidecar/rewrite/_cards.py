@@ -44,8 +44,9 @@ def luhn_ok(d: bytes) -> bool:
 
 
 def in_uuid(s: bytes, i: int, j: int) -> bool:
-    """Does an 8-4-4-4-12 hex group overlap s[i:j]?"""
-    for st in range(max(0, i - 35), min(j - 1, len(s) - 36) + 1):
+    """Does an 8-4-4-4-12 hex group hold all of s[i:j]? (one that only overlaps it does not: the
+    digits beyond it may be a card number)"""
+    for st in range(max(0, j - 36), min(i, len(s) - 36) + 1):
         for k in range(36):
             c = s[st + k]
             if k in (8, 13, 18, 23):
@@ -62,31 +63,64 @@ def _is_pan(s: bytes, i: int, j: int, digits: bytes) -> bool:
     return 12 <= len(digits) <= 19 and brand_ok(digits) and luhn_ok(digits) and not in_uuid(s, i, j)
 
 
-def _groups_holding_pans(s: bytes, i: int, j: int) -> list[tuple[int, int, bytes]]:
+#: the first digits a brand's prefix can start with (table in brand_ok)
+_BRAND_FIRST = frozenset(b"234568")
+#: the fewest digits of a group the group search takes: card numbers are printed in groups of 3
+#: to 6 (4-4-4-4, 4-6-5, 4-4-4-4-3); a day, a month or a small quantity is not part of one there
+_MIN_GROUP = 3
+
+
+def _groups_holding_pans(s: bytes, i: int, j: int, skip_first: bool = False) -> list[tuple[int, int, bytes]]:
     """Card numbers made of whole groups of the run s[i:j] (digits between its separators), for a
-    run that is not one as a whole: a date, a quantity or a CVV joined to a card number by one
-    space or dash. From each group on, the longest card number of 12-19 digits is taken, and the
-    search goes on after it."""
-    starts = [k for k in range(i, j) if 48 <= s[k] <= 57 and (k == i or not 48 <= s[k - 1] <= 57)]
-    found = []
-    g = 0
-    while g < len(starts):
-        best = None
-        digits = b""
-        k = starts[g]
-        for h in range(g, len(starts)):
-            end = starts[h + 1] - 1 if h + 1 < len(starts) else j
-            digits += s[starts[h]:end]
-            if len(digits) > 19:
-                break
-            if _is_pan(s, k, end, digits):
-                best = (k, end, digits, h)
-        if best is None:
-            g += 1
-            continue
-        found.append(best[:3])
-        g = best[3] + 1
-    return found
+    run that is not one as a whole: a date, a quantity, a CVV or another card joined to it by one
+    space or dash. Every group of 3 or more digits on a brand's first digit starts a search for the
+    longest card number of whole groups of 3 or more digits from it; overlapping finds are merged
+    into one span (masked as one: the last four digits of the span stay), so a spurious find
+    cannot take a real card's first groups from it. A merged span carries the digits of its first
+    find. ``skip_first``: the first group is a phone number's or a fraction's, and starts no
+    search. (The C module composes each window's Luhn sum from its groups', read once; the
+    results are the same.)"""
+    windows: list[tuple[int, int, bytes]] = []
+    k = i
+    while k < j:
+        g = k
+        while k < j and 48 <= s[k] <= 57:
+            k += 1
+        # s[g:k] is a group; search from it when it can start a card number
+        if k - g >= _MIN_GROUP and s[g] in _BRAND_FIRST and not (skip_first and g == i):
+            best = None
+            digits = bytearray()
+            a = b = 0  # Luhn sums with the last digit at an even / odd place from the right
+            maxg, spaced = 0, False
+            p = g
+            while p < j:
+                if p > g and s[p - 1] == 32:
+                    spaced = True
+                q = p
+                while p < j and 48 <= s[p] <= 57:
+                    d = s[p] - 48
+                    a, b = b + d, a + (2 * d - 9 if d > 4 else 2 * d)
+                    digits.append(s[p])
+                    p += 1
+                if len(digits) > 19 or p - q < _MIN_GROUP:
+                    break
+                maxg = max(maxg, p - q)
+                # inside a UUID only with dashes and groups of at most 12 (its longest)
+                if (len(digits) >= 12 and a % 10 == 0 and brand_ok(bytes(digits))
+                        and not (maxg <= 12 and not spaced and in_uuid(s, g, p))):
+                    best = (g, p, bytes(digits))
+                p += 1  # the separator
+            if best is not None:
+                windows.append(best)
+        k += 1  # the separator
+    merged: list[tuple[int, int, bytes]] = []
+    for start, end, digits in windows:
+        if merged and start < merged[-1][1]:
+            first = merged[-1]
+            merged[-1] = (first[0], max(first[1], end), first[2])
+        else:
+            merged.append((start, end, digits))
+    return merged
 
 
 def find_pans(s: bytes) -> list[tuple[int, int, bytes]]:
@@ -97,16 +131,14 @@ def find_pans(s: bytes) -> list[tuple[int, int, bytes]]:
         digits = m.group().replace(b" ", b"").replace(b"-", b"")
         if len(digits) < 12:
             continue
-        if i > 0:
-            prev = s[i - 1]
-            if prev == 43:  # '+': a phone number
-                continue
-            if prev in (44, 46) and i > 1 and 48 <= s[i - 2] <= 57:  # fraction of a number
-                continue
-        if _is_pan(s, i, j, digits):
+        # '+': a phone number; a digit and '.' or ',': the fraction of a number. Then the run's
+        # first group is that, and only groups after it may start a card number
+        prev = s[i - 1] if i > 0 else 0
+        exempt = prev == 43 or (prev in (44, 46) and i > 1 and 48 <= s[i - 2] <= 57)
+        if not exempt and _is_pan(s, i, j, digits):
             found.append((i, j, digits))
         elif len(digits) < j - i:  # separators in it: search its groups
-            found += _groups_holding_pans(s, i, j)
+            found += _groups_holding_pans(s, i, j, exempt)
     return found
 
 

@@ -132,6 +132,15 @@ POSITIVE_CASES += [
     ("qty 2 4111 1111 1111 1111", ["4111111111111111"]),
     ("cards 4111111111111111 5555555555554444", ["4111111111111111", "5555555555554444"]),
     ("4111-1111-1111-1111-2025", ["4111111111111111"]),
+    # cards among other groups (a review found a spurious find taking a real card's first group:
+    # finds that overlap are now one span)
+    ("0435 4111 1111 1111 1111 1111 1111", ["4111111111111111"]),
+    ("4222222222222-5500 0055 5555 5559", ["4222222222222", "5500005555555559"]),
+    # after a fraction or a phone number's '+', groups after the first still start card numbers
+    ("ratio 3,14 4111 1111 1111 1111", ["4111111111111111"]),
+    ("1,8-5500005555555559", ["5500005555555559"]),
+    # a card number that only overlaps a UUID's last group is not inside it
+    ("98119674-9479-8210-6701-378282246310005", ["378282246310005"]),
 ]
 
 NEGATIVE_CASES: list[str] = [

@@ -60,39 +60,42 @@ def cards(s: bytes) -> list[tuple[int, int, str]]:
         i, j = m.span()
         digits = re.sub(rb"[ -]", b"", m.group()).decode()
         before = s[max(0, i - 2) : i]
-        if before.endswith(b"+") or re.fullmatch(rb"[0-9][.,]", before):
-            continue
-        in_uuid = any(a < j and i < b for a, b in uuids)
-        if not in_uuid and is_card(digits):
+        # after '+' or a digit and '.' / ',': the first group is a phone number's or a fraction's
+        exempt = before.endswith(b"+") or bool(re.fullmatch(rb"[0-9][.,]", before))
+        in_uuid = any(a <= i and j <= b for a, b in uuids)
+        if not exempt and not in_uuid and is_card(digits):
             out.append((i, j, digits))
-        else:
-            out += cards_in_groups(m.group(), i, uuids)
+        elif len(digits) >= 12:
+            out += cards_in_groups(m.group(), i, uuids, exempt)
     return out
 
 
-def cards_in_groups(run: bytes, at: int, uuids: list[tuple[int, int]]) -> list[tuple[int, int, str]]:
-    """A run that is not a card as a whole: from each of its groups (digits between separators)
-    on, the longest card number made of whole groups, not overlapping a UUID; then after it."""
+def cards_in_groups(run: bytes, at: int, uuids: list[tuple[int, int]], skip_first: bool) -> list[tuple[int, int, str]]:
+    """A run that is not a card as a whole: every window of whole groups of 3 or more digits
+    (digits between the separators) that is a card and not inside a UUID, the longest from each
+    group; windows that overlap make one span, with the digits of its first window."""
     groups = [(at + m.start(), at + m.end(), m.group().decode()) for m in re.finditer(rb"[0-9]+", run)]
     if len(groups) < 2:
         return []
-    out = []
-    g = 0
-    while g < len(groups):
-        found = None
+    windows = []
+    for g in range(1 if skip_first else 0, len(groups)):
+        longest = None
         for h in range(g, len(groups)):
             digits = "".join(text for _, _, text in groups[g : h + 1])
-            if len(digits) > 19:
+            if len(digits) > 19 or len(groups[h][2]) < 3:  # groups of 3 digits or more only
                 break
             i, j = groups[g][0], groups[h][1]
-            if is_card(digits) and not any(a < j and i < b for a, b in uuids):
-                found = (i, j, digits, h)
-        if found is None:
-            g += 1
+            if is_card(digits) and not any(a <= i and j <= b for a, b in uuids):
+                longest = (i, j, digits)
+        if longest is not None:
+            windows.append(longest)
+    spans: list[tuple[int, int, str]] = []
+    for i, j, digits in windows:
+        if spans and i < spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], j), spans[-1][2])
         else:
-            out.append(found[:3])
-            g = found[3] + 1
-    return out
+            spans.append((i, j, digits))
+    return spans
 
 
 def mask_all_but_last4(s: str) -> str:

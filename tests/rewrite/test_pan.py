@@ -79,9 +79,17 @@ def test_find_pans_rule(impl):
     # the run goes on (20 digits): not a card as a whole, its first group is one
     assert impl.find_pans(b"{4111111111111111-1234}") == [(1, 17, b"4111111111111111")]
     assert impl.find_pans(b"12 4111 1111 1111 1111") == [(3, 22, b"4111111111111111")]
-    # after '+' (a phone number) or a fraction, the run's groups are not searched either
-    assert impl.find_pans(b"+1 555 4111111111111111") == []
+    # after '+' (a phone number) or a fraction, the run's first group is that, never a card's start
     assert impl.find_pans(b"1,4111111111111111 5") == []
+    assert impl.find_pans(b"+4111 1111 1111 1111") == []
+    assert impl.find_pans(b"+1 555 4111111111111111") == [(7, 23, b"4111111111111111")]
+    assert impl.find_pans(b"3,14 4111111111111111") == [(5, 21, b"4111111111111111")]
+    # a card's groups are found whatever joins them (the first find from 4111 takes four groups)
+    assert impl.find_pans(b"0435 4111 1111 1111 1111 1111 1111") == [(5, 24, b"4111111111111111")]
+    # groups under 3 digits are no part of a card number found by its groups
+    assert impl.find_pans(b"1 2 3 4 4111111111111111 5 6") == [(8, 24, b"4111111111111111")]
+    # a UUID holds a run only when all of it is inside: the digits beyond it may be a card
+    assert impl.find_pans(b"98119674-9479-8210-6701-378282246310005") == [(24, 39, b"378282246310005")]
     uuid = b"41111111-1111-1111-1111-111111111111"
     assert impl.find_pans(uuid) == []
 
