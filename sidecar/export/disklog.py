@@ -83,6 +83,8 @@ class DiskLog:
         self._segments: dict[int, _Segment] = {}
         self._active: _Segment | None = None
         self._fd = -1
+        #: the number of the last segment opened for writing (the next one is one more)
+        self._last_number = 0
         self._read_fds: dict[int, int] = {}
         self._bytes = 0
         self._sync_waiters: list[asyncio.Future[None]] = []
@@ -177,6 +179,8 @@ class DiskLog:
     async def append(self, signal: Signal, items: int, data: builtins.bytes) -> Record:  # `bytes` is a property here
         """Write one record; return once it is durable on disk (the disk queue keeps the budget)."""
         size = record_size(len(data))
+        if self._active is None:  # the last one was given up (a write the disk did not take)
+            self._roll(self._last_number + 1)
         segment = self._active
         assert segment is not None, "open() first"
         if segment.bytes and segment.bytes + size > self.segment_bytes:
@@ -211,13 +215,28 @@ class DiskLog:
                 try:
                     os.ftruncate(self._fd, offset)
                 except OSError as exc:
-                    log.error("disk queue: cannot cut a partly written record off %s (%s); starting a new "
-                              "segment", self._active.path.name if self._active else "?", exc.strerror)
-                    self._active.bytes = offset + done  # type: ignore[union-attr]
-                    self._bytes += done
-                    with contextlib.suppress(OSError):
-                        self._seal_active()
+                    self._give_up_active(offset + done, exc)
             raise
+
+    def _give_up_active(self, size: int, exc: OSError) -> None:
+        """The segment being written to ends in a record cut short that cannot be cut off: nothing
+        more is written to it (a replay stops at the cut record, after every good one), and the
+        next append starts a new segment, or is refused while none can be opened."""
+        segment = self._active
+        assert segment is not None
+        log.error("disk queue: cannot cut a partly written record off %s (%s); the next record starts a "
+                  "new segment", segment.path.name, exc.strerror)
+        self._bytes += size - segment.bytes
+        segment.bytes = size
+        fd, self._fd = self._fd, -1  # never written through again, whatever reuses the number
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        segment.sealed = True
+        self._active = None
+        if segment.acked >= segment.records:
+            self._bytes -= segment.bytes
+            self._delete(segment)
+            del self._segments[segment.number]
 
     async def _sync(self) -> None:
         """Group commit: one fdatasync covers every append made before it started."""
@@ -319,6 +338,7 @@ class DiskLog:
         self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._segments[number] = segment
         self._active = segment
+        self._last_number = number
 
     def _seal_active(self) -> None:
         segment = self._active
@@ -326,7 +346,9 @@ class DiskLog:
         sent = segment.acked >= segment.records
         if not sent:  # a segment whose records all left is deleted now: no need to make it durable
             os.fdatasync(self._fd)
-        os.close(self._fd)
+        fd, self._fd = self._fd, -1  # closed: never written through again, whatever reuses the number
+        self._active = None
+        os.close(fd)
         segment.sealed = True
         if sent:
             self._bytes -= segment.bytes
