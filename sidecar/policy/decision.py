@@ -213,6 +213,10 @@ def _stamps(where: _Where, part: Mapping[str, Any]) -> list[ResourceStamp]:
             where, f"{path}.on_conflict", entry.get("on_conflict", "overwrite"), CONFLICT_ACTIONS,
             "on_conflict", rule_id,
         )
+        if find_pans(value.encode()):
+            # written on every resource, never scanned: refused as a rule id is (never quoted)
+            raise where.fail(f"{path}.value", "holds a card number: a stamp is written on every resource "
+                                              "as it is", rule_id)
         found.append(ResourceStamp(rule_id, key, value, conflict))
     return found
 
@@ -311,6 +315,8 @@ def compile_plan(
         if "redaction" in part:
             if not isinstance(part["redaction"], str):
                 raise where.fail("redaction", "must be a string")
+            if find_pans(part["redaction"].encode()):
+                raise where.fail("redaction", "holds a card number: the redaction text is written as it is")
             redaction = part["redaction"]
     rules, guarded, dropped_keeps = enforce(rules, list(detectors.values()), exemptions)
     if ignored is not None:

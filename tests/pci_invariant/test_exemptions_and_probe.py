@@ -95,8 +95,9 @@ async def test_a_set_that_writes_a_card_number_is_refused_at_start(tmp_path: Pat
         None, SIDECAR_POLICY_DIR=str(policies), SIDECAR_POLICY_HASH_KEY_FILE=str(key_file(tmp_path)),
     ))
     assert code == 2
-    assert "the PCI probe found card numbers left unmasked by this policy set" in stderr
-    assert "a card number the policies write themselves (a stamp or the redaction text)" in stderr
+    # refused where the decision is checked, naming the file, the field and the rule
+    assert ("leaky/leaky.rego (package otlp_sidecar.leaky): decision.stamps[0].value: holds a card number"
+            in stderr)
     assert "4111" not in stderr and "Traceback" not in stderr
 
 
@@ -123,7 +124,7 @@ async def test_a_leaking_set_is_refused_on_hot_reload_and_the_last_good_stays(up
     finally:
         assert await sidecar.stop() == 0
     assert after["version"] == before["version"]
-    assert "PCI probe found card numbers" in after["last_reload_error"]
+    assert "decision.stamps[0].value: holds a card number" in after["last_reload_error"]
     assert metric(metrics, "otlp_sidecar_policy_reloads_total", result="failed") == 1
     assert "policy reload refused, the last good set" in sidecar.stderr
     raw = b"".join(m.SerializeToString() for m in upstream.messages(Signal.TRACES))

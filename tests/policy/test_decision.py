@@ -210,6 +210,20 @@ decision_for(request) := {"allow": false, "reason": "no", "rule_id": sprintf("ex
     assert b"4111111111111111" not in generate_latest(service.metrics.registry)
 
 
+@pytest.mark.parametrize("part", [
+    {"stamps": [{"rule_id": "t", "key": "k8s.pod.name", "value": "pay-4111111111111111"}]},
+    {"redaction": "[REDACTED for 4111 1111 1111 1111]"},
+], ids=["stamp", "redaction"])
+def test_a_stamp_or_redaction_text_holding_a_card_number_is_refused_without_quoting_it(part) -> None:
+    """The rewriter writes both as they are, unscanned (a review got a card number out through
+    each: a stamp value taken from a pod label, a redaction text built from it); refused as a rule
+    id holding one is, so the set fails its load or the resource its decision (never masked
+    silently)."""
+    with pytest.raises(DecisionError) as caught:
+        compile_plan({"p": part}, no_file)
+    assert "holds a card number" in str(caught.value) and "1111" not in str(caught.value)
+
+
 def test_decision_vocabularies_are_the_plans() -> None:
     """The typed word lists the decision is checked against name what the plan documents, in order
     (the order is the one error messages list them in)."""
