@@ -476,24 +476,11 @@ def _probe(path: str, injection: InjectionConfig, *, period: int, failures: int)
 
 
 def _resources(injection: InjectionConfig) -> dict[str, Any]:
-    requests = {
-        k: v
-        for k, v in (
-            ("cpu", injection.cpu_request),
-            ("memory", injection.memory_request),
-            ("ephemeral-storage", injection.storage_request),
-        )
-        if v
-    }
-    limits = {
-        k: v
-        for k, v in (
-            ("cpu", injection.cpu_limit),
-            ("memory", injection.memory_limit),
-            ("ephemeral-storage", injection.ephemeral_storage_limit),
-        )
-        if v
-    }
+    def given(cpu: str, memory: str, storage: str) -> dict[str, str]:
+        return {k: v for k, v in (("cpu", cpu), ("memory", memory), ("ephemeral-storage", storage)) if v}
+
+    requests = given(injection.cpu_request, injection.memory_request, injection.storage_request)
+    limits = given(injection.cpu_limit, injection.memory_limit, injection.ephemeral_storage_limit)
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
