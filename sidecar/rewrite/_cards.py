@@ -114,12 +114,12 @@ def _groups_holding_pans(s: bytes, i: int, j: int, skip_first: bool = False) -> 
                 windows.append(best)
         k += 1  # the separator
     merged: list[tuple[int, int, bytes]] = []
-    for start, end, digits in windows:
+    for start, end, found in windows:
         if merged and start < merged[-1][1]:
             first = merged[-1]
             merged[-1] = (first[0], max(first[1], end), first[2])
         else:
-            merged.append((start, end, digits))
+            merged.append((start, end, found))
     return merged
 
 

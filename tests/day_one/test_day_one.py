@@ -138,6 +138,7 @@ CASES: dict[str, Case] = {
             "image": "registry.example/otlp-sidecar:debug",
             "resources": {"requests": {"cpu": "20m", "memory": "48Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
             "startupTimeoutSeconds": 30,
+            "shutdownGraceSeconds": 15,
             "probes": {"startupPath": "/health", "readinessPath": "/health", "livenessPath": "/health"},
             "logLevel": "debug",
             "extraEnv": {"SIDECAR_LOG_FORMAT": "json"},
