@@ -95,7 +95,6 @@ cdef int find_pans_c(St* st, const unsigned char* s, Py_ssize_t n) noexcept:
     cdef unsigned char c, prev
     cdef bint exempt
     cdef unsigned char digits[20]
-    cdef Pan* p
     while q < n:
         c = s[q]
         if is_digit(c):
@@ -207,7 +206,7 @@ cdef int groups_holding_pans(St* st, const unsigned char* s, Py_ssize_t n, Py_ss
     search. Each group is read once: a window's Luhn sum is composed from its groups' sums, so a
     run of many short groups costs a few steps a group, not one a digit of every window."""
     cdef Group gq[8]  # a ring: gq[r0] is the group a search starts from, then those after it
-    cdef int ng = 0, r0 = 0, h, best_h, nd, best_nd, maxg, A, B, tA, m
+    cdef int ng = 0, r0 = 0, h, best_h, nd, maxg, A, B, tA, m
     cdef bint spaced
     cdef Py_ssize_t k = i, p, span_i = -1, span_j = -1
     cdef int span_nd = 0
@@ -244,7 +243,6 @@ cdef int groups_holding_pans(St* st, const unsigned char* s, Py_ssize_t n, Py_ss
             maxg = 0
             spaced = False
             best_h = -1
-            best_nd = 0
             h = 0
             while True:
                 if h == ng:
@@ -273,7 +271,6 @@ cdef int groups_holding_pans(St* st, const unsigned char* s, Py_ssize_t n, Py_ss
                 if nd >= 12 and m == 4 and A % 10 == 0 and brand_ok(first4, nd) \
                         and not (maxg <= 12 and not spaced and in_uuid(s, n, g.s, q.e)):
                     best_h = h
-                    best_nd = nd
                 h += 1
             if best_h >= 0:
                 q = &gq[(r0 + best_h) & 7]
