@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.bounds.harness import BoundedSidecar, Probe, http_request, read_response
+from tests.bounds.harness import ACCEPT_MARGIN, BoundedSidecar, Probe, http_request, read_response
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,6 +31,7 @@ async def test_a_thousand_connections_sending_one_header_line_are_closed() -> No
                     break
                 writer.write(b"GET /health HTTP/1.1\r\n")
                 connections.append((reader, writer))
+            burst_end = time.perf_counter()
             peak_fds = sidecar.open_fds() - fds_before
             started = time.perf_counter()
 
@@ -45,7 +46,9 @@ async def test_a_thousand_connections_sending_one_header_line_are_closed() -> No
         assert len(connections) == 1000 and all(results)
         assert elapsed < 5.0, f"the last silent connection was closed after {elapsed:.1f}s"
         assert peak_fds <= 2 * 32 + 4, f"{peak_fds} descriptors held for the admin port's connections"
-        probe.assert_served(0.5, min_ok=10, max_failures=2)
+        # a probe connecting amid the burst (its connection accepted among the attack's, all just
+        # accepted, twice the cap) may be refused, at once; once the burst is over it is served
+        probe.assert_served(0.5, min_ok=10, refused_until=burst_end + ACCEPT_MARGIN)
         evicted = await sidecar.action("admin", "connection_limit")
         closed_by_us = evicted + await sidecar.action("admin", "header_timeout")
         assert closed_by_us >= 1000
