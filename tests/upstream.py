@@ -37,6 +37,8 @@ class Answer:
     rejected: int = 0
     #: drop the connection instead of answering
     reset: bool = False
+    #: answer only once this is set (after ``delay``)
+    hold: asyncio.Event | None = None
 
 
 @dataclass
@@ -145,6 +147,8 @@ class Upstream:
             answer = self._next_answer()
             if answer.delay:
                 await asyncio.sleep(answer.delay)
+            if answer.hold is not None:
+                await answer.hold.wait()
             if answer.reset:
                 stream._stream._transport.close()
                 return
@@ -163,6 +167,8 @@ class Upstream:
             answer = self._next_answer()
             if answer.delay:
                 await asyncio.sleep(answer.delay)
+            if answer.hold is not None:
+                await answer.hold.wait()
             if answer.reset:
                 assert request.transport is not None
                 request.transport.close()

@@ -50,7 +50,7 @@ async def test_http_connections_send_their_own_bodies_first_on_loopback() -> Non
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        result = await load._generate("http", port, bodies, 0.2, 4, None, "traces", (1, 2))
+        result = await load._generate("http", port, bodies, 1.0, 4, None, "traces", (1, 2))
     finally:
         server.close()
         await server.wait_closed()

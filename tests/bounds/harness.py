@@ -125,6 +125,17 @@ class BoundedSidecar:
         assert peak < ceiling, f"peak RSS {peak / MiB:.1f} MiB is over the ceiling of {ceiling / MiB:.0f} MiB"
         return peak
 
+    async def accepted_all(self, port: int, timeout: float = 30.0) -> float:
+        """Wait until the sidecar has accepted every connection waiting on its loopback ``port``
+        (the listening socket's accept queue is empty); when that was (``time.perf_counter()``).
+        A burst of connects ends in the kernel: the sidecar may still be working through them."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            if _accept_queue(port) == 0:
+                return time.perf_counter()
+            assert time.perf_counter() < deadline, f"the sidecar left connections on port {port} unaccepted"
+            await asyncio.sleep(0.01)
+
     def alive(self) -> bool:
         return self.process is not None and self.process.proc is not None and self.process.proc.returncode is None
 
@@ -170,6 +181,18 @@ class BoundedSidecar:
     async def action(self, listener: str, action: str) -> float:
         """otlp_sidecar_overload_actions_total{listener, action}."""
         return await self.metric("otlp_sidecar_overload_actions_total", listener=listener, action=action)
+
+
+def _accept_queue(port: int) -> int:
+    """Connections waiting to be accepted on the listening socket 127.0.0.1:``port``
+    (/proc/net/tcp: a listening socket's rx_queue is its accept queue)."""
+    local = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[3] == "0A":
+                return int(fields[4].partition(":")[2], 16)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
 
 
 async def _start(process: SidecarProcess, repo: str | None, nofile: int | None) -> dict[str, int]:
@@ -246,8 +269,9 @@ def status_message(body: bytes) -> str:
 # -- a normal client, served meanwhile ----------------------------------------------------------
 
 
-#: seconds after a burst's last connect in which the sidecar may still be accepting its backlog
-ACCEPT_MARGIN = 0.5
+#: seconds after the sidecar accepted a burst's last connection in which a probe's connection
+#: may still have been among them
+ACCEPT_MARGIN = 0.2
 
 
 @dataclass

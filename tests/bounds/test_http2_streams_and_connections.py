@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import struct
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -26,6 +27,14 @@ PROTOCOL_ERROR, ENHANCE_YOUR_CALM = 1, 11
 
 async def connections(sidecar: BoundedSidecar) -> float:
     return await sidecar.metric("otlp_sidecar_receiver_connections", listener="otlp_grpc")
+
+
+async def until(read: Callable[[], Awaitable[float]], expected: float, timeout: float = 15.0) -> None:
+    """Wait until ``read()`` gives ``expected`` (another process catches up); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (value := await read()) != expected:
+        assert time.monotonic() < deadline, f"{value:g}, not {expected:g}, after {timeout:g} s"
+        await asyncio.sleep(0.1)
 
 
 @pytest.mark.timeout(60)
@@ -55,10 +64,10 @@ async def test_idle_connections_without_a_preface_are_capped_cost_little_and_giv
         opened = []
         for _ in range(2000):
             opened.append(await asyncio.open_connection("127.0.0.1", sidecar.grpc))
-        await asyncio.sleep(2.0)
-        held = sidecar.rss() - before
+        await sidecar.accepted_all(sidecar.grpc)
         cap = 512  # limits.grpc_max_connections (the descriptor limit here allows all of it)
-        assert await connections(sidecar) == cap  # the probe's connection among them
+        await until(lambda: connections(sidecar), cap)  # the probe's connection among them
+        held = sidecar.rss() - before
         assert await sidecar.action("otlp_grpc", "connection_limit") >= 2000 - cap
         # those beyond the cap were told and closed at once
         refused = 0
@@ -69,10 +78,9 @@ async def test_idle_connections_without_a_preface_are_capped_cost_little_and_giv
         assert refused >= 2000 - cap
         for _, writer in opened:
             writer.close()
-        await asyncio.sleep(2.0)
+        await until(lambda: connections(sidecar), 1)  # the probe's
         after = sidecar.rss() - before
         probe.assert_served(max_latency=1.0)
-        assert await connections(sidecar) == 1  # the probe's
         print(f"2,000 idle connections: +{held / MiB:.1f} MiB open, +{after / MiB:.1f} MiB after close")
         assert held < 16 * MiB, f"{held / MiB:.1f} MiB for 2,000 idle connections"
         assert after < 8 * MiB, f"{after / MiB:.1f} MiB kept after they closed"

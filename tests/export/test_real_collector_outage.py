@@ -69,9 +69,12 @@ async def test_collector_killed_and_restarted(
         first.proc.send_signal(signal.SIGKILL)
         await first.proc.wait()
         during = await send_spans(sidecar.ports["grpc"])  # acknowledged by the sidecar, upstream down
-        await asyncio.sleep(1.0)
-        assert len(upstream.spans()) == len(before)  # nothing could get through
+        for _ in range(200):  # the sidecar tries, fails and retries
+            if await sidecar_metric(sidecar, "otlp_sidecar_exporter_retries_total") > 0:
+                break
+            await asyncio.sleep(0.05)
         assert await sidecar_metric(sidecar, "otlp_sidecar_exporter_retries_total") > 0
+        assert len(upstream.spans()) == len(before)  # nothing could get through
         second = collector()
         await second.start()
         await upstream.wait_for(lambda: len(upstream.spans()) >= len(before | during), timeout=60)

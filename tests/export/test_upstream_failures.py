@@ -81,7 +81,9 @@ async def test_memory_stays_bounded_with_a_flapping_upstream(upstream, start_sid
     queue never holds more than its capacity, what does not fit is refused retryably (503), and
     everything accepted arrives in the end."""
     upstream.script = [Answer(delay=0.4), Answer(grpc_status=Status.UNAVAILABLE), Answer(reset=True)] * 8
-    upstream.default = Answer(delay=0.4)
+    # then it stalls until the apps are done: the queue fills however slowly the apps send
+    stalled = asyncio.Event()
+    upstream.default = Answer(hold=stalled)
     capacity = 256 * 1024
     sidecar = await start_sidecar(
         sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_QUEUE_MAX_BYTES=str(capacity), SIDECAR_EXPORTER_BATCH_SIZE="200")
@@ -99,6 +101,7 @@ async def test_memory_stays_bounded_with_a_flapping_upstream(upstream, start_sid
     apps = [App(sidecar.addresses["http"][1]) for _ in range(4)]
     await asyncio.gather(*(app.send(15, spans=50) for app in apps))
     upstream.default = Answer()
+    stalled.set()
     watcher.cancel()
     assert 0 < peak <= capacity
     assert sum(app.refused for app in apps) > 0  # the bound was reached and enforced

@@ -59,27 +59,36 @@ async def test_a_stopped_process_shows_its_lag_logs_it_once_and_goes_on_serving(
 
 
 async def test_stalls_are_logged_at_most_once_per_period_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
-    observed: list[float] = []
-    probe = LoopLagProbe(observed.append, interval=0.01, stall=0.15, log_every=1.0)
+    loop = asyncio.get_running_loop()
+    observed: list[tuple[float, float]] = []  # (when, lag)
+    probe = LoopLagProbe(lambda lag: observed.append((loop.time(), lag)), interval=0.01, stall=0.15, log_every=1.0)
     caplog.set_level(logging.WARNING, logger="sidecar.overload.loop_lag")
     probe.start()
     try:
         for _ in range(3):  # three stalls within the period: the first is logged
             await asyncio.sleep(0.03)
             time.sleep(0.2)  # work holding the loop
-        await asyncio.sleep(0.03)
-        assert len(caplog.records) == 1
-        await asyncio.sleep(1.0)
-        time.sleep(0.3)
+        await asyncio.sleep(1.03)
+        time.sleep(0.3)  # a period later: logged, with the two not logged before
         await asyncio.sleep(0.03)
     finally:
         probe.stop()
-    assert len(caplog.records) == 2
-    first, second = (record.getMessage() for record in caplog.records)
-    assert first.startswith("the event loop ran 0.") and "times" not in first
-    assert second.startswith("the event loop ran 0.") and "at worst, 3 times since the last such line" in second
-    assert float(second.split()[4]) >= 0.25  # the longest of the three
-    assert sum(lag >= 0.15 for lag in observed) == 4
+    # a slow machine may add stalls of its own: the lines are checked against what was measured,
+    # by the rule (a stall is logged when none was in the last period, with the longest and the
+    # count of those since the last line)
+    expected, unlogged, longest, logged_at = [], 0, 0.0, None
+    for when, lag in observed:
+        if lag < 0.15:
+            continue
+        unlogged, longest = unlogged + 1, max(longest, lag)
+        if logged_at is None or when - logged_at >= 1.0:
+            expected.append(f"the event loop ran {longest:.2f} s late"
+                            + (f" at worst, {unlogged} times since the last such line" if unlogged > 1 else ""))
+            unlogged, longest, logged_at = 0, 0.0, when
+    lines = [record.getMessage().partition(":")[0] for record in caplog.records]
+    assert lines == expected
+    assert sum(lag >= 0.15 for _, lag in observed) >= 4 and max(lag for _, lag in observed) >= 0.25
+    assert len(lines) >= 2 and any("at worst," in line for line in lines)
     assert len(observed) > 40  # measured between the stalls too
     count = len(observed)
     await asyncio.sleep(0.05)

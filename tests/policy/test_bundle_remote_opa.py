@@ -35,7 +35,7 @@ async def test_embedded_and_remote_opa_decide_the_same_from_the_same_bundles(
     await opa.start()
     try:
         via_opa = await make_service(backend="opa", opa_url=opa.url, hash_key_file=str(hash_key_file),
-                                     opa_timeout=2.0)
+                                     opa_timeout=5.0)
         embedded = await make_service(
             bundles=[str(f) for f in files], hash_key_file=str(hash_key_file),
             bundle_verification_key_file=str(keys.rsa_public),
@@ -84,7 +84,7 @@ async def test_a_bundle_signed_here_is_served_by_opa_run_with_verification(
             bundles = (await response.json()).get("result", {})
         assert [b["manifest"]["revision"] for b in bundles.values()] == ["ours-7"]
         via_opa = await make_service(backend="opa", opa_url=opa.url, hash_key_file=str(hash_key_file),
-                                     opa_timeout=2.0)
+                                     opa_timeout=5.0)
         embedded = await make_service(bundles=[str(out)], hash_key_file=str(hash_key_file),
                                       bundle_verification_key_file=str(keys.ec_public),
                                       bundle_verification_algorithm="ES256", bundle_verification_key_id="fleet")

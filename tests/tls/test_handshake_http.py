@@ -243,7 +243,7 @@ async def test_acceptor_tcp_probe_is_not_a_failure_and_a_silent_client_times_out
     runner = web.AppRunner(make_http_app(server_tls))
     await runner.setup()
     loop = asyncio.get_running_loop()
-    factory = tls_protocol_factory(runner.server, server_tls, handshake_timeout=0.3)
+    factory = tls_protocol_factory(runner.server, server_tls, handshake_timeout=1.0)
     server = await loop.create_server(factory, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:

@@ -58,7 +58,7 @@ async def first_call(
 
 async def test_a_silent_connection_is_pinged_then_replaced() -> None:
     async with peers_of({"ping_timeout": 0.5}) as (channel, peers, dead):
-        call, peer = await first_call(channel, peers, b"first", 0.3)
+        call, peer = await first_call(channel, peers, b"first", 1.0)
         # from here the server is gone without a word: it reads what comes and answers nothing
         with pytest.raises(TimeoutError):
             await call
@@ -80,7 +80,7 @@ async def test_a_silent_connection_is_pinged_then_replaced() -> None:
 
 async def test_requests_in_flight_on_a_dead_connection_fail_so_they_can_be_retried() -> None:
     async with peers_of({"ping_timeout": 0.3}) as (channel, peers, _):
-        first, peer = await first_call(channel, peers, b"first", 0.2)
+        first, peer = await first_call(channel, peers, b"first", 1.0)
         second = asyncio.create_task(channel.request(BLOCK, b"second", 1000))  # no deadline of its own
         await peer.request(3)
         with pytest.raises(TimeoutError):
@@ -91,7 +91,7 @@ async def test_requests_in_flight_on_a_dead_connection_fail_so_they_can_be_retri
 
 async def test_a_slow_server_that_answers_the_ping_keeps_its_connection() -> None:
     async with peers_of({"ping_timeout": 0.3}) as (channel, peers, dead):
-        call, peer = await first_call(channel, peers, b"slow", 0.2)
+        call, peer = await first_call(channel, peers, b"slow", 1.0)
         with pytest.raises(TimeoutError):
             await call
         _, _, _, payload = await peer.until(PING)
@@ -109,7 +109,7 @@ async def test_no_ping_when_the_answer_had_begun() -> None:
     """A request given up on after the server began its answer (the response headers came) is a
     slow answer, not a silent server: no PING, and the connection stays."""
     async with peers_of({"ping_timeout": 0.3}) as (channel, peers, dead):
-        slow, peer = await first_call(channel, peers, b"slow", 0.3)
+        slow, peer = await first_call(channel, peers, b"slow", 1.0)
         peer.headers(1, ANSWER)  # the answer begins, and its data never comes
         with pytest.raises(TimeoutError):
             await slow

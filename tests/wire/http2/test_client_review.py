@@ -163,6 +163,11 @@ async def _ping_after(peer: Peer, data: bytes) -> float:
             return time.perf_counter() - start
 
 
+async def _best_ping_after(peer: Peer, data: bytes, rounds: int = 3) -> float:
+    """The least of ``rounds`` measures of _ping_after (a stall of the machine is not the cost)."""
+    return min([await _ping_after(peer, data) for _ in range(rounds)])
+
+
 async def test_settings_cost_does_not_scale_with_entries_times_open_streams() -> None:
     """_settings walks every open stream for every SETTINGS_INITIAL_WINDOW_SIZE entry: a 16 kB
     frame holds 2,730 of them, so with the exporter's 64 calls in flight each frame costs about
@@ -171,11 +176,11 @@ async def test_settings_cost_does_not_scale_with_entries_times_open_streams() ->
     flood = frame(SETTINGS, 0, 0, b"".join(struct.pack(">HL", 4, 65_535 + (i & 1)) for i in range(2730))) * 100
     async with scripted() as (channel, peers):
         _, peer, first = await _open(channel, peers)
-        one = await _ping_after(peer, flood)
+        one = await _best_ping_after(peer, flood)
         calls = [asyncio.create_task(channel.request(BLOCK, b"body", 1000)) for _ in range(63)]
         for stream_id in range(3, 3 + 2 * 63, 2):
             await peer.request(stream_id)
-        many = await _ping_after(peer, flood)
+        many = await _best_ping_after(peer, flood)
         for task in [first, *calls]:
             task.cancel()
         await asyncio.gather(first, *calls, return_exceptions=True)
@@ -195,10 +200,12 @@ async def test_informational_header_blocks_cost_no_more_than_their_decoding() ->
         live = asyncio.create_task(channel.request(BLOCK, b"body", 1000))
         await peer.request(3)
         peer.headers(1, fields)  # the first one indexes the field; the rest are 1 byte a field
-        blocks = b"".join(frame(HEADERS, 0x4, 1, peer.encoder.encode(fields)) for _ in range(2000))
-        decode_only = await _ping_after(peer, blocks)
-        blocks = b"".join(frame(HEADERS, 0x4, 3, peer.encoder.encode(fields)) for _ in range(2000))
-        on_a_live_stream = await _ping_after(peer, blocks)
+        decode_only = on_a_live_stream = float("inf")
+        for _ in range(3):  # the best of three each: a stall of the machine is not the client's cost
+            blocks = b"".join(frame(HEADERS, 0x4, 1, peer.encoder.encode(fields)) for _ in range(2000))
+            decode_only = min(decode_only, await _ping_after(peer, blocks))
+            blocks = b"".join(frame(HEADERS, 0x4, 3, peer.encoder.encode(fields)) for _ in range(2000))
+            on_a_live_stream = min(on_a_live_stream, await _ping_after(peer, blocks))
         assert not live.done()
         live.cancel()
         await asyncio.gather(live, return_exceptions=True)
