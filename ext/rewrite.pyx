@@ -158,7 +158,7 @@ cdef Py_ssize_t first_unknown(St* st, int t, Py_ssize_t start, Py_ssize_t end, i
                               Unknown* u) noexcept:
     """Offset of the first field in data[start:end] (a message of type t, and below) that OTLP
     does not define, -1 if none, -2 if it does not parse (st.err)."""
-    cdef Py_ssize_t pos = start, tag_pos, found
+    cdef Py_ssize_t pos = start, tag_pos, found, ks, ke
     cdef Field f
     cdef int sub
     while pos < end:
@@ -170,6 +170,10 @@ cdef Py_ssize_t first_unknown(St* st, int t, Py_ssize_t start, Py_ssize_t end, i
             u.t, u.fn, u.wt, u.deep = t, f.fn, f.wt, 0
             return tag_pos
         if sub >= 0:
+            if sub == KV and simple_kv(st.data, f.vs, f.ve, &ks, &ke):
+                continue  # the common attribute: every field of it is OTLP's
+            if sub == ANY and one_string(st.data, f.vs, f.ve):
+                continue  # the common log body
             if too_deep(sub, nest):
                 u.t, u.fn, u.wt, u.deep = sub, f.fn, f.wt, 1
                 return tag_pos
@@ -540,17 +544,41 @@ cdef inline int validate_kv(St* st, Py_ssize_t start, Py_ssize_t end, Py_ssize_t
                             Py_ssize_t* ke) noexcept:
     """validate(KV, ...) without a call per level for the common scalar values; finds the key
     on the way (as kv_key)."""
-    cdef const unsigned char* d = st.data
-    cdef Py_ssize_t p
     # fast path: a short key, then one short value holding one string, int, double or bool
+    if simple_kv(st.data, start, end, ks, ke):
+        return 0
+    return validate_kv_fields(st, start, end, ks, ke)
+
+
+cdef inline bint one_string(const unsigned char* d, Py_ssize_t vs, Py_ssize_t ve) noexcept:
+    """Whether the AnyValue in d[vs:ve] is one string_value and nothing else."""
+    cdef Py_ssize_t p = vs + 1
+    cdef uint64_t n = 0
+    cdef int shift = 0
+    if ve - vs < 2 or d[vs] != 0x0A:
+        return False
+    while p < ve and shift < 35:
+        n |= <uint64_t>(d[p] & 0x7F) << shift
+        p += 1
+        if d[p - 1] < 0x80:
+            return <uint64_t>(ve - p) == n
+        shift += 7
+    return False
+
+
+cdef inline bint simple_kv(const unsigned char* d, Py_ssize_t start, Py_ssize_t end, Py_ssize_t* ks,
+                           Py_ssize_t* ke) noexcept:
+    """Whether the KeyValue in d[start:end] is a short key, then one short value holding one
+    string, int, double or bool, and nothing else (the common attribute); finds the key."""
+    cdef Py_ssize_t p
     if end - start >= 4 and d[start] == 0x0A and d[start + 1] < 0x80:
         p = start + 2 + d[start + 1]
         if p + 2 <= end and d[p] == 0x12 and d[p + 1] < 0x80 and p + 2 + d[p + 1] == end \
                 and scalar_value(d, p + 2, end):
             ks[0] = start + 2
             ke[0] = p
-            return 0
-    return validate_kv_fields(st, start, end, ks, ke)
+            return True
+    return False
 
 
 cdef int validate_kv_fields(St* st, Py_ssize_t start, Py_ssize_t end, Py_ssize_t* ks,
