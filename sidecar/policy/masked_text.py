@@ -19,11 +19,28 @@ def mask_card_numbers(text: str) -> str:
 def mask_strings(value: Any) -> Any:
     """A JSON-like document with card numbers masked in every string, keys included, before it is
     printed: masking the printed text instead would miss a number that an escape (``\\u0001``)
-    joins to other digits."""
+    joins to other digits. A number that is a card number as written is printed as the masked
+    string."""
     if isinstance(value, str):
         return mask_card_numbers(value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return _masked_number(value)
     if isinstance(value, dict):
         return {mask_strings(k): mask_strings(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [mask_strings(v) for v in value]
     return value
+
+
+def _masked_number(value: int | float) -> int | float | str:
+    """A JSON number as printed, or its masked digits when they are a card number."""
+    if isinstance(value, float):
+        if not value.is_integer() or abs(value) >= 1e20:
+            return value
+        text = str(int(value))
+    else:
+        text = str(value)
+    masked = mask_card_numbers(text)
+    return value if masked == text else masked

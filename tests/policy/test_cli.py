@@ -114,6 +114,13 @@ def test_policy_eval_masks_card_numbers_unless_asked(tmp_path: Path) -> None:
     assert query.returncode == 0 and "4111111111111111" not in query.stdout and "************1111" in query.stdout
     shown = run("eval", "--input", str(request), "--dir", str(POLICIES), "--show-values")
     assert "5555555555554444" in shown.stdout
+    # a card number written as a JSON number (an integer attribute) is masked too
+    numbers = tmp_path / "numbers.json"
+    numbers.write_text('{"resource": {"card": 4111111111111111, "amount": 4111111111111111.0, "port": 4317}}')
+    query = run("eval", "input.resource", "--input", str(numbers), "--dir", str(POLICIES))
+    assert query.returncode == 0 and "411111111111" not in query.stdout, query.stdout
+    value = json.loads(query.stdout)["result"][0]["expressions"][0]["value"]
+    assert value == {"card": "************1111", "amount": "************1111", "port": 4317}
 
 
 def test_policy_eval_with_a_bad_input_file(tmp_path: Path) -> None:
