@@ -30,7 +30,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.policy import rego_terms
 from sidecar.policy.errors import DecisionError, PolicyLoadError
+from sidecar.policy.masked_text import loggable
 from sidecar.policy.rego_errors import error_messages, format_rego_error
 from sidecar.policy.source import PolicySet
 from sidecar.policy.testing_print import neutralize_print
@@ -114,7 +116,7 @@ class CompiledPolicy:
         for module in modules:
             self._check_calls(module.path, module.source)
         try:
-            self._interpreter.add_data(policy_set.data)
+            rego_terms.add_data(self._interpreter, policy_set.data)
         except regopy.RegoError as exc:
             raise PolicyLoadError(f"data: {format_rego_error(str(exc), sources)}") from None
         self._check_decision_rules()
@@ -156,7 +158,7 @@ class CompiledPolicy:
         try:
             document = json.loads(text)
         except json.JSONDecodeError:
-            raise DecisionError(f"{entrypoint}: the engine returned an unreadable result: {text[:200]}") from None
+            raise DecisionError(f"{entrypoint}: the engine returned an unreadable result: {loggable(text)}") from None
         expressions = document.get("expressions") if isinstance(document, dict) else None
         if not expressions:
             return None
@@ -166,7 +168,7 @@ class CompiledPolicy:
         """The engine's output text for one query (``undefined``, or a JSON document)."""
         interpreter = self._interpreter
         try:
-            interpreter.set_input(regopy.Input(input_document))
+            rego_terms.set_input(interpreter, input_document)
         except (regopy.RegoError, TypeError, ValueError) as exc:
             raise DecisionError(f"input cannot be given to the engine: {exc}") from None
         impl = rego_shared.rego_bundle_query_entrypoint(interpreter._impl, self._bundle._impl, entrypoint)

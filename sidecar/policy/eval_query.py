@@ -45,6 +45,7 @@ def evaluate(root: str, query: str, input_document: Any) -> dict[str, Any]:
 
 def _child() -> int:
     """In the child: read {root, query, input} on stdin, print the OPA-shaped result."""
+    from sidecar.policy import rego_terms
     from sidecar.policy.embedded import _error_tree, regopy
     from sidecar.policy.errors import PolicyLoadError
     from sidecar.policy.rego_errors import error_messages, format_rego_error
@@ -61,7 +62,7 @@ def _child() -> int:
             with open(root, encoding="utf-8") as handle:
                 text = handle.read()
             if root.endswith(".json"):
-                interpreter.add_data(json.loads(text))
+                rego_terms.add_data(interpreter, json.loads(text))
             else:
                 sources[root] = text
                 interpreter.add_module(root, neutralize_print(text))
@@ -70,9 +71,9 @@ def _child() -> int:
             for module in policy_set.modules:
                 sources[module.path] = module.source
                 interpreter.add_module(module.path, neutralize_print(module.source))
-            interpreter.add_data(policy_set.data)
+            rego_terms.add_data(interpreter, policy_set.data)
         if request["input"] is not None:
-            interpreter.set_input(regopy.Input(request["input"]))
+            rego_terms.set_input(interpreter, request["input"])
         output = interpreter.query(request["query"])
     except (PolicyLoadError, OSError, ValueError) as exc:
         print(json.dumps({"errors": [{"message": str(exc)}]}))

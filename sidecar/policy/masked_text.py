@@ -16,6 +16,18 @@ def mask_card_numbers(text: str) -> str:
     return raw.decode("utf-8")
 
 
+#: the most of a quoted text (an engine's error, an unreadable result) kept for the logs
+MAX_QUOTED_TEXT = 300
+
+
+def loggable(text: str) -> str:
+    """Text an engine answered (OPA's error, or a proxy's before it; a result that could not be
+    read), for the log and the decision log: it may quote the input, whose resource attributes
+    are the app's, so card numbers are masked, then the text is cut short."""
+    text = mask_card_numbers(text)
+    return text if len(text) <= MAX_QUOTED_TEXT else text[: MAX_QUOTED_TEXT - 3] + "..."
+
+
 def mask_strings(value: Any) -> Any:
     """A JSON-like document with card numbers masked in every string, keys included, before it is
     printed: masking the printed text instead would miss a number that an escape (``\\u0001``)

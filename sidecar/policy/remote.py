@@ -21,7 +21,7 @@ import aiohttp
 from opa_client import AsyncOpaClient
 
 from sidecar.policy.errors import DecisionError
-from sidecar.policy.masked_text import mask_card_numbers
+from sidecar.policy.masked_text import loggable
 
 
 def without_userinfo(url: str) -> str:
@@ -57,22 +57,10 @@ class _DecisionClient(AsyncOpaClient):  # type: ignore[misc]
                         # OPA's evaluation errors: the first one says what went wrong
                         message += f" ({causes[0].get('code', '')}: {causes[0].get('message', '')})"
                 detail = f"{code}: {message}" if code or message else "no error body"
-                raise DecisionError(f"OPA answered {response.status} for {path} ({_loggable(detail)})")
+                raise DecisionError(f"OPA answered {response.status} for {path} ({loggable(detail)})")
             if not isinstance(body, dict):
                 raise DecisionError(f"OPA answered {path} with a body that is not a JSON object")
             return body.get("result")
-
-
-#: the most of OPA's error text kept for the log and the decision log
-MAX_ERROR_TEXT = 300
-
-
-def _loggable(text: str) -> str:
-    """OPA's error text, logged at ERROR and kept in the decision log: an OPA (or a proxy before it)
-    may quote the input, whose resource attributes are the app's, so card numbers are masked and
-    the text is cut short."""
-    text = mask_card_numbers(text)
-    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 3] + "..."
 
 
 class RemoteBackend:

@@ -27,6 +27,7 @@ import sys
 import time
 from typing import Any
 
+from sidecar.policy import rego_terms
 from sidecar.policy.embedded import CompiledPolicy, check_calls, regopy
 from sidecar.policy.errors import DecisionError, PolicyLoadError
 from sidecar.policy.loader import check_source
@@ -116,7 +117,7 @@ def compile_errors(policy_set: PolicySet, entrypoint: str) -> list[dict[str, Any
     try:
         for module in policy_set.modules:
             interpreter.add_module(module.path, module.source)
-        interpreter.add_data(policy_set.data)
+        rego_terms.add_data(interpreter, policy_set.data)
         interpreter.build(None, [entrypoint])
     except regopy.RegoError as exc:
         return rego_errors(str(exc), sources)

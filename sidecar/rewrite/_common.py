@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import struct
 from collections.abc import Iterator
@@ -310,7 +311,7 @@ def _any_value(buf: bytes, start: int, end: int) -> object:
         elif fn == 3 and wt == 0:
             value = v - (1 << 64) if v >= 1 << 63 else v
         elif fn == 4 and wt == 1:
-            value = struct.unpack("<d", v)[0]
+            value = _json_double(struct.unpack("<d", v)[0])
         elif fn == 5 and wt == 2:
             value = [_any_value(buf, s, e) for f2, w2, (s, e) in _len_fields(buf, v[0], v[1], 1)]
         elif fn == 6 and wt == 2:
@@ -318,6 +319,13 @@ def _any_value(buf: bytes, start: int, end: int) -> object:
         elif fn == 7 and wt == 2:
             value = buf[v[0]:v[1]].hex()
     return value
+
+
+def _json_double(value: float) -> float | str:
+    """A double as JSON can hold it: NaN and the infinities as OTLP/JSON writes them, strings."""
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
 def _len_fields(buf: bytes, start: int, end: int, want: int) -> Iterator[tuple[int, int, Any]]:

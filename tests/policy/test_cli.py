@@ -123,6 +123,17 @@ def test_policy_eval_masks_card_numbers_unless_asked(tmp_path: Path) -> None:
     assert value == {"card": "************1111", "amount": "************1111", "port": 4317}
 
 
+def test_policy_eval_of_a_query_reads_quotes_and_control_characters(tmp_path: Path) -> None:
+    """regopy wrote such strings of the input back unescaped: the query failed with "Invalid
+    control character" (or printed other JSON)."""
+    request = tmp_path / "input.json"
+    value = 'a\u0001b "quoted" back\\slash'
+    request.write_text(json.dumps({"resource": {"k": value}}))
+    done = run("eval", "input.resource.k", "--input", str(request), "--dir", str(POLICIES))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["result"][0]["expressions"][0]["value"] == value
+
+
 def test_policy_eval_with_a_bad_input_file(tmp_path: Path) -> None:
     request = tmp_path / "input.json"
     request.write_text("{not json")

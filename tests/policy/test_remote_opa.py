@@ -77,6 +77,22 @@ async def test_decisions_equal_the_embedded_engine(make_service, opa: Opa, hash_
     assert logged and all(e["input"]["pod"]["tenant"] == "acme" for e in logged)
     assert sample_value(via_opa.metrics.registry, ERRORS, fallback="refused") == 0
 
+async def test_strings_the_policy_quotes_back_decide_as_in_opa(make_service, opa: Opa, hash_key_file: Path) -> None:
+    """Quotes, backslashes, control and non-ASCII characters in a claimed tenant (quoted back by
+    the refusal's reason), and a NaN: the embedded engine decides exactly as OPA (the embedded
+    one read such a decision as other JSON, or not at all)."""
+    from tests.policy.test_quoted_input import CLAIMS
+
+    via_opa = await make_service(**remote(opa, hash_key_file))
+    embedded = await make_service(dir=str(POLICIES), hash_key_file=str(hash_key_file))
+    infos = resources(*[{"service.name": claim, "tenant.id": claim} for claim in CLAIMS],
+                      {"service.name": "api", "ratio": float("nan")}, {"service.name": "api", "ratio": float("-inf")})
+    got = await via_opa.plans_for(Signal.TRACES, infos, PEER, "grpc")
+    assert got == await embedded.plans_for(Signal.TRACES, infos, PEER, "grpc")
+    assert [plan.allow for plan in got] == [False] * len(CLAIMS) + [True, True]
+    assert got[0].reason == f"the resource claims tenant {CLAIMS[0]}, the pod's tenant is acme"
+
+
 async def test_policy_not_loaded_fails_closed(make_service, tmp_path: Path, hash_key_file: Path, caplog) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
