@@ -61,18 +61,22 @@ def test_a_quoted_claim_is_refused_with_its_own_words() -> None:
                                   "otlp_sidecar.tenant"}
 
 
-def test_strings_compare_equal_to_the_policies_literals(tmp_path) -> None:
-    """A string of the input equals the same literal in a policy, escapes and all."""
+def test_strings_compare_equal_to_the_policies_literals_and_data(tmp_path) -> None:
+    """A string of the input equals the same literal in a policy, escapes and all, and the same
+    string in the policy data (non-ASCII data never matched: it was given to rego-cpp escaped)."""
+    (tmp_path / "data.json").write_text('{"tenants": {"café \\"q\\"": "ok"}}', encoding="utf-8")
     (tmp_path / "main.rego").write_text('''package otlp_sidecar.main
 
 import rego.v1
 
 decisions := {"quote": input.resource.a == "q\\"b\\\\c", "control": input.resource.b == "x\\u0001y",
-\t"accented": input.resource.c == "é", "sizes": [count(input.resource.c), count(input.resource.d)]}
+\t"accented": input.resource.c == "é", "sizes": [count(input.resource.c), count(input.resource.d)],
+\t"data": object.get(data.tenants, input.resource.e, "missing")}
 ''')
     policy, _ = load_policy(str(tmp_path), "otlp_sidecar/main", run_tests=False, isolate=False)
-    got = policy.query("decisions", {"resource": {"a": 'q"b\\c', "b": "x\x01y", "c": "é", "d": "abc"}})
-    assert got == {"quote": True, "control": True, "accented": True, "sizes": [1, 3]}
+    got = policy.query("decisions", {"resource": {"a": 'q"b\\c', "b": "x\x01y", "c": "é", "d": "abc",
+                                                  "e": 'café "q"'}})
+    assert got == {"quote": True, "control": True, "accented": True, "sizes": [1, 3], "data": "ok"}
 
 
 async def test_the_service_refuses_a_quoted_claim_and_decides_a_nan(make_service, hash_key_file) -> None:
