@@ -14,13 +14,19 @@ literal in a policy. Non-ASCII characters stay as they are (as in the policies' 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+#: a lone surrogate (JSON may hold one, escaped; UTF-8 cannot)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def as_term(document: Any) -> str:
     """``document`` as the JSON text rego-cpp parses; ValueError for a non-finite number, which
-    JSON cannot hold (the policy input writes those as strings, as OTLP/JSON does)."""
-    return json.dumps(document, ensure_ascii=False, allow_nan=False)
+    JSON cannot hold (the policy input writes those as strings, as OTLP/JSON does). A lone
+    surrogate (from a JSON data file's ``\\ud800``) stays escaped."""
+    text = json.dumps(document, ensure_ascii=False, allow_nan=False)
+    return _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 def set_input(interpreter: Any, document: Any) -> None:

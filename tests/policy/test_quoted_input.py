@@ -117,3 +117,14 @@ async def test_a_sidecar_refuses_a_forged_claim_as_a_spoofed_tenant() -> None:
         assert await process.stop() == 0
         await upstream.stop()
     assert "Traceback" not in process.stderr
+
+
+def test_a_lone_surrogate_in_the_data_or_the_input_stays_escaped(tmp_path) -> None:
+    """JSON may hold ``\\ud800`` alone, UTF-8 cannot: such a data file loaded before (given to
+    rego-cpp escaped) and must still load, and an input holding one is decided."""
+    (tmp_path / "data.json").write_text('{"names": {"a\\ud800b": "found"}}')
+    (tmp_path / "main.rego").write_text(
+        "package otlp_sidecar.main\n\nimport rego.v1\n\ndecisions := object.get(data.names, input.name, \"missing\")\n")
+    policy, _ = load_policy(str(tmp_path), "otlp_sidecar/main", run_tests=False, isolate=False)
+    assert policy.query("decisions", {"name": "a\ud800b"}) == "found"
+    assert policy.query("decisions", {"name": "other"}) == "missing"
