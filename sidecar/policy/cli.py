@@ -83,6 +83,21 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _read_json(path: str) -> tuple[Any, str]:
+    """The JSON document in ``path``, and "" ; or None and what is wrong with the file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle), ""
+    except OSError as exc:
+        return None, f"cannot read {path}: {exc.strerror}"
+    except json.JSONDecodeError as exc:
+        return None, f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}"
+    except UnicodeDecodeError as exc:
+        return None, f"{path} is not UTF-8 text (byte {exc.start})"
+    except RecursionError:
+        return None, f"{path} nests too deeply to be read"
+
+
 # ------------------------------------------------------------------------- test
 
 
@@ -157,13 +172,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval_query(args)
     if not args.input:
         return _fail("eval: give a query (as opa eval) or --input FILE (the decision and plan)")
-    try:
-        with open(args.input, encoding="utf-8") as handle:
-            partial = json.load(handle)
-    except OSError as exc:
-        return _fail(f"cannot read {args.input}: {exc.strerror}")
-    except json.JSONDecodeError as exc:
-        return _fail(f"{args.input} is not valid JSON: {exc.msg} at line {exc.lineno}")
+    partial, problem = _read_json(args.input)
+    if problem:
+        return _fail(problem)
     if not isinstance(partial, dict):
         return _fail(f"{args.input} must hold a JSON object (the policy input)")
     try:
@@ -192,13 +203,9 @@ def _eval_query(args: argparse.Namespace) -> int:
 
     document = None
     if args.input:
-        try:
-            with open(args.input, encoding="utf-8") as handle:
-                document = json.load(handle)
-        except OSError as exc:
-            return _fail(f"cannot read {args.input}: {exc.strerror}")
-        except json.JSONDecodeError as exc:
-            return _fail(f"{args.input} is not valid JSON: {exc.msg} at line {exc.lineno}")
+        document, problem = _read_json(args.input)
+        if problem:
+            return _fail(problem)
     root = args.dir or (_policy_dir(None) if os.path.isdir(_policy_dir(None)) else "")
     if root and not os.path.exists(root):
         print(json.dumps({"errors": [{"message": f"{root}: no such file or directory"}]}, indent=2))

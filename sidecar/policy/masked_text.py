@@ -9,11 +9,12 @@ from sidecar.rewrite._cards import find_pans, mask_digits
 
 
 def mask_card_numbers(text: str) -> str:
-    """``text`` with every card number masked to its last four digits."""
-    raw = bytearray(text.encode("utf-8"))
+    """``text`` with every card number masked to its last four digits (a lone surrogate, which
+    JSON text may hold, is kept as it is)."""
+    raw = bytearray(text.encode("utf-8", "surrogatepass"))
     for start, end, _ in find_pans(bytes(raw)):
         mask_digits(raw, start, end)
-    return raw.decode("utf-8")
+    return raw.decode("utf-8", "surrogatepass")
 
 
 #: the most of a quoted text (an engine's error, an unreadable result) kept for the logs

@@ -321,10 +321,15 @@ def _any_value(buf: bytes, start: int, end: int) -> object:
     return value
 
 
+#: the smallest normal double; rego-cpp cannot read a smaller one (its arithmetic fails)
+_SMALLEST_NORMAL = 2.2250738585072014e-308
+
+
 def _json_double(value: float) -> float | str:
-    """A double as JSON can hold it: NaN and the infinities as OTLP/JSON writes them, strings."""
+    """A double as JSON and the policy engines can hold it: NaN and the infinities as OTLP/JSON
+    writes them, strings; a subnormal (below 2.2e-308) as 0.0, which rego-cpp can compare."""
     if math.isfinite(value):
-        return value
+        return value if abs(value) >= _SMALLEST_NORMAL else 0.0
     return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 

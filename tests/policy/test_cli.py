@@ -140,6 +140,19 @@ def test_policy_eval_with_a_bad_input_file(tmp_path: Path) -> None:
     done = run("eval", "--input", str(request), "--dir", str(POLICIES))
     assert done.returncode == 2
     assert "is not valid JSON" in done.stderr and "Traceback" not in done.stderr
+    # bytes that are not UTF-8, and nesting deeper than Python reads: told, never a traceback
+    # (a differential fuzz of the engines got both)
+    for content, told in ((b'{"resource": {"a": "\xff\xfe"}}', "is not UTF-8"), (b"[" * 100_000, "nests too deeply")):
+        request.write_bytes(content)
+        for query in ((), ("input",)):
+            done = run("eval", *query, "--input", str(request), "--dir", str(POLICIES))
+            assert done.returncode == 2 and told in done.stderr and "Traceback" not in done.stderr, done.stderr
+    # a lone surrogate, which JSON may hold, is printed back (the masker read UTF-8 only)
+    request.write_text('{"resource": {"tenant.id": "\\ud800 4111111111111111"}}')
+    for query in ((), ("input.resource",)):
+        done = run("eval", *query, "--input", str(request), "--dir", str(POLICIES))
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert "4111111111111111" not in done.stdout and "************1111" in done.stdout
 
 
 PAYLOAD = {"resourceSpans": [

@@ -128,3 +128,16 @@ def test_a_lone_surrogate_in_the_data_or_the_input_stays_escaped(tmp_path) -> No
     policy, _ = load_policy(str(tmp_path), "otlp_sidecar/main", run_tests=False, isolate=False)
     assert policy.query("decisions", {"name": "a\ud800b"}) == "found"
     assert policy.query("decisions", {"name": "other"}) == "missing"
+
+
+def test_numbers_json_and_rego_cpp_cannot_hold_are_given_as_they_can(tmp_path) -> None:
+    """NaN and the infinities as OTLP/JSON writes them; a subnormal double as 0.0: rego-cpp failed
+    any comparison of one ("stod"), so the resource was refused for ever (differential fuzz)."""
+    (tmp_path / "main.rego").write_text(
+        "package otlp_sidecar.main\n\nimport rego.v1\n\n"
+        "decisions := [input.resource.tiny >= 0, input.resource.tiny + 1, input.resource.nan, input.resource.big]\n")
+    policy, _ = load_policy(str(tmp_path), "otlp_sidecar/main", run_tests=False, isolate=False)
+    data = trace_request([({"tiny": 5e-324, "nan": math.nan, "big": -math.inf}, [{}])])
+    [resource] = split_resources(Signal.TRACES, data)
+    assert resource.attributes == {"tiny": 0.0, "nan": "NaN", "big": "-Infinity"}
+    assert policy.query("decisions", {"resource": resource.attributes}) == [True, 1, "NaN", "-Infinity"]
