@@ -47,8 +47,8 @@ THREAD_THRESHOLD = 64 * 1024
 _LOCAL = threading.local()
 #: the largest zstd window of a batch compressed in parts (8 MiB: the most RFC 8878 asks every
 #: decoder to support). zstd's own window for level 1 is 512 KiB: streamed through it, a larger
-#: batch wraps zstd's input buffer, and matches across the wrap take a slower path (a third of the
-#: compression samples of an unsampled logs row, 10-12 % of its cost). The batch's size is given
+#: batch wraps zstd's input buffer, and matches across the wrap take a slower path (a fifth of
+#: zstd's samples in a profile of an unsampled logs row; 8-12 % of its cost). The batch's size is given
 #: first, so zstd shrinks the window to it (one segment: a decoder writes straight to its output);
 #: each compressor's context then keeps a buffer the size of the largest batch it has compressed
 #: (``exporter.batch_max_bytes``, 4 MiB by default, where 640 KiB before)
