@@ -33,8 +33,16 @@ unsampled row fills its bounded export queue by design (the sink is slower than 
 at a rate the sink sustains, nothing should be refused. The table goes to stdout, the figures
 to ``bench/results/load-<date>.json``.
 
+Flat out, one row's CPU per item moves by up to a quarter between runs on this machine (the
+speed of the host itself moves by 10-15 % over minutes), so a ratio of one run can fall either
+side of a goal. ``--rounds N`` measures each signal and transport's rows N times, in turn (the
+order reversed every other round, as ``bench.rewrite_builds`` does), and reports for each row the
+round with the median CPU per item, every round's figure beside it, and the ratios of those
+medians; the fixed-rate runs are made in the first round only.
+
     python -m bench.load                       # both transports, all modes, 8 s each
     python -m bench.load --duration 3 --modes policy --transports http
+    python -m bench.load --rounds 3 --signals metrics --modes policy,collector --rates ""
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,6 +100,27 @@ class Row:
     steal_pct: float = 0.0
     limit: str = ""
     notes: list[str] = field(default_factory=list)
+    #: with ``--rounds``: the flat-out CPU per item of every round, in order (this row's flat-out
+    #: figures are those of the round with the median, its fixed-rate figures the first round's)
+    cpu_rounds: list[float] = field(default_factory=list)
+
+
+def median_row(rounds: list[Row]) -> Row:
+    """One row of several rounds of the same target: the flat-out figures of the round with the
+    median CPU per item (the lower of the two middle ones for an even count), the fixed-rate
+    figures of the first round (the only one that runs them), the highest peak RSS and steal."""
+    first = rounds[0]
+    if len(rounds) == 1:
+        return first
+    cpu_rounds = [r.cpu_us_per_span for r in rounds]
+    chosen = rounds[cpu_rounds.index(statistics.median_low(cpu_rounds))]
+    for name in ("spans_per_s", "cpu_us_per_span", "target_cpu_share", "requests_ok", "requests_refused",
+                 "requests_failed", "limit"):
+        setattr(first, name, getattr(chosen, name))
+    first.peak_rss_mib = max(r.peak_rss_mib for r in rounds)
+    first.steal_pct = max(r.steal_pct for r in rounds)
+    first.cpu_rounds = cpu_rounds
+    return first
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -456,7 +486,9 @@ def running(
 
 
 def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: argparse.Namespace,
-            signal: str = "traces") -> Row:
+            signal: str = "traces", rates: list[float] | None = None) -> Row:
+    """One row: flat out, then at each fixed rate of ``rates`` (``args.rates`` when None)."""
+    rates = args.rates if rates is None else rates
     row = Row(transport, mode, signal)
     with running(transport, mode, bodies, signal) as (target, port, sink):
         steal0 = steal_ticks()
@@ -473,10 +505,10 @@ def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: ar
             result["ok"], result["refused"], result["failed"])
         row.limit = "target (its core is busy)" if row.target_cpu_share > 0.9 else "load generator"
         row.peak_rss_mib = peak_rss_mib(target.pid)
-        sustainable = [rate for rate in args.rates if row.spans_per_s >= 1.5 * rate]
+        sustainable = [rate for rate in rates if row.spans_per_s >= 1.5 * rate]
         measured_rss = False
         row.notes += [f"no latency run at {rate:,.0f} items/s: it cannot sustain it"
-                      for rate in args.rates if rate not in sustainable]
+                      for rate in rates if rate not in sustainable]
         if sustainable:
             lower_for_latency_run(sink.pid)
             settle(target.pid)
@@ -540,7 +572,11 @@ def main(argv: list[str] | None = None) -> int:
                                 "collector")
     parser.add_argument("--signals", default="traces,logs,metrics",
                         help="logs and metrics run the modes of SIGNAL_MODES only")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="flat-out runs of each row, in turn; each row reports its median round")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     args.rates = [float(rate) for rate in args.rates.split(",") if rate]
 
     sys.path.insert(0, str(REPO))
@@ -558,12 +594,16 @@ def main(argv: list[str] | None = None) -> int:
         # different items, attribute values and card numbers in each request; one resource (one app)
         bodies = [builders[signal](args.spans, seed=seed) for seed in range(7, 7 + args.requests)]
         request_bytes[signal] = sum(map(len, bodies)) // len(bodies)
+        group = [mode for mode in modes if signal == "traces" or mode in SIGNAL_MODES]
         for transport in args.transports.split(","):
-            for mode in modes:
-                if signal != "traces" and mode not in SIGNAL_MODES:
-                    continue
-                print(f"measuring {signal} / {transport} / {mode} ...", file=sys.stderr, flush=True)
-                rows.append(measure(transport, mode, bodies, args.spans, args, signal))
+            rounds: dict[str, list[Row]] = {mode: [] for mode in group}
+            for n in range(args.rounds):
+                of = f" (round {n + 1} of {args.rounds})" if args.rounds > 1 else ""
+                for mode in group if n % 2 == 0 else group[::-1]:
+                    print(f"measuring {signal} / {transport} / {mode}{of} ...", file=sys.stderr, flush=True)
+                    rounds[mode].append(measure(transport, mode, bodies, args.spans, args, signal,
+                                                rates=None if n == 0 else []))
+            rows += [median_row(rounds[mode]) for mode in group]
     print_table(rows, args, IMPLEMENTATION, request_bytes)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"load-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -622,7 +662,10 @@ def print_table(rows: list[Row], args: argparse.Namespace, implementation: str,
                                   for run in (measured.get(rate) for rate in args.rates))
         rss_at_rate = f"{r.peak_rss_at_rate_mib:.0f}" if r.peak_rss_at_rate_mib else "-"
         refused_at_rate = str(r.refused_at_rate) if r.rates else "-"
-        print(f"| {r.signal} | {r.transport} | {r.mode} | {r.spans_per_s:,.0f} | {r.cpu_us_per_span:.2f} | "
+        cpu = f"{r.cpu_us_per_span:.2f}"
+        if len(r.cpu_rounds) > 1:
+            cpu += " (" + ", ".join(f"{x:.2f}" for x in r.cpu_rounds) + ")"
+        print(f"| {r.signal} | {r.transport} | {r.mode} | {r.spans_per_s:,.0f} | {cpu} | "
               f"{times('naive', r)} | {times('transport', r, inverse=True)} | {times('collector', r)} | "
               f"{cpu_at_rates} | {latency} | {r.peak_rss_mib:.0f} / {rss_at_rate} | "
               f"{r.requests_refused} / {refused_at_rate} | "
@@ -632,7 +675,9 @@ def print_table(rows: list[Row], args: argparse.Namespace, implementation: str,
           " unsampled row, whose flat-out run refuses as its export queue fills);"
           " 'vs naive' / 'vs collector' = their CPU per item / this CPU per item (higher is better); 'vs floor' ="
           " this CPU per item / the transport floor's (lower is better); steal % = CPU time the hypervisor took"
-          " from this machine during the row")
+          " from this machine during the row"
+          + (f"; {args.rounds} rounds: each row's median round, every round's CPU µs/item in brackets, in order,"
+             " ratios of the medians, peak RSS and steal the highest of the rounds" if args.rounds > 1 else ""))
     goals = [(key, goal) for key, goal in GOALS.items() if any((r.signal, r.mode) == key for r in rows)]
     if goals:
         print("goals (issue 18): " + "; ".join(f"{signal} {mode}: {goal}" for (signal, mode), goal in goals))

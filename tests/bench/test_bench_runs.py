@@ -76,6 +76,44 @@ def test_load_benchmark_has_rows_for_logs_metrics_and_keep_all_traces() -> None:
     assert "at 5k/s" in proc.stdout and "at 20k/s" in proc.stdout and "CPU µs/item at 5k / 20k/s" in proc.stdout
 
 
+def test_rounds_measure_each_row_in_turn_and_report_its_median_round() -> None:
+    proc = run("bench.load", "--duration", "0.5", "--latency-duration", "0.3", "--rates", "5000",
+               "--generators", "1", "--concurrency", "2", "--transports", "http", "--signals", "traces",
+               "--modes", "transport,policy", "--rounds", "3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # in turn, the order reversed every other round: no mode always runs first
+    order = [line.split(" / ")[2].split(" (")[0] for line in proc.stderr.splitlines() if line.startswith("measuring")]
+    assert order == ["transport", "policy", "policy", "transport", "transport", "policy"], proc.stderr
+    assert "(round 3 of 3)" in proc.stderr
+    assert table(proc.stdout) == {("traces", "http"): ["transport", "policy"]}
+    rows = figures(proc.stdout)["rows"]
+    for row in rows:
+        assert len(row["cpu_rounds"]) == 3 and all(x > 0 for x in row["cpu_rounds"]), row
+        assert row["cpu_us_per_span"] == sorted(row["cpu_rounds"])[1], row  # the median round's
+        assert [run["rate"] for run in row["rates"]] == [5000], row  # fixed rates: the first round only
+    assert "3 rounds: each row's median round" in proc.stdout
+
+
+def test_a_row_of_rounds_takes_the_median_rounds_flat_out_figures() -> None:
+    from bench.load import Row, median_row
+
+    def row(cpu: float, refused: int, rss: float, steal: float, rates: list[dict[str, float]]) -> Row:
+        return Row("grpc", "policy", "metrics", spans_per_s=1e6 / cpu, cpu_us_per_span=cpu,
+                   requests_refused=refused, peak_rss_mib=rss, steal_pct=steal, rates=rates)
+
+    first = [{"rate": 50000.0, "p99_ms": 1.2}]
+    combined = median_row([row(1.9, 1100, 70, 0.0, first), row(1.4, 500, 76, 0.3, []), row(1.6, 800, 72, 0.1, [])])
+    assert combined.cpu_us_per_span == 1.6 and combined.requests_refused == 800  # one real round's figures
+    assert combined.spans_per_s == 1e6 / 1.6
+    assert combined.cpu_rounds == [1.9, 1.4, 1.6]
+    assert combined.rates == first  # the first round ran the fixed rates
+    assert combined.peak_rss_mib == 76 and combined.steal_pct == 0.3  # the worst of the rounds
+    # an even count: the lower of the two middle rounds (a round that happened, not a mean)
+    assert median_row([row(2.0, 1, 1, 0, []), row(1.0, 2, 1, 0, [])]).cpu_us_per_span == 1.0
+    single = row(1.5, 3, 60, 0.0, first)
+    assert median_row([single]) is single and single.cpu_rounds == []
+
+
 def test_keep_all_is_the_bundled_policies_keeping_every_span(tmp_path) -> None:
     """The keep-all row runs the bundled set with the sampling ratio at 1.0, nothing else changed."""
     from bench.corpus_requests import shipped_plan_for, trace_request
