@@ -1,7 +1,7 @@
 """Profile the sidecar under load with py-spy: where its CPU time goes.
 
 Starts a sink and the target of one ``bench.load`` mode, warms it up, then records the target
-with ``py-spy`` while the load generators run flat out. Writes the raw folded stacks to
+with ``py-spy`` while the load generators run flat out (or at ``--items-per-s``). Writes the raw folded stacks to
 ``bench/results/profile-<transport>-<mode>-<date>.txt`` (feed them to a flame graph tool) and
 prints the functions with the most samples, their own and with what they call.
 
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--native", action="store_true", help="include C frames")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--items-per-s", type=float, default=0.0,
+                        help="load at this fixed rate of items/s rather than flat out (as bench.load's --rates)")
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
@@ -84,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.native:
             command.append("--native")
         recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        result = load.run_load(args.transport, port, bodies, args.seconds, 2, 8, signal=args.signal)
+        rate = args.items_per_s / 512 if args.items_per_s else None  # requests/s
+        generators = 1 if rate is not None and rate <= 200 else 2  # as bench.load
+        result = load.run_load(args.transport, port, bodies, args.seconds, generators, 8, rate=rate,
+                               signal=args.signal)
         _, errors = recorder.communicate(timeout=args.seconds + 60)
         if recorder.returncode != 0:
             print(f"py-spy failed: {errors.strip()}", file=sys.stderr)
