@@ -30,8 +30,9 @@ rate of ``--rates`` (50,000 and 500,000 items/s; skipped for a target that canno
 rate) the latency the app sees (p50 / p99 / p99.9), the refusals, and the peak RSS of that
 phase alone (the high-water mark reset through ``/proc/<pid>/clear_refs``). Flat out, an
 unsampled row fills its bounded export queue by design (the sink is slower than the target);
-at a rate the sink sustains, nothing should be refused. The table goes to stdout, the figures
-to ``bench/results/load-<date>.json``.
+at a rate the sink sustains, nothing should be refused. The table goes to stdout, followed by
+each of issue 18's goals the run measured, met or not; the figures go to
+``bench/results/load-<date>.json``.
 
 Flat out, one row's CPU per item moves by up to a quarter between runs on this machine (the
 speed of the host itself moves by 10-15 % over minutes), so a ratio of one run can fall either
@@ -545,13 +546,59 @@ def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: ar
 #: library floor and Rego-per-span are about receiving and planning, measured on traces)
 SIGNAL_MODES = ("transport", "passthrough", "policy", "naive", "collector")
 
-#: the goals of issue 18, as ratios in the same run: (signal, mode) -> (against, at least / at most)
-GOALS = {
-    ("traces", "policy"): "≥ 25x less CPU than naive, ≤ 2.5x the floor",
-    ("traces", "keep-all"): "≤ 4x the floor, 0 refused at the fixed rates",
-    ("logs", "policy"): "≥ 20x less CPU than naive",
-    ("metrics", "policy"): "≥ 20x less CPU than naive",
+#: issue 18's goals on CPU per item, as ratios in the same run: (signal, mode) -> (against, bound):
+#: at least ``bound`` times less CPU than ``naive``, at most ``bound`` times the floor (``transport``)
+CPU_GOALS = {
+    ("traces", "policy"): (("naive", 25.0), ("transport", 2.5)),
+    ("traces", "keep-all"): (("transport", 4.0),),
+    ("logs", "policy"): (("naive", 20.0),),
+    ("metrics", "policy"): (("naive", 20.0),),
 }
+#: and on every row of the sidecar with policies: peak RSS, p99 added latency at a fixed rate
+#: (items/s -> ms, in rows under 2 % steal), and against the Collector doing the same job
+MAX_RSS_MIB = 80.0
+MAX_P99_MS = {50_000.0: 1.0, 500_000.0: 2.0}
+MAX_STEAL_PCT = 2.0
+COLLECTOR_CPU = 3.0
+
+
+def goal_checks(rows: list[Row]) -> list[tuple[bool, str]]:
+    """Each of issue 18's goals that this run measured: (met, what was measured against what)."""
+    by_mode = {(r.signal, r.transport, r.mode): r for r in rows}
+    checks: list[tuple[bool, str]] = []
+    for r in rows:
+        if r.mode not in ("policy", "keep-all"):
+            continue
+        name = f"{r.signal} {r.mode} {r.transport}"
+        for against, bound in CPU_GOALS.get((r.signal, r.mode), ()):
+            other = by_mode.get((r.signal, r.transport, against))
+            if other is None or not other.cpu_us_per_span or not r.cpu_us_per_span:
+                continue
+            if against == "transport":
+                ratio = r.cpu_us_per_span / other.cpu_us_per_span
+                checks.append((ratio <= bound, f"{name}: {ratio:.1f}x the floor's CPU per item (≤ {bound:g}x)"))
+            else:
+                ratio = other.cpu_us_per_span / r.cpu_us_per_span
+                checks.append((ratio >= bound, f"{name}: {ratio:.1f}x less CPU per item than {against} (≥ {bound:g}x)"))
+        rss = max(r.peak_rss_mib, r.peak_rss_at_rate_mib)
+        checks.append((rss <= MAX_RSS_MIB, f"{name}: peak RSS {rss:.0f} MiB (≤ {MAX_RSS_MIB:g})"))
+        if r.steal_pct < MAX_STEAL_PCT:
+            for run in r.rates:
+                bound_ms = MAX_P99_MS.get(run["rate"])
+                if bound_ms is not None:
+                    checks.append((run["p99_ms"] <= bound_ms, f"{name}: p99 {run['p99_ms']:.2f} ms at "
+                                   f"{_k(run['rate'])} items/s (≤ {bound_ms:g} ms)"))
+        if r.mode == "keep-all" and r.rates:
+            checks.append((r.refused_at_rate == 0, f"{name}: {r.refused_at_rate} refused at the fixed rates (0)"))
+        # the Collector row samples 10 %, as the bundled policies do: the policy rows' job, not keep-all's
+        collector = by_mode.get((r.signal, r.transport, "collector"))
+        if r.mode == "policy" and collector is not None and r.cpu_us_per_span:
+            ratio = collector.cpu_us_per_span / r.cpu_us_per_span
+            checks.append((ratio >= COLLECTOR_CPU, f"{name}: {ratio:.1f}x less CPU per item than the Collector "
+                           f"(≥ {COLLECTOR_CPU:g}x)"))
+            checks.append((r.peak_rss_mib < collector.peak_rss_mib, f"{name}: peak RSS {r.peak_rss_mib:.0f} MiB "
+                           f"flat out, the Collector's {collector.peak_rss_mib:.0f} (lower)"))
+    return checks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -678,9 +725,12 @@ def print_table(rows: list[Row], args: argparse.Namespace, implementation: str,
           " from this machine during the row"
           + (f"; {args.rounds} rounds: each row's median round, every round's CPU µs/item in brackets, in order,"
              " ratios of the medians, peak RSS and steal the highest of the rounds" if args.rounds > 1 else ""))
-    goals = [(key, goal) for key, goal in GOALS.items() if any((r.signal, r.mode) == key for r in rows)]
-    if goals:
-        print("goals (issue 18): " + "; ".join(f"{signal} {mode}: {goal}" for (signal, mode), goal in goals))
+    checks = goal_checks(rows)
+    if checks:
+        met = sum(ok for ok, _ in checks)
+        print(f"\ngoals (issue 18) in this run: {met} of {len(checks)} met")
+        for ok, what in checks:
+            print(f"  {'met    ' if ok else 'NOT met'}  {what}")
 
 
 if __name__ == "__main__":

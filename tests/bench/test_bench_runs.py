@@ -59,7 +59,7 @@ def test_load_benchmark_has_rows_for_logs_metrics_and_keep_all_traces() -> None:
     }
     rows = figures(proc.stdout)["rows"]
     assert all(row["spans_per_s"] > 0 and row["requests_failed"] == 0 for row in rows), rows
-    assert "goals (issue 18)" in proc.stdout
+    assert "goals (issue 18) in this run:" in proc.stdout and "less CPU per item than naive" in proc.stdout
     # each fixed rate is its own run, its refusals and peak RSS apart from the flat-out run's
     for row in rows:
         sustained = [rate for rate in (5000, 20000) if row["spans_per_s"] >= 1.5 * rate]
@@ -112,6 +112,42 @@ def test_a_row_of_rounds_takes_the_median_rounds_flat_out_figures() -> None:
     assert median_row([row(2.0, 1, 1, 0, []), row(1.0, 2, 1, 0, [])]).cpu_us_per_span == 1.0
     single = row(1.5, 3, 60, 0.0, first)
     assert median_row([single]) is single and single.cpu_rounds == []
+
+
+def test_the_goals_of_issue_18_are_checked_against_the_run() -> None:
+    from bench.load import Row, goal_checks
+
+    def row(signal: str, transport: str, mode: str, cpu: float, **more) -> Row:
+        return Row(transport, mode, signal, cpu_us_per_span=cpu, **more)
+
+    rows = [
+        row("traces", "grpc", "transport", 0.2),
+        row("traces", "grpc", "policy", 0.4, peak_rss_mib=60, steal_pct=0.1,
+            rates=[{"rate": 50000.0, "p99_ms": 0.9}, {"rate": 500000.0, "p99_ms": 2.5}]),
+        row("traces", "grpc", "keep-all", 1.0, peak_rss_mib=70, peak_rss_at_rate_mib=85, refused_at_rate=3,
+            steal_pct=5.0, rates=[{"rate": 50000.0, "p99_ms": 9.0}]),
+        row("traces", "grpc", "naive", 12.0),
+        row("traces", "grpc", "collector", 1.0, peak_rss_mib=50),
+        row("logs", "grpc", "policy", 0.5, peak_rss_mib=70),
+        row("logs", "grpc", "naive", 11.0),
+    ]
+    checks = dict((what, ok) for ok, what in goal_checks(rows))
+    assert checks == {
+        "traces policy grpc: 30.0x less CPU per item than naive (≥ 25x)": True,
+        "traces policy grpc: 2.0x the floor's CPU per item (≤ 2.5x)": True,
+        "traces policy grpc: peak RSS 60 MiB (≤ 80)": True,
+        "traces policy grpc: p99 0.90 ms at 50k items/s (≤ 1 ms)": True,
+        "traces policy grpc: p99 2.50 ms at 500k items/s (≤ 2 ms)": False,
+        "traces policy grpc: 2.5x less CPU per item than the Collector (≥ 3x)": False,
+        "traces policy grpc: peak RSS 60 MiB flat out, the Collector's 50 (lower)": False,
+        "traces keep-all grpc: 5.0x the floor's CPU per item (≤ 4x)": False,
+        # the higher of flat out and the fixed rates; no latency goal in a row with 5 % steal
+        "traces keep-all grpc: peak RSS 85 MiB (≤ 80)": False,
+        "traces keep-all grpc: 3 refused at the fixed rates (0)": False,
+        # no floor or Collector row for logs in this run: only what was measured is checked
+        "logs policy grpc: 22.0x less CPU per item than naive (≥ 20x)": True,
+        "logs policy grpc: peak RSS 70 MiB (≤ 80)": True,
+    }
 
 
 def test_keep_all_is_the_bundled_policies_keeping_every_span(tmp_path) -> None:
