@@ -39,7 +39,8 @@ speed of the host itself moves by 10-15 % over minutes), so a ratio of one run c
 side of a goal. ``--rounds N`` measures each signal and transport's rows N times, in turn (the
 order reversed every other round, as ``bench.rewrite_builds`` does), and reports for each row the
 round with the median CPU per item, every round's figure beside it, and the ratios of those
-medians; the fixed-rate runs are made in the first round only.
+medians. The fixed-rate runs are made in the last round, at each rate the row reached 1.5 times
+flat out in any round.
 
     python -m bench.load                       # both transports, all modes, 8 s each
     python -m bench.load --duration 3 --modes policy --transports http
@@ -102,26 +103,26 @@ class Row:
     limit: str = ""
     notes: list[str] = field(default_factory=list)
     #: with ``--rounds``: the flat-out CPU per item of every round, in order (this row's flat-out
-    #: figures are those of the round with the median, its fixed-rate figures the first round's)
+    #: figures are those of the round with the median, its fixed-rate figures the last round's)
     cpu_rounds: list[float] = field(default_factory=list)
 
 
 def median_row(rounds: list[Row]) -> Row:
     """One row of several rounds of the same target: the flat-out figures of the round with the
     median CPU per item (the lower of the two middle ones for an even count), the fixed-rate
-    figures of the first round (the only one that runs them), the highest peak RSS and steal."""
-    first = rounds[0]
+    figures of the last round (the only one that runs them), the highest peak RSS and steal."""
+    last = rounds[-1]
     if len(rounds) == 1:
-        return first
+        return last
     cpu_rounds = [r.cpu_us_per_span for r in rounds]
     chosen = rounds[cpu_rounds.index(statistics.median_low(cpu_rounds))]
     for name in ("spans_per_s", "cpu_us_per_span", "target_cpu_share", "requests_ok", "requests_refused",
                  "requests_failed", "limit"):
-        setattr(first, name, getattr(chosen, name))
-    first.peak_rss_mib = max(r.peak_rss_mib for r in rounds)
-    first.steal_pct = max(r.steal_pct for r in rounds)
-    first.cpu_rounds = cpu_rounds
-    return first
+        setattr(last, name, getattr(chosen, name))
+    last.peak_rss_mib = max(r.peak_rss_mib for r in rounds)
+    last.steal_pct = max(r.steal_pct for r in rounds)
+    last.cpu_rounds = cpu_rounds
+    return last
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -487,8 +488,9 @@ def running(
 
 
 def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: argparse.Namespace,
-            signal: str = "traces", rates: list[float] | None = None) -> Row:
-    """One row: flat out, then at each fixed rate of ``rates`` (``args.rates`` when None)."""
+            signal: str = "traces", rates: list[float] | None = None, reached: float = 0.0) -> Row:
+    """One row: flat out, then at each fixed rate of ``rates`` (``args.rates`` when None) that
+    the target reached 1.5 times flat out, in this run or in an earlier round (``reached``)."""
     rates = args.rates if rates is None else rates
     row = Row(transport, mode, signal)
     with running(transport, mode, bodies, signal) as (target, port, sink):
@@ -506,7 +508,7 @@ def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: ar
             result["ok"], result["refused"], result["failed"])
         row.limit = "target (its core is busy)" if row.target_cpu_share > 0.9 else "load generator"
         row.peak_rss_mib = peak_rss_mib(target.pid)
-        sustainable = [rate for rate in rates if row.spans_per_s >= 1.5 * rate]
+        sustainable = [rate for rate in rates if max(row.spans_per_s, reached) >= 1.5 * rate]
         measured_rss = False
         row.notes += [f"no latency run at {rate:,.0f} items/s: it cannot sustain it"
                       for rate in rates if rate not in sustainable]
@@ -652,8 +654,10 @@ def main(argv: list[str] | None = None) -> int:
                 of = f" (round {n + 1} of {args.rounds})" if args.rounds > 1 else ""
                 for mode in group if n % 2 == 0 else group[::-1]:
                     print(f"measuring {signal} / {transport} / {mode}{of} ...", file=sys.stderr, flush=True)
+                    last = n == args.rounds - 1
+                    reached = max((r.spans_per_s for r in rounds[mode]), default=0.0)
                     rounds[mode].append(measure(transport, mode, bodies, args.spans, args, signal,
-                                                rates=None if n == 0 else []))
+                                                rates=None if last else [], reached=reached))
             rows += [median_row(rounds[mode]) for mode in group]
     print_table(rows, args, IMPLEMENTATION, request_bytes)
     RESULTS.mkdir(exist_ok=True)

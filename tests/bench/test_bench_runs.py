@@ -90,7 +90,7 @@ def test_rounds_measure_each_row_in_turn_and_report_its_median_round() -> None:
     for row in rows:
         assert len(row["cpu_rounds"]) == 3 and all(x > 0 for x in row["cpu_rounds"]), row
         assert row["cpu_us_per_span"] == sorted(row["cpu_rounds"])[1], row  # the median round's
-        assert [run["rate"] for run in row["rates"]] == [5000], row  # fixed rates: the first round only
+        assert [run["rate"] for run in row["rates"]] == [5000], row  # fixed rates: the last round only
     assert "3 rounds: each row's median round" in proc.stdout
 
 
@@ -101,16 +101,16 @@ def test_a_row_of_rounds_takes_the_median_rounds_flat_out_figures() -> None:
         return Row("grpc", "policy", "metrics", spans_per_s=1e6 / cpu, cpu_us_per_span=cpu,
                    requests_refused=refused, peak_rss_mib=rss, steal_pct=steal, rates=rates)
 
-    first = [{"rate": 50000.0, "p99_ms": 1.2}]
-    combined = median_row([row(1.9, 1100, 70, 0.0, first), row(1.4, 500, 76, 0.3, []), row(1.6, 800, 72, 0.1, [])])
+    fixed = [{"rate": 50000.0, "p99_ms": 1.2}]
+    combined = median_row([row(1.9, 1100, 70, 0.0, []), row(1.4, 500, 76, 0.3, []), row(1.6, 800, 72, 0.1, fixed)])
     assert combined.cpu_us_per_span == 1.6 and combined.requests_refused == 800  # one real round's figures
     assert combined.spans_per_s == 1e6 / 1.6
     assert combined.cpu_rounds == [1.9, 1.4, 1.6]
-    assert combined.rates == first  # the first round ran the fixed rates
+    assert combined.rates == fixed  # the last round ran the fixed rates
     assert combined.peak_rss_mib == 76 and combined.steal_pct == 0.3  # the worst of the rounds
     # an even count: the lower of the two middle rounds (a round that happened, not a mean)
     assert median_row([row(2.0, 1, 1, 0, []), row(1.0, 2, 1, 0, [])]).cpu_us_per_span == 1.0
-    single = row(1.5, 3, 60, 0.0, first)
+    single = row(1.5, 3, 60, 0.0, fixed)
     assert median_row([single]) is single and single.cpu_rounds == []
 
 
