@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from sidecar.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
+
 #: every metric name starts so
 PREFIX = "otlp_sidecar"
 
@@ -112,6 +114,23 @@ class Metric:
     def info(self, registry: CollectorRegistry) -> Info:
         self._check(Kind.info)
         return Info(self.name, self.description, self.label_names, registry=registry)
+
+    def loop_counter(self, registry: CollectorRegistry) -> LoopCounter:
+        """:meth:`counter` for a metric only the event loop updates (:mod:`sidecar.loop_metrics`)."""
+        self._check(Kind.counter)
+        return LoopCounter(self.name, self.description, self.label_names, registry)
+
+    def loop_gauge(self, registry: CollectorRegistry) -> LoopGauge:
+        """:meth:`gauge` for a metric only the event loop updates."""
+        self._check(Kind.gauge)
+        return LoopGauge(self.name, self.description, self.label_names, registry)
+
+    def loop_histogram(self, registry: CollectorRegistry) -> LoopHistogram:
+        """:meth:`histogram` for a metric only the event loop updates."""
+        self._check(Kind.histogram)
+        if self.buckets:
+            return LoopHistogram(self.name, self.description, self.label_names, registry, self.buckets)
+        return LoopHistogram(self.name, self.description, self.label_names, registry)
 
     def _check(self, kind: Kind) -> None:
         if self.kind is not kind:

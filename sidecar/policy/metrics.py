@@ -129,10 +129,10 @@ class PolicyMetrics:
         self.reloads = RELOADS.counter(registry)
         for result in RESULTS:  # at zero from the start: the reload alert sees the first failure
             self.reloads.labels(result)
-        self.cache = DECISION_CACHE.counter(registry)
+        self.cache = DECISION_CACHE.loop_counter(registry)  # on every request: sidecar.loop_metrics
         self.decision_seconds = DECISION_SECONDS.histogram(registry)
         self.errors = DECISION_ERRORS.counter(registry)
-        self.rule_actions = RULE_ACTIONS.counter(registry)
+        self.rule_actions = RULE_ACTIONS.loop_counter(registry)  # likewise
         self.dry_run = DRY_RUN.gauge(registry)
         self.mode = MODE.gauge(registry)
         self.exemptions = EXEMPTIONS.gauge(registry)
