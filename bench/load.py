@@ -223,12 +223,12 @@ def start_collector(sink_grpc: int, workdir: str) -> tuple[subprocess.Popen[str]
     raise RuntimeError("the Collector did not become healthy")
 
 
-def keep_all_policies(workdir: str) -> Path:
-    """The bundled policies with the sampling ratio at 1.0 (a tenant that keeps every trace)."""
+def keep_all_policies(workdir: str, tree: Path = REPO) -> Path:
+    """``tree``'s bundled policies with the sampling ratio at 1.0 (a tenant that keeps every trace)."""
     import shutil
 
     root = Path(workdir) / "policies-keep-all"
-    shutil.copytree(REPO / "policies", root)
+    shutil.copytree(tree / "policies", root)
     data = json.loads((root / "data.json").read_text())
     data["otlp_sidecar"]["config"]["sampling"]["ratio"] = 1.0
     (root / "data.json").write_text(json.dumps(data, indent=2))
@@ -236,8 +236,10 @@ def keep_all_policies(workdir: str) -> Path:
 
 
 def start_target(
-    mode: str, sink_grpc: int, sink_http: int, workdir: str, signal: str = "traces",
+    mode: str, sink_grpc: int, sink_http: int, workdir: str, signal: str = "traces", tree: Path = REPO,
 ) -> tuple[subprocess.Popen[str], int, int]:
+    """The target of ``mode``; a sidecar runs from ``tree`` (its code, extensions and bundled
+    policies: another checkout for ``bench.ab``)."""
     if mode == "collector":
         return start_collector(sink_grpc, workdir)
     env = {**os.environ}
@@ -265,12 +267,12 @@ def start_target(
     if mode in ("policy", "keep-all"):
         key = Path(workdir) / "hmac.key"
         key.write_bytes(os.urandom(32))
-        policies = REPO / "policies" if mode == "policy" else keep_all_policies(workdir)
+        policies = tree / "policies" if mode == "policy" else keep_all_policies(workdir, tree)
         env.update({"SIDECAR_POLICY_DIR": str(policies), "SIDECAR_POLICY_HASH_KEY_FILE": str(key),
                     "SIDECAR_TENANT": "acme"})
     ports_file = Path(workdir) / f"ports-{mode}.json"
     env["SIDECAR_LOG_LEVEL"] = "info"
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run"], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run"], cwd=tree, env=env,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_pin(0))
     assert proc.stderr is not None
     deadline = time.monotonic() + 60
@@ -467,14 +469,14 @@ def percentile(values: list[float], share: float) -> float:
 
 @contextlib.contextmanager
 def running(
-    transport: str, mode: str, bodies: list[bytes], signal: str = "traces",
+    transport: str, mode: str, bodies: list[bytes], signal: str = "traces", tree: Path = REPO,
 ) -> Iterator[tuple[subprocess.Popen[str], int, subprocess.Popen[str]]]:
     """A sink and the target of ``mode``, warmed up: (target process, its port for ``transport``,
     sink process). Both are stopped on leaving."""
     with tempfile.TemporaryDirectory() as workdir:
         sink, sink_grpc, sink_http = start_sink()
         try:
-            target, grpc_port, http_port = start_target(mode, sink_grpc, sink_http, workdir, signal)
+            target, grpc_port, http_port = start_target(mode, sink_grpc, sink_http, workdir, signal, tree)
             try:
                 port = grpc_port if transport == "grpc" else http_port
                 run_load(transport, port, bodies, 1.0, 1, 4, signal=signal)  # warm-up: caches, connections, plans
@@ -488,12 +490,14 @@ def running(
 
 
 def measure(transport: str, mode: str, bodies: list[bytes], spans: int, args: argparse.Namespace,
-            signal: str = "traces", rates: list[float] | None = None, reached: float = 0.0) -> Row:
+            signal: str = "traces", rates: list[float] | None = None, reached: float = 0.0,
+            tree: Path = REPO) -> Row:
     """One row: flat out, then at each fixed rate of ``rates`` (``args.rates`` when None) that
-    the target reached 1.5 times flat out, in this run or in an earlier round (``reached``)."""
+    the target reached 1.5 times flat out, in this run or in an earlier round (``reached``); a
+    sidecar runs from ``tree``."""
     rates = args.rates if rates is None else rates
     row = Row(transport, mode, signal)
-    with running(transport, mode, bodies, signal) as (target, port, sink):
+    with running(transport, mode, bodies, signal, tree) as (target, port, sink):
         steal0 = steal_ticks()
         cpu0, t0 = cpu_seconds(target.pid), time.monotonic()
         result = run_load(transport, port, bodies, args.duration, args.generators, args.concurrency,
