@@ -16,6 +16,10 @@ class Signal(enum.Enum):
     METRICS = "metrics"
     LOGS = "logs"
 
+    # a member equals itself only: hashed by identity in C rather than Enum's hash of the name in
+    # Python (a signal keys several lookups on every request)
+    __hash__ = object.__hash__
+
     @property
     def http_path(self) -> str:
         """The OTLP/HTTP path (``/v1/traces``)."""

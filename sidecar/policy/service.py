@@ -682,11 +682,19 @@ MODE_WARNINGS = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def _without_port(peer: Peer) -> Peer:
+    """``peer`` without its port: the one object for a host (a key of the plan cache then
+    compares by identity), one computation per connection."""
     host, sep, port = peer.address.rpartition(":")
     if not sep or not port.isdigit():
-        return peer
-    return Peer(address=host.strip("[]"), tls=peer.tls, spiffe_id=peer.spiffe_id)
+        return _one_peer(peer.address, peer.tls, peer.spiffe_id)
+    return _one_peer(host.strip("[]"), peer.tls, peer.spiffe_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _one_peer(address: str, tls: bool, spiffe_id: str) -> Peer:
+    return Peer(address=address, tls=tls, spiffe_id=spiffe_id)
 
 
 def _replace_snapshot(active: _Active, now: tuple[Any, ...]) -> _Active:

@@ -7,6 +7,7 @@ PERMISSION_DENIED) a client without a required certificate or outside the SPIFFE
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,11 +18,18 @@ from sidecar.tls.server import ServerTLS, format_address
 PeerResolver = Callable[[Any], Peer]
 
 
+@functools.lru_cache(maxsize=4096)
+def _address_peer(peername: Any) -> Peer:
+    """The plaintext peer of a socket address: one object per connection's address, not one a
+    request (the policy cache's keys then compare by identity)."""
+    return Peer(address=format_address(peername))
+
+
 def peer_resolver(tls: ServerTLS | None) -> PeerResolver:
     """The peer on the other end of a connection, from its asyncio transport."""
 
     def plaintext(transport: Any) -> Peer:
-        return Peer(address=format_address(transport.get_extra_info("peername")) if transport else "")
+        return _address_peer(transport.get_extra_info("peername")) if transport else Peer()
 
     if tls is None:
         return plaintext

@@ -101,6 +101,23 @@ async def test_rego_runs_once_per_distinct_resource(make_service, hash_key_file:
     assert sample_value(registry, "otlp_sidecar_policy_decision_cache_total", result="miss") == 4
 
 
+async def test_new_connections_of_a_host_share_its_decisions(make_service, hash_key_file: Path) -> None:
+    """The policy sees the client's host, not its ephemeral port: each new connection of a host
+    hits the cache; another host, or the same host over TLS, is another decision."""
+    service = await make_service(dir=str(POLICIES), hash_key_file=str(hash_key_file))
+    registry = service.metrics.registry
+    resources = split_resources(Signal.TRACES, trace_request([({"service.name": "a"}, [{}])]))
+    for port in range(40000, 40020):
+        await service.plans_for(Signal.TRACES, resources, Peer(address=f"10.1.2.3:{port}"), "grpc")
+        await service.plans_for(Signal.TRACES, resources, Peer(address=f"[fd00::7]:{port}"), "grpc")
+    assert sample_value(registry, "otlp_sidecar_policy_decision_cache_total", result="miss") == 2
+    assert sample_value(registry, "otlp_sidecar_policy_decision_cache_total", result="hit") == 38
+    await service.plans_for(Signal.TRACES, resources, Peer(address="10.1.2.4:40000"), "grpc")
+    await service.plans_for(Signal.TRACES, resources, Peer(address="10.1.2.3:40000", tls=True), "grpc")
+    await service.plans_for(Signal.TRACES, resources, Peer(address="/run/app.sock"), "grpc")
+    assert sample_value(registry, "otlp_sidecar_policy_decision_cache_total", result="miss") == 5
+
+
 async def test_cache_is_bounded(make_service, hash_key_file: Path) -> None:
     service = await make_service(dir=str(POLICIES), hash_key_file=str(hash_key_file), cache_size=3)
     for n in range(10):
