@@ -20,8 +20,7 @@ PeerResolver = Callable[[Any], Peer]
 
 @functools.lru_cache(maxsize=4096)
 def _address_peer(peername: Any) -> Peer:
-    """The plaintext peer of a socket address: one object per connection's address, not one a
-    request (the policy cache's keys then compare by identity)."""
+    """The plaintext peer of a socket address: made once per connection, not once a request."""
     return Peer(address=format_address(peername))
 
 
