@@ -100,10 +100,14 @@ class GrpcServer:
     def run(self, connection: Connection, stream: Stream, call: UnaryCall) -> None:
         task = asyncio.get_running_loop().create_task(self._call(connection, stream, call))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        # a task cancelled before its first step (the server closing) never runs _call: what the
-        # call holds goes back here too (release is idempotent)
-        task.add_done_callback(lambda _task: connection.release(stream))
+
+        def done(task: asyncio.Task[None]) -> None:  # one callback: each is a turn of the loop
+            self._tasks.discard(task)
+            # a task cancelled before its first step (the server closing) never runs _call: what
+            # the call holds goes back here too (release is idempotent)
+            connection.release(stream)
+
+        task.add_done_callback(done)
 
     async def _call(self, connection: Connection, stream: Stream, call: UnaryCall) -> None:
         handler = self.routes[call.path]
