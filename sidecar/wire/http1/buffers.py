@@ -5,6 +5,9 @@ from __future__ import annotations
 
 #: free space asked for before a read when nothing larger is expected
 _MIN_FREE = 8 * 1024
+#: the most read at once while a head is awaited: a head is short, and the start of a large body
+#: read with it is copied once more (into the body's buffer); small requests still come whole
+_HEAD_READ = 16 * 1024
 #: what a grown buffer keeps beyond the body it was grown for
 _HEAD_ROOM = 16 * 1024
 #: the least a buffer grows by for a body (beyond it, by up to twice the body received so far)

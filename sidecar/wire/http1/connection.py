@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from sidecar.overload.budget import Account
 from sidecar.overload.reasons import Action
-from sidecar.wire.http1.buffers import _EMPTY, _EMPTY_VIEW, _GROW, _HEAD_ROOM, _MIN_FREE
+from sidecar.wire.http1.buffers import _EMPTY, _EMPTY_VIEW, _GROW, _HEAD_READ, _HEAD_ROOM, _MIN_FREE
 from sidecar.wire.http1.messages import HttpError, Request, Response, plain, serialize
 from sidecar.wire.http1.parser import _chunk_size, _trailer, parse_head
 
@@ -136,7 +136,11 @@ class _Connection(asyncio.BufferedProtocol):
                 self._reserve(_MIN_FREE, amortize=True)
             return self._view
         else:
-            need = _MIN_FREE
+            if len(self._buf) - self._end < _MIN_FREE:
+                self._reserve(_MIN_FREE, amortize=True)
+            # a head is read in small steps: what comes after it (the start of a body larger
+            # than the buffer) would be copied once more into the body's own buffer
+            return self._view[self._end : self._end + _HEAD_READ]
         if len(self._buf) - self._end < need:
             if need > _MIN_FREE:  # the rest of a body or chunk
                 self._room_for_body(need)

@@ -31,6 +31,7 @@ from sidecar.tls.server import ServerTLS
 from sidecar.wire import http1
 from sidecar.wire.budget import ReceiveBudget
 from sidecar.wire.http1 import Http1Server, Limits, Request, Response
+from sidecar.wire.http1.buffers import _HEAD_READ
 from tests.tls.pki import make_pki
 
 #: short timeouts, so the timeout tests run fast
@@ -913,6 +914,44 @@ def test_a_large_body_moves_at_most_twice_and_repeated_bodies_reuse_one_pooled_b
                 first = set(buffers)
         # the later requests took the first one's large buffer from the pool: nothing new
         assert buffers == first and len(server.buffers) == 1
+
+    asyncio.run(run())
+
+
+def test_a_large_body_already_in_the_socket_is_copied_in_buffers_at_most_a_head_read(monkeypatch) -> None:
+    """On loopback a whole request waits in the socket: the read with the head takes what the
+    connection offers. It offers a short read while a head is awaited, so only the start of the
+    body read with it is copied into the body's (pooled) buffer, not a whole 64 KiB buffer of it."""
+    copied: list[int] = []
+    move = http1._Connection._move
+
+    def counted(self: http1._Connection, new: bytearray, keep: int, live: int) -> None:
+        copied.append(live)
+        move(self, new, keep, live)
+
+    monkeypatch.setattr(http1._Connection, "_move", counted)
+    body = bytes(range(256)) * 707  # 181 kB: an SDK's batch of 512 spans
+
+    async def run() -> None:
+        recorder = Recorder()
+        server = Http1Server(recorder, limits=Limits())
+        protocol = http1._Connection(server)
+        protocol.connection_made(_Transport())
+        for n in range(3):
+            copied.clear()
+            data = post("/echo", body)
+            while data:  # as asyncio reads a socket that holds it all: whatever get_buffer offers
+                buffer = protocol.get_buffer(-1)
+                size = min(len(buffer), len(data))
+                buffer[:size] = data[:size]
+                protocol.buffer_updated(size)
+                data = data[size:]
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert recorder.bodies[-1] == body
+            if n:  # the first grows its buffer as the bytes arrive (memory follows them); the
+                # later ones take it from the pool: only what came with the head is copied
+                assert copied and max(copied) <= _HEAD_READ, copied
 
     asyncio.run(run())
 
