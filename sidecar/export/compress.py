@@ -103,15 +103,21 @@ def _zstd(level: int) -> zstandard.ZstdCompressor:
 
 def compress(encoding: str, data: Payload, level: int = compression.DEFAULT_LEVEL) -> bytes:
     """``data`` encoded as one zstd frame (with its content size) or one gzip / zlib stream."""
+    return b"".join(compress_parts(encoding, data, level))
+
+
+def compress_parts(encoding: str, data: Payload, level: int = compression.DEFAULT_LEVEL) -> list[bytes]:
+    """:func:`compress`'s bytes in the pieces the compressor gave them, not joined (a caller that
+    puts something before them joins once)."""
     parts = parts_of(data)
     if encoding == compression.IDENTITY:
-        return joined(parts)
+        return [joined(parts)]
     if len(parts) == 1:
-        return compression.compress(encoding, bytes(parts[0]), level)
+        return [compression.compress(encoding, bytes(parts[0]), level)]
     stream = _stream(encoding, level, size_of(parts))
     out = [stream.compress(part) for part in parts]
     out.append(stream.flush())
-    return b"".join(out)
+    return out
 
 
 async def compress_async(
@@ -119,14 +125,26 @@ async def compress_async(
 ) -> bytes:
     """:func:`compress`; a large batch in the worker thread or on the loop in slices (``place``:
     ``auto`` picks the thread with two cores or more to run on)."""
+    return b"".join(await compress_parts_async(encoding, data, level, place, joined_in_thread=True))
+
+
+async def compress_parts_async(
+    encoding: str, data: Payload, level: int = compression.DEFAULT_LEVEL, place: str = "auto",
+    *, joined_in_thread: bool = False,
+) -> list[bytes]:
+    """:func:`compress_async`'s bytes in pieces, not joined (as :func:`compress_parts`); in the
+    worker thread joined there when ``joined_in_thread`` (then one piece)."""
     global _WORKER
     if encoding == compression.IDENTITY or size_of(data) < THREAD_THRESHOLD:
-        return compress(encoding, data, level)
+        return compress_parts(encoding, data, level)
     if place == "loop" or (place == "auto" and usable_cores() < 2):
         return await _compress_on_loop(encoding, data, level)
     if _WORKER is None:
         _WORKER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compress")
-    return await asyncio.get_running_loop().run_in_executor(_WORKER, compress, encoding, data, level)
+    loop = asyncio.get_running_loop()
+    if joined_in_thread:
+        return [await loop.run_in_executor(_WORKER, compress, encoding, data, level)]
+    return await loop.run_in_executor(_WORKER, compress_parts, encoding, data, level)
 
 
 def turn_for(fill: float) -> float:
@@ -151,7 +169,7 @@ def _stream(encoding: str, level: int, size: int, zstd: zstandard.ZstdCompressor
     raise compression.UnsupportedEncoding(encoding)
 
 
-async def _compress_on_loop(encoding: str, data: Payload, level: int) -> bytes:
+async def _compress_on_loop(encoding: str, data: Payload, level: int) -> list[bytes]:
     loop = asyncio.get_running_loop()
     state = _ON_LOOP.get(loop)
     if state is None:
@@ -173,7 +191,7 @@ async def _compress_on_loop(encoding: str, data: Payload, level: int) -> bytes:
                     await asyncio.sleep(0)  # what arrived meanwhile is served
                     started = time.perf_counter()
         out.append(stream.flush())
-    return b"".join(out)
+    return out
 
 
 @functools.cache

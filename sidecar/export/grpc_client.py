@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from urllib.parse import unquote
 
 from grpclib.const import Status
 
-from sidecar.export.compress import Payload, compress_async
+from sidecar.export.compress import Payload, compress_parts_async
 from sidecar.wire import compression
 from sidecar.wire.http2.client import Channel, ProtocolViolation, ReplyTooLarge, Response
 from sidecar.wire.http2.frames import header_block
@@ -59,7 +59,8 @@ async def call_unary(
     Raises CallError with the call's status on any failure, transport errors as
     UNAVAILABLE and a timeout as DEADLINE_EXCEEDED.
     """
-    body = await compress_async(encoding, payload, level, compress_in)
+    # the prefix joined to the compressor's pieces: the compressed batch is copied once
+    body = await compress_parts_async(encoding, payload, level, compress_in)
     frame = frame_message(body, compressed=encoding != compression.IDENTITY)
     return await call_framed(
         channel, path, frame, encoding=encoding, timeout=timeout, metadata=metadata, reply_limit=reply_limit
@@ -97,9 +98,12 @@ async def call_framed(
         raise CallError(Status.INTERNAL, f"bad reply: {exc}") from None
 
 
-def frame_message(body: bytes, *, compressed: bool) -> bytes:
-    """The gRPC length-prefixed message: a compressed flag, a big-endian length, the body."""
-    return _PREFIX.pack(compressed, len(body)) + body
+def frame_message(body: bytes | Sequence[bytes], *, compressed: bool) -> bytes:
+    """The gRPC length-prefixed message: a compressed flag, a big-endian length, the body (given
+    whole or in pieces: joined once with the prefix)."""
+    if isinstance(body, bytes):
+        return _PREFIX.pack(compressed, len(body)) + body
+    return b"".join((_PREFIX.pack(compressed, sum(len(piece) for piece in body)), *body))
 
 
 def request_headers(

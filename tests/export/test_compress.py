@@ -16,6 +16,7 @@ import zstandard
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from sidecar.export import compress
+from sidecar.export.grpc_client import frame_message
 from sidecar.wire import compression
 from tests import sdk
 from tests.conftest import StartSidecar, sidecar_env
@@ -65,6 +66,22 @@ def test_a_large_batch_compresses_in_the_worker_thread_and_a_small_one_inline() 
     assert compress.size_of(large) >= compress.THREAD_THRESHOLD
     assert decode("zstd", asyncio.run(compress.compress_async("zstd", large))) == b"".join(large)
     assert decode("gzip", asyncio.run(compress.compress_async("gzip", [b"a" * 10, b"b"]))) == b"a" * 10 + b"b"
+
+
+@pytest.mark.parametrize("place", ["loop", "thread"])
+@pytest.mark.parametrize("encoding", ["zstd", "gzip", "identity"])
+def test_a_grpc_export_frames_the_compressed_pieces_as_one_message(encoding: str, place: str) -> None:
+    """The gRPC exporter joins its 5-byte prefix to the compressor's pieces (one copy of the
+    compressed batch): the message is the prefix of the whole, then the bytes that decode to it."""
+    large = PARTS * 2
+    pieces = asyncio.run(compress.compress_parts_async(encoding, large, 1, place))
+    if encoding != "identity":
+        assert len(pieces) > 1 or place == "thread"
+    message = frame_message(pieces, compressed=encoding != "identity")
+    assert message == frame_message(b"".join(pieces), compressed=encoding != "identity")
+    flag, length = message[0], int.from_bytes(message[1:5], "big")
+    assert (flag, length) == (int(encoding != "identity"), len(message) - 5)
+    assert decode(encoding, message[5:]) == b"".join(large)
 
 
 def test_an_unknown_encoding_is_refused() -> None:
