@@ -49,8 +49,8 @@ from sidecar.rewrite.plan import Plan
 from sidecar._ext.cards import find_pans  # the detector's Python API, also here as before
 
 __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
-           "count_items", "find_pans", "rewrite", "split_resources", "unknown_field",
-           "without_unknown_fields"]
+           "count_items", "count_resources", "find_pans", "rewrite", "split_resources",
+           "unknown_field", "without_unknown_fields"]
 
 IMPLEMENTATION = "cython"
 
@@ -1448,6 +1448,34 @@ cdef list _resource_ranges(St* st, int t):
                 raise error_of(st)
             out.append((tag_pos, f.vs, f.ve))
     return out
+
+
+def count_resources(signal, data, Py_ssize_t stop_at=0):
+    """The top-level resources of a request, its framing checked at that level only, counted up
+    to ``stop_at`` (0: all of them). Nothing is made per resource: a request's cap is checked
+    with it before split_resources() makes an object for each (two bytes of an empty resource
+    would otherwise cost hundreds of bytes each)."""
+    cdef Py_buffer view
+    cdef St st
+    cdef int t = REQUEST_TYPE[signal]
+    cdef Py_ssize_t pos = 0, tag_pos, n = 0
+    cdef Field f
+    st_open(&st, data, &view)
+    try:
+        while pos < st.size and (stop_at <= 0 or n < stop_at):
+            tag_pos = pos
+            if next_field(&st, pos, st.size, t, &f) < 0:
+                raise error_of(&st)
+            pos = f.ve
+            if f.fn == 1:
+                if f.wt != 2:
+                    fail(&st, E_WRONG_WT, t, f.fn, f.wt, tag_pos)
+                    raise error_of(&st)
+                n += 1
+        return n
+    finally:
+        st_free(&st)
+        PyBuffer_Release(&view)
 
 
 def count_items(signal, data):

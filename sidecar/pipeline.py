@@ -24,6 +24,7 @@ from sidecar.policy.errors import PolicyUnavailable
 from sidecar.rewrite import (
     MalformedRequest,
     ResourceInfo,
+    count_resources,
     rewrite,
     split_resources,
     unknown_field,
@@ -233,16 +234,19 @@ class Pipeline:
         full = self._queue.full_for(signal)
         counting = full or limit is not None
         try:
+            # counted (up to one over the cap) before anything is made per resource: millions of
+            # empty ones fit in a few MiB (a kilobyte compressed), an object each in gigabytes
+            cap = self._max_resources
+            if cap and count_resources(signal, data, stop_at=cap + 1) > cap:
+                # before any policy evaluation: thousands of new resources must not stall every port
+                self._metrics.overload.count(_LISTENERS.get(transport, transport), Action.too_many_resources)
+                raise self._refuse_request(labels, TooManyResources(
+                    f"the request holds more resources than the {cap} allowed "
+                    "(limits.max_resources_per_request); send them in smaller requests"
+                ))
             resources = split_resources(signal, data, validate=False, count=counting)
         except MalformedRequest as exc:
             raise self._refuse_request(labels, _malformed(signal, exc)) from None
-        if self._max_resources and len(resources) > self._max_resources:
-            # before any policy evaluation: thousands of new resources must not stall every port
-            self._metrics.overload.count(_LISTENERS.get(transport, transport), Action.too_many_resources)
-            raise self._refuse_request(labels, TooManyResources(
-                f"the request holds {len(resources)} resources, more than the "
-                f"{self._max_resources} allowed (limits.max_resources_per_request); send them in smaller requests"
-            ))
         counters = self._counters.get(labels)
         if counters is None:
             counters = self._counters[labels] = (

@@ -12,12 +12,13 @@ from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
 
 __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
-           "count_items", "find_pans", "rewrite", "split_resources", "unknown_field",
-           "without_unknown_fields"]
+           "count_items", "count_resources", "find_pans", "rewrite", "split_resources",
+           "unknown_field", "without_unknown_fields"]
 
 IMPLEMENTATION: Final[str]
 
 def count_items(signal: Signal, data: RequestData) -> int: ...
+def count_resources(signal: Signal, data: RequestData, stop_at: int = 0) -> int: ...
 def split_resources(signal: Signal, data: RequestData, validate: bool = True,
                     count: bool = True) -> list[ResourceInfo]: ...
 def rewrite(signal: Signal, data: RequestData, plans: Sequence[Plan]) -> RewriteResult: ...

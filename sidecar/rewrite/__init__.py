@@ -15,7 +15,7 @@ from sidecar._ext import DISABLED
 from sidecar.rewrite._common import MalformedRequest, ResourceInfo, RewriteResult
 
 __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
-           "count_items", "rewrite", "split_resources", "unknown_field", "without_unknown_fields"]
+           "count_items", "count_resources", "rewrite", "split_resources", "unknown_field", "without_unknown_fields"]
 
 NO_EXTENSIONS = DISABLED
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
     from sidecar.rewrite._py import (
         IMPLEMENTATION,
         count_items,
+        count_resources,
         rewrite,
         split_resources,
         unknown_field,
@@ -33,6 +34,7 @@ else:
         from sidecar._ext.rewrite import (
             IMPLEMENTATION,
             count_items,
+            count_resources,
             rewrite,
             split_resources,
             unknown_field,
@@ -42,6 +44,7 @@ else:
         from sidecar.rewrite._py import (
             IMPLEMENTATION,
             count_items,
+            count_resources,
             rewrite,
             split_resources,
             unknown_field,

@@ -78,8 +78,8 @@ from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
 
 __all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
-           "count_items", "find_pans", "rewrite", "split_resources", "unknown_field",
-           "without_unknown_fields"]
+           "count_items", "count_resources", "find_pans", "rewrite", "split_resources",
+           "unknown_field", "without_unknown_fields"]
 
 IMPLEMENTATION = "python"
 
@@ -432,6 +432,24 @@ def _resource_ranges(signal: Signal, data: bytes) -> list[tuple[int, int, int]]:
                 raise wrong_wire_type(fn, wt, t, tag_pos)
             out.append((tag_pos, s, e))
     return out
+
+
+def count_resources(signal: Signal, data: RequestData, stop_at: int = 0) -> int:
+    """The top-level resources of a request, its framing checked at that level only, counted up
+    to ``stop_at`` (0: all of them); nothing is made per resource (a request's cap is checked
+    with it before :func:`split_resources`)."""
+    data = _as_bytes(data)
+    t = REQUEST_TYPE[signal]
+    count = 0
+    pos, end = 0, len(data)
+    while pos < end and (stop_at <= 0 or count < stop_at):
+        tag_pos = pos
+        fn, wt, _, pos, _ = next_field(data, pos, end, t)
+        if fn == 1:
+            if wt != 2:
+                raise wrong_wire_type(fn, wt, t, tag_pos)
+            count += 1
+    return count
 
 
 def count_items(signal: Signal, data: RequestData) -> int:

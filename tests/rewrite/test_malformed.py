@@ -50,6 +50,38 @@ def test_clear_errors(impl, data, message):
         assert str(info.value) == message
 
 
+@pytest.mark.parametrize(("data", "message"), [
+    (b"\x0a\x05\x12", "truncated length-delimited field 1 in ExportTraceServiceRequest at offset 0"),
+    (b"\x0f", "invalid wire type 7 for field 1 in ExportTraceServiceRequest at offset 0"),
+    (b"\x00\x01", "invalid field number 0 in ExportTraceServiceRequest at offset 0"),
+    (b"\x08\x01", "wrong wire type 0 for field 1 in ExportTraceServiceRequest at offset 0"),
+])
+def test_counting_resources_checks_the_top_level_framing(impl, data, message):
+    with pytest.raises(MalformedRequest) as info:
+        impl.count_resources(Signal.TRACES, data)
+    assert str(info.value) == message
+
+
+def test_resources_are_counted_up_to_where_asked_and_nothing_past_it_is_read(impl):
+    """The pipeline checks the resource cap with this before split_resources makes an object per
+    resource: it counts as the split does, and stops one over the cap."""
+    one = ExportTraceServiceRequest()
+    for n in range(3):
+        one.resource_spans.add().resource.attributes.append(attr("service.name", f"s{n}"))
+    data = one.SerializeToString()
+    assert impl.count_resources(Signal.TRACES, data) == len(impl.split_resources(Signal.TRACES, data)) == 3
+    assert impl.count_resources(Signal.TRACES, b"") == 0
+    empty = b"\x0a\x00" * 100_000  # empty ResourceSpans: two bytes each
+    assert impl.count_resources(Signal.TRACES, empty) == 100_000
+    assert impl.count_resources(Signal.TRACES, empty, stop_at=513) == 513
+    # past the stop nothing is read: the malformed tail is left to the split, which refuses it
+    assert impl.count_resources(Signal.TRACES, empty[:20] + b"\x0f", stop_at=5) == 5
+    with pytest.raises(MalformedRequest):
+        impl.count_resources(Signal.TRACES, empty[:20] + b"\x0f")
+    for signal in (Signal.METRICS, Signal.LOGS):
+        assert impl.count_resources(signal, b"\x0a\x00" * 7) == 7
+
+
 def _outcome(mod, signal: Signal, data: bytes, plans_for):
     try:
         infos = mod.split_resources(signal, data)
