@@ -22,6 +22,7 @@ from tests.bounds.harness import SMALL_TRACES, BoundedSidecar, MiB, Probe
 from tests.wire.http2.raw import RST_STREAM, SETTINGS, Raw, request_headers
 
 TRACES = Signal.TRACES.grpc_path
+BUDGET_IN_USE = "otlp_sidecar_overload_budget_in_use_bytes"
 PROTOCOL_ERROR, ENHANCE_YOUR_CALM = 1, 11
 
 
@@ -177,3 +178,55 @@ async def test_connections_that_keep_sending_after_their_goaway_are_drained_then
               f"probe's longest call {probe.result.max_latency * 1000:.0f} ms, peak {sidecar.peak_rss() / MiB:.1f} MiB")
         assert held < 16 * MiB, f"{held / MiB:.1f} MiB held while they flooded"
         sidecar.assert_peak_under()
+
+
+def _hpack_literal(data: bytes, prefix: int = 0x00) -> bytes:
+    """An HPACK string of ``data`` (no Huffman) after a 7-bit-prefix length (RFC 7541 5.1, 5.2)."""
+    length, out = len(data), bytearray()
+    if length < 127:
+        out.append(prefix | length)
+    else:
+        out.append(prefix | 127)
+        length -= 127
+        while length >= 128:
+            out.append((length & 0x7F) | 0x80)
+            length >>= 7
+        out.append(length)
+    return bytes(out) + data
+
+
+@pytest.mark.timeout(120)
+async def test_open_streams_whose_few_bytes_of_indexes_decode_to_large_fields_are_charged_to_the_budget() -> None:
+    """Found in an attacker's review: a 3,800-byte field put once in the HPACK table, then named
+    15 times in each header block (a byte each), decodes to 57 kB joined per stream. 100 streams a
+    connection left open (no END_STREAM) held that outside the receive budget: 40 connections of
+    6.7 kB each took the sidecar from 52 to 276 MiB with the budget at 0. Now a stream's decoded
+    fields are held in its connection's account, and streams beyond the budget are refused."""
+    pad = b"a" * 3800
+    first = (b"\x83\x86" + b"\x44" + _hpack_literal(TRACES.encode()) + b"\x5f\x10application/grpc"
+             + b"\x40" + _hpack_literal(b"x-pad") + _hpack_literal(pad) + b"\xbe" * 14)
+    later = b"\x83\x86\xc0\xbf" + b"\xbe" * 15  # table: 62 x-pad, 63 content-type, 64 :path
+    async with BoundedSidecar() as sidecar, Probe(sidecar, "grpc", interval=0.1) as probe:
+        opened = []
+        for _ in range(40):
+            reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.grpc)
+            data = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">BHBBL", 0, 0, 4, 0, 0)
+            for n in range(100):
+                block = first if n == 0 else later
+                data += struct.pack(">BHBBL", 0, len(block), 1, 0x4, 1 + 2 * n) + block  # no END_STREAM
+            writer.write(data)
+            opened.append((reader, writer))
+        await asyncio.sleep(2.0)  # all read and decoded; the streams wait for a message
+        in_use = await sidecar.metric(BUDGET_IN_USE)
+        assert in_use > 20 * MiB  # held in the budget, as the fields are
+        refused = await sidecar.action("otlp_grpc", "budget_full") + await sidecar.action(
+            "otlp_grpc", "connection_share")
+        assert refused > 0  # 40 x 100 x 57 kB is more than the 40 MiB budget: streams refused
+        sidecar.assert_peak_under()
+        probe.assert_served(max_latency=1.0)
+        for _, writer in opened:
+            writer.close()
+        deadline = time.monotonic() + 15
+        while await sidecar.metric(BUDGET_IN_USE) > MiB:  # given back (the probe's calls aside)
+            assert time.monotonic() < deadline, "the closed connections' fields were not given back"
+            await asyncio.sleep(0.1)

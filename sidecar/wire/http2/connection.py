@@ -96,6 +96,9 @@ log = logging.getLogger("sidecar.wire.http2")
 _RECEIVING, _HANDLING, _ANSWERED = 0, 1, 2
 #: HEADERS plus CONTINUATION frames of one header block (empty CONTINUATIONs cost nothing else)
 MAX_HEADER_FRAGMENTS = 32
+#: what a decoded field holds beyond its name and value octets, charged to the connection's
+#: account with them: two str objects (49 bytes of CPython header each) and a dict slot
+FIELD_OVERHEAD = 128
 #: streams we reset while the client may still be sending on them, whose frames in flight are
 #: ignored (RFC 9113 5.1, "closed"); older ones are forgotten, their late frames are errors
 RECENT_RESETS = 128
@@ -110,8 +113,8 @@ class Stream:
     """One request: its headers, the message as it arrives, and the answer waiting for window."""
 
     __slots__ = (
-        "body", "compressed", "consumed", "context", "headers", "id", "length", "lent", "opened",
-        "path", "pending", "reserved", "reset", "send_window", "state", "touched",
+        "body", "compressed", "consumed", "context", "fields_held", "headers", "id", "length", "lent",
+        "opened", "path", "pending", "reserved", "reset", "send_window", "state", "touched",
     )
 
     def __init__(self, stream_id: int, path: str, headers: Mapping[str, str], send_window: int, tick: int) -> None:
@@ -126,6 +129,7 @@ class Stream:
         self.send_window = send_window
         self.pending = b""  # the answer's DATA still waiting for send window (trailers follow it)
         self.reserved = 0  # bytes of the connection's account held for this call
+        self.fields_held = 0  # of those, what its decoded header fields hold (0 when shared)
         self.lent: bytearray | None = None  # the read buffer its message is in (to the pool when done)
         self.context: object = None  # what the server's authorizer returned for this call
         self.reset = False
@@ -619,7 +623,7 @@ class Connection(asyncio.BufferedProtocol):
         """The handler is done with the stream's message: its bytes go back to the budget."""
         if stream.reserved:
             self._account.give(stream.reserved)
-            stream.reserved = 0
+            stream.reserved = stream.fields_held = 0
         if stream.lent is not None:
             self._server.buffers.put(stream.lent)
             stream.lent = None
@@ -669,12 +673,13 @@ class Connection(asyncio.BufferedProtocol):
             return
         self._header_block(stream_id, flags, bytes(payload))
 
-    def _decode(self, block: bytes) -> DecodedHeaders:
-        """The block's method, path and other fields, or why the request is malformed.
+    def _decode(self, block: bytes) -> tuple[DecodedHeaders, int]:
+        """The block's method, path and other fields, or why the request is malformed; and the
+        bytes a stream holds with them (0 for a cached block's: shared by every stream using it).
         HPACK errors end the connection: the table is then no longer shared."""
         cached = self._header_cache.get(block)
         if cached is not None:
-            return cached
+            return cached, 0
         try:
             fields = self._decoder.decode(block)
         except HeaderListTooLarge:
@@ -682,13 +687,12 @@ class Connection(asyncio.BufferedProtocol):
         except HpackError as exc:
             raise ConnectionFailure(COMPRESSION_ERROR, f"HPACK: {exc}") from None
         result = request_fields(fields)
-        indexed = HeaderCache.only_indexed(block)
-        decoded_size = sum(len(name) + len(value) for name, value in fields) if indexed else 0
-        self._header_cache.put(block, result, indexed, decoded_size)
-        return result
+        decoded_size = sum(len(name) + len(value) for name, value in fields)
+        self._header_cache.put(block, result, HeaderCache.only_indexed(block), decoded_size)
+        return result, decoded_size + FIELD_OVERHEAD * len(fields)
 
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
-        decoded = self._decode(block)  # always: the HPACK table must follow every block
+        decoded, held = self._decode(block)  # always: the HPACK table must follow every block
         stream = self._streams.get(stream_id)
         if stream is not None or stream_id <= self._last_stream:
             # trailers of a request (they end it), or a block for a stream already done
@@ -715,15 +719,24 @@ class Connection(asyncio.BufferedProtocol):
             self._server.count(Action.stream_limit)
         elif isinstance(decoded, StreamFailure):
             refusal = decoded.code
+        elif not self._account.take(held):
+            # the fields a stream keeps are the connection's too: a few bytes of HPACK indexes
+            # decode to up to max_header_list_bytes, held while the stream is open
+            refusal = REFUSED_STREAM  # retried by the client
+            self._server.count(self._account.refused or Action.budget_full)
         else:
-            self._open_stream(stream_id, flags, *decoded)
+            self._open_stream(stream_id, flags, *decoded, held)
             return
         self._out.append(frame(RST_STREAM, 0, stream_id, U32.pack(refusal)))
         if not flags & END_STREAM:
             self._note_reset(stream_id)
 
-    def _open_stream(self, stream_id: int, flags: int, method: str, path: str, headers: Mapping[str, str]) -> None:
+    def _open_stream(
+        self, stream_id: int, flags: int, method: str, path: str, headers: Mapping[str, str], held: int,
+    ) -> None:
+        """A new call; ``held``: what its fields took from the account (given back with the rest)."""
         stream = Stream(stream_id, path, headers, self._peer_initial_window, self._server.tick)
+        stream.reserved = stream.fields_held = held
         self._streams[stream_id] = stream
         if flags & END_STREAM:
             stream.state = _HANDLING  # nothing more comes from the client

@@ -10,10 +10,12 @@ import asyncio
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import hpack
 
 from sidecar.export.grpc_client import frame_message
+from sidecar.wire.http2.connection import FIELD_OVERHEAD
 from sidecar.wire.http2.frames import PREFACE
 
 __all__ = [
@@ -35,6 +37,17 @@ def request_headers(path: str = PATH, **extra: str) -> list[tuple[str, str]]:
     headers = [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "test"),
                ("content-type", "application/grpc"), ("te", "trailers")]
     return headers + [(k.replace("_", "-"), v) for k, v in extra.items()]
+
+
+def fields_held(server: Any) -> int:
+    """What the open calls' decoded header fields hold of the receive budget (a block decoded
+    for the call; 0 for one shared from the connection's cache of indexed blocks)."""
+    return sum(stream.fields_held for connection in server.connections for stream in connection._streams.values())
+
+
+def fields_charge(headers: list[tuple[str, str]]) -> int:
+    """What a call's fields take from the budget when its block is decoded for it."""
+    return sum(len(name) + len(value) + FIELD_OVERHEAD for name, value in headers)
 
 
 class Raw:
