@@ -1,6 +1,7 @@
 """Decide whether a pod gets the sidecar, and build the JSONPatch that injects it.
 
-Pure functions over plain dicts (the pod as the API server sends it): no I/O, so
+Pure functions over plain dicts (the pod as the API server sends it): no I/O (but for
+``injection.sidecar_config_file``, which the PCI check reads as the sidecar would), so
 the HTTP layer, the ``webhook inject`` command and the tests share one code path.
 The patch only uses ``add`` operations, ordered so that every index it names is
 still valid when the operation is applied (RFC 6902 applies them in sequence).
@@ -8,6 +9,7 @@ still valid when the operation is applied (RFC 6902 applies them in sequence).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import re
@@ -17,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sidecar import __version__
-from sidecar.configkit import ConfigError
+from sidecar.configkit import ConfigError, env_names
 from sidecar.webhook.config import APP_PROTOCOLS, InjectionConfig, PolicySetConfig, WebhookConfig, quantity_bytes
 
 ANNOTATION_INJECT = "otlp-sidecar.io/inject"
@@ -110,6 +112,13 @@ def decide(pod: Any, namespace: str, scope: Scope, config: WebhookConfig) -> Dec
             f"or a container named {SIDECAR_NAME}) that is not the injected one ({injection.image}); "
             "remove the annotation or rename the container"
         )
+    if scope is Scope.PCI and claims_sidecar:
+        # the pod is admitted with the sidecar it carries (reinvocation, a re-created pod): it must mask too
+        for container in containers + init_containers:
+            if container.get("name") == SIDECAR_NAME:
+                problem = _pci_mode_problem(container, injection, f"the pod's {SIDECAR_NAME} container")
+                if problem is not None:
+                    raise Refused(f"namespace {namespace} is in PCI scope: {problem}")
     if ANNOTATION_STATUS in annotations:
         return Decision(False, f"already injected ({ANNOTATION_STATUS} is set)")
     if any(c.get("name") == SIDECAR_NAME for c in containers + init_containers):
@@ -117,9 +126,6 @@ def decide(pod: Any, namespace: str, scope: Scope, config: WebhookConfig) -> Dec
 
     wanted = _inject_annotation(annotations)
     if scope is Scope.PCI:
-        problem = _pci_mode_problem(injection)
-        if problem is not None:
-            raise Refused(f"namespace {namespace} is in PCI scope: {problem}")
         if wanted is False:
             raise Refused(
                 f"namespace {namespace} is in PCI scope: its pods must run with the otlp-sidecar; "
@@ -145,13 +151,19 @@ def decide(pod: Any, namespace: str, scope: Scope, config: WebhookConfig) -> Dec
             "policies.defaultSet, or `webhook inject` without --config); PCI-scope pods are only "
             "admitted with the chart's policies"
         )
+    sidecar = sidecar_container(policy_set is not None, injection, workload_of(metadata))
+    if scope is Scope.PCI:
+        # the container injected below, as the sidecar will load it
+        problem = _pci_mode_problem(sidecar, injection, "injection.extra_env (the chart's sidecar.extraEnv)")
+        if problem is not None:
+            raise Refused(f"namespace {namespace} is in PCI scope: {problem}")
     protocol = _app_protocol(annotations, injection)
     reason = f"injected ({scope.value} scope)"
     if injection.bundles:
         reason += "; policy bundles: " + ", ".join(b.partition("=")[0] for b in injection.bundles)
     elif policy_set is None:
         reason += "; no policy set configured: the sidecar applies the policies bundled in its image"
-    return Decision(True, reason, _patch(pod, scope, set_name, policy_set, injection, protocol))
+    return Decision(True, reason, _patch(pod, scope, set_name, policy_set, injection, protocol, sidecar))
 
 
 def _app_protocol(annotations: Mapping[str, str], injection: InjectionConfig) -> str:
@@ -277,6 +289,7 @@ def _patch(
     policy_set: PolicySetConfig | None,
     injection: InjectionConfig,
     protocol: str,
+    sidecar: dict[str, Any],
 ) -> list[dict[str, Any]]:
     spec = pod["spec"]
     metadata = pod["metadata"]
@@ -309,7 +322,6 @@ def _patch(
         ops.extend({"op": "add", "path": "/spec/volumes/-", "value": v} for v in volumes)
 
     # 3. the sidecar: first init container (native) or last container
-    sidecar = sidecar_container(policy_set is not None, injection, workload_of(metadata))
     if native:
         if spec.get("initContainers") is None:
             ops.append({"op": "add", "path": "/spec/initContainers", "value": [sidecar]})
@@ -605,14 +617,86 @@ def check_injected_sidecar(config: WebhookConfig) -> None:
         raise ConfigError("injection", f"every injected sidecar would refuse to start: {exc}") from None
 
 
-def _pci_mode_problem(injection: InjectionConfig) -> str | None:
-    """Why a PCI-scope pod cannot get this sidecar: extra_env sets a policy mode that forwards
-    card numbers unmasked (passthrough, dry_run)."""
-    mode = injection.extra_env.get("SIDECAR_POLICY_MODE", "enforce").strip().lower()
-    if mode == "enforce":
+#: the sidecar's settings that decide whether it masks: policy.mode and its older spelling policy.dry_run
+_MODE_SETTINGS = ("mode", "dry_run")
+
+
+def mode_variables() -> tuple[str, ...]:
+    """The environment variables the sidecar reads its policy mode from, from the sidecar's own
+    declarations (``SIDECAR_POLICY_MODE``, ``SIDECAR_POLICY_DRY_RUN``)."""
+    from sidecar.policy.config import PolicyConfig
+
+    fields = {f.name: f for f in dataclasses.fields(PolicyConfig)}
+    return tuple(name for key in _MODE_SETTINGS for name in env_names("policy", fields[key]))
+
+
+def _run_config_file(container: Mapping[str, Any], injection: InjectionConfig, where: str) -> tuple[str, str]:
+    """(``--config`` file, problem) of a sidecar container: its command must be the one the webhook
+    injects (``otlp-sidecar run [--grace N] [--config injection.sidecar_config_file]``), or the webhook
+    cannot tell what configuration it loads."""
+    command, args = container.get("command") or [], container.get("args") or []
+    argv = [str(part) for part in [*command, *args]] if isinstance(command, list) and isinstance(args, list) else []
+    options = argv[2:]
+    pairs = dict(zip(options[::2], options[1::2], strict=False))
+    if (argv[:2] != ["otlp-sidecar", "run"] or len(options) % 2 or len(pairs) != len(options) // 2
+            or not set(pairs) <= {"--grace", "--config"} or not pairs.get("--grace", "0").isdigit()):
+        shown = repr(" ".join(argv)) if argv else "its image's entrypoint"
+        return "", (f"{where} runs {shown}, not the command the webhook injects (otlp-sidecar run "
+                    "--grace N): the webhook cannot tell which policy mode it starts in; use the injected command")
+    config_file = pairs.get("--config", "")
+    if config_file and config_file != injection.sidecar_config_file:
+        return "", (f"{where} runs with --config {config_file}, which the webhook cannot read (only "
+                    "injection.sidecar_config_file): it cannot tell which policy mode the sidecar starts in; "
+                    "remove --config")
+    return config_file, ""
+
+
+def _pci_mode_problem(container: Mapping[str, Any], injection: InjectionConfig, where: str) -> str | None:
+    """Why a PCI-scope pod cannot be admitted with this sidecar container (the one injected, or the
+    one the pod already carries): the configuration it would load, read by the sidecar's own loader
+    from its environment and its --config file, puts its policy in a mode that forwards card numbers
+    unmasked (dry_run, passthrough, in any spelling the loader takes), or the webhook cannot read
+    that configuration (a mode variable from valueFrom, envFrom, another --config or command)."""
+    from sidecar.config import load  # the sidecar's loader: imported here, where it is used
+
+    variables = mode_variables()
+    alternatives = " or ".join(variables)
+    config_file, problem = _run_config_file(container, injection, where)
+    if problem:
+        return problem
+    if container.get("envFrom"):
+        return (f"{where} takes variables from envFrom (a ConfigMap or Secret the webhook cannot read), which "
+                f"could set {alternatives}: the webhook cannot tell whether the sidecar masks card numbers; "
+                "remove envFrom")
+    env: dict[str, str] = {}
+    for item in container.get("env") or []:
+        name = str(item.get("name", ""))
+        if "valueFrom" not in item:
+            # Kubernetes gives a variable without value or valueFrom the empty string
+            env[name] = str(item.get("value", ""))
+        elif name in variables:
+            return (f"{where} takes {name} from valueFrom (a ConfigMap, Secret or field the webhook cannot "
+                    "read): the webhook cannot tell whether the sidecar masks card numbers; set "
+                    f"{name} to a value or remove it")
+        else:
+            env.pop(name, None)  # the later entry wins; its value is unknown here, as for the loader's default
+    try:
+        policy = load(config_file or None, env=env).policy
+    except ConfigError as exc:
+        if exc.key == "--config":
+            return (f"injection.sidecar_config_file: the webhook cannot read it ({exc.message}), so it cannot "
+                    "tell which policy mode the sidecar starts in; PCI-scope pods are only admitted with "
+                    "a sidecar known to enforce its policies")
+        return (f"{where} gives the sidecar a configuration it refuses to start with ({exc}); PCI-scope pods "
+                "are only admitted with the sidecar in enforce mode")
+    if policy.enforcing:
         return None
-    return (f"injection.extra_env sets SIDECAR_POLICY_MODE={mode}, which forwards card numbers unmasked; "
-            "PCI-scope pods are only admitted with the sidecar in enforce mode")
+    given = [f"{name}={env[name]}" for name in variables if name in env]
+    source = f"{where} sets {' and '.join(given)}" if given else (
+        f"injection.sidecar_config_file {config_file} sets [policy] mode or dry_run")
+    change = f"remove {' and '.join(n for n in variables if n in env)}" if given else "set mode = \"enforce\" there"
+    return (f"{source}, which forwards card numbers unmasked (the sidecar's policy.mode would be "
+            f"{policy.mode}); PCI-scope pods are only admitted with the sidecar in enforce mode: {change}")
 
 
 def apply_patch(document: Any, ops: list[dict[str, Any]]) -> Any:
