@@ -8,6 +8,7 @@ such action is counted in otlp_sidecar_overload_actions_total."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -105,3 +106,30 @@ async def test_malformed_requests_are_answered_and_counted() -> None:
         assert statuses == [400, 400, 431]
         assert await sidecar.action("otlp_http", "malformed_request") == 3
         assert "Traceback" not in sidecar.log
+
+
+async def test_pipelined_requests_whose_answers_are_never_read_wait_in_tcp_not_in_the_sidecar() -> None:
+    """Found in an attacker's review: requests pipelined behind answers the client never reads
+    (a 30 kB Content-Type quoted back in each 415) were read ahead into a buffer that doubled,
+    charged to no account, until the write-pause timeout: 100 connections held 43 MiB outside the
+    receive budget (220 MiB at the connection cap). Once its answers back up, a connection reads
+    no more: the rest waits in TCP."""
+    request = (b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Type: "
+               + b"a" * 30_000 + b"\r\n\r\n")
+    async with BoundedSidecar() as sidecar, Probe(sidecar) as probe:
+        await asyncio.sleep(0.5)
+        before = sidecar.rss()
+        writers = []
+        for _ in range(100):
+            reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.http, limit=4096)
+            writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            writer.transport.set_write_buffer_limits(high=64 << 20)  # keep writing whatever the peer reads
+            writer.write(request * 200)  # 6 MB each; none of the answers is read
+            writers.append((reader, writer))
+        await asyncio.sleep(4.0)  # the sidecar reads, answers, its writes back up, it stops reading
+        held = sidecar.rss() - before
+        assert held < 30 * MiB, f"100 silent pipelining connections hold {held / MiB:.0f} MiB"
+        probe.assert_served(max_latency=LATENCY * 2)
+        sidecar.assert_peak_under()
+        for _, writer in writers:
+            writer.transport.abort()

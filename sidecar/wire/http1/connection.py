@@ -191,6 +191,11 @@ class _Connection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self.write_paused_at = self._loop.time()
+        # a client that does not take its answers sends no more meanwhile: what it sends waits
+        # in TCP, not in this connection's buffer (read ahead of an unparsed head is in no account)
+        if not self._read_paused and self._state != _CLOSED and self._transport is not None:
+            self._read_paused = True
+            self._transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused_at = 0.0
