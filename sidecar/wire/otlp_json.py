@@ -15,6 +15,7 @@ import binascii
 import concurrent.futures
 import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from google.protobuf.message import DecodeError, Message
@@ -22,6 +23,7 @@ from google.protobuf.message import DecodeError, Message
 from sidecar.overload.budget import Account
 from sidecar.overload.reasons import Action
 from sidecar.signals import Signal
+from sidecar.wire import json_charge
 
 #: JSON keys holding ids that OTLP encodes as hex, with their byte lengths
 _ID_KEYS = {"traceId": 16, "spanId": 8, "parentSpanId": 8}
@@ -45,19 +47,15 @@ class JsonRefused(InvalidJSON):
 #: default bounds (limits.json_max_depth, limits.json_max_items)
 MAX_DEPTH = 64
 MAX_ITEMS = 200_000
-#: bytes a decoded object or array costs, about (a dict with its keys, a list, the upb message
-#: they become), charged to the budget before decoding, with twice the text's size
-ITEM_COST = 200
 #: one thread converts OTLP/JSON: json.loads and json_format hold the GIL, but the event loop
 #: gets it back every switch interval (5 ms), so a large body never freezes the other clients
 _WORKER: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def json_cost(text: bytes) -> tuple[int, int]:
-    """(objects and arrays at most, bytes to charge) for an OTLP/JSON text, without decoding it.
-    Braces inside strings count too: an upper bound, found at C speed."""
-    items = text.count(b"{") + text.count(b"[")
-    return items, 2 * len(text) + items * ITEM_COST
+def json_cost(text: bytes, max_depth: int = MAX_DEPTH) -> tuple[int, int]:
+    """(objects and arrays at most, bytes to charge) for an OTLP/JSON text, without decoding it:
+    an upper bound of what converting it holds at once (sidecar.wire.json_cost), found at C speed."""
+    return json_charge.charge(text, max_depth)
 
 
 async def json_to_protobuf_bounded(
@@ -70,30 +68,34 @@ async def json_to_protobuf_bounded(
 ) -> bytes:
     """:func:`json_to_protobuf` within bounds, off the event loop: more than ``max_items`` objects
     and arrays (counted before decoding) → 413; nested deeper than ``max_depth`` → 400; what
-    decoding costs is taken from ``account`` first (503 when the budget is short, 413 when more
-    than a connection may hold). The caller gives back what ``account`` holds beyond before."""
-    text = body.tobytes() if isinstance(body, memoryview) else bytes(body)
-    items, cost = json_cost(text)
+    decoding costs is taken from ``account`` first (503 when the budget or the connection's share
+    is short now, 413 when the body and its cost could never fit a connection's share). The
+    caller gives back what ``account`` holds beyond before."""
+    global _WORKER
+    if _WORKER is None:
+        _WORKER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="otlp-json")
+    loop = asyncio.get_running_loop()
+    # the copy json.loads needs is charged with the rest (json_charge.COPY); the body itself is
+    # held (and charged) by the caller until the request is queued
+    box = [body.tobytes() if isinstance(body, memoryview) else bytes(body)]
+    items, cost = await loop.run_in_executor(_WORKER, json_cost, box[0], max_depth)  # ~4 ms a MiB
     if items > max_items:
         raise JsonRefused(
             f"the JSON body holds {items} objects and arrays, more than the {max_items} allowed "
             "(limits.json_max_items); send smaller requests", Action.json_too_many_items)
     if account is not None and not account.take(cost):
-        if cost > account.share:
+        if len(body) + cost > account.share:  # this request alone: it never fits, retrying cannot help
             raise JsonRefused(
-                f"the JSON body would take about {cost} bytes decoded, more than the {account.share} "
-                "one connection may hold; send smaller requests", Action.json_too_many_items)
+                f"the JSON body would take about {cost} bytes to decode, with its {len(body)} bytes more "
+                f"than the {account.share} one connection may hold; send smaller requests",
+                Action.json_too_many_items)
         raise JsonRefused(account.message(), account.refused or Action.budget_full)
-    global _WORKER
-    if _WORKER is None:
-        _WORKER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="otlp-json")
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_WORKER, _convert, signal, text, max_depth)
+    return await loop.run_in_executor(_WORKER, _convert, signal, box, max_depth)
 
 
-def _convert(signal: Signal, text: bytes, max_depth: int) -> bytes:
-    document = _loads(text, max_depth)
-    del text
+def _convert(signal: Signal, box: list[bytes], max_depth: int) -> bytes:
+    """Decode the text ``box`` holds (taken out of it: nothing holds the text once decoded)."""
+    document = _loads(box.pop(), max_depth)
     _check_depth(document, max_depth)
     return _to_protobuf(signal, document)
 
@@ -115,16 +117,22 @@ def _loads(text: bytes, max_depth: int) -> Any:
 
 
 def _check_depth(document: Any, max_depth: int) -> None:
-    """Refuse a document nested deeper than ``max_depth`` (walked without recursion)."""
-    stack: list[tuple[Any, int]] = [(document, 1)]
+    """Refuse a document nested deeper than ``max_depth`` (walked without recursion, holding one
+    iterator per level: at most ``max_depth`` of them)."""
+    if not isinstance(document, dict | list):
+        return
+    stack: list[Iterator[Any]] = [iter(document.values() if isinstance(document, dict) else document)]
     while stack:
-        node, depth = stack.pop()
-        if depth > max_depth:
-            raise _too_deep(max_depth)
-        if isinstance(node, dict):
-            stack.extend((value, depth + 1) for value in node.values() if isinstance(value, dict | list))
-        elif isinstance(node, list):
-            stack.extend((value, depth + 1) for value in node if isinstance(value, dict | list))
+        node = next(stack[-1], _END)
+        if node is _END:
+            stack.pop()
+        elif isinstance(node, dict | list):
+            if len(stack) >= max_depth:
+                raise _too_deep(max_depth)
+            stack.append(iter(node.values() if isinstance(node, dict) else node))
+
+
+_END = object()
 
 
 def json_to_protobuf(signal: Signal, body: bytes | memoryview, max_depth: int = MAX_DEPTH) -> bytes:
@@ -173,27 +181,42 @@ def response_json(message: Message) -> bytes:
     return json.dumps(message_to_json(message), separators=(",", ":")).encode()
 
 
-def _ids_hex_to_base64(node: Any, path: str) -> None:
+def _ids_hex_to_base64(node: Any, path: _Path) -> None:
+    """Hex ids as base64, in place. ``path`` is only formatted for an error: a string per level
+    would hold the keys above it at every level (quadratic in the depth)."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key in _ID_KEYS and isinstance(value, str):
-                node[key] = _hex_id(value, _ID_KEYS[key], f"{path}.{key}")
-            else:
-                _ids_hex_to_base64(value, f"{path}.{key}")
+                node[key] = _hex_id(value, _ID_KEYS[key], (path, key))
+            elif isinstance(value, dict | list):
+                _ids_hex_to_base64(value, (path, key))
     elif isinstance(node, list):
         for index, item in enumerate(node):
-            _ids_hex_to_base64(item, f"{path}[{index}]")
+            if isinstance(item, dict | list):
+                _ids_hex_to_base64(item, (path, index))
 
 
-def _hex_id(value: str, size: int, path: str) -> str:
+#: where a value is: (the path of its container, its key or index), "$" at the top
+_Path = tuple[Any, str | int] | str
+
+
+def _format_path(path: _Path) -> str:
+    parts: list[str] = []
+    while isinstance(path, tuple):
+        path, step = path
+        parts.append(f"[{step}]" if isinstance(step, int) else f".{step[:40]}")
+    return path + "".join(reversed(parts))
+
+
+def _hex_id(value: str, size: int, path: _Path) -> str:
     if value == "":
         return ""
     try:
         raw = bytes.fromhex(value)
     except ValueError:
-        raise InvalidJSON(f"{path} must be a hex string, got {value[:40]!r}") from None
+        raise InvalidJSON(f"{_format_path(path)} must be a hex string, got {value[:40]!r}") from None
     if len(raw) != size:
-        raise InvalidJSON(f"{path} must be {size * 2} hex digits, got {len(value)}")
+        raise InvalidJSON(f"{_format_path(path)} must be {size * 2} hex digits, got {len(value)}")
     return base64.b64encode(raw).decode("ascii")
 
 

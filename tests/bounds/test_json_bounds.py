@@ -52,6 +52,43 @@ async def test_hostile_json_gets_a_clear_4xx_and_no_traceback(make, status: int,
         assert "Traceback" not in sidecar.log and " ERROR " not in sidecar.log
 
 
+def _scalar_bloat(item: bytes, size: int = int(7.5 * attacks.MiB)) -> bytes:
+    """The review's attack: an unknown field holding an array of short scalars (ignored by OTLP,
+    13x its text once json.loads built it), 7.5 MiB: within one connection's share as wire bytes."""
+    return b'{"resourceSpans":[],"x":[' + b",".join([item] * (size // (len(item) + 1))) + b"]}"
+
+
+def _bounds_bloat(size: int = int(7.5 * attacks.MiB)) -> bytes:
+    """A histogram's explicitBounds of 1e9 (a float each, and 8 bytes of upb each)."""
+    return (b'{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"m","histogram":{"dataPoints":[{'
+            b'"explicitBounds":[' + b",".join([b"1e9"] * (size // 4)) + b'],"bucketCounts":[]}]}}]}]}]}')
+
+
+BLOAT = {
+    "7.5 MiB of short strings in an unknown field": (lambda: _scalar_bloat(b'"ab"'), "/v1/traces"),
+    "7.5 MiB of small integers in an unknown field": (lambda: _scalar_bloat(b"-6"), "/v1/traces"),
+    "7.5 MiB of histogram bounds": (_bounds_bloat, "/v1/metrics"),
+}
+
+
+@pytest.mark.parametrize(("make", "path"), BLOAT.values(), ids=BLOAT.keys())
+async def test_json_that_decodes_to_many_times_its_size_is_refused_before_decoding(make, path: str) -> None:
+    """Before: charged 2x its text, held 13x: peak RSS 52 -> 191 MiB, answered 200."""
+    body = make()
+    async with BoundedSidecar() as sidecar:
+        async with Probe(sidecar) as probe:
+            started = time.perf_counter()
+            status, answer = await http_post(sidecar.http, path, body, content_type="application/json")
+            elapsed = time.perf_counter() - started
+        assert status == 413, answer  # final: the body and its decoding never fit one connection
+        assert "one connection may hold" in message(answer)
+        assert elapsed < 3.0
+        probe.assert_served(LATENCY)
+        sidecar.assert_peak_under()
+        assert await sidecar.action("otlp_http", "json_too_many_items") == 1
+        assert "Traceback" not in sidecar.log and " ERROR " not in sidecar.log
+
+
 async def test_a_lower_items_limit_applies() -> None:
     body = attacks.json_empty_spans(2000)
     async with BoundedSidecar(SIDECAR_LIMITS_JSON_MAX_ITEMS="1000") as sidecar:
@@ -59,11 +96,15 @@ async def test_a_lower_items_limit_applies() -> None:
         assert status == 413 and "more than the 1000 allowed (limits.json_max_items)" in message(answer)
 
 
-async def test_a_large_valid_json_request_is_converted_while_others_are_served() -> None:
-    """5,000 SDK spans as OTLP/JSON (about 3 MB): accepted whole, converted off the event loop."""
+SPANS = 512
+
+
+async def test_an_sdk_batch_as_json_is_converted_while_others_are_served() -> None:
+    """512 SDK spans (an SDK's batch) as OTLP/JSON (about 270 kB): accepted whole, converted off the
+    event loop. (5,000 spans, 2.6 MB, hold about 24 MiB decoded: more than one connection's share.)"""
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-    request = encode_spans(sdk.make_spans(5000, attributes={"batch": "json"}))
+    request = encode_spans(sdk.make_spans(SPANS, attributes={"batch": "json"}))
     body = json.dumps(message_to_json(request)).encode()
     assert json_format  # the JSON mapping the sidecar reads back
     async with BoundedSidecar() as sidecar:
@@ -73,7 +114,7 @@ async def test_a_large_valid_json_request_is_converted_while_others_are_served()
         def batch() -> int:  # the probe's spans are there too
             return sum(1 for span in sidecar.upstream.spans() if any(a.key == "batch" for a in span.attributes))
 
-        await sidecar.upstream.wait_for(lambda: batch() == 5000, timeout=30)
+        await sidecar.upstream.wait_for(lambda: batch() == SPANS, timeout=30)
         probe.assert_served(LATENCY)
         sidecar.assert_peak_under()
         print(f"JSON of {len(body) / 2**20:.1f} MiB: peak RSS {sidecar.peak_rss() / 2**20:.1f} MiB")

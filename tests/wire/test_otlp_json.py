@@ -51,9 +51,10 @@ async def test_hostile_json_is_refused_with_its_action(body: bytes, action: str,
 
 async def test_json_over_the_budget_is_refused_before_decoding() -> None:
     from sidecar.overload.budget import MemoryBudget
-    from sidecar.wire.otlp_json import JsonRefused, json_to_protobuf_bounded
+    from sidecar.wire.otlp_json import JsonRefused, json_cost, json_to_protobuf_bounded
 
-    body = b'{"resourceSpans":[{"scopeSpans":[{"spans":[' + b",".join([b"{}"] * 10_000) + b"]}]}]}"
+    body = b'{"resourceSpans":[{"scopeSpans":[{"spans":[' + b",".join([b"{}"] * 2_000) + b"]}]}]}"
+    assert 1 << 20 < json_cost(body)[1] < 4 << 20
     small = MemoryBudget(1 << 20, per_connection=1 << 20)
     with pytest.raises(JsonRefused, match="one connection may hold") as refused:
         await json_to_protobuf_bounded(Signal.TRACES, body, account=small.account())
