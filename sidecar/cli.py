@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -43,4 +45,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
-    return int(handler(args) or 0)
+    try:
+        code = int(handler(args) or 0)
+        sys.stdout.flush()
+    except BrokenPipeError:  # every command: a reader that goes away (``| head``) ends it quietly
+        return reader_gone()
+    return code
+
+
+def reader_gone() -> int:
+    """stdout's reader is gone: exit 141 (128 + SIGPIPE, as a C tool does), without a traceback."""
+    # point stdout at /dev/null so that the interpreter's final flush is silent
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from sidecar.cli import reader_gone
 from sidecar.policy.masked_text import mask_strings
 
 DEFAULT_DIR = "policies"
@@ -245,7 +246,7 @@ def write_lines(lines: list[str]) -> int:
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
     except BrokenPipeError:
-        return _reader_gone()
+        return reader_gone()
     return 0
 
 
@@ -257,16 +258,9 @@ def pipe_safe(handler: Callable[[argparse.Namespace], int]) -> Callable[[argpars
             code = handler(args)
             sys.stdout.flush()
         except BrokenPipeError:
-            return _reader_gone()
+            return reader_gone()
         return code
 
     return run
 
 
-def _reader_gone() -> int:
-    import signal
-
-    # stdout is gone: point it at /dev/null so that the interpreter's final flush is silent
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    return 128 + signal.SIGPIPE

@@ -121,6 +121,18 @@ def test_config_check_command(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
 
 
+def test_a_command_whose_reader_goes_away_ends_quietly() -> None:
+    """`otlp-sidecar config check --print | head` ended in a BrokenPipeError traceback (found in a
+    new user's walk through the docs): now every command exits 141 (128 + SIGPIPE) as a C tool."""
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "config", "check", "--print", str(VALID_FULL)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before a line is written
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
 def test_run_refuses_to_start_on_bad_config() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "sidecar", "run", "--config", str(INVALID / "timeout_not_a_duration.toml")],
