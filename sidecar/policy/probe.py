@@ -31,6 +31,8 @@ from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
 
 PROBE_SERVICE = "otlp-sidecar-pci-probe"
+#: the key of the probe's nested map, and the prefix of the keys in it (no app exempts them)
+NESTED = "otlp_sidecar.probe.nested"
 #: a keyed hash in the output: its hex may hold a digit run that looks like a card by chance
 _HASHED = re.compile(rb"hmac-sha256:[0-9a-f]{64}")
 
@@ -91,19 +93,20 @@ class _Planter:
         return KeyValue(key=key, value=AnyValue(string_value=self.text(place)))
 
     def nested(self, place: str) -> KeyValue:
-        """A map holding a map and an array, each with a card number."""
+        """A map holding a map and an array, each with a card number. Its keys are the probe's
+        own: an exemption naming an app's key (``note``) must not exempt the probe's numbers."""
         value = AnyValue()
         outer = value.kvlist_value.values
-        outer.add(key="note", value=AnyValue(string_value=self.text(f"{place} map value")))
+        outer.add(key=f"{NESTED}.note", value=AnyValue(string_value=self.text(f"{place} map value")))
         outer.add(key=self.text(f"{place} map key"), value=AnyValue(string_value="keyed by a card number"))
-        inner = outer.add(key="inner").value.kvlist_value.values
-        inner.add(key="deeper", value=AnyValue(string_value=self.text(f"{place} map in a map")))
-        array = outer.add(key="list").value.array_value.values
+        inner = outer.add(key=f"{NESTED}.inner").value.kvlist_value.values
+        inner.add(key=f"{NESTED}.deeper", value=AnyValue(string_value=self.text(f"{place} map in a map")))
+        array = outer.add(key=f"{NESTED}.list").value.array_value.values
         array.add(int_value=7)
         array.add(string_value=self.text(f"{place} array in a map"))
         array.add().kvlist_value.values.add(
-            key="item", value=AnyValue(string_value=self.text(f"{place} map in an array")))
-        return KeyValue(key="otlp_sidecar.probe.nested", value=value)
+            key=f"{NESTED}.item", value=AnyValue(string_value=self.text(f"{place} map in an array")))
+        return KeyValue(key=NESTED, value=value)
 
     def attributes(self, place: str) -> list[KeyValue]:
         return [

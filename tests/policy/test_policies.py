@@ -185,3 +185,25 @@ def test_shipped_tests_pass_with_any_valid_data(tmp_path: Path, name: str, chang
     assert any(d.kind == "pan" for d in plan.detectors)
     if "ratio" in change.get("sampling", {}):
         assert plan.sampling is not None and plan.sampling.ratio == float(change["sampling"]["ratio"])
+
+
+@pytest.mark.parametrize("key", ["note", "item", "deeper"])
+def test_an_exemption_naming_a_common_key_does_not_trip_the_pci_probe(tmp_path: Path, key: str) -> None:
+    """Found in a new user's walk through the docs: the probe planted its numbers in a map under
+    the keys note, item and deeper, so an exemption of an app's `note` made `policy test` (and
+    every load) report card numbers left unmasked, naming places the user never wrote. The probe's
+    keys are its own now."""
+    import shutil
+    import subprocess
+    import sys
+
+    target = tmp_path / "policies"
+    shutil.copytree(POLICIES, target)
+    data_file = target / "data.json"
+    data = json.loads(data_file.read_text())
+    data["otlp_sidecar"]["config"]["exemptions"] = [
+        {"rule_id": "qa.test_cards", "key": key, "reason": "QA test cards"}]
+    data_file.write_text(json.dumps(data))
+    done = subprocess.run([sys.executable, "-m", "sidecar", "policy", "test", str(target)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
