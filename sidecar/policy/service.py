@@ -167,6 +167,14 @@ class PolicyService:
                 "forwarded UNCHANGED - card numbers are NOT masked, tenants NOT stamped"
             )
         if self._remote is not None:
+            if self.config.dir:
+                # the chart always mounts its set: with a remote OPA it is not what decides
+                log.warning(
+                    "policy.backend is opa: policy.dir %s is not loaded (the OPA server's policies decide); "
+                    "neither its tests nor the PCI probe run on the server's policies, and its data.json "
+                    "(sampling, tenant, exemptions) is not used; card numbers in strings are still masked "
+                    "(the engine's PCI guarantee applies to every plan)", self.config.dir,
+                )
             await self._start_remote()
         else:
             origin = self.config.dir or f"{self._dir} (the bundled policy set)"

@@ -188,3 +188,17 @@ async def test_opa_unreachable_at_start_is_not_fatal(make_service, hash_key_file
     assert "unreachable" in service.status()["last_reload_error"]
     with pytest.raises(PolicyUnavailable):
         await service.plans_for(Signal.TRACES, resources("a"), PEER, "grpc")
+
+
+async def test_a_policy_dir_beside_a_remote_opa_is_named_as_not_loaded(make_service, opa: FakeOpa, hash_key_file,
+                                                                          caplog) -> None:
+    """Found in a new user's walk through the chart: the chart always mounts its policy set, and
+    with backend opa (through extraEnv) it was silently not used (nor its tests, its PCI probe,
+    its data.json). It is still not used (OPA decides), but the sidecar says so at start."""
+    caplog.set_level("WARNING", logger="sidecar.policy.service")
+    await make_service(**remote(opa, hash_key_file), dir=str(POLICIES))
+    warned = [r.getMessage() for r in caplog.records if "is not loaded" in r.getMessage()]
+    assert len(warned) == 1 and str(POLICIES) in warned[0] and "PCI probe" in warned[0]
+    caplog.clear()
+    await make_service(**remote(opa, hash_key_file))  # no directory given: nothing to say
+    assert not [r for r in caplog.records if "is not loaded" in r.getMessage()]
