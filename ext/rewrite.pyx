@@ -10,6 +10,7 @@ keyed hashes (rare) call Python's ``hmac``. Plans are compiled once into C struc
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memmove
 
@@ -23,9 +24,11 @@ import hmac as _hmac
 
 from sidecar.rewrite._common import (
     HASH_PREFIX_BYTES,
+    MAX_GROWTH,
     MalformedRequest,
     ResourceInfo,
     RewriteResult,
+    RewriteTooLarge,
     compile_plan,
     decode_attributes,
 )
@@ -48,7 +51,7 @@ from sidecar.rewrite.plan import Plan
 
 from sidecar._ext.cards import find_pans  # the detector's Python API, also here as before
 
-__all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
+__all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult", "RewriteTooLarge",
            "count_items", "count_resources", "find_pans", "rewrite", "split_resources",
            "unknown_field", "without_unknown_fields"]
 
@@ -89,7 +92,8 @@ def _load_schema():
             if getattr(module, name) != value:
                 raise RuntimeError(f"sidecar/_ext/state.pxd: {name} is {value}, the twin's is"
                                    f" {getattr(module, name)}")
-    if len(schema.NAMES) != NTYPES or common.MAX_THRESHOLD != MAX_THRESHOLD:
+    if len(schema.NAMES) != NTYPES or common.MAX_THRESHOLD != MAX_THRESHOLD \
+            or common.EDIT_BYTES != EDIT_BYTES:
         raise RuntimeError("sidecar/_ext/state.pxd does not match sidecar/rewrite/_schema.py")
 
 
@@ -747,6 +751,9 @@ cdef Py_ssize_t scan_string(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_
                 return 0
             if put_hmac(st, &st.scratch, st.pans[k].digits, st.pans[k].nd) < 0:
                 return 0
+            if st.scratch.n > st.max_growth and not st.dry:  # its edit would be refused
+                fail(st, E_GROWTH, 0, 0, 0, 0)
+                return 0
             last = st.pans[k].j
         if buf_put(st, &st.scratch, s + last, (ve - vs) - last) < 0:
             return 0
@@ -1402,6 +1409,8 @@ cdef void st_init(St* st, const unsigned char* data, Py_ssize_t size) noexcept:
     st.ts_new_len = 0
     st.has_ts_new = 0
     st.ts_last = -1
+    st.grown = 0
+    st.max_growth = PY_SSIZE_T_MAX
     st.err = E_NONE
 
 
@@ -1570,9 +1579,10 @@ def split_resources(signal, data, bint validate=True, bint count=True):
         PyBuffer_Release(&view)
 
 
-def rewrite(signal, data, plans):
+def rewrite(signal, data, plans, Py_ssize_t max_growth=MAX_GROWTH):
     """Apply plans (aligned with split_resources) to the request data (bytes-like, read in
-    place); the result's data is bytes."""
+    place); the result's data is bytes. RewriteTooLarge as soon as the edits would add more than
+    max_growth bytes (0: no cap): their replacement bytes plus EDIT_BYTES per edit record."""
     cdef Py_buffer view
     cdef St st
     cdef int t = RS_TYPE[signal]
@@ -1588,6 +1598,8 @@ def rewrite(signal, data, plans):
         if not box.p.noop:
             all_noop = False
     st_open(&st, data, &view)
+    if max_growth > 0:
+        st.max_growth = max_growth
     try:
         ranges = _resource_ranges(&st, REQUEST_TYPE[signal])
         if len(ranges) != len(boxes):

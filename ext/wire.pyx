@@ -9,6 +9,7 @@ from sidecar._ext.state cimport (
     E_DEPTH,
     E_FIELD0,
     E_FIXED_TRUNC,
+    E_GROWTH,
     E_LEN_TRUNC,
     E_MEMORY,
     E_TAG,
@@ -21,16 +22,21 @@ from sidecar._ext.state cimport (
     St,
 )
 
-from sidecar.rewrite._common import MalformedRequest
+from sidecar.rewrite._common import MalformedRequest, RewriteTooLarge
 from sidecar.rewrite._schema import MAX_NESTING, NAMES
 
 IMPLEMENTATION = "cython"
 
 
 cdef int buf_grow(St* st, Buf* b, Py_ssize_t need) noexcept:
-    """Make room for b.n + extra bytes (need): double the capacity until it fits."""
+    """Make room for b.n + extra bytes (need): double the capacity until it fits. The arena
+    holds every replacement charged so far (add_edit): past st.max_growth it would be refused
+    at its edit, so it is here, before one large replacement is built (not in a dry run: none
+    is charged)."""
     cdef Py_ssize_t cap
     cdef unsigned char* p
+    if b == &st.arena and need > st.max_growth and not st.dry:
+        return fail(st, E_GROWTH, 0, 0, 0, 0)
     cap = b.cap * 2 if b.cap else 256
     while cap < need:
         cap *= 2
@@ -48,6 +54,8 @@ cdef object error_of(St* st):
     c = st.err
     if c == E_MEMORY:
         return MemoryError()
+    if c == E_GROWTH:
+        return RewriteTooLarge(st.max_growth)
     if c == E_VARINT_TRUNC:
         return MalformedRequest(f"truncated varint in {name} at offset {st.e_off}")
     if c == E_VARINT_LONG:

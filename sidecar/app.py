@@ -140,7 +140,8 @@ class Sidecar:
         self.sender = Sender(self.queue, self.exporter, cfg.exporter, self.metrics, exporter_for=cfg.exporter_for)
         self.sender.start()
         pipeline = Pipeline(
-            self.queue, self.metrics, self._planner, max_resources=cfg.limits.max_resources_per_request
+            self.queue, self.metrics, self._planner, max_resources=cfg.limits.max_resources_per_request,
+            max_growth=cfg.limits.max_rewrite_growth_bytes,
         )
         tune_malloc()  # large buffers in their own mappings: grown without copies, freed at once
         if cfg.admin.enabled:

@@ -22,8 +22,10 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.overload.reasons import INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE, Action, Status
 from sidecar.policy.errors import PolicyUnavailable
 from sidecar.rewrite import (
+    MAX_GROWTH,
     MalformedRequest,
     ResourceInfo,
+    RewriteTooLarge,
     count_resources,
     rewrite,
     split_resources,
@@ -206,10 +208,13 @@ class Pipeline:
         *,
         retry_after: float = 1.0,
         max_resources: int = 0,
+        max_growth: int = MAX_GROWTH,
     ) -> None:
         self._queue = queue
         #: resources one request may hold (limits.max_resources_per_request; 0: no cap)
         self._max_resources = max_resources
+        #: bytes the policies may add to one request (limits.max_rewrite_growth_bytes; 0: no cap)
+        self._max_growth = max_growth
         self._metrics = metrics
         # no default: forwarding unmasked is an explicit choice (policy.mode), never a fallback
         self._planner: Planner = planner
@@ -268,12 +273,20 @@ class Pipeline:
             self._bucket = None
         try:
             plans = await self._planner.plans_for(signal, resources, peer, transport)
-            result = rewrite(signal, data, plans)
+            result = rewrite(signal, data, plans, self._max_growth)
             # inside the rewrite's refusal: the allowlist reads sub-messages the rewriter does not
             out = self._only_otlp(signal, result.data) if result.items_out > 0 else result.data
         except MalformedRequest as exc:
             # as for a malformed split: a refused request, its items never counted as received
             raise self._refuse_request(labels, _malformed(signal, exc)) from None
+        except RewriteTooLarge as exc:
+            # the rewrite stopped at the limit (nothing past it built): final, as for an output
+            # larger than the queue; its items counted by the quick split
+            items_in = sum(r.items for r in resources) if counting else self._count(signal, data, labels)
+            self._metrics.overload.count(_LISTENERS.get(transport, transport), Action.rewrite_too_large)
+            raise self._refuse_items(counters[0], labels, TooLarge(
+                f"the policies would grow this request by more than {exc.limit} bytes "
+                "(limits.max_rewrite_growth_bytes); send it in smaller requests", items_in)) from None
         except PolicyUnavailable as exc:
             items_in = sum(r.items for r in resources) if counting else self._count(signal, data, labels)
             # the engine's own back-off (PolicyBusy: over its evaluation rate) says when to retry

@@ -52,6 +52,9 @@ cdef enum:
     E_MEMORY = 9
     E_PYTHON = 10
     E_DEPTH = 11
+    E_GROWTH = 12
+cdef enum:
+    EDIT_BYTES = 32  # what an edit record is charged (sizeof(Edit) on 64-bit; _common.EDIT_BYTES)
 
 
 # ---- a compiled plan (filled by rewrite.pyx's _PlanBox) ----
@@ -172,6 +175,9 @@ cdef struct St:
     Py_ssize_t ts_new_len
     int has_ts_new
     Py_ssize_t ts_last
+    # what the edits added (replacement bytes + EDIT_BYTES a record) and the most they may
+    Py_ssize_t grown
+    Py_ssize_t max_growth
     # error
     int err
     int e_t

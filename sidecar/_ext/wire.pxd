@@ -11,6 +11,7 @@ from sidecar._ext.state cimport (
     ANY,
     E_FIELD0,
     E_FIXED_TRUNC,
+    E_GROWTH,
     E_LEN_TRUNC,
     E_MEMORY,
     E_NONE,
@@ -18,6 +19,7 @@ from sidecar._ext.state cimport (
     E_VARINT_LONG,
     E_VARINT_TRUNC,
     E_WIRETYPE,
+    EDIT_BYTES,
     KV,
     Buf,
     Edit,
@@ -88,7 +90,9 @@ cdef inline Py_ssize_t len_field_size(uint32_t fn, Py_ssize_t n) noexcept:
 
 cdef inline int add_edit(St* st, Py_ssize_t start, Py_ssize_t end, Py_ssize_t mark,
                   Py_ssize_t at) noexcept:
-    """Record an edit replacing data[start:end] by arena[mark:]; insert at index ``at`` if >= 0."""
+    """Record an edit replacing data[start:end] by arena[mark:]; insert at index ``at`` if >= 0.
+    Each record is charged its replacement and EDIT_BYTES: past st.max_growth the walk stops
+    (E_GROWTH) before anything more is built."""
     cdef Edit* e
     cdef Py_ssize_t cap
     if st.dry:
@@ -99,6 +103,9 @@ cdef inline int add_edit(St* st, Py_ssize_t start, Py_ssize_t end, Py_ssize_t ma
         if e.rlen == 0 and e.end == start:  # a deletion right after a deletion (dropped spans)
             e.end = end
             return 0
+    st.grown += st.arena.n - mark + EDIT_BYTES
+    if st.grown > st.max_growth:
+        return fail(st, E_GROWTH, 0, 0, 0, 0)
     if st.nedits == st.capedits:
         cap = st.capedits * 2 if st.capedits else 64
         e = <Edit*>PyMem_Realloc(st.edits, sizeof(Edit) * cap)

@@ -138,6 +138,15 @@ class LimitsConfig:
         "policy evaluation. More → 413 / RESOURCE_EXHAUSTED.",
         kind="int", min=1, max=1_000_000,
     )
+    max_rewrite_growth_bytes: int = setting(
+        4 * MiB,
+        "Bytes the policies may add to one request as they rewrite it (hashes and redactions longer "
+        "than what they replace, stamps, re-encoded lengths, masked copies; 32 bytes per edit), held "
+        "on top of the request until it is queued. The rewrite stops there: more → 413 / "
+        "RESOURCE_EXHAUSTED. A legitimate request adds far less (512 spans x 10 hashed attributes: "
+        "~360 kB).",
+        kind="size", min=64 * 1024, max=64 * MiB,
+    )
 
     def validate(self) -> None:
         if self.budget_bytes >= self.max_memory_bytes:

@@ -56,6 +56,8 @@ class Action(enum.Enum):
     json_invalid = "json_invalid"
     #: more resources in one request than ``limits.max_resources_per_request`` (413)
     too_many_resources = "too_many_resources"
+    #: the policies would grow a request by more than ``limits.max_rewrite_growth_bytes`` (413)
+    rewrite_too_large = "rewrite_too_large"
     #: a malformed request head or framing (400, 414, 431, 505 ...)
     malformed_request = "malformed_request"
     #: no complete head within ``limits.header_timeout`` (connection closed)
@@ -100,6 +102,7 @@ _STATUS: dict[Action, Status] = {
     Action.json_too_many_items: _TOO_LARGE,
     Action.json_invalid: _INVALID,
     Action.too_many_resources: _TOO_LARGE,
+    Action.rewrite_too_large: _TOO_LARGE,
     Action.malformed_request: _INVALID,
     Action.slow_body: _TIMEOUT,
     Action.request_deadline: _TIMEOUT,

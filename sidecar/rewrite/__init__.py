@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sidecar._ext import DISABLED
-from sidecar.rewrite._common import MalformedRequest, ResourceInfo, RewriteResult
+from sidecar.rewrite._common import MAX_GROWTH, MalformedRequest, ResourceInfo, RewriteResult, RewriteTooLarge
 
-__all__ = ["IMPLEMENTATION", "MalformedRequest", "ResourceInfo", "RewriteResult",
+__all__ = ["IMPLEMENTATION", "MAX_GROWTH", "MalformedRequest", "ResourceInfo", "RewriteResult", "RewriteTooLarge",
            "count_items", "count_resources", "rewrite", "split_resources", "unknown_field", "without_unknown_fields"]
 
 NO_EXTENSIONS = DISABLED

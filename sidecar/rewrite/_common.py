@@ -24,11 +24,13 @@ __all__ = [
     "ACT_KEEP",
     "ACT_MASK",
     "ACT_REDACT",
+    "MAX_GROWTH",
     "CompiledPlan",
     "MalformedRequest",
     "RequestData",
     "ResourceInfo",
     "RewriteResult",
+    "RewriteTooLarge",
     "compile_plan",
     "decode_attributes",
     "threshold_for_ratio",
@@ -51,6 +53,25 @@ HASH_PREFIX_BYTES = HASH_PREFIX.encode()
 
 class MalformedRequest(ValueError):
     """The request bytes are not a well-formed OTLP export request (answer 400 / INVALID_ARGUMENT)."""
+
+
+#: what a rewrite may add beyond its input by default (``rewrite(max_growth=...)``; the sidecar
+#: passes ``limits.max_rewrite_growth_bytes``): far above a legitimate request's (512 spans x 10
+#: hashed attributes x ~70 bytes = 360 kB), far below what a request of many hashed attributes
+#: would cost unbounded (800,000 in 39 kB of gzip: 76 MB)
+MAX_GROWTH = 4 * 1024 * 1024
+#: what one edit record is charged (the C rewriter's ``Edit``: four Py_ssize_t)
+EDIT_BYTES = 32
+
+
+class RewriteTooLarge(Exception):
+    """The edits would add more than ``limit`` bytes to the request: its replacement bytes plus
+    ``EDIT_BYTES`` per edit record, masks (same length, copied by the C rewriter) included. The
+    walk stopped there: nothing past the limit was built (answer 413 / RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the policies would grow this request by more than {limit} bytes")
+        self.limit = limit
 
 
 @dataclass(frozen=True)

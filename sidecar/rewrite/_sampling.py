@@ -5,6 +5,7 @@ keep rules that keep a span sampling would drop. The twin of ``sidecar/_ext/samp
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from sidecar.rewrite._common import (
     KEEP_AT_LEAST,
@@ -57,15 +58,17 @@ def threshold_hex(t: int) -> bytes:
     return (b"%014x" % t).rstrip(b"0") or b"0"
 
 
-def keep_rule(st: State, status_code: int, attrs: list[tuple[int, int]]) -> int:
-    """The count slot of the first keep rule the span meets, or -1."""
+def keep_rule(st: State, status_code: int, attrs: Sequence[int]) -> int:
+    """The count slot of the first keep rule the span meets, or -1. ``attrs``: the start and
+    end of each attribute of the span, flat (as the C rewriter's ``St.attrs``)."""
     buf = st.data
     for k in st.plan.keeps:
         if k.kind == KEEP_STATUS_ERROR:
             if status_code == 2:
                 return k.slot
             continue
-        for s, e in attrs:
+        for i in range(0, len(attrs), 2):
+            s, e = attrs[i], attrs[i + 1]
             if kv_key(st, s, e) != k.key:
                 continue
             values = value_fields(st, s, e)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from sidecar.rewrite._common import CompiledPlan, compile_plan
+from sidecar.rewrite._common import EDIT_BYTES, CompiledPlan, RewriteTooLarge, compile_plan
 from sidecar.rewrite.plan import Plan
 
 NULL_PLAN = compile_plan(Plan())
 
 
 class State:
-    """Where the walk is: the request, the edits so far, the plan of the current resource."""
+    """Where the walk is: the request, the edits so far, the plan of the current resource, and
+    what the edits added (``grown``: charged as ``add_edit`` in ``sidecar/_ext/wire.pxd`` does)."""
 
-    __slots__ = ("counts", "data", "depth", "dry", "edits", "items_in", "plan", "sampled_out",
-                 "ts_last", "ts_new", "work")
+    __slots__ = ("counts", "data", "depth", "dry", "edits", "grown", "items_in", "max_growth", "plan",
+                 "sampled_out", "tail", "ts_last", "ts_new", "work")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, max_growth: int = 0) -> None:
         self.data = data
         self.work: bytearray | None = None
         self.edits: list[tuple[int, int, bytes]] = []
@@ -26,15 +27,44 @@ class State:
         self.ts_new: bytes | None = None
         self.ts_last = -1
         self.depth = 0
+        #: bytes the edits added (replacements + EDIT_BYTES a record) and the most they may (0: no cap)
+        self.grown = 0
+        self.max_growth = max_growth
+        #: where the last edit record ends when it is empty (a deletion the next one extends), else -1
+        self.tail = -1
 
     def edit(self, start: int, end: int, repl: bytes, at: int = -1) -> None:
         """Replace data[start:end] by ``repl`` in the output (inserted at edit ``at`` if >= 0)."""
         if self.dry:
             return
-        if at < 0:
+        if at < 0 or at >= len(self.edits):
+            if not repl and self.tail == start:  # a deletion right after a deletion: one record
+                last = self.edits[-1] if self.edits else None
+                if last is not None and not last[2] and last[1] == start:
+                    self.edits[-1] = (last[0], end, b"")
+                else:  # after an empty mask (the C rewriter's record, not one here)
+                    self.edits.append((start, end, b""))
+                self.tail = end
+                return
+            self._charge(len(repl))
             self.edits.append((start, end, repl))
+            self.tail = -1 if repl else end
         else:
+            self._charge(len(repl))
             self.edits.insert(at, (start, end, repl))
+
+    def masked(self, start: int, end: int) -> None:
+        """Charge data[start:end], masked in place here, as the C rewriter's copy of it and its
+        edit record."""
+        if self.dry:
+            return
+        self._charge(end - start)
+        self.tail = end if start == end else -1
+
+    def _charge(self, n: int) -> None:
+        self.grown += n + EDIT_BYTES
+        if self.max_growth and self.grown > self.max_growth:
+            raise RewriteTooLarge(self.max_growth)
 
     def writable(self) -> bytearray:
         """A copy of the request to mask in place (same length), made once."""
