@@ -256,6 +256,27 @@ async def http_post(
     return await http_request(port, head.encode() + body, timeout)
 
 
+async def refused_traces(sidecar: BoundedSidecar, transport: str, body: bytes, packed: bytes,
+                         encoding: str) -> tuple[int, str]:
+    """Send an ExportTraceServiceRequest the sidecar is to refuse: over OTLP/HTTP as ``packed``
+    (``body`` in ``encoding``), or over gRPC with grpcio (``body``, gzip-compressed by grpcio).
+    (the HTTP status, or 413 for RESOURCE_EXHAUSTED, 0 for another gRPC code; the message)."""
+    import grpc
+
+    if transport == "http":
+        status, answer = await http_post(sidecar.http, "/v1/traces", packed, headers={"Content-Encoding": encoding})
+        return status, status_message(answer)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc}", compression=grpc.Compression.Gzip) as channel:
+        export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                                     request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        try:
+            await export(body, timeout=30)
+        except grpc.aio.AioRpcError as refused:
+            code = 413 if refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else 0
+            return code, refused.details() or ""
+    return 200, ""
+
+
 def status_message(body: bytes) -> str:
     """The message of a google.rpc.Status body (protobuf), or the body as text."""
     from google.rpc import status_pb2

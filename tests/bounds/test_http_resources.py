@@ -13,7 +13,7 @@ import pytest
 import zstandard
 
 from tests.bounds import attacks
-from tests.bounds.harness import BoundedSidecar, Probe, http_post, status_message
+from tests.bounds.harness import BoundedSidecar, Probe, http_post, refused_traces, status_message
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -76,29 +76,13 @@ async def test_millions_of_empty_resources_compressed_to_a_kilobyte_are_refused_
     """Two bytes make an empty ResourceSpans: 16 MiB of them (8 million, 1.4 kB in zstd) were
     split into an object each before the cap was checked: peak RSS 2.6 GiB and every port
     frozen 16 s here. Now they are counted, up to one over the cap, before anything is made."""
-    import grpc
-
     body = b"\x0a\x00" * (8 << 20)
     packed = zstandard.ZstdCompressor(level=19).compress(body)
     assert len(packed) < 4096
     async with BoundedSidecar(**ENFORCE) as sidecar:
         async with Probe(sidecar, kind="health" if transport == "http" else "grpc") as probe:
             started = time.perf_counter()
-            if transport == "http":
-                status, answer = await http_post(sidecar.http, "/v1/traces", packed,
-                                                 headers={"Content-Encoding": "zstd"})
-                message = status_message(answer)
-            else:  # grpcio sends it gzip-compressed (its own choice of encoding)
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc}",
-                                                     compression=grpc.Compression.Gzip) as channel:
-                    export = channel.unary_unary(
-                        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-                        request_serializer=lambda b: b, response_deserializer=lambda b: b,
-                    )
-                    with pytest.raises(grpc.aio.AioRpcError) as refused:
-                        await export(body, timeout=30)
-                status = 413 if refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else 0
-                message = refused.value.details() or ""
+            status, message = await refused_traces(sidecar, transport, body, packed, "zstd")
             elapsed = time.perf_counter() - started
         assert status == 413, message
         assert "holds more resources than the 512 allowed" in message

@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from tests.bounds.harness import BoundedSidecar, Probe, http_post, status_message
+from tests.bounds.harness import BoundedSidecar, Probe, http_post, refused_traces, status_message
 from tests.conftest import NO_EXTENSIONS
+from tests.rewrite.builders import field as _ld
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,20 +25,6 @@ ENFORCE = {"SIDECAR_POLICY_MODE": "enforce"}
 #: (OTLP_SIDECAR_NO_EXTENSIONS=1) reads a 16 MB span at Python speed before the rewrite even
 #: starts (every request that size holds its loop that long, rewritten or not); the C one 0.1 s
 ELAPSED, LATENCY = (6.0, 3.0) if NO_EXTENSIONS else (2.0, 0.5)
-TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-
-
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while v >= 0x80:
-        out.append(v & 0x7F | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
-def _ld(fn: int, payload: bytes) -> bytes:
-    return _varint(fn << 3 | 2) + _varint(len(payload)) + payload
 
 
 def _kv(key: bytes, value: bytes) -> bytes:
@@ -55,27 +42,13 @@ def hashed_spans(spans: int, attributes: int, value: bytes = b"x") -> bytes:
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
 async def test_eight_hundred_thousand_hashed_attributes_are_refused_at_the_limit(transport: str) -> None:
-    import grpc
-
     body = hashed_spans(1, 800_000)
     packed = gzip.compress(body, 9)
     assert len(packed) < 64 * 1024 and len(body) > 15_000_000
     async with BoundedSidecar(**ENFORCE) as sidecar:
         async with Probe(sidecar, kind="http" if transport == "http" else "grpc") as probe:
             started = time.perf_counter()
-            if transport == "http":
-                status, answer = await http_post(sidecar.http, "/v1/traces", packed,
-                                                 headers={"Content-Encoding": "gzip"})
-                message = status_message(answer)
-            else:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc}",
-                                                     compression=grpc.Compression.Gzip) as channel:
-                    export = channel.unary_unary(TRACES, request_serializer=lambda b: b,
-                                                 response_deserializer=lambda b: b)
-                    with pytest.raises(grpc.aio.AioRpcError) as refused:
-                        await export(body, timeout=30)
-                status = 413 if refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else 0
-                message = refused.value.details() or ""
+            status, message = await refused_traces(sidecar, transport, body, packed, "gzip")
             elapsed = time.perf_counter() - started
         assert status == 413, message
         # the bounds first (before the limit the answer was 413 too, once the memory was spent)

@@ -145,3 +145,18 @@ def request_with(where: str, value: str):
 
 def parse(signal: Signal, data: bytes):
     return signal.request_class.FromString(data)
+
+
+def varint(value: int) -> bytes:
+    """A protobuf varint, for requests built byte by byte (too large or too odd for the classes)."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field: its tag, its length, ``payload``."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload

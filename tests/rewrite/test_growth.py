@@ -20,25 +20,13 @@ from sidecar.rewrite import _common
 from sidecar.rewrite.plan import AttributeRule, Plan, ValueDetector
 from sidecar.signals import Signal
 
+from .builders import field as _ld
 from .conftest import load_c
 from .strategies import plans, requests_by_signal
 
 PY = importlib.import_module("sidecar.rewrite._py")
 RESOURCES = {"traces": "resource_spans", "metrics": "resource_metrics", "logs": "resource_logs"}
 HASH = Plan(attribute_rules=(AttributeRule("pci.holder", "card.holder", "hash"),), hash_key=b"k" * 32)
-
-
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while v >= 0x80:
-        out.append(v & 0x7F | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
-def _ld(fn: int, payload: bytes) -> bytes:
-    return _varint(fn << 3 | 2) + _varint(len(payload)) + payload
 
 
 def hashed_attributes(n: int, key: bytes = b"card.holder") -> bytes:

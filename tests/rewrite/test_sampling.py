@@ -12,7 +12,7 @@ from sidecar.rewrite._common import threshold_for_ratio
 from sidecar.rewrite.plan import KeepRule, Plan, Sampling
 from sidecar.signals import Signal
 
-from .builders import kv, parse
+from .builders import kv, parse, varint
 
 # W3C trace-context: list-member = key "=" value; simple key or tenant@system key
 W3C_KEY = r"(?:[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})"
@@ -33,17 +33,8 @@ def _raw_spans(trace_ids: bytes) -> bytes:
     """A request whose spans carry only a trace id (built directly: millions of spans)."""
     n = len(trace_ids) // 16
     spans = b"".join(b"\x12\x12\x0a\x10" + trace_ids[i * 16:(i + 1) * 16] for i in range(n))
-    rs = b"\x12" + _varint(len(spans)) + spans  # ResourceSpans{scope_spans: [{spans}]}
-    return b"\x0a" + _varint(len(rs)) + rs
-
-
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while v >= 0x80:
-        out.append(v & 0x7F | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
+    rs = b"\x12" + varint(len(spans)) + spans  # ResourceSpans{scope_spans: [{spans}]}
+    return b"\x0a" + varint(len(rs)) + rs
 
 
 def _sample(ratio: float, keep=()) -> Plan:
