@@ -87,11 +87,18 @@ def key_patterns(name: str) -> tuple[str, ...]:
 
     The words of ``name`` (split at ``.``, ``_``, ``-``) are joined with each
     separator: ``pin_block`` gives ``pin_block``, ``pin.block``, ``pin-block``, each
-    also after ``*.``, ``*_`` and ``*-`` (``payment.card.pin_block``).
+    also after ``*.``, ``*_`` and ``*-`` (``payment.card.pin_block``). A name of several words
+    also matches them run together, alone or at the end of a key: ``pinblock``, ``*pinblock``
+    (matching ignores case: ``pinBlock``, ``cardPinBlock``; one word alone is not matched inside
+    another: ``pan`` in ``japan``).
     """
     words = [w for w in _WORD_SPLIT.split(name) if w]
     spellings = dict.fromkeys(sep.join(words) for sep in _SEPARATORS)
-    return tuple(prefix + spelling for spelling in spellings for prefix in ("", "*.", "*_", "*-"))
+    patterns = [prefix + spelling for spelling in spellings for prefix in ("", "*.", "*_", "*-")]
+    if len(words) > 1:  # camelCase and run-together spellings (Java, JavaScript, Go field names)
+        joined = "".join(words)
+        patterns += [joined, "*" + joined]
+    return tuple(patterns)
 
 
 class _Where:

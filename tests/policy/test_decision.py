@@ -174,7 +174,9 @@ def test_key_patterns_cover_spellings_and_nesting() -> None:
         "pin.block", "*.pin.block", "*_pin.block", "*-pin.block",
         "pin_block", "*.pin_block", "*_pin_block", "*-pin_block",
         "pin-block", "*.pin-block", "*_pin-block", "*-pin-block",
+        "pinblock", "*pinblock",
     )
+    assert key_patterns("cvv") == ("cvv", "*.cvv", "*_cvv", "*-cvv")  # one word: never inside another
 
 
 def test_errors_never_quote_values_that_may_come_from_telemetry() -> None:

@@ -68,6 +68,42 @@ def test_pci_plan_masks_cards_and_drops_security_codes(compiled) -> None:
     assert actions.index("hash") > max(i for i, a in enumerate(actions) if a == "drop")
 
 
+def test_camel_case_keys_of_card_data_are_masked_and_dropped(compiled) -> None:
+    """Found in a new user's walk through the docs: `cardNumber` holding the number as an int and
+    `securityCode` / `cardSecurityCode` went out as they were (the keys matched only with `.`,
+    `_` or `-` between their words); camelCase is how Java, JavaScript and Go name fields."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    from sidecar.rewrite import rewrite, split_resources
+    from sidecar.signals import Signal
+
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.add(key="service.name", value=AnyValue(string_value="checkout"))
+    span = rs.scope_spans.add().spans.add(trace_id=b"\xff" * 16, span_id=b"\x01" * 8, name="pay")
+    span.attributes.extend([
+        KeyValue(key="cardNumber", value=AnyValue(int_value=4111111111111111)),
+        KeyValue(key="payment.creditCardNumber", value=AnyValue(int_value=4111111111111111)),
+        KeyValue(key="securityCode", value=AnyValue(string_value="123")),
+        KeyValue(key="cardSecurityCode", value=AnyValue(string_value="123")),
+        KeyValue(key="cardholderName", value=AnyValue(string_value="Jane Doe")),
+        KeyValue(key="japan", value=AnyValue(string_value="kept: one word is not matched inside another")),
+    ])
+    data = request.SerializeToString()
+    plan = plan_for(compiled, "traces", {"service.name": "checkout"})
+    resources = split_resources(Signal.TRACES, data)
+    out = ExportTraceServiceRequest.FromString(rewrite(Signal.TRACES, data, [plan] * len(resources)).data)
+    spans = [s for r in out.resource_spans for ss in r.scope_spans for s in ss.spans]
+    attributes = {a.key: a.value for s in spans for a in s.attributes}
+    assert "securityCode" not in attributes and "cardSecurityCode" not in attributes  # dropped
+    for key in ("cardNumber", "payment.creditCardNumber"):
+        value = attributes[key]
+        assert "4111111111111111" not in str(value) and "1111" in str(value), (key, value)
+    assert attributes["cardholderName"].string_value.startswith("hmac-sha256:")
+    assert attributes["japan"].string_value.startswith("kept")
+
+
 def test_tenant_is_stamped_from_the_pod(compiled) -> None:
     plan = plan_for(compiled, "traces", {"service.name": "api"})
     assert plan.allow
