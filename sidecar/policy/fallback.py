@@ -13,7 +13,7 @@ from sidecar.policy.decision import key_patterns
 from sidecar.rewrite.plan import AttributeRule, Plan, ResourceStamp, ValueDetector
 
 SENSITIVE_KEYS = (
-    "cvv", "cvv2", "cvc", "cvc2", "cid", "csc", "security_code", "card_security_code",
+    "cvv", "cvv2", "cvc", "cvc2", "cid", "csc", "security_code", "card_security_code", "card_cvv", "card_cvc",
     "track1", "track2", "track_data", "pin", "pin_block",
 )
 CARD_NUMBER_KEYS = ("card_number", "pan", "primary_account_number", "credit_card_number", "cc_number")
