@@ -126,12 +126,13 @@ cdef int find_pans_c(St* st, const unsigned char* s, Py_ssize_t n) noexcept:
             else:
                 break
         if nd >= 12:
-            # '+': a phone number; a digit and '.' or ',': the fraction of a number. Then the run's
-            # first group is that, and only groups after it may start a card number
+            # '+': a phone number (E.164: at most 15 digits); a digit and '.' or ',': the fraction
+            # of a number. Then the run's first group is that, and only groups after it may start
+            # a card number; 16 digits or more after '+' are no phone number as a whole
             prev = s[i - 1] if i > 0 else 0
             exempt = i > 0 and (prev == 43 or ((prev == 44 or prev == 46) and i > 1 and is_digit(s[i - 2])))
-            if not exempt and nd <= 19 and brand_ok(digits, nd) and luhn_ok(digits, nd) \
-                    and not in_uuid(s, n, i, j):
+            if (not exempt or (prev == 43 and nd > 15)) and nd <= 19 and brand_ok(digits, nd) \
+                    and luhn_ok(digits, nd) and not in_uuid(s, n, i, j):
                 if add_pan(st, &count, i, j, digits, nd) < 0:
                     return -1
             elif nd < j - i:  # separators in it: search its groups

@@ -131,11 +131,12 @@ def find_pans(s: bytes) -> list[tuple[int, int, bytes]]:
         digits = m.group().replace(b" ", b"").replace(b"-", b"")
         if len(digits) < 12:
             continue
-        # '+': a phone number; a digit and '.' or ',': the fraction of a number. Then the run's
-        # first group is that, and only groups after it may start a card number
+        # '+': a phone number (E.164: at most 15 digits); a digit and '.' or ',': the fraction of
+        # a number. Then the run's first group is that, and only groups after it may start a card
+        # number; 16 digits or more after '+' are no phone number as a whole
         prev = s[i - 1] if i > 0 else 0
         exempt = prev == 43 or (prev in (44, 46) and i > 1 and 48 <= s[i - 2] <= 57)
-        if not exempt and _is_pan(s, i, j, digits):
+        if (not exempt or (prev == 43 and len(digits) > 15)) and _is_pan(s, i, j, digits):
             found.append((i, j, digits))
         elif len(digits) < j - i:  # separators in it: search its groups
             found += _groups_holding_pans(s, i, j, exempt)

@@ -139,6 +139,9 @@ POSITIVE_CASES += [
     # after a fraction or a phone number's '+', groups after the first still start card numbers
     ("ratio 3,14 4111 1111 1111 1111", ["4111111111111111"]),
     ("1,8-5500005555555559", ["5500005555555559"]),
+    # 16 to 19 digits after '+' are no phone number (E.164 allows 15): a form-encoded space
+    ("q=card+4111111111111111&x=1", ["4111111111111111"]),
+    ("+5555 5555 5555 4444", ["5555555555554444"]),
     # a card number that only overlaps a UUID's last group is not inside it
     ("98119674-9479-8210-6701-378282246310005", ["378282246310005"]),
 ]
@@ -148,7 +151,8 @@ NEGATIVE_CASES: list[str] = [
     "20260823000001",
     "47223179-9330-4259-b66c-f2db26efb20c",  # UUID with a Luhn-valid looking start
     "490154203237518",  # IMEI: Luhn-valid, 15 digits on prefix 49
-    "+4111111111111111",  # phone-like
+    "+378282246310005",  # phone-like: 15 digits after '+'
+    "+4222222222222",
     "1000000000000008",  # Luhn-valid, no card prefix
     "4111111111111112",  # Luhn fails
     "411111******1111",

@@ -60,10 +60,12 @@ def cards(s: bytes) -> list[tuple[int, int, str]]:
         i, j = m.span()
         digits = re.sub(rb"[ -]", b"", m.group()).decode()
         before = s[max(0, i - 2) : i]
-        # after '+' or a digit and '.' / ',': the first group is a phone number's or a fraction's
+        # after '+' or a digit and '.' / ',': the first group is a phone number's or a fraction's;
+        # a phone number has at most 15 digits (E.164), so a longer run after '+' is not one
         exempt = before.endswith(b"+") or bool(re.fullmatch(rb"[0-9][.,]", before))
+        phone = before.endswith(b"+") and len(digits) <= 15
         in_uuid = any(a <= i and j <= b for a, b in uuids)
-        if not exempt and not in_uuid and is_card(digits):
+        if (not exempt or (before.endswith(b"+") and not phone)) and not in_uuid and is_card(digits):
             out.append((i, j, digits))
         elif len(digits) >= 12:
             out += cards_in_groups(m.group(), i, uuids, exempt)

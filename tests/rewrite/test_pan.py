@@ -71,7 +71,9 @@ def test_find_pans_rule(impl):
     assert impl.find_pans(b"x4111-1111-1111-1111y") == [(1, 20, b"4111111111111111")]
     for n in VALID_NUMBERS:
         assert impl.find_pans(n.encode()) == [(0, len(n), n.encode())]
-    assert impl.find_pans(b"+4111111111111111") == []
+    # after '+' a phone number has at most 15 digits (E.164): a 16-19 digit card is no phone
+    assert impl.find_pans(b"+378282246310005") == []
+    assert impl.find_pans(b"card+4111111111111111") == [(5, 21, b"4111111111111111")]
     assert impl.find_pans(b"7.4111111111111111") == []
     assert impl.find_pans(b".4111111111111111") == [(1, 17, b"4111111111111111")]
     assert impl.find_pans(b"41111111111111111111") == []
@@ -81,7 +83,8 @@ def test_find_pans_rule(impl):
     assert impl.find_pans(b"12 4111 1111 1111 1111") == [(3, 22, b"4111111111111111")]
     # after '+' (a phone number) or a fraction, the run's first group is that, never a card's start
     assert impl.find_pans(b"1,4111111111111111 5") == []
-    assert impl.find_pans(b"+4111 1111 1111 1111") == []
+    assert impl.find_pans(b"+4111 1111 1111 1111") == [(1, 20, b"4111111111111111")]
+    assert impl.find_pans(b"+353 4111 1111 1111 1111") == [(5, 24, b"4111111111111111")]
     assert impl.find_pans(b"+1 555 4111111111111111") == [(7, 23, b"4111111111111111")]
     assert impl.find_pans(b"3,14 4111111111111111") == [(5, 21, b"4111111111111111")]
     # a card's groups are found whatever joins them (the first find from 4111 takes four groups)
