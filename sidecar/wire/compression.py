@@ -44,10 +44,22 @@ def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:
     return compressor
 
 
-def _zstd_decompressor() -> zstandard.ZstdDecompressor:
+#: the largest zstd window a frame may ask for: 8 MiB, what RFC 8878 asks every decoder to
+#: support and what zstd's levels up to 19 and Go's klauspost encoder use at most. A frame asking
+#: for more (`zstd --long`, the ultra levels) is refused (400) instead of allocating up to 128 MiB
+MAX_WINDOW = 8 * 1024 * 1024
+#: frames with a window up to this size share the thread's decompressor (reused across requests);
+#: a larger window gets a decompressor of its own, dropped with the frame, so the window buffer
+#: (up to the decoded size, which is charged) is not held after the request
+SHARED_WINDOW = 1024 * 1024
+
+
+def _zstd_decompressor(window: int) -> zstandard.ZstdDecompressor:
+    if window > SHARED_WINDOW:
+        return zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
     decompressor = getattr(_ZSTD, "decompressor", None)
     if decompressor is None:
-        decompressor = _ZSTD.decompressor = zstandard.ZstdDecompressor()
+        decompressor = _ZSTD.decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
     return decompressor
 
 
@@ -311,7 +323,17 @@ class Decoder:
             raise DecompressionError("invalid zstd data: reserved bit set")
         header = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag] + (1 if single else 0, 2, 4, 8)[fcs_flag]
         pos = start + header
-        decoder = _zstd_decompressor().decompressobj()
+        if pos > end:
+            raise DecompressionError("invalid zstd data: truncated frame header")
+        try:
+            window = zstandard.get_frame_parameters(view[start:pos]).window_size
+        except zstandard.ZstdError as exc:
+            raise DecompressionError(f"invalid zstd data: {exc}") from None
+        if window > MAX_WINDOW:
+            raise DecompressionError(
+                f"invalid zstd data: the frame asks for a {window}-byte window; at most {MAX_WINDOW} is supported"
+            )
+        decoder = _zstd_decompressor(window).decompressobj()
         piece_start = start
         blocks = 0
         while True:

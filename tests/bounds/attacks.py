@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import random
 import zlib
 
 import zstandard
@@ -37,6 +38,18 @@ def zstd_bomb(size: int = 64 * MiB) -> bytes:
     """``size`` zero bytes in one zstd frame that does not state its size."""
     compressor = zstandard.ZstdCompressor(level=19, write_content_size=False)
     return compressor.compress(b"\x00" * size)
+
+
+@functools.cache
+def zstd_wide_window(window_log: int, size: int) -> bytes:
+    """``size`` bytes of a repeating 64 KiB random pattern in one zstd frame that does not state
+    its size and asks for a window of ``2 ** window_log`` bytes (27: 128 MiB, zstd's default
+    decoder limit): the decoder's window buffer fills as the body is decoded."""
+    pattern = random.Random(window_log).randbytes(64 * 1024)
+    params = zstandard.ZstdCompressionParameters.from_level(1, window_log=window_log)
+    compressor = zstandard.ZstdCompressor(compression_params=params)  # streamed: no size stated
+    chunker = compressor.compressobj()
+    return chunker.compress(pattern * (size // len(pattern))) + chunker.flush()
 
 
 @functools.cache

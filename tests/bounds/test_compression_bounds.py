@@ -17,6 +17,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from sidecar.wire import compression
 from tests import sdk
 from tests.bounds import attacks
+from tests.bounds.attacks import MiB
 from tests.bounds.harness import BoundedSidecar, Probe, http_post, status_message
 
 pytestmark = pytest.mark.timeout(120)
@@ -102,3 +103,36 @@ async def test_large_valid_compressed_requests_are_still_accepted(encoding: str)
         assert status == 200, status_message(answer)
         await sidecar.upstream.wait_for(lambda: len(sidecar.upstream.spans()) == 4000, timeout=20)
         assert await sidecar.metric("otlp_sidecar_overload_budget_in_use_bytes") == 0
+
+
+async def test_a_zstd_frame_asking_for_a_window_over_8_mib_is_refused() -> None:
+    """zstd's decoder would allocate the window a frame asks for (up to 128 MiB by default), outside
+    the receive budget; the sidecar decodes windows of up to 8 MiB (RFC 8878's minimum)."""
+    body = attacks.zstd_wide_window(27, 16 * MiB)
+    async with BoundedSidecar() as sidecar:
+        async with Probe(sidecar) as probe:
+            status, answer = await http_post(sidecar.http, "/v1/traces", body, {"Content-Encoding": "zstd"})
+        assert status == 400
+        assert "134217728-byte window; at most 8388608" in status_message(answer)
+        probe.assert_served(LATENCY)
+        sidecar.assert_peak_under()
+
+
+async def test_a_wide_zstd_window_is_not_held_after_its_request() -> None:
+    """A frame with an 8 MiB window decoded to 16 MiB: the window buffer is filled while it is
+    decoded; once the request is answered the sidecar holds what it held before (a shared decoder
+    kept it: +8 MiB for the rest of the process's life, outside the budget)."""
+    body = attacks.zstd_wide_window(23, 16 * MiB)
+    async with BoundedSidecar() as sidecar:
+        warm = compression.compress("zstd", encode_spans(sdk.make_spans(50)).SerializeToString())
+        for _ in range(3):  # the shared decoder and the buffers of an ordinary request exist
+            status, _ = await http_post(sidecar.http, "/v1/traces", warm, {"Content-Encoding": "zstd"})
+            assert status == 200
+        before = sidecar.rss()
+        status, answer = await http_post(sidecar.http, "/v1/traces", body, {"Content-Encoding": "zstd"})
+        assert status == 400, status_message(answer)  # decoded, then not OTLP
+        status, _ = await http_post(sidecar.http, "/v1/traces", warm, {"Content-Encoding": "zstd"})
+        assert status == 200
+        held = sidecar.rss() - before
+        assert held < 3 * MiB, f"{held / MiB:.1f} MiB more held after the request"
+        sidecar.assert_peak_under()
