@@ -193,20 +193,26 @@ def _large_lock() -> asyncio.Semaphore:
 
 #: seconds a decompression waits for the budget others hold before it answers 503
 BUDGET_WAIT = 2.0
+#: seconds it waits for other calls of its own connection: they are queued within moments unless
+#: they wait too (several large calls at once, each fitting the share alone): then one is refused
+#: retryably so the others go on
+SHARE_WAIT = 0.25
 
 
 async def _wait_for_budget(account: Account, size: int, request_bytes: int) -> None:
     """Take ``size`` once the budget has room: others' requests are refused or queued within
     moments. Raises TooLarge when this request alone outgrows a connection's share (it never
-    fits), BudgetExhausted when the budget stays short for ``BUDGET_WAIT`` seconds."""
+    fits); BudgetExhausted (retry) when the budget stays short for ``BUDGET_WAIT`` seconds, or the
+    connection's share, held by its other calls, for ``SHARE_WAIT``."""
     loop = asyncio.get_running_loop()
-    until = loop.time() + BUDGET_WAIT
+    started = loop.time()
     while True:
-        if account.refused is Action.connection_share and request_bytes + size > account.share // 2:
+        if account.refused is Action.connection_share and request_bytes + size > account.share:
             raise TooLarge(
                 account.share, f"exceeds the {account.share} bytes one connection may hold"
             )
-        if loop.time() >= until:
+        wait = SHARE_WAIT if account.refused is Action.connection_share else BUDGET_WAIT
+        if loop.time() - started >= wait:
             raise BudgetExhausted(account.message(), account.refused or Action.budget_full)
         await asyncio.sleep(0.02)
         if account.take(size):

@@ -10,6 +10,7 @@ client is served meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -73,3 +74,38 @@ async def test_bombs_are_refused_as_too_large_within_the_ceiling() -> None:
             await channel.close()
     result = probe.assert_served(max_latency=1.0)
     print(f"bombs: peak {peak / MiB:.0f} MiB, probe max {result.max_latency * 1000:.0f} ms")
+
+
+@pytest.mark.timeout(120)
+async def test_concurrent_large_calls_on_one_connection_are_never_refused_finally() -> None:
+    """grpcio sends three gzip calls at once on one connection, each 1.2 MiB decoded, with a 2 MiB
+    connection share: each fits alone, not together. A call that meets the others' bytes waits for
+    them (or is answered UNAVAILABLE, which clients retry); none gets RESOURCE_EXHAUSTED, which an
+    OTLP exporter drops (before: every call past half the share while another held it did)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from tests import sdk
+
+    request = encode_spans(sdk.make_spans(8000)).SerializeToString()
+    async with BoundedSidecar(SIDECAR_LIMITS_CONNECTION_SHARE_BYTES=str(2 * MiB)) as sidecar:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc}")
+        method = channel.unary_unary(TRACES, request_serializer=None, response_deserializer=None)
+
+        async def call() -> grpc.StatusCode:
+            try:
+                await method(request, timeout=20, compression=grpc.Compression.Gzip)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        try:
+            codes = await asyncio.gather(*(call() for _ in range(3)))
+            assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+            retried = [await call() for code in codes if code != grpc.StatusCode.OK]  # as exporters do
+            assert set(retried) <= {grpc.StatusCode.OK}, retried
+        finally:
+            await channel.close()
+        await sidecar.upstream.wait_for(lambda: len(sidecar.upstream.spans()) == 3 * 8000, timeout=30)
+        assert await sidecar.action("otlp_grpc", "decompressed_too_large") == 0
+        sidecar.assert_peak_under()
+    print(f"three calls at once on one connection: {[code.name for code in codes]}")

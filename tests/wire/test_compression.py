@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import zlib
@@ -136,3 +137,30 @@ async def test_a_short_budget_waits_then_answers_retry(monkeypatch: pytest.Monke
     # once the other gives back, the same body decodes
     other.close()
     assert len(await compression.decompress_bounded("gzip", body, 64 << 20, account=account)) == 2 << 20
+
+
+async def test_a_request_that_fits_the_share_alone_waits_for_the_connections_other_calls() -> None:
+    """Another call of the same connection holds most of its share: a request that would fit
+    alone is no final refusal (it was RESOURCE_EXHAUSTED / 413 once over half the share)."""
+    budget = MemoryBudget(16 << 20, per_connection=4 << 20)
+    account = budget.account()
+    assert account.take(2 << 20)  # the other call's bytes, given back once it is queued
+    body = gzip.compress(os.urandom(8192) * 384)  # 3 MiB decoded: fits the 4 MiB share alone
+    decoding = asyncio.create_task(compression.decompress_bounded("gzip", body, 64 << 20, account=account))
+    await asyncio.sleep(0.1)
+    assert not decoding.done()
+    account.give(2 << 20)
+    assert len(await decoding) == 3 << 20
+    assert account.held == 3 << 20
+
+
+async def test_a_share_others_keep_is_a_retryable_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compression, "BUDGET_WAIT", 0.2)
+    budget = MemoryBudget(16 << 20, per_connection=4 << 20)
+    account = budget.account()
+    assert account.take(2 << 20)
+    body = gzip.compress(os.urandom(8192) * 384)
+    with pytest.raises(compression.BudgetExhausted) as refused:
+        await compression.decompress_bounded("gzip", body, 64 << 20, account=account)
+    assert refused.value.action.value == "connection_share"
+    assert account.held == 2 << 20  # only the other call's
