@@ -3,7 +3,7 @@
 The twin: ``sidecar/rewrite/_cards.py``; the tests cross the two."""
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.string cimport memcpy
 
 from sidecar._ext.state cimport E_MEMORY, E_NONE, Pan, St
@@ -83,7 +83,128 @@ cdef inline bint is_sep(unsigned char c) noexcept:
 
 
 cdef int find_pans_c(St* st, const unsigned char* s, Py_ssize_t n) noexcept:
-    """Fill st.pans with the card numbers in s; return how many (or -1 on memory error).
+    """Fill st.pans with the card numbers in s, in order; return how many (or -1 on memory error).
+
+    ASCII runs first; when a probe met a full-width digit, the full-width runs too: they are
+    read from a copy of s in which full-width digits and their separators are folded to ASCII
+    and ASCII digits hidden (the twin's _find_wide), so the two kinds never join in one run."""
+    cdef bint wide = False
+    cdef int count = find_runs(st, s, n, 0, &wide)
+    cdef int total, k, m
+    cdef Py_ssize_t folded_n
+    cdef unsigned char* folded
+    cdef Pan moved
+    if count < 0 or not wide:
+        return count
+    folded = <unsigned char*>PyMem_Malloc(n if n > 0 else 1)
+    if folded == NULL:
+        fail(st, E_MEMORY, 0, 0, 0, 0)
+        return -1
+    folded_n = fold_wide(s, n, folded)
+    total = find_runs(st, folded, folded_n, count, NULL)
+    PyMem_Free(folded)
+    if total < 0:
+        return -1
+    unfold_offsets(s, n, st.pans + count, total - count)
+    # one list in order of position (runs of the two kinds never overlap)
+    for k in range(count, total):
+        moved = st.pans[k]
+        m = k
+        while m > 0 and st.pans[m - 1].i > moved.i:
+            st.pans[m] = st.pans[m - 1]
+            m -= 1
+        st.pans[m] = moved
+    return total
+
+
+cdef inline bint wide_digit_end(const unsigned char* s, Py_ssize_t k) noexcept:
+    """Is s[k] the last byte of a full-width digit (U+FF10-U+FF19: EF BC 90-99)? (k >= 2)"""
+    return 0x90 <= s[k] <= 0x99 and s[k - 1] == 0xBC and s[k - 2] == 0xEF
+
+
+cdef bint near_wide_digit(const unsigned char* s, Py_ssize_t n, Py_ssize_t q) noexcept:
+    """Is s[q] a byte of a full-width digit, or of a separator right after one (an ASCII space
+    or dash, U+3000, U+FF0D)? Every byte of a full-width run is one of them."""
+    cdef Py_ssize_t k
+    if s[q] < 0x80:  # an ASCII space or dash: after a full-width digit?
+        return q >= 3 and wide_digit_end(s, q - 1)
+    for k in range(q, q + 3):  # the digit or separator holding s[q] ends at q, q+1 or q+2
+        if k >= 2 and k < n and wide_digit_end(s, k):
+            return True
+    for k in range(q, q + 3):  # a three-byte separator ending at k, after a digit
+        if k >= 5 and k < n and wide_digit_end(s, k - 3) and (
+                (s[k - 2] == 0xE3 and s[k - 1] == 0x80 and s[k] == 0x80)
+                or (s[k - 2] == 0xEF and s[k - 1] == 0xBC and s[k] == 0x8D)):
+            return True
+    return False
+
+
+cdef inline unsigned char wide_char(const unsigned char* s, Py_ssize_t n, Py_ssize_t k) noexcept:
+    """The ASCII character the three bytes at s[k] fold to (0: none): a full-width digit, + , - .
+    (EF BC 8B-8E, 90-99) or U+3000 (a space)."""
+    cdef unsigned char t
+    if k + 2 >= n:
+        return 0
+    if s[k] == 0xEF and s[k + 1] == 0xBC:
+        t = s[k + 2]
+        if 0x90 <= t <= 0x99:
+            return t - 0x90 + 48
+        if t == 0x8B:
+            return 43
+        if t == 0x8C:
+            return 44
+        if t == 0x8D:
+            return 45
+        if t == 0x8E:
+            return 46
+    elif s[k] == 0xE3 and s[k + 1] == 0x80 and s[k + 2] == 0x80:
+        return 32
+    return 0
+
+
+cdef Py_ssize_t fold_wide(const unsigned char* s, Py_ssize_t n, unsigned char* out) noexcept:
+    """Write s to out with full-width characters folded to ASCII (wide_char) and ASCII digits
+    hidden (as 'x'); return out's length."""
+    cdef Py_ssize_t k = 0, m = 0
+    cdef unsigned char c, w
+    while k < n:
+        c = s[k]
+        if c >= 0xE3:
+            w = wide_char(s, n, k)
+            if w:
+                out[m] = w
+                m += 1
+                k += 3
+                continue
+        out[m] = 120 if is_digit(c) else c
+        m += 1
+        k += 1
+    return m
+
+
+cdef void unfold_offsets(const unsigned char* s, Py_ssize_t n, Pan* pans, int count) noexcept:
+    """Turn the offsets of pans (found in fold_wide's output of s, in order) into offsets in s."""
+    cdef Py_ssize_t k = 0, m = 0
+    cdef int p = 0, end = 0
+    while p < count:
+        # pans[p].i, then pans[p].j: each is met in order as the folded offset m grows
+        if end == 0 and m == pans[p].i:
+            pans[p].i = k
+            end = 1
+            continue
+        if end == 1 and m == pans[p].j:
+            pans[p].j = k
+            end = 0
+            p += 1
+            continue
+        k += 3 if s[k] >= 0xE3 and wide_char(s, n, k) else 1
+        m += 1
+
+
+cdef int find_runs(St* st, const unsigned char* s, Py_ssize_t n, int count, bint* wide) noexcept:
+    """Add the card numbers of s's ASCII runs to st.pans after its first ``count``; return the new
+    count (or -1 on memory error). ``wide`` (when not NULL) is set when a probe met a byte of a
+    full-width run.
 
     A card number's run spans at least 12 bytes, so only every 12th byte is probed; a
     probe that lands on a digit (or a separator between two digits) backs up to the start
@@ -91,7 +212,7 @@ cdef int find_pans_c(St* st, const unsigned char* s, Py_ssize_t n) noexcept:
     """
     cdef Py_ssize_t q = 11
     cdef Py_ssize_t i, j
-    cdef int nd, count = 0
+    cdef int nd
     cdef unsigned char c, prev
     cdef bint exempt
     cdef unsigned char digits[20]
@@ -102,6 +223,8 @@ cdef int find_pans_c(St* st, const unsigned char* s, Py_ssize_t n) noexcept:
         elif is_sep(c) and q + 1 < n and is_digit(s[q - 1]) and is_digit(s[q + 1]):
             i = q - 1
         else:
+            if wide != NULL and (c >= 0x80 or is_sep(c)) and not wide[0] and near_wide_digit(s, n, q):
+                wide[0] = True
             q += 12
             continue
         # back up to the start of the run holding s[i] (a digit)

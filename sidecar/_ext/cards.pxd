@@ -4,6 +4,7 @@ from sidecar._ext.state cimport St
 
 
 cdef int find_pans_c(St* st, const unsigned char* s, Py_ssize_t n) noexcept
+cdef bint near_wide_digit(const unsigned char* s, Py_ssize_t n, Py_ssize_t q) noexcept
 
 
 cdef inline bint is_digit(unsigned char c) noexcept:
@@ -11,21 +12,31 @@ cdef inline bint is_digit(unsigned char c) noexcept:
 
 
 cdef inline void mask_digits(unsigned char* b, Py_ssize_t i, Py_ssize_t j) noexcept:
+    """Every digit of b[i:j] but the last four becomes '*'; a full-width digit (EF BC 90-99)
+    becomes a full-width asterisk (EF BC 8A): the length stays."""
     cdef int keep = 4
     cdef Py_ssize_t k = j - 1
+    cdef unsigned char c
     while k >= i:
-        if is_digit(b[k]):
+        c = b[k]
+        if <unsigned char>(c - 48) <= 9:
             if keep:
                 keep -= 1
             else:
                 b[k] = 42
+        elif 0x90 <= c <= 0x99 and k - 2 >= i and b[k - 1] == 0xBC and b[k - 2] == 0xEF:
+            if keep:
+                keep -= 1
+            else:
+                b[k] = 0x8A
+            k -= 2
         k -= 1
 
 
 cdef inline bint may_hold_pan(const unsigned char* s, Py_ssize_t n) noexcept:
     """False when find_pans_c(s, n) finds nothing at its first probes: no digit (nor a space or
-    dash between two digits) at bytes 11, 23, 35, ... Every run of a card number's 12 or more
-    bytes covers one of them. Inline, so a short name costs no call (attribute keys)."""
+    dash between two digits, nor a byte of a full-width run) at bytes 11, 23, 35, ... Every run of
+    a card number's 12 or more bytes covers one of them. Inline, so a short name costs no call (attribute keys)."""
     cdef Py_ssize_t q = 11
     cdef unsigned char c
     while q < n:
@@ -35,5 +46,7 @@ cdef inline bint may_hold_pan(const unsigned char* s, Py_ssize_t n) noexcept:
         if (c == 32 or c == 45) and q + 1 < n and <unsigned char>(s[q - 1] - 48) <= 9 \
                 and <unsigned char>(s[q + 1] - 48) <= 9:
             return True
+        if (c >= 0x80 or c == 32 or c == 45) and near_wide_digit(s, n, q):
+            return True  # a full-width run
         q += 12
     return False

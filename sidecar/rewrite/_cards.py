@@ -123,8 +123,46 @@ def _groups_holding_pans(s: bytes, i: int, j: int, skip_first: bool = False) -> 
     return merged
 
 
+#: a full-width digit (U+FF10-U+FF19)
+_WIDE_DIGIT = re.compile(rb"\xef\xbc[\x90-\x99]")
+#: what full-width characters fold to: digits, + , - . (U+FF0B-U+FF0E) and U+3000 (a space)
+_WIDE = re.compile(rb"\xef\xbc[\x8b-\x8e\x90-\x99]|\xe3\x80\x80|[0-9]")
+_FOLDED = {bytes([0xEF, 0xBC, 0x90 + d]): bytes([48 + d]) for d in range(10)} | {
+    b"\xef\xbc\x8b": b"+", b"\xef\xbc\x8c": b",", b"\xef\xbc\x8d": b"-", b"\xef\xbc\x8e": b".",
+    b"\xe3\x80\x80": b" ",
+}
+
+
 def find_pans(s: bytes) -> list[tuple[int, int, bytes]]:
-    """Card numbers in ``s``: (start, end, digits) by the rule in docs/rewriter.md."""
+    """Card numbers in ``s``: (start, end, digits) by the rule in docs/rewriter.md. Runs of ASCII
+    digits, then runs of full-width digits (read the same way once folded to ASCII; the two kinds
+    never join in one run)."""
+    found = _find_runs(s)
+    if _WIDE_DIGIT.search(s):
+        found = sorted(found + _find_wide(s))
+    return found
+
+
+def _find_wide(s: bytes) -> list[tuple[int, int, bytes]]:
+    """The card numbers of the full-width runs of ``s``: read in a copy where full-width digits
+    and their separators are ASCII and ASCII digits hidden (as ``x``), mapped back to ``s``."""
+    folded = bytearray()
+    offsets = []  # offsets[m]: where folded[m] comes from in s
+    pos = 0
+    for m in _WIDE.finditer(s):
+        for k in range(pos, m.start()):
+            offsets.append(k)
+        folded += s[pos:m.start()]
+        offsets.append(m.start())
+        folded += _FOLDED.get(m.group(), b"x")
+        pos = m.end()
+    offsets.extend(range(pos, len(s) + 1))
+    folded += s[pos:]
+    return [(offsets[i], offsets[j], digits) for i, j, digits in _find_runs(bytes(folded))]
+
+
+def _find_runs(s: bytes) -> list[tuple[int, int, bytes]]:
+    """The card numbers of the ASCII runs of ``s``."""
     found = []
     for m in _RUN.finditer(s):
         i, j = m.span()
@@ -144,11 +182,21 @@ def find_pans(s: bytes) -> list[tuple[int, int, bytes]]:
 
 
 def mask_digits(b: bytearray, i: int, j: int) -> None:
-    """Replace every digit of b[i:j] but the last four with '*'."""
+    """Replace every digit of b[i:j] but the last four with '*' (a full-width digit with a
+    full-width asterisk, U+FF0A: the length stays)."""
     keep = 4
-    for k in range(j - 1, i - 1, -1):
-        if 48 <= b[k] <= 57:
+    k = j - 1
+    while k >= i:
+        c = b[k]
+        if 48 <= c <= 57:
             if keep:
                 keep -= 1
             else:
                 b[k] = 42
+        elif 0x90 <= c <= 0x99 and k - 2 >= i and b[k - 1] == 0xBC and b[k - 2] == 0xEF:
+            if keep:
+                keep -= 1
+            else:
+                b[k] = 0x8A
+            k -= 2
+        k -= 1

@@ -142,6 +142,14 @@ POSITIVE_CASES += [
     # 16 to 19 digits after '+' are no phone number (E.164 allows 15): a form-encoded space
     ("q=card+4111111111111111&x=1", ["4111111111111111"]),
     ("+5555 5555 5555 4444", ["5555555555554444"]),
+    # full-width digits (typed with a Japanese or Chinese input method), with ASCII or full-width
+    # separators; masked with full-width asterisks
+    ("カード番号：４１１１１１１１１１１１１１１１", ["4111111111111111"]),
+    ("３５３０　１１１３　３３３０　００００", ["3530111333300000"]),
+    ("５５５５－５５５５－５５５５－４４４４ 有効期限 12/27", ["5555555555554444"]),
+    ("３７８２ ８２２４６３ １０００５", ["378282246310005"]),
+    ("＋４１１１１１１１１１１１１１１１", ["4111111111111111"]),
+    ("pan=4111111111111111 jcb=３５６６００２０２０３６０５０５", ["4111111111111111", "3566002020360505"]),
     # a card number that only overlaps a UUID's last group is not inside it
     ("98119674-9479-8210-6701-378282246310005", ["378282246310005"]),
 ]
@@ -153,6 +161,10 @@ NEGATIVE_CASES: list[str] = [
     "490154203237518",  # IMEI: Luhn-valid, 15 digits on prefix 49
     "+378282246310005",  # phone-like: 15 digits after '+'
     "+4222222222222",
+    "＋３７８２８２２４６３１０００５",  # a phone number, full-width
+    "０．４１１１１１１１１１１１１１１１",  # a fraction, full-width
+    "４１１１１１１１１１１１１１１２",  # Luhn fails
+    "４１１１ 1111 1111 1111",  # full-width and ASCII digits never make one run
     "1000000000000008",  # Luhn-valid, no card prefix
     "4111111111111112",  # Luhn fails
     "411111******1111",

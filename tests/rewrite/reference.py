@@ -54,6 +54,28 @@ def is_card(digits: str) -> bool:
 
 
 def cards(s: bytes) -> list[tuple[int, int, str]]:
+    """Card numbers in runs of ASCII digits, then in runs of full-width ones (U+FF10-U+FF19)."""
+    return sorted(ascii_cards(s) + wide_cards(s))
+
+
+#: full-width characters as the detector reads them; ASCII digits hide (full-width runs only)
+WIDE = {**{chr(0xFF10 + d): str(d) for d in range(10)}, "＋": "+", "，": ",", "－": "-", "．": ".", "\u3000": " "}
+
+
+def wide_cards(s: bytes) -> list[tuple[int, int, str]]:
+    text = s.decode()
+    if not any("０" <= ch <= "９" for ch in text):
+        return []
+    folded, starts, at = [], [], 0  # starts[k]: the byte offset of folded character k
+    for ch in text:
+        starts.append(at)
+        folded.append("x" if ch.isascii() and ch.isdigit() else WIDE.get(ch, ch if ch.isascii() else "~"))
+        at += len(ch.encode())
+    starts.append(at)
+    return [(starts[i], starts[j], digits) for i, j, digits in ascii_cards("".join(folded).encode())]
+
+
+def ascii_cards(s: bytes) -> list[tuple[int, int, str]]:
     uuids = [(m.start(1), m.start(1) + 36) for m in UUID.finditer(s)]
     out = []
     for m in RUN.finditer(s):
@@ -104,10 +126,10 @@ def mask_all_but_last4(s: str) -> str:
     chars = list(s)
     seen = 0
     for k in range(len(chars) - 1, -1, -1):
-        if chars[k].isascii() and chars[k].isdigit():
+        if "0" <= chars[k] <= "9" or "０" <= chars[k] <= "９":
             seen += 1
             if seen > 4:
-                chars[k] = "*"
+                chars[k] = "*" if chars[k].isascii() else "＊"
     return "".join(chars)
 
 

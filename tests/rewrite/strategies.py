@@ -54,6 +54,7 @@ text = st.one_of(
     card_like,
     st.builds(lambda a, c, b: f"{a}{c}{b}", st.text(max_size=8), card_like, st.text(max_size=8)),
     st.from_regex(r"[0-9 \-+.,a-f]{0,30}", fullmatch=True),
+    st.from_regex(r"[０-９0-9 \-　－＋．，x]{0,40}", fullmatch=True),  # full-width digits among ASCII
 )
 scalars = st.one_of(
     text.map(lambda s: AnyValue(string_value=s)),

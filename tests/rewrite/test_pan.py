@@ -24,7 +24,10 @@ KEY = b"test-hmac-key"
 
 
 def _digits_only(b: bytes) -> bytes:
-    return re.sub(rb"[ -]", b"", b)
+    """``b`` without separators, full-width digits read as ASCII ones."""
+    for d in range(10):
+        b = b.replace(chr(0xFF10 + d).encode(), str(d).encode())
+    return re.sub(rb"[ -]|\xe3\x80\x80|\xef\xbc\x8d", b"", b)
 
 
 def _assert_masked(impl, where: str, value: str, pans: list[str]) -> None:
@@ -105,6 +108,19 @@ def test_hash_detector_replaces_the_number_with_its_keyed_hash(impl):
     digest = hmac.new(KEY, b"4111111111111111", "sha256").hexdigest()
     assert span.name == f"card {HASH_PREFIX}{digest} declined"
     assert result.counts == {("pci.pan", "hash"): 1}
+
+
+def test_full_width_card_numbers_are_masked_with_full_width_asterisks_or_hashed(impl):
+    """Typed with a Japanese or Chinese input method: the text keeps its characters and length."""
+    signal, req = request_with("log.body", "カード ４１１１－１１１１－１１１１－１１１１ を登録")
+    result = impl.rewrite(signal, req.SerializeToString(), [MASK])
+    record = parse(signal, result.data).resource_logs[0].scope_logs[0].log_records[0]
+    assert record.body.string_value == "カード ＊＊＊＊－＊＊＊＊－＊＊＊＊－１１１１ を登録"
+    plan = Plan(detectors=(ValueDetector("pci.pan", "pan", "hash"),), hash_key=KEY)
+    signal, req = request_with("span.name", "card ４１１１　１１１１　１１１１　１１１１.")
+    span = parse(signal, impl.rewrite(signal, req.SerializeToString(), [plan]).data).resource_spans[0]
+    digest = hmac.new(KEY, b"4111111111111111", "sha256").hexdigest()
+    assert span.scope_spans[0].spans[0].name == f"card {HASH_PREFIX}{digest}."  # as its ASCII spelling
 
 
 def test_redact_detector_replaces_the_whole_value(impl):
