@@ -243,6 +243,18 @@ class DevPKIFiles:
     ca_reused: bool = False
 
 
+def has_dev_ca(out_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``out_dir`` holds a CA that :func:`write_dev_pki` would reuse."""
+    out = Path(out_dir)
+    return (out / CA_CERT).exists() and (out / CA_KEY).exists()
+
+
+def _write_client(ca: Issued, out: Path, client_name: str, spiffe_id: str, days: float) -> tuple[Path, Path]:
+    client_cert, client_key = out / f"{client_name}.crt", out / f"{client_name}.key"
+    write_issued(make_client_cert(ca, spiffe_id, days=days), client_cert, client_key)
+    return client_cert, client_key
+
+
 def write_dev_pki(
     out_dir: str | os.PathLike[str],
     *,
@@ -257,7 +269,7 @@ def write_dev_pki(
     """Write a CA (reused if ``ca.crt``/``ca.key`` exist and ``reuse_ca``), a server, a client."""
     out = Path(out_dir)
     ca_cert, ca_key = out / CA_CERT, out / CA_KEY
-    reused = reuse_ca and ca_cert.exists() and ca_key.exists()
+    reused = reuse_ca and has_dev_ca(out)
     if reused:
         ca = load_issued(ca_cert, ca_key)
     else:
@@ -265,7 +277,18 @@ def write_dev_pki(
         write_issued(ca, ca_cert, ca_key)
     server = make_server_cert(ca, dns_names, ips, spiffe_id=server_spiffe_id, days=days)
     write_issued(server, out / SERVER_CERT, out / SERVER_KEY)
-    client = make_client_cert(ca, spiffe_id, days=days)
-    client_cert, client_key = out / f"{client_name}.crt", out / f"{client_name}.key"
-    write_issued(client, client_cert, client_key)
+    client_cert, client_key = _write_client(ca, out, client_name, spiffe_id, days)
     return DevPKIFiles(ca_cert, ca_key, out / SERVER_CERT, out / SERVER_KEY, client_cert, client_key, reused)
+
+
+def add_dev_client(
+    out_dir: str | os.PathLike[str],
+    client_name: str,
+    *,
+    spiffe_id: str = DEFAULT_CLIENT_SPIFFE_ID,
+    days: float = 90,
+) -> tuple[Path, Path]:
+    """Issue ``<client_name>.crt``/``.key`` from the CA in ``out_dir``; touch no other file."""
+    out = Path(out_dir)
+    ca = load_issued(out / CA_CERT, out / CA_KEY)
+    return _write_client(ca, out, client_name, spiffe_id, days)

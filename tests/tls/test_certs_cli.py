@@ -131,3 +131,89 @@ def test_the_command_runs_as_a_program(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "p" / "client.key").exists()
+
+
+def certs(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``otlp-sidecar certs --out OUT ARGS`` as a user does."""
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "certs", "--out", str(out), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def contents(out: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(out.iterdir())}
+
+
+def test_client_name_with_an_existing_ca_writes_only_that_client(tmp_path: Path) -> None:
+    out = tmp_path / "pki"
+    assert certs(out).returncode == 0
+    before = contents(out)
+    result = certs(out, "--client-name", "intruder", "--spiffe-id", "spiffe://cluster.local/ns/other/sa/x")
+    assert result.returncode == 0, result.stderr
+    after = contents(out)
+    assert set(after) == set(before) | {"intruder.crt", "intruder.key"}
+    for name, data in before.items():  # ca.*, server.*, client.*: byte for byte
+        assert after[name] == data, f"{name} was rewritten"
+    ca, intruder = load(out / "ca.crt"), load(out / "intruder.crt")
+    intruder.verify_directly_issued_by(ca)
+    assert spiffe_ids_of(intruder) == ["spiffe://cluster.local/ns/other/sa/x"]
+    assert stat.S_IMODE((out / "intruder.key").stat().st_mode) == 0o600
+    ClientTLS(ca_file=str(out / "ca.crt"), cert_file=str(out / "intruder.crt"), key_file=str(out / "intruder.key"))
+    assert result.stdout.splitlines()[:2] == [
+        f"reused CA:  {out / 'ca.crt'}  (key {out / 'ca.key'})",
+        f"client:   {out / 'intruder.crt'}  (key {out / 'intruder.key'})  spiffe://cluster.local/ns/other/sa/x",
+    ]
+
+
+def test_client_name_without_a_ca_writes_the_whole_set(tmp_path: Path) -> None:
+    out = tmp_path / "pki"
+    result = certs(out, "--client-name", "web")
+    assert result.returncode == 0, result.stderr
+    assert sorted(contents(out)) == ["ca.crt", "ca.key", "server.crt", "server.key", "web.crt", "web.key"]
+    ca = load(out / "ca.crt")
+    load(out / "server.crt").verify_directly_issued_by(ca)
+    load(out / "web.crt").verify_directly_issued_by(ca)
+    assert "new CA:" in result.stdout
+
+
+def test_client_name_with_an_existing_ca_refuses_server_options(tmp_path: Path) -> None:
+    out = tmp_path / "pki"
+    assert certs(out).returncode == 0
+    before = contents(out)
+    result = certs(out, "--client-name", "web", "--dns", "web.local")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"otlp-sidecar certs: --client-name adds a client to the CA in {out} and leaves server.crt as it is; "
+        "--dns, --ip and --server-spiffe-id need a run without --client-name"
+    )
+    assert contents(out) == before
+
+
+def test_a_run_without_client_name_reissues_the_server_and_client(tmp_path: Path) -> None:
+    out = tmp_path / "pki"
+    assert certs(out).returncode == 0
+    before = contents(out)
+    assert certs(out, "--dns", "otlp-sidecar.demo.svc").returncode == 0
+    after = contents(out)
+    assert (after["ca.crt"], after["ca.key"]) == (before["ca.crt"], before["ca.key"])
+    assert after["server.crt"] != before["server.crt"] and after["client.crt"] != before["client.crt"]
+    server = load(out / "server.crt")
+    server.verify_directly_issued_by(load(out / "ca.crt"))
+    assert sans(server).get_values_for_type(x509.DNSName) == ["otlp-sidecar.demo.svc"]
+
+
+def test_new_ca_with_client_name_writes_the_whole_set(tmp_path: Path) -> None:
+    out = tmp_path / "pki"
+    assert certs(out).returncode == 0
+    before = contents(out)
+    assert certs(out, "--new-ca", "--client-name", "web").returncode == 0
+    after = contents(out)
+    assert after["ca.crt"] != before["ca.crt"] and after["server.crt"] != before["server.crt"]
+    ca = load(out / "ca.crt")
+    load(out / "server.crt").verify_directly_issued_by(ca)
+    load(out / "web.crt").verify_directly_issued_by(ca)
