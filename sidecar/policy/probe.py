@@ -6,8 +6,8 @@ that signal with it through the same rewriter the pipeline uses (the Cython one 
 it is built). A card number that comes out whole refuses the set, naming the place.
 
 Each place holds its own Luhn-valid number (Visa, Mastercard or American Express,
-written plain, with spaces or with dashes, alone or inside text), so a survivor names
-its place. The numbers are made up here; none is printed.
+written plain, with spaces or with dashes, alone or inside text, or in full-width digits),
+so a survivor names its place. The numbers are made up here; none is printed.
 """
 
 from __future__ import annotations
@@ -59,6 +59,10 @@ def _luhn_complete(body: str) -> str:
     return body + str((10 - total % 10) % 10)
 
 
+#: ASCII digits to full-width ones (U+FF10-U+FF19)
+_FULL_WIDTH = {ord("0") + d: 0xFF10 + d for d in range(10)}
+
+
 def _card(index: int) -> tuple[str, str, str]:
     """The ``index``-th probe number: (digits, the number as written, the text planted)."""
     brand = index % 3
@@ -71,8 +75,9 @@ def _card(index: int) -> tuple[str, str, str]:
     else:
         digits = _luhn_complete(f"37{index + 1:012d}")  # American Express, 15
         groups = [digits[:4], digits[4:10], digits[10:]]
-    style = (index // 3) % 4
-    written = (digits, " ".join(groups), "-".join(groups), " ".join(groups))[style]
+    style = (index // 3) % 5
+    wide = "\u3000".join(groups).translate(_FULL_WIDTH)  # as an input method types it
+    written = (digits, " ".join(groups), "-".join(groups), " ".join(groups), wide)[style]
     return digits, written, f"paid with {written} today" if style == 3 else written
 
 
