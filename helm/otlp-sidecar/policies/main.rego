@@ -5,7 +5,9 @@
 #   contributes for one resource; the sidecar validates every part and compiles
 #   them into one plan. `pod_settings` is queried once per policy version with the
 #   pod's identity: egress headers and the rate limit of the pod's tenant.
-#   A new policy adds one `part(...)` line to `decisions_for`. `pod_settings`
+#   A new policy package has no effect until it is listed here: an import, a
+#   `<name>_part(request)` function like those below and its call in
+#   `decisions_for` (docs/policy.md, "Adding a policy package"). `pod_settings`
 #   also lists the set's PCI exemptions.
 package otlp_sidecar.main
 
@@ -45,7 +47,10 @@ decisions := decisions_for(input)
 # description: |
 #   Exact keys only (the engine refuses a glob); each use is counted per rule id.
 #   None by default: `data.otlp_sidecar.config.exemptions`, e.g.
-#   [{"rule_id": "qa.test_cards", "key": "test.card_number", "reason": "..."}].
+#   [{"rule_id": "qa.test_cards", "key": "qa.sample_value", "reason": "..."}].
+#   An exemption only keeps its key from the card-number detectors: a key that
+#   a rule masks or drops stays masked or dropped (`pci.card_number` masks
+#   `test.card_number`, which ends in `card_number`).
 exemptions := object.get(data.otlp_sidecar.config, "exemptions", [])
 
 pod_settings := object.union(tenant.pod_settings_for(input), {"exemptions": exemptions})
