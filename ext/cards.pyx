@@ -4,7 +4,7 @@ The twin: ``sidecar/rewrite/_cards.py``; the tests cross the two."""
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
 
 from sidecar._ext.state cimport E_MEMORY, E_NONE, Pan, St
 from sidecar._ext.wire cimport fail
@@ -85,29 +85,37 @@ cdef inline bint is_sep(unsigned char c) noexcept:
 cdef int find_pans_c(St* st, const unsigned char* s, Py_ssize_t n) noexcept:
     """Fill st.pans with the card numbers in s, in order; return how many (or -1 on memory error).
 
-    ASCII runs first; when a probe met a full-width digit, the full-width runs too: they are
-    read from a copy of s in which full-width digits and their separators are folded to ASCII
-    and ASCII digits hidden (the twin's _find_wide), so the two kinds never join in one run."""
-    cdef bint wide = False
+    ASCII runs first; when s holds a full-width digit, the full-width runs too (wide_runs)."""
+    cdef bint wide
     cdef int count = find_runs(st, s, n, 0, &wide)
+    if wide and count >= 0 and n >= 36:  # a card number: 12 full-width digits or more
+        return wide_runs(st, s, n, count)
+    return count
+
+
+cdef int wide_runs(St* st, const unsigned char* s, Py_ssize_t n, int count) noexcept:
+    """find_pans_c for the full-width runs of s, after the ``count`` card numbers of its ASCII
+    runs: they are read from a copy of s in which full-width digits and their separators are
+    folded to ASCII and ASCII digits hidden (the twin's _find_wide), so the two kinds never join
+    in one run; then the list is put in order of position."""
     cdef int total, k, m
+    cdef bint wide
     cdef Py_ssize_t folded_n
     cdef unsigned char* folded
     cdef Pan moved
-    if count < 0 or not wide:
+    if not has_wide_digit(s, n):
         return count
-    folded = <unsigned char*>PyMem_Malloc(n if n > 0 else 1)
+    folded = <unsigned char*>PyMem_Malloc(n)
     if folded == NULL:
         fail(st, E_MEMORY, 0, 0, 0, 0)
         return -1
     folded_n = fold_wide(s, n, folded)
-    total = find_runs(st, folded, folded_n, count, NULL)
+    total = find_runs(st, folded, folded_n, count, &wide)
     PyMem_Free(folded)
     if total < 0:
         return -1
     unfold_offsets(s, n, st.pans + count, total - count)
-    # one list in order of position (runs of the two kinds never overlap)
-    for k in range(count, total):
+    for k in range(count, total):  # runs of the two kinds never overlap
         moved = st.pans[k]
         m = k
         while m > 0 and st.pans[m - 1].i > moved.i:
@@ -117,25 +125,18 @@ cdef int find_pans_c(St* st, const unsigned char* s, Py_ssize_t n) noexcept:
     return total
 
 
-cdef inline bint wide_digit_end(const unsigned char* s, Py_ssize_t k) noexcept:
-    """Is s[k] the last byte of a full-width digit (U+FF10-U+FF19: EF BC 90-99)? (k >= 2)"""
-    return 0x90 <= s[k] <= 0x99 and s[k - 1] == 0xBC and s[k - 2] == 0xEF
-
-
-cdef bint near_wide_digit(const unsigned char* s, Py_ssize_t n, Py_ssize_t q) noexcept:
-    """Is s[q] a byte of a full-width digit, or of a separator right after one (an ASCII space
-    or dash, U+3000, U+FF0D)? Every byte of a full-width run is one of them."""
-    cdef Py_ssize_t k
-    if s[q] < 0x80:  # an ASCII space or dash: after a full-width digit?
-        return q >= 3 and wide_digit_end(s, q - 1)
-    for k in range(q, q + 3):  # the digit or separator holding s[q] ends at q, q+1 or q+2
-        if k >= 2 and k < n and wide_digit_end(s, k):
+cdef bint has_wide_digit(const unsigned char* s, Py_ssize_t n) noexcept:
+    """Does s hold a full-width digit (U+FF10-U+FF19: EF BC 90-99)? memchr for its first byte:
+    ASCII text is passed over many bytes a step."""
+    cdef const unsigned char* p = s
+    cdef const unsigned char* end = s + n
+    while p < end:
+        p = <const unsigned char*>memchr(p, 0xEF, end - p)
+        if p == NULL:
+            return False
+        if end - p >= 3 and p[1] == 0xBC and 0x90 <= p[2] <= 0x99:
             return True
-    for k in range(q, q + 3):  # a three-byte separator ending at k, after a digit
-        if k >= 5 and k < n and wide_digit_end(s, k - 3) and (
-                (s[k - 2] == 0xE3 and s[k - 1] == 0x80 and s[k] == 0x80)
-                or (s[k - 2] == 0xEF and s[k - 1] == 0xBC and s[k] == 0x8D)):
-            return True
+        p += 1
     return False
 
 
@@ -201,10 +202,10 @@ cdef void unfold_offsets(const unsigned char* s, Py_ssize_t n, Pan* pans, int co
         m += 1
 
 
-cdef int find_runs(St* st, const unsigned char* s, Py_ssize_t n, int count, bint* wide) noexcept:
+cdef inline int find_runs(St* st, const unsigned char* s, Py_ssize_t n, int count, bint* wide) noexcept:
     """Add the card numbers of s's ASCII runs to st.pans after its first ``count``; return the new
-    count (or -1 on memory error). ``wide`` (when not NULL) is set when a probe met a byte of a
-    full-width run.
+    count (or -1 on memory error). ``wide``: whether a probe met a byte of a non-ASCII character
+    (every full-width run of 36 bytes or more holds a probe's byte; see find_pans_c).
 
     A card number's run spans at least 12 bytes, so only every 12th byte is probed; a
     probe that lands on a digit (or a separator between two digits) backs up to the start
@@ -213,7 +214,7 @@ cdef int find_runs(St* st, const unsigned char* s, Py_ssize_t n, int count, bint
     cdef Py_ssize_t q = 11
     cdef Py_ssize_t i, j
     cdef int nd
-    cdef unsigned char c, prev
+    cdef unsigned char c, prev, seen = 0
     cdef bint exempt
     cdef unsigned char digits[20]
     while q < n:
@@ -223,8 +224,9 @@ cdef int find_runs(St* st, const unsigned char* s, Py_ssize_t n, int count, bint
         elif is_sep(c) and q + 1 < n and is_digit(s[q - 1]) and is_digit(s[q + 1]):
             i = q - 1
         else:
-            if wide != NULL and (c >= 0x80 or is_sep(c)) and not wide[0] and near_wide_digit(s, n, q):
-                wide[0] = True
+            # a probe in a full-width run sees a byte of one of its characters, or an ASCII
+            # separator right after one: either way a byte >= 0x80 here (no branch)
+            seen |= c | s[q - 1]
             q += 12
             continue
         # back up to the start of the run holding s[i] (a digit)
@@ -262,6 +264,7 @@ cdef int find_runs(St* st, const unsigned char* s, Py_ssize_t n, int count, bint
                 if groups_holding_pans(st, s, n, i, j, exempt, &count) < 0:
                     return -1
         q = j + 11
+    wide[0] = seen >= 0x80
     return count
 
 

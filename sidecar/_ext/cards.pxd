@@ -4,7 +4,7 @@ from sidecar._ext.state cimport St
 
 
 cdef int find_pans_c(St* st, const unsigned char* s, Py_ssize_t n) noexcept
-cdef bint near_wide_digit(const unsigned char* s, Py_ssize_t n, Py_ssize_t q) noexcept
+cdef bint has_wide_digit(const unsigned char* s, Py_ssize_t n) noexcept
 
 
 cdef inline bint is_digit(unsigned char c) noexcept:
@@ -35,8 +35,9 @@ cdef inline void mask_digits(unsigned char* b, Py_ssize_t i, Py_ssize_t j) noexc
 
 cdef inline bint may_hold_pan(const unsigned char* s, Py_ssize_t n) noexcept:
     """False when find_pans_c(s, n) finds nothing at its first probes: no digit (nor a space or
-    dash between two digits, nor a byte of a full-width run) at bytes 11, 23, 35, ... Every run of
-    a card number's 12 or more bytes covers one of them. Inline, so a short name costs no call (attribute keys)."""
+    dash between two digits) at bytes 11, 23, 35, ... (every run of a card number's 12 or more
+    bytes covers one of them), and no full-width digit. Inline, so a short name costs no call
+    (attribute keys)."""
     cdef Py_ssize_t q = 11
     cdef unsigned char c
     while q < n:
@@ -46,7 +47,5 @@ cdef inline bint may_hold_pan(const unsigned char* s, Py_ssize_t n) noexcept:
         if (c == 32 or c == 45) and q + 1 < n and <unsigned char>(s[q - 1] - 48) <= 9 \
                 and <unsigned char>(s[q + 1] - 48) <= 9:
             return True
-        if (c >= 0x80 or c == 32 or c == 45) and near_wide_digit(s, n, q):
-            return True  # a full-width run
         q += 12
-    return False
+    return n >= 36 and has_wide_digit(s, n)  # 12 full-width digits or more

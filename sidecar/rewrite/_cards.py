@@ -138,7 +138,7 @@ def find_pans(s: bytes) -> list[tuple[int, int, bytes]]:
     digits, then runs of full-width digits (read the same way once folded to ASCII; the two kinds
     never join in one run)."""
     found = _find_runs(s)
-    if _WIDE_DIGIT.search(s):
+    if len(s) >= 36 and _WIDE_DIGIT.search(s):  # a card number: 12 full-width digits or more
         found = sorted(found + _find_wide(s))
     return found
 

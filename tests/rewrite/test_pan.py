@@ -17,6 +17,7 @@ from sidecar.rewrite.plan import HASH_PREFIX, Plan, ValueDetector
 
 from .builders import ALL_LOCATIONS, parse, request_with
 from .pan_cases import NEGATIVE_CASES, POSITIVE_CASES, VALID_NUMBERS
+from .reference import cards as reference_cards
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "pan_cases.json"
 MASK = Plan(detectors=(ValueDetector("pci.pan", "pan", "mask_pan"),))
@@ -140,3 +141,18 @@ def test_shared_corpus(impl):
             _assert_masked(impl, case["where"], case["value"], case["pans"])
         else:
             _assert_untouched(impl, case["where"], case["value"])
+
+
+def test_full_width_runs_are_found_wherever_the_string_puts_them(impl):
+    """Every grouping and separator, after prefixes of every length: a C scan probes every 12th
+    byte, and a full-width run must be found whichever of its bytes the probes land on."""
+    for card in ("4111111111111111", "378282246310005", "4222222222222"):
+        wide = card.translate({ord("0") + d: 0xFF10 + d for d in range(10)})
+        for group in (1, 2, 3, 4, 5):
+            for sep in (" ", "-", "\u3000", "\uff0d"):
+                body = sep.join(wide[k : k + group] for k in range(0, len(wide), group))
+                for prefix in ("", "a", "é", "ab" * 3, "\u3000" * 4, "x" * 11, "1" * 7):
+                    value = (prefix + body + ".").encode()
+                    found = [(i, j, digits.decode()) for i, j, digits in impl.find_pans(value)]
+                    assert found == reference_cards(value), (prefix, group, sep)
+                    assert [digits for _, _, digits in found] == [card]
