@@ -86,10 +86,11 @@ cdef int find_pans_c(St* st, const unsigned char* s, Py_ssize_t n) noexcept:
     """Fill st.pans with the card numbers in s, in order; return how many (or -1 on memory error).
 
     ASCII runs first; when s holds a full-width digit, the full-width runs too (wide_runs)."""
-    cdef bint wide
-    cdef int count = find_runs(st, s, n, 0, &wide)
-    if wide and count >= 0 and n >= 36:  # a card number: 12 full-width digits or more
-        return wide_runs(st, s, n, count)
+    cdef int count = find_runs(st, s, n, 0)
+    if count >= WIDE_SEEN:
+        count -= WIDE_SEEN
+        if n >= 36:  # a card number: 12 full-width digits or more
+            return wide_runs(st, s, n, count)
     return count
 
 
@@ -99,7 +100,6 @@ cdef int wide_runs(St* st, const unsigned char* s, Py_ssize_t n, int count) noex
     folded to ASCII and ASCII digits hidden (the twin's _find_wide), so the two kinds never join
     in one run; then the list is put in order of position."""
     cdef int total, k, m
-    cdef bint wide
     cdef Py_ssize_t folded_n
     cdef unsigned char* folded
     cdef Pan moved
@@ -110,10 +110,11 @@ cdef int wide_runs(St* st, const unsigned char* s, Py_ssize_t n, int count) noex
         fail(st, E_MEMORY, 0, 0, 0, 0)
         return -1
     folded_n = fold_wide(s, n, folded)
-    total = find_runs(st, folded, folded_n, count, &wide)
+    total = find_runs(st, folded, folded_n, count)
     PyMem_Free(folded)
     if total < 0:
         return -1
+    total &= WIDE_SEEN - 1
     unfold_offsets(s, n, st.pans + count, total - count)
     for k in range(count, total):  # runs of the two kinds never overlap
         moved = st.pans[k]
@@ -202,10 +203,15 @@ cdef void unfold_offsets(const unsigned char* s, Py_ssize_t n, Pan* pans, int co
         m += 1
 
 
-cdef inline int find_runs(St* st, const unsigned char* s, Py_ssize_t n, int count, bint* wide) noexcept:
+#: added to find_runs' count when a probe met a byte of a non-ASCII character (every full-width
+#: run of a card number's 36 bytes or more holds a probe's byte; see find_pans_c)
+cdef int WIDE_SEEN = 1 << 30
+
+
+cdef inline int find_runs(St* st, const unsigned char* s, Py_ssize_t n, int count) noexcept:
     """Add the card numbers of s's ASCII runs to st.pans after its first ``count``; return the new
-    count (or -1 on memory error). ``wide``: whether a probe met a byte of a non-ASCII character
-    (every full-width run of 36 bytes or more holds a probe's byte; see find_pans_c).
+    count, plus WIDE_SEEN when a probe met a byte of a non-ASCII character (or -1 on memory
+    error).
 
     A card number's run spans at least 12 bytes, so only every 12th byte is probed; a
     probe that lands on a digit (or a separator between two digits) backs up to the start
@@ -264,8 +270,7 @@ cdef inline int find_runs(St* st, const unsigned char* s, Py_ssize_t n, int coun
                 if groups_holding_pans(st, s, n, i, j, exempt, &count) < 0:
                     return -1
         q = j + 11
-    wide[0] = seen >= 0x80
-    return count
+    return count + WIDE_SEEN if seen >= 0x80 else count
 
 
 cdef int add_pan(St* st, int* count, Py_ssize_t i, Py_ssize_t j, const unsigned char* digits,
