@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -25,6 +25,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
+from sidecar.policy.invariant import Exemption
 from sidecar.rewrite import ResourceInfo, rewrite, split_resources
 from sidecar.rewrite._py import find_pans
 from sidecar.rewrite.plan import Plan
@@ -243,3 +244,28 @@ def survivors(probe: ProbeRequest, plan: Plan) -> list[str]:
         places.append(f"{probe.signal.value}: a card number the policies write themselves "
                       "(a stamp or the redaction text)")
     return places
+
+
+#: what an attribute rule does to a key other than keep it
+_KEY_ACTIONS = frozenset({"drop", "redact", "hash", "mask_pan"})
+
+
+def overridden_exemptions(plan: Plan, exemptions: Sequence[Exemption]) -> list[str]:
+    """The exemptions of ``plan`` another of its rules wins over (it drops, masks, redacts or
+    hashes the same key, and ``keep`` sorts after every other action): an exemption only keeps
+    its key from the detectors. One line each, naming the rule that wins; found by rewriting a
+    span holding the key through the real rewriter, as the probe does."""
+    found = []
+    for exemption in exemptions:
+        request = ExportTraceServiceRequest()
+        scope = request.resource_spans.add().scope_spans.add()
+        span = scope.spans.add(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)), name="exemption")
+        span.attributes.add(key=exemption.key, value=AnyValue(string_value="exempted"))
+        counts = rewrite(Signal.TRACES, request.SerializeToString(), [as_probed(plan)]).counts
+        if (exemption.rule_id, "keep") in counts:
+            continue
+        winners = ", ".join(
+            f"{rule_id} ({action})" for rule_id, action in counts if action in _KEY_ACTIONS
+        ) or "another rule"
+        found.append(f"{exemption.rule_id} (key {exemption.key!r}): {winners} also matches it and wins")
+    return found

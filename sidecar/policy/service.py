@@ -41,7 +41,7 @@ from sidecar.policy.fallback import strict_plan
 from sidecar.policy.loader import load_policy
 from sidecar.policy.metrics import PolicyMetrics, safe_label
 from sidecar.policy.pod_input import pod_input
-from sidecar.policy.probe import PROBES, survivors
+from sidecar.policy.probe import PROBES, overridden_exemptions, survivors
 from sidecar.policy.source import BUNDLED_DIR, read_policy_dir, snapshot
 from sidecar.policy.worker import EngineLimits, EngineThread, EvaluationRate, PolicyBusy
 from sidecar.rewrite import ResourceInfo
@@ -74,6 +74,8 @@ class _Active:
     #: the probe: card numbers planted, and the policies' `keep` rules the engine ignored
     probed_cards: int = 0
     ignored_keeps: tuple[str, ...] = ()
+    #: exemptions a rule of the set wins over (they keep nothing): one line each
+    overridden: tuple[str, ...] = ()
 
     def file_of(self, package: str) -> str:
         if self.compiled is None:
@@ -293,6 +295,7 @@ class PolicyService:
             "pci_probe": {
                 "cards_planted": active.probed_cards if active else 0,
                 "ignored_keep_rules": list(active.ignored_keeps) if active else [],
+                "overridden_exemptions": list(active.overridden) if active else [],
             },
             "cache_entries": len(self._cache),
             "last_reload_error": self._last_error,
@@ -543,6 +546,7 @@ class PolicyService:
         )
         places: list[str] = []
         ignored: list[str] = []
+        overridden: list[str] = []
         planted = 0
         for signal in SIGNALS_PROBED:
             probe = PROBES[signal]
@@ -555,6 +559,8 @@ class PolicyService:
                     exemptions=settings.exemptions, ignored=ignored,
                 )
                 places += [p for p in survivors(probe, plan) if p not in places]
+                if signal is Signal.TRACES and not overridden:
+                    overridden = overridden_exemptions(plan, settings.exemptions)
         if places:
             shown = ", ".join(places[:_PLACES_SHOWN])
             more = f" and {len(places) - _PLACES_SHOWN} more" if len(places) > _PLACES_SHOWN else ""
@@ -564,7 +570,8 @@ class PolicyService:
                 "docs/policy.md, 'The PCI guarantee'); the set is refused"
             )
         probed = dataclasses.replace(
-            active, probed_cards=planted, ignored_keeps=tuple(dict.fromkeys(ignored)))
+            active, probed_cards=planted, ignored_keeps=tuple(dict.fromkeys(ignored)),
+            overridden=tuple(overridden))
         return probed, settings
 
     def _activate(self, active: _Active) -> None:
@@ -586,6 +593,11 @@ class PolicyService:
                 log.warning(
                     "policy rule %r keeps attributes that are not exempted: card numbers in them "
                     "are masked anyway (only an exemption naming an exact key keeps them)", rule_id,
+                )
+            for line in active.overridden:
+                log.warning(
+                    "PCI exemption %s: it has no effect (an exemption only keeps its key from the "
+                    "card-number detectors; a rule that drops or masks the key wins)", line,
                 )
             self._announce_exemptions()
 

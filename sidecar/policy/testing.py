@@ -232,6 +232,9 @@ def engine_checks(root: str, decision_path: str, hash_key_file: str) -> tuple[li
     ignored = probe.get("ignored_keep_rules") or []
     if ignored:
         summary += f"; keep rules ignored (no exemption names their key): {', '.join(ignored)}"
+    overridden = probe.get("overridden_exemptions") or []
+    if overridden:
+        summary += f"; exemptions without effect: {'; '.join(overridden)}"
     return [], summary
 
 

@@ -130,3 +130,30 @@ async def test_a_leaking_set_is_refused_on_hot_reload_and_the_last_good_stays(up
     raw = b"".join(m.SerializeToString() for m in upstream.messages(Signal.TRACES))
     assert MASTERCARD.encode() not in raw and b"4111-1111-1111-1111" not in raw
     assert b"**** **** **** 4444" in raw
+
+
+async def test_an_exemption_a_key_rule_wins_over_is_reported_as_without_effect(upstream, tmp_path: Path) -> None:
+    """`test.card_number` ends in `card_number`: the bundled `pci.card_number` rule masks it, and
+    an exemption only keeps a key from the detectors. The sidecar says so at start and in
+    /policy, for that exemption only, and the value goes out masked as the rule says."""
+    moot = {"rule_id": "qa.moot", "key": "test.card_number", "reason": "published test numbers"}
+    policies = with_data(copy_of_policies(tmp_path), exemptions=[EXEMPTION, moot])
+    sidecar = SidecarProcess(sidecar_env(
+        upstream, "grpc", SIDECAR_POLICY_DIR=str(policies),
+        SIDECAR_POLICY_HASH_KEY_FILE=str(key_file(tmp_path)), SIDECAR_POLICY_RELOAD_INTERVAL="0",
+    ))
+    ports = await sidecar.start()
+    try:
+        status, _ = await post_traces(ports["http"], span_request({"test.card_number": VISA, "qa.sample_value": VISA}))
+        assert status == 200
+        await upstream.wait_for(lambda: len(upstream.spans()) >= 1)
+        policy = await get_json(ports["admin"], "/policy")
+    finally:
+        assert await sidecar.stop() == 0
+    attrs = attrs_of(upstream.spans()[0].attributes)
+    assert attrs["test.card_number"] == "**** **** **** 1111" and attrs["qa.sample_value"] == VISA
+    assert policy["pci_probe"]["overridden_exemptions"] == [
+        "qa.moot (key 'test.card_number'): pci.card_number (mask_pan) also matches it and wins"]
+    assert "PCI exemption qa.moot (key 'test.card_number'): pci.card_number (mask_pan) also matches it " \
+        "and wins: it has no effect" in sidecar.stderr
+    assert "qa.test_cards (key" not in sidecar.stderr

@@ -267,3 +267,17 @@ def test_every_file_with_an_unsupported_built_in_is_named(policy_dir: Path) -> N
     assert lines[0] == "2 errors occurred during loading:"
     assert lines[1].startswith(f"{policy_dir}/one.rego:5: http.send() is not a built-in the embedded engine")
     assert lines[2].startswith(f"{policy_dir}/two.rego:4: net.cidr_contains() is not a built-in")
+
+
+def test_policy_test_names_an_exemption_a_rule_wins_over(policy_dir: Path) -> None:
+    """`test.card_number` is masked by `pci.card_number` whatever an exemption says: the check
+    says the exemption has no effect (and passes: the data stays masked)."""
+    data_file = policy_dir / "data.json"
+    data = json.loads(data_file.read_text())
+    data["otlp_sidecar"]["config"]["exemptions"] = [
+        {"rule_id": "qa.moot", "key": "test.card_number", "reason": "published test numbers"}]
+    data_file.write_text(json.dumps(data))
+    done = run("test", str(policy_dir), "-v")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ("exemptions without effect: qa.moot (key 'test.card_number'): pci.card_number (mask_pan) "
+            "also matches it and wins") in done.stdout
