@@ -205,7 +205,8 @@ cdef void unfold_offsets(const unsigned char* s, Py_ssize_t n, Pan* pans, int co
 
 #: added to find_runs' count when a probe met a byte of a non-ASCII character (every full-width
 #: run of a card number's 36 bytes or more holds a probe's byte; see find_pans_c)
-cdef int WIDE_SEEN = 1 << 30
+cdef enum:
+    WIDE_SEEN = 1 << 30
 
 
 cdef inline int find_runs(St* st, const unsigned char* s, Py_ssize_t n, int count) noexcept:

@@ -4,7 +4,6 @@ from sidecar._ext.state cimport St
 
 
 cdef int find_pans_c(St* st, const unsigned char* s, Py_ssize_t n) noexcept
-cdef bint has_wide_digit(const unsigned char* s, Py_ssize_t n) noexcept
 
 
 cdef inline bint is_digit(unsigned char c) noexcept:
