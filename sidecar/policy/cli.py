@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sidecar.cli import reader_gone
-from sidecar.policy.masked_text import mask_strings
+from sidecar.masked_text import mask_strings
 
 DEFAULT_DIR = "policies"
 RULE = "-" * 80

@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.masked_text import mask_card_numbers
 from sidecar.policy.explain import explain_payload
-from sidecar.policy.masked_text import mask_card_numbers
 from sidecar.signals import Signal
 
 _MASKING = {"mask_pan", "hash", "redact"}

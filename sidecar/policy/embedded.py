@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.masked_text import loggable
 from sidecar.policy import rego_terms
 from sidecar.policy.errors import DecisionError, PolicyLoadError
-from sidecar.policy.masked_text import loggable
 from sidecar.policy.rego_errors import error_messages, format_rego_error
 from sidecar.policy.source import PolicySet
 from sidecar.policy.testing_print import neutralize_print

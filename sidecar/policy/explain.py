@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sidecar.policy.masked_text import mask_card_numbers
+from sidecar.masked_text import mask_card_numbers
 from sidecar.rewrite import rewrite, split_resources
 from sidecar.signals import Signal
 from sidecar.wire.otlp_json import json_to_protobuf, protobuf_to_json

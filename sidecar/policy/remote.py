@@ -20,8 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from opa_client import AsyncOpaClient
 
+from sidecar.masked_text import loggable
 from sidecar.policy.errors import DecisionError
-from sidecar.policy.masked_text import loggable
 
 
 def without_userinfo(url: str) -> str:

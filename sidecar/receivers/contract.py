@@ -17,6 +17,7 @@ from grpclib.const import Status as GrpcStatus
 from sidecar import loop_guard
 from sidecar.export.partial import rejected_field
 from sidecar.identity import Peer
+from sidecar.masked_text import client_message
 from sidecar.overload.budget import Account
 from sidecar.overload.config import LimitsConfig
 from sidecar.overload.reasons import Action, Status
@@ -100,5 +101,5 @@ def partial_success(signal: Signal, outcome: Outcome) -> Any | None:
         return None
     response = signal.response_class()
     setattr(response.partial_success, rejected_field(signal), outcome.rejected)
-    response.partial_success.error_message = outcome.message
+    response.partial_success.error_message = client_message(outcome.message)
     return response

@@ -20,6 +20,7 @@ from google.rpc import status_pb2
 
 from sidecar import loop_guard
 from sidecar.identity import Peer
+from sidecar.masked_text import client_message
 from sidecar.metrics import SidecarMetrics
 from sidecar.overload.budget import Account, MemoryBudget
 from sidecar.overload.config import LimitsConfig
@@ -233,7 +234,7 @@ def _refused(refused: Refused, content_type: str) -> Response:
 
 
 def _error(status: int, content_type: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = status_pb2.Status(code=_RPC_CODES.get(status, 2), message=message)
+    body = status_pb2.Status(code=_RPC_CODES.get(status, 2), message=client_message(message))
     return _encode(status, content_type, body, headers)
 
 

@@ -9,6 +9,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from sidecar.masked_text import client_message
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -118,8 +120,8 @@ class Response:
 
 
 def plain(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    """A short plain-text answer."""
-    return Response(status, f"{message}\n".encode(), headers=headers)
+    """A short plain-text answer (card numbers masked: it may quote the request)."""
+    return Response(status, f"{client_message(message)}\n".encode(), headers=headers)
 
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]

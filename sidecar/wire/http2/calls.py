@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.masked_text import client_message
 from sidecar.overload.budget import Account
 from sidecar.overload.config import LimitsConfig
 
@@ -124,9 +125,9 @@ class Limits:
 
 
 def grpc_message_text(message: str) -> str:
-    """``grpc-message`` as sent: UTF-8, at most 1 KiB of it (whole characters), every byte
-    outside printable ASCII and ``%`` itself percent-encoded."""
-    raw = message.encode("utf-8")[:1024].decode("utf-8", "ignore").encode("utf-8")
+    """``grpc-message`` as sent: card numbers masked, UTF-8, at most 1 KiB of it (whole
+    characters), every byte outside printable ASCII and ``%`` itself percent-encoded."""
+    raw = client_message(message).encode("utf-8")
     out = []
     for byte in raw:
         out.append(chr(byte) if 0x20 <= byte <= 0x7E and byte != 0x25 else f"%{byte:02X}")

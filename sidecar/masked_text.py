@@ -1,5 +1,6 @@
-"""Card numbers masked in text the sidecar prints or logs (CLI output, errors quoted from a
-remote OPA): the detector's rule, the last four digits kept, as the ``mask_pan`` action does."""
+"""Card numbers masked in text the sidecar prints, logs or answers (CLI output, errors quoted
+from a remote OPA, error messages to clients): the detector's rule, the last four digits kept, as
+the ``mask_pan`` action does."""
 
 from __future__ import annotations
 
@@ -15,6 +16,27 @@ def mask_card_numbers(text: str) -> str:
     for start, end, _ in find_pans(bytes(raw)):
         mask_digits(raw, start, end)
     return raw.decode("utf-8", "surrogatepass")
+
+
+#: the most of an error message answered to a client, in UTF-8 bytes (grpc-message, the
+#: google.rpc.Status of an OTLP/HTTP answer, partial_success.error_message)
+MAX_CLIENT_MESSAGE = 1024
+#: read past the cut when masking, so that a card number the cut splits is still found whole
+#: (19 digits, 18 separators, full-width: 111 bytes)
+_CUT_MARGIN = 128
+
+
+def client_message(text: str) -> str:
+    """An error message as answered to a client: card numbers masked, at most
+    MAX_CLIENT_MESSAGE bytes of UTF-8 (whole characters; a lone surrogate, which JSON text may
+    hold, becomes U+FFFD). A message may quote the request (a parser's error names the value it
+    could not read, a policy's reason may be built from resource attributes), and SDKs log the
+    answers they get where nothing masks them."""
+    # masked before the cut, so that the digits a cut leaves of a number are never shown
+    masked = mask_card_numbers(text[: MAX_CLIENT_MESSAGE + _CUT_MARGIN])
+    text = masked.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    raw = text.encode("utf-8")
+    return text if len(raw) <= MAX_CLIENT_MESSAGE else raw[:MAX_CLIENT_MESSAGE].decode("utf-8", "ignore")
 
 
 #: the most of a quoted text (an engine's error, an unreadable result) kept for the logs
