@@ -15,6 +15,16 @@ HERE = Path(__file__).parent
 NO_EXTENSIONS = os.environ.get("OTLP_SIDECAR_NO_EXTENSIONS", "") not in ("", "0")
 
 
+def _declarations_changed() -> bool:
+    """Is a ``sidecar/_ext/*.pxd`` newer than a generated ``ext/*.c``? Then every module is
+    generated again: Cython's own check does not follow a cimport into ``sidecar._ext`` from
+    ``ext/``, and a module left with an old declaration fails to import (``does not export
+    expected C function``), which the twins would then silently stand in for."""
+    declarations = [p.stat().st_mtime for p in (HERE / "sidecar" / "_ext").glob("*.pxd")]
+    generated = [p.stat().st_mtime for p in (HERE / "ext").glob("*.c")]
+    return bool(declarations and generated) and max(declarations) > min(generated)
+
+
 def extensions() -> list:
     if NO_EXTENSIONS:
         print("otlp-sidecar: building without C extensions (pure-Python twins)", file=sys.stderr)
@@ -36,6 +46,7 @@ def extensions() -> list:
     )
     return cythonize(
         modules,
+        force=_declarations_changed(),
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
     )
