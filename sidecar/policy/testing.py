@@ -190,8 +190,10 @@ def _ranges(rows: list[int]) -> str:
     return ", ".join(parts)
 
 
-def engine_checks(root: str, decision_path: str, hash_key_file: str) -> tuple[list[str], str]:
-    """What ``run`` checks before a set goes live, by the same code: (problems, summary).
+def engine_checks(root: str, decision_path: str, hash_key_file: str) -> tuple[list[str], str, list[str]]:
+    """What ``run`` checks before a set goes live, by the same code: (problems, summary,
+    warnings). A warning is something the set does not do that it seems to (a keep rule no
+    exemption allows, an exemption a key rule wins over); it is in the summary too.
 
     A :class:`~sidecar.policy.service.PolicyService` is started on ``root`` as ``run`` starts
     it (tests not run again): the decision rule, the decisions of every signal and transport
@@ -224,18 +226,19 @@ def engine_checks(root: str, decision_path: str, hash_key_file: str) -> tuple[li
     try:
         status = asyncio.run(check())
     except ConfigError as exc:
-        return [str(exc).removeprefix("policy.dir: ")], ""
+        return [str(exc).removeprefix("policy.dir: ")], "", []
     finally:
         quiet.setLevel(level)
     probe = status.get("pci_probe", {})
     summary = f"PCI probe: {probe.get('cards_planted', 0)} card numbers planted, none left unmasked"
+    warnings = []
     ignored = probe.get("ignored_keep_rules") or []
     if ignored:
-        summary += f"; keep rules ignored (no exemption names their key): {', '.join(ignored)}"
+        warnings.append(f"keep rules ignored (no exemption names their key): {', '.join(ignored)}")
     overridden = probe.get("overridden_exemptions") or []
     if overridden:
-        summary += f"; exemptions without effect: {'; '.join(overridden)}"
-    return [], summary
+        warnings.append(f"exemptions without effect: {'; '.join(overridden)}")
+    return [], "; ".join([summary, *warnings]), warnings
 
 
 # ------------------------------------------------------------------------- output
