@@ -52,7 +52,8 @@ def cmd_test(args: argparse.Namespace, root: str) -> int:
     testing.add_print_output(suite, root, args.run, opa)
     code = testing.exit_code(suite, args.exit_zero_on_skipped)
     problems: list[str] = []
-    summary, warnings = "", list[str]()
+    summary = ""
+    warnings: list[str] = []
     if not args.no_engine_checks:
         problems, summary, warnings = testing.engine_checks(root, args.path, args.hash_key_file)
         if problems and code == 0:
