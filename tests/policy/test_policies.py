@@ -194,7 +194,7 @@ DATA_VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("pci: fewer keys", {"pci": {"sensitive_keys": ["cvv"], "card_number_keys": ["pan"], "holder_keys": []}}),
     ("k8s stamps off", {"k8s": {"stamp": False}}),
     ("an exemption", {"exemptions": [
-        {"rule_id": "qa.cards", "key": "test.card_number", "reason": "the processor's published test numbers"}]}),
+        {"rule_id": "qa.cards", "key": "qa.sample_value", "reason": "the processor's published test numbers"}]}),
 ]
 
 
