@@ -139,9 +139,13 @@ class Sidecar:
         await self.exporter.start()
         self.sender = Sender(self.queue, self.exporter, cfg.exporter, self.metrics, exporter_for=cfg.exporter_for)
         self.sender.start()
+        # one budget for every byte clients make the sidecar hold, on every listener (sidecar.overload)
+        budget = MemoryBudget(
+            cfg.limits.budget_limit(cfg.receivers.max_inflight_bytes), cfg.limits.connection_share_bytes
+        )
         pipeline = Pipeline(
             self.queue, self.metrics, self._planner, max_resources=cfg.limits.max_resources_per_request,
-            max_growth=cfg.limits.max_rewrite_growth_bytes,
+            max_growth=cfg.limits.max_rewrite_growth_bytes, budget=budget,
         )
         tune_malloc()  # large buffers in their own mappings: grown without copies, freed at once
         if cfg.admin.enabled:
@@ -151,10 +155,6 @@ class Sidecar:
             )
             self.addresses["admin"] = await _listening(
                 "admin.endpoint", cfg.admin.endpoint, self._serve_admin(app, cfg.admin.endpoint))
-        # one budget for every byte clients make the sidecar hold, on every listener (sidecar.overload)
-        budget = MemoryBudget(
-            cfg.limits.budget_limit(cfg.receivers.max_inflight_bytes), cfg.limits.connection_share_bytes
-        )
         self.metrics.track_receive_budget(budget)
         self.metrics.overload.track(budget, cfg.limits.max_memory_bytes)
         if cfg.receivers.grpc_enabled:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from sidecar.export.queue import ExportQueue, QueueClosed, QueueFull
 from sidecar.identity import Peer
 from sidecar.metrics import SidecarMetrics
+from sidecar.overload.budget import MemoryBudget
 from sidecar.overload.reasons import INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE, Action, Status
 from sidecar.policy.errors import PolicyUnavailable
 from sidecar.rewrite import (
@@ -158,6 +159,8 @@ class Unavailable(Refused):
 
     status = Status(503, UNAVAILABLE, True)
     reason = "queue_full"
+    #: the receive budget is full (outputs waiting for the disk queue hold it)
+    busy = "busy"
 
 
 class RateLimited(Unavailable):
@@ -168,8 +171,9 @@ class RateLimited(Unavailable):
 
 
 #: why an :class:`Unavailable` is raised (its ``reason``): the export queue is full, the policy
-#: engine is down or over its evaluation rate, the sidecar is shutting down
-UNAVAILABLE_REASONS = ("queue_full", "policy_unavailable", "policy_busy", "shutting_down")
+#: engine is down or over its evaluation rate, the sidecar is shutting down, the receive budget
+#: is full
+UNAVAILABLE_REASONS = ("queue_full", "policy_unavailable", "policy_busy", "shutting_down", Unavailable.busy)
 #: the reasons the pipeline counts whole requests under (refused-requests: items not counted)
 REQUEST_REASONS = (InvalidRequest.reason, TooManyResources.reason)
 #: the reasons the pipeline counts items under (refused-items)
@@ -209,8 +213,13 @@ class Pipeline:
         retry_after: float = 1.0,
         max_resources: int = 0,
         max_growth: int = MAX_GROWTH,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self._queue = queue
+        #: the receive budget: outputs waiting for the disk queue are held in it (None: not counted)
+        self._budget = budget
+        #: outputs now waiting for the disk queue to make them durable
+        self._outputs_waiting = 0
         #: resources one request may hold (limits.max_resources_per_request; 0: no cap)
         self._max_resources = max_resources
         #: bytes the policies may add to one request (limits.max_rewrite_growth_bytes; 0: no cap)
@@ -318,12 +327,18 @@ class Pipeline:
                     f"the request is {len(out)} bytes once the policies applied, more than the export queue can "
                     f"ever hold for {signal.value} ({self._queue.largest(signal)} bytes: exporter.queue_max_bytes, "
                     "or disk_queue_max_bytes with the disk queue); send it in smaller requests", items_in)
+            held = self._hold_output(len(out), transport, labels, accepted, items_in)
+            self._outputs_waiting += 1
             try:
                 await self._queue.put(signal, out, result.items_out)
             except (QueueFull, QueueClosed) as exc:
                 reason = "queue_full" if isinstance(exc, QueueFull) else "shutting_down"
                 self._metrics.refused_items.labels(*labels, reason).inc(accepted)
                 raise Unavailable(str(exc), items_in, retry_after=self._retry_after, reason=reason) from None
+            finally:
+                self._outputs_waiting -= 1
+                if held:
+                    self._budget.release(held)  # type: ignore[union-attr]  # held only with a budget
         counters[1].inc(accepted)
         return Outcome(accepted=accepted, rejected=result.rejected_items, message=message)
 
@@ -344,6 +359,24 @@ class Pipeline:
                 dropped, signal.value, where,
             )
         return data
+
+    def _hold_output(self, size: int, transport: str, labels: tuple[str, str], accepted: int, items_in: int) -> int:
+        """Take a rewrite's output (``size`` bytes) from the receive budget while the queue makes it
+        durable: the bytes taken (0 when not counted), or raise Unavailable (``busy``) when they
+        do not fit. With the disk queue a request is answered once its output is on disk, and
+        outputs wait for the disk's sync side by side; without it ``put`` takes the output at once
+        (into the queue's own bytes). The first output waiting is not counted, as without the disk
+        queue: the memory plan keeps room for one rewrite in the process's own part, so a request
+        larger than the budget's free bytes still goes through alone."""
+        if self._budget is None or not self._queue.put_waits or self._outputs_waiting == 0:
+            return 0
+        if self._budget.reserve(size):
+            return size
+        self._metrics.overload.count(_LISTENERS.get(transport, transport), Action.budget_full)
+        self._metrics.refused_items.labels(*labels, Unavailable.busy).inc(accepted)
+        raise Unavailable(
+            f"{self._budget.message()} (requests waiting for the disk queue hold their rewritten data)",
+            items_in, retry_after=self._retry_after, reason=Unavailable.busy)
 
     def _refuse_items(self, received: Any, labels: tuple[str, str], refused: Refused) -> Refused:
         """Count a whole request's items as received and refused for its reason; return ``refused``."""

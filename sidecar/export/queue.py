@@ -114,6 +114,12 @@ class ExportQueue:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def put_waits(self) -> bool:
+        """Does :meth:`put` wait (for the disk queue to make a request durable)? Without the disk
+        queue it takes the data at once."""
+        return self._disk is not None
+
     def largest(self, signal: Signal) -> int:
         """The largest request of ``signal`` the queue can take when it holds nothing else: its
         lane's share of the memory, or with the disk queue of the disk (every request is written

@@ -15,7 +15,7 @@ COMPONENT = "sidecar.receivers"
 TRANSPORTS = ("grpc", "http")
 #: why items are refused (sidecar.pipeline: ``PermissionDenied``, ``RateLimited``, ``Unavailable``)
 ITEM_REFUSALS = ("policy", "queue_full", "rate_limited", "policy_unavailable", "policy_busy", "shutting_down",
-                 "too_large")
+                 "too_large", "busy")
 #: why whole requests are refused before their items are counted: the pipeline (malformed, too
 #: many resources), the receivers and their servers (size, compression, media type, the receive
 #: budget, a client too slow, the loop guard) and a TLS client refused after its handshake
@@ -48,7 +48,7 @@ ACCEPTED_ITEMS = declare(
 REFUSED_ITEMS = declare(
     f"{PREFIX}_receiver_refused_items", Kind.counter, "{items}",
     "Items refused: rejected by policy, over the tenant's rate, the queue full, the policy engine "
-    "down or busy, shutting down.",
+    "down or busy, shutting down, the receive budget full (busy: outputs waiting for the disk queue).",
     component=COMPONENT, labels=(SIGNAL, TRANSPORT, Label("reason", ITEM_REFUSALS)),
     collector="otelcol_receiver_refused_spans, ..._metric_points, ..._log_records",
     collector_differences="the sidecar says why (`reason`)",
