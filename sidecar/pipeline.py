@@ -337,8 +337,8 @@ class Pipeline:
                 raise Unavailable(str(exc), items_in, retry_after=self._retry_after, reason=reason) from None
             finally:
                 self._outputs_waiting -= 1
-                if held:
-                    self._budget.release(held)  # type: ignore[union-attr]  # held only with a budget
+                if held and self._budget is not None:
+                    self._budget.release(held)
         counters[1].inc(accepted)
         return Outcome(accepted=accepted, rejected=result.rejected_items, message=message)
 
