@@ -4,9 +4,14 @@ the ``mask_pan`` action does."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sidecar.rewrite._cards import find_pans, mask_digits
+
+#: a \\uXXXX escape of a character the detector reads (a full-width digit, sign or separator,
+#: the ideographic space): ``repr`` writes U+3000 so, JSON text any of them
+_ESCAPED = re.compile(r"\\u(3000|[fF][fF]0[bBcCdDeE]|[fF][fF]1[0-9])")
 
 
 def mask_card_numbers(text: str) -> str:
@@ -33,10 +38,26 @@ def client_message(text: str) -> str:
     could not read, a policy's reason may be built from resource attributes), and SDKs log the
     answers they get where nothing masks them."""
     # masked before the cut, so that the digits a cut leaves of a number are never shown
-    masked = mask_card_numbers(text[: MAX_CLIENT_MESSAGE + _CUT_MARGIN])
+    masked = mask_card_numbers(_unescaped(text[: MAX_CLIENT_MESSAGE + _CUT_MARGIN]))
     text = masked.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     raw = text.encode("utf-8")
     return text if len(raw) <= MAX_CLIENT_MESSAGE else raw[:MAX_CLIENT_MESSAGE].decode("utf-8", "ignore")
+
+
+def quoted(text: str, limit: int) -> str:
+    """A client's or a peer's ``text`` to quote in a message: card numbers masked, then cut to
+    ``limit`` characters (cut first, a number would lose the digits that make it one and show
+    the rest)."""
+    masked = mask_card_numbers(text[: limit + _CUT_MARGIN])
+    return masked if len(masked) <= limit else masked[:limit]
+
+
+def _unescaped(text: str) -> str:
+    """``text`` with the escapes of the characters the detector reads written as those characters:
+    a message may quote a value through ``repr`` (which escapes U+3000) or as JSON."""
+    if "\\u" not in text:
+        return text
+    return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text)
 
 
 #: the most of a quoted text (an engine's error, an unreadable result) kept for the logs
@@ -47,7 +68,7 @@ def loggable(text: str) -> str:
     """Text an engine answered (OPA's error, or a proxy's before it; a result that could not be
     read), for the log and the decision log: it may quote the input, whose resource attributes
     are the app's, so card numbers are masked, then the text is cut short."""
-    text = mask_card_numbers(text)
+    text = mask_card_numbers(_unescaped(text))
     return text if len(text) <= MAX_QUOTED_TEXT else text[: MAX_QUOTED_TEXT - 3] + "..."
 
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from sidecar.identity import Peer
+from sidecar.masked_text import quoted
 from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
 
@@ -43,7 +44,7 @@ def resource_from_query(target: str) -> tuple[Signal, dict[str, Any], Peer, str]
     address, tls, spiffe = "", False, ""
     for name, value in pairs:
         if len(value) > MAX_VALUE:
-            raise BadQuery(f"{name}: longer than {MAX_VALUE} characters")
+            raise BadQuery(f"{quoted(name, 40)}: longer than {MAX_VALUE} characters")
         if name == "signal":
             try:
                 signal = Signal(value)
@@ -64,7 +65,7 @@ def resource_from_query(target: str) -> tuple[Signal, dict[str, Any], Peer, str]
         elif name.startswith("resource."):
             attributes[name.removeprefix("resource.")] = value
         else:
-            raise BadQuery(f"unknown parameter {name[:40]!r} (signal, transport, peer, tls, spiffe_id, "
+            raise BadQuery(f"unknown parameter {quoted(name, 40)!r} (signal, transport, peer, tls, spiffe_id, "
                            "resource.<key>, resource=<json>)")
     peer = Peer(address=address, tls=tls, spiffe_id=spiffe)
     return signal, attributes, peer, transport
@@ -130,14 +131,17 @@ async def live_plan(source: PlanSource, target: str) -> tuple[int, dict[str, Any
 
     try:
         signal, attributes, peer, transport = resource_from_query(target)
-    except (BadQuery, ValueError) as exc:
-        return 400, {"error": str(exc)}
+        # a value protobuf cannot hold (an integer past 64 bits, a lone surrogate) is the query's fault
+        resource = resource_info(attributes)
+    except (BadQuery, ValueError) as exc:  # UnicodeError is a ValueError
+        return 400, {"error": quoted(str(exc), 300)}
     try:
-        (plan,) = await source.plans_for(signal, [resource_info(attributes)], peer, transport)
+        (plan,) = await source.plans_for(signal, [resource], peer, transport)
     except PolicyUnavailable as exc:
         retry = getattr(exc, "retry_after", None)
         return 503, {"error": "the policy engine cannot decide now", **({"retry_after": retry} if retry else {})}
     return 200, {
         "signal": signal.value, "transport": transport, "peer_tls": peer.tls,
-        "resource_keys": sorted(attributes), "plan": plan_without_values(plan),
+        # the keys as given, card numbers masked (the plan names rules, never values)
+        "resource_keys": sorted(quoted(key, 200) for key in attributes), "plan": plan_without_values(plan),
     }

@@ -17,6 +17,7 @@ from collections.abc import Generator, Iterator
 
 import zstandard
 
+from sidecar.masked_text import quoted
 from sidecar.overload.budget import Account
 from sidecar.overload.reasons import Action
 
@@ -89,7 +90,7 @@ class UnsupportedEncoding(ValueError):
 
     def __init__(self, encoding: str) -> None:
         allowed = ", ".join((IDENTITY, *ENCODINGS))
-        super().__init__(f"unsupported encoding {encoding!r}; supported: {allowed}")
+        super().__init__(f"unsupported encoding {quoted(encoding, 80)!r}; supported: {allowed}")
         self.encoding = encoding
 
 

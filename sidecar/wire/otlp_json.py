@@ -20,6 +20,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
+from sidecar.masked_text import quoted
 from sidecar.overload.budget import Account
 from sidecar.overload.reasons import Action
 from sidecar.signals import Signal
@@ -204,7 +205,7 @@ def _format_path(path: _Path) -> str:
     parts: list[str] = []
     while isinstance(path, tuple):
         path, step = path
-        parts.append(f"[{step}]" if isinstance(step, int) else f".{step[:40]}")
+        parts.append(f"[{step}]" if isinstance(step, int) else f".{quoted(step, 40)}")
     return path + "".join(reversed(parts))
 
 
@@ -214,7 +215,7 @@ def _hex_id(value: str, size: int, path: _Path) -> str:
     try:
         raw = bytes.fromhex(value)
     except ValueError:
-        raise InvalidJSON(f"{_format_path(path)} must be a hex string, got {value[:40]!r}") from None
+        raise InvalidJSON(f"{_format_path(path)} must be a hex string, got {quoted(value, 40)!r}") from None
     if len(raw) != size:
         raise InvalidJSON(f"{_format_path(path)} must be {size * 2} hex digits, got {len(value)}")
     return base64.b64encode(raw).decode("ascii")

@@ -74,3 +74,28 @@ async def test_debug_plan_rejects_a_bad_query(sidecar: SidecarProcess) -> None:
     status, body = curl(admin, "resource=[1,2]")
     assert status == 400 and "JSON object" in body["error"]  # type: ignore[operator]
     assert "Traceback" not in sidecar.stderr
+
+
+async def test_debug_plan_never_shows_a_card_number_it_was_given(sidecar: SidecarProcess) -> None:
+    """The admin port listens on every address (for the kubelet's probes): a parameter name or
+    key that is a card number comes back masked, and one cut to 40 characters is masked before
+    the cut (cut first, 12 of its digits would show)."""
+    admin = sidecar.ports["admin"]
+    status, body = curl(admin, "4111%201111%201111%201111=x")
+    assert status == 400 and "'**** **** **** 1111'" in body["error"], body  # type: ignore[operator]
+    status, body = curl(admin, "q" * 28 + "4111111111111111=x")
+    assert status == 400 and "4111" not in body["error"], body  # type: ignore[operator]
+    status, body = curl(admin, "resource.4111111111111111=x&resource.5555-5555-5555-4444=y")
+    assert status == 200 and body["resource_keys"] == ["************1111", "****-****-****-4444"], body
+    assert "4111111111111111" not in sidecar.stderr
+
+
+async def test_debug_plan_answers_400_for_values_protobuf_cannot_hold(sidecar: SidecarProcess) -> None:
+    """An integer past 64 bits or a lone surrogate in the resource: 400 naming the problem (was a
+    500 and a traceback in the log quoting the value)."""
+    admin = sidecar.ports["admin"]
+    status, body = curl(admin, 'resource={"k":41111111111111111111111111111111}')
+    assert status == 400 and "out of range" in body["error"], body  # type: ignore[operator]
+    status, body = curl(admin, 'resource={"\\ud800":1}')
+    assert status == 400, body
+    assert "Traceback" not in sidecar.stderr
