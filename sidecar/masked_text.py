@@ -45,10 +45,10 @@ def client_message(text: str) -> str:
 
 
 def quoted(text: str, limit: int) -> str:
-    """A client's or a peer's ``text`` to quote in a message: card numbers masked, then cut to
-    ``limit`` characters (cut first, a number would lose the digits that make it one and show
-    the rest)."""
-    masked = mask_card_numbers(text[: limit + _CUT_MARGIN])
+    """A client's or a peer's ``text`` to quote in a message: card numbers masked (through the
+    escapes of ``repr``, JSON or Go's ``%q``), then cut to ``limit`` characters (cut first, a
+    number would lose the digits that make it one and show the rest)."""
+    masked = mask_card_numbers(_unescaped(text[: limit + _CUT_MARGIN]))
     return masked if len(masked) <= limit else masked[:limit]
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from google.protobuf.message import DecodeError
 
-from sidecar.export.result import Exported
+from sidecar.export.result import MAX_UPSTREAM_MESSAGE, Exported
+from sidecar.masked_text import quoted
 from sidecar.signals import Signal
 
 _REJECTED_FIELD = {
@@ -30,5 +31,5 @@ def parse_response(signal: Signal, body: bytes) -> Exported:
     partial = response.partial_success
     return Exported(
         rejected=int(getattr(partial, _REJECTED_FIELD[signal])),
-        message=partial.error_message,
+        message=quoted(partial.error_message, MAX_UPSTREAM_MESSAGE),
     )

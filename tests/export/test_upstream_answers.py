@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 
 import aiohttp
 import pytest
@@ -13,6 +15,7 @@ from sidecar.export.http import parse_retry_after
 from sidecar.signals import Signal
 from tests import sdk
 from tests.conftest import sidecar_env
+from tests.operator import wait_ready
 from tests.upstream import Answer
 
 BODY = encode_spans(sdk.make_spans(10)).SerializeToString()
@@ -124,3 +127,43 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+#: what a Collector may answer: its error names the attribute it refused, value included
+QUOTING = "bad attribute card.number=4111 1111 1111 1111 " + "A" * 5000
+#: Go's %q (and Python's repr) writes U+3000 as an escape
+WIDE_QUOTED = 'value "\uff14\uff11\uff11\uff11\\u3000' + "\\u3000".join(["\uff11" * 4] * 3) + '" refused'
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_upstream_messages_are_logged_and_shown_masked_and_cut(upstream, start_sidecar, protocol,
+                                                                     caplog) -> None:
+    """The upstream's words go to the log, /ready and the circuit's warning: card numbers in them
+    masked, each cut to 1 KiB (a 5,000-character message made a 5,328-character ERROR line)."""
+    caplog.set_level(logging.DEBUG)
+    upstream.script = [Answer(http_status=503, grpc_status=Status.UNAVAILABLE,
+                              message="busy with 5555555555554444 " + "B" * 3000)]
+    upstream.default = Answer(http_status=400, grpc_status=Status.INVALID_ARGUMENT, message=QUOTING)
+    sidecar = await start_sidecar(sidecar_env(upstream, protocol))
+    assert (await post(sidecar.addresses["http"][1]))[0] == 200
+    reason = "http_400" if protocol == "http/protobuf" else "grpc_invalid_argument"
+    assert await wait_sample(sidecar, "otlp_sidecar_exporter_failed_items_total", signal="traces", reason=reason) == 10
+    _, ready = await wait_ready(sidecar.addresses["admin"][1], lambda body: "exporter_last_drop" in body)
+    logged = [record.getMessage() for record in caplog.records if record.name.startswith("sidecar")]
+    shown = "\n".join(logged) + json.dumps(ready, ensure_ascii=False)  # the test upstream's own logs aside
+    assert "**** **** **** 1111" in shown and "************4444" in shown  # still said, masked
+    for number in ("4111 1111 1111 1111", "5555555555554444", "411111", "555555"):
+        assert number not in shown
+    longest = max(len(line) for line in logged)
+    assert longest < 1500, longest
+
+
+async def test_a_partial_success_message_is_logged_masked(upstream, start_sidecar, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    upstream.default = Answer(rejected=4, message=WIDE_QUOTED)
+    sidecar = await start_sidecar(sidecar_env(upstream, "grpc"))
+    assert (await post(sidecar.addresses["http"][1]))[0] == 200
+    assert await wait_sample(sidecar, "otlp_sidecar_exporter_rejected_items_total", signal="traces") == 4
+    logged = "\n".join(record.getMessage() for record in caplog.records if record.name.startswith("sidecar"))
+    assert "upstream rejected 4 of 10" in logged
+    assert "\uff14\uff11\uff11\uff11" not in logged and "\uff0a\uff0a\uff0a\uff0a" in logged
