@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.masked_text import client_message, quoted
 from sidecar.webhook.config import WebhookConfig
 from sidecar.webhook.inject import InvalidPod, Refused, Scope, decide
 
@@ -47,10 +48,12 @@ def _answer(
     if patch:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode("ascii")
+    # messages may quote the review (an annotation's value, the kind asked for): card numbers
+    # masked, cut to 1 KiB, as every answer of the sidecar's
     if code is not None or message:
-        response["status"] = {"code": code or (200 if allowed else 403), "message": message}
+        response["status"] = {"code": code or (200 if allowed else 403), "message": client_message(message)}
     if warnings:
-        response["warnings"] = warnings
+        response["warnings"] = [client_message(warning) for warning in warnings]
     return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
 
 
@@ -73,7 +76,7 @@ def review(body: bytes, scope: Scope, config: WebhookConfig) -> tuple[int, dict[
     try:
         return 200, *_decide(uid, request, scope, config)
     except Exception as exc:  # a bug must not crash the server or block every pod
-        log.exception("internal error while reviewing uid=%s", uid)
+        log.exception("internal error while reviewing uid=%s", quoted(uid, 64))
         message = f"otlp-sidecar webhook internal error ({type(exc).__name__})"
         outcome = Outcome("error", message, str(request.get("namespace", "")))
         if scope is Scope.PCI:

@@ -22,6 +22,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from sidecar.configkit import parse_endpoint
+from sidecar.masked_text import MAX_QUOTED_TEXT, quoted
 from sidecar.webhook.config import ServerConfig, WebhookConfig
 from sidecar.webhook.inject import Scope
 from sidecar.webhook.metrics import WebhookMetrics
@@ -67,10 +68,10 @@ def _mutate_handler(scope: Scope) -> Callable[[web.Request], Awaitable[web.Respo
             level,
             "review scope=%s namespace=%s pod=%s result=%s reason=%s",
             scope.value,
-            outcome.namespace,
-            outcome.pod,
+            quoted(outcome.namespace, 63),  # names as Kubernetes bounds them; what came in may be longer
+            quoted(outcome.pod, 253),
             outcome.result,
-            outcome.reason,
+            quoted(outcome.reason, MAX_QUOTED_TEXT),
         )
         return web.json_response(answer, status=status)
 

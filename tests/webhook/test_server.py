@@ -290,3 +290,25 @@ async def test_scenarios_over_tls_give_valid_pods(webhook: Webhook, scenario: st
     assert result["spec"]["containers"][0].get("env", [])[: len(pod["spec"]["containers"][0].get("env", []))] == (
         pod["spec"]["containers"][0].get("env", [])
     )
+
+
+async def test_answers_and_logs_never_show_a_card_number_from_the_review(
+    webhook: Webhook, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The review is the requester's text: an annotation's value, a kind, a pod name quoted back
+    or logged comes out masked and cut (was echoed whole, a 3,200-character WARNING line)."""
+    caplog.set_level("INFO", logger="otlp_sidecar.webhook")
+    number = "4111 1111 1111 1111"
+    pod = deployment_pod(**{"otlp-sidecar.io/inject": f"{number} " + "y" * 3000})
+    pod["metadata"]["name"] = f"pay-{number}"
+    status, answer = await webhook.post("/mutate", admission_review(pod))
+    assert status == 200 and answer["response"]["allowed"] is False
+    message = answer["response"]["status"]["message"]
+    assert "**** **** **** 1111" in message and len(message.encode()) <= 1024
+    bad_version = {"apiVersion": f"v1 {number} " + "x" * 3000, "kind": "AdmissionReview",
+                   "request": {"uid": "u-1"}}
+    status, answer = await webhook.post("/mutate", bad_version)
+    assert status == 400 and "**** **** **** 1111" in answer["response"]["status"]["message"]
+    logged = [record.getMessage() for record in caplog.records if record.name.startswith("otlp_sidecar.webhook")]
+    assert logged and all(number not in line and len(line) < 1000 for line in logged), logged
+    assert any("pod=pay-**** **** **** 1111" in line for line in logged), logged
