@@ -31,6 +31,7 @@ import prometheus_client
 
 from sidecar.configkit import ConfigError
 from sidecar.identity import Peer, PodIdentity
+from sidecar.masked_text import quoted
 from sidecar.policy.cache import PlanCache, plan_bytes
 from sidecar.policy.config import PolicyConfig
 from sidecar.policy.decision import PodSettings, RateLimit, compile_plan, pod_settings_from
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 SIGNALS_PROBED = (Signal.TRACES, Signal.METRICS, Signal.LOGS)
 TRANSPORTS_PROBED = ("grpc", "http")
 _ERROR_LOG_INTERVAL = 10.0
+#: the most of an engine error kept for the log and the decision log
+MAX_ERROR_TEXT = 1024
 _PLACES_SHOWN = 6
 
 
@@ -454,17 +457,20 @@ class PolicyService:
         error: DecisionError, started: float,
     ) -> Plan:
         seconds = time.perf_counter() - started
-        self._log_error(f"policy decision failed ({signal.value}): {error}")
+        # a policy's error may quote its input (the app's resource attributes): masked and cut
+        # before the log and the decision log, as a remote OPA's errors are
+        text = quoted(str(error), MAX_ERROR_TEXT)
+        self._log_error(f"policy decision failed ({signal.value}): {text}")
         if self.config.on_error == "refuse":
             self.metrics.errors.labels("refused").inc()
-            self._log_decision(active, signal, transport, peer, self._strict, seconds, "refused", str(error))
+            self._log_decision(active, signal, transport, peer, self._strict, seconds, "refused", text)
             raise PolicyUnavailable(f"the policy engine cannot decide: {error}") from None
         plan = self._last_good.get(key)
         outcome = "last_good"
         if plan is None:
             plan, outcome = self._strict, "strict"
         self.metrics.errors.labels(outcome).inc()
-        self._log_decision(active, signal, transport, peer, plan, seconds, outcome, str(error))
+        self._log_decision(active, signal, transport, peer, plan, seconds, outcome, text)
         return plan
 
     def _request_input(

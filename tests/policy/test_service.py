@@ -10,6 +10,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from sidecar.configkit import ConfigError
 from sidecar.identity import Peer, PodIdentity
+from sidecar.policy.errors import PolicyUnavailable
 from sidecar.policy.source import read_policy_dir
 from sidecar.rewrite import rewrite, split_resources
 from sidecar.rewrite.plan import HASH_PREFIX, PASS_THROUGH
@@ -211,3 +212,47 @@ async def test_decision_log_holds_no_sensitive_value(make_service, hash_key_file
     # values distinctive enough that a timestamp or an id cannot contain them by chance
     for secret in (CARD.replace(" ", "").replace("-", ""), CARD[-8:], "globex", "cvv-Q7Z", HASH_KEY.decode()):
         assert secret not in text
+
+
+QUOTING = """\
+package otlp_sidecar.quoting
+
+import rego.v1
+
+# a policy bug: a part's key built from the resource (the engine refuses the decision, quoting it)
+decision_for(request) := {sprintf("note %v", [request.resource.order]): true} if request.resource.order
+decision_for(request) := {} if not request.resource.order
+"""
+QUOTING_TEST = """\
+package otlp_sidecar.quoting_test
+
+import rego.v1
+
+import data.otlp_sidecar.quoting
+
+test_nothing_without_an_order if {
+\tquoting.decision_for({"resource": {}}) == {}
+}
+"""
+
+
+async def test_an_engine_error_quoting_the_input_is_logged_masked(make_service, hash_key_file: Path,
+                                                                  tmp_path: Path, caplog) -> None:
+    """The error names what the policy built from the app's attributes: the log line and the
+    decision log show it masked and cut (before: whole)."""
+    from tests.pci_invariant.helpers import policy_set_with
+
+    root = policy_set_with(tmp_path, "otlp_sidecar.quoting", QUOTING, QUOTING_TEST)
+    log_file = tmp_path / "decisions.jsonl"
+    service = await make_service(dir=str(root), hash_key_file=str(hash_key_file), decision_log=str(log_file))
+    data = trace_request([({"service.name": "checkout", "order": CARD + " " + "z" * 3000}, [{}])])
+    with pytest.raises(PolicyUnavailable):
+        await service.plans_for(Signal.TRACES, split_resources(Signal.TRACES, data), PEER, "grpc")
+    await service.stop()
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("sidecar"))
+    assert "policy decision failed (traces)" in logged and "note **** **** **** 1111" in logged
+    text = log_file.read_text()
+    assert '"outcome": "refused"' in text.replace('":"', '": "') and "**** **** **** 1111" in text
+    for shown in (logged, text):
+        assert CARD not in shown and "411111" not in shown.replace(" ", "")
+        assert max(len(line) for line in shown.splitlines()) < 2000
