@@ -224,6 +224,9 @@ def _stamps(where: _Where, part: Mapping[str, Any]) -> list[ResourceStamp]:
             # written on every resource, never scanned: refused as a rule id is (never quoted)
             raise where.fail(f"{path}.value", "holds a card number: a stamp is written on every resource "
                                               "as it is", rule_id)
+        if find_pans(key.encode()):
+            raise where.fail(f"{path}.key", "holds a card number: a stamp is written on every resource "
+                                            "as it is", rule_id)
         found.append(ResourceStamp(rule_id, key, value, conflict))
     return found
 

@@ -214,8 +214,9 @@ decision_for(request) := {"allow": false, "reason": "no", "rule_id": sprintf("ex
 
 @pytest.mark.parametrize("part", [
     {"stamps": [{"rule_id": "t", "key": "k8s.pod.name", "value": "pay-4111111111111111"}]},
+    {"stamps": [{"rule_id": "t", "key": "order.4111-1111-1111-1111", "value": "x"}]},
     {"redaction": "[REDACTED for 4111 1111 1111 1111]"},
-], ids=["stamp", "redaction"])
+], ids=["stamp", "stamp key", "redaction"])
 def test_a_stamp_or_redaction_text_holding_a_card_number_is_refused_without_quoting_it(part) -> None:
     """The rewriter writes both as they are, unscanned (a review got a card number out through
     each: a stamp value taken from a pod label, a redaction text built from it); refused as a rule
