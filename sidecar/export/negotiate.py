@@ -14,6 +14,8 @@ import re
 import time
 from collections.abc import Callable, Iterable
 
+from sidecar.masked_text import quoted
+
 log = logging.getLogger(__name__)
 
 #: best first; "identity" is no compression
@@ -81,7 +83,7 @@ class Negotiator:
             # not already lowered by a concurrent request: lower it now, and say so once
             log.warning(
                 "upstream does not accept %s compression (%s); sending %s from now on, trying %s again in %g s",
-                encoding, reason[:200], fallback, self.preferred, self.probe_interval,
+                encoding, quoted(reason, 200), fallback, self.preferred, self.probe_interval,
             )
             self._set(fallback)
             for listener in self._listeners:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard, TypeVar, get_args
 
+from sidecar.masked_text import quoted
 from sidecar.policy.errors import DecisionError
 from sidecar.policy.invariant import Exemption, enforce, exemptions_from
 from sidecar.rewrite._cards import find_pans
@@ -129,8 +130,9 @@ def _rule_id(where: _Where, path: str, entry: Mapping[str, Any]) -> str:
 
 
 def _show(value: Any) -> str:
-    """An enum-like value the policy wrote (an action, a kind), shortened."""
-    text = repr(value)
+    """An enum-like value the policy wrote (an action, a kind), shortened: masked first, as a
+    policy may have built it from the app's attributes."""
+    text = quoted(repr(value), 200)
     return text if len(text) <= 40 else text[:37] + "..."
 
 

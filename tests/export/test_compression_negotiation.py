@@ -77,6 +77,18 @@ def test_negotiator_steps_down_once_and_probes_back() -> None:
     assert seen == [("zstd", "gzip"), ("zstd", "gzip"), ("gzip", "identity")]
 
 
+def test_the_downgrade_warning_quotes_the_upstream_masked(caplog: pytest.LogCaptureFixture) -> None:
+    """The upstream's refusal may quote data: the warning masks it before cutting it to 200
+    characters (cut first, the 12 digits before the cut would show)."""
+    negotiator = Negotiator("zstd", probe_interval=60, clock=Clock())
+    reason = "zstd refused near " + "x" * 170 + "4111111111111111 " + "y" * 500
+    with caplog.at_level("WARNING", logger="sidecar.export.negotiate"):
+        assert negotiator.refused("zstd", reason) == "gzip"
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "sidecar.export.negotiate"]
+    assert "upstream does not accept zstd compression" in line and "x" * 170 + "*" in line
+    assert "4111" not in line and "y" * 200 not in line
+
+
 def test_refusal_messages_and_accept_lists() -> None:
     assert names_encoding("400: Can not decode content-encoding: zstandard (zstd)")
     assert names_encoding("Error parsing 'grpc-encoding' metadata")

@@ -227,6 +227,18 @@ def test_a_stamp_or_redaction_text_holding_a_card_number_is_refused_without_quot
     assert "holds a card number" in str(caught.value) and "1111" not in str(caught.value)
 
 
+def test_an_unknown_action_is_quoted_masked_before_it_is_shortened() -> None:
+    """A policy that built an action from the app's attributes: the error (logged) names it
+    masked, and the cut at 40 characters leaves none of the number's digits but its last four
+    at most."""
+    action = "x" * 25 + "4111111111111111"
+    decisions = {"p": {"attributes": [{"rule_id": "r", "action": action, "keys": ["k"]}]}}
+    with pytest.raises(DecisionError) as caught:
+        compile_plan(decisions, no_file)
+    assert "unknown action 'xxxxxxxxxxxxxxxxxxxxxxxxx***" in str(caught.value)
+    assert "4111" not in str(caught.value) and "1111111" not in str(caught.value)
+
+
 def test_decision_vocabularies_are_the_plans() -> None:
     """The typed word lists the decision is checked against name what the plan documents, in order
     (the order is the one error messages list them in)."""
