@@ -109,8 +109,9 @@ class ServerConfig:
         min=0.1,
     )
     max_request_bytes: int = setting(
-        8 * 1024 * 1024,
-        "Largest AdmissionReview accepted.",
+        3 * 1024 * 1024,
+        "Largest AdmissionReview accepted (a Pod is at most 1.5 MiB, etcd's limit; what decoding a "
+        "review may hold is bounded apart, before it is decoded).",
         kind="size",
         min=1024,
     )

@@ -312,3 +312,30 @@ async def test_answers_and_logs_never_show_a_card_number_from_the_review(
     logged = [record.getMessage() for record in caplog.records if record.name.startswith("otlp_sidecar.webhook")]
     assert logged and all(number not in line and len(line) < 1000 for line in logged), logged
     assert any("pod=pay-**** **** **** 1111" in line for line in logged), logged
+
+
+async def test_reviews_that_would_cost_too_much_are_refused_before_decoding(
+    config: WebhookConfig, tmp_path: Path,
+) -> None:
+    """The webhook runs in 128 Mi: 8 MiB of `[{},{},...]` took 270 MiB to decode, 550,000 tiny
+    containers made a 157 MB patch in 8.5 s, 8 MiB of `[` a 500 and a traceback. With the default
+    limits each is refused with a message, and a normal review is answered after them."""
+    pki = make_pki(tmp_path)
+    client_tls = ssl.create_default_context(cafile=pki.ca_cert)
+    async with running(_server_config(config, pki)) as (_, port):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_tls)) as session:
+            webhook = Webhook(f"https://localhost:{port}", session, pki, "127.0.0.1", port)
+            many_objects = b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": [' + (
+                b"{}," * 1_000_000) + b"{}]}"  # 3 MB: under the default 3 MiB
+            status, answer = await webhook.post("/mutate", many_objects)
+            assert status == 413 and "would take about" in answer["response"]["status"]["message"]
+            status, answer = await webhook.post("/mutate", b"[" * 100_000)
+            assert status == 400 and "nests too deep" in answer["response"]["status"]["message"]
+            pod = deployment_pod(**{"otlp-sidecar.io/inject": "true"})
+            pod["spec"]["containers"] = [{"name": f"c{i}"} for i in range(257)]
+            status, answer = await webhook.post("/mutate", admission_review(pod))
+            assert status == 200 and answer["response"]["allowed"] is False
+            assert "holds 257 containers, more than the 256" in answer["response"]["status"]["message"]
+            normal = admission_review(deployment_pod(**{"otlp-sidecar.io/inject": "true"}))
+            ok, answer = await webhook.post("/mutate", normal)
+            assert ok == 200 and answer["response"]["allowed"] is True
