@@ -159,6 +159,28 @@ def test_yaml_alias_bomb_and_non_json_values_are_refused() -> None:
         parse_bundle("b", "t", {"data.yaml": b"when: 2026-12-04\n"}, None)
 
 
+@pytest.mark.parametrize(("name", "text"), [
+    ("data.json", b'{"a": [' + b"{}," * 1_000_000 + b"{}]}"),
+    ("data.yaml", b"a:\n" + b"- {}\n" * 400_000),
+], ids=["json", "yaml"])
+def test_data_that_may_hold_too_many_values_is_refused_before_it_is_decoded(name: str, text: bytes) -> None:
+    """15 MiB of `{"a":[{},{},...]}` took 528 MiB before it was refused, 2 MB of YAML `- {}`
+    465 MiB and was accepted: the values are now bounded on the text, before decoding."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(BundleError, match="more than the 250000 values"):
+            parse_bundle("b", "t", {name: text}, None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * len(text), f"{peak} bytes traced: the document was decoded"
+    # a large document that stays within the bound is still read
+    ok = parse_bundle("b", "t", {"data.json": json.dumps({"a": list(range(200_000))}).encode()}, None)
+    assert len(ok.data["a"]) == 200_000
+
+
 def test_roots_hold_every_package_and_data_path() -> None:
     manifest = json.dumps({"revision": "1", "roots": ["team/a"]}).encode()
     with pytest.raises(BundleError, match=r"package team\.b is outside the bundle's roots"):

@@ -26,7 +26,10 @@ from sidecar.policy.bundles.signing import VerificationConfig, verify_bundle
 from sidecar.policy.source import _PACKAGE_RE, DataConflict, merge_at
 
 #: nodes a data document may hold (YAML aliases can make a small file a huge tree)
-MAX_DATA_NODES = 2_000_000
+#: values a bundle's data documents may hold together: each costs 50-200 bytes decoded, and the
+#: bound is checked on the raw text before a document is decoded (2,000,000 let 15 MiB of
+#: `{"a":[{},{},...]}` take 528 MiB before it was refused)
+MAX_DATA_NODES = 250_000
 STAGE_PREFIX = "otlp-sidecar-bundles-"
 #: staged directories this process made and has not removed (never swept)
 _OURS: set[str] = set()
@@ -72,7 +75,21 @@ def _count_nodes(value: Any, budget: list[int]) -> None:
             stack.extend(item)
 
 
+def _most_values(name: str, raw: bytes) -> int:
+    """An upper bound of the values a data document holds, from its text: in JSON every value
+    but a container's first follows a comma; in YAML each also starts a line or follows a flow
+    comma, or is a key's (after a colon)."""
+    count = raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
+    if name.endswith((".yaml", ".yml")):
+        count += raw.count(b"\n") + raw.count(b":")
+    return count
+
+
 def _parse_data(name: str, raw: bytes, budget: list[int]) -> dict[str, Any]:
+    if _most_values(name, raw) > budget[0]:
+        # counted on the text: a document decoded only to be refused held hundreds of MiB
+        raise BundleError(f"may hold more than the {MAX_DATA_NODES} values a bundle's data may hold "
+                          "together (counted before decoding); refused", name)
     try:
         text = raw.decode("utf-8")
         document = yaml.safe_load(text) if name.endswith((".yaml", ".yml")) else json.loads(text)
