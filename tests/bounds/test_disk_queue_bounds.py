@@ -1,6 +1,9 @@
-"""With the disk queue, a request is acknowledged once its rewrite is durable: its output waits
-for the disk's fdatasync. Those outputs are held in the receive budget, so requests that pile up
-behind a slow disk cannot take the sidecar past its ceiling.
+"""The disk queue under what clients can make it hold.
+
+- With the disk queue, a request is acknowledged once its rewrite is durable: its output waits
+  for the disk's fdatasync. Those outputs are held in the receive budget, so requests that pile
+  up behind a slow disk cannot take the sidecar past its ceiling.
+- Each request the disk queue holds keeps its bookkeeping in memory: their number is bounded.
 
 A slow disk cannot be made here (no device mapper; FUSE is not on every CI machine): the
 sidecar's ``os.fdatasync`` is slowed in its own process by a ``sitecustomize`` module, the one
@@ -14,11 +17,12 @@ import asyncio
 import textwrap
 import time
 
+import aiohttp
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from tests.bounds.harness import BoundedSidecar, MiB, Probe, http_post
+from tests.bounds.harness import SMALL_TRACES, BoundedSidecar, MiB, Probe, http_post, status_message
 
 #: how long the slowed disk takes for each fdatasync
 SYNC_SECONDS = 0.3
@@ -98,3 +102,33 @@ async def test_outputs_waiting_for_a_slow_disk_are_held_in_the_budget(tmp_path) 
             await asyncio.sleep(0.1)
         # nothing acknowledged was lost, nothing twice
         assert sorted(uploads) == [i.to_bytes(16, "big") for i in range(CLIENTS)]
+
+
+@pytest.mark.timeout(120)
+async def test_tiny_requests_during_an_outage_are_bounded_by_their_count(tmp_path) -> None:
+    """One span per request (an SDK's simple processor) while the upstream is down: each request
+    the disk queue holds keeps ~180 bytes of bookkeeping in memory though its bytes are on disk (a
+    million took 180 MB). Past a quarter of exporter.queue_max_bytes of them, 503 with a message;
+    process stays small."""
+    async with BoundedSidecar(
+        "grpc",
+        SIDECAR_EXPORTER_DISK_QUEUE_DIR=str(tmp_path / "queue"),
+        SIDECAR_EXPORTER_QUEUE_MAX_BYTES="1MiB",
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",  # nothing listens: the upstream is down
+    ) as sc:
+        most = max(1024, (1 << 20) // 4 // 192)
+        statuses: list[int] = []
+        messages: set[str] = set()
+        async with aiohttp.ClientSession() as session:
+            for _ in range(most + 100):
+                async with session.post(f"http://127.0.0.1:{sc.http}/v1/traces", data=SMALL_TRACES,
+                                        headers={"Content-Type": "application/x-protobuf"}) as response:
+                    statuses.append(response.status)
+                    if response.status != 200:
+                        messages.add(status_message(await response.read()))
+        assert statuses.count(200) == most and statuses.count(503) == 100, statuses[-5:]
+        (message,) = messages
+        assert f"the disk queue holds {most} requests" in message and "send larger batches" in message
+        assert await sc.metric("otlp_sidecar_receiver_refused_items_total", signal="traces", transport="http",
+                               reason="queue_full") == 100 * 3
+        sc.assert_peak_under()
