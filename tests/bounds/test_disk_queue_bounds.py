@@ -108,8 +108,8 @@ async def test_outputs_waiting_for_a_slow_disk_are_held_in_the_budget(tmp_path) 
 async def test_tiny_requests_during_an_outage_are_bounded_by_their_count(tmp_path) -> None:
     """One span per request (an SDK's simple processor) while the upstream is down: each request
     the disk queue holds keeps ~180 bytes of bookkeeping in memory though its bytes are on disk (a
-    million took 180 MB). Past a quarter of exporter.queue_max_bytes of them, 503 with a message;
-    process stays small."""
+    million took 180 MB). Past a quarter of exporter.queue_max_bytes of them, 503 with a message
+    (retryable), and the process stays small."""
     async with BoundedSidecar(
         "grpc",
         SIDECAR_EXPORTER_DISK_QUEUE_DIR=str(tmp_path / "queue"),
