@@ -37,9 +37,7 @@ def client_message(text: str) -> str:
     hold, becomes U+FFFD). A message may quote the request (a parser's error names the value it
     could not read, a policy's reason may be built from resource attributes), and SDKs log the
     answers they get where nothing masks them."""
-    # masked before the cut, so that the digits a cut leaves of a number are never shown
-    masked = mask_card_numbers(_unescaped(text[: MAX_CLIENT_MESSAGE + _CUT_MARGIN]))
-    text = masked.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    text = quoted(text, MAX_CLIENT_MESSAGE).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     raw = text.encode("utf-8")
     return text if len(raw) <= MAX_CLIENT_MESSAGE else raw[:MAX_CLIENT_MESSAGE].decode("utf-8", "ignore")
 
@@ -68,7 +66,7 @@ def loggable(text: str) -> str:
     """Text an engine answered (OPA's error, or a proxy's before it; a result that could not be
     read), for the log and the decision log: it may quote the input, whose resource attributes
     are the app's, so card numbers are masked, then the text is cut short."""
-    text = mask_card_numbers(_unescaped(text))
+    text = quoted(text, MAX_QUOTED_TEXT + 1)  # one more: says whether it was cut
     return text if len(text) <= MAX_QUOTED_TEXT else text[: MAX_QUOTED_TEXT - 3] + "..."
 
 

@@ -80,9 +80,11 @@ def review(body: bytes, scope: Scope, config: WebhookConfig) -> tuple[int, dict[
         return 413, rejection(message, 413), Outcome("invalid", message)
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        message = f"the body is not JSON: {exc}" if not isinstance(exc, RecursionError) else (
-            "the body nests too deep to be a Pod")
+    except (ValueError, UnicodeDecodeError) as exc:
+        message = f"the body is not JSON: {exc}"
+        return 400, _answer("", False, code=400, message=message), Outcome("invalid", message)
+    except RecursionError:
+        message = "the body nests too deep to be a Pod"
         return 400, _answer("", False, code=400, message=message), Outcome("invalid", message)
     problem, uid, request = _request(document)
     if problem:

@@ -25,10 +25,10 @@ from sidecar.policy.bundles.archive import DATA_NAMES, MANIFEST, REGO_SUFFIX, SI
 from sidecar.policy.bundles.signing import VerificationConfig, verify_bundle
 from sidecar.policy.source import _PACKAGE_RE, DataConflict, merge_at
 
-#: nodes a data document may hold (YAML aliases can make a small file a huge tree)
-#: values a bundle's data documents may hold together: each costs 50-200 bytes decoded, and the
-#: bound is checked on the raw text before a document is decoded (2,000,000 let 15 MiB of
-#: `{"a":[{},{},...]}` take 528 MiB before it was refused)
+#: values a bundle's data documents may hold together: each costs 50-200 bytes decoded. Bounded
+#: on the raw text before a document is decoded (2,000,000 counted after decoding let 15 MiB of
+#: `{"a":[{},{},...]}` take 528 MiB before it was refused), and counted again once decoded (YAML
+#: aliases can make a small file a huge tree)
 MAX_DATA_NODES = 250_000
 STAGE_PREFIX = "otlp-sidecar-bundles-"
 #: staged directories this process made and has not removed (never swept)
