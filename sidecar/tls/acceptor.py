@@ -112,6 +112,41 @@ class _Deferred(asyncio.Protocol):
             self.app.resume_writing()
 
 
+#: at the cap of handshakes in progress, one this old is closed for a new one (else the new one is)
+EVICT_AFTER = 1.0
+
+
+class _Pending:
+    """Handshakes in progress on one listener, at most ``limit``. At the cap the oldest is closed
+    for a new connection once it has waited ``EVICT_AFTER`` seconds (a silent connection), else
+    the new one is (a burst: the handshakes in progress go on); either way ``refused()`` is called."""
+
+    def __init__(self, limit: int, refused: Callable[[], None] | None) -> None:
+        self.limit = limit
+        self._waiting: dict[object, tuple[asyncio.Transport, float]] = {}  # in the order they came
+        self._refused = refused
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def enter(self, key: object, transport: asyncio.Transport) -> bool:
+        """Admit a new connection (True), or close it (False)."""
+        now = time.monotonic()
+        if len(self._waiting) >= self.limit:
+            if self._refused is not None:
+                self._refused()
+            oldest = next(iter(self._waiting))
+            if now - self._waiting[oldest][1] < EVICT_AFTER:
+                transport.abort()
+                return False
+            self._waiting.pop(oldest)[0].abort()
+        self._waiting[key] = (transport, now)
+        return True
+
+    def leave(self, key: object) -> None:
+        self._waiting.pop(key, None)
+
+
 class _TLSAcceptor(asyncio.Protocol):
     """The plaintext side of one accepted connection: upgrade it, or count the failure."""
 
@@ -121,16 +156,23 @@ class _TLSAcceptor(asyncio.Protocol):
         tls: ServerTLS,
         timeout: float,
         report: _HandshakeLog,
+        pending: _Pending | None = None,
     ) -> None:
         self._factory, self._tls, self._timeout, self._report = factory, tls, timeout, report
+        self._pending = pending
         self._lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        pending = self._pending
+        if pending is not None and not pending.enter(self, transport):
+            return  # closed: too many handshakes in progress (each holds 256 KiB of TLS buffers)
         transport.pause_reading()  # the ClientHello waits in the socket for start_tls
         task = asyncio.get_running_loop().create_task(self._upgrade(transport))
         _UPGRADES.add(task)
         task.add_done_callback(_UPGRADES.discard)
+        if pending is not None:
+            task.add_done_callback(lambda _: pending.leave(self))
 
     async def _upgrade(self, transport: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
@@ -174,21 +216,40 @@ def tls_protocol_factory(
     tls: ServerTLS,
     *,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    max_handshakes: int = 0,
+    refused: Callable[[], None] | None = None,
 ) -> Callable[[], asyncio.Protocol]:
     """A protocol factory for ``loop.create_server`` (without ``ssl=``) that does the TLS
-    handshake with ``tls``, counting and logging failures, then runs ``factory``'s protocol."""
+    handshake with ``tls``, counting and logging failures, then runs ``factory``'s protocol.
+
+    ``max_handshakes`` (0: no cap) bounds the handshakes in progress: each holds asyncio's TLS
+    buffers (256 KiB) until it ends or ``handshake_timeout`` passes, so silent connections could
+    otherwise hold any amount of memory before the server's own connection cap sees them. At the
+    cap the handshake waiting longest is closed for a new connection if it has waited
+    ``EVICT_AFTER`` seconds (a client that sends its ClientHello at once completes in
+    milliseconds: a silent one is the oldest), else the new connection is; ``refused()`` is called
+    for each."""
     report = _HandshakeLog()
+    pending = _Pending(max_handshakes, refused) if max_handshakes > 0 else None
 
     def make() -> asyncio.Protocol:
-        return _TLSAcceptor(factory, tls, handshake_timeout, report)
+        return _TLSAcceptor(factory, tls, handshake_timeout, report, pending)
 
     return make
 
 
-def tls_wrapper(tls: ServerTLS) -> ProtocolWrapper:
-    """The TLS acceptor as the wire servers take it: ``server.start(host, port, tls_wrapper(tls))``."""
+def tls_wrapper(
+    tls: ServerTLS,
+    *,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    max_handshakes: int = 0,
+    refused: Callable[[], None] | None = None,
+) -> ProtocolWrapper:
+    """The TLS acceptor as the wire servers take it: ``server.start(host, port, tls_wrapper(tls))``
+    (arguments as :func:`tls_protocol_factory`'s)."""
 
     def wrap(factory: ProtocolFactory) -> Callable[[], asyncio.Protocol]:
-        return tls_protocol_factory(factory, tls)
+        return tls_protocol_factory(factory, tls, handshake_timeout=handshake_timeout,
+                                    max_handshakes=max_handshakes, refused=refused)
 
     return wrap

@@ -222,6 +222,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._dead = True
+        # asyncio's TLS protocol keeps bound methods of this protocol after the loss, and the
+        # transport keeps it: a cycle only the full collector frees, with 256 KiB of TLS buffers in it
+        self._transport = None
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
         if self._linger is not None:
