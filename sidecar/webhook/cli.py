@@ -66,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
     import logging
     import ssl
 
+    from sidecar.configkit import ConfigError
     from sidecar.webhook.server import serve
 
     logging.basicConfig(
@@ -77,7 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(serve(config))
-    except (OSError, ssl.SSLError) as exc:
+    except (OSError, ssl.SSLError, ConfigError) as exc:
         print(f"otlp-sidecar webhook: cannot serve: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

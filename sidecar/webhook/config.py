@@ -115,6 +115,16 @@ class ServerConfig:
         kind="size",
         min=1024,
     )
+    max_connections: int = setting(
+        32,
+        "Open connections the listener keeps (an API server opens one per review in flight); at "
+        "the cap the one that has waited longest for a request is closed. As many TLS handshakes "
+        "may be in progress besides; at that cap the oldest is closed. Each connection may hold "
+        "up to 1 MiB of TLS buffers: keep it well under the pod's memory limit.",
+        kind="int",
+        min=1,
+        max=4096,
+    )
 
 
 @dataclass(frozen=True)

@@ -1,68 +1,123 @@
-"""The webhook's HTTPS server (aiohttp): /mutate[/namespace|/pci], /healthz, /metrics.
+"""The webhook's HTTPS server: /mutate[/namespace|/pci], /healthz, /metrics.
 
 Each path is one entry of the MutatingWebhookConfiguration (see :class:`Scope`):
-the API server's namespace selectors decide which one a pod reaches. The serving
-certificate is re-read when its files change, so a cert-manager renewal needs no
-restart.
+the API server's namespace selectors decide which one a pod reaches.
+
+It runs on the sidecar's own bounded HTTP/1.1 server (``sidecar.wire.http1``) behind its TLS
+acceptor, because the webhook is reachable from the whole cluster and runs in 128 Mi: at most
+``webhook.max_connections`` connections (at the cap the one idle longest is closed) and as many
+TLS handshakes in progress; a head must arrive within 10 s, a body within 30 s, an idle
+connection is closed after 75 s; at most four reviews of ``max_request_bytes`` are received at
+once (more get 503, the API server's failure policy decides). Each of these actions is counted
+(``otlp_sidecar_webhook_overload_actions_total``). The serving certificate is re-read when its
+files change, so a cert-manager renewal needs no restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import os
 import signal
-import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from typing import Any
 
-from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from sidecar.configkit import parse_endpoint
 from sidecar.masked_text import MAX_QUOTED_TEXT, quoted
+from sidecar.overload.budget import MemoryBudget
+from sidecar.overload.reasons import Action
+from sidecar.tls.acceptor import tls_wrapper
+from sidecar.tls.server import ServerTLS
 from sidecar.webhook.config import ServerConfig, WebhookConfig
 from sidecar.webhook.inject import Scope
 from sidecar.webhook.metrics import WebhookMetrics
 from sidecar.webhook.review import rejection, review
+from sidecar.wire.http1 import Http1Server, Limits, Request, Response, plain
 
 log = logging.getLogger("otlp_sidecar.webhook")
 
-CONFIG_KEY = web.AppKey("config", WebhookConfig)
-METRICS_KEY: web.AppKey[WebhookMetrics] = web.AppKey("metrics")
-
 ROUTES = {"/mutate": Scope.POD, "/mutate/namespace": Scope.NAMESPACE, "/mutate/pci": Scope.PCI}
+_OTHER_ROUTES = ("/healthz", "/metrics")
+_JSON = "application/json"
+#: reviews of ``max_request_bytes`` received at once (the receive budget is this many of them)
+CONCURRENT_BODIES = 4
+HEADER_TIMEOUT = 10.0
+IDLE_TIMEOUT = 75.0
+BODY_DEADLINE = 30.0
 
 
-def build_app(config: WebhookConfig) -> web.Application:
-    """The aiohttp application (no listener: see :func:`serve`)."""
-    app = web.Application(client_max_size=config.server.max_request_bytes)
-    app[CONFIG_KEY] = config
-    app[METRICS_KEY] = WebhookMetrics()
-    for path, scope in ROUTES.items():
-        app.router.add_post(path, _mutate_handler(scope))
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/metrics", _metrics)
-    return app
+def listener_limits(server: ServerConfig) -> Limits:
+    """What one request and one connection of the webhook may take."""
+    return Limits(
+        max_request_bytes=server.max_request_bytes,
+        max_header_bytes=16 * 1024,
+        max_headers=64,
+        max_request_line=4 * 1024,
+        read_ahead=16 * 1024,
+        buffer_size=16 * 1024,
+        idle_timeout=IDLE_TIMEOUT,
+        header_timeout=HEADER_TIMEOUT,
+        body_timeout=HEADER_TIMEOUT,
+        body_deadline=BODY_DEADLINE,
+        pool_bytes=0,
+        max_connections=server.max_connections,
+    )
 
 
-def _mutate_handler(scope: Scope) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def handle(request: web.Request) -> web.Response:
-        metrics = request.app[METRICS_KEY]
+class WebhookServer:
+    """The routes on a bounded :class:`Http1Server` (not started: ``await start(host, port, tls)``)."""
+
+    def __init__(self, config: WebhookConfig, metrics: WebhookMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or WebhookMetrics()
+        self.limits = listener_limits(config.server)
+        per_connection = config.server.max_request_bytes + self.limits.read_ahead
+        self.budget = MemoryBudget(CONCURRENT_BODIES * per_connection, per_connection)
+        self.server = Http1Server(self._handle, check=self._check, refuse=self._refuse, limits=self.limits,
+                                  budget=self.budget, count=self.metrics.count)
+        self.metrics.connections.set_function(lambda: self.server.connections)
+        self.metrics.connections_limit.set(self.limits.max_connections)
+
+    def _check(self, request: Request) -> Response | None:
+        if request.path in ROUTES:
+            if request.method != "POST":
+                return plain(405, f"{request.method} is not allowed; use POST", {"Allow": "POST"})
+            return None
+        if request.path in _OTHER_ROUTES:
+            if request.method not in ("GET", "HEAD"):
+                return plain(405, f"{request.method} is not allowed; use GET", {"Allow": "GET, HEAD"})
+            if request.content_length or request.chunked:
+                return plain(413, "this path reads no body")
+            return None
+        return plain(404, f"nothing at {request.path}; try /mutate, /healthz or /metrics")
+
+    def _refuse(self, request: Request, status: int, message: str) -> Response:
+        """Refusals the listener decides (413, 503, 417) as AdmissionReview answers."""
+        scope = ROUTES.get(request.path)
+        if status == 413:
+            message = f"the AdmissionReview is larger than {self.config.server.max_request_bytes} bytes"
+            if scope is not None:
+                self.metrics.reviews.labels(scope.value, "invalid").inc()
+                log.warning("review scope=%s result=invalid reason=%s", scope.value, message)
+        # 503 (the receive memory is full): counted as budget_full, not logged per request
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return _json(rejection(message, status), status, headers)
+
+    async def _handle(self, request: Request) -> Response:
+        if request.path == "/healthz":
+            return Response(200, b"ok\n")
+        if request.path == "/metrics":
+            return Response(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
+        scope = ROUTES[request.path]
         started = time.perf_counter()
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            metrics.reviews.labels(scope.value, "invalid").inc()
-            limit = request.app[CONFIG_KEY].server.max_request_bytes
-            message = f"the AdmissionReview is larger than {limit} bytes"
-            log.warning("review scope=%s result=invalid reason=%s", scope.value, message)
-            return web.json_response(rejection(message, 413), status=413)
-        status, answer, outcome = review(body, scope, request.app[CONFIG_KEY])
-        metrics.reviews.labels(scope.value, outcome.result).inc()
-        metrics.duration.observe(time.perf_counter() - started)
+        status, answer, outcome = review(bytes(request.body), scope, self.config)
+        self.metrics.reviews.labels(scope.value, outcome.result).inc()
+        self.metrics.duration.observe(time.perf_counter() - started)
         level = logging.WARNING if outcome.result in ("refused", "invalid", "error") else logging.INFO
         log.log(
             level,
@@ -73,87 +128,63 @@ def _mutate_handler(scope: Scope) -> Callable[[web.Request], Awaitable[web.Respo
             outcome.result,
             quoted(outcome.reason, MAX_QUOTED_TEXT),
         )
-        return web.json_response(answer, status=status)
-
-    return handle
+        return _json(answer, status)
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
+def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, json.dumps(body).encode(), _JSON, headers)
 
 
-async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS_KEY].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+def serving_tls(server: ServerConfig, metrics: WebhookMetrics) -> ServerTLS:
+    """The serving certificate, re-read when its files change (checked at most every
+    ``cert_reload_interval``); a broken file keeps the old one. Raises ConfigError."""
+    tls = ServerTLS(
+        cert_file=server.cert_file,
+        key_file=server.key_file,
+        check_interval=server.cert_reload_interval,
+        keys={"cert_file": "webhook.cert_file", "key_file": "webhook.key_file"},
+    )
 
-
-def server_ssl_context(server: ServerConfig) -> ssl.SSLContext:
-    """A TLS 1.2+ server context with the serving certificate loaded (OSError/SSLError if bad)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(server.cert_file, server.key_file)
-    return context
-
-
-def _stamp(paths: tuple[str, ...]) -> tuple[tuple[int, int, int], ...]:
-    stamps = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except OSError:
-            stamps.append((0, 0, 0))
-        else:
-            stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
-    return tuple(stamps)
-
-
-async def watch_certificate(
-    context: ssl.SSLContext,
-    server: ServerConfig,
-    metrics: WebhookMetrics,
-) -> None:
-    """Reload the certificate into ``context`` when its files change; keep the old one on error."""
-    paths = (server.cert_file, server.key_file)
-    seen = _stamp(paths)
-    while True:
-        await asyncio.sleep(server.cert_reload_interval)
-        current = _stamp(paths)
-        if current == seen:
-            continue
-        seen = current
-        try:
-            context.load_cert_chain(server.cert_file, server.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            metrics.cert_reloads.labels("failed").inc()
-            log.error("serving certificate changed but cannot be loaded (keeping the old one): %s", exc)
-        else:
-            metrics.cert_reloads.labels("ok").inc()
+    def reloaded(_role: str, result: str) -> None:
+        metrics.cert_reloads.labels(result).inc()
+        if result == "ok":
             log.info("serving certificate reloaded from %s", server.cert_file)
+        else:
+            log.error("serving certificate changed but cannot be loaded (keeping the old one): %s", tls.last_error)
+
+    tls.add_reload_listener(reloaded)
+    return tls
+
+
+async def watch_certificate(tls: ServerTLS, interval: float) -> None:
+    """Check the certificate files every ``interval`` even when no client connects (handshakes
+    check them too), so a renewal or a broken file shows in the metrics and the log."""
+    while True:
+        await asyncio.sleep(interval)
+        tls.maybe_reload()
 
 
 @contextlib.asynccontextmanager
 async def running(config: WebhookConfig) -> AsyncIterator[tuple[str, int]]:
-    """Start the HTTPS server; yield the (host, port) it listens on; stop it on exit."""
-    context = server_ssl_context(config.server)
-    app = build_app(config)
+    """Start the HTTPS server; yield the (host, port) it listens on; stop it on exit.
+
+    Raises ConfigError when the certificate cannot be loaded."""
+    metrics = WebhookMetrics()
+    tls = serving_tls(config.server, metrics)
+    webhook = WebhookServer(config, metrics)
     host, port = parse_endpoint(config.server.listen)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    watcher: asyncio.Task[None] | None = None
+    wrap = tls_wrapper(tls, handshake_timeout=HEADER_TIMEOUT, max_handshakes=config.server.max_connections,
+                       refused=lambda: metrics.count(Action.connection_limit))
+    bound = await webhook.server.start(host, port, wrap)
+    watcher = asyncio.create_task(watch_certificate(tls, config.server.cert_reload_interval))
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=context)
-        await site.start()
-        addresses = runner.addresses
-        bound = (addresses[0][0], addresses[0][1]) if addresses else (host, port)
-        watcher = asyncio.create_task(watch_certificate(context, config.server, app[METRICS_KEY]))
         log.info("webhook listening on https://%s:%s", bound[0], bound[1])
-        yield bound[0], bound[1]
+        yield bound
     finally:
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-        await runner.cleanup()
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await webhook.server.close(1.0)
 
 
 async def serve(config: WebhookConfig) -> None:

@@ -1,0 +1,319 @@
+"""The injection webhook as a real process (`otlp-sidecar webhook serve`) under connection
+attacks from the cluster: idle TLS connections, slowloris heads, silent TCP connections that never
+start a handshake, stalled bodies. The webhook runs in 128 Mi (the chart's limit) and must keep
+answering the API server's reviews meanwhile.
+
+Before it ran on its own bounded HTTP/1.1 server (aiohttp with its defaults): 500 idle TLS
+connections held 185 MiB, 2,000 slowloris heads 608 MiB and 2,009 descriptors, 30 stalled 8 MiB
+bodies 430 MiB, none of them ever closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.tls.pki import PKI, make_pki
+from tests.webhook.conftest import admission_review, deployment_pod
+
+pytestmark = pytest.mark.timeout(180)
+
+MiB = 1024 * 1024
+#: the chart's memory limit for the webhook
+CEILING = 128 * MiB
+#: the listener's cap in these tests
+CAP = 32
+
+
+class RefusedAtHandshake(Exception):
+    """The webhook closed a new connection during its TLS handshake, before any request."""
+
+
+class WebhookProcess:
+    """``python -m sidecar webhook serve`` on a free loopback port, its /proc views, a client."""
+
+    def __init__(self, pki: PKI, config: Path, process: subprocess.Popen[str], port: int) -> None:
+        self.pki = pki
+        self.config = config
+        self.process = process
+        self.port = port
+        self.context = ssl.create_default_context(cafile=pki.ca_cert)
+
+    def _status(self, field: str) -> int:
+        text = Path(f"/proc/{self.process.pid}/status").read_text()
+        match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+        assert match, field
+        return int(match.group(1)) * 1024
+
+    def peak_rss(self) -> int:
+        return self._status("VmHWM")
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    async def tls(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port, ssl=self.context, server_hostname="localhost")
+
+    async def request(self, raw: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
+        """One request on a new TLS connection; (status, body). :class:`RefusedAtHandshake` when
+        the connection is closed before its handshake completed (nothing was sent)."""
+        try:
+            reader, writer = await asyncio.wait_for(self.tls(), timeout)
+        except (OSError, ssl.SSLError) as exc:
+            raise RefusedAtHandshake(repr(exc)) from exc
+        try:
+            writer.write(raw)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            status = int(head.split(b" ", 2)[1])
+            length = int(re.search(rb"Content-Length: (\d+)", head, re.IGNORECASE).group(1))  # type: ignore[union-attr]
+            return status, await asyncio.wait_for(reader.readexactly(length), timeout)
+        finally:
+            writer.close()
+
+    async def review(self, timeout: float = 5.0) -> float:
+        """A normal review; the seconds it took (it must be answered and inject)."""
+        body = json.dumps(admission_review(deployment_pod(**{"otlp-sidecar.io/inject": "true"}))).encode()
+        started = time.perf_counter()
+        status, answer = await self.request(_post("/mutate", body), timeout)
+        assert status == 200, answer
+        assert json.loads(answer)["response"]["patch"]
+        return time.perf_counter() - started
+
+    async def metric(self, name: str) -> float:
+        status, body = await self.request(b"GET /metrics HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n")
+        assert status == 200
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith(name):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def _post(path: str, body: bytes) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: w\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+@pytest.fixture
+async def webhook(tmp_path: Path) -> AsyncIterator[WebhookProcess]:
+    pki = make_pki(tmp_path)
+    config = tmp_path / "webhook.toml"
+    config.write_text(
+        f'[webhook]\nlisten = "127.0.0.1:0"\ncert_file = "{pki.server_cert}"\nkey_file = "{pki.server_key}"\n'
+        f"max_connections = {CAP}\n",
+        encoding="utf-8",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "webhook", "serve", "--config", str(config), "--log-level", "warning"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stderr is not None
+        port = 0
+        deadline = time.monotonic() + 30
+        # the listening line is INFO: ask the process for its port through /proc instead
+        while not port and time.monotonic() < deadline and process.poll() is None:
+            await asyncio.sleep(0.1)
+            port = _listening_port(process.pid)
+        assert port, "the webhook did not start listening"
+        yield WebhookProcess(pki, config, process, port)
+        assert process.poll() is None, "the webhook died"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        stderr = process.stderr.read() if process.stderr else ""
+        if process.stderr is not None:
+            process.stderr.close()
+    assert "Traceback" not in stderr, stderr
+
+
+def _listening_port(pid: int) -> int:
+    """The TCP port a process listens on (from /proc/<pid>/net/tcp and its socket inodes)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+            return int(fields[1].split(":")[1], 16)
+    return 0
+
+
+async def _served_meanwhile(webhook: WebhookProcess, attack: asyncio.Future[object], *,
+                            refused_in_burst: bool = False) -> list[float]:
+    """Normal reviews every 100 ms while ``attack`` runs; their latencies. With
+    ``refused_in_burst`` a review's connection may be closed at its handshake while the burst
+    lasts (its client retries; nothing was sent), but never once the request went out."""
+    latencies = []
+    refused = 0
+    while not attack.done():
+        try:
+            latencies.append(await webhook.review())
+        except RefusedAtHandshake:
+            if not refused_in_burst:
+                raise
+            refused += 1
+        await asyncio.sleep(0.1)
+    await attack
+    await asyncio.sleep(1.0)  # past the burst
+    latencies.append(await webhook.review())
+    if refused_in_burst:
+        print(f"reviews during the burst: {len(latencies) - 1} served, {refused} refused at the handshake")
+    return latencies
+
+
+async def test_idle_tls_connections_are_capped_and_reviews_are_served(webhook: WebhookProcess) -> None:
+    """500 connections finish their handshake and send nothing (before: 185 MiB, never closed)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def attack() -> None:
+        for _ in range(500):
+            try:
+                _, writer = await webhook.tls()
+            except (OSError, ssl.SSLError):
+                continue  # closed over the cap: the attacker's loss
+            held.append(writer)
+
+    try:
+        latencies = await _served_meanwhile(webhook, asyncio.ensure_future(attack()))
+        assert len(held) >= 400, "the attack itself did not get its connections through"
+        await asyncio.sleep(1.5)  # the sweep closes what a burst held over the cap
+        assert await webhook.metric("otlp_sidecar_webhook_connections ") <= CAP
+        assert await webhook.metric('otlp_sidecar_webhook_overload_actions_total{action="connection_limit"}') >= 400
+        assert webhook.open_fds() <= CAP + 16
+    finally:
+        for writer in held:
+            writer.close()
+    assert max(latencies) < 1.0, latencies
+    assert webhook.peak_rss() < CEILING / 2, f"peak RSS {webhook.peak_rss() / MiB:.1f} MiB"
+
+
+async def test_silent_tcp_connections_never_starting_a_handshake_are_capped(webhook: WebhookProcess) -> None:
+    """1,000 TCP connections that never send a ClientHello: each would hold asyncio's TLS buffers
+    (256 KiB) for the handshake timeout. Over the cap new ones are closed at once during the
+    burst (a review's connection may be among them), then the oldest silent one for a new one."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def attack() -> None:
+        for _ in range(1000):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", webhook.port)
+            except OSError:
+                continue
+            held.append(writer)
+
+    try:
+        latencies = await _served_meanwhile(webhook, asyncio.ensure_future(attack()), refused_in_burst=True)
+        assert len(held) >= 900
+        await asyncio.sleep(0.5)
+        assert webhook.open_fds() <= 2 * CAP + 16, webhook.open_fds()
+        assert await webhook.metric('otlp_sidecar_webhook_overload_actions_total{action="connection_limit"}') >= 900
+    finally:
+        for writer in held:
+            writer.close()
+    assert max(latencies) < 1.0, latencies
+    assert webhook.peak_rss() < CEILING / 2, f"peak RSS {webhook.peak_rss() / MiB:.1f} MiB"
+
+
+async def test_slowloris_heads_are_closed(webhook: WebhookProcess) -> None:
+    """2,000 connections send half a request head and stop (before: 608 MiB, 2,009 descriptors)."""
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def attack() -> None:
+        for _ in range(2000):
+            try:
+                reader, writer = await webhook.tls()
+            except (OSError, ssl.SSLError):
+                continue
+            writer.write(b"POST /mutate HTTP/1.1\r\nHost: w\r\n")
+            held.append((reader, writer))
+
+    try:
+        latencies = await _served_meanwhile(webhook, asyncio.ensure_future(attack()))
+        assert len(held) >= 1500
+        await asyncio.sleep(1.5)
+        assert webhook.open_fds() <= 2 * CAP + 16, webhook.open_fds()
+        assert await webhook.metric("otlp_sidecar_webhook_connections ") <= CAP
+    finally:
+        for _, writer in held:
+            writer.close()
+    assert max(latencies) < 1.0, latencies
+    assert webhook.peak_rss() < CEILING / 2, f"peak RSS {webhook.peak_rss() / MiB:.1f} MiB"
+
+
+async def test_stalled_bodies_are_held_within_the_receive_budget(webhook: WebhookProcess) -> None:
+    """30 connections declare a 3 MiB review, send 2 MiB of it and stall (before: 8 MiB bodies,
+    430 MiB for 30). The bodies received at once hold at most four reviews of 3 MiB (here six
+    of 2 MiB); the others are answered 503."""
+    size = 3 * MiB - 4096
+    statuses: list[int] = []
+    held: list[asyncio.StreamWriter] = []
+
+    async def stall() -> None:
+        try:
+            reader, writer = await webhook.tls()
+        except (OSError, ssl.SSLError):
+            statuses.append(0)
+            return
+        held.append(writer)
+        writer.write(f"POST /mutate HTTP/1.1\r\nHost: w\r\nContent-Length: {size}\r\n\r\n".encode())
+        try:
+            for _ in range(32):
+                writer.write(b" " * (64 * 1024))
+                await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3.0)
+            statuses.append(int(head.split(b" ", 2)[1]))
+        except (OSError, asyncio.IncompleteReadError, ssl.SSLError):
+            statuses.append(0)  # closed without an answer (e.g. over the cap)
+        except TimeoutError:
+            statuses.append(-1)  # still being received: held within the budget
+
+    async def attack() -> None:
+        await asyncio.gather(*(stall() for _ in range(30)))
+
+    try:
+        latencies = await _served_meanwhile(webhook, asyncio.ensure_future(attack()))
+        assert statuses.count(-1) <= 6, statuses
+        assert statuses.count(503) >= 20, statuses
+        assert await webhook.metric('otlp_sidecar_webhook_overload_actions_total{action="budget_full"}') >= 20
+    finally:
+        for writer in held:
+            writer.close()
+    assert max(latencies) < 1.0, latencies
+    # about 45 MiB at rest; the bodies and, for each connection, up to 1 MiB of TLS buffers
+    assert webhook.peak_rss() < 0.8 * CEILING, f"peak RSS {webhook.peak_rss() / MiB:.1f} MiB"
+
+
+async def test_an_answer_for_each_kind_of_bad_request(webhook: WebhookProcess) -> None:
+    """Refusals are answered, as AdmissionReviews where the API server reads one."""
+    status, body = await webhook.request(_post("/mutate", b"x" * (3 * MiB + 1)))
+    assert status == 413 and "larger than 3145728 bytes" in json.loads(body)["response"]["status"]["message"]
+    status, _ = await webhook.request(b"GET /mutate HTTP/1.1\r\nHost: w\r\n\r\n")
+    assert status == 405
+    status, _ = await webhook.request(b"GET /nowhere HTTP/1.1\r\nHost: w\r\n\r\n")
+    assert status == 404
+    status, _ = await webhook.request(b"POST /mutate HTTP/1.1\r\nHost: w\r\nContent-Length: 1\r\n"
+                                      b"Transfer-Encoding: chunked\r\n\r\n")
+    assert status == 400
+    status, body = await webhook.request(b"GET /healthz HTTP/1.1\r\nHost: w\r\n\r\n")
+    assert (status, body) == (200, b"ok\n")
+    assert await webhook.review() < 1.0
