@@ -13,7 +13,9 @@ The ``.acks`` file lists the offsets (u64 BE) of records that left the sidecar
 replayed. A record that fails its checksum or is cut short (a crash mid-write)
 ends the replay of that segment; it is counted and logged, never a crash. A
 segment whose records are all acknowledged is deleted. Appends are made durable
-with one ``fdatasync`` for all the appends waiting at that moment (group commit).
+with one round of ``fdatasync`` for all the appends waiting at that moment (group commit), run
+off the event loop: the file of a segment sealed (full) while appends to it still wait is synced
+in that round, then closed, so starting the next segment never waits for the disk.
 Delivery is at least once: an acknowledgement not yet written when the process
 dies means the record is sent again after restart.
 """
@@ -57,6 +59,21 @@ class Record:
     length: int
 
 
+def _sync_and_close(sync: list[int], close: list[int]) -> dict[int, OSError]:
+    """One group-commit round, in the executor: fdatasync each of ``sync``, then close each of
+    ``close`` (after its sync, if it is in both). The descriptors whose fdatasync failed, with the error."""
+    failed: dict[int, OSError] = {}
+    for fd in sync:
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            failed[fd] = exc
+    for fd in close:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return failed
+
+
 class _Segment:
     def __init__(self, number: int, path: Path) -> None:
         self.number = number
@@ -87,8 +104,16 @@ class DiskLog:
         self._last_number = 0
         self._read_fds: dict[int, int] = {}
         self._bytes = 0
-        self._sync_waiters: list[asyncio.Future[None]] = []
+        #: appends waiting for their record to be durable: the descriptor it was written through, and
+        #: the future the append awaits
+        self._sync_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        #: a sync loop is running (rounds of fdatasync in the executor)
         self._syncing = False
+        self._sync_task: asyncio.Task[None] | None = None  # kept: the event loop holds tasks weakly
+        #: descriptors no longer written through (a segment sealed or given up, the log closed) while
+        #: the sync loop runs: closed by it after its next round (synced first for the appends still
+        #: waiting on them), never while a sync may be using them (a new segment could take the number)
+        self._detached: list[int] = []
         #: records found damaged by open() (the rest of their segment is skipped)
         self.corrupt = 0
         self._ack_failed = False
@@ -189,12 +214,13 @@ class DiskLog:
             assert segment is not None
         header = _HEADER.pack(MAGIC, _SIGNALS.index(signal), items, len(data), zlib.crc32(data))
         offset = segment.bytes
+        fd = self._fd
         self._write_whole(header + data, offset)
         segment.bytes += size
         segment.records += 1
         self._bytes += size
         record = Record(self.number, segment.number, offset, signal, items, len(data))
-        await self._sync()
+        await self._sync(fd)
         return record
 
     def _write_whole(self, blob: builtins.bytes, offset: int) -> None:
@@ -229,8 +255,7 @@ class DiskLog:
         self._bytes += size - segment.bytes
         segment.bytes = size
         fd, self._fd = self._fd, -1  # never written through again, whatever reuses the number
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        self._detach(fd)  # the appends before it still waiting are synced, then it is closed
         segment.sealed = True
         self._active = None
         if segment.acked >= segment.records:
@@ -238,32 +263,56 @@ class DiskLog:
             self._delete(segment)
             del self._segments[segment.number]
 
-    async def _sync(self) -> None:
-        """Group commit: one fdatasync covers every append made before it started."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sync_waiters.append(future)
+    async def _sync(self, fd: int) -> None:
+        """Group commit: one round of fdatasync covers every append made before it started, each
+        through the descriptor it was written through (the segment being written, or one sealed
+        since). Raises the round's OSError if that descriptor's fdatasync failed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._sync_waiters.append((fd, future))
         if not self._syncing:
             self._syncing = True
-            asyncio.get_running_loop().create_task(self._sync_loop())
+            self._sync_task = loop.create_task(self._sync_loop())
         await future
 
     async def _sync_loop(self) -> None:
+        """Rounds of fdatasync in the executor, never on the event loop, while appends wait or
+        descriptors wait to be closed. A descriptor detached before a round takes no more writes, so
+        every append still waiting on it is in that round: it is closed at the end of it."""
         loop = asyncio.get_running_loop()
         try:
-            while self._sync_waiters:
+            while self._sync_waiters or self._detached:
                 waiters, self._sync_waiters = self._sync_waiters, []
-                try:
-                    await loop.run_in_executor(None, os.fdatasync, self._fd)
-                except OSError as exc:
-                    for future in waiters:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for future in waiters:
-                    if not future.done():
+                closing, self._detached = self._detached, []
+                fds = list(dict.fromkeys(fd for fd, _ in waiters))  # oldest segment first
+                failed = await loop.run_in_executor(None, _sync_and_close, fds, closing)
+                for fd, future in waiters:
+                    if future.done():  # the append was cancelled (its record is synced all the same)
+                        continue
+                    error = failed.get(fd)
+                    if error is None:
                         future.set_result(None)
+                    else:  # not durable: the append fails (the app is refused retryably)
+                        future.set_exception(error)
         finally:
             self._syncing = False
+            # left only when cancelled (the event loop shutting down): nothing waits on them any more
+            for fd in self._detached:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._detached.clear()
+
+    def _detach(self, fd: int) -> None:
+        """``fd`` is never written through again: closed now when no sync loop runs (every append
+        written through it is then synced or failed, and no fdatasync is using it), else by the sync
+        loop after its next round."""
+        if fd < 0:
+            return
+        if self._syncing:
+            self._detached.append(fd)
+            return
+        with contextlib.suppress(OSError):  # its records are durable or their appends failed already
+            os.close(fd)
 
     # -- reading and acknowledging ------------------------------------------------------------
 
@@ -319,9 +368,10 @@ class DiskLog:
         return True
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """Close the log's files. The file being written is closed at once unless appends still
+        wait for its sync: the sync loop then syncs it for them and closes it after that round."""
+        fd, self._fd = self._fd, -1
+        self._detach(fd)
         for fd in self._read_fds.values():
             os.close(fd)
         self._read_fds.clear()
@@ -341,22 +391,24 @@ class DiskLog:
         self._last_number = number
 
     def _seal_active(self) -> None:
+        """Start a new segment. No fdatasync here, on the event loop: the appends to the sealed one
+        still waiting are made durable by the sync loop (in the executor), which then closes its
+        file; if their fdatasync fails, they fail. A segment whose records all left is deleted now
+        (its file may still be open for the sync loop: unlinking it under that is safe)."""
         segment = self._active
         assert segment is not None
-        sent = segment.acked >= segment.records
-        if not sent:  # a segment whose records all left is deleted now: no need to make it durable
-            os.fdatasync(self._fd)
-        fd, self._fd = self._fd, -1  # closed: never written through again, whatever reuses the number
+        fd, self._fd = self._fd, -1  # never written through again, whatever reuses the number
         self._active = None
-        os.close(fd)
+        self._detach(fd)
         segment.sealed = True
-        if sent:
+        if segment.acked >= segment.records:
             self._bytes -= segment.bytes
             self._delete(segment)
             del self._segments[segment.number]
         self._roll(segment.number + 1)
 
     def _delete(self, segment: _Segment) -> None:
+        # its write descriptor, if the sync loop still holds it, is closed there
         fd = self._read_fds.pop(segment.number, None)
         if fd is not None:
             os.close(fd)
