@@ -35,8 +35,10 @@ from sidecar.export.sender import Exporter, Sender
 from sidecar.metrics import SidecarMetrics
 from sidecar.overload.accept import AcceptBackoffLog
 from sidecar.overload.budget import MemoryBudget
+from sidecar.overload.config import LimitsConfig
 from sidecar.overload.loop_lag import LoopLagProbe
 from sidecar.overload.memory import tune_malloc
+from sidecar.overload.reasons import Action
 from sidecar.pipeline import Pipeline, Planner
 from sidecar.receivers.grpc import GrpcReceiver
 from sidecar.receivers.http import HttpReceiver
@@ -161,13 +163,13 @@ class Sidecar:
             grpc_tls = self._grpc_tls
             resolver = peer_resolver(grpc_tls)
             receiver = GrpcReceiver(cfg.receivers, pipeline, self.metrics, peer_resolver=resolver)
-            self._grpc_server = receiver.server(budget, cfg.limits)
+            self._grpc_server = receiver.server(budget, cfg.limits, tls=grpc_tls is not None)
             host, port = parse_endpoint(cfg.receivers.grpc_endpoint)
             if grpc_tls is not None:
                 self.tls_metrics.track(grpc_tls, "grpc")
             self.addresses["grpc"] = await _listening(
                 "receivers.grpc_endpoint", cfg.receivers.grpc_endpoint,
-                self._grpc_server.start(host, port, _tls_wrapper(grpc_tls)),
+                self._grpc_server.start(host, port, self._tls_wrapper(grpc_tls, "otlp_grpc", cfg.limits)),
             )
         if cfg.receivers.http_enabled:
             http_tls = self._http_tls
@@ -176,11 +178,11 @@ class Sidecar:
             receiver_http = HttpReceiver(
                 cfg.receivers, pipeline, self.metrics, peer_resolver=peer_resolver(http_tls), limits=cfg.limits
             )
-            self._http_server = receiver_http.server(budget=budget)
+            self._http_server = receiver_http.server(budget=budget, tls=http_tls is not None)
             host, port = parse_endpoint(cfg.receivers.http_endpoint)
             self.addresses["http"] = await _listening(
                 "receivers.http_endpoint", cfg.receivers.http_endpoint,
-                self._http_server.start(host, port, _tls_wrapper(http_tls)),
+                self._http_server.start(host, port, self._tls_wrapper(http_tls, "otlp_http", cfg.limits)),
             )
         self._receivers_up = True
         # out of descriptors: one log line per pause of accepting, not a traceback per connection
@@ -228,6 +230,17 @@ class Sidecar:
             f"otlp-sidecar {__version__} up: {listening}; upstream {describe_upstream(cfg)}; "
             f"policy {policy}; tenant {tenant}; rewriter {rewriter}"
         )
+
+    def _tls_wrapper(self, tls: ServerTLS | None, listener: str, limits: LimitsConfig) -> ProtocolWrapper | None:
+        """How a listener with ``tls`` (None: plaintext) accepts: through our TLS acceptor, which
+        counts and logs failed handshakes (asyncio's own ``ssl=`` would drop them silently), with
+        as many handshakes in progress as the listener keeps connections (each holds TLS buffers)."""
+        if tls is None:
+            return None
+        overload = self.metrics.overload
+        return tls_wrapper(tls, handshake_timeout=limits.header_timeout,
+                           max_handshakes=limits.connection_caps(tls=True)[listener],
+                           refused=lambda: overload.count(listener, Action.connection_limit))
 
     async def stop(self, grace: float = DEFAULT_GRACE, quiet: bool = False) -> None:
         """Stop accepting, flush what was accepted (within ``grace`` seconds), close."""
@@ -376,10 +389,6 @@ async def check(config: Config) -> None:
         await sidecar.stop(grace=0.0, quiet=True)
 
 
-def _tls_wrapper(tls: ServerTLS | None) -> ProtocolWrapper | None:
-    """How a listener with ``tls`` (None: plaintext) accepts: through our TLS acceptor, which counts
-    and logs failed handshakes (asyncio's own ``ssl=`` would drop them silently)."""
-    return None if tls is None else tls_wrapper(tls)
 
 
 class ListenError(ConfigError):

@@ -107,6 +107,13 @@ class Account:
             self.peak = self.held
         return True
 
+    def take_room(self, size: int) -> bool:
+        """Take ``size`` bytes for room a buffer is about to have (not bytes that arrived); False,
+        with nothing taken and nothing counted, when they do not fit (the caller grows less)."""
+        if self.held + size > self.share or self.budget.in_use + size > self.budget.limit:
+            return False
+        return self.take(size)
+
     def fits(self, size: int) -> bool:
         """Would ``size`` more bytes fit now? Nothing is taken (a declared size is checked, never
         reserved: a client that declares much and sends little holds nothing); a refusal is

@@ -55,6 +55,15 @@ class LimitsConfig:
         512, "Open connections the OTLP/gRPC listener accepts; more are closed at once.",
         kind="int", min=1, max=65536,
     )
+    tls_max_connections: int = setting(
+        16,
+        "Open connections each OTLP listener accepts when it speaks TLS (receivers_tls), and TLS "
+        "handshakes in progress: a TLS connection receiving holds 200-400 KiB of TLS and read "
+        "buffers outside the receive budget (asyncio's and OpenSSL's), so 16 on each listener "
+        "stay within the process's part of limits.max_memory_bytes. The smaller of this and the "
+        "listener's own cap applies.",
+        kind="int", min=1, max=65536,
+    )
     admin_max_connections: int = setting(
         32,
         "Open connections the admin listener accepts (probes and scrapes need few); more are "
@@ -178,10 +187,11 @@ class LimitsConfig:
             return self.budget_bytes
         return min(self.budget_bytes, max_inflight_bytes)
 
-    def connection_caps(self, nofile: int | None = None) -> dict[str, int]:
+    def connection_caps(self, nofile: int | None = None, *, tls: bool = False) -> dict[str, int]:
         """Connections per listener, each capped so that together they stay well below the
         process's descriptor limit (RLIMIT_NOFILE): the admin port can never starve the OTLP
-        listeners, nor a flood starve the exporter and the disk queue."""
+        listeners, nor a flood starve the exporter and the disk queue. With ``tls`` the OTLP
+        listeners keep at most ``tls_max_connections`` each (memory, not descriptors)."""
         if nofile is None:
             nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         # keep 64 + a tenth for the process's own files, sockets upstream, the policy engine; a
@@ -191,4 +201,6 @@ class LimitsConfig:
         rest = max(2, spare - admin)
         http = max(1, min(self.http_max_connections, rest // 2))
         grpc = max(1, min(self.grpc_max_connections, rest - http))
+        if tls:
+            http, grpc = min(http, self.tls_max_connections), min(grpc, self.tls_max_connections)
         return {"otlp_http": http, "otlp_grpc": grpc, "admin": admin}

@@ -69,11 +69,14 @@ class GrpcReceiver:
         self._count = Counted(None, LISTENER)
         self._limits = LimitsConfig()
 
-    def server(self, budget: MemoryBudget | None = None, limits: LimitsConfig | None = None) -> GrpcServer:
-        """The gRPC server, bounded by the ``limits`` section (its defaults when None); its
-        protective actions and open connections are reported in the overload metrics."""
+    def server(
+        self, budget: MemoryBudget | None = None, limits: LimitsConfig | None = None, *, tls: bool = False,
+    ) -> GrpcServer:
+        """The gRPC server, bounded by the ``limits`` section (its defaults when None; ``tls``: it
+        will listen with TLS, see ``limits.tls_max_connections``); its protective actions and open
+        connections are reported in the overload metrics."""
         limits = self._limits = limits or LimitsConfig()
-        cap = limits.connection_caps()[LISTENER]
+        cap = limits.connection_caps(tls=tls)[LISTENER]
         wire_limits = Limits.from_config(
             limits, self._config.max_request_bytes, self._config.grpc_max_frame_size, cap
         )

@@ -97,9 +97,11 @@ class HttpReceiver:
         self._peer = peer_resolver or peers.peer_resolver(None)
         self._routes = {signal.http_path: _Route(signal, metrics) for signal in Signal}
 
-    def server(self, limits: Limits | None = None, budget: MemoryBudget | None = None) -> Http1Server:
-        """The HTTP/1.1 server for these routes (limits from ``receivers`` and ``limits``), its
-        bodies taken from ``budget`` as they arrive when given."""
+    def server(self, limits: Limits | None = None, budget: MemoryBudget | None = None, *,
+               tls: bool = False) -> Http1Server:
+        """The HTTP/1.1 server for these routes (limits from ``receivers`` and ``limits``; ``tls``:
+        it will listen with TLS, see ``limits.tls_max_connections``), its bodies taken from
+        ``budget`` as they arrive when given."""
         if limits is None:
             config = self._limits
             limits = Limits(
@@ -109,7 +111,7 @@ class HttpReceiver:
                 body_deadline=config.request_deadline,
                 min_receive_rate=config.min_receive_rate,
                 min_rate_grace=config.min_rate_grace,
-                max_connections=config.connection_caps()[LISTENER],
+                max_connections=config.connection_caps(tls=tls)[LISTENER],
             )
         server = Http1Server(
             self._handle, check=self._check, refuse=self._refuse, limits=limits, budget=budget, count=self._count

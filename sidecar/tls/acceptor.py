@@ -33,6 +33,14 @@ log = logging.getLogger("sidecar.tls")
 #: a failed handshake of one reason is logged at most this often
 LOG_EVERY = 10.0
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: seconds a closing TLS connection waits for the client's close_notify before it is dropped
+#: (asyncio's default, 30 s, let clients that never answer it hold a connection that long)
+SHUTDOWN_TIMEOUT = 2.0
+
+#: bytes asyncio's TLS protocol reads from the socket at once. Its default (256 KiB) is allocated
+#: for every TLS connection, idle or not, and is a class attribute: set once for the process when a
+#: listener is made. A TLS record holds at most 16 KiB, so a read still takes two of them.
+TLS_READ_BYTES = 32 * 1024
 
 #: upgrades in progress (a task needs a strong reference until it ends)
 _UPGRADES: set[asyncio.Task[None]] = set()
@@ -95,7 +103,7 @@ class _Deferred(asyncio.Protocol):
         if self._started:
             return self.app.eof_received()
         self._pending.append(("eof", None))
-        return True
+        return None  # TLS closes on the client's EOF whatever is returned (True only draws a warning)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._started:
@@ -187,6 +195,7 @@ class _TLSAcceptor(asyncio.Protocol):
                 self._tls.context(),
                 server_side=True,
                 ssl_handshake_timeout=self._timeout,
+                ssl_shutdown_timeout=SHUTDOWN_TIMEOUT,
             )
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError, RuntimeError) as exc:
             transport.close()
@@ -201,6 +210,11 @@ class _TLSAcceptor(asyncio.Protocol):
         if ssl_transport is None:  # pragma: no cover - closed while upgrading
             transport.close()
             return
+        # decrypted input waits in asyncio's buffer while the protocol reads no more (its budget is
+        # short): at most this much, then the socket is not read either (default: 256 KiB)
+        limit_reads = getattr(ssl_transport, "set_read_buffer_limits", None)  # asyncio's TLS transport has it
+        if limit_reads is not None:
+            limit_reads(high=2 * TLS_READ_BYTES)
         app.start(ssl_transport)
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
@@ -209,6 +223,15 @@ class _TLSAcceptor(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         # lost before start_tls took the transport over (after that, TLS reports it)
         self._lost = True
+
+
+def _smaller_tls_reads() -> None:
+    """Each TLS connection allocates ``SSLProtocol.max_size`` bytes as it starts: 1,000 idle ones
+    held 250 MiB with the default. Lowered for the process (client connections too)."""
+    from asyncio import sslproto
+
+    if getattr(sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BYTES:
+        sslproto.SSLProtocol.max_size = TLS_READ_BYTES
 
 
 def tls_protocol_factory(
@@ -231,6 +254,7 @@ def tls_protocol_factory(
     for each."""
     report = _HandshakeLog()
     pending = _Pending(max_handshakes, refused) if max_handshakes > 0 else None
+    _smaller_tls_reads()
 
     def make() -> asyncio.Protocol:
         return _TLSAcceptor(factory, tls, handshake_timeout, report, pending)

@@ -83,6 +83,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._body_until = _INF
         # budget bytes taken for the body being received, and for the one the handler holds
         self._reserved = 0
+        #: of ``_reserved``, room of a grown body buffer taken before bytes arrived in it
+        self._prepaid = 0
         self._held = 0
         #: this connection's account of the receive budget (bytes are taken as they arrive)
         self._account: Account | None = None
@@ -148,6 +150,8 @@ class _Connection(asyncio.BufferedProtocol):
         if len(self._buf) - self._end < need:
             if need > _MIN_FREE:  # the rest of a body or chunk
                 self._room_for_body(need)
+                if self._state >= _LINGER:  # refused for want of room in the budget: input is discarded
+                    return self.get_buffer(sizehint)
             else:
                 self._reserve(need, amortize=state != _BODY)
         return self._view[self._end:]
@@ -162,7 +166,13 @@ class _Connection(asyncio.BufferedProtocol):
             deadline = self._loop.time() + self._limits.body_timeout
             self.deadline = deadline if deadline < self._body_until else self._body_until
             self._body_received += nbytes
-            if not self._take_budget(nbytes):
+            prepaid = self._prepaid
+            if prepaid:  # arrived in room taken when the buffer grew
+                paid = nbytes if nbytes < prepaid else prepaid
+                self._prepaid = prepaid - paid
+                if nbytes > paid and not self._take_budget(nbytes - paid):
+                    return
+            elif not self._take_budget(nbytes):
                 return
         elif state == _HANDLING and self._account is not None:
             # read ahead of a request being handled: held too, until the handler is done
@@ -186,12 +196,16 @@ class _Connection(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool | None:
         self._eof = True
+        if self._tls:
+            # asyncio's TLS closes on the client's EOF: answers could no longer be sent (each
+            # write would draw a warning), so requests not yet answered are dropped
+            self._close()
+            return None
         if self._state == _LINGER:
             self._close()
         else:
             self._process()
-        # keep a half-closed TCP connection open to answer what was sent (TLS cannot)
-        return None if self._tls else True
+        return True  # keep a half-closed TCP connection open to answer what was sent
 
     def pause_writing(self) -> None:
         self.write_paused_at = self._loop.time()
@@ -245,6 +259,10 @@ class _Connection(asyncio.BufferedProtocol):
     def waiting(self) -> bool:
         """Between requests, or sending a head: nothing of it is being handled."""
         return self._state <= _HEAD
+
+    def closing(self) -> bool:
+        """Closed by the server, its transport not yet gone (TLS waits for the client's close_notify)."""
+        return self._state == _CLOSED
 
     def receive_rate_low(self, now: float) -> bool:
         """Is a body arriving slower than ``min_receive_rate``, past the grace?"""
@@ -318,8 +336,31 @@ class _Connection(asyncio.BufferedProtocol):
             if len(self._buf) - self._end >= _MIN_FREE:
                 return
             received = self._end - self._body_start if self._body_start >= 0 else 0
-            need = min(need, max(_GROW, 2 * received))
+            need = self._prepay(min(need, max(_GROW, 2 * received)))
+            if not need:
+                return  # refused: the room is not in the budget
         self._reserve(need, amortize=self._state != _BODY)
+
+    def _prepay(self, need: int) -> int:
+        """Take the room a body's buffer is about to grow by from the account before it is
+        allocated, so the budget counts what the buffer holds, not only the bytes that arrived
+        (growth by twice what arrived held three times the budget: 20 TLS connections, 200 MiB).
+        The room to grow by: ``need``, or 64 KiB when only that fits; 0 when not even that fits
+        (the request is refused, as the bytes would be)."""
+        account = self._account
+        if account is None or need <= self._prepaid:
+            return need
+        for room in (need, min(need, _GROW)):
+            extra = room - self._prepaid
+            if extra <= 0 or account.take_room(extra):
+                if extra > 0:
+                    self._prepaid += extra
+                    self._reserved += extra
+                return room
+        if self._take_budget(need - self._prepaid):  # refused (counted, answered); it cannot fit here
+            self._prepaid = need
+            return need
+        return 0
 
     def _reserve(self, need: int, *, amortize: bool) -> None:
         """Room for ``need`` more bytes after ``_end``: move what is still needed to the front of
@@ -546,6 +587,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self._reserved:
             self._account.give(self._reserved)  # type: ignore[union-attr]  # reserved only from an account
             self._reserved = 0
+        self._prepaid = 0
 
     def _check(self, request: Request) -> Response | None:
         check = self._server.check
@@ -646,8 +688,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._state = _HANDLING
         self.deadline = self._body_until = _INF
         # the body's budget is the handler's now, until its task is done
-        self._held = self._reserved
-        self._reserved = 0
+        self._held = self._reserved  # room prepaid and not filled included: the lent buffer has it
+        self._reserved = self._prepaid = 0
         task = self._loop.create_task(self._server.handler(request))
         self._server._tasks.add(task)
         task.add_done_callback(self._handled)
@@ -736,6 +778,9 @@ class _Connection(asyncio.BufferedProtocol):
         assert transport is not None
         self._state = _LINGER
         self._release()
+        # the budget is given back, so the memory goes too: a grown buffer kept for discarding
+        # input held it uncharged (over TLS, 20 connections refused at once held 200 MiB)
+        self._give_back()
         self._pos = self._end = self._scan = 0
         self._body_start = -1
         self._line_seen = False

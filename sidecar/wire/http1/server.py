@@ -114,6 +114,9 @@ class Http1Server:
         # a connection accepted a moment ago has not had its first read yet: it stays
         young = asyncio.get_running_loop().time() - _EVICT_GRACE
         for connection in self._connections:
+            if connection.closing():  # answered and closed already, its TLS shutdown waiting on the client
+                victim = connection
+                break
             since = connection.waiting_since
             if since < young and connection.waiting() and (victim is None or since < victim.waiting_since):
                 victim = connection
