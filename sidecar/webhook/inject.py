@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from sidecar import __version__
 from sidecar.configkit import ConfigError, env_names
+from sidecar.masked_text import quoted
 from sidecar.webhook.config import APP_PROTOCOLS, InjectionConfig, PolicySetConfig, WebhookConfig, quantity_bytes
 
 ANNOTATION_INJECT = "otlp-sidecar.io/inject"
@@ -68,6 +69,25 @@ class Scope(enum.Enum):
 
 #: containers (or init containers) a pod may have for the webhook to patch it
 MAX_CONTAINERS = 256
+#: a container name is a DNS label (RFC 1123), as the API server requires: the names go into the
+#: status annotation (JSON in JSON in the base64 patch), 512 names of 3,000 'é' made a 14 MiB answer
+MAX_CONTAINER_NAME = 63
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+#: the most of a patch, serialized (defence in depth: the largest pod the webhook injects, 256
+#: containers and 256 init containers with 63-character names, takes about 150 KB)
+MAX_PATCH_BYTES = 1024 * 1024
+#: what the sidecar's config loader is given of the env of a sidecar container a PCI-scope pod
+#: carries (the webhook runs it on the event loop): one value (UTF-8 bytes), names and values
+#: together, entries. The injected env is about 25 entries of short values, and OTLP header values
+#: are tokens of a few hundred bytes; a 3 MiB OTEL_EXPORTER_OTLP_HEADERS of "%41" held the loop
+#: 1.7-3.4 s and took 300 MiB. Within these the loader takes a few milliseconds.
+MAX_SIDECAR_ENV_VALUE = 8 * 1024
+MAX_SIDECAR_ENV_TOTAL = 64 * 1024
+MAX_SIDECAR_ENV_ENTRIES = 512
+#: the most of a command (command + args) of a carried sidecar read: the injected one has 6 parts
+_MAX_COMMAND_PARTS = 16
+#: the most terminationGracePeriodSeconds the API server stores (int64)
+_MAX_INT64 = 2**63 - 1
 
 
 class InvalidPod(ValueError):
@@ -102,6 +122,7 @@ def decide(pod: Any, namespace: str, scope: Scope, config: WebhookConfig) -> Dec
     _string_map(metadata, "labels")
     containers = _containers(spec, "containers", required=True)
     init_containers = _containers(spec, "initContainers", required=False)
+    _unique_names(containers + init_containers)
     injection = config.injection
 
     if namespace in injection.excluded_namespaces:
@@ -117,10 +138,12 @@ def decide(pod: Any, namespace: str, scope: Scope, config: WebhookConfig) -> Dec
             "remove the annotation or rename the container"
         )
     if scope is Scope.PCI and claims_sidecar:
-        # the pod is admitted with the sidecar it carries (reinvocation, a re-created pod): it must mask too
+        # the pod is admitted with the sidecar it carries (reinvocation, a re-created pod): it must mask too.
+        # Container names are unique (_unique_names): the loader runs at most once per review
         for container in containers + init_containers:
             if container.get("name") == SIDECAR_NAME:
-                problem = _pci_mode_problem(container, injection, f"the pod's {SIDECAR_NAME} container")
+                where = f"the pod's {SIDECAR_NAME} container"
+                problem = _carried_env_problem(container, where) or _pci_mode_problem(container, injection, where)
                 if problem is not None:
                     raise Refused(f"namespace {namespace} is in PCI scope: {problem}")
     if ANNOTATION_STATUS in annotations:
@@ -167,7 +190,22 @@ def decide(pod: Any, namespace: str, scope: Scope, config: WebhookConfig) -> Dec
         reason += "; policy bundles: " + ", ".join(b.partition("=")[0] for b in injection.bundles)
     elif policy_set is None:
         reason += "; no policy set configured: the sidecar applies the policies bundled in its image"
-    return Decision(True, reason, _patch(pod, scope, set_name, policy_set, injection, protocol, sidecar))
+    patch = _patch(pod, scope, set_name, policy_set, injection, protocol, sidecar)
+    _check_patch_size(patch)
+    return Decision(True, reason, patch)
+
+
+def _check_patch_size(patch: list[dict[str, Any]]) -> None:
+    """InvalidPod when the patch is too large to answer (or not JSON): what the pod gave that goes
+    into it (container names, its owner's name) is bounded by the API server, not here."""
+    try:
+        size = len(json.dumps(patch, allow_nan=False))  # ASCII: characters are bytes
+    except ValueError as exc:  # NaN or infinity: the API server could not read the answer
+        raise InvalidPod(f"the patch that injects the sidecar would not be JSON ({exc})") from None
+    if size > MAX_PATCH_BYTES:
+        raise InvalidPod(f"the patch that injects the sidecar would take {size} bytes, more than the "
+                         f"{MAX_PATCH_BYTES} the webhook answers (are the pod's names and its owner's "
+                         "name Kubernetes names?)")
 
 
 def _app_protocol(annotations: Mapping[str, str], injection: InjectionConfig) -> str:
@@ -257,10 +295,46 @@ def _containers(spec: Mapping[str, Any], key: str, *, required: bool) -> list[di
     for index, container in enumerate(value):
         if not isinstance(container, dict) or not isinstance(container.get("name"), str):
             raise InvalidPod(f"spec.{key}[{index}] must be an object with a name")
+        name = container["name"]
+        if len(name) > MAX_CONTAINER_NAME or not _DNS_LABEL.fullmatch(name):
+            raise InvalidPod(f"spec.{key}[{index}].name {_shown(name)} is not a container name: a DNS label "
+                             f"(RFC 1123) of at most {MAX_CONTAINER_NAME} characters a-z, 0-9 and '-', "
+                             "starting and ending with a letter or digit")
         env = container.get("env")
         if env is not None and (not isinstance(env, list) or not all(isinstance(e, dict) for e in env)):
             raise InvalidPod(f"spec.{key}[{index}].env must be a list of objects")
+        for item_index, item in enumerate(env or []):
+            where = f"spec.{key}[{index}].env[{item_index}]"
+            if not isinstance(item.get("name"), str):
+                raise InvalidPod(f"{where}.name must be a string, got {_shown(item.get('name'))}")
+            if item.get("value") is not None and not isinstance(item["value"], str):
+                raise InvalidPod(f"{where}.value must be a string, got {_shown(item['value'])}")
     return value
+
+
+def _unique_names(containers: list[dict[str, Any]]) -> None:
+    """InvalidPod when two containers (or init containers) have the same name, as the API server
+    refuses: a pod with 512 containers claiming to be the sidecar ran the sidecar's loader 512 times."""
+    seen: set[str] = set()
+    for container in containers:
+        name = container["name"]
+        if name in seen:
+            raise InvalidPod(f"more than one container is named {_shown(name)}: container names must be "
+                             "unique across spec.containers and spec.initContainers")
+        seen.add(name)
+
+
+def _shown(value: Any) -> str:
+    """A value of the pod quoted in a message: cut short, card numbers masked; other than a string or
+    a number, its JSON type."""
+    if isinstance(value, str):
+        return repr(quoted(value, 64))
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        text = repr(value)
+        return quoted(text, 64) if len(text) <= 64 else f"a number of {len(text)} digits"
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else type(value).__name__
 
 
 def _inject_annotation(annotations: Mapping[str, str]) -> bool | None:
@@ -344,6 +418,10 @@ def _patch(
     if native:
         grace = spec.get("terminationGracePeriodSeconds")
         grace = DEFAULT_POD_GRACE if grace is None else grace
+        limit = _MAX_INT64 - injection.shutdown_grace
+        if isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= limit:
+            raise InvalidPod(f"spec.terminationGracePeriodSeconds must be a whole number of seconds from 0 to "
+                             f"{limit}, got {_shown(grace)}")
         ops.append({"op": "add", "path": "/spec/terminationGracePeriodSeconds",
                     "value": grace + injection.shutdown_grace})
 
@@ -622,7 +700,7 @@ def check_injected_sidecar(config: WebhookConfig) -> None:
            if "value" in item}
     try:
         load(None, env=env)
-    except ConfigError as exc:
+    except ValueError as exc:  # ConfigError, or a value the loader fails on (http://[ as an endpoint)
         raise ConfigError("injection", f"every injected sidecar would refuse to start: {exc}") from None
 
 
@@ -644,12 +722,13 @@ def _run_config_file(container: Mapping[str, Any], injection: InjectionConfig, w
     injects (``otlp-sidecar run [--grace N] [--config injection.sidecar_config_file]``), or the webhook
     cannot tell what configuration it loads."""
     command, args = container.get("command") or [], container.get("args") or []
-    argv = [str(part) for part in [*command, *args]] if isinstance(command, list) and isinstance(args, list) else []
+    readable = isinstance(command, list) and isinstance(args, list) and len(command) + len(args) <= _MAX_COMMAND_PARTS
+    argv = [str(part)[:1024] for part in [*command, *args]] if readable else []
     options = argv[2:]
     pairs = dict(zip(options[::2], options[1::2], strict=False))
     if (argv[:2] != ["otlp-sidecar", "run"] or len(options) % 2 or len(pairs) != len(options) // 2
             or not set(pairs) <= {"--grace", "--config"} or not pairs.get("--grace", "0").isdigit()):
-        shown = repr(" ".join(argv)) if argv else "its image's entrypoint"
+        shown = repr(" ".join(argv)) if argv else "its image's entrypoint" if readable else "a long command"
         return "", (f"{where} runs {shown}, not the command the webhook injects (otlp-sidecar run "
                     "--grace N): the webhook cannot tell which policy mode it starts in; use the injected command")
     config_file = pairs.get("--config", "")
@@ -658,6 +737,29 @@ def _run_config_file(container: Mapping[str, Any], injection: InjectionConfig, w
                     "injection.sidecar_config_file): it cannot tell which policy mode the sidecar starts in; "
                     "remove --config")
     return config_file, ""
+
+
+def _carried_env_problem(container: Mapping[str, Any], where: str) -> str | None:
+    """Why the env of a sidecar container a PCI-scope pod carries is too large to hand to the
+    sidecar's loader (MAX_SIDECAR_ENV_*): the pod is refused, as for a configuration the webhook
+    cannot read."""
+    env = container.get("env") or []
+    after = (f"; PCI-scope pods are only admitted with a sidecar whose configuration the webhook reads, "
+             f"at most {MAX_SIDECAR_ENV_ENTRIES} variables, {MAX_SIDECAR_ENV_VALUE} bytes a value and "
+             f"{MAX_SIDECAR_ENV_TOTAL} bytes in all")
+    if len(env) > MAX_SIDECAR_ENV_ENTRIES:
+        return f"{where} has {len(env)} env entries" + after
+    total = 0
+    for item in env:  # names and values are strings (_containers)
+        name, value = item.get("name", ""), item.get("value") or ""
+        # characters first: a value of 3 MiB is not encoded to be measured
+        size = len(value) if len(value) > MAX_SIDECAR_ENV_VALUE else len(value.encode("utf-8", "surrogatepass"))
+        if size > MAX_SIDECAR_ENV_VALUE:
+            return f"{where} sets {_shown(name)} to a value of more than {MAX_SIDECAR_ENV_VALUE} bytes" + after
+        total += size + len(name)
+        if total > MAX_SIDECAR_ENV_TOTAL:
+            return f"{where} sets env names and values of more than {MAX_SIDECAR_ENV_TOTAL} bytes" + after
+    return None
 
 
 def _pci_mode_problem(container: Mapping[str, Any], injection: InjectionConfig, where: str) -> str | None:
@@ -698,6 +800,11 @@ def _pci_mode_problem(container: Mapping[str, Any], injection: InjectionConfig, 
                     "a sidecar known to enforce its policies")
         return (f"{where} gives the sidecar a configuration it refuses to start with ({exc}); PCI-scope pods "
                 "are only admitted with the sidecar in enforce mode")
+    except ValueError as exc:
+        # a value the loader fails on rather than names (http://[ as an endpoint, in urlsplit): the
+        # sidecar would not start either; not the webhook's bug, so no traceback
+        return (f"{where} gives the sidecar a configuration it refuses to start with ({exc}, from the "
+                "sidecar's config loader); PCI-scope pods are only admitted with the sidecar in enforce mode")
     if policy.enforcing:
         return None
     given = [f"{name}={env[name]}" for name in variables if name in env]

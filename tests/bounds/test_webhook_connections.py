@@ -303,6 +303,30 @@ async def test_stalled_bodies_are_held_within_the_receive_budget(webhook: Webhoo
     assert webhook.peak_rss() < 0.8 * CEILING, f"peak RSS {webhook.peak_rss() / MiB:.1f} MiB"
 
 
+async def test_clients_that_never_answer_the_tls_shutdown_do_not_hold_the_listener(webhook: WebhookProcess) -> None:
+    """70 connections each send `GET /healthz` with `Connection: close` and never read again, so
+    never answer the server's close_notify. Before, each closed connection stayed in the table for
+    asyncio's 30 s TLS shutdown, unevictable: at twice the cap every new connection was refused
+    for 30 s. Now they are evicted first and dropped after 2 s."""
+    import socket
+
+    def open_one() -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", webhook.port), timeout=5)
+        tls = webhook.context.wrap_socket(raw, server_hostname="localhost")
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n")
+        return tls
+
+    held = [await asyncio.to_thread(open_one) for _ in range(70)]
+    try:
+        latencies = [await webhook.review() for _ in range(10)]
+        assert max(latencies) < 1.0, latencies
+        await asyncio.sleep(3.0)
+        assert webhook.open_fds() <= CAP + 16, webhook.open_fds()
+    finally:
+        for sock in held:
+            sock.close()
+
+
 async def test_an_answer_for_each_kind_of_bad_request(webhook: WebhookProcess) -> None:
     """Refusals are answered, as AdmissionReviews where the API server reads one."""
     status, body = await webhook.request(_post("/mutate", b"x" * (3 * MiB + 1)))
