@@ -73,6 +73,9 @@ def _serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    from sidecar.logsetup import limit_client_paced_warnings
+
+    limit_client_paced_warnings()
     config = _load(args.config)
     if config is None:
         return 2
