@@ -40,6 +40,18 @@ async def _post_traces(port: int, context: ssl.SSLContext) -> int:
         writer.close()
 
 
+async def _push_a_large_body(writer: asyncio.StreamWriter) -> None:
+    """Declare a 16 MB body and send up to 6.4 MB of it, as fast as the sidecar takes it."""
+    writer.write(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                 b"Content-Length: 16000000\r\n\r\n")
+    try:
+        for _ in range(100):
+            writer.write(b"\0" * 65536)
+            await asyncio.wait_for(writer.drain(), 2)
+    except (OSError, ssl.SSLError, TimeoutError):
+        pass  # refused (503, then closed), or held back by flow control
+
+
 async def test_plaintext_connections_pushing_bodies_stay_under_the_ceiling() -> None:
     """100 connections each declare a 16 MB body and push it while 100 more sit on the gRPC
     port; most are refused 503 for want of budget; then a normal client is served."""
@@ -49,14 +61,7 @@ async def test_plaintext_connections_pushing_bodies_stay_under_the_ceiling() -> 
         async def push() -> None:
             _, writer = await asyncio.open_connection("127.0.0.1", sidecar.http)
             held.append(writer)
-            writer.write(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
-                         b"Content-Length: 16000000\r\n\r\n")
-            try:
-                for _ in range(100):
-                    writer.write(b"\0" * 65536)
-                    await asyncio.wait_for(writer.drain(), 2)
-            except (OSError, TimeoutError):
-                pass  # refused (503, then closed), or held back by flow control
+            await _push_a_large_body(writer)
 
         async def idle() -> None:
             _, writer = await asyncio.open_connection("127.0.0.1", sidecar.grpc)
@@ -92,14 +97,7 @@ async def test_tls_connections_pushing_bodies_and_idle_ones_stay_under_the_ceili
             except (OSError, ssl.SSLError):
                 return  # closed over the cap
             held.append(writer)
-            writer.write(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
-                         b"Content-Length: 16000000\r\n\r\n")
-            try:
-                for _ in range(100):
-                    writer.write(b"\0" * 65536)
-                    await asyncio.wait_for(writer.drain(), 2)
-            except (OSError, ssl.SSLError, TimeoutError):
-                pass  # refused (503, then closed), or held back by flow control
+            await _push_a_large_body(writer)
 
         async def idle() -> None:
             try:
