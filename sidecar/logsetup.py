@@ -7,7 +7,6 @@ import logging
 import sys
 import time
 
-
 #: asyncio's per-write warnings a client can set off at its own rate (a TLS client that drops the
 #: connection while answers to its pipelined requests are being written: 19,000 lines in 3 s)
 CLIENT_PACED_WARNINGS = ("SSL connection is closed", "socket.send() raised exception.")

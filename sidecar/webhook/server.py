@@ -47,6 +47,9 @@ _JSON = "application/json"
 #: reviews of ``max_request_bytes`` received at once (the receive budget is this many of them)
 CONCURRENT_BODIES = 4
 HEADER_TIMEOUT = 10.0
+#: seconds between two log lines for invalid reviews (anyone who reaches the port can send them at
+#: any rate: 1,440 lines in 4 s); the metric counts each one
+INVALID_LOG_EVERY = 1.0
 IDLE_TIMEOUT = 75.0
 BODY_DEADLINE = 30.0
 
@@ -82,6 +85,19 @@ class WebhookServer:
                                   budget=self.budget, count=self.metrics.count)
         self.metrics.connections.set_function(lambda: self.server.connections)
         self.metrics.connections_limit.set(self.limits.max_connections)
+        self._invalid_logged_at = -INVALID_LOG_EVERY
+        self._invalid_unlogged = 0
+
+    def _log_invalid(self) -> str | None:
+        """None when this invalid review is not logged (one was a moment ago), else what to add to
+        its line: how many were left out since the last one."""
+        now = time.monotonic()
+        if now - self._invalid_logged_at < INVALID_LOG_EVERY:
+            self._invalid_unlogged += 1
+            return None
+        self._invalid_logged_at = now
+        unlogged, self._invalid_unlogged = self._invalid_unlogged, 0
+        return f" ({unlogged} more invalid reviews since the last line)" if unlogged else ""
 
     def _check(self, request: Request) -> Response | None:
         if request.path in ROUTES:
@@ -103,7 +119,9 @@ class WebhookServer:
             message = f"the AdmissionReview is larger than {self.config.server.max_request_bytes} bytes"
             if scope is not None:
                 self.metrics.reviews.labels(scope.value, "invalid").inc()
-                log.warning("review scope=%s result=invalid reason=%s", scope.value, message)
+                more = self._log_invalid()
+                if more is not None:
+                    log.warning("review scope=%s result=invalid reason=%s%s", scope.value, message, more)
         # 503 (the receive memory is full): counted as budget_full, not logged per request
         headers = {"Retry-After": "1"} if status == 503 else None
         return _json(rejection(message, status), status, headers)
@@ -118,15 +136,19 @@ class WebhookServer:
         status, answer, outcome = review(bytes(request.body), scope, self.config)
         self.metrics.reviews.labels(scope.value, outcome.result).inc()
         self.metrics.duration.observe(time.perf_counter() - started)
+        more = self._log_invalid() if outcome.result == "invalid" else ""
+        if more is None:
+            return _json(answer, status)
         level = logging.WARNING if outcome.result in ("refused", "invalid", "error") else logging.INFO
         log.log(
             level,
-            "review scope=%s namespace=%s pod=%s result=%s reason=%s",
+            "review scope=%s namespace=%s pod=%s result=%s reason=%s%s",
             scope.value,
             quoted(outcome.namespace, 63),  # names as Kubernetes bounds them; what came in may be longer
             quoted(outcome.pod, 253),
             outcome.result,
             quoted(outcome.reason, MAX_QUOTED_TEXT),
+            more,
         )
         return _json(answer, status)
 

@@ -339,3 +339,25 @@ async def test_reviews_that_would_cost_too_much_are_refused_before_decoding(
             normal = admission_review(deployment_pod(**{"otlp-sidecar.io/inject": "true"}))
             ok, answer = await webhook.post("/mutate", normal)
             assert ok == 200 and answer["response"]["allowed"] is True
+
+
+async def test_invalid_reviews_are_all_counted_and_logged_at_most_once_a_second(
+    webhook: Webhook, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Anyone who reaches the port can send invalid reviews at any rate: the log keeps a line a
+    second (the next one says how many were left out), the metric counts each."""
+    caplog.set_level("INFO", logger="otlp_sidecar.webhook")
+    for _ in range(20):
+        status, _ = await webhook.post("/mutate", b"nope")
+        assert status == 400
+    lines = [r.getMessage() for r in caplog.records if "result=invalid" in r.getMessage()]
+    assert len(lines) == 1, lines
+    await asyncio.sleep(1.05)
+    await webhook.post("/mutate", b"nope")
+    lines = [r.getMessage() for r in caplog.records if "result=invalid" in r.getMessage()]
+    assert len(lines) == 2 and lines[1].endswith("(19 more invalid reviews since the last line)"), lines
+    _, metrics = await webhook.get("/metrics")
+    assert 'otlp_sidecar_webhook_reviews_total{result="invalid",scope="pod"} 21.0' in metrics
+    # a normal review is logged whatever the pace of invalid ones
+    await webhook.post("/mutate", admission_review(deployment_pod(**{"otlp-sidecar.io/inject": "true"})))
+    assert any("result=injected" in r.getMessage() for r in caplog.records)
