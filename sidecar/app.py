@@ -142,9 +142,15 @@ class Sidecar:
         self.sender = Sender(self.queue, self.exporter, cfg.exporter, self.metrics, exporter_for=cfg.exporter_for)
         self.sender.start()
         # one budget for every byte clients make the sidecar hold, on every listener (sidecar.overload)
+        tls = cfg.receivers_tls.enabled
         budget = MemoryBudget(
-            cfg.limits.budget_limit(cfg.receivers.max_inflight_bytes), cfg.limits.connection_share_bytes
+            cfg.limits.budget_limit(cfg.receivers.max_inflight_bytes, tls=tls), cfg.limits.connection_share_bytes
         )
+        if tls:
+            log.info("receivers speak TLS: the receive budget is %d bytes, %d kept from limits.budget_bytes for "
+                     "the TLS connections' buffers (limits.tls_max_connections %d a listener)",
+                     budget.limit, cfg.limits.budget_limit(cfg.receivers.max_inflight_bytes) - budget.limit,
+                     cfg.limits.tls_max_connections)
         pipeline = Pipeline(
             self.queue, self.metrics, self._planner, max_resources=cfg.limits.max_resources_per_request,
             max_growth=cfg.limits.max_rewrite_growth_bytes, budget=budget,

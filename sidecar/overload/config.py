@@ -18,6 +18,8 @@ MiB = 1024 * 1024
 #: the compiled policy set, caches, buffers. Measured at start with the bundled set: VmHWM 66-73
 #: MiB (tests/day_one, tests/bounds); the ceiling keeps this much for it.
 FOOTPRINT_BYTES = 72 * MiB
+#: what one TLS connection receiving may hold outside the receive budget, counted for the reserve
+TLS_CONNECTION_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,9 @@ class LimitsConfig:
         16,
         "Open connections each OTLP listener accepts when it speaks TLS (receivers_tls), and TLS "
         "handshakes in progress: a TLS connection receiving holds 200-400 KiB of TLS and read "
-        "buffers outside the receive budget (asyncio's and OpenSSL's), so 16 on each listener "
-        "stay within the process's part of limits.max_memory_bytes. The smaller of this and the "
-        "listener's own cap applies.",
+        "buffers outside the receive budget (asyncio's and OpenSSL's), so 512 KiB for each of "
+        "them on both listeners is kept from the receive budget (16 MiB with 16; at most half "
+        "of it). The smaller of this and the listener's own cap applies.",
         kind="int", min=1, max=65536,
     )
     admin_max_connections: int = setting(
@@ -181,11 +183,17 @@ class LimitsConfig:
                 "lower those two",
             )
 
-    def budget_limit(self, max_inflight_bytes: int | None = None) -> int:
-        """The receive budget: ``budget_bytes``, bounded by the deprecated ``receivers.max_inflight_bytes``."""
-        if max_inflight_bytes is None:
-            return self.budget_bytes
-        return min(self.budget_bytes, max_inflight_bytes)
+    def budget_limit(self, max_inflight_bytes: int | None = None, *, tls: bool = False) -> int:
+        """The receive budget: ``budget_bytes``, bounded by the deprecated ``receivers.max_inflight_bytes``.
+        With ``tls`` (the OTLP listeners speak TLS) what their connections may hold outside it is
+        kept from it (:meth:`tls_reserve`), at most half of it."""
+        limit = self.budget_bytes if max_inflight_bytes is None else min(self.budget_bytes, max_inflight_bytes)
+        return limit - min(limit // 2, self.tls_reserve()) if tls else limit
+
+    def tls_reserve(self) -> int:
+        """What the TLS connections of the two OTLP listeners may hold outside the receive budget
+        (asyncio's and OpenSSL's buffers, measured 200-400 KiB a connection receiving)."""
+        return 2 * self.tls_max_connections * TLS_CONNECTION_BYTES
 
     def connection_caps(self, nofile: int | None = None, *, tls: bool = False) -> dict[str, int]:
         """Connections per listener, each capped so that together they stay well below the

@@ -302,3 +302,19 @@ def test_one_ceiling_holds_budget_and_queue() -> None:
     assert held <= cfg.limits.max_memory_bytes == 128 * 1024 * 1024
     bigger = load(None, env={"SIDECAR_EXPORTER_QUEUE_MAX_BYTES": "64MiB", "SIDECAR_LIMITS_MAX_MEMORY_BYTES": "180MiB"})
     assert bigger.exporter.queue_max_bytes == 64 * 1024 * 1024
+
+
+def test_with_tls_the_listeners_keep_fewer_connections_and_their_buffers_come_out_of_the_budget() -> None:
+    """A TLS connection holds buffers outside the receive budget: each OTLP listener keeps
+    limits.tls_max_connections, and 512 KiB for each of them is kept from the budget."""
+    from sidecar.overload.config import LimitsConfig
+
+    limits = LimitsConfig()
+    plain = limits.connection_caps(4096)
+    tls = limits.connection_caps(4096, tls=True)
+    assert (tls["otlp_http"], tls["otlp_grpc"]) == (16, 16) and plain["otlp_http"] > 16
+    assert tls["admin"] == plain["admin"]
+    assert limits.budget_limit() == 40 * 1024 * 1024
+    assert limits.budget_limit(tls=True) == 40 * 1024 * 1024 - 2 * 16 * 512 * 1024
+    small = LimitsConfig(budget_bytes=8 * 1024 * 1024)
+    assert small.budget_limit(tls=True) == 4 * 1024 * 1024  # at most half is kept
