@@ -34,7 +34,7 @@ from sidecar.export.queue import ExportQueue
 from sidecar.export.sender import Exporter, Sender
 from sidecar.metrics import SidecarMetrics
 from sidecar.overload.accept import AcceptBackoffLog
-from sidecar.overload.budget import MemoryBudget
+from sidecar.overload.budget import MemoryBudget, light_reserve
 from sidecar.overload.config import LimitsConfig
 from sidecar.overload.loop_lag import LoopLagProbe
 from sidecar.overload.memory import tune_malloc
@@ -143,9 +143,9 @@ class Sidecar:
         self.sender.start()
         # one budget for every byte clients make the sidecar hold, on every listener (sidecar.overload)
         tls = cfg.receivers_tls.enabled
-        budget = MemoryBudget(
-            cfg.limits.budget_limit(cfg.receivers.max_inflight_bytes, tls=tls), cfg.limits.connection_share_bytes
-        )
+        limit = cfg.limits.budget_limit(cfg.receivers.max_inflight_bytes, tls=tls)
+        # its last bytes kept for connections holding little: greedy ones cannot starve normal clients
+        budget = MemoryBudget(limit, cfg.limits.connection_share_bytes, light_reserve=light_reserve(limit))
         if tls:
             log.info("receivers speak TLS: the receive budget is %d bytes, %d kept from limits.budget_bytes for "
                      "the TLS connections' buffers (limits.tls_max_connections %d a listener)",

@@ -10,6 +10,11 @@ most ``per_connection`` bytes: a few slow or greedy clients cannot take the whol
 others. ``account.close()`` gives back whatever the account still holds, so a connection that goes
 away cannot leak budget.
 
+Many greedy connections together can still fill the budget. So that a connection holding little
+(a normal client with one SDK batch at a time) is served meanwhile, the last ``light_reserve``
+bytes are kept for takes that leave their account holding at most ``light_bytes``: a heavy
+holder is refused that much earlier.
+
     budget = MemoryBudget(64 << 20, per_connection=32 << 20)
     account = budget.account()
     if not account.take(len(chunk)):
@@ -22,16 +27,33 @@ from __future__ import annotations
 
 from sidecar.overload.reasons import Action
 
+#: an account holding at most this after a take is light: it may use the budget's light reserve
+#: (one SDK batch of any signal, decompressed and decoded, with room to spare)
+LIGHT_BYTES = 1 << 20
+#: the receivers' light reserve: an eighth of the budget, at most this (four light holders at once)
+LIGHT_RESERVE_BYTES = 4 << 20
+
+
+def light_reserve(limit: int) -> int:
+    """The light reserve of the receivers' budget of ``limit`` bytes."""
+    return min(limit // 8, LIGHT_RESERVE_BYTES)
+
 
 class MemoryBudget:
     """A byte budget shared by every listener, taken from through per-connection accounts."""
 
-    __slots__ = ("in_use", "limit", "peak", "per_connection", "refusals", "refused_by")
+    __slots__ = ("in_use", "light_bytes", "light_reserve", "limit", "peak", "per_connection", "refusals",
+                 "refused_by")
 
-    def __init__(self, limit: int, per_connection: int | None = None) -> None:
+    def __init__(self, limit: int, per_connection: int | None = None, *, light_reserve: int = 0,
+                 light_bytes: int = LIGHT_BYTES) -> None:
+        """``light_reserve``: the last bytes of the budget, kept for accounts that hold at most
+        ``light_bytes`` once they took (at most half of the budget)."""
         self.limit = limit
         #: the most one account may hold
         self.per_connection = min(limit, per_connection) if per_connection else limit
+        self.light_reserve = min(light_reserve, limit // 2)
+        self.light_bytes = light_bytes
         self.in_use = 0
         #: the most held at once since start
         self.peak = 0
@@ -51,9 +73,19 @@ class MemoryBudget:
     # -- the budget itself (accounts call these; ``reserve``/``release`` also serve holders
     #    without an account) --------------------------------------------------------------------
 
-    def reserve(self, size: int) -> bool:
-        """Take ``size`` bytes; False (and nothing taken) when they do not fit."""
-        if self.in_use + size > self.limit:
+    def ceiling(self, held_after: int | None = None) -> int:
+        """What ``in_use`` may reach for a take that leaves its holder with ``held_after`` bytes
+        (None: a holder without an account, counted as heavy): the light reserve is for light holders."""
+        if held_after is not None and held_after <= self.light_bytes:
+            return self.limit
+        return self.limit - self.light_reserve
+
+    def reserve(self, size: int, held_after: int | None = None) -> bool:
+        """Take ``size`` bytes for a holder that then holds ``held_after`` (None: no account);
+        False (and nothing taken) when they do not fit."""
+        # ceiling() inline: once per read on the receive path
+        light = held_after is not None and held_after <= self.light_bytes
+        if self.in_use + size > (self.limit if light else self.limit - self.light_reserve):
             self._refused(Action.budget_full)
             return False
         self.in_use += size
@@ -99,7 +131,7 @@ class Account:
             self.refused = Action.connection_share
             self.budget._refused(Action.connection_share)
             return False
-        if not self.budget.reserve(size):
+        if not self.budget.reserve(size, self.held + size):
             self.refused = Action.budget_full
             return False
         self.held += size
@@ -110,7 +142,8 @@ class Account:
     def take_room(self, size: int) -> bool:
         """Take ``size`` bytes for room a buffer is about to have (not bytes that arrived); False,
         with nothing taken and nothing counted, when they do not fit (the caller grows less)."""
-        if self.held + size > self.share or self.budget.in_use + size > self.budget.limit:
+        held_after = self.held + size
+        if held_after > self.share or self.budget.in_use + size > self.budget.ceiling(held_after):
             return False
         return self.take(size)
 
@@ -120,7 +153,7 @@ class Account:
         counted and ``refused`` set, as for ``take``."""
         if self.held + size > self.share:
             self.refused = Action.connection_share
-        elif self.budget.in_use + size > self.budget.limit:
+        elif self.budget.in_use + size > self.budget.ceiling(self.held + size):
             self.refused = Action.budget_full
         else:
             return True

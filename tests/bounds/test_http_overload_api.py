@@ -33,6 +33,24 @@ def test_accounts_hold_at_most_their_share_and_give_everything_back() -> None:
     assert "retry shortly" in second.message()
 
 
+def test_the_last_bytes_of_the_budget_are_kept_for_accounts_that_hold_little() -> None:
+    budget = MemoryBudget(100, per_connection=60, light_reserve=20, light_bytes=10)
+    greedy, other, light = budget.account(), budget.account(), budget.account()
+    assert greedy.take(50) and other.take(30)
+    assert not other.take(1)  # 80: the heavy holders reached the limit less the reserve
+    assert other.refused is Action.budget_full and not other.fits(1)
+    assert not other.take_room(1) and budget.in_use == 80
+    assert not budget.reserve(1)  # a holder without an account counts as heavy
+    assert light.fits(10) and light.take(10)  # a light holder takes from the reserve
+    assert not light.take(1)  # 11 bytes would make it heavy
+    fresh = budget.account()
+    assert fresh.take(10) and budget.in_use == 100 and not fresh.take(1)
+    other.close()
+    assert not other.take(11)  # heavy again: 70 in use, and 11 more is over the 80
+    assert other.take(10) and budget.in_use == 80  # light: it gave everything back
+    assert MemoryBudget(100, light_reserve=80).light_reserve == 50  # at most half
+
+
 def test_every_action_has_a_label_and_refusals_their_otlp_status() -> None:
     assert len({action.value for action in Action}) == len(Action)
     for action in Action:
