@@ -120,38 +120,91 @@ class _Deferred(asyncio.Protocol):
             self.app.resume_writing()
 
 
-#: at the cap of handshakes in progress, one this old is closed for a new one (else the new one is)
+class _FirstRead(asyncio.BufferedProtocol):
+    """Stands between a socket and asyncio's TLS protocol until the client's first bytes are read
+    (the start of its ClientHello): tells ``heard`` so, gives the transport back to the TLS protocol
+    and hands it those bytes. Every call is passed on unchanged, so the handshake is the same."""
+
+    def __init__(self, transport: asyncio.Transport, inner: asyncio.BufferedProtocol,
+                 heard: Callable[[], None]) -> None:
+        self._transport, self._inner, self._heard = transport, inner, heard
+
+    def get_buffer(self, sizehint: int) -> Any:
+        return self._inner.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._transport.set_protocol(self._inner)  # from now on the socket reads go straight to TLS
+        self._heard()
+        self._inner.buffer_updated(nbytes)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+#: at the cap of handshakes in progress, when every one has sent something, one this old is
+#: closed for a new one (else the new one is)
 EVICT_AFTER = 1.0
 
 
 class _Pending:
-    """Handshakes in progress on one listener, at most ``limit``. At the cap the oldest is closed
-    for a new connection once it has waited ``EVICT_AFTER`` seconds (a silent connection), else
-    the new one is (a burst: the handshakes in progress go on); either way ``refused()`` is called."""
+    """Handshakes in progress on one listener, at most ``limit``. At the cap a new connection
+    closes the oldest one that has sent nothing yet, whatever its age: a client sends its
+    ClientHello as it connects and counts as heard once those bytes are read (milliseconds; it is
+    closed only if ``limit`` newer connections come first), so a flood of silent connections only
+    closes its own. When all have sent something, the oldest is closed once it has waited
+    ``EVICT_AFTER`` seconds, else the new connection is (a burst: the handshakes in progress go
+    on). Either way ``refused()`` is called once, and the table never holds more than ``limit``."""
 
-    def __init__(self, limit: int, refused: Callable[[], None] | None) -> None:
+    def __init__(self, limit: int, refused: Callable[[], None] | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
+        self._clock = clock
         self._waiting: dict[object, tuple[asyncio.Transport, float]] = {}  # in the order they came
+        self._silent: dict[object, None] = {}  # those that sent nothing yet, in the same order
         self._refused = refused
 
     def __len__(self) -> int:
         return len(self._waiting)
 
+    def silent(self) -> int:
+        """How many of the handshakes in progress have received nothing yet."""
+        return len(self._silent)
+
     def enter(self, key: object, transport: asyncio.Transport) -> bool:
-        """Admit a new connection (True), or close it (False)."""
-        now = time.monotonic()
+        """Admit a new connection (True), or close it (False). It counts as silent until
+        :meth:`heard`."""
+        now = self._clock()
         if len(self._waiting) >= self.limit:
             if self._refused is not None:
                 self._refused()
-            oldest = next(iter(self._waiting))
-            if now - self._waiting[oldest][1] < EVICT_AFTER:
-                transport.abort()
-                return False
-            self._waiting.pop(oldest)[0].abort()
+            if self._silent:
+                victim = next(iter(self._silent))
+            else:
+                victim = next(iter(self._waiting))
+                if now - self._waiting[victim][1] < EVICT_AFTER:
+                    transport.abort()
+                    return False
+            self._silent.pop(victim, None)
+            self._waiting.pop(victim)[0].abort()
         self._waiting[key] = (transport, now)
+        self._silent[key] = None
         return True
 
+    def heard(self, key: object) -> None:
+        """The connection's first bytes arrived: no longer closed ahead of the others."""
+        self._silent.pop(key, None)
+
     def leave(self, key: object) -> None:
+        self._silent.pop(key, None)
         self._waiting.pop(key, None)
 
 
@@ -188,6 +241,8 @@ class _TLSAcceptor(asyncio.Protocol):
             return  # connected and left before saying anything (a TCP probe): not a TLS failure
         address = format_address(transport.get_extra_info("peername"))
         app = _Deferred(self._factory())
+        if self._pending is not None:
+            loop.call_soon(self._watch_first_read, transport, self._pending)
         try:
             ssl_transport = await loop.start_tls(
                 transport,
@@ -216,6 +271,20 @@ class _TLSAcceptor(asyncio.Protocol):
         if limit_reads is not None:
             limit_reads(high=2 * TLS_READ_BYTES)
         app.start(ssl_transport)
+
+    def _watch_first_read(self, transport: asyncio.Transport, pending: _Pending) -> None:
+        """Put :class:`_FirstRead` in front of asyncio's TLS protocol, so that ``pending`` learns
+        when the client's first bytes arrive. Scheduled just before ``start_tls``, this runs after
+        it gave the socket to its TLS protocol and before the reads it schedules (the socket is not
+        read before: reading is paused). Should another event loop order them otherwise, the
+        connection counts as heard at once, and is closed at the cap only for its age, as before."""
+        if transport.is_closing():
+            return  # closed at the cap meanwhile, or gone
+        inner = transport.get_protocol()
+        if inner is self or transport.is_reading() or not isinstance(inner, asyncio.BufferedProtocol):
+            pending.heard(self)
+            return
+        transport.set_protocol(_FirstRead(transport, inner, lambda: pending.heard(self)))
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
         pass
@@ -248,10 +317,11 @@ def tls_protocol_factory(
     ``max_handshakes`` (0: no cap) bounds the handshakes in progress: each holds asyncio's TLS
     buffers (256 KiB) until it ends or ``handshake_timeout`` passes, so silent connections could
     otherwise hold any amount of memory before the server's own connection cap sees them. At the
-    cap the handshake waiting longest is closed for a new connection if it has waited
-    ``EVICT_AFTER`` seconds (a client that sends its ClientHello at once completes in
-    milliseconds: a silent one is the oldest), else the new connection is; ``refused()`` is called
-    for each."""
+    cap a new connection closes the oldest handshake whose client has sent nothing yet, whatever
+    its age (a client sends its ClientHello as it connects, so a flood of silent connections only
+    closes its own); when every client has sent something, the one waiting longest if it has
+    waited ``EVICT_AFTER`` seconds, else the new connection is closed. ``refused()`` is called for
+    each connection closed at the cap."""
     report = _HandshakeLog()
     pending = _Pending(max_handshakes, refused) if max_handshakes > 0 else None
     _smaller_tls_reads()

@@ -104,39 +104,62 @@ async def test_http2_tls_connections_are_freed_when_they_close(tmp_path: Path) -
 
 
 async def test_handshakes_in_progress_are_capped(tmp_path: Path) -> None:
-    """Connections that never send a ClientHello: over the cap a new connection is closed at once
-    while the handshakes in progress are young (a burst), and once they waited a second the
-    oldest is closed for a new client instead, who is served."""
+    """Over the cap a new connection closes the oldest one that has sent nothing, however young
+    (silent connections only close each other, and a TLS client is served at once); when every
+    handshake in progress has had bytes, the new connection is closed while they are young (a
+    burst) and once they waited a second the oldest is closed for a new client instead."""
     pki = make_pki(tmp_path)
     tls = ServerTLS(cert_file=pki.server_cert, key_file=pki.server_key)
+    context = ssl.create_default_context(cafile=pki.ca_cert)
     refused: list[None] = []
     server = Http1Server(_ok, limits=Limits())
     wrap = tls_wrapper(tls, handshake_timeout=30.0, max_handshakes=5, refused=lambda: refused.append(None))
     _, port = await server.start("127.0.0.1", 0, wrap)
-    silent = []
-    try:
-        for _ in range(12):
-            silent.append(await asyncio.open_connection("127.0.0.1", port))
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
-        async def closed(reader: asyncio.StreamReader) -> bool:
-            try:
-                return await asyncio.wait_for(reader.read(), 0.3) == b""
-            except TimeoutError:
-                return False  # waiting for its handshake
-            except ConnectionError:
-                return True
+    async def closed(reader: asyncio.StreamReader) -> bool:
+        try:
+            return await asyncio.wait_for(reader.read(), 0.3) == b""
+        except TimeoutError:
+            return False  # waiting for its handshake
+        except ConnectionError:
+            return True
 
-        assert await asyncio.gather(*(closed(reader) for reader, _ in silent)) == [False] * 5 + [True] * 7
-        assert len(refused) == 7
-        await asyncio.sleep(EVICT_AFTER)
-        context = ssl.create_default_context(cafile=pki.ca_cert)
+    async def served() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
         writer.close()
-        assert len(refused) == 8  # the oldest silent one made room for it
-        assert await closed(silent[0][0])
+
+    try:
+        for _ in range(12):
+            held.append(await asyncio.open_connection("127.0.0.1", port))
+        silent = held[:]
+        assert await asyncio.gather(*(closed(reader) for reader, _ in silent)) == [True] * 7 + [False] * 5
+        assert len(refused) == 7
+        await served()  # at once: the oldest silent connection made room for it
+        assert len(refused) == 8
+        assert await closed(silent[7][0])
+
+        # five connections that send the first bytes of a ClientHello and stall: each closes a silent one
+        partial = []
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"\x16\x03\x01")
+            await asyncio.sleep(0.02)  # read by the server
+            partial.append((reader, writer))
+        held += partial
+        assert len(refused) == 12
+        assert await asyncio.gather(*(closed(reader) for reader, _ in silent[8:])) == [True] * 4
+        # all five have sent something and are young: the new connection is the one closed
+        held.append(await asyncio.open_connection("127.0.0.1", port))
+        assert await closed(held[-1][0])
+        assert len(refused) == 13
+        await asyncio.sleep(EVICT_AFTER)
+        await served()  # the oldest, past EVICT_AFTER, made room for it
+        assert len(refused) == 14
+        assert await asyncio.gather(*(closed(reader) for reader, _ in partial)) == [True] + [False] * 4
     finally:
-        for _, writer in silent:
+        for _, writer in held:
             writer.close()
         await server.close(1.0)
