@@ -8,8 +8,18 @@ import math
 from typing import TYPE_CHECKING
 
 from sidecar.overload.budget import Account
+from sidecar.overload.memory import MMAP_THRESHOLD
 from sidecar.overload.reasons import Action
-from sidecar.wire.http1.buffers import _EMPTY, _EMPTY_VIEW, _GROW, _HEAD_READ, _HEAD_ROOM, _MIN_FREE
+from sidecar.wire.http1.buffers import (
+    _DISCARD,
+    _DISCARD_VIEW,
+    _EMPTY,
+    _EMPTY_VIEW,
+    _GROW,
+    _HEAD_READ,
+    _HEAD_ROOM,
+    _MIN_FREE,
+)
 from sidecar.wire.http1.messages import HttpError, Request, Response, plain, serialize
 from sidecar.wire.http1.parser import _chunk_size, _trailer, parse_head
 
@@ -53,6 +63,8 @@ class _Connection(asyncio.BufferedProtocol):
         # the buffer of this connection (allocated on the first read, dropped when idle), or a
         # larger one (pooled or grown) while a large body arrives
         self._own: bytearray | None = None
+        #: the own buffer's size, counted in the server's ``own_bytes`` while it exists (0: a small one)
+        self._own_counted = 0
         self._buf = _EMPTY
         self._view = _EMPTY_VIEW
         self._pos = 0  # the next byte to parse
@@ -126,6 +138,7 @@ class _Connection(asyncio.BufferedProtocol):
         # in it (500 closed TLS connections held 100 MiB). Without the transport it is freed now.
         self._transport = None
         self._release()
+        self._drop_own()
         if self._account is not None and not self._held:
             self._account.close()  # with a handler running, its bytes go back when it is done
         self._server._forget(self)
@@ -283,7 +296,7 @@ class _Connection(asyncio.BufferedProtocol):
         the pool, the connection's own one is allocated again on the next read."""
         if self._end == 0 and self._buf is not _EMPTY:
             self._give_back()
-            self._own = None
+            self._drop_own()
             self._buf = _EMPTY
             self._view = _EMPTY_VIEW
 
@@ -300,7 +313,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _give_back(self) -> None:
         """Return a grown buffer to the server's pool once nothing in it is needed any more."""
         buf = self._buf
-        if buf is not self._own and buf is not _EMPTY:
+        if buf is not self._own and buf is not _EMPTY and buf is not _DISCARD:
             self._server.buffers.put(buf)
             self._buf = own = self._own if self._own is not None else _EMPTY
             self._view = memoryview(own)
@@ -336,7 +349,13 @@ class _Connection(asyncio.BufferedProtocol):
             if len(self._buf) - self._end >= _MIN_FREE:
                 return
             received = self._end - self._body_start if self._body_start >= 0 else 0
-            need = self._prepay(min(need, max(_GROW, 2 * received)))
+            step = min(need, max(_GROW, 2 * received))
+            if live + step + _HEAD_ROOM < MMAP_THRESHOLD <= live + need + _HEAD_ROOM:
+                # a body that will outgrow the heap's sizes skips them: a buffer of the mmap
+                # threshold or more is the system's again when freed, while heap ones stay resident
+                # (500 connections refused after their first step left 15 MiB in the heap)
+                step = MMAP_THRESHOLD - live - _HEAD_ROOM
+            need = self._prepay(step)
             if not need:
                 return  # refused: the room is not in the budget
         self._reserve(need, amortize=self._state != _BODY)
@@ -374,14 +393,33 @@ class _Connection(asyncio.BufferedProtocol):
             self._shift(keep)
             return
         size = self._limits.buffer_size
-        if live + need <= size:  # no buffer yet (a larger one would have had room)
-            new = self._own = self._own if self._own is not None else bytearray(size)
+        own = self._own
+        if live + need <= (size if own is None else len(own)):  # no buffer yet, or the own one has room
+            new = self._own = own if own is not None else self._new_own(size, live + need)
         else:
             # room for the head of the next request too, so a connection sending bodies of one
             # size settles on one buffer and never moves a body
             wanted = max(live + need + _HEAD_ROOM, 2 * live if amortize else 0)
             new = self._server.buffers.take(wanted) or bytearray(wanted)
         self._move(new, keep, live)
+
+    def _new_own(self, size: int, least: int) -> bytearray:
+        """The connection's own buffer: ``size`` bytes while the server's own buffers together stay
+        within ``own_buffer_bytes``, else ``_HEAD_READ`` (or ``least``, if more): reads are smaller,
+        nothing else changes (500 connections reading heads at once held 31 MiB of own buffers)."""
+        server = self._server
+        if server.own_bytes + size <= self._limits.own_buffer_bytes:
+            server.own_bytes += size
+            self._own_counted = size
+            return bytearray(size)
+        return bytearray(max(_HEAD_READ, least))
+
+    def _drop_own(self) -> None:
+        """Drop the connection's own buffer (counted out of the server's ``own_bytes``)."""
+        self._own = None
+        if self._own_counted:
+            self._server.own_bytes -= self._own_counted
+            self._own_counted = 0
 
     def _move(self, new: bytearray, keep: int, live: int) -> None:
         """Continue in ``new`` with the ``live`` bytes from ``keep`` on; a grown buffer left goes
@@ -779,8 +817,11 @@ class _Connection(asyncio.BufferedProtocol):
         self._state = _LINGER
         self._release()
         # the budget is given back, so the memory goes too: a grown buffer kept for discarding
-        # input held it uncharged (over TLS, 20 connections refused at once held 200 MiB)
+        # input held it uncharged (over TLS, 20 connections refused at once held 200 MiB), and
+        # the connection's own buffer is dropped: discarded input goes where all of it goes
         self._give_back()
+        self._drop_own()
+        self._buf, self._view = _DISCARD, _DISCARD_VIEW
         self._pos = self._end = self._scan = 0
         self._body_start = -1
         self._line_seen = False

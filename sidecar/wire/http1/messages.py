@@ -45,6 +45,9 @@ class Limits:
     linger_timeout: float = 2.0
     #: a connection's own buffer, allocated on its first read and dropped once it is idle
     buffer_size: int = 64 * 1024
+    #: what the connections' own buffers may hold together; beyond it a connection's own buffer is
+    #: 16 KiB (more, smaller reads)
+    own_buffer_bytes: int = 8 * 1024 * 1024
     #: framing bytes (chunk-size lines, CRLFs) a chunked body may add beyond a quarter of its
     #: decoded size (many tiny chunks cost CPU) → 400
     max_chunk_overhead: int = 16 * 1024

@@ -51,6 +51,8 @@ class Http1Server:
         self.budget = budget
         self.closing = False
         self.buffers = BufferPool(limits.pool_bytes, max_idle=limits.pool_idle)
+        #: bytes of the connections' own buffers of full size (at most ``limits.own_buffer_bytes``)
+        self.own_bytes = 0
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[Response]] = set()
         self._listener: asyncio.Server | None = None

@@ -26,12 +26,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar.overload.memory import MMAP_THRESHOLD
 from sidecar.tls.acceptor import tls_wrapper
 from sidecar.tls.server import ServerTLS
 from sidecar.wire import http1
 from sidecar.wire.budget import ReceiveBudget
 from sidecar.wire.http1 import Http1Server, Limits, Request, Response
-from sidecar.wire.http1.buffers import _HEAD_READ
+from sidecar.wire.http1.buffers import _DISCARD, _HEAD_READ
+from sidecar.wire.http1.connection import _LINGER
 from tests.tls.pki import make_pki
 
 #: short timeouts, so the timeout tests run fast
@@ -978,6 +980,69 @@ async def test_the_receive_budget_refuses_what_does_not_fit_with_503_and_is_rele
         await until(lambda: budget.in_use == 0)
         await holder.close()
     assert budget.refusals == 1
+
+
+async def test_connections_refused_for_the_budget_discard_input_without_a_buffer_of_their_own() -> None:
+    """Each lingering connection kept its 64 KiB buffer to discard input into: 500 connections
+    refused for want of budget held 31 MiB outside it (a real sidecar peaked at 136-140 MiB)."""
+    budget = ReceiveBudget(200_000)
+    limits = Limits(max_request_bytes=16 << 20, linger_timeout=5.0)
+    async with serving(limits, budget=budget) as (server, port, _):
+        clients = [await Client.connect(port) for _ in range(40)]
+        for client in clients:  # 40 bodies of 150 kB: pushed until refused
+            await client.send(PH + b"Content-Length: 150000\r\n\r\n" + b"x" * 60_000)
+        answers = [await client.answer() for client in clients[5:]]  # at most 3 fit the budget
+        assert {answer.status for answer in answers} == {503}
+        for client in clients:  # more input, discarded by those refused
+            with suppress(ConnectionError):
+                await client.send(b"y" * 60_000)
+        await asyncio.sleep(0.1)
+        lingering = [c for c in server._connections if c._state == _LINGER]
+        assert len(lingering) >= 35
+        assert all(c._own is None and len(c._buf) == len(_DISCARD) for c in lingering)
+        assert budget.in_use <= 200_000
+        assert all(buf is not _DISCARD for buf in server.buffers._free)  # never pooled as a body's
+        for client in clients:
+            await client.close()
+        await until(lambda: budget.in_use == 0 and server.own_bytes == 0)
+
+
+async def test_a_large_body_grows_past_the_heaps_sizes_with_its_room_taken_from_the_budget() -> None:
+    """Buffers below the mmap threshold stay resident in the heap once freed; a body that will
+    outgrow them skips them (its room paid for), one that will not is sized to fit."""
+    budget = ReceiveBudget(8 << 20)
+    limits = dataclasses.replace(FAST, max_request_bytes=4 << 20, pool_bytes=0)
+    async with serving(limits, budget=budget) as (server, port, _):
+        large, small = await Client.connect(port), await Client.connect(port)
+        await large.send(PH + b"Content-Length: 4000000\r\n\r\n" + b"x" * 70_000)
+        await small.send(PH + b"Content-Length: 150000\r\n\r\n" + b"y" * 70_000)
+        await asyncio.sleep(0.2)
+        grown = {c._length: len(c._buf) for c in server._connections}
+        assert grown[4_000_000] >= MMAP_THRESHOLD
+        assert 150_000 <= grown[150_000] < MMAP_THRESHOLD  # sized to fit
+        assert budget.in_use >= MMAP_THRESHOLD - 16 * 1024  # the large one's room, paid for
+        await large.close()
+        await small.close()
+    await until(lambda: budget.in_use == 0)
+
+
+async def test_the_connections_own_buffers_together_stay_within_their_bound() -> None:
+    """Beyond ``own_buffer_bytes`` a connection's own buffer is small: it reads in smaller steps
+    and is served the same."""
+    limits = dataclasses.replace(FAST, buffer_size=64 * 1024, own_buffer_bytes=2 * 64 * 1024)
+    async with serving(limits) as (server, port, _):
+        clients = [await Client.connect(port) for _ in range(6)]
+        for client in clients:  # a head each, its body to follow: each connection has a buffer now
+            await client.send(PH + b"Content-Length: 40000\r\n\r\n")
+        await until(lambda: sum(c._own is not None for c in server._connections) == 6)
+        sizes = sorted(len(c._own) for c in server._connections if c._own is not None)
+        assert sizes == [_HEAD_READ] * 4 + [64 * 1024] * 2 and server.own_bytes == 2 * 64 * 1024
+        for n, client in enumerate(clients):
+            await client.send(bytes([65 + n]) * 40_000)
+            answer = await client.answer()
+            assert (answer.status, answer.body) == (200, bytes([65 + n]) * 40_000)
+            await client.close()
+        await until(lambda: server.own_bytes == 0 and not server._connections)
 
 
 async def test_chunked_bodies_take_the_budget_as_they_arrive() -> None:
