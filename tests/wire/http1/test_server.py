@@ -996,9 +996,8 @@ async def test_connections_refused_for_the_budget_discard_input_without_a_buffer
         for client in clients:  # more input, discarded by those refused
             with suppress(ConnectionError):
                 await client.send(b"y" * 60_000)
-        await asyncio.sleep(0.1)
+        await until(lambda: sum(c._state == _LINGER for c in server._connections) >= 35)
         lingering = [c for c in server._connections if c._state == _LINGER]
-        assert len(lingering) >= 35
         assert all(c._own is None and len(c._buf) == len(_DISCARD) for c in lingering)
         assert budget.in_use <= 200_000
         assert all(buf is not _DISCARD for buf in server.buffers._free)  # never pooled as a body's
@@ -1016,7 +1015,7 @@ async def test_a_large_body_grows_past_the_heaps_sizes_with_its_room_taken_from_
         large, small = await Client.connect(port), await Client.connect(port)
         await large.send(PH + b"Content-Length: 4000000\r\n\r\n" + b"x" * 70_000)
         await small.send(PH + b"Content-Length: 150000\r\n\r\n" + b"y" * 70_000)
-        await asyncio.sleep(0.2)
+        await until(lambda: sum(len(c._buf) > 100_000 for c in server._connections) == 2)  # both grew
         grown = {c._length: len(c._buf) for c in server._connections}
         assert grown[4_000_000] >= MMAP_THRESHOLD
         assert 150_000 <= grown[150_000] < MMAP_THRESHOLD  # sized to fit
