@@ -156,20 +156,26 @@ EVICT_AFTER = 1.0
 
 
 class _Pending:
-    """Handshakes in progress on one listener, at most ``limit``. At the cap a new connection
-    closes the oldest one that has sent nothing yet, whatever its age: a client sends its
-    ClientHello as it connects and counts as heard once those bytes are read (milliseconds; it is
-    closed only if ``limit`` newer connections come first), so a flood of silent connections only
-    closes its own. When all have sent something, the oldest is closed once it has waited
-    ``EVICT_AFTER`` seconds, else the new connection is (a burst: the handshakes in progress go
-    on). Either way ``refused()`` is called once, and the table never holds more than ``limit``."""
+    """Handshakes in progress on one listener, at most ``limit``. At the cap, when another client
+    address holds more handshakes than the new connection's, that address loses one (its oldest
+    that has sent nothing yet, else its oldest): one source cannot keep the others out, whatever
+    it sends (in a cluster the API server and a flooding pod have different addresses). Else the
+    new connection's own address loses its oldest one that has sent nothing yet, whatever its age:
+    a client sends its ClientHello as it connects and counts as heard once those bytes are read
+    (milliseconds), so a flood of silent connections only closes its own; when all have sent
+    something, the oldest once it has waited ``EVICT_AFTER`` seconds, else the new connection is
+    closed (a burst: the handshakes in progress go on). On loopback every client has the same
+    address and only the second rule applies. Either way ``refused()`` is called once, and the
+    table never holds more than ``limit``."""
 
     def __init__(self, limit: int, refused: Callable[[], None] | None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self._clock = clock
-        self._waiting: dict[object, tuple[asyncio.Transport, float]] = {}  # in the order they came
+        #: in the order they came: transport, when, client address
+        self._waiting: dict[object, tuple[asyncio.Transport, float, str]] = {}
         self._silent: dict[object, None] = {}  # those that sent nothing yet, in the same order
+        self._by_source: dict[str, dict[object, None]] = {}  # each address's, in the same order
         self._refused = refused
 
     def __len__(self) -> int:
@@ -179,25 +185,37 @@ class _Pending:
         """How many of the handshakes in progress have received nothing yet."""
         return len(self._silent)
 
-    def enter(self, key: object, transport: asyncio.Transport) -> bool:
-        """Admit a new connection (True), or close it (False). It counts as silent until
-        :meth:`heard`."""
+    def enter(self, key: object, transport: asyncio.Transport, source: str = "") -> bool:
+        """Admit a new connection from client address ``source`` (True), or close it (False). It
+        counts as silent until :meth:`heard`."""
         now = self._clock()
         if len(self._waiting) >= self.limit:
             if self._refused is not None:
                 self._refused()
-            if self._silent:
-                victim = next(iter(self._silent))
-            else:
-                victim = next(iter(self._waiting))
-                if now - self._waiting[victim][1] < EVICT_AFTER:
-                    transport.abort()
-                    return False
-            self._silent.pop(victim, None)
-            self._waiting.pop(victim)[0].abort()
-        self._waiting[key] = (transport, now)
+            victim = self._victim(source, now)
+            if victim is None:
+                transport.abort()
+                return False
+            self._waiting[victim][0].abort()
+            self.leave(victim)
+        self._waiting[key] = (transport, now, source)
         self._silent[key] = None
+        self._by_source.setdefault(source, {})[key] = None
         return True
+
+    def _victim(self, source: str, now: float) -> object | None:
+        """The handshake to close for a new connection from ``source`` (None: close the new one)."""
+        crowded = max(self._by_source.values(), key=len)
+        own = self._by_source.get(source)
+        other = own is None or (crowded is not own and len(crowded) > len(own))
+        keys = crowded if other else own
+        assert keys is not None
+        silent = self._silent
+        for key in keys:  # at most ``limit``
+            if key in silent:
+                return key
+        oldest = next(iter(keys))
+        return oldest if other or now - self._waiting[oldest][1] >= EVICT_AFTER else None
 
     def heard(self, key: object) -> None:
         """The connection's first bytes arrived: no longer closed ahead of the others."""
@@ -205,7 +223,18 @@ class _Pending:
 
     def leave(self, key: object) -> None:
         self._silent.pop(key, None)
-        self._waiting.pop(key, None)
+        entry = self._waiting.pop(key, None)
+        if entry is not None:
+            keys = self._by_source[entry[2]]
+            del keys[key]
+            if not keys:
+                del self._by_source[entry[2]]
+
+
+def _source(transport: asyncio.BaseTransport) -> str:
+    """The client's address (without its port), or "" when the transport does not say."""
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
 class _TLSAcceptor(asyncio.Protocol):
@@ -226,7 +255,7 @@ class _TLSAcceptor(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         pending = self._pending
-        if pending is not None and not pending.enter(self, transport):
+        if pending is not None and not pending.enter(self, transport, _source(transport)):
             return  # closed: too many handshakes in progress (each holds 256 KiB of TLS buffers)
         transport.pause_reading()  # the ClientHello waits in the socket for start_tls
         task = asyncio.get_running_loop().create_task(self._upgrade(transport))

@@ -11,6 +11,7 @@ bodies 430 MiB, none of them ever closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -57,6 +58,9 @@ class WebhookProcess:
 
     def peak_rss(self) -> int:
         return self._status("VmHWM")
+
+    def rss(self) -> int:
+        return self._status("VmRSS")
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))
@@ -109,8 +113,10 @@ def _post(path: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-@pytest.fixture
-async def webhook(tmp_path: Path) -> AsyncIterator[WebhookProcess]:
+@contextlib.asynccontextmanager
+async def webhook_process(tmp_path: Path) -> AsyncIterator[WebhookProcess]:
+    """``python -m sidecar webhook serve`` on a free loopback port, stopped on exit; with
+    ``BOUNDS_REPO=/path/to/other/checkout``, that checkout's webhook (for "before" figures)."""
     pki = make_pki(tmp_path)
     config = tmp_path / "webhook.toml"
     config.write_text(
@@ -118,9 +124,13 @@ async def webhook(tmp_path: Path) -> AsyncIterator[WebhookProcess]:
         f"max_connections = {CAP}\n",
         encoding="utf-8",
     )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    repo = os.environ.get("BOUNDS_REPO")
+    if repo:
+        env["PYTHONPATH"] = repo
     process = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "webhook", "serve", "--config", str(config), "--log-level", "warning"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stderr=subprocess.PIPE, text=True, env=env, cwd=repo or None,
     )
     try:
         assert process.stderr is not None
@@ -144,6 +154,12 @@ async def webhook(tmp_path: Path) -> AsyncIterator[WebhookProcess]:
         if process.stderr is not None:
             process.stderr.close()
     assert "Traceback" not in stderr, stderr
+
+
+@pytest.fixture
+async def webhook(tmp_path: Path) -> AsyncIterator[WebhookProcess]:
+    async with webhook_process(tmp_path) as process:
+        yield process
 
 
 def _listening_port(pid: int) -> int:
@@ -355,16 +371,19 @@ FLOOD_RATE = 150
 FLOOD_SECONDS = 4.0
 
 
-async def test_a_steady_flood_of_silent_connections_does_not_refuse_reviews(webhook: WebhookProcess) -> None:
-    """150 TCP connections a second that never send a ClientHello, for 4 s, while the API server
-    sends a review every 50 ms. Each new silent connection finds the table of handshakes full of
-    young silent ones: before, the new connection was closed unless the oldest had waited 1 s, so
-    the flood kept the table young and most reviews' connections were closed at their handshake
-    (at 100 connections a second: about 80 %). Now a new connection closes the oldest one that has
-    sent nothing: a review's connection sends its ClientHello at once and is never the one."""
+@pytest.mark.parametrize("flood_kind", ["silent", "one byte, from another address"])
+async def test_a_steady_flood_of_connections_does_not_refuse_reviews(webhook: WebhookProcess, flood_kind: str) -> None:
+    """150 TCP connections a second that never send a ClientHello (or send one byte of it and
+    stall), for 4 s, while the API server sends a review every 50 ms. Each new connection finds
+    the table of handshakes full of young ones: before, the new connection was closed unless the
+    oldest had waited 1 s, so the flood kept the table young and most reviews' connections were
+    closed at their handshake (at 100 connections a second: about 80 %). Now a new connection
+    closes the oldest one that has sent nothing, else the oldest of an address that holds more
+    than its own: a review's connection is never the one."""
     loop = asyncio.get_running_loop()
     held: list[asyncio.StreamWriter] = []
     opened = 0
+    silent = flood_kind == "silent"
 
     async def flood() -> None:
         nonlocal opened
@@ -373,9 +392,12 @@ async def test_a_steady_flood_of_silent_connections_does_not_refuse_reviews(webh
             for _ in range(int(elapsed * FLOOD_RATE) - opened):
                 opened += 1
                 try:
-                    _, writer = await asyncio.open_connection("127.0.0.1", webhook.port)
+                    _, writer = await asyncio.open_connection(
+                        "127.0.0.1", webhook.port, local_addr=None if silent else ("127.0.0.2", 0))
                 except OSError:
                     continue
+                if not silent:
+                    writer.write(b"\x16")  # the first byte of a TLS record, and no more
                 held.append(writer)
             await asyncio.sleep(0.005)
 
@@ -398,11 +420,11 @@ async def test_a_steady_flood_of_silent_connections_does_not_refuse_reviews(webh
         cpu = webhook.cpu_seconds() - cpu
         await asyncio.sleep(1.1)  # the silent connections left are old enough to make room for a scrape
         closed = await webhook.metric('otlp_sidecar_webhook_overload_actions_total{action="connection_limit"}')
-        print(f"\nsilent flood: {opened} connections in {FLOOD_SECONDS:.0f} s; reviews: {len(served)} answered, "
+        print(f"\n{flood_kind} flood: {opened} connections in {FLOOD_SECONDS:.0f} s; reviews: {len(served)} answered, "
               f"{refused} refused at the handshake; {closed - before:.0f} handshakes closed at the cap; "
               f"peak RSS {webhook.peak_rss() / MiB:.1f} MiB, at most {peak_fds} descriptors, {cpu:.2f} s of CPU")
         assert opened >= FLOOD_RATE * FLOOD_SECONDS * 0.9, "the flood did not keep its rate"
-        assert closed - before >= opened - 2 * CAP, "the silent connections were not closed at the cap"
+        assert closed - before >= opened - 2 * CAP, "the flood's connections were not closed at the cap"
     finally:
         attack.cancel()
         for writer in held:

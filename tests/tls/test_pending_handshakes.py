@@ -57,9 +57,9 @@ def _table(limit: int, clock: Clock) -> tuple[_Pending, list[None], dict[str, Fa
     return _Pending(limit, lambda: refused.append(None), clock), refused, {}
 
 
-def _enter(pending: _Pending, transports: dict[str, FakeTransport], name: str) -> bool:
+def _enter(pending: _Pending, transports: dict[str, FakeTransport], name: str, source: str = "") -> bool:
     transports[name] = FakeTransport(name)
-    return pending.enter(name, transports[name])
+    return pending.enter(name, transports[name], source)
 
 
 def _aborted(transports: dict[str, FakeTransport]) -> list[str]:
@@ -99,6 +99,28 @@ def test_when_all_have_spoken_the_new_connection_is_closed_while_they_are_young(
     assert _aborted(transports) == ["a", "c", "d"] and len(refused) == 3
 
 
+def test_an_address_holding_more_than_the_new_connections_loses_one(clock: Clock) -> None:
+    """A flood from one address that sends a byte and stalls (so nothing is silent, nothing old)
+    cannot keep another address out; at the top, an address only closes its own."""
+    pending, refused, transports = _table(4, clock)
+    for name in "abc":
+        assert _enter(pending, transports, name, "10.0.0.9")
+        pending.heard(name)
+    assert _enter(pending, transports, "d", "10.0.0.9")  # silent for now
+    assert _enter(pending, transports, "api1", "10.0.0.1")  # 10.0.0.9 holds 4: its silent one goes
+    pending.heard("api1")
+    assert _enter(pending, transports, "api2", "10.0.0.1")  # 3 against 1: its oldest, however young
+    assert set(_aborted(transports)) == {"d", "a"}
+    assert not _enter(pending, transports, "e", "10.0.0.9")  # 2 against 2: the age rule, its own
+    pending.heard("api2")
+    assert not _enter(pending, transports, "api3", "10.0.0.1")  # 2 against 2, none silent, young
+    assert set(_aborted(transports)) == {"d", "a", "e", "api3"} and len(refused) == 4
+    clock.now += EVICT_AFTER
+    assert _enter(pending, transports, "f", "10.0.0.9")  # its own oldest, b, waited long enough
+    assert set(_aborted(transports)) == {"d", "a", "e", "api3", "b"} and len(pending) == 4
+    assert not transports["api1"].aborted
+
+
 def test_a_connection_that_left_is_forgotten(clock: Clock) -> None:
     pending, refused, transports = _table(2, clock)
     assert _enter(pending, transports, "a")
@@ -116,13 +138,16 @@ def test_a_connection_that_left_is_forgotten(clock: Clock) -> None:
     steps=st.lists(st.tuples(st.sampled_from(["enter", "heard", "leave", "wait"]), st.integers(0, 30)), max_size=80),
 )
 def test_the_cap_holds_and_each_closure_is_counted_once(limit: int, steps: list[tuple[str, int]]) -> None:
-    """Any sequence of arrivals, first bytes, ends and waits: the table never exceeds the cap; each
-    arrival at the cap closes exactly one connection and calls ``refused()`` once; a connection that
-    spoke is closed only when none is silent and it waited ``EVICT_AFTER``; nothing closed stays."""
+    """Any sequence of arrivals (from three addresses), first bytes, ends and waits: the table never
+    exceeds the cap; each arrival at the cap closes exactly one connection and calls ``refused()``
+    once; the one closed is an address's that holds the most, when the new one's holds fewer
+    (its oldest silent, else its oldest), else the new one's address's oldest silent, else its
+    oldest once it waited ``EVICT_AFTER``, else the new one; nothing closed stays."""
     clock = Clock()
     pending, refused, transports = _table(limit, clock)
     since: dict[str, float] = {}
     spoke: set[str] = set()
+    source_of: dict[str, str] = {}
     inside: list[str] = []  # the model: in the order they came
     for number, (action, arg) in enumerate(steps):
         if action == "wait":
@@ -139,23 +164,32 @@ def test_the_cap_holds_and_each_closure_is_counted_once(limit: int, steps: list[
                     inside.remove(name)
             continue
         name = f"c{number}"
+        source = "abc"[arg % 3]
+        source_of[name] = source
         at_cap = len(inside) >= limit
-        silent = [n for n in inside if n not in spoke]
+        by_source = {s: [n for n in inside if source_of[n] == s] for s in "abc"}
+        most = max(len(names) for names in by_source.values())
         closed_before = set(_aborted(transports))
         counted = len(refused)
-        admitted = _enter(pending, transports, name)
+        admitted = _enter(pending, transports, name, source)
         newly = set(_aborted(transports)) - closed_before
         if not at_cap:
             assert admitted and not newly and len(refused) == counted
         else:
             assert len(refused) == counted + 1 and len(newly) == 1
             (victim,) = newly
-            if silent:
-                assert victim == silent[0]
-            elif clock.now - since[inside[0]] >= EVICT_AFTER:
-                assert victim == inside[0]
+            if len(by_source[source]) < most:  # another address holds more: it loses one
+                keys = by_source[source_of.get(victim, "")] if victim != name else []
+                assert len(keys) == most and victim == next((n for n in keys if n not in spoke), keys[0])
             else:
-                assert victim == name and not admitted
+                own = by_source[source]
+                silent = [n for n in own if n not in spoke]
+                if silent:
+                    assert victim == silent[0]
+                elif clock.now - since[own[0]] >= EVICT_AFTER:
+                    assert victim == own[0]
+                else:
+                    assert victim == name and not admitted
             if victim != name:
                 inside.remove(victim)
         if admitted:
