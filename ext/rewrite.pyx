@@ -187,25 +187,52 @@ cdef Py_ssize_t first_unknown(St* st, int t, Py_ssize_t start, Py_ssize_t end, i
     return -1
 
 
+# ---- the walk's own allowlist check (RewriteResult.maybe_unknown) ----
+
+cdef inline void note_field(St* st, int t, Field* f) noexcept:
+    """Field f of a message of type t, which the walk copies without walking it: note in the walk
+    when it is not OTLP's, or holds a sub-message only the allowlist enters (buckets, quantiles)
+    that has a field OTLP does not define or cannot be read (the pipeline's check of the output
+    then names the error, as before). The twin: ``_allowlist.is_otlp``."""
+    cdef Unknown u
+    cdef int sub, err
+    if st.unknown:
+        return
+    if f.fn >= MAXF or not (AMASK[t][f.fn] & (1 << f.wt)):
+        st.unknown = 1
+        return
+    sub = ASUB[t][f.fn]
+    if sub < 0:
+        return
+    if sub == ARRAY or sub == KVLIST:  # values the walk enters itself; their depth is not known here
+        st.unknown = 1
+        return
+    err = st.err
+    if first_unknown(st, sub, f.vs, f.ve, 0, &u) != -1:
+        st.unknown = 1
+    st.err = err  # a sub-message that does not parse: noted, the walk goes on
+
+
 def unknown_field(signal, data):
     """Where the first field of ``data`` that OTLP does not define is (``field 1000 (wire type 2)
     of ResourceSpans at offset 12``), or None when every field is OTLP's."""
     cdef Py_buffer view
-    cdef St st
+    cdef St st_
+    cdef St* st = &st_
     cdef Unknown u
     cdef Py_ssize_t found
-    st_open(&st, data, &view)
+    st_open(st, data, &view)
     try:
-        found = first_unknown(&st, REQUEST_TYPE[signal], 0, st.size, 0, &u)
+        found = first_unknown(st, REQUEST_TYPE[signal], 0, st.size, 0, &u)
         if found == -2:
-            raise error_of(&st)
+            raise error_of(st)
         if found == -1:
             return None
         if u.deep:
             return f"{ALLOWED_NAMES[u.t]} nested deeper than {MAX_NESTING} levels at offset {found}"
         return f"field {u.fn} (wire type {u.wt}) of {ALLOWED_NAMES[u.t]} at offset {found}"
     finally:
-        st_free(&st)
+        st_free(st)
         PyBuffer_Release(&view)
 
 
@@ -296,27 +323,28 @@ def without_unknown_fields(signal, data):
     """(``data`` with every field OTLP does not define dropped, sub-messages re-encoded around what
     they lose; how many fields were dropped). In two linear passes: the sizes, then the bytes."""
     cdef Py_buffer view
-    cdef St st
+    cdef St st_
+    cdef St* st = &st_
     cdef Sizes sz
     cdef Py_ssize_t size, dropped = 0, cursor = 0
     cdef int t = REQUEST_TYPE[signal]
     sz.p = NULL
     sz.n = 0
     sz.cap = 0
-    st_open(&st, data, &view)
+    st_open(st, data, &view)
     try:
-        size = known_size(&st, t, 0, st.size, 0, &sz, &dropped)
+        size = known_size(st, t, 0, st.size, 0, &sz, &dropped)
         if size < 0:
-            raise error_of(&st)
+            raise error_of(st)
         if dropped == 0:
-            return _unchanged(&st, data), 0
-        if buf_reserve(&st, &st.arena, size) < 0 or write_known(&st, t, 0, st.size, 0, &sz, &cursor,
+            return _unchanged(st, data), 0
+        if buf_reserve(st, &st.arena, size) < 0 or write_known(st, t, 0, st.size, 0, &sz, &cursor,
                                                                  &st.arena) < 0:
-            raise error_of(&st)
+            raise error_of(st)
         return PyBytes_FromStringAndSize(<const char*>st.arena.p, st.arena.n), dropped
     finally:
         PyMem_Free(sz.p)
-        st_free(&st)
+        st_free(st)
         PyBuffer_Release(&view)
 
 # ---- compiled plans in C ----
@@ -506,7 +534,8 @@ cdef inline int check_field(St* st, int t, int code, Field* f, Py_ssize_t tag_po
     """validate()'s checks of one field of a message of type t, whose code in FMAP[t] is code."""
     cdef Py_ssize_t ks, ke
     cdef int sub
-    if code == 0:
+    if code == 0:  # copied as it is: is it OTLP's?
+        note_field(st, t, f)
         return 0
     if f.wt != 2:
         return fail(st, E_WRONG_WT, t, f.fn, f.wt, tag_pos)
@@ -600,6 +629,8 @@ cdef int validate_kv_fields(St* st, Py_ssize_t start, Py_ssize_t end, Py_ssize_t
             if f.fn == 1 and f.wt == 2:
                 ks[0] = f.vs
                 ke[0] = f.ve
+            else:
+                note_field(st, KV, &f)
             continue
         if f.wt != 2:
             return fail(st, E_WRONG_WT, KV, f.fn, f.wt, tag_pos)
@@ -616,6 +647,8 @@ cdef int validate_kv_fields(St* st, Py_ssize_t start, Py_ssize_t end, Py_ssize_t
                     return -1
                 if g.fn == 6 and g.ve > g.vs and validate(st, KVLIST, g.vs, g.ve) < 0:
                     return -1
+            else:
+                note_field(st, ANY, &g)
     return 0
 
 
@@ -652,7 +685,8 @@ cdef Py_ssize_t walk_fields(St* st, int t, Py_ssize_t start, Py_ssize_t end) noe
             return 0
         pos = f.ve
         code = fmap[f.fn] if f.fn < MAXF else 0
-        if code == 0:
+        if code == 0:  # copied as it is: is it OTLP's?
+            note_field(st, t, &f)
             continue
         if f.wt != 2:
             fail(st, E_WRONG_WT, t, f.fn, f.wt, tag_pos)
@@ -934,6 +968,7 @@ cdef int kv_scalar(St* st, Py_ssize_t vs, Py_ssize_t ve, int scan) noexcept:
             return -1
         pos = f.ve
         if f.fn != 2:
+            note_field(st, KV, &f)
             continue
         if f.wt != 2:
             return fail(st, E_WRONG_WT, KV, f.fn, f.wt, tag_pos)
@@ -953,6 +988,8 @@ cdef int kv_scalar(St* st, Py_ssize_t vs, Py_ssize_t ve, int scan) noexcept:
                 ss[ns] = g.vs
                 se[ns] = g.ve
                 ns += 1
+            else:
+                note_field(st, ANY, &g)
     if not scan:
         return 1
     # pass 2: scan the strings
@@ -1251,6 +1288,11 @@ cdef Py_ssize_t span(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve) n
     # second walk. The errors reported stay the twin's: a span that failed them is walked
     # again, and the keys of its attributes are read where the twin reads them.
     cdef bint checked = 1
+    # nor does it note fields OTLP does not define (note_field returns at once): a span sampling
+    # drops leaves nothing, one it keeps is walked below (in a dry run the pass notes them)
+    cdef int unknown = st.unknown
+    if not st.dry:
+        st.unknown = 1
     st.items_in += 1
     st.nattrs = 0
     while pos < ve:
@@ -1312,6 +1354,8 @@ cdef Py_ssize_t span(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve) n
         while k < tid_e:
             randomness = (randomness << 8) | buf[k]
             k += 1
+    if not st.dry:
+        st.unknown = unknown
     threshold = plan.threshold
     if ts.th >= 0 and <uint64_t>ts.th > threshold:
         threshold = <uint64_t>ts.th
@@ -1330,6 +1374,8 @@ cdef Py_ssize_t span(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve) n
                 walk(st, SPAN, vs, ve, 0)
                 if st.err:
                     return 0
+                if not st.dry:
+                    st.unknown = unknown  # nothing of it leaves (the twin's _span: the same)
             add_edit(st, tag_pos, ve, st.arena.n, -1)
             return -(ve - tag_pos)
         st.counts[slot] += 1
@@ -1409,6 +1455,7 @@ cdef void st_init(St* st, const unsigned char* data, Py_ssize_t size) noexcept:
     st.ts_new_len = 0
     st.has_ts_new = 0
     st.ts_last = -1
+    st.unknown = 0
     st.grown = 0
     st.max_growth = PY_SSIZE_T_MAX
     st.err = E_NONE
@@ -1443,6 +1490,8 @@ cdef bytes _unchanged(St* st, object data):
 
 
 cdef list _resource_ranges(St* st, int t):
+    """(tag position, start, end) of each top-level Resource* field, validating the framing; the
+    request's other fields (none is OTLP's) noted in the walk."""
     cdef Py_ssize_t pos = 0, tag_pos
     cdef Field f
     out = []
@@ -1456,6 +1505,8 @@ cdef list _resource_ranges(St* st, int t):
                 fail(st, E_WRONG_WT, t, f.fn, f.wt, tag_pos)
                 raise error_of(st)
             out.append((tag_pos, f.vs, f.ve))
+        else:
+            note_field(st, t, &f)
     return out
 
 
@@ -1465,40 +1516,42 @@ def count_resources(signal, data, Py_ssize_t stop_at=0):
     with it before split_resources() makes an object for each (two bytes of an empty resource
     would otherwise cost hundreds of bytes each)."""
     cdef Py_buffer view
-    cdef St st
+    cdef St st_
+    cdef St* st = &st_
     cdef int t = REQUEST_TYPE[signal]
     cdef Py_ssize_t pos = 0, tag_pos, n = 0
     cdef Field f
-    st_open(&st, data, &view)
+    st_open(st, data, &view)
     try:
         while pos < st.size and (stop_at <= 0 or n < stop_at):
             tag_pos = pos
-            if next_field(&st, pos, st.size, t, &f) < 0:
-                raise error_of(&st)
+            if next_field(st, pos, st.size, t, &f) < 0:
+                raise error_of(st)
             pos = f.ve
             if f.fn == 1:
                 if f.wt != 2:
-                    fail(&st, E_WRONG_WT, t, f.fn, f.wt, tag_pos)
-                    raise error_of(&st)
+                    fail(st, E_WRONG_WT, t, f.fn, f.wt, tag_pos)
+                    raise error_of(st)
                 n += 1
         return n
     finally:
-        st_free(&st)
+        st_free(st)
         PyBuffer_Release(&view)
 
 
 def count_items(signal, data):
     """Validate the request and count its spans / data points / log records."""
     cdef Py_buffer view
-    cdef St st
-    st_open(&st, data, &view)
+    cdef St st_
+    cdef St* st = &st_
+    st_open(st, data, &view)
     try:
-        walk(&st, REQUEST_TYPE[signal], 0, st.size, 0)
+        walk(st, REQUEST_TYPE[signal], 0, st.size, 0)
         if st.err:
-            raise error_of(&st)
+            raise error_of(st)
         return st.items_in
     finally:
-        st_free(&st)
+        st_free(st)
         PyBuffer_Release(&view)
 
 
@@ -1557,34 +1610,40 @@ def split_resources(signal, data, bint validate=True, bint count=True):
     it checks the framing of the resources and all of each Resource, and every ``items`` is 0.
     """
     cdef Py_buffer view
-    cdef St st
+    cdef St st_
+    cdef St* st = &st_
     cdef int t = RS_TYPE[signal]
     cdef Py_ssize_t before
-    st_open(&st, data, &view)
+    st_open(st, data, &view)
     try:
         out = []
-        for index, (_tag, s, e) in enumerate(_resource_ranges(&st, REQUEST_TYPE[signal])):
+        for index, (_tag, s, e) in enumerate(_resource_ranges(st, REQUEST_TYPE[signal])):
             before = st.items_in
             if validate:
-                walk(&st, t, s, e, 0)
+                walk(st, t, s, e, 0)
             else:
-                count_quickly(&st, t, s, e, count)
+                count_quickly(st, t, s, e, count)
             if st.err:
-                raise error_of(&st)
-            key = _resource_bytes(&st, t, s, e)
+                raise error_of(st)
+            key = _resource_bytes(st, t, s, e)
             out.append(ResourceInfo(index, key, st.items_in - before))
         return out
     finally:
-        st_free(&st)
+        st_free(st)
         PyBuffer_Release(&view)
 
 
 def rewrite(signal, data, plans, Py_ssize_t max_growth=MAX_GROWTH):
     """Apply plans (aligned with split_resources) to the request data (bytes-like, read in
     place); the result's data is bytes. RewriteTooLarge as soon as the edits would add more than
-    max_growth bytes (0: no cap): their replacement bytes plus EDIT_BYTES per edit record."""
+    max_growth bytes (0: no cap): their replacement bytes plus EDIT_BYTES per edit record.
+
+    The walk meets every field of the request; those it copies without walking them are checked
+    against the egress allowlist as it goes (note_field; the result's ``maybe_unknown``: only a
+    result that says so needs unknown_field)."""
     cdef Py_buffer view
-    cdef St st
+    cdef St st_
+    cdef St* st = &st_
     cdef int t = RS_TYPE[signal]
     cdef int i, maxslots = 1, r
     cdef _PlanBox box
@@ -1597,18 +1656,19 @@ def rewrite(signal, data, plans, Py_ssize_t max_growth=MAX_GROWTH):
             maxslots = box.p.nslots
         if not box.p.noop:
             all_noop = False
-    st_open(&st, data, &view)
+    st_open(st, data, &view)
     if max_growth > 0:
         st.max_growth = max_growth
     try:
-        ranges = _resource_ranges(&st, REQUEST_TYPE[signal])
+        ranges = _resource_ranges(st, REQUEST_TYPE[signal])
         if len(ranges) != len(boxes):
             raise ValueError(f"{len(boxes)} plans for {len(ranges)} resources")
         if all_noop:
-            walk(&st, REQUEST_TYPE[signal], 0, st.size, 0)
+            walk(st, REQUEST_TYPE[signal], 0, st.size, 0)
             if st.err:
-                raise error_of(&st)
-            return RewriteResult(_unchanged(&st, data), st.items_in, st.items_in, 0, 0, (), {})
+                raise error_of(st)
+            return RewriteResult(_unchanged(st, data), st.items_in, st.items_in, 0, 0, (), {},
+                                 st.unknown != 0)
         st.counts = <int64_t*>PyMem_Malloc(sizeof(int64_t) * maxslots)
         if st.counts == NULL:
             raise MemoryError()
@@ -1624,13 +1684,13 @@ def rewrite(signal, data, plans, Py_ssize_t max_growth=MAX_GROWTH):
                 st.counts[k] = 0
             before_items = st.items_in
             before_sampled = st.sampled_out
-            r = -1 if box.p.noop else refusal(&st, t, s, e)
+            r = -1 if box.p.noop else refusal(st, t, s, e)
             if r == -2 or st.err:
-                raise error_of(&st)
+                raise error_of(st)
             if r != -1:
-                walk(&st, t, s, e, 0)
+                walk(st, t, s, e, 0)
                 if st.err:
-                    raise error_of(&st)
+                    raise error_of(st)
                 n = st.items_in - before_items
                 if r == -3:
                     st.counts[box.p.refuse_slot] += n
@@ -1641,26 +1701,26 @@ def rewrite(signal, data, plans, Py_ssize_t max_growth=MAX_GROWTH):
                 if not box.p.dry_run:
                     rejected += n
                     refusals.append(reason)
-                    add_edit(&st, tag_pos, e, st.arena.n, -1)
+                    add_edit(st, tag_pos, e, st.arena.n, -1)
                     delta -= e - tag_pos
             else:
-                delta += submsg(&st, t, tag_pos, s, e, not box.p.noop)
+                delta += submsg(st, t, tag_pos, s, e, not box.p.noop)
             if st.err:
                 if st.err == E_PYTHON:
                     raise RuntimeError("hashing a value failed")
-                raise error_of(&st)
+                raise error_of(st)
             if box.p.dry_run:
                 st.sampled_out = before_sampled
             for k in range(box.p.nslots):
                 if st.counts[k]:
                     key = box.compiled.slots[k]
                     counts[key] = counts.get(key, 0) + st.counts[k]
-        out = _splice(&st, data)
+        out = _splice(st, data)
         sampled = st.sampled_out
         return RewriteResult(out, st.items_in, st.items_in - rejected - sampled, rejected,
-                             sampled, tuple(refusals), counts)
+                             sampled, tuple(refusals), counts, st.unknown != 0)
     finally:
-        st_free(&st)
+        st_free(st)
         PyBuffer_Release(&view)
 
 

@@ -284,7 +284,7 @@ class Pipeline:
             plans = await self._planner.plans_for(signal, resources, peer, transport)
             result = rewrite(signal, data, plans, self._max_growth)
             # inside the rewrite's refusal: the allowlist reads sub-messages the rewriter does not
-            out = self._only_otlp(signal, result.data) if result.items_out > 0 else result.data
+            out = self._only_otlp(signal, result.data, result.maybe_unknown) if result.items_out > 0 else result.data
         except MalformedRequest as exc:
             # as for a malformed split: a refused request, its items never counted as received
             raise self._refuse_request(labels, _malformed(signal, exc)) from None
@@ -342,9 +342,13 @@ class Pipeline:
         counters[1].inc(accepted)
         return Outcome(accepted=accepted, rejected=result.rejected_items, message=message)
 
-    def _only_otlp(self, signal: Signal, data: bytes) -> bytes:
+    def _only_otlp(self, signal: Signal, data: bytes, maybe_unknown: bool = True) -> bytes:
         """``data`` without the fields OTLP does not define (the rewriter copies what it does not
-        walk, so those were never scanned): counted, and logged once per signal (where, not what)."""
+        walk, so those were never scanned): counted, and logged once per signal (where, not what).
+        The rewriter checks every field it copies unwalked as it goes: ``data`` is read again
+        only when its result says it may hold one (``RewriteResult.maybe_unknown``)."""
+        if not maybe_unknown:
+            return data
         where = unknown_field(signal, data)
         if where is None:
             return data

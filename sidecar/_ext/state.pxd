@@ -167,6 +167,9 @@ cdef struct St:
     void* box
     int64_t* counts
     int dry
+    # a field OTLP does not define was met in what the walk copies (RewriteResult.maybe_unknown;
+    # the twin: _state.State.unknown)
+    int unknown
     int depth
     int max_depth
     Py_ssize_t items_in

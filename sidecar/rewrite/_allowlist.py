@@ -67,6 +67,25 @@ def _first_unknown(buf: bytes, t: int, start: int, end: int, nest: int) -> str |
     return None
 
 
+def is_otlp(buf: bytes, t: int, fn: int, wt: int, vs: int, ve: int) -> bool:
+    """Whether field ``fn`` (wire type ``wt``, its value in buf[vs:ve]) of a message of type ``t``,
+    one the rewriter copies without walking it, is OTLP's, and all it holds: a sub-message only
+    this allowlist enters (buckets, quantiles) is read whole; one it cannot read is not (the
+    pipeline's check of the output then names the error). The rewriter's walk asks this of every
+    field it does not walk (``RewriteResult.maybe_unknown``)."""
+    mask, sub = ALLOWED[t].get(fn, (0, -1))
+    if not mask & (1 << wt):
+        return False
+    if sub < 0:
+        return True
+    if sub in (ARRAY, KVLIST):  # values the walk enters itself; their depth is not known here
+        return False
+    try:
+        return _first_unknown(buf, sub, vs, ve, 0) is None
+    except MalformedRequest:
+        return False
+
+
 def without_unknown_fields(signal: Signal, data: bytes | bytearray | memoryview) -> tuple[bytes, int]:
     """(``data`` with every field OTLP does not define dropped, sub-messages re-encoded around what
     they lose; how many fields were dropped). MalformedRequest if it does not parse."""
@@ -103,4 +122,4 @@ def _copy_known(buf: bytes, t: int, start: int, end: int, nest: int, out: bytear
     return dropped
 
 
-__all__ = ["MalformedRequest", "unknown_field", "without_unknown_fields"]
+__all__ = ["MalformedRequest", "is_otlp", "unknown_field", "without_unknown_fields"]

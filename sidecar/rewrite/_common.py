@@ -103,6 +103,11 @@ class RewriteResult:
     sampled_out: int
     refusals: tuple[str, ...]
     counts: dict[tuple[str, str], int] = field(hash=False)
+    #: whether ``data`` may hold a field OTLP does not define (the egress allowlist,
+    #: ``unknown_field``, then reads it): False only when the walk met every field it copied and
+    #: each was OTLP's, the sub-messages it does not enter (buckets, quantiles) checked whole.
+    #: True by default: a result made anywhere else is checked
+    maybe_unknown: bool = True
 
 
 def threshold_for_ratio(ratio: float) -> int:

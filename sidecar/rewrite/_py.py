@@ -19,7 +19,7 @@ import hmac
 from array import array
 from collections.abc import Sequence
 
-from sidecar.rewrite._allowlist import unknown_field, without_unknown_fields
+from sidecar.rewrite._allowlist import is_otlp, unknown_field, without_unknown_fields
 from sidecar.rewrite._cards import find_pans, mask_digits
 from sidecar.rewrite._common import (
     ACT_DROP,
@@ -119,7 +119,9 @@ def _walk_fields(st: State, t: int, start: int, end: int, active: bool) -> int:
         fn, wt, vs, ve, _ = next_field(buf, pos, end, t)
         pos = ve
         code = fmap.get(fn, 0)
-        if code == 0:
+        if code == 0:  # copied as it is: is it OTLP's?
+            if not st.unknown and not is_otlp(buf, t, fn, wt, vs, ve):
+                st.unknown = True
             continue
         if wt != 2:
             raise wrong_wire_type(fn, wt, t, tag_pos)
@@ -401,7 +403,10 @@ def _span(st: State, tag_pos: int, vs: int, ve: int) -> int:
         if slot < 0:
             st.count(plan.sample_slot, 1)
             st.sampled_out += 1
+            unknown = st.unknown
             _walk(st, SPAN, vs, ve, False)  # validate what is dropped
+            if not st.dry:  # nothing of it leaves: a field OTLP does not define in it is not noted
+                st.unknown = unknown
             st.edit(tag_pos, ve, b"")
             return -(ve - tag_pos)
         st.count(slot, 1)
@@ -425,8 +430,9 @@ def _as_bytes(data: RequestData) -> bytes:
     return data if isinstance(data, bytes) else bytes(memoryview(data))
 
 
-def _resource_ranges(signal: Signal, data: bytes) -> list[tuple[int, int, int]]:
-    """(tag position, start, end) of each top-level Resource* field, validating the framing."""
+def _resource_ranges(signal: Signal, data: bytes, st: State | None = None) -> list[tuple[int, int, int]]:
+    """(tag position, start, end) of each top-level Resource* field, validating the framing; the
+    request's other fields (none is OTLP's) noted in ``st.unknown``."""
     t = REQUEST_TYPE[signal]
     out = []
     pos, end = 0, len(data)
@@ -438,6 +444,8 @@ def _resource_ranges(signal: Signal, data: bytes) -> list[tuple[int, int, int]]:
             if wt != 2:
                 raise wrong_wire_type(fn, wt, t, tag_pos)
             out.append((tag_pos, s, e))
+        elif st is not None and not is_otlp(data, t, fn, wt, s, e):
+            st.unknown = True
     return out
 
 
@@ -534,20 +542,24 @@ def rewrite(signal: Signal, data: RequestData, plans: Sequence[Plan],
     """Apply ``plans`` (aligned with :func:`split_resources`) to the request ``data``.
 
     Raise :class:`RewriteTooLarge` as soon as the edits would add more than ``max_growth``
-    bytes (0: no cap): their replacement bytes plus ``EDIT_BYTES`` per edit record."""
+    bytes (0: no cap): their replacement bytes plus ``EDIT_BYTES`` per edit record.
+
+    The walk meets every field of the request; those it copies without walking them are checked
+    against the egress allowlist as it goes (``RewriteResult.maybe_unknown``: only a result that
+    says so needs ``unknown_field``)."""
     data = _as_bytes(data)
     compiled = [compile_plan(p) for p in plans]
-    ranges = _resource_ranges(signal, data)
+    st = State(data, max(0, max_growth))
+    ranges = _resource_ranges(signal, data, st)
     if len(ranges) != len(compiled):
         raise ValueError(f"{len(compiled)} plans for {len(ranges)} resources")
-    st = State(data, max(0, max_growth))
     t = RS_TYPE[signal]
     counts: dict[tuple[str, str], int] = {}
     rejected = sampled = 0
     refusals: list[str] = []
     delta = 0
     if all(c.noop for c in compiled):
-        return RewriteResult(data, *_pass_through(st, signal))
+        return RewriteResult(data, *_pass_through(st, signal), st.unknown)
     for (tag_pos, s, e), plan in zip(ranges, compiled, strict=True):
         st.plan = plan
         st.dry = plan.dry_run
@@ -575,7 +587,7 @@ def rewrite(signal: Signal, data: RequestData, plans: Sequence[Plan],
     # the request's other fields were validated by _resource_ranges; nothing else to check
     out = _splice(st.work if st.work is not None else data, st.edits)
     return RewriteResult(out, st.items_in, st.items_in - rejected - sampled, rejected, sampled,
-                         tuple(refusals), counts)
+                         tuple(refusals), counts, st.unknown)
 
 
 def _pass_through(

@@ -13,7 +13,7 @@ class State:
     what the edits added (``grown``: charged as ``add_edit`` in ``sidecar/_ext/wire.pxd`` does)."""
 
     __slots__ = ("counts", "data", "depth", "dry", "edits", "grown", "items_in", "max_growth", "plan",
-                 "sampled_out", "tail", "ts_last", "ts_new", "work")
+                 "sampled_out", "tail", "ts_last", "ts_new", "unknown", "work")
 
     def __init__(self, data: bytes, max_growth: int = 0) -> None:
         self.data = data
@@ -32,6 +32,9 @@ class State:
         self.max_growth = max_growth
         #: where the last edit record ends when it is empty (a deletion the next one extends), else -1
         self.tail = -1
+        #: a field OTLP does not define was met (``RewriteResult.maybe_unknown``; ``Walk.unknown``
+        #: in ext/rewrite.pyx): the walk asks ``_allowlist.is_otlp`` of every field it copies unwalked
+        self.unknown = False
 
     def edit(self, start: int, end: int, repl: bytes, at: int = -1) -> None:
         """Replace data[start:end] by ``repl`` in the output (inserted at edit ``at`` if >= 0)."""
