@@ -72,6 +72,9 @@ class Action(enum.Enum):
     connection_limit = "connection_limit"
     #: accept() failed for want of file descriptors (accepting paused, one log line)
     accept_backoff = "accept_backoff"
+    #: a connection's own read buffer is small (16 KiB): the listener's own buffers hold their
+    #: bound together already (HTTP/1.1: 8 MiB); it is served the same, in smaller reads
+    small_buffer = "small_buffer"
     #: a protocol error that closed the connection (HTTP/2 GOAWAY ...)
     protocol_error = "protocol_error"
     #: more new resources than the policy engine may evaluate now (503 / UNAVAILABLE + Retry-After)

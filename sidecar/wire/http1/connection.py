@@ -412,6 +412,7 @@ class _Connection(asyncio.BufferedProtocol):
             server.own_bytes += size
             self._own_counted = size
             return bytearray(size)
+        server.count(Action.small_buffer)
         return bytearray(max(_HEAD_READ, least))
 
     def _drop_own(self) -> None:

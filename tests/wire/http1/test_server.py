@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.overload.memory import MMAP_THRESHOLD
+from sidecar.overload.reasons import Action
 from sidecar.tls.acceptor import tls_wrapper
 from sidecar.tls.server import ServerTLS
 from sidecar.wire import http1
@@ -1030,12 +1031,15 @@ async def test_the_connections_own_buffers_together_stay_within_their_bound() ->
     and is served the same."""
     limits = dataclasses.replace(FAST, buffer_size=64 * 1024, own_buffer_bytes=2 * 64 * 1024)
     async with serving(limits) as (server, port, _):
+        counted: list[Action] = []
+        server.count = counted.append
         clients = [await Client.connect(port) for _ in range(6)]
         for client in clients:  # a head each, its body to follow: each connection has a buffer now
             await client.send(PH + b"Content-Length: 40000\r\n\r\n")
         await until(lambda: sum(c._own is not None for c in server._connections) == 6)
         sizes = sorted(len(c._own) for c in server._connections if c._own is not None)
         assert sizes == [_HEAD_READ] * 4 + [64 * 1024] * 2 and server.own_bytes == 2 * 64 * 1024
+        assert counted == [Action.small_buffer] * 4  # each counted (otlp_sidecar_overload_actions_total)
         for n, client in enumerate(clients):
             await client.send(bytes([65 + n]) * 40_000)
             answer = await client.answer()
