@@ -7,8 +7,10 @@ It runs on the sidecar's own bounded HTTP/1.1 server (``sidecar.wire.http1``) be
 acceptor, because the webhook is reachable from the whole cluster and runs in 128 Mi: at most
 ``webhook.max_connections`` connections (at the cap the one idle longest is closed) and as many
 TLS handshakes in progress; a head must arrive within 10 s, a body within 30 s, an idle
-connection is closed after 75 s; at most four reviews of ``max_request_bytes`` are received at
-once (more get 503, the API server's failure policy decides). Each of these actions is counted
+connection is closed after 75 s, one whose answer does not move for 10 s (a client that does not
+read it: meanwhile it holds that answer and a few hundred KiB of TLS buffers, and no further request
+is read); at most four reviews of ``max_request_bytes`` are received at once (more get 503, the API
+server's failure policy decides). Each of these actions is counted
 (``otlp_sidecar_webhook_overload_actions_total``). The serving certificate is re-read when its
 files change, so a cert-manager renewal needs no restart.
 """
@@ -30,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sidecar.configkit import parse_endpoint
 from sidecar.masked_text import MAX_QUOTED_TEXT, quoted
 from sidecar.overload.budget import MemoryBudget
+from sidecar.overload.memory import tune_malloc
 from sidecar.overload.reasons import Action
 from sidecar.tls.acceptor import tls_wrapper
 from sidecar.tls.server import ServerTLS
@@ -193,6 +196,9 @@ async def running(config: WebhookConfig) -> AsyncIterator[tuple[str, int]]:
     Raises ConfigError when the certificate cannot be loaded."""
     metrics = WebhookMetrics()
     tls = serving_tls(config.server, metrics)
+    # large buffers (answers of up to 1.4 MB, bodies) in their own mappings: freed, they are the
+    # system's again, so an attack's memory is given back once its connections are closed
+    tune_malloc()
     webhook = WebhookServer(config, metrics)
     host, port = parse_endpoint(config.server.listen)
     wrap = tls_wrapper(tls, handshake_timeout=HEADER_TIMEOUT, max_handshakes=config.server.max_connections,

@@ -142,3 +142,23 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 
 def status_of(pod: dict[str, Any]) -> dict[str, Any]:
     return json.loads(pod["metadata"]["annotations"]["otlp-sidecar.io/status"])
+
+
+def largest_review(config: WebhookConfig | None = None) -> bytes:
+    """An AdmissionReview whose answer is the largest the webhook makes with ``config`` (its
+    defaults if None): the pod's owner's name fills the patch up to ``MAX_PATCH_BYTES`` (it goes
+    into the sidecar's SIDECAR_WORKLOAD_NAME, bounded only through the patch). With the defaults:
+    a review of 1.05 MB answered with 1.4 MB (the patch in base64)."""
+    from sidecar.webhook.inject import MAX_PATCH_BYTES, Scope, decide
+
+    config = config or WebhookConfig()
+
+    def pod(owner: str) -> dict[str, Any]:
+        made = deployment_pod(**{"otlp-sidecar.io/inject": "true"})
+        made["metadata"]["ownerReferences"][0]["name"] = owner
+        return made
+
+    patch = decide(pod("x"), "shop", Scope.POD, config).patch
+    owner = "x" * (MAX_PATCH_BYTES - len(json.dumps(patch)) + 1)
+    assert len(json.dumps(decide(pod(owner), "shop", Scope.POD, config).patch)) == MAX_PATCH_BYTES
+    return json.dumps(admission_review(pod(owner))).encode()

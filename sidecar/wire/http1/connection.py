@@ -49,6 +49,16 @@ _TIMEOUT_ACTIONS = {_IDLE: Action.idle_timeout, _HEAD: Action.header_timeout, _B
 _EVICT_GRACE = 0.01
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _INF = math.inf
+#: over TLS, bytes of an answer handed to the transport at once, and the TLS transport's high-water
+#: mark. asyncio's TLS layer encrypts what it is given at once into a buffer that keeps its largest
+#: size for the connection's life (OpenSSL's memory BIO: 1.4 MB after one 1.4 MB answer), and hands
+#: it all to the TCP transport below, where an answer the client does not read waits without
+#: pausing this protocol (the TLS layer pauses it only once its own buffer, behind the paused TCP
+#: transport, reaches its mark: 512 KiB by default). Given a slice at a time, it pauses this
+#: protocol once a slice waits behind the TCP transport's 64 KiB: what a client that reads nothing
+#: leaves in the transports is about 200 KiB, the write-pause timeout applies, and the rest of the
+#: answer waits here, in the one object it already is.
+_TLS_SLICE = 64 * 1024
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -60,6 +70,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._tls = False
+        #: the rest of an answer not yet handed to a TLS transport (while writing is paused)
+        self._unsent: memoryview | None = None
         # the buffer of this connection (allocated on the first read, dropped when idle), or a
         # larger one (pooled or grown) while a large body arrives
         self._own: bytearray | None = None
@@ -122,6 +134,8 @@ class _Connection(asyncio.BufferedProtocol):
             transport.abort()
             return
         self._tls = transport.get_extra_info("ssl_object") is not None
+        if self._tls:
+            transport.set_write_buffer_limits(high=_TLS_SLICE)
         server._connections.add(self)
         if server.budget is not None:
             self._account = server.budget.account()
@@ -133,6 +147,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._state = _CLOSED
         self.deadline = _INF
         self.write_paused_at = 0.0
+        self._unsent = None
         # asyncio's TLS protocol keeps bound methods of this protocol after the loss, and the
         # transport keeps it: a cycle only the full collector frees, with 256 KiB of TLS buffers
         # in it (500 closed TLS connections held 100 MiB). Without the transport it is freed now.
@@ -230,6 +245,13 @@ class _Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.write_paused_at = 0.0
+        if self._unsent is not None:
+            self._send_slices(self._unsent)
+            if self._unsent is not None:
+                return  # paused again
+            if self._shutdown and self._state == _IDLE:
+                self._close()
+                return
         if self._state == _IDLE:
             self.deadline = self._loop.time() + self._limits.idle_timeout
         self._process()
@@ -250,6 +272,7 @@ class _Connection(asyncio.BufferedProtocol):
         log.debug("closing an HTTP connection: timeout in state %d", state)
         self._state = _CLOSED
         self.deadline = _INF
+        self._unsent = None
         self._release()
         transport = self._transport
         if transport is not None:
@@ -322,11 +345,12 @@ class _Connection(asyncio.BufferedProtocol):
     def shut_down(self) -> None:
         """The server closes: close now if idle, else after answering the request in progress."""
         self._shutdown = True
-        if self._state == _IDLE and self._pos == self._end:
+        if self._state == _IDLE and self._pos == self._end and self._unsent is None:
             self._close()
 
     def abort(self) -> None:
         self._state = _CLOSED
+        self._unsent = None
         self._release()
         if self._transport is not None:
             self._transport.abort()
@@ -487,7 +511,7 @@ class _Connection(asyncio.BufferedProtocol):
         elif self._read_paused and state != _CLOSED:
             self._read_paused = False
             self._transport.resume_reading()  # type: ignore[union-attr]  # set by connection_made
-        if self._eof and state <= _CHUNKED:
+        if self._eof and state <= _CHUNKED and self._unsent is None:
             self._close()  # the client sends no more, and nothing is left to answer
 
     def _parse_head(self) -> bool:
@@ -783,13 +807,46 @@ class _Connection(asyncio.BufferedProtocol):
         except Exception:
             log.exception("the HTTP handler's answer cannot be sent")
             data = serialize(plain(500, "internal error"), close=close, keep_alive_10=http10, head=head)
-        transport.write(data)
+        if self._tls and not close and len(data) > _TLS_SLICE:
+            self._send_slices(memoryview(data))  # the rest, if any, once writing resumes
+        else:
+            transport.write(data)
         if not body_read or (close and (self._end > self._pos or self._read_paused)):
             self._linger()  # input follows that was not read: closing now could reset the answer
         elif close:
             self._close()
         else:
             self._enter_idle()
+            if self.write_paused_at:
+                self._leave_grown_buffer()
+
+    def _leave_grown_buffer(self) -> None:
+        """The answers back up: a grown buffer a body was copied out of (input followed it) goes
+        back, what was read ahead into the connection's own buffer. Kept, it stayed until the
+        connection closed, in no account once the handler was done: clients pipelining reviews of
+        1 MB and never reading the answers left one per connection (26 MiB at the webhook's cap)."""
+        buf = self._buf
+        live = self._end - self._pos
+        size = self._limits.buffer_size
+        if buf is self._own or buf is _EMPTY or buf is _DISCARD or self._body_start >= 0 or live > size:
+            return
+        own = self._own
+        if own is None:
+            own = self._own = self._new_own(size, live)
+        elif len(own) < live:
+            return
+        self._move(own, self._pos, live)
+
+    def _send_slices(self, data: memoryview) -> None:
+        """Hand ``data`` to the (TLS) transport a slice at a time until it pauses writing; what
+        is left waits in ``_unsent`` for resume_writing (see ``_TLS_SLICE``)."""
+        transport = self._transport
+        assert transport is not None
+        size, at = len(data), 0
+        while at < size and not self.write_paused_at:
+            transport.write(data[at:at + _TLS_SLICE])
+            at += _TLS_SLICE
+        self._unsent = data[at:] if at < size else None
 
     def _refuse_late(self, status: int, message: str) -> None:
         """Refuse a request whose head was accepted (413, 417, 503), in the application's format."""
@@ -843,6 +900,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _close(self) -> None:
         self._state = _CLOSED
         self.deadline = _INF
+        self._unsent = None  # over TLS only after the client's EOF: it reads no more
         self._release()
         if self._transport is not None:
             self._transport.close()
