@@ -50,9 +50,11 @@ class MemoryBudget:
         """``light_reserve``: the last bytes of the budget, kept for accounts that hold at most
         ``light_bytes`` once they took (at most half of the budget)."""
         self.limit = limit
-        #: the most one account may hold
-        self.per_connection = min(limit, per_connection) if per_connection else limit
         self.light_reserve = min(light_reserve, limit // 2)
+        #: the most one account may hold: what a heavy holder can reach (a request larger than
+        #: that could never be taken, and is refused as too large rather than as busy forever)
+        heavy = limit - self.light_reserve
+        self.per_connection = min(heavy, per_connection) if per_connection else heavy
         self.light_bytes = light_bytes
         self.in_use = 0
         #: the most held at once since start
@@ -64,7 +66,7 @@ class MemoryBudget:
     def account(self, share: int | None = None) -> Account:
         """A new account (one per connection), holding at most ``share`` (default: the
         per-connection share)."""
-        return Account(self, self.per_connection if share is None else min(share, self.limit))
+        return Account(self, self.per_connection if share is None else min(share, self.limit - self.light_reserve))
 
     def fits_connection(self, size: int) -> bool:
         """Could one account ever hold ``size`` bytes (else the request is too large, not busy)?"""

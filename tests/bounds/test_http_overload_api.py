@@ -49,6 +49,10 @@ def test_the_last_bytes_of_the_budget_are_kept_for_accounts_that_hold_little() -
     assert not other.take(11)  # heavy again: 70 in use, and 11 more is over the 80
     assert other.take(10) and budget.in_use == 80  # light: it gave everything back
     assert MemoryBudget(100, light_reserve=80).light_reserve == 50  # at most half
+    # one account can always reach its share: a request over what a heavy holder may take is too
+    # large (413), not busy forever (503 retried by the client until its deadline)
+    assert MemoryBudget(100, per_connection=100, light_reserve=20).per_connection == 80
+    assert not MemoryBudget(100, light_reserve=20).fits_connection(81)
 
 
 def test_every_action_has_a_label_and_refusals_their_otlp_status() -> None:
