@@ -113,7 +113,6 @@ class Sidecar:
             log.info("%d upstreams, each with its own circuit, workers and reserve of the export queue%s: %s",
                      len(lanes), " and of the disk queue" if cfg.exporter.disk_queue_dir else "",
                      "; ".join(lane_name(lane) for lane in lanes))
-        replay = []
         if cfg.exporter.disk_queue_dir:
             self.disk = DiskQueue(
                 cfg.exporter.disk_queue_dir,
@@ -122,12 +121,6 @@ class Sidecar:
                 segment_bytes=cfg.exporter.disk_queue_segment_bytes,
                 registry=self.metrics.registry,
             )
-            try:
-                replay = self.disk.open()
-            except OSError as exc:
-                raise ConfigError(
-                    "exporter.disk_queue_dir", f"cannot use {cfg.exporter.disk_queue_dir}: {exc.strerror}"
-                ) from None
         self.queue = ExportQueue(
             lanes=lanes,
             capacity_bytes=cfg.exporter.queue_max_bytes,
@@ -137,7 +130,15 @@ class Sidecar:
             metrics=self.metrics,
             disk=self.disk,
         )
-        self.queue.restore(replay)
+        if self.disk is not None:
+            try:
+                # what the queue keeps track of at once: the rest of the replay waits on disk
+                replay = self.disk.open(limit=self.queue.replay_records)
+            except OSError as exc:
+                raise ConfigError(
+                    "exporter.disk_queue_dir", f"cannot use {cfg.exporter.disk_queue_dir}: {exc.strerror}"
+                ) from None
+            self.queue.restore(replay)
         await self.exporter.start()
         self.sender = Sender(self.queue, self.exporter, cfg.exporter, self.metrics, exporter_for=cfg.exporter_for)
         self.sender.start()

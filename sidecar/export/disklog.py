@@ -18,6 +18,13 @@ off the event loop: the file of a segment sealed (full) while appends to it stil
 in that round, then closed, so starting the next segment never waits for the disk.
 Delivery is at least once: an acknowledgement not yet written when the process
 dies means the record is sent again after restart.
+
+The replay holds neither a whole segment nor a record for each record on disk: the scan at start
+reads a segment ``READ_BYTES`` at a time (a header, then the payload in pieces for its checksum)
+and its acknowledgements ``ACKS_AT_ONCE`` at a time, and keeps counts; the records are then taken
+a bounded number at a time (:meth:`DiskLog.take`), oldest first, from where the last take stopped,
+as the export queue has room for them. A segment is deleted only once every record in it has been
+taken and has left.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ import logging
 import os
 import struct
 import zlib
+from array import array
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +50,12 @@ MAGIC = b"OSQ1"
 _HEADER = struct.Struct(">4sBIII")
 _ACK = struct.Struct(">Q")
 _SIGNALS = (Signal.TRACES, Signal.METRICS, Signal.LOGS)
+#: bytes of a segment read at once while it is replayed (a record's header, a piece of a payload
+#: whose checksum is computed piece by piece): what a replay holds of it, whatever its size
+READ_BYTES = 64 * 1024
+#: acknowledged offsets of a segment held at once while it is replayed (8 bytes each, and as Python
+#: ints while the next ones are picked: about 2 MiB at most); past them its .acks file is read again
+ACKS_AT_ONCE = 8192
 
 
 def record_size(length: int) -> int:
@@ -83,6 +98,86 @@ class _Segment:
         self.acked = 0
         self.bytes = 0
         self.sealed = False
+        #: records replayed from it not yet taken (DiskLog.take), and where the next one to look at starts
+        self.waiting = 0
+        self.next_offset = 0
+
+
+class _Reader:
+    """A segment file read at increasing offsets through one buffer of READ_BYTES."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._start = 0
+        self._data = b""
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def read(self, offset: int, size: int) -> memoryview:
+        """``size`` bytes (at most READ_BYTES) at ``offset``; fewer only where the file ends."""
+        if offset < self._start or offset + size > self._start + len(self._data):
+            self._data = os.pread(self._fd, READ_BYTES, offset)
+            self._start = offset
+        start = offset - self._start
+        return memoryview(self._data)[start : start + size]
+
+    def checksum(self, offset: int, length: int) -> int | None:
+        """The CRC-32 of the ``length`` bytes at ``offset``, read piece by piece; None if the file
+        ends first."""
+        crc = 0
+        end = offset + length
+        while offset < end:
+            piece = self.read(offset, min(READ_BYTES, end - offset))
+            if not piece:
+                return None
+            crc = zlib.crc32(piece, crc)
+            offset += len(piece)
+        return crc
+
+
+class _Acked:
+    """The offsets a segment's .acks file lists, asked about in increasing order (as a replay goes
+    through the segment): the ACKS_AT_ONCE smallest not yet passed are held; past the last of them
+    the file is read again for the next ones."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._held = array("Q")  # sorted, distinct
+        self._next = 0
+        #: every offset the file lists up to this one is held (-1: none read yet)
+        self._upto = -1
+
+    def __contains__(self, offset: int) -> bool:
+        if offset > self._upto:
+            self._read_from(offset)
+        held = self._held
+        while self._next < len(held) and held[self._next] < offset:
+            self._next += 1
+        return self._next < len(held) and held[self._next] == offset
+
+    def _read_from(self, low: int) -> None:
+        """Hold the ACKS_AT_ONCE smallest offsets from ``low`` on, the file read a piece at a time."""
+        kept: list[int] = []
+        ceiling = -1  # once some are dropped: the largest kept (larger ones are not wanted)
+        try:
+            with open(self._path, "rb") as acks:
+                while piece := acks.read(READ_BYTES):
+                    usable = len(piece) - len(piece) % _ACK.size  # a crash may have cut the last one
+                    kept += [offset for (offset,) in _ACK.iter_unpack(piece[:usable])
+                             if offset >= low and (ceiling < 0 or offset <= ceiling)]
+                    if len(kept) > 2 * ACKS_AT_ONCE:
+                        kept = sorted(set(kept))[:ACKS_AT_ONCE]
+                        ceiling = kept[-1]
+        except FileNotFoundError:
+            pass
+        kept = sorted(set(kept))
+        if len(kept) > ACKS_AT_ONCE:
+            kept = kept[:ACKS_AT_ONCE]
+            ceiling = kept[-1]
+        self._held = array("Q", kept)
+        self._next = 0
+        self._upto = ceiling if ceiling >= 0 else 1 << 64
 
 
 class DiskLog:
@@ -114,9 +209,22 @@ class DiskLog:
         #: the sync loop runs: closed by it after its next round (synced first for the appends still
         #: waiting on them), never while a sync may be using them (a new segment could take the number)
         self._detached: list[int] = []
-        #: records found damaged by open() (the rest of their segment is skipped)
+        #: records found damaged by open() (the rest of their segment is skipped), or segments found
+        #: changed under the sidecar by take() (the records of it not taken yet are skipped)
         self.corrupt = 0
         self._ack_failed = False
+        #: replayed segments with records not yet taken, oldest first, and how many in all
+        self._unread: deque[_Segment] = deque()
+        self._waiting = 0
+        #: the segment being taken from (the first of _unread): its reader and acknowledgements
+        self._reader: _Reader | None = None
+        self._acked: _Acked | None = None
+        #: the first segment of this start: the records of those before it were replayed
+        self._first_new = 0
+        #: replayed records taken and not yet acknowledged
+        self.loaded = 0
+        #: bytes of the records replayed at open() not sent yet, by signal (taken or not)
+        self.unsent = dict.fromkeys(_SIGNALS, 0)
 
     @property
     def bytes(self) -> int:
@@ -128,13 +236,18 @@ class DiskLog:
         """No segment file is kept (a log opened to drain only has nothing left)."""
         return not self._segments
 
+    @property
+    def waiting(self) -> int:
+        """Records replayed not yet taken: they wait on disk for :meth:`take`."""
+        return self._waiting
+
     # -- start: replay ------------------------------------------------------------------------
 
-    def open(self, *, append: bool = True) -> list[Record]:
-        """Create or scan the directory; return the records still to export, oldest first.
+    def open(self, *, append: bool = True, limit: int | None = None) -> list[Record]:
+        """Create or scan the directory; return the records still to export, oldest first, at most
+        ``limit`` of them (None: all): the others wait on disk for :meth:`take`.
         ``append=False``: only drain what is there (no new segment is started)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        pending: list[Record] = []
         numbers = sorted(int(p.stem.split("-")[1]) for p in self.dir.glob("segment-*.log"))
         for acks in self.dir.glob("segment-*.acks"):
             if not acks.with_suffix(".log").exists():
@@ -144,60 +257,111 @@ class DiskLog:
         for number in numbers:
             segment = _Segment(number, self._path(number))
             segment.sealed = True
-            records = self._scan(segment)
-            acked = self._read_acks(segment)
-            left = [r for r in records if r.offset not in acked]
-            segment.records = len(records)
-            segment.acked = len(records) - len(left)
-            if not left:
+            self._scan(segment)
+            if segment.acked >= segment.records:
                 self._delete(segment)
                 continue
             self._segments[number] = segment
             self._bytes += segment.bytes
-            pending.extend(left)
-        if pending:
-            log.info("disk queue: replaying %d records from %s", len(pending), self.dir)
+            segment.waiting = segment.records - segment.acked
+            self._waiting += segment.waiting
+            self._unread.append(segment)
+        self._first_new = max(numbers, default=0) + 1
         if append:
-            self._roll(max(numbers, default=0) + 1)
-        return pending
+            self._roll(self._first_new)
+        return self.take(self._waiting if limit is None else limit)
 
-    def _scan(self, segment: _Segment) -> list[Record]:
-        records: list[Record] = []
-        data = segment.path.read_bytes()
-        offset = 0
-        while offset < len(data):
-            header = data[offset : offset + _HEADER.size]
-            problem = ""
-            if len(header) < _HEADER.size:
-                problem = "cut short in a record header"
-            else:
-                magic, code, items, length, crc = _HEADER.unpack(header)
-                payload = data[offset + _HEADER.size : offset + _HEADER.size + length]
-                if magic != MAGIC or code >= len(_SIGNALS):
-                    problem = "bad record header"
-                elif len(payload) < length:
-                    problem = "cut short in a payload"
-                elif zlib.crc32(payload) != crc:
-                    problem = "checksum mismatch"
-            if problem:
-                self.corrupt += 1
-                log.error(
-                    "disk queue: %s at offset %d of %s; skipping the rest of that segment",
-                    problem, offset, segment.path.name,
-                )
-                break
-            records.append(Record(self.number, segment.number, offset, _SIGNALS[code], items, length))
-            offset += _HEADER.size + length
-        segment.bytes = offset
-        return records
-
-    def _read_acks(self, segment: _Segment) -> set[int]:
+    def _scan(self, segment: _Segment) -> None:
+        """Count the segment's records and those acknowledged, each record's checksum checked, and
+        the bytes of the others by signal; the file is read a piece at a time, never whole."""
+        reader, acked = _Reader(segment.path), _Acked(segment.acks_path)
         try:
-            raw = segment.acks_path.read_bytes()
-        except FileNotFoundError:
-            return set()
-        usable = len(raw) - len(raw) % _ACK.size
-        return {_ACK.unpack_from(raw, i)[0] for i in range(0, usable, _ACK.size)}
+            size = segment.path.stat().st_size
+            offset = 0
+            while offset < size:
+                header = reader.read(offset, _HEADER.size)
+                problem = ""
+                if len(header) < _HEADER.size:
+                    problem = "cut short in a record header"
+                else:
+                    magic, code, _items, length, crc = _HEADER.unpack(header)
+                    if magic != MAGIC or code >= len(_SIGNALS):
+                        problem = "bad record header"
+                    else:
+                        found = reader.checksum(offset + _HEADER.size, length)
+                        if found is None:
+                            problem = "cut short in a payload"
+                        elif found != crc:
+                            problem = "checksum mismatch"
+                if problem:
+                    self.corrupt += 1
+                    log.error(
+                        "disk queue: %s at offset %d of %s; skipping the rest of that segment",
+                        problem, offset, segment.path.name,
+                    )
+                    break
+                segment.records += 1
+                if offset in acked:
+                    segment.acked += 1
+                else:
+                    self.unsent[_SIGNALS[code]] += record_size(length)
+                offset += record_size(length)
+            segment.bytes = offset
+        finally:
+            reader.close()
+
+    def take(self, count: int) -> list[Record]:
+        """The next ``count`` records (at most) waiting on disk, oldest first: read a header at a
+        time from where the last take stopped, acknowledged records passed over."""
+        taken: list[Record] = []
+        while len(taken) < count and self._unread:
+            segment = self._unread[0]
+            try:
+                self._take_from(segment, count, taken)
+            except OSError as exc:  # removed or damaged under us since the scan
+                self._give_up_waiting(segment, exc.strerror or str(exc))
+            if not segment.waiting:
+                self._unread.popleft()
+                self._forget_reader()
+        self._waiting -= len(taken)
+        self.loaded += len(taken)
+        return taken
+
+    def _take_from(self, segment: _Segment, count: int, taken: list[Record]) -> None:
+        if self._reader is None or self._acked is None:
+            self._reader, self._acked = _Reader(segment.path), _Acked(segment.acks_path)
+        while len(taken) < count and segment.waiting:
+            offset = segment.next_offset
+            header = self._reader.read(offset, _HEADER.size)
+            if offset >= segment.bytes or len(header) < _HEADER.size:
+                raise OSError(errno.EIO, "the segment is shorter than when it was scanned")
+            magic, code, items, length, _crc = _HEADER.unpack(header)
+            if magic != MAGIC or code >= len(_SIGNALS):
+                raise OSError(errno.EIO, "a record header changed since the segment was scanned")
+            segment.next_offset = offset + record_size(length)
+            if offset in self._acked:
+                continue
+            taken.append(Record(self.number, segment.number, offset, _SIGNALS[code], items, length))
+            segment.waiting -= 1  # the log's counts: by take(), for all it took
+
+    def _forget_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        self._reader = self._acked = None
+
+    def _give_up_waiting(self, segment: _Segment, why: str) -> None:
+        """The records of ``segment`` not taken yet cannot be read: counted as damaged and logged,
+        never a crash; the segment is deleted once the ones taken have left."""
+        self.corrupt += 1
+        log.error("disk queue: cannot read %s at offset %d (%s); its %d records not yet queued are skipped",
+                  segment.path.name, segment.next_offset, why, segment.waiting)
+        self._waiting -= segment.waiting
+        segment.records -= segment.waiting
+        segment.waiting = 0
+        if segment.acked >= segment.records and segment.number in self._segments:
+            self._bytes -= segment.bytes
+            self._delete(segment)
+            del self._segments[segment.number]
 
     # -- appending ----------------------------------------------------------------------------
 
@@ -316,11 +480,14 @@ class DiskLog:
 
     # -- reading and acknowledging ------------------------------------------------------------
 
-    def read(self, record: Record) -> builtins.bytes:
-        fd = self._read_fds.get(record.segment)
+    def _read_fd(self, number: int) -> int:
+        fd = self._read_fds.get(number)
         if fd is None:
-            fd = self._read_fds[record.segment] = os.open(self._path(record.segment), os.O_RDONLY)
-        raw = os.pread(fd, _HEADER.size + record.length, record.offset)
+            fd = self._read_fds[number] = os.open(self._path(number), os.O_RDONLY)
+        return fd
+
+    def read(self, record: Record) -> builtins.bytes:
+        raw = os.pread(self._read_fd(record.segment), _HEADER.size + record.length, record.offset)
         if len(raw) == _HEADER.size + record.length:
             magic, _code, _items, length, crc = _HEADER.unpack_from(raw)
             payload = raw[_HEADER.size:]
@@ -332,6 +499,8 @@ class DiskLog:
 
     def ack(self, record: Record) -> None:
         """The record left the sidecar; a segment with every record acknowledged is deleted."""
+        if record.segment < self._first_new:
+            self.loaded -= 1
         segment = self._segments.get(record.segment)
         if segment is None:
             return
@@ -375,6 +544,7 @@ class DiskLog:
         for fd in self._read_fds.values():
             os.close(fd)
         self._read_fds.clear()
+        self._forget_reader()  # a take after this opens the file again
 
     # -- segments -----------------------------------------------------------------------------
 

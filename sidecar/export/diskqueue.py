@@ -15,6 +15,10 @@ The budget (``exporter.disk_queue_max_bytes``) is shared the way the memory queu
 (:mod:`sidecar.export.shares`): each lane has a reserve the others cannot take; the records of
 the logs being drained count in the part of the lane they go to now, and their files against the
 whole. Only one process at a time uses the directory (a lock file).
+
+A replay is taken into the export queue a bounded number of records at a time (``open(limit=...)``,
+then ``take``): the others wait on disk, counted, and each record freed goes to the log with records
+waiting that holds the fewest taken, so a log whose upstream is down cannot keep the others' waiting.
 """
 
 from __future__ import annotations
@@ -77,7 +81,9 @@ class DiskQueue:
         registry = registry or CollectorRegistry()
         self._size = metrics.DISK_QUEUE_SIZE.gauge(registry)
         self._corrupt = metrics.DISK_QUEUE_CORRUPT.counter(registry)
+        self._corrupt_counted = 0
         self._replayed = metrics.DISK_QUEUE_REPLAYED.counter(registry)
+        self._waiting = metrics.DISK_QUEUE_WAITING.gauge(registry)
         metrics.DISK_QUEUE_CAPACITY.gauge(registry).set(max_bytes)
 
     @property
@@ -90,6 +96,16 @@ class DiskQueue:
         """The largest request one upstream's log can take when it holds nothing else."""
         return self._shares.lane_capacity - record_size(0)
 
+    @property
+    def waiting(self) -> int:
+        """Records replayed not yet taken: they wait on disk for :meth:`take`."""
+        return sum(disk_log.waiting for disk_log in self._logs)
+
+    @property
+    def loaded(self) -> int:
+        """Records replayed taken and not yet acknowledged."""
+        return sum(disk_log.loaded for disk_log in self._logs)
+
     def lane_bytes(self, signal: Signal) -> int:
         """Bytes held for the upstream ``signal`` is sent to: its log, and its records not yet sent
         in logs of an earlier grouping."""
@@ -97,9 +113,10 @@ class DiskQueue:
 
     # -- start: replay ------------------------------------------------------------------------
 
-    def open(self) -> list[Record]:
-        """Create or scan the logs; return the records still to export: those of earlier
-        configurations' logs first, each log's oldest first."""
+    def open(self, limit: int | None = None) -> list[Record]:
+        """Create or scan the logs; return the records still to export, at most ``limit`` of them
+        (None: all; the others wait on disk for :meth:`take`): those of earlier configurations'
+        logs first, each log's oldest first."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         several = len(self.lanes) > 1
@@ -108,25 +125,61 @@ class DiskQueue:
         if several and any(self.dir.glob("segment-*.log")):
             left.insert(0, self.dir)
         self._logs = [DiskLog(path, segment_bytes=self._segment_bytes, number=n) for n, path in enumerate(current)]
-        drained: list[Record] = []
         for path in left:
             disk_log = DiskLog(path, segment_bytes=self._segment_bytes, number=len(self._logs))
             self._logs.append(disk_log)
-            records = disk_log.open(append=False)
-            if records:
+            disk_log.open(append=False, limit=0)
+            if disk_log.waiting:
                 log.warning("disk queue: %d records in %s were written for other upstreams than now; "
-                            "sending them to where their signals go now", len(records), path)
-            drained += records
-            for record in records:
-                self._earlier[self._lane_of[record.signal]] += record_size(record.length)
+                            "sending them to where their signals go now", disk_log.waiting, path)
+            for signal, size in disk_log.unsent.items():
+                self._earlier[self._lane_of[signal]] += size
             self._forget_if_drained(disk_log)
-        pending = drained
         for disk_log in self._logs[: len(current)]:
-            pending += disk_log.open()
-        self._corrupt.inc(sum(disk_log.corrupt for disk_log in self._logs))
-        self._replayed.inc(len(pending))
-        self._publish()
+            disk_log.open(limit=0)
+        found = self.waiting
+        self._replayed.inc(found)
+        pending = self.take(found if limit is None else limit)  # counts the corrupt records too
+        if found:
+            log.info("disk queue: replaying %d records from %s%s", found, self.dir,
+                     f": {len(pending)} queued now, {self.waiting} wait on disk and are queued as others leave"
+                     if self.waiting else "")
         return pending
+
+    def take(self, count: int) -> list[Record]:
+        """Up to ``count`` of the records waiting on disk, each log's oldest first (those of earlier
+        configurations' logs first in the list). Each goes to the log with records waiting that
+        holds the fewest taken and not yet acknowledged: a log whose upstream is down keeps what it
+        holds, never the places the others' records free."""
+        counts = self._shares_of(count)
+        order = [*range(len(self.lanes), len(self._logs)), *range(len(self.lanes))]
+        taken = [record for n in order if counts[n] for record in self._logs[n].take(counts[n])]
+        # found at open, or by a take (a segment changed under the sidecar since it was scanned)
+        corrupt = sum(disk_log.corrupt for disk_log in self._logs)
+        self._corrupt.inc(corrupt - self._corrupt_counted)
+        self._corrupt_counted = corrupt
+        self._publish()
+        return taken
+
+    def _shares_of(self, count: int) -> list[int]:
+        """How many of ``count`` records each log gives: the one holding the fewest taken first,
+        until it holds as many as the next (water-filling)."""
+        counts = [0] * len(self._logs)
+        held = [disk_log.loaded for disk_log in self._logs]
+        while count > 0:
+            able = [n for n, disk_log in enumerate(self._logs) if disk_log.waiting > counts[n]]
+            if not able:
+                break
+            level = min(held[n] for n in able)
+            lowest = [n for n in able if held[n] == level]
+            above = [held[n] for n in able if held[n] > level]
+            each = max(1, min(count // len(lowest), min(above) - level if above else count))
+            for n in lowest:
+                give = min(each, count, self._logs[n].waiting - counts[n])
+                counts[n] += give
+                held[n] += give
+                count -= give
+        return counts
 
     # -- appending, reading, acknowledging ----------------------------------------------------
 
@@ -151,6 +204,7 @@ class DiskQueue:
         """The size gauge: the bytes held for records not yet sent (a segment being written to whose
         records have all left is deleted when room is needed, so an empty queue reads empty)."""
         self._size.set(self.bytes - sum(disk_log.reclaimable for disk_log in self._logs))
+        self._waiting.set(self.waiting)
 
     def _reclaim(self, lane: int) -> bool:
         """Delete segments being written to whose records have all left, where that makes room for
@@ -200,6 +254,9 @@ class DiskQueue:
         self._lock = fd
 
     def close(self) -> None:
+        if waiting := self.waiting:
+            log.warning("disk queue: %d records replayed at start were not queued yet: they stay on disk for the "
+                        "next start", waiting)
         for disk_log in self._logs:
             disk_log.close()
         if self._lock >= 0:

@@ -127,6 +127,15 @@ DISK_QUEUE_CORRUPT = declare(
     component=COMPONENT, appears="with the on-disk queue (exporter.disk_queue_dir)",
 )
 DISK_QUEUE_REPLAYED = declare(
-    f"{PREFIX}_disk_queue_replayed_records", Kind.counter, "{records}", "Records replayed from disk at start.",
+    f"{PREFIX}_disk_queue_replayed_records", Kind.counter, "{records}",
+    "Records replayed from disk at start (queued at once, or waiting on disk: "
+    f"{PREFIX}_disk_queue_waiting_records).",
+    component=COMPONENT, appears="with the on-disk queue (exporter.disk_queue_dir)",
+)
+DISK_QUEUE_WAITING = declare(
+    f"{PREFIX}_disk_queue_waiting_records", Kind.gauge, "{records}",
+    "Records replayed from disk not yet in the export queue: a replay holds at most half the "
+    "requests the queue keeps track of (a quarter of exporter.queue_max_bytes at 192 bytes each); "
+    "the others wait on disk and are queued, oldest first, as records leave.",
     component=COMPONENT, appears="with the on-disk queue (exporter.disk_queue_dir)",
 )

@@ -8,7 +8,10 @@ are one valid request (their repeated resource fields append).
 With the on-disk queue (:mod:`sidecar.export.diskqueue`) every request is written
 durably before it is accepted; what does not fit in memory stays on disk only
 ("spilled") and is read back when its batch is sent, so the memory bound holds
-while the disk holds hours of backlog.
+while the disk holds hours of backlog. A replay at start queues at most ``replay_records``
+records (half of ``max_records``: the other half stays for new requests); the others wait on
+disk and are queued, oldest first, as records leave, so a backlog written under a larger queue
+never takes more memory than this one allows.
 
 Signals sent to different upstreams are in different lanes (:mod:`sidecar.export.lanes`): each
 lane's batches are handed to its own workers, and each lane has a reserve of the capacity that the
@@ -64,6 +67,9 @@ class Batch:
 RECORD_COST = 192
 #: requests the disk queue may always hold, however small the memory queue
 MIN_RECORDS = 1024
+#: records of a replay waiting on disk queued in one turn of the event loop as room frees (each
+#: read from disk and queued takes ~4 µs: a few milliseconds a turn), the next in the next turn
+TAKE_STEP = 1024
 
 
 class ExportQueue:
@@ -84,6 +90,9 @@ class ExportQueue:
         #: bytes) even once its bytes are only on disk, so a quarter of the memory queue's
         #: bytes bounds them (a million one-span requests during an outage took 180 MB)
         self.max_records = max(MIN_RECORDS, capacity_bytes // 4 // RECORD_COST)
+        #: records replayed from disk held at once (the others wait on disk, queued as records
+        #: leave): half of max_records, the other half kept for new requests
+        self.replay_records = self.max_records // 2
         self._records = 0
         self.lanes = tuple(lanes)
         self._lane_of = {signal: number for number, lane in enumerate(self.lanes) for signal in lane}
@@ -113,6 +122,8 @@ class ExportQueue:
         self._replayed: set[Record] = set()
         self._drained = asyncio.Event()
         self._drained.set()
+        #: the next step of queueing records waiting on disk, when one is due
+        self._taking: asyncio.Handle | None = None
         # bound once: a labels() lookup per request is measurable on the hot path
         self._item_gauges = {signal: metrics.queue_items.labels(signal.value) for signal in Signal}
         metrics.queue_capacity.set(capacity_bytes)
@@ -183,10 +194,38 @@ class ExportQueue:
         self._add(signal, data if self._fits(lane, size) else None, record, size, items)
 
     def restore(self, records: list[Record]) -> None:
-        """Queue records replayed from disk (spilled: read back when sent)."""
+        """Queue records replayed from disk (spilled: read back when sent). Those the disk queue
+        keeps waiting are queued as records leave (:meth:`done`), ``replay_records`` at most at once."""
+        self._queue_replayed(records)
+        self._seal_if_waiting()
+
+    def _queue_replayed(self, records: list[Record]) -> None:
         for record in records:
             self._replayed.add(record)
             self._add(record.signal, None, record, record.length, record.items)
+
+    def _seal_if_waiting(self) -> None:
+        """Records wait on disk, so no more come before some leave: the open batches are sent now,
+        not after the batch timeout."""
+        if self._disk is not None and self._disk.waiting:
+            for signal in list(self._open):
+                self._seal(signal)
+
+    def _take_waiting(self) -> None:
+        """Queue records of the replay waiting on disk, as many as there is room for now:
+        TAKE_STEP in this turn of the event loop, the rest in the next turns."""
+        self._taking = None
+        disk = self._disk
+        if disk is None or self._closed or not disk.waiting:
+            return
+        room = min(self.replay_records - disk.loaded, self.max_records - self._records)
+        if room <= 0:
+            return
+        self._queue_replayed(disk.take(min(room, TAKE_STEP)))
+        if room > TAKE_STEP and disk.waiting:
+            self._taking = asyncio.get_running_loop().call_soon(self._take_waiting)
+        else:
+            self._seal_if_waiting()
 
     def _add(self, signal: Signal, data: bytes | None, record: Record | None, size: int, items: int) -> None:
         if record is not None:
@@ -289,6 +328,8 @@ class ExportQueue:
             for record in batch.records:
                 if record is not None:
                     self._disk.ack(record)
+            if self._taking is None:  # else the step due takes the room freed too
+                self._take_waiting()
         if self._held_bytes == 0:
             self._drained.set()
 

@@ -3,14 +3,17 @@ handling (the budget and the logs per upstream: test_diskqueue.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
+from sidecar.export import disklog
 from sidecar.export.disklog import DiskLog
 from sidecar.signals import Signal
 
@@ -293,3 +296,103 @@ def test_when_a_partly_written_record_cannot_be_cut_off_the_next_one_starts_a_ne
     assert result["replayed"] == ["0", "1", "2", "4", "5"], result
     assert result["bystander"] == 0
     assert "cannot cut a partly written record off" in child.stderr
+
+
+async def write_backlog(path: Path, payloads: list[bytes]) -> None:
+    """A log as a previous run left it: ``payloads`` appended as traces records of one item, in one
+    segment, their syncs grouped (gathered)."""
+    log = DiskLog(str(path), segment_bytes=1 << 30)
+    log.open()
+    await asyncio.gather(*(log.append(Signal.TRACES, 1, payload) for payload in payloads))
+    log.close()
+
+
+async def test_a_large_segment_is_replayed_without_reading_it_whole(tmp_path: Path) -> None:
+    """A segment is up to exporter.disk_queue_segment_bytes (no maximum): the replay read each one
+    whole (read_bytes), so its size was resident at start on top of everything else (here 12
+    records of 1 MiB: a traced peak of 14 MiB). Now a header, then the payload's checksum piece by
+    piece: 0.2 MiB, whatever the segment's size."""
+    payloads = [bytes([65 + n]) * (1 << 20) for n in range(12)]
+    await write_backlog(tmp_path, payloads)
+    tracemalloc.start()
+    try:
+        log, replay = open_log(tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(replay) == 12 and log.corrupt == 0
+    assert peak < (1 << 20), f"the replay held {peak} bytes of a {12 << 20}-byte segment"
+    assert [log.read(r)[:1] for r in replay] == [p[:1] for p in payloads]
+    log.close()
+
+
+async def test_a_replay_is_taken_a_bounded_number_at_a_time_in_order_none_twice_none_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """20,000 records, some acknowledged before the restart (scattered, as batches of different
+    signals leave out of order): open(limit=...) returns that many, the others wait on disk (a
+    record each would be ~180 bytes of memory), and take() gives them oldest first from where it
+    stopped, passing over the acknowledged ones. The acknowledgements are read a few at a time
+    (ACKS_AT_ONCE made small here, so they are read again and again), and the segment is never
+    deleted while records of it wait. The traced peak does not grow with the records waiting."""
+    monkeypatch.setattr(disklog, "ACKS_AT_ONCE", 64)
+    count = 20_000
+    await write_backlog(tmp_path, [f"record-{n:05d}".encode() for n in range(count)])
+    acked_before = {n for n in range(count) if n % 7 == 3 or 5000 <= n < 5400}
+    scan = DiskLog(str(tmp_path))
+    everything = scan.open(append=False)
+    for record in reversed(everything):  # the acks file in no particular order
+        if int(scan.read(record)[7:]) in acked_before:
+            scan.ack(record)
+    scan.close()
+    del everything
+
+    tracemalloc.start()
+    try:
+        log = DiskLog(str(tmp_path))
+        first = log.open(limit=500)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(first) == 500 and log.waiting == count - len(acked_before) - 500 and log.loaded == 500
+    assert peak < 600 * 1024, f"the replay held {peak} bytes for 500 records taken"
+    seen = [int(log.read(r)[7:]) for r in first]
+    held = list(first)
+    while log.waiting:
+        # records leave (oldest first here), their places go to those waiting
+        leaving, held = held[:300], held[300:]
+        for record in leaving:
+            log.ack(record)
+        assert next(tmp_path.glob("segment-*.log"), None) is not None  # records still wait in it
+        more = log.take(len(leaving))
+        assert more and log.loaded == len(held) + len(more)
+        seen += [int(log.read(r)[7:]) for r in more]
+        held += more
+    assert seen == [n for n in range(count) if n not in acked_before]  # in order, none twice, none lost
+    assert log.take(100) == []
+    for record in held:
+        log.ack(record)
+    assert sorted(p.name for p in tmp_path.glob("segment-*")) == ["segment-0000000002.log"]  # the new one
+    log.close()
+
+
+async def test_a_segment_removed_while_its_records_wait_is_counted_never_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Records waiting on disk are read again when taken: a segment file removed under the sidecar
+    since the scan loses its records, counted and logged; those taken before leave as usual."""
+    log = DiskLog(str(tmp_path), segment_bytes=64 * 1024)
+    log.open()
+    await asyncio.gather(*(log.append(Signal.LOGS, 1, bytes([65 + n]) * 9000) for n in range(12)))
+    log.close()
+    _, second = sorted(tmp_path.glob("segment-*.log"))  # 7 records, then 5
+    log = DiskLog(str(tmp_path), segment_bytes=64 * 1024)
+    taken = log.open(append=False, limit=2)
+    second.unlink()
+    taken += log.take(20)
+    assert [log.read(r)[:1] for r in taken] == [bytes([65 + n]) for n in range(7)]
+    assert log.corrupt == 1 and log.waiting == 0 and f"cannot read {second.name}" in caplog.text
+    for record in taken:
+        log.ack(record)
+    assert log.empty and list(tmp_path.iterdir()) == []
+    log.close()

@@ -4,6 +4,8 @@ on disk is sent where its signals go now; a budget smaller than a segment still 
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -216,3 +218,84 @@ async def test_the_size_gauge_reads_empty_once_everything_left(tmp_path: Path) -
     disk.ack(records[-1])
     assert registry.get_sample_value(gauge) == 0 and disk.bytes > 0
     disk.close()
+
+
+async def test_a_replay_is_shared_between_the_upstreams_and_one_that_stays_down_keeps_only_its_part(
+    tmp_path: Path,
+) -> None:
+    """1,000 records wait in each upstream's log; a replay of 100 at once takes 50 of each. The logs'
+    upstream stays down (nothing of theirs leaves) while the traces leave: what they free goes to the
+    traces' log again, never to the logs, which would end up holding every place."""
+    disk, _ = open_queue(tmp_path, TWO, max_bytes=8 << 20)
+    await asyncio.gather(*(disk.append(signal, 1, f"{signal.value}-{n:04d}".encode())
+                           for n in range(1000) for signal in (Signal.TRACES, Signal.LOGS)))
+    disk.close()
+    disk = DiskQueue(str(tmp_path), lanes=TWO, max_bytes=8 << 20, segment_bytes=SEGMENT)
+    first = disk.open(limit=100)
+    assert Counter(record.signal for record in first) == {Signal.TRACES: 50, Signal.LOGS: 50}
+    traces = [record for record in first if record.signal is Signal.TRACES]
+    sent: list[bytes] = []
+    while True:
+        for record in traces:
+            sent.append(disk.read(record))
+            disk.ack(record)
+        if len(sent) == 1000:
+            break
+        traces = disk.take(len(traces))
+        assert [record.signal for record in traces] == [Signal.TRACES] * 50
+    assert sent == [f"traces-{n:04d}".encode() for n in range(1000)]
+    # the traces are all sent: what is freed now goes to the logs
+    assert [disk.read(record) for record in disk.take(10)] == [f"logs-{n:04d}".encode() for n in range(50, 60)]
+    disk.close()
+
+
+def span_request(n: int) -> bytes:
+    """An ExportTraceServiceRequest of one span whose trace id is ``n``."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id = n.to_bytes(16, "big")
+    span.span_id = (n + 1).to_bytes(8, "big")
+    span.name = "replayed"
+    return request.SerializeToString()
+
+
+async def test_a_restart_queues_a_bounded_part_of_the_replay_and_sends_all_of_it_once(
+    upstream, start_sidecar, tmp_path: Path,
+) -> None:
+    """A previous run filled the disk queue during an outage under a larger exporter.queue_max_bytes
+    (4,000 requests); the sidecar restarts with 1 MiB, which keeps track of 1,365 requests (~192 bytes
+    of memory each). Before, all 4,000 were queued at start (700,000 took 134 MiB: an OOM kill at
+    every start) and every new request was refused (the queue held more than it may). Now 682 are
+    queued, the others wait on disk, a new request is accepted while the upstream is still down, and
+    once it is up every record arrives once."""
+    import aiohttp
+    from grpclib.const import Status
+
+    from tests.upstream import Answer
+
+    count, queue_dir = 4000, tmp_path / "queue"
+    earlier, _ = open_queue(queue_dir, ONE, max_bytes=64 << 20)
+    await asyncio.gather(*(earlier.append(Signal.TRACES, 1, span_request(n)) for n in range(count)))
+    earlier.close()
+    upstream.default = Answer(grpc_status=Status.UNAVAILABLE, http_status=503)  # still down
+    sidecar = await start_sidecar(sidecar_env(
+        upstream, "grpc", SIDECAR_EXPORTER_DISK_QUEUE_DIR=str(queue_dir), SIDECAR_EXPORTER_QUEUE_MAX_BYTES="1MiB"))
+    value = sidecar.metrics.registry.get_sample_value
+    assert value("otlp_sidecar_queue_size_items", {"signal": "traces"}) == 682
+    assert value("otlp_sidecar_disk_queue_waiting_records") == count - 682
+    assert value("otlp_sidecar_disk_queue_replayed_records_total") == count
+    url = f"http://127.0.0.1:{sidecar.addresses['http'][1]}/v1/traces"
+    async with aiohttp.ClientSession() as session, session.post(
+        url, data=span_request(count), headers={"Content-Type": "application/x-protobuf"},
+    ) as response:
+        assert response.status == 200, await response.text()
+    await asyncio.sleep(0.3)  # a few attempts fail meanwhile
+    assert value("otlp_sidecar_queue_size_items", {"signal": "traces"}) == 683
+    upstream.default = Answer()
+    await upstream.wait_for(lambda: len(upstream.spans()) >= count + 1, timeout=30)
+    await asyncio.sleep(0.2)
+    trace_ids = sorted(int.from_bytes(span.trace_id, "big") for span in upstream.spans())
+    assert trace_ids == list(range(count + 1))  # every one, once
+    assert value("otlp_sidecar_disk_queue_waiting_records") == 0

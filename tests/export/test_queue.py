@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from prometheus_client import CollectorRegistry
 
+from sidecar.export import queue as queue_module
 from sidecar.export.diskqueue import DiskQueue
 from sidecar.export.queue import Batch, ExportQueue, QueueClosed, QueueFull
 from sidecar.metrics import SidecarMetrics
@@ -305,4 +307,50 @@ async def test_with_the_disk_queue_an_upstream_over_its_share_spills_to_disk(tmp
     assert queue.held_bytes == 950
     batches = await all_batches(queue)
     assert sorted(data for _, data in batches) == sorted([b"l" * 1000, b"t" * 250])
+    disk.close()
+
+
+def log_body(part: bytes) -> str:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    (resource,) = ExportLogsServiceRequest.FromString(part).resource_logs
+    return str(resource.scope_logs[0].log_records[0].body.string_value)
+
+
+@pytest.mark.parametrize("step", [None, 100], ids=["default_step", "steps_of_100"])
+async def test_a_replay_larger_than_the_queue_keeps_track_of_waits_on_disk_and_comes_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: int | None,
+) -> None:
+    """An outage filled the disk queue under a larger exporter.queue_max_bytes; after the restart
+    the queue keeps track of 1,365 requests (~192 bytes of memory each). Before, the replay queued
+    every record on disk (5,000 here; 700,000 would take 134 MiB, an OOM kill at every start). Now
+    half of that at most (682), the others wait on disk and are queued as records leave (``step``
+    at a time in a turn of the event loop): all of them in order, none twice, none lost, and a new
+    request is accepted meanwhile."""
+    if step is not None:
+        monkeypatch.setattr(queue_module, "TAKE_STEP", step)
+    count = 5000
+    earlier = open_disk(tmp_path, max_bytes=8 << 20)
+    await asyncio.gather(*(earlier.append(Signal.LOGS, 1, log_request(f"r{n:04d}")) for n in range(count)))
+    earlier.close()
+    registry = CollectorRegistry()
+    disk = DiskQueue(str(tmp_path), lanes=ONE_UPSTREAM, max_bytes=8 << 20, registry=registry)
+    queue, metrics = make_queue(capacity=1 << 20, items=400, timeout=0.05, disk=disk)
+    assert (queue.max_records, queue.replay_records) == (1365, 682)
+    queue.restore(disk.open(limit=queue.replay_records))
+    held = metrics.registry.get_sample_value
+    assert (disk.loaded, disk.waiting) == (682, count - 682)
+    assert held("otlp_sidecar_queue_size_items", {"signal": "logs"}) == 682
+    assert registry.get_sample_value("otlp_sidecar_disk_queue_waiting_records") == count - 682
+    await queue.put(Signal.LOGS, log_request("new"), 1)  # the other half is kept for new requests
+    bodies: list[str] = []
+    while len(bodies) < count + 1:
+        batch = await asyncio.wait_for(queue.next_batch(), 5)
+        assert batch is not None
+        assert held("otlp_sidecar_queue_size_items", {"signal": "logs"}) <= queue.replay_records + 1
+        bodies += [log_body(part) for part in queue.parts(batch)]
+        queue.done(batch)
+    assert [body for body in bodies if body != "new"] == [f"r{n:04d}" for n in range(count)]
+    assert bodies.count("new") == 1
+    assert disk.waiting == 0 and registry.get_sample_value("otlp_sidecar_disk_queue_waiting_records") == 0
     disk.close()
