@@ -151,6 +151,25 @@ def trace_request(spans: int = 512, seed: int = 1, pan_share: float = 0.05) -> b
     return req.SerializeToString()
 
 
+def distinct_keys_trace_request(spans: int = 512, seed: int = 1, keys: int = 300) -> bytes:
+    """``spans`` spans of 8 attributes each, their keys drawn from ``keys`` distinct ones of an
+    app's own (``app.<area>.field_<n>``, none a rule of the bundled policies): how the key rules'
+    cost grows with the keys an app uses (the benchmark's other requests use about ten)."""
+    rng = random.Random(seed)
+    names = [f"app.{rng.choice(['order', 'cart', 'user', 'svc', 'http', 'db'])}.field_{k}" for k in range(keys)]
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    _pod_resource(rs.resource)
+    ss = rs.scope_spans.add()
+    for i in range(spans):
+        sp = ss.spans.add(trace_id=rng.randbytes(16), span_id=rng.randbytes(8), name=f"op {i % 20}",
+                          start_time_unix_nano=1_700_000_000_000_000_000 + i,
+                          end_time_unix_nano=1_700_000_000_050_000_000 + i)
+        for _ in range(8):
+            _set(sp.attributes, rng.choice(names), "v")
+    return req.SerializeToString()
+
+
 def any_string(v: AnyValue) -> str:
     return v.string_value
 

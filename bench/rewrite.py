@@ -20,6 +20,8 @@ median. Two plans:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import importlib
 import statistics
 import sys
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.baselines.naive_rewrite import naive_rewrite, naive_rewrite_logs, naive_rewrite_metrics
 from bench.corpus_requests import (
     DEFAULT_PLAN,
+    distinct_keys_trace_request,
     log_request,
     metric_request,
     shipped_plan,
@@ -78,6 +81,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--plans", default="default,shipped", help="comma-separated: default, shipped")
     ap.add_argument("--signals", default="traces", help="comma-separated: traces, logs, metrics")
+    ap.add_argument("--distinct-keys", type=int, default=0, metavar="N",
+                    help="traces only: spans of 8 attributes drawn from N distinct keys, without sampling "
+                         "(the key rules' cost as an app's keys grow; 0: the usual requests)")
     args = ap.parse_args()
     try:
         c = importlib.import_module("sidecar._ext.rewrite")
@@ -89,12 +95,18 @@ def main() -> int:
           f"{'vs naive':>10}{'B/item':>8}")
     for signal_name in args.signals.split(","):
         signal, build, naive_fn = BUILDERS[signal_name]
+        if args.distinct_keys:
+            if signal is not Signal.TRACES:
+                ap.error("--distinct-keys is for traces")
+            build = functools.partial(distinct_keys_trace_request, keys=args.distinct_keys)
         requests = [build(args.spans, seed=seed) for seed in range(7, 7 + args.requests)]
         data = requests[0]
         per_item = len(data) / args.spans
         for name in args.plans.split(","):
             plan = DEFAULT_PLAN if name == "default" else (
                 shipped_plan(data) if signal is Signal.TRACES else shipped_plan_for(signal, data))
+            if args.distinct_keys:  # every span kept: each key is matched
+                plan = dataclasses.replace(plan, sampling=None)
             plans = [plan]
             rows = []
             if c is not None:

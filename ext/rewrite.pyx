@@ -363,11 +363,15 @@ cdef class _PlanBox:
 
     def __cinit__(self):
         self.p.rules = NULL
+        self.p.rule_index = NULL
+        self.p.bucket_start = NULL
         self.p.stamps = NULL
         self.p.keeps = NULL
 
     def __dealloc__(self):
         PyMem_Free(self.p.rules)
+        PyMem_Free(self.p.rule_index)
+        PyMem_Free(self.p.bucket_start)
         PyMem_Free(self.p.stamps)
         PyMem_Free(self.p.keeps)
 
@@ -419,6 +423,7 @@ cdef class _PlanBox:
                         self.p.rules[i].is_glob = G_SUFFIX
             self.p.rules[i].action = r.action
             self.p.rules[i].slot = r.slot
+        index_rules(&self.p)
         self.p.det_action = c.det_action
         self.p.det_slot = c.det_slot
         self.p.any_reject = 0
@@ -867,7 +872,8 @@ cdef bint rule_matches(Rule* r, const unsigned char* key, Py_ssize_t kn) noexcep
 # fixed in size (64 KiB for all plans); a slot names its plan by id, so a slot left by a freed
 # plan never answers for another. Used with the GIL held only (the rewriter never drops it).
 cdef enum:
-    KEY_SLOTS = 1024
+    KEY_BITS = 10
+    KEY_SLOTS = 1 << KEY_BITS
     KEY_MAX = 48
 
 cdef struct KeySlot:
@@ -900,8 +906,12 @@ cdef inline uint32_t key_hash(const unsigned char* key, Py_ssize_t kn) noexcept:
             k += 8
             i += 1
         h = (h ^ w) * 0xFF51AFD7ED558CCDu
-    h ^= h >> 29
-    return <uint32_t>(h ^ (h >> 32))
+    # a multiply carries a byte's difference only upwards: fold the high bits down, multiply once
+    # more, and take the top bits, which every byte reaches (keys that differ in their last bytes,
+    # `field_1`, `field_2`, shared slots when the low bits picked them: 100 such keys took 75 of
+    # 1,024 slots, 1,000 of the form `attribute.number.000123` 288)
+    h ^= h >> 33
+    return <uint32_t>((h * 0xC4CEB9FE1A85EC53u) >> 32)  # its high bits pick the slot
 
 
 cdef inline bint same_key(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept:
@@ -929,17 +939,125 @@ cdef Rule* scan_rules(CPlan* plan, const unsigned char* key, Py_ssize_t kn) noex
     return NULL
 
 
+# The rules indexed by what a key must hold to match them, so that a key the cache above does
+# not hold (a new key, one of many distinct keys, one longer than KEY_MAX) is tried against the
+# few rules it could match, not all of them: each rule is in one bucket, and a key looks in the
+# buckets of its own bytes. An exact key is in the bucket of its hash; a suffix (`*lit`) or prefix
+# (`lit*`) rule in the bucket of its literal's last or first four bytes (two when it has two or
+# three); every other rule (`*lit*`, general globs, one-byte literals) in the bucket a key always
+# looks in. The first rule in the plan's order that matches wins, as in scan_rules: a bucket's
+# rules are in that order, and the least match over the key's buckets is the first.
+cdef enum:
+    AFFIX_BUCKETS = 64
+    SUFFIX2 = 0
+    SUFFIX4 = AFFIX_BUCKETS
+    PREFIX2 = 2 * AFFIX_BUCKETS
+    PREFIX4 = 3 * AFFIX_BUCKETS
+    ALWAYS = 4 * AFFIX_BUCKETS
+
+
+cdef inline uint32_t lower_hash(const unsigned char* s, Py_ssize_t n) noexcept:
+    """FNV-1a of ``s`` lowercased (ASCII, as the rules' patterns are compiled)."""
+    cdef uint32_t h = 2166136261u
+    cdef Py_ssize_t k
+    for k in range(n):
+        h = (h ^ lower(s[k])) * 16777619u
+    return h
+
+
+cdef inline int affix(const unsigned char* s, Py_ssize_t n) noexcept:
+    """The bucket (within its table) of the ``n`` bytes at ``s``, lowercased."""
+    cdef uint32_t h = lower_hash(s, n)
+    return <int>((h ^ (h >> 16)) & (AFFIX_BUCKETS - 1))
+
+
+cdef int rule_bucket(CPlan* plan, Rule* r) noexcept:
+    """The bucket of one rule (the exact keys' table comes after the affix tables)."""
+    cdef Py_ssize_t w
+    if r.is_glob == G_EXACT:
+        return ALWAYS + 1 + <int>(lower_hash(r.pat, r.plen) & plan.exact_mask)
+    if (r.is_glob == G_SUFFIX or r.is_glob == G_PREFIX) and r.llen >= 2:
+        w = 4 if r.llen >= 4 else 2
+        if r.is_glob == G_SUFFIX:
+            return (SUFFIX4 if w == 4 else SUFFIX2) + affix(r.lit + r.llen - w, w)
+        return (PREFIX4 if w == 4 else PREFIX2) + affix(r.lit, w)
+    return ALWAYS
+
+
+cdef void index_rules(CPlan* plan) except *:
+    """Fill the plan's rule index (its rules are compiled)."""
+    cdef int i, b, nexact = 0, nbuckets
+    cdef uint32_t size = 16
+    plan.exact_max = -1
+    for i in range(plan.nrules):
+        if plan.rules[i].is_glob == G_EXACT:
+            nexact += 1
+            plan.exact_max = max(plan.exact_max, plan.rules[i].plen)
+    while size < 2 * <uint32_t>nexact:
+        size <<= 1
+    plan.exact_mask = size - 1
+    plan.match = index_match
+    nbuckets = ALWAYS + 1 + <int>size
+    plan.bucket_start = <int*>PyMem_Malloc(sizeof(int) * (nbuckets + 1))
+    plan.rule_index = <int*>PyMem_Malloc(sizeof(int) * (plan.nrules + 1))
+    if plan.bucket_start == NULL or plan.rule_index == NULL:
+        raise MemoryError()
+    for b in range(nbuckets + 1):
+        plan.bucket_start[b] = 0
+    for i in range(plan.nrules):  # counts, then each bucket's start, then the rules in order
+        plan.bucket_start[rule_bucket(plan, &plan.rules[i]) + 1] += 1
+    for b in range(nbuckets):
+        plan.bucket_start[b + 1] += plan.bucket_start[b]
+    for i in range(plan.nrules):
+        b = rule_bucket(plan, &plan.rules[i])
+        plan.rule_index[plan.bucket_start[b]] = i
+        plan.bucket_start[b] += 1
+    for b in range(nbuckets, 0, -1):  # each bucket's fill moved its start to the next one's
+        plan.bucket_start[b] = plan.bucket_start[b - 1]
+    plan.bucket_start[0] = 0
+
+
+cdef inline int first_in(CPlan* plan, int b, const unsigned char* key, Py_ssize_t kn,
+                         int best) noexcept:
+    """The first rule of bucket ``b`` before rule ``best`` that matches the key, else ``best``."""
+    cdef int j, i
+    for j in range(plan.bucket_start[b], plan.bucket_start[b + 1]):
+        i = plan.rule_index[j]
+        if i >= best:
+            break
+        if rule_matches(&plan.rules[i], key, kn):
+            return i
+    return best
+
+
+cdef Rule* index_match(CPlan* plan, const unsigned char* key, Py_ssize_t kn) noexcept:
+    """scan_rules's answer, from the buckets the key's bytes name."""
+    cdef int best = plan.nrules
+    if kn <= plan.exact_max:  # a longer key is no exact rule's (and is not hashed: it may be long)
+        best = first_in(plan, ALWAYS + 1 + <int>(lower_hash(key, kn) & plan.exact_mask), key, kn, best)
+    if kn >= 2:
+        best = first_in(plan, SUFFIX2 + affix(key + kn - 2, 2), key, kn, best)
+        best = first_in(plan, PREFIX2 + affix(key, 2), key, kn, best)
+        if kn >= 4:
+            best = first_in(plan, SUFFIX4 + affix(key + kn - 4, 4), key, kn, best)
+            best = first_in(plan, PREFIX4 + affix(key, 4), key, kn, best)
+    best = first_in(plan, ALWAYS, key, kn, best)
+    return NULL if best == plan.nrules else &plan.rules[best]
+
+
 cdef Rule* match_rule(CPlan* plan, const unsigned char* key, Py_ssize_t kn) noexcept:
     cdef uint32_t h
     cdef KeySlot* slot
     cdef Rule* rule
-    if kn > KEY_MAX or plan.nrules < 4:
+    if plan.nrules < 4:
         return scan_rules(plan, key, kn)
+    if kn > KEY_MAX:
+        return plan.match(plan, key, kn)
     h = key_hash(key, kn) ^ <uint32_t>(plan.id * 2654435761u)
-    slot = &_KEY_CACHE[h & (KEY_SLOTS - 1)]
+    slot = &_KEY_CACHE[h >> (32 - KEY_BITS)]
     if slot.plan_id == plan.id and slot.hash == h and slot.klen == kn and same_key(slot.key, key, kn):
         return NULL if slot.rule < 0 else &plan.rules[slot.rule]
-    rule = scan_rules(plan, key, kn)
+    rule = plan.match(plan, key, kn)  # through the plan: kept out of this function's hit path
     slot.plan_id = plan.id
     slot.hash = h
     slot.klen = <int32_t>kn

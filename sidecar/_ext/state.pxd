@@ -122,6 +122,13 @@ cdef struct CPlan:
     Py_ssize_t rlen
     int dry_run
     int nslots
+    # the rules indexed by what a key must hold to match (rewrite.pyx's index_match): bucket b's
+    # rule numbers, ascending, are rule_index[bucket_start[b] : bucket_start[b + 1]]
+    int* rule_index
+    int* bucket_start
+    uint32_t exact_mask
+    Py_ssize_t exact_max
+    Rule* (*match)(CPlan*, const unsigned char*, Py_ssize_t) noexcept
 
 
 # ---- the state of one walk ----
