@@ -31,7 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from sidecar.configkit import parse_endpoint
 from sidecar.masked_text import MAX_QUOTED_TEXT, quoted
-from sidecar.overload.budget import MemoryBudget
+from sidecar.overload.budget import MemoryBudget, light_reserve
 from sidecar.overload.memory import tune_malloc
 from sidecar.overload.reasons import Action
 from sidecar.tls.acceptor import tls_wrapper
@@ -83,7 +83,11 @@ class WebhookServer:
         self.metrics = metrics or WebhookMetrics()
         self.limits = listener_limits(config.server)
         per_connection = config.server.max_request_bytes + self.limits.read_ahead
-        self.budget = MemoryBudget(CONCURRENT_BODIES * per_connection, per_connection)
+        # four large reviews at once, and beyond them a reserve only connections holding at most
+        # 1 MiB may take: a normal review (a few kB) is served while large or stalled ones fill the rest
+        bodies = CONCURRENT_BODIES * per_connection
+        reserve = light_reserve(bodies)
+        self.budget = MemoryBudget(bodies + reserve, per_connection, light_reserve=reserve)
         self.server = Http1Server(self._handle, check=self._check, refuse=self._refuse, limits=self.limits,
                                   budget=self.budget, count=self.metrics.count)
         self.metrics.connections.set_function(lambda: self.server.connections)
