@@ -869,7 +869,7 @@ cdef bint rule_matches(Rule* r, const unsigned char* key, Py_ssize_t kn) noexcep
 
 # Which rule (if any) matched a key, remembered per plan: the same few keys come back in
 # every item, and a plan of the shipped PCI policy has ~180 rules to try. Direct-mapped and
-# fixed in size (64 KiB for all plans); a slot names its plan by id, so a slot left by a freed
+# fixed in size (72 KiB for all plans); a slot names its plan by id, so a slot left by a freed
 # plan never answers for another. Used with the GIL held only (the rewriter never drops it).
 cdef enum:
     KEY_BITS = 10
