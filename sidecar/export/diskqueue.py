@@ -29,7 +29,7 @@ import errno
 import fcntl
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -227,13 +227,35 @@ class DiskQueue:
     def read(self, record: Record) -> builtins.bytes:
         return self._logs[record.log].read(record)
 
+    def read_all(self, records: Sequence[Record]) -> list[builtins.bytes]:
+        """The payloads of ``records``, in order (each log's read in runs: DiskLog.read_all)."""
+        if len({record.log for record in records}) <= 1:
+            return self._logs[records[0].log].read_all(records) if records else []
+        by_log: dict[int, list[int]] = {}
+        for index, record in enumerate(records):
+            by_log.setdefault(record.log, []).append(index)
+        payloads: list[builtins.bytes] = [b""] * len(records)
+        for number, indexes in by_log.items():
+            for index, payload in zip(indexes, self._logs[number].read_all([records[i] for i in indexes]), strict=True):
+                payloads[index] = payload
+        return payloads
+
     def ack(self, record: Record) -> None:
         """The record left the sidecar: its segment is deleted once all of its records have."""
-        disk_log = self._logs[record.log]
-        disk_log.ack(record)
-        if record.log >= len(self.lanes):
-            self._earlier[self._lane_of[record.signal]] -= record_size(record.length)
-            self._forget_if_drained(disk_log)
+        self.ack_all((record,))
+
+    def ack_all(self, records: Iterable[Record]) -> None:
+        """The records left the sidecar (a batch's): written log by log, a segment's at once."""
+        by_log: dict[int, list[Record]] = {}
+        for record in records:
+            by_log.setdefault(record.log, []).append(record)
+        for number, acked in by_log.items():
+            disk_log = self._logs[number]
+            disk_log.ack_all(acked)
+            if number >= len(self.lanes):
+                for record in acked:
+                    self._earlier[self._lane_of[record.signal]] -= record_size(record.length)
+                self._forget_if_drained(disk_log)
         self._publish()
 
     def _forget_if_drained(self, disk_log: DiskLog) -> None:

@@ -28,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from sidecar.export.disklog import Record
 from sidecar.export.diskqueue import DiskFull, DiskQueue
@@ -256,15 +257,19 @@ class ExportQueue:
 
     def parts(self, batch: Batch) -> list[bytes]:
         """The batch's requests, in order, reading spilled parts back from disk (the exporters
-        compress them one after the other: no joined copy of the batch)."""
-        return [
+        compress them one after the other: no joined copy of the batch). The spilled parts are
+        read together: records next to each other on disk with one read."""
+        parts = list(batch.parts)
+        spilled = [n for n, part in enumerate(parts) if part is None]
+        if spilled:
             # a part is None only when it was spilled: then there is a disk log and a record
-            part if part is not None else self._read_back(batch.signal, record)  # type: ignore[arg-type]
-            for part, record in zip(batch.parts, batch.records, strict=True)
-        ]
+            assert self._disk is not None
+            records = cast("list[Record]", [batch.records[n] for n in spilled])
+            for n, record, data in zip(spilled, records, self._disk.read_all(records), strict=True):
+                parts[n] = self._checked(batch.signal, record, data)
+        return parts  # type: ignore[return-value]
 
-    def _read_back(self, signal: Signal, record: Record) -> bytes:
-        data = self._disk.read(record)  # type: ignore[union-attr]
+    def _checked(self, signal: Signal, record: Record, data: bytes) -> bytes:
         if record in self._replayed:
             # written by an earlier start, perhaps by a version that let fields OTLP does not
             # define through (docs/policy.md, "The PCI guarantee"): they are dropped here too
@@ -325,9 +330,7 @@ class ExportQueue:
         self._records -= sum(record is not None for record in batch.records)
         self._publish(batch.signal)
         if self._disk is not None and not keep_on_disk:
-            for record in batch.records:
-                if record is not None:
-                    self._disk.ack(record)
+            self._disk.ack_all(record for record in batch.records if record is not None)
             if self._taking is None:  # else the step due takes the room freed too
                 self._take_waiting()
         if self._held_bytes == 0:
