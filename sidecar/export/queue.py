@@ -17,7 +17,9 @@ Signals sent to different upstreams are in different lanes (:mod:`sidecar.export
 lane's batches are handed to its own workers, and each lane has a reserve of the capacity that the
 others cannot take (:mod:`sidecar.export.shares`), so upstreams that are down cannot take the room
 of one that is up. Beyond that, a lane's requests are refused (or spilled, with the disk queue,
-which shares its own budget the same way).
+which shares its own budget the same way). The requests the disk queue keeps track of
+(``max_records``) are shared the same way too: an upstream that is down, sent one record a request,
+cannot take the count the others need.
 """
 
 from __future__ import annotations
@@ -107,6 +109,9 @@ class ExportQueue:
         #: the most one lane may hold in memory (when the others hold nothing)
         self.lane_capacity = self._shares.lane_capacity
         self._lane_bytes = [0] * len(self.lanes)
+        #: max_records shared between the lanes as the bytes are, and each lane's records held
+        self._record_shares = Shares(self.max_records, len(self.lanes))
+        self._lane_records = [0] * len(self.lanes)
         self._batch_items = batch_items
         self._batch_bytes = batch_bytes
         self._batch_timeout = batch_timeout
@@ -181,18 +186,31 @@ class ExportQueue:
             if not self._fits(lane, size):
                 raise QueueFull(self.full_message(signal, size))
         else:
-            if self._records >= self.max_records:
-                raise QueueFull(
-                    f"the disk queue holds {self._records} requests, the most it keeps track of in memory "
-                    f"(a quarter of exporter.queue_max_bytes at {RECORD_COST} bytes each): send larger "
-                    "batches (an SDK's batch processor rather than one request per item)")
+            if self._record_shares.room(lane, self._lane_records, self._records) <= 0:
+                raise QueueFull(self._records_full_message(lane))
+            # counted while its append waits for the disk, so that requests arriving meanwhile see
+            # it; _add counts it for good (no await between)
+            self._records += 1
+            self._lane_records[lane] += 1
             try:
                 record = await self._disk.append(signal, items, data)
             except DiskFull as exc:
                 raise QueueFull(str(exc)) from None
             except OSError as exc:
                 raise QueueFull(f"cannot write the disk queue: {exc.strerror}") from None
+            finally:
+                self._records -= 1
+                self._lane_records[lane] -= 1
         self._add(signal, data if self._fits(lane, size) else None, record, size, items)
+
+    def _records_full_message(self, lane: int) -> str:
+        why = (f"a quarter of exporter.queue_max_bytes at {RECORD_COST} bytes each): send larger batches "
+               "(an SDK's batch processor rather than one request per item)")
+        if self._records < self.max_records:  # there is room, but it is kept for the other upstreams
+            return (f"the disk queue holds {self._lane_records[lane]} requests for "
+                    f"{lane_name(self.lanes[lane])}, the most their upstream may keep while the others "
+                    f"need theirs ({self._records} of the {self.max_records} it keeps track of in memory: {why}")
+        return (f"the disk queue holds {self._records} requests, the most it keeps track of in memory ({why}")
 
     def restore(self, records: list[Record]) -> None:
         """Queue records replayed from disk (spilled: read back when sent). Those the disk queue
@@ -231,6 +249,7 @@ class ExportQueue:
     def _add(self, signal: Signal, data: bytes | None, record: Record | None, size: int, items: int) -> None:
         if record is not None:
             self._records += 1
+            self._lane_records[self._lane_of[signal]] += 1
         in_memory = size if data is not None else 0
         self._held_bytes += in_memory
         self._lane_bytes[self._lane_of[signal]] += in_memory
@@ -327,7 +346,9 @@ class ExportQueue:
         self._held_bytes -= batch.memory_bytes
         self._lane_bytes[self._lane_of[batch.signal]] -= batch.memory_bytes
         self._held_items[batch.signal] -= batch.items
-        self._records -= sum(record is not None for record in batch.records)
+        records = sum(record is not None for record in batch.records)
+        self._records -= records
+        self._lane_records[self._lane_of[batch.signal]] -= records
         self._publish(batch.signal)
         if self._disk is not None and not keep_on_disk:
             self._disk.ack_all(record for record in batch.records if record is not None)

@@ -354,3 +354,36 @@ async def test_a_replay_larger_than_the_queue_keeps_track_of_waits_on_disk_and_c
     assert bodies.count("new") == 1
     assert disk.waiting == 0 and registry.get_sample_value("otlp_sidecar_disk_queue_waiting_records") == 0
     disk.close()
+
+
+async def test_one_request_per_record_to_an_upstream_that_is_down_leaves_the_others_their_count(
+    tmp_path: Path,
+) -> None:
+    """With the disk queue the queue keeps track of at most ``max_records`` requests (their
+    bookkeeping stays in memory). Logs sent to their own upstream, one record a request, while it
+    is down: before, they took all 1,365 and every trace was refused too, though the traces'
+    upstream was up and the disk had room. Now each upstream has a reserve of the count as of the
+    bytes: the logs stop at 1,024 with a message that says why, and the traces go on."""
+    disk = open_disk(tmp_path, max_bytes=64 << 20, lanes=TWO_UPSTREAMS)
+    queue, metrics = make_queue(capacity=1 << 20, items=4096, timeout=0.05, disk=disk, lanes=TWO_UPSTREAMS)
+    assert queue.max_records == 1365
+    accepted = 0
+    with pytest.raises(QueueFull) as refused:
+        while True:
+            await queue.put(Signal.LOGS, log_request(f"r{accepted}"), 1)
+            accepted += 1
+    assert accepted == 1365 - 1365 // 4
+    message = str(refused.value)
+    assert "holds 1024 requests for logs" in message and "send larger batches" in message, message
+    for _ in range(1365 // 4):  # the traces' reserve is theirs, whatever the logs' upstream does
+        await queue.put(Signal.TRACES, request(1), 1)
+    with pytest.raises(QueueFull, match="holds 1365 requests, the most it keeps track of"):
+        await queue.put(Signal.TRACES, request(1), 1)
+    batch = await asyncio.wait_for(queue.next_batch(0), 5)  # the traces' upstream takes its batch
+    assert batch is not None and batch.signal is Signal.TRACES
+    queue.done(batch)
+    await queue.put(Signal.TRACES, request(1), 1)
+    with pytest.raises(QueueFull):
+        await queue.put(Signal.LOGS, log_request("more"), 1)
+    assert metrics.registry.get_sample_value("otlp_sidecar_queue_size_items", {"signal": "logs"}) == 1024
+    disk.close()

@@ -8,6 +8,7 @@ variables, exports to two test upstreams; the logs one answers 503 to everything
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -153,6 +154,49 @@ async def test_with_the_disk_queue_a_logs_backend_down_fills_only_the_logs_part_
     await wait_ready(restarted.addresses["admin"][1], lambda b: b["exporter"] == "ok")
     assert not logs_dir.exists() and not traces_dir.exists(), sorted(queue_dir.rglob("*"))
     assert restarted.metrics.registry.get_sample_value("otlp_sidecar_disk_queue_replayed_records_total") > 0
+
+
+async def test_with_the_disk_queue_logs_sent_a_record_a_request_to_a_backend_down_leave_traces_their_count(
+    upstream: Upstream, logs_backend: Upstream, start_sidecar, tmp_path: Path
+) -> None:
+    """Each request the disk queue holds keeps its bookkeeping in memory, so the queue keeps track
+    of a quarter of ``exporter.queue_max_bytes`` of them (1,365 at 1 MiB). An app that sends each
+    log record alone (a simple log processor) while the logs' backend is down: before, its requests
+    took all 1,365 and every trace was refused (503) as well, though the traces' collector was up
+    and the disk had room. Now each upstream keeps a reserve of that count, as of the bytes."""
+    logs_backend.default = Answer(http_status=503)
+    env = sidecar_env(
+        upstream, "http/protobuf",
+        SIDECAR_EXPORTER_DISK_QUEUE_DIR=str(tmp_path / "queue"),
+        SIDECAR_EXPORTER_QUEUE_MAX_BYTES="1MiB",
+        OTEL_EXPORTER_OTLP_LOGS_ENDPOINT=f"http://127.0.0.1:{logs_backend.http_port}/v1/logs",
+    )
+    sidecar = await start_sidecar(env)
+    http_port = sidecar.addresses["http"][1]
+    body = encode_logs(sdk.make_logs(1)).SerializeToString()
+    statuses: list[int] = []
+    refusals: list[str] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def post_one() -> None:
+            async with session.post(f"http://127.0.0.1:{http_port}/v1/logs", data=body, headers=PB) as response:
+                statuses.append(response.status)
+                if response.status != 200:
+                    refusals.append((await response.read()).decode("utf-8", "replace"))
+
+        for _ in range(40):  # 50 at a time: they wait for the disk together, each counted at once
+            await asyncio.gather(*(post_one() for _ in range(50)))
+            if refusals:
+                break
+    assert statuses.count(200) == 1365 - 1365 // 4, (statuses.count(200), refusals[:1])
+    assert set(statuses) == {200, 503}
+    assert "holds 1024 requests for logs" in refusals[0] and "send larger batches" in refusals[0], refusals[0]
+
+    app = App(http_port)
+    await app.send(300, spans=1)  # one span a request too: within the traces' reserve of 341
+    assert app.refused == 0 and len(app.accepted) == 300
+    await wait_all_arrived(upstream, app, timeout=20.0)
+    assert logs_backend.log_records() == []
 
 
 def test_signals_share_a_lane_when_they_share_an_endpoint_and_its_settings() -> None:
