@@ -126,7 +126,8 @@ class PolicyConfig:
     cache_max_bytes: int = setting(
         8 * 1024 * 1024,
         "Estimated memory the plan caches may hold (the decision cache and the last good plans, "
-        "half each; equal plans counted once); least recently used plans are evicted beyond it.",
+        "half each; equal plans counted once, with what the rewriters compile from them); least "
+        "recently used plans are evicted beyond it.",
         kind="size", min=64 * 1024,
     )
     max_evaluations_per_second: float = setting(

@@ -11,9 +11,18 @@ rewriters compile from a plan is kept on the plan and freed with it. The last te
 from __future__ import annotations
 
 import asyncio
+import gc
+import tracemalloc
 from pathlib import Path
 
-from sidecar.policy.cache import ENTRY_BYTES, PlanCache
+from prometheus_client import CollectorRegistry
+
+from sidecar.identity import Peer, PodIdentity
+from sidecar.policy.cache import ENTRY_BYTES, PlanCache, plan_bytes
+from sidecar.policy.config import PolicyConfig
+from sidecar.policy.service import PolicyService
+from sidecar.rewrite import IMPLEMENTATION, rewrite, split_resources
+from sidecar.rewrite.plan import Plan
 from sidecar.signals import Signal
 from tests.bounds.distinct_resources import Client, assert_masked, traces
 from tests.bounds.harness import BoundedSidecar, MiB
@@ -102,6 +111,49 @@ async def test_1000_distinct_plans_keep_the_sidecar_under_its_ceiling(tmp_path: 
         # the rewriters keep a compiled plan only as long as the policy caches keep its plan
         assert grown < 32 * MiB
         sidecar.assert_peak_under()
+
+
+async def test_a_plans_estimate_covers_what_the_rewriter_compiles_from_it(tmp_path: Path) -> None:
+    """``policy.cache_max_bytes`` bounds the plans the caches keep by ``plan_bytes``. The rewriter
+    compiles each plan once and keeps the compiled forms on it, freed with it: before, the estimate
+    counted the plan's objects only, and a distinct plan per resource kept 64.6 KB (40.4 with the
+    pure-Python twin) for an estimate of 23 KB, so the caches could hold nearly three times their
+    bound. Measured here as the process does it: the real policy service deciding, then the
+    rewriter in use (C, or the twin in the twin pass) rewriting a request with the plan."""
+    key = tmp_path / "hash.key"
+    key.write_bytes(b"k" * 32)
+    config = PolicyConfig(dir=str(echo_policy(tmp_path)), hash_key_file=str(key), reload_interval=0, mode="enforce")
+    pod = PodIdentity(name="shop-0", namespace="shop", service_account="shop", tenant="acme")
+    service = PolicyService(config, pod, CollectorRegistry())
+    await service.start()
+
+    async def decide_and_rewrite(name: str) -> Plan:
+        body = traces([name])
+        plans = await service.plans_for(Signal.TRACES, split_resources(Signal.TRACES, body), Peer("127.0.0.1"), "http")
+        rewrite(Signal.TRACES, body, plans)
+        return plans[0]
+
+    try:
+        for name in ("warm-0", "warm-1"):  # the service's own first allocations (metric children)
+            await decide_and_rewrite(name)
+        count = 20
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            plans = [await decide_and_rewrite(f"svc-{n}") for n in range(count)]
+            gc.collect()
+            retained = (tracemalloc.get_traced_memory()[0] - before) / count
+        finally:
+            tracemalloc.stop()
+    finally:
+        await service.stop()
+    assert len({id(plan) for plan in plans}) == count  # a distinct plan for each resource
+    estimate = plan_bytes(plans[0])
+    print(f"a distinct plan and its entries ({IMPLEMENTATION}): {retained / 1024:.1f} KiB retained, "
+          f"{estimate / 1024:.1f} KiB estimated")
+    assert retained <= estimate + 2 * ENTRY_BYTES, (retained, estimate)  # both caches' entries
+    assert estimate <= 2 * retained, (retained, estimate)
 
 
 async def _send_all(sidecar: BoundedSidecar, names: list[str]) -> None:
