@@ -40,7 +40,7 @@ import zlib
 from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar.signals import Signal
@@ -67,8 +67,11 @@ def record_size(length: int) -> int:
     return _HEADER.size + length
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
+    """Where one request is on disk. The queue keeps one for each request held on disk (the
+    export queue's RECORD_COST covers it: slots, no set of them)."""
+
     #: the number of the log it is in (DiskLog's ``number``)
     log: int
     segment: int
@@ -76,6 +79,8 @@ class Record:
     signal: Signal
     items: int
     length: int
+    #: written by an earlier start (taken from the replay): checked against OTLP's fields when read
+    replayed: bool = field(default=False, compare=False)
 
 
 def _sync_and_close(sync: list[int], close: list[int]) -> dict[int, OSError]:
@@ -345,7 +350,7 @@ class DiskLog:
             segment.next_offset = offset + record_size(length)
             if offset in self._acked:
                 continue
-            taken.append(Record(self.number, segment.number, offset, _SIGNALS[code], items, length))
+            taken.append(Record(self.number, segment.number, offset, _SIGNALS[code], items, length, replayed=True))
             segment.waiting -= 1  # the log's counts: by take(), for all it took
 
     def _forget_reader(self) -> None:

@@ -124,8 +124,6 @@ class ExportQueue:
         self._held_bytes = 0
         self._held_items = dict.fromkeys(Signal, 0)
         self._closed = False
-        #: records replayed from disk at start, checked against OTLP's fields when read back
-        self._replayed: set[Record] = set()
         self._drained = asyncio.Event()
         self._drained.set()
         #: the next step of queueing records waiting on disk, when one is due
@@ -220,7 +218,6 @@ class ExportQueue:
 
     def _queue_replayed(self, records: list[Record]) -> None:
         for record in records:
-            self._replayed.add(record)
             self._add(record.signal, None, record, record.length, record.items)
 
     def _seal_if_waiting(self) -> None:
@@ -289,10 +286,9 @@ class ExportQueue:
         return parts  # type: ignore[return-value]
 
     def _checked(self, signal: Signal, record: Record, data: bytes) -> bytes:
-        if record in self._replayed:
+        if record.replayed:
             # written by an earlier start, perhaps by a version that let fields OTLP does not
             # define through (docs/policy.md, "The PCI guarantee"): they are dropped here too
-            self._replayed.discard(record)
             try:
                 if unknown_field(signal, data) is not None:
                     data, dropped = without_unknown_fields(signal, data)
