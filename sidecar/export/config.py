@@ -150,7 +150,8 @@ class ExporterConfig:
     )
     queue_max_bytes: int = setting(
         DEFAULT_QUEUE_MAX_BYTES,
-        "Bytes of accepted data held in memory for export; when full, new data is refused retryably. "
+        "Bytes of accepted data held in memory for export (each request counted with 64 bytes of "
+        "bookkeeping); when full, new data is refused retryably. "
         "With several upstreams (per-signal endpoints), each may hold it less a reserve for the others. "
         "Counted under limits.max_memory_bytes with the receive budget; hold more across an upstream "
         "outage with the disk queue (disk_queue_dir).",

@@ -58,6 +58,13 @@ def request(spans: int) -> bytes:
     return bytes(encode_spans(sdk.make_spans(spans)).SerializeToString())
 
 
+@pytest.fixture
+def no_part_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests held cost their bytes only: tests of the lanes' shares count in round numbers
+    (what a request costs beyond its bytes is tested on its own)."""
+    monkeypatch.setattr(queue_module, "PART_COST", 0)
+
+
 async def all_batches(queue: ExportQueue) -> list[tuple[Batch, bytes]]:
     """Close the queue and take every batch it hands out with its bytes, then mark it done, as the
     Sender's workers do at shutdown."""
@@ -117,22 +124,25 @@ async def test_a_partial_batch_leaves_after_the_batch_timeout() -> None:
 
 
 async def test_capacity_counts_bytes_waiting_and_in_flight_and_a_request_that_does_not_fit_is_refused() -> None:
-    queue, metrics = make_queue(capacity=1000, items=1000, nbytes=400)
+    """Each request held costs its bytes and PART_COST (its object and places in a batch)."""
+    cost = queue_module.PART_COST
+    capacity = 1000 + 3 * cost
+    queue, metrics = make_queue(capacity=capacity, items=1000, nbytes=400)
     for _ in range(2):
         await queue.put(Signal.TRACES, b"a" * 400, 1)  # each seals a batch of 400 bytes
     batch = await queue.next_batch()  # in flight: still counted
     assert batch is not None
     await queue.put(Signal.TRACES, b"b" * 200, 1)
-    assert queue.held_bytes == 1000 and queue.full_for(Signal.TRACES)
-    with pytest.raises(QueueFull, match="1000 of 1000 bytes held"):
+    assert queue.held_bytes == capacity and queue.full_for(Signal.TRACES)
+    with pytest.raises(QueueFull, match=f"{capacity} of {capacity} bytes held"):
         await queue.put(Signal.TRACES, b"c", 1)
-    assert metrics.registry.get_sample_value("otlp_sidecar_queue_size_bytes") == 1000
+    assert metrics.registry.get_sample_value("otlp_sidecar_queue_size_bytes") == capacity
     queue.done(batch)  # the upstream took it: its room is free again
-    assert queue.held_bytes == 600 and not queue.full_for(Signal.TRACES)
+    assert queue.held_bytes == 600 + 2 * cost and not queue.full_for(Signal.TRACES)
     await queue.put(Signal.TRACES, b"c" * 400, 1)
     with pytest.raises(QueueFull):
-        await queue.put(Signal.TRACES, b"d", 1)  # 1001 would not fit: refused whole, nothing held of it
-    assert queue.held_bytes == 1000
+        await queue.put(Signal.TRACES, b"d", 1)  # one byte more would not fit: refused whole, nothing held of it
+    assert queue.held_bytes == capacity
     batches = await all_batches(queue)
     assert b"".join(data for _, data in batches) == b"a" * 400 + b"b" * 200 + b"c" * 400
     assert queue.held_bytes == 0
@@ -245,7 +255,7 @@ async def test_with_the_disk_queue_a_full_disk_is_refused_and_unsent_batches_sur
     disk.close()
 
 
-async def test_each_upstream_takes_only_its_batches_and_cannot_take_the_others_reserve() -> None:
+async def test_each_upstream_takes_only_its_batches_and_cannot_take_the_others_reserve(no_part_cost: None) -> None:
     """Two upstreams (lanes): each worker gets its own lane's batches; a lane whose upstream is down
     fills 3/4 of the capacity at most, the rest stays for the other."""
     queue, _ = make_queue(capacity=1000, items=1, lanes=TWO_UPSTREAMS)
@@ -273,7 +283,7 @@ async def test_each_upstream_takes_only_its_batches_and_cannot_take_the_others_r
         make_queue(lanes=(frozenset({Signal.TRACES}), frozenset({Signal.TRACES, Signal.LOGS})))
 
 
-async def test_upstreams_that_are_down_cannot_take_the_reserve_of_one_that_is_up() -> None:
+async def test_upstreams_that_are_down_cannot_take_the_reserve_of_one_that_is_up(no_part_cost: None) -> None:
     """Three upstreams, two down (their batches stay in flight): together they cannot take the
     third one's reserve (a sixth of the capacity), whatever their order."""
     three = (frozenset({Signal.TRACES}), frozenset({Signal.METRICS}), frozenset({Signal.LOGS}))
@@ -299,7 +309,9 @@ async def test_upstreams_that_are_down_cannot_take_the_reserve_of_one_that_is_up
     assert queue.full_for(Signal.TRACES) and queue.full_for(Signal.METRICS) and not queue.full_for(Signal.LOGS)
 
 
-async def test_with_the_disk_queue_an_upstream_over_its_share_spills_to_disk(tmp_path: Path) -> None:
+async def test_with_the_disk_queue_an_upstream_over_its_share_spills_to_disk(
+    tmp_path: Path, no_part_cost: None,
+) -> None:
     disk = open_disk(tmp_path / "q", lanes=TWO_UPSTREAMS)
     queue, _ = make_queue(capacity=1000, items=100, disk=disk, lanes=TWO_UPSTREAMS)
     for _ in range(10):
@@ -439,3 +451,38 @@ async def test_what_the_queue_keeps_for_each_request_on_disk_is_within_its_recor
     print(f"bytes kept a request on disk: {spilled:.0f} spilled, {replayed:.0f} replayed; cost {cost}")
     assert spilled <= cost and replayed <= cost, (spilled, replayed)
     disk.close()
+
+
+async def test_requests_held_in_memory_cost_what_the_capacity_counts_however_small() -> None:
+    """The memory queue is bounded by ``exporter.queue_max_bytes`` of requests. Counted by their
+    bytes alone, small requests cost far more than counted: each is an object with a header and
+    two places in a batch (about 50 bytes). An app (or an attacker on loopback) sending 6-byte
+    requests (one empty log record each, a few dozen bytes once a policy stamps the tenant) while
+    the upstream is down filled a 1 MiB queue with
+    174,762 of them: 9.7 MB held, 9.2 times the capacity (147 MB at the default 16 MiB). Now each
+    request is counted with PART_COST: measured with tracemalloc, what is held stays within it."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+
+    tiny = ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[LogRecord()])])]
+                                    ).SerializeToString()
+    capacity = 1 << 20
+    queue, _ = make_queue(capacity=capacity, items=4096)
+    await queue.put(Signal.LOGS, bytes(bytearray(tiny)), 1)  # the queue's first batch and timer made
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        accepted = 1
+        with pytest.raises(QueueFull):
+            while True:
+                await queue.put(Signal.LOGS, bytes(bytearray(tiny)), 1)  # each request its own bytes
+                accepted += 1
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    print(f"{accepted} requests of {len(tiny)} bytes: {held} bytes held for a capacity of {capacity}")
+    assert len(tiny) == 6 and queue.held_bytes <= capacity
+    assert held <= capacity, f"{accepted} requests held {held} bytes, over the {capacity} counted"
+    assert accepted >= capacity // (len(tiny) + queue_module.PART_COST)  # and the queue takes what fits

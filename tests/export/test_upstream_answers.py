@@ -12,6 +12,7 @@ from grpclib.const import Status
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from sidecar.export.http import parse_retry_after
+from sidecar.export.queue import PART_COST
 from sidecar.signals import Signal
 from tests import sdk
 from tests.conftest import sidecar_env
@@ -88,7 +89,8 @@ async def test_full_queue_refuses_retryably(upstream, start_sidecar) -> None:
     """With the upstream stalled, the byte-bounded queue fills and new data gets 503 + Retry-After."""
     upstream.default = Answer(delay=30.0)
     env = sidecar_env(
-        upstream, "grpc", SIDECAR_EXPORTER_QUEUE_MAX_BYTES=str(len(BODY) * 3 + 10), SIDECAR_EXPORTER_TIMEOUT="60"
+        upstream, "grpc", SIDECAR_EXPORTER_QUEUE_MAX_BYTES=str((len(BODY) + PART_COST) * 3 + 10),
+        SIDECAR_EXPORTER_TIMEOUT="60",
     )
     sidecar = await start_sidecar(env)
     port = sidecar.addresses["http"][1]
@@ -109,7 +111,7 @@ async def test_full_queue_refuses_retryably(upstream, start_sidecar) -> None:
 async def test_a_full_queue_refuses_before_rewriting(upstream, start_sidecar) -> None:
     """Exactly full: the request is refused up front (no rewrite spent on it), with the same answer."""
     upstream.default = Answer(delay=30.0)
-    env = sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_QUEUE_MAX_BYTES=str(len(BODY) * 3),
+    env = sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_QUEUE_MAX_BYTES=str((len(BODY) + PART_COST) * 3),
                       SIDECAR_EXPORTER_TIMEOUT="60")
     sidecar = await start_sidecar(env)
     port = sidecar.addresses["http"][1]
