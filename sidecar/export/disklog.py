@@ -98,6 +98,22 @@ def _sync_and_close(sync: list[int], close: list[int]) -> dict[int, OSError]:
     return failed
 
 
+def _append_acks(path: Path, data: builtins.bytes) -> None:
+    """Append acknowledged offsets to a segment's .acks file. An offset cut short at its end (a crash
+    or a full disk in the middle of a write) is cut off first: appended after it, every offset would
+    be read shifted at the next start, and a record never sent could read as acknowledged. The cut
+    one's record is sent again (at least once)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        if cut := os.fstat(fd).st_size % _ACK.size:
+            os.ftruncate(fd, os.fstat(fd).st_size - cut)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 class _Segment:
     def __init__(self, number: int, path: Path) -> None:
         self.number = number
@@ -554,8 +570,7 @@ class DiskLog:
             if segment is None:
                 continue
             try:
-                with open(segment.acks_path, "ab") as handle:
-                    handle.write(b"".join(map(_ACK.pack, acked)))
+                _append_acks(segment.acks_path, b"".join(map(_ACK.pack, acked)))
             except OSError as exc:  # a full disk, its directory removed under us: sent again after a restart
                 if not self._ack_failed:
                     log.error("disk queue: cannot write acknowledgements in %s (%s): records sent may be sent "

@@ -146,12 +146,14 @@ class DiskQueue:
                      if self.waiting else "")
         return pending
 
-    def take(self, count: int) -> list[Record]:
+    def take(self, count: int, lane_room: Sequence[int] | None = None) -> list[Record]:
         """Up to ``count`` of the records waiting on disk, each log's oldest first (those of earlier
         configurations' logs first in the list). Each goes to the log with records waiting that
         holds the fewest taken and not yet acknowledged: a log whose upstream is down keeps what it
-        holds, never the places the others' records free."""
-        counts = self._shares_of(count)
+        holds, never the places the others' records free. ``lane_room``: the most each lane's own
+        log may give (the records its upstream may still hold; a log of an earlier configuration
+        holds records of any lane and is bounded by ``count`` only)."""
+        counts = self._shares_of(count, lane_room)
         order = [*range(len(self.lanes), len(self._logs)), *range(len(self.lanes))]
         taken = [record for n in order if counts[n] for record in self._logs[n].take(counts[n])]
         # found at open, or by a take (a segment changed under the sidecar since it was scanned)
@@ -161,13 +163,17 @@ class DiskQueue:
         self._publish()
         return taken
 
-    def _shares_of(self, count: int) -> list[int]:
+    def _shares_of(self, count: int, lane_room: Sequence[int] | None = None) -> list[int]:
         """How many of ``count`` records each log gives: the one holding the fewest taken first,
-        until it holds as many as the next (water-filling)."""
+        until it holds as many as the next (water-filling); a lane's log at most its ``lane_room``."""
         counts = [0] * len(self._logs)
         held = [disk_log.loaded for disk_log in self._logs]
+        most = [disk_log.waiting for disk_log in self._logs]
+        if lane_room is not None:
+            for lane, room in enumerate(lane_room):
+                most[lane] = min(most[lane], max(0, room))
         while count > 0:
-            able = [n for n, disk_log in enumerate(self._logs) if disk_log.waiting > counts[n]]
+            able = [n for n in range(len(self._logs)) if most[n] > counts[n]]
             if not able:
                 break
             level = min(held[n] for n in able)
@@ -175,7 +181,7 @@ class DiskQueue:
             above = [held[n] for n in able if held[n] > level]
             each = max(1, min(count // len(lowest), min(above) - level if above else count))
             for n in lowest:
-                give = min(each, count, self._logs[n].waiting - counts[n])
+                give = min(each, count, most[n] - counts[n])
                 counts[n] += give
                 held[n] += give
                 count -= give

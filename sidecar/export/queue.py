@@ -242,8 +242,13 @@ class ExportQueue:
         room = min(self.replay_records - disk.loaded, self.max_records - self._records)
         if room <= 0:
             return
-        self._queue_replayed(disk.take(min(room, TAKE_STEP)))
-        if room > TAKE_STEP and disk.waiting:
+        # each upstream's records at most its share: one that is down cannot take, through its
+        # records waiting on disk, the count kept for the others
+        lane_room = [self._record_shares.room(lane, self._lane_records, self._records)
+                     for lane in range(len(self.lanes))]
+        taken = disk.take(min(room, TAKE_STEP), lane_room)
+        self._queue_replayed(taken)
+        if len(taken) == TAKE_STEP and room > TAKE_STEP and disk.waiting:
             self._taking = asyncio.get_running_loop().call_soon(self._take_waiting)
         else:
             self._seal_if_waiting()
@@ -355,8 +360,8 @@ class ExportQueue:
             self._disk.ack_all(record for record in batch.records if record is not None)
             if self._taking is None:  # else the step due takes the room freed too
                 self._take_waiting()
-        if self._held_bytes == 0:
-            self._drained.set()
+        if self._held_bytes == 0 and self._records == 0 and not (self._disk is not None and self._disk.waiting):
+            self._drained.set()  # (requests held on disk only count as held too)
 
     def leftover(self) -> list[Batch]:
         """Take every batch not handed out yet (sealed or still open), of every lane: what the
@@ -375,6 +380,7 @@ class ExportQueue:
             wake.set()
 
     async def drained(self) -> None:
+        """Return once everything accepted has left: in memory, on disk, or waiting there."""
         await self._drained.wait()
 
     def _publish(self, signal: Signal) -> None:

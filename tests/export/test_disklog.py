@@ -263,23 +263,30 @@ async def test_a_batch_of_small_records_is_read_and_acknowledged_in_a_few_system
     records = [await log.append(Signal.TRACES, 1, payload) for payload in payloads]
     reads: list[int] = []
     opened: list[str] = []
-    real_pread, real_open = disklog.os.pread, open
+    writes: list[int] = []
+    real_pread, real_open, real_write = disklog.os.pread, disklog.os.open, disklog.os.write
 
     def counting_pread(fd: int, size: int, offset: int) -> bytes:
         reads.append(size)
         return real_pread(fd, size, offset)
 
-    def counting_open(path: object, *args: object, **kwargs: object) -> object:
+    def counting_open(path: str, flags: int, mode: int = 0o777) -> int:
         opened.append(str(path))
-        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+        return real_open(path, flags, mode)
+
+    def counting_write(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
 
     monkeypatch.setattr(disklog.os, "pread", counting_pread)
-    monkeypatch.setattr(disklog, "open", counting_open, raising=False)
     assert log.read_all(records) == payloads
     assert len(reads) <= 1 + sum(disklog.record_size(len(p)) for p in payloads) // disklog.READ_RUN_BYTES, reads
+    monkeypatch.setattr(disklog.os, "open", counting_open)
+    monkeypatch.setattr(disklog.os, "write", counting_write)
     log.ack_all(records)
-    assert len(opened) == 1 and opened[0].endswith(".acks"), opened
     monkeypatch.undo()
+    assert len(opened) == 1 and opened[0].endswith(".acks"), opened
+    assert writes == [8 * len(records)], writes
     log.close()
     log, replay = open_log(tmp_path)
     assert replay == []
