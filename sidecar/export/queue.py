@@ -204,6 +204,8 @@ class ExportQueue:
             finally:
                 self._records -= 1
                 self._lane_records[lane] -= 1
+                if record is None and self._taking is None:  # it failed: the place it held is free again
+                    self._take_waiting()
         self._add(signal, data if self._fits(lane, cost) else None, record, size, items)
 
     def _records_full_message(self, lane: int) -> str:

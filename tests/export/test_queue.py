@@ -486,3 +486,44 @@ async def test_requests_held_in_memory_cost_what_the_capacity_counts_however_sma
     assert len(tiny) == 6 and queue.held_bytes <= capacity
     assert held <= capacity, f"{accepted} requests held {held} bytes, over the {capacity} counted"
     assert accepted >= capacity // (len(tiny) + queue_module.PART_COST)  # and the queue takes what fits
+
+
+async def test_a_put_the_disk_refuses_gives_its_place_back_to_records_waiting_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A put is counted while its append waits for the disk. When the disk then refuses it (a full
+    disk, a failed sync), the place it held goes to the records of a replay waiting on disk at once,
+    not only when some other batch leaves (if none does, they would wait for the next request)."""
+    monkeypatch.setattr(queue_module, "MIN_RECORDS", 8)
+    earlier = open_disk(tmp_path)
+    await asyncio.gather(*(earlier.append(Signal.LOGS, 1, log_request(f"old-{n}")) for n in range(10)))
+    earlier.close()
+    disk = DiskQueue(str(tmp_path), lanes=ONE_UPSTREAM, max_bytes=1 << 20)
+    queue, _ = make_queue(capacity=1024, items=2, disk=disk)
+    assert (queue.max_records, queue.replay_records) == (8, 4)
+    queue.restore(disk.open(limit=1))
+    for _ in range(6):
+        await queue.put(Signal.TRACES, request(1), 1)  # 7 held: the replayed one and 6 new ones
+    real_append = disk.append
+    release = asyncio.Event()
+
+    async def refused(signal: Signal, items: int, data: bytes) -> object:
+        await release.wait()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(disk, "append", refused)
+    failing = asyncio.create_task(queue.put(Signal.TRACES, request(1), 1))
+    await asyncio.sleep(0)  # counted: 8, the most
+    batch = await asyncio.wait_for(queue.next_batch(), 1)
+    while batch is not None and batch.signal is not Signal.TRACES:
+        batch = await asyncio.wait_for(queue.next_batch(), 1)
+    assert batch is not None and batch.items == 2
+    queue.done(batch)  # 2 places: 2 records taken from disk (the failing put still holds one)
+    assert disk.waiting == 9 - 2
+    release.set()
+    with pytest.raises(QueueFull, match="cannot write the disk queue"):
+        await failing
+    assert disk.waiting == 9 - 3  # its place went to one more of them
+    monkeypatch.setattr(disk, "append", real_append)
+    queue.close()
+    disk.close()
