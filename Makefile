@@ -69,6 +69,7 @@ tools:
 docs: $(STAMP)
 	$(BIN)/otlp-sidecar config docs > docs/configuration.md
 	$(BIN)/python -m sidecar.metrics_docs > docs/metrics.md
+	$(BIN)/python -m sidecar.policy.config_docs docs/policy.md
 
 clean:
 	rm -rf build $(VENV) sidecar/_ext/*.so sidecar/_ext/*.c ext/*.c
