@@ -77,6 +77,9 @@ MIN_RECORDS = 1024
 #: records of a replay waiting on disk queued in one turn of the event loop as room frees (each
 #: read from disk and queued takes ~4 µs: a few milliseconds a turn), the next in the next turn
 TAKE_STEP = 1024
+#: bytes of replayed requests checked against OTLP's fields in one turn of the event loop as their
+#: batch is read back (the pure-Python twin: ~8 ms; the compiled check: ~0.2 ms)
+CHECK_STEP = 64 << 10
 
 
 class ExportQueue:
@@ -287,26 +290,50 @@ class ExportQueue:
         """The batch's requests, in order, reading spilled parts back from disk (the exporters
         compress them one after the other: no joined copy of the batch). The spilled parts are
         read together: records next to each other on disk with one read."""
+        parts, replayed = self._read_back(batch)
+        for n in replayed:
+            parts[n] = self._checked(batch.signal, parts[n])
+        return parts
+
+    async def parts_in_steps(self, batch: Batch) -> list[bytes]:
+        """``parts``, with the replayed requests checked against OTLP's fields CHECK_STEP bytes a
+        turn of the event loop: a batch of a replay holds thousands of records, and the pure-Python
+        twin checks 2,730 one-span records in 73 ms (the compiled check in 1.2)."""
+        parts, replayed = self._read_back(batch)
+        checked = 0
+        for n in replayed:
+            if checked >= CHECK_STEP:
+                await asyncio.sleep(0)  # what arrived meanwhile is served
+                checked = 0
+            parts[n] = self._checked(batch.signal, parts[n])
+            checked += len(parts[n])
+        return parts
+
+    def _read_back(self, batch: Batch) -> tuple[list[bytes], list[int]]:
+        """The batch's requests with the spilled ones read from disk, and the places of those
+        written by an earlier start (replayed), still to be checked."""
         parts = list(batch.parts)
+        replayed: list[int] = []
         spilled = [n for n, part in enumerate(parts) if part is None]
         if spilled:
             # a part is None only when it was spilled: then there is a disk log and a record
             assert self._disk is not None
             records = cast("list[Record]", [batch.records[n] for n in spilled])
             for n, record, data in zip(spilled, records, self._disk.read_all(records), strict=True):
-                parts[n] = self._checked(batch.signal, record, data)
-        return parts  # type: ignore[return-value]
+                parts[n] = data
+                if record.replayed:
+                    replayed.append(n)
+        return parts, replayed  # type: ignore[return-value]
 
-    def _checked(self, signal: Signal, record: Record, data: bytes) -> bytes:
-        if record.replayed:
-            # written by an earlier start, perhaps by a version that let fields OTLP does not
-            # define through (docs/policy.md, "The PCI guarantee"): they are dropped here too
-            try:
-                if unknown_field(signal, data) is not None:
-                    data, dropped = without_unknown_fields(signal, data)
-                    self._metrics.unknown_fields_dropped.labels(signal.value).inc(dropped)
-            except MalformedRequest as exc:  # counted as unreadable (disk_read), as a damaged record
-                raise OSError(errno.EIO, f"a replayed record is not a valid request: {exc}") from None
+    def _checked(self, signal: Signal, data: bytes) -> bytes:
+        """A replayed request without the fields OTLP does not define: written by an earlier start,
+        perhaps by a version that let them through (docs/policy.md, "The PCI guarantee")."""
+        try:
+            if unknown_field(signal, data) is not None:
+                data, dropped = without_unknown_fields(signal, data)
+                self._metrics.unknown_fields_dropped.labels(signal.value).inc(dropped)
+        except MalformedRequest as exc:  # counted as unreadable (disk_read), as a damaged record
+            raise OSError(errno.EIO, f"a replayed record is not a valid request: {exc}") from None
         return data
 
     def load(self, batch: Batch) -> bytes:

@@ -223,7 +223,7 @@ class Sender:
         self._metrics.batch_items.labels(signal).observe(batch.items)
         self._metrics.batch_bytes.labels(signal).observe(batch.nbytes)
         try:
-            data = self._queue.parts(batch)
+            data = await self._queue.parts_in_steps(batch)
         except OSError as exc:  # a spilled request the disk cannot give back: counted, never a dead worker
             error = ExportError("disk_read", f"cannot read the disk queue: {exc}", retryable=False)
             self._fail(batch, error, why="unreadable in the disk queue")
