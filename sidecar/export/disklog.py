@@ -105,8 +105,9 @@ def _append_acks(path: Path, data: builtins.bytes) -> None:
     one's record is sent again (at least once)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        if cut := os.fstat(fd).st_size % _ACK.size:
-            os.ftruncate(fd, os.fstat(fd).st_size - cut)
+        size = os.fstat(fd).st_size
+        if cut := size % _ACK.size:
+            os.ftruncate(fd, size - cut)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
