@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,23 @@ def render_chart(
             if document:
                 objects.append(document)
     return objects
+
+
+def chart_answering_lookup(tmp_path: Path, template: str, lookup: str, replacement: str, key: str) -> Path:
+    """A copy of the chart whose one ``lookup`` call in ``template`` is replaced by ``replacement``
+    (what the cluster would answer, read from ``.Values.<key>``): offline rendering answers
+    ``lookup`` with nothing. ``key`` is declared in the copy's schema, which refuses unknown keys."""
+    copy = tmp_path / CHART_DIR.name
+    shutil.copytree(CHART_DIR, copy)
+    path = copy / "templates" / template
+    text = path.read_text(encoding="utf-8")
+    assert text.count(lookup) == 1
+    path.write_text(text.replace(lookup, replacement), encoding="utf-8")
+    schema_path = copy / "values.schema.json"
+    schema = json.loads(schema_path.read_text(encoding="utf-8"))
+    schema["properties"][key] = {"type": "object"}
+    schema_path.write_text(json.dumps(schema), encoding="utf-8")
+    return copy
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from sidecar.configkit import ConfigError
 from sidecar.webhook.config import load_webhook_config
 from sidecar.webhook.inject import Refused, Scope, decide
 from tests.helm.checks import validate_all, webhook_toml
-from tests.helm.conftest import CHART_DIR, NAMESPACE, RELEASE, render_chart
+from tests.helm.conftest import CHART_DIR, NAMESPACE, RELEASE, chart_answering_lookup, render_chart
 from tests.webhook.conftest import apply, assert_valid_pod, deployment_pod, env_of, sidecar_of
 
 HASH_SECRET = f"{RELEASE}-otlp-sidecar-hash-key"
@@ -62,13 +61,10 @@ def test_the_defaults_give_every_injected_namespace_a_random_hash_key(render: An
 def test_an_upgrade_keeps_the_hash_key(tmp_path: Path) -> None:
     # offline rendering answers `lookup` with nothing; as in test_tls, a copy of the chart has
     # its lookup replaced by what the cluster would answer (from .Values here)
-    chart_copy = tmp_path / "otlp-sidecar"
-    shutil.copytree(CHART_DIR, chart_copy)
-    template = chart_copy / "templates" / "hash-key-secret.yaml"
-    text = template.read_text(encoding="utf-8")
-    lookup = 'lookup "v1" "Secret" . $name'
-    assert text.count(lookup) == 1
-    template.write_text(text.replace(lookup, "index $.Values.testExisting ."), encoding="utf-8")
+    chart_copy = chart_answering_lookup(
+        tmp_path, "hash-key-secret.yaml", 'lookup "v1" "Secret" . $name', "index $.Values.testExisting .",
+        "testExisting",
+    )
 
     earlier = base64.b64encode(b"k" * 64).decode()
     existing = {"shop": {"data": {"hmac.key": earlier}}}  # found in one namespace only
@@ -168,6 +164,53 @@ def test_wrong_set_values_are_still_refused(chart: helm_python.Chart, values: di
     with pytest.raises(helm_python.HelmValuesError) as caught:
         chart.render(values, name=RELEASE, namespace=NAMESPACE)
     assert message in str(caught.value)
+
+
+def declared_sections(schema: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The paths of the values' objects whose keys the chart declares (labels, resources and the
+    other maps users fill are open)."""
+    found = [path] if "properties" in schema else []
+    for key, sub in schema.get("properties", {}).items():
+        found += declared_sections(sub, (*path, key))
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):  # a map of declared objects (policies.extraSets)
+        found += declared_sections(extra, (*path, "someSet"))
+    return found
+
+
+SCHEMA = json.loads((CHART_DIR / "values.schema.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("section", declared_sections(SCHEMA), ids=lambda path: ".".join(path) or "top")
+def test_a_misspelled_key_is_refused_naming_it(chart: helm_python.Chart, section: tuple[str, ...]) -> None:
+    """`--set upstream.endpont=...` rendered without a word before: the sidecars then printed their
+    telemetry to the pod's log instead of forwarding it. Every object of the values refuses a key
+    it does not declare, at install, naming it."""
+    values: dict[str, Any] = {}
+    target = values
+    for key in section:
+        target = target.setdefault(key, {})
+    if section[-1:] == ("someSet",):
+        target["configMap"] = "pci-policies"
+    target["endpont"] = "https://collector.observability:4317"
+    with pytest.raises(helm_python.HelmValuesError) as caught:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    assert "'endpont' not allowed" in str(caught.value)
+    assert f"at '{''.join('/' + key for key in section)}'" in str(caught.value)
+
+
+def test_maps_users_fill_stay_open(render: Any) -> None:
+    """Labels, annotations, node selectors, resources and extra environment take any key."""
+    objects = render({
+        "webhook": {"podAnnotations": {"team": "observability"}, "nodeSelector": {"pool": "system"},
+                    "resources": {"limits": {"memory": "160Mi", "ephemeral-storage": "1Gi"}}},
+        "sidecar": {"extraEnv": {"SIDECAR_EXPORTER_TIMEOUT": "5s"}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    })
+    validate_all(objects)
+    deployment = objects.one("Deployment")
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["team"] == "observability"
+    assert objects.one("ServiceMonitor")["metadata"]["labels"]["release"] == "prometheus"
 
 
 def test_policies_disabled_the_pci_scope_pods_are_refused(chart: helm_python.Chart, render: Any,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import helm_python
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.helm.conftest import CHART_DIR, NAMESPACE, RELEASE, render_chart
+from tests.helm.conftest import NAMESPACE, RELEASE, chart_answering_lookup, render_chart
 from tests.tls.pki import make_pki
 
 SERVICE = f"{RELEASE}-otlp-sidecar-webhook"
@@ -63,13 +62,11 @@ def test_upgrade_reuses_the_existing_secret(tmp_path: Path) -> None:
     # `lookup` needs a cluster, and offline rendering answers it with nothing. To exercise the
     # reuse branch with the real engine, a copy of the chart has its one `lookup` call
     # replaced by the Secret an earlier install would have left (from .Values here).
-    chart_copy = tmp_path / "otlp-sidecar"
-    shutil.copytree(CHART_DIR, chart_copy)
-    helpers = chart_copy / "templates" / "_helpers.tpl"
-    text = helpers.read_text(encoding="utf-8")
-    lookup = 'lookup "v1" "Secret" .Release.Namespace (include "otlp-sidecar.tlsSecretName" .)'
-    assert text.count(lookup) == 1
-    helpers.write_text(text.replace(lookup, ".Values.testExistingSecret"), encoding="utf-8")
+    chart_copy = chart_answering_lookup(
+        tmp_path, "_helpers.tpl",
+        'lookup "v1" "Secret" .Release.Namespace (include "otlp-sidecar.tlsSecretName" .)',
+        ".Values.testExistingSecret", "testExistingSecret",
+    )
 
     pki = make_pki(tmp_path)
     existing = {
