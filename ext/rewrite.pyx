@@ -1149,10 +1149,12 @@ cdef inline int scan_masked(St* st, Py_ssize_t ss, Py_ssize_t se) noexcept:
     return mask_edit(st, ss, se, n)
 
 
-cdef int mask_keys(St* st, Py_ssize_t vs, Py_ssize_t ve, Py_ssize_t since) noexcept:
-    """Mask the card numbers in the key of the KeyValue data[vs:ve] (every `key` field: the
-    digits but the last four, whatever the detector's action, so the length stays), each edit
-    put among those made since edit ``since`` in the order of the bytes. -1 on error."""
+cdef int mask_keys(St* st, Py_ssize_t vs, Py_ssize_t ve, Py_ssize_t since,
+                   Py_ssize_t spare=-1) noexcept:
+    """Mask the card numbers in the key of the KeyValue data[vs:ve] (every `key` field but the
+    one whose bytes start at ``spare``: the digits but the last four, whatever the detector's
+    action, so the length stays), each edit put among those made since edit ``since`` in the
+    order of the bytes. -1 on error."""
     cdef Py_ssize_t pos = vs, mark, k
     cdef Field f
     cdef int n, j
@@ -1160,7 +1162,7 @@ cdef int mask_keys(St* st, Py_ssize_t vs, Py_ssize_t ve, Py_ssize_t since) noexc
         if next_field(st, pos, ve, KV, &f) < 0:
             return -1
         pos = f.ve
-        if f.fn != 1 or f.wt != 2 or not may_hold_pan(st.data + f.vs, f.ve - f.vs):
+        if f.fn != 1 or f.wt != 2 or f.vs == spare or not may_hold_pan(st.data + f.vs, f.ve - f.vs):
             continue
         n = find_pans_c(st, st.data + f.vs, f.ve - f.vs)
         if n < 0:
@@ -1237,6 +1239,8 @@ cdef Py_ssize_t kv(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve,
         return 0
     st.counts[rule.slot] += 1  # a `keep` (an exemption) is counted too: each use is audited
     if rule.action == ACT_KEEP:
+        if plan.det_action:  # the exemption names the last key (at ks); an earlier `key` field is not it
+            mask_keys(st, vs, ve, st.nedits, ks)
         return 0
     if rule.action == ACT_DROP:
         add_edit(st, tag_pos, ve, st.arena.n, -1)
@@ -1504,9 +1508,12 @@ cdef Py_ssize_t span(St* st, Py_ssize_t tag_pos, Py_ssize_t vs, Py_ssize_t ve) n
     if new_ts and st.scratch.n == ts_e - ts_s and \
             memcmp(st.scratch.p, buf + ts_s, st.scratch.n) == 0:
         new_ts = 0
-    if new_ts and plan.det_action and find_pans_c(st, buf + ts_s, ts_e - ts_s) > 0:
-        # a card number in the tracestate: it is masked where it is, and its threshold is
-        # not written (the new value would copy the number from its other members)
+    if new_ts and plan.det_action and (find_pans_c(st, buf + ts_s, ts_e - ts_s) > 0 or
+                                       find_pans_c(st, st.scratch.p, st.scratch.n) > 0):
+        # a card number in the tracestate: it is masked where it is, and its threshold is not
+        # written (the new value would copy the number from its other members). One in the new
+        # value only: its members moved (the `ot` entry first) or its threshold's trailing zeros
+        # cut make digits a card number: the tracestate leaves as it came, scanned
         new_ts = 0
     if new_ts:
         # the new value lives in the arena until the span is walked (scratch is reused)

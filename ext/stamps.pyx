@@ -41,51 +41,42 @@ cdef Stamp* find_stamp(CPlan* plan, const unsigned char* key, Py_ssize_t kn) noe
     return NULL
 
 
-cdef int only_string(St* st, Py_ssize_t vs, Py_ssize_t ve) noexcept:
-    cdef Py_ssize_t pos = vs
+cdef int is_stamp_kv(St* st, Stamp* s, Py_ssize_t vs, Py_ssize_t ve) noexcept:
+    """Whether data[vs:ve] is the stamp's KeyValue as encoders write it: one key, one value of
+    one string, no byte more (1), or not (0); -1 on error."""
+    cdef Py_ssize_t inner = len_field_size(1, s.vlen)
     cdef Field f
-    while pos < ve:
-        if next_field(st, pos, ve, ANY, &f) < 0:
-            return -1
-        if f.fn != 1:
-            return 0
-        pos = f.ve
-    return 1
+    if ve - vs != len_field_size(1, s.klen) + len_field_size(2, inner):
+        return 0
+    if next_field(st, vs, ve, KV, &f) < 0:
+        return -1
+    if f.fn != 1 or f.wt != 2 or f.ve - f.vs != s.klen or memcmp(st.data + f.vs, s.key, s.klen) != 0:
+        return 0
+    if next_field(st, f.ve, ve, KV, &f) < 0:
+        return -1
+    if f.fn != 2 or f.wt != 2 or f.ve != ve or f.ve - f.vs != inner:
+        return 0
+    if next_field(st, f.vs, ve, ANY, &f) < 0:
+        return -1
+    return f.fn == 1 and f.wt == 2 and f.ve == ve and f.ve - f.vs == s.vlen and \
+        memcmp(st.data + f.vs, s.val, s.vlen) == 0
 
 
 cdef Py_ssize_t apply_stamp(St* st, Stamp* stamp, Py_ssize_t tag_pos, Py_ssize_t vs,
                              Py_ssize_t ve) noexcept:
     """The resource attribute in data[vs:ve] (already checked) has stamp's key: replace it by
-    the stamp unless it holds exactly the stamp's value. Returns the size change."""
-    cdef Py_ssize_t s = 0, e = 0, xs, xe, mark, pos
-    cdef uint64_t kvv
-    cdef int kind, nvalues = 0, only
-    cdef Field f
-    pos = vs
-    while pos < ve:
-        if next_field(st, pos, ve, KV, &f) < 0:
-            return 0
-        if f.fn == 2 and f.wt == 2:
-            nvalues += 1
-            s = f.vs
-            e = f.ve
-        pos = f.ve
-    if nvalues:
-        kind = any_kind(st, s, e, &xs, &xe, &kvv)
-        if kind < 0:
-            return 0
-        if nvalues == 1 and kind == 1 and xe - xs == stamp.vlen and \
-                memcmp(st.data + xs, stamp.val, stamp.vlen) == 0:
-            only = only_string(st, s, e)
-            if only < 0:
-                return 0
-            if only:
-                return 0
+    the stamp unless it is the stamp's KeyValue as encoders write it (one key, one value of one
+    string): an earlier `key` field or value member, which a parser drops, would otherwise leave
+    unscanned. Returns the size change."""
+    cdef Py_ssize_t mark, rl
+    cdef int same = is_stamp_kv(st, stamp, vs, ve)
+    if same != 0:  # the same (nothing to do), or an error (recorded)
+        return 0
     st.counts[stamp.stamp_slot] += 1
     mark = st.arena.n
     if put_stamp_attr(st, &st.arena, stamp) < 0:
         return 0
-    cdef Py_ssize_t rl = st.arena.n - mark
+    rl = st.arena.n - mark
     if add_edit(st, tag_pos, ve, mark, -1) < 0:
         return 0
     return rl - (ve - tag_pos)

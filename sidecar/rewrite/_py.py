@@ -73,7 +73,7 @@ from sidecar.rewrite._wire import (
     len_field,
     next_field,
     signed,
-    tag_at,
+    tag_size,
     value_fields,
     wrong_wire_type,
 )
@@ -172,7 +172,7 @@ def _sub(st: State, t: int, tag_pos: int, vs: int, ve: int, active: bool) -> int
     d = _walk(st, t, vs, ve, active)
     if d == 0:
         return 0
-    len_pos = tag_pos + len(encode_varint(tag_at(st.data, tag_pos)))
+    len_pos = tag_pos + tag_size(st.data, tag_pos)
     new_len = encode_varint(ve - vs + d)
     st.edit(len_pos, vs, new_len, at)
     return d + len(new_len) - (vs - len_pos)
@@ -238,6 +238,8 @@ def _kv(st: State, tag_pos: int, vs: int, ve: int, active: bool) -> int:
     _walk(st, KV, vs, ve, False)  # validate what the rule replaces or exempts
     st.count(rule.slot, 1)  # a `keep` (an exemption) is counted too: each use is audited
     if rule.action == ACT_KEEP:
+        if plan.det_action:  # the exemption names the last key; an earlier `key` field is not it
+            _mask_keys(st, vs, ve, but_last=True)
         return 0
     if rule.action == ACT_DROP:
         st.edit(tag_pos, ve, b"")
@@ -248,21 +250,30 @@ def _kv(st: State, tag_pos: int, vs: int, ve: int, active: bool) -> int:
         _mask_keys(st, vs, ve)
     if d == 0:
         return 0
-    len_pos = tag_pos + len(encode_varint(tag_at(st.data, tag_pos)))
+    len_pos = tag_pos + tag_size(st.data, tag_pos)
     new_len = encode_varint(ve - vs + d)
     st.edit(len_pos, vs, new_len, at)
     return d + len(new_len) - (vs - len_pos)
 
 
-def _mask_keys(st: State, vs: int, ve: int) -> None:
-    """Mask the card numbers in the key of the KeyValue data[vs:ve] (every `key` field: the
-    digits but the last four, whatever the detector's action: the length stays)."""
+def _mask_keys(st: State, vs: int, ve: int, but_last: bool = False) -> None:
+    """Mask the card numbers in the key of the KeyValue data[vs:ve] (every `key` field, or every
+    one but the last, the key a parser keeps: the digits but the last four, whatever the
+    detector's action: the length stays)."""
     buf = st.data
+    spare = -1
+    if but_last:
+        pos = vs
+        while pos < ve:
+            fn, wt, s, e, _ = next_field(buf, pos, ve, KV)
+            if fn == 1 and wt == 2:
+                spare = s
+            pos = e
     pos = vs
     while pos < ve:
         fn, wt, s, e, _ = next_field(buf, pos, ve, KV)
         pos = e
-        if fn != 1 or wt != 2:
+        if fn != 1 or wt != 2 or s == spare:
             continue
         pans = find_pans(buf[s:e])
         if not pans:
@@ -412,9 +423,11 @@ def _span(st: State, tag_pos: int, vs: int, ve: int) -> int:
         st.count(slot, 1)
         if has_th:  # kept by a rule, not by the threshold: erase the threshold
             new_ts = join_tracestate(members, ot_index, b";".join(rest))
-    if new_ts == ts or (new_ts is not None and plan.det_action and find_pans(ts)):
-        # a card number in the tracestate: it is masked where it is, and its threshold is
-        # not written (the new value would copy the number from its other members)
+    if new_ts == ts or (new_ts is not None and plan.det_action and (find_pans(ts) or find_pans(new_ts))):
+        # a card number in the tracestate: it is masked where it is, and its threshold is not
+        # written (the new value would copy the number from its other members). One in the new
+        # value only: its members moved (the `ot` entry first) or its threshold's trailing zeros
+        # cut make digits a card number: the tracestate leaves as it came, scanned
         new_ts = None
     st.ts_new, st.ts_last = new_ts, ts_last
     try:

@@ -90,11 +90,11 @@ def keep_matches(k: CompiledKeep, kind: int, buf: bytes, ks: int, ke: int, kv: i
         if k.vtype == VT_INT:
             return kind == 3 and signed(kv) == k.ivalue
         if k.vtype == VT_DOUBLE:
-            return kind == 4 and bool(struct.unpack("<d", buf[ks:ke])[0] == k.dvalue)
+            return kind == 4 and ke - ks == 8 and bool(struct.unpack("<d", buf[ks:ke])[0] == k.dvalue)
         return False
     if k.kind == KEEP_AT_LEAST:
         if kind == 3:
             return signed(kv) >= k.ivalue if k.int_threshold else float(signed(kv)) >= k.dvalue
-        if kind == 4:
-            return bool(struct.unpack("<d", buf[ks:ke])[0] >= k.dvalue)
+        if kind == 4:  # a double_value not written as 8 bytes matches nothing (as in ext/sampling)
+            return ke - ks == 8 and bool(struct.unpack("<d", buf[ks:ke])[0] >= k.dvalue)
     return False

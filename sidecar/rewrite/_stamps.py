@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from sidecar.rewrite._common import CompiledPlan, CompiledStamp
-from sidecar.rewrite._schema import ANY, RESOURCE
+from sidecar.rewrite._schema import RESOURCE
 from sidecar.rewrite._state import State
 from sidecar.rewrite._wire import any_kind, kv_key, len_field, next_field, value_fields
 
@@ -23,28 +23,15 @@ def find_stamp(plan: CompiledPlan, key: bytes) -> CompiledStamp | None:
 
 def apply_stamp(st: State, stamp: CompiledStamp, tag_pos: int, vs: int, ve: int) -> int:
     """The resource attribute in data[vs:ve] (already checked) has the stamp's key: replace it
-    by the stamp unless it holds exactly the stamp's value. Returns the size change."""
-    values = value_fields(st, vs, ve)
-    if values:
-        _, s_, e_ = values[-1]
-        kind, ks, ke, _ = any_kind(st, s_, e_)
-        if len(values) == 1 and kind == 1 and st.data[ks:ke] == stamp.value and \
-                only_string(st, s_, e_):
-            return 0
+    by the stamp unless it is the stamp's KeyValue as encoders write it (one key, one value of
+    one string): an earlier `key` field or value member, which a parser drops, would otherwise
+    leave unscanned. Returns the size change."""
+    if st.data[vs:ve] == stamp_kv_bytes(stamp):
+        return 0
     st.count(stamp.stamp_slot, 1)
     repl = len_field(1, stamp_kv_bytes(stamp))
     st.edit(tag_pos, ve, repl)
     return len(repl) - (ve - tag_pos)
-
-
-def only_string(st: State, vs: int, ve: int) -> bool:
-    pos = vs
-    while pos < ve:
-        fn, _wt, _s, e, _ = next_field(st.data, pos, ve, ANY)
-        if fn != 1:
-            return False
-        pos = e
-    return True
 
 
 def insert_stamps(st: State, end: int, start: int, t: int) -> int:

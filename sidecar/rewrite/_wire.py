@@ -71,16 +71,14 @@ def wrong_wire_type(fn: int, wt: int, t: int, tag_pos: int) -> MalformedRequest:
         f"wrong wire type {wt} for field {fn} in {NAMES[t]} at offset {tag_pos}")
 
 
-def tag_at(buf: bytes, pos: int) -> int:
-    """The tag at ``pos`` (already checked)."""
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result
-        shift += 7
+def tag_size(buf: bytes, pos: int) -> int:
+    """Bytes of the tag at ``pos`` (already checked): a tag may be written longer than it needs
+    (``0xDA 0x00`` for ``0x5A``), and the length after it is where it is, not where the shortest
+    encoding of the tag would put it."""
+    end = pos
+    while buf[end] >= 0x80:
+        end += 1
+    return end + 1 - pos
 
 
 def signed(v: int) -> int:
