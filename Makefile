@@ -21,11 +21,17 @@ $(DEV_KEY): $(STAMP)
 	$(BIN)/python -c "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600); os.write(fd, os.urandom(32))" $@
 
 ## run: the sidecar with the bundled policies (embedded Rego), printing what it forwards (no upstream
-## needed); the PCI policy's keyed hash uses a development key made once in .venv
+## needed); the PCI policy's keyed hash uses a development key made once in .venv. With CONFIG=file,
+## the file decides (and the environment over it): these defaults, environment variables, would
+## override its own policy directory and hash key.
 run: build $(DEV_KEY)
+ifeq ($(CONFIG),)
 	SIDECAR_POLICY_DIR=$${SIDECAR_POLICY_DIR:-policies} \
 	SIDECAR_POLICY_HASH_KEY_FILE=$${SIDECAR_POLICY_HASH_KEY_FILE:-$(DEV_KEY)} \
-	$(BIN)/otlp-sidecar run $(if $(CONFIG),--config $(CONFIG),)
+	$(BIN)/otlp-sidecar run
+else
+	$(BIN)/otlp-sidecar run --config $(CONFIG)
+endif
 
 ## test: the whole suite on the Cython extensions (tests/rewrite crosses them with the twins), then
 ## test-twin (with PYTEST_ARGS, the same selection on the twins)
