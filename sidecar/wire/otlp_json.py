@@ -15,6 +15,7 @@ import binascii
 import concurrent.futures
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -153,8 +154,36 @@ def _to_protobuf(signal: Signal, document: Any) -> bytes:
     try:
         json_format.ParseDict(document, message, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
-        raise InvalidJSON(f"not a valid {message.DESCRIPTOR.name}: {exc}") from None
+        raise InvalidJSON(f"not a valid {message.DESCRIPTOR.name}: {_parse_error_text(exc)}") from None
     return bytes(message.SerializeToString())
+
+
+#: the protobuf library's wording: "Failed to parse a field: Failed to parse b field: ..." and,
+#: in some cases, the place at the end (" at ExportTraceServiceRequest.resourceSpans[0]...")
+_FAILED_FIELD = re.compile(r"Failed to parse (\w+) field: ")
+_AT_PLACE = re.compile(r" at Export\w+ServiceRequest\.?([\w\[\]\.]*?)\.*$")
+#: Python's wording of a bad number or type, as a client reads it
+_PYTHON_WORDING = (
+    (re.compile(r"invalid literal for int\(\) with base 10: (.*)"), r"\1 is not an integer"),
+    (re.compile(r"could not convert string to float: (.*)"), r"\1 is not a number"),
+    (re.compile(r"expected string or bytes-like object, got '(\w+)'"), r"a string was expected, not \1"),
+)
+
+
+def _parse_error_text(exc: BaseException) -> str:
+    """What the protobuf library says of a document it cannot read, as ``$.path: reason``: its
+    own text nests a sentence per field ("Failed to parse resourceSpans field: ...") and may
+    end in Python's wording ("invalid literal for int() with base 10")."""
+    text = str(exc)
+    names = _FAILED_FIELD.findall(text)
+    text = _FAILED_FIELD.sub("", text).strip().rstrip(".")
+    at = _AT_PLACE.search(text)
+    place = at.group(1) if at else ".".join(names)
+    if at:
+        text = text[: at.start()]
+    for pattern, wording in _PYTHON_WORDING:
+        text = pattern.sub(wording, text)
+    return f"$.{place}: {text}" if place else text
 
 
 def message_to_json(message: Message) -> dict[str, Any]:

@@ -3,11 +3,13 @@ what it cannot hold (issue 14). Through a real sidecar: tests/receivers/test_htt
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from sidecar.signals import Signal
+from sidecar.wire.otlp_json import InvalidJSON, json_to_protobuf
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "testdata" / "otlp_json"
 
@@ -64,3 +66,28 @@ async def test_json_over_the_budget_is_refused_before_decoding() -> None:
     with pytest.raises(JsonRefused) as refused:
         await json_to_protobuf_bounded(Signal.TRACES, body, account=busy.account())
     assert (refused.value.action.value, refused.value.action.status.http) == ("budget_full", 503)
+
+
+SPAN = {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "checkout"}
+
+
+def one_span(**fields: object) -> bytes:
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{**SPAN, **fields}]}]}]}).encode()
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (one_span(startTimeUnixNano="12x"),
+     "$.resourceSpans.scopeSpans.spans.startTimeUnixNano: '12x' is not an integer"),
+    (one_span(name=5), "$.resourceSpans.scopeSpans.spans.name: a string was expected, not int"),
+    (one_span(attributes=[{"key": "a", "value": {"doubleValue": "abc"}}]),
+     "$.resourceSpans[0].scopeSpans[0].spans[0].attributes[0].value.doubleValue: Couldn't parse float: abc"),
+    (one_span(droppedAttributesCount=-1),
+     "$.resourceSpans.scopeSpans.spans.droppedAttributesCount: Value out of range: -1"),
+])
+def test_a_value_of_the_wrong_type_is_named_by_its_place(body: bytes, message: str) -> None:
+    """The protobuf library nests a sentence per field and ends in Python's wording ("Failed to parse
+    resourceSpans field: ... invalid literal for int() with base 10: '12x'...."): a client gets
+    the place, as the id checks give it, and the reason in its own words."""
+    with pytest.raises(InvalidJSON) as caught:
+        json_to_protobuf(Signal.TRACES, body)
+    assert str(caught.value) == f"not a valid ExportTraceServiceRequest: {message}"
