@@ -19,6 +19,8 @@ naming the key and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from urllib.parse import urlsplit
 from sidecar.admin.config import AdminConfig
 from sidecar.configkit import (
     ConfigError,
+    env_names,
     load_section,
     parse_endpoint,
     parse_key_values,
@@ -170,7 +173,7 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
         sections = {name: load_section(cls, name, data.get(name), merged_env) for name, cls, _ in SECTIONS}
     except ConfigError as exc:
         raise _named_as_set(exc, names, env) from None
-    notices: list[str] = []
+    notices: list[str] = _unknown_variables(env)
     sections["exporter"] = sections["exporter"].with_schemes(notices)
     for key, endpoint in sections["receivers"].listeners():
         check_listen_address(key, endpoint, sections["receivers_tls"])
@@ -191,6 +194,19 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     check_no_loop(config)
     config.limits.check_ceiling(config.exporter.queue_max_bytes)
     return config
+
+
+def _unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """A notice for each SIDECAR_* variable that no setting reads: a misspelled one
+    (SIDECAR_EXPORTER_TIMOUT) was ignored without a word, and the default applied."""
+    known = {name for section, cls, _ in SECTIONS for f in dataclasses.fields(cls) for name in env_names(section, f)}
+    notices = []
+    for name in sorted(env):
+        if name.startswith("SIDECAR_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            notices.append(f"{name} is set but no setting reads it: ignored{hint}")
+    return notices
 
 
 #: host names that reach this pod's own loopback listeners

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,27 @@ def test_config_check_command(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert "exporter.compression" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_misspelled_variable_is_named_with_the_one_it_resembles(tmp_path: Path) -> None:
+    """SIDECAR_EXPORTER_TIMOUT=3s was ignored without a word (a new user's walk): the default
+    applied. Every SIDECAR_* variable no setting reads is now a warning at start and in
+    `config check`, with the setting's variable when one is close; the value is not shown."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SIDECAR_")}
+    env |= {"SIDECAR_EXPORTER_TIMOUT": "3s", "SIDECAR_EXPORTER_TIMEOUT": "4s", "SIDECAR_SOMETHING_ELSE": "x1y2"}
+    done = subprocess.run([sys.executable, "-m", "sidecar", "config", "check", str(VALID_FULL)],
+                          capture_output=True, text=True, check=False, env=env)
+    assert done.returncode == 0, done.stderr
+    assert ("SIDECAR_EXPORTER_TIMOUT is set but no setting reads it: ignored (did you mean "
+            "SIDECAR_EXPORTER_TIMEOUT?)") in done.stderr
+    [other] = [line for line in done.stderr.splitlines() if "SIDECAR_SOMETHING_ELSE" in line]
+    assert "is set but no setting reads it: ignored" in other and "did you mean" not in other
+    assert "SIDECAR_EXPORTER_TIMEOUT is set" not in done.stderr and "x1y2" not in done.stderr
+    # every variable the chart and the injector set is a setting's
+    chart_env = {"SIDECAR_" + name for name in ("POD_NAME", "POD_NAMESPACE", "POD_UID", "NODE_NAME", "LOG_LEVEL",
+                                                 "CLUSTER_NAME", "WORKLOAD_KIND", "WORKLOAD_NAME", "TENANT")}
+    notices = config_mod.load(None, env=dict.fromkeys(chart_env, "x") | {"SIDECAR_LOG_LEVEL": "info"}).notices
+    assert not [notice for notice in notices if "no setting reads it" in notice], notices
 
 
 def test_a_command_whose_reader_goes_away_ends_quietly() -> None:

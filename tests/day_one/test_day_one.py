@@ -617,6 +617,7 @@ async def _run(name: str, case: Case, injected: dict[str, Any], objects: Any, pk
         assert "2 upstreams, each with its own circuit" in process.stderr and "traces+metrics; logs" in process.stderr
     assert exit_code == 0, process.stderr
     assert "Traceback" not in process.stderr
+    assert "no setting reads it" not in process.stderr  # every variable the injector gives is read
     # it fits in the memory limit the chart gives it (the kubelet would OOM-kill it otherwise)
     limit = _bytes(sidecar["resources"]["limits"]["memory"])
     assert peak < limit, f"peak RSS {peak / 2**20:.0f} MiB over the limit {limit / 2**20:.0f} MiB"
