@@ -31,7 +31,8 @@ def register(subparsers: Any) -> None:
     )
     inject.add_argument("pod", help="pod JSON file, or - for stdin")
     inject.add_argument("--config", help="webhook settings (TOML)")
-    inject.add_argument("--namespace", default="default", help="namespace the pod is created in")
+    inject.add_argument("--namespace", default=None,
+                        help="namespace the pod is created in (default: its metadata.namespace, else default)")
     inject.add_argument(
         "--scope",
         default="namespace",
@@ -111,7 +112,7 @@ def _inject(args: argparse.Namespace) -> int:
         print(f"otlp-sidecar webhook inject: {args.pod} is not JSON: {exc}", file=sys.stderr)
         return 2
     try:
-        decision = decide(pod, args.namespace, Scope(args.scope), config)
+        decision = decide(pod, args.namespace or _namespace_of(pod), Scope(args.scope), config)
     except (InvalidPod, Refused) as exc:
         print(f"otlp-sidecar webhook inject: {exc}", file=sys.stderr)
         return 1
@@ -120,6 +121,13 @@ def _inject(args: argparse.Namespace) -> int:
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
+
+
+def _namespace_of(pod: object) -> str:
+    """The namespace a manifest names, as the API server would create it in (else ``default``)."""
+    metadata = pod.get("metadata") if isinstance(pod, dict) else None
+    namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
+    return namespace if isinstance(namespace, str) and namespace else "default"
 
 
 def _config_docs(args: argparse.Namespace) -> int:

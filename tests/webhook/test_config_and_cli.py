@@ -113,6 +113,24 @@ def test_inject_command_explains_a_refusal(
     assert "is in PCI scope" in capsys.readouterr().err
 
 
+def test_inject_command_takes_the_namespace_the_manifest_names(
+    config_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A new user's walk: the pod's own metadata.namespace was ignored ("namespace default is in
+    PCI scope" for a pod of namespace shop); --namespace still wins."""
+    pod = deployment_pod(**{"otlp-sidecar.io/inject": "false"})
+    pod["metadata"]["namespace"] = "shop"
+    pod_file = tmp_path / "pod.json"
+    pod_file.write_text(json.dumps(pod), encoding="utf-8")
+    assert main(["webhook", "inject", "--config", str(config_file), "--scope", "pci", str(pod_file)]) == 1
+    assert "namespace shop is in PCI scope" in capsys.readouterr().err
+    args = ["webhook", "inject", "--config", str(config_file), "--scope", "pci", "--namespace", "pay", str(pod_file)]
+    assert main(args) == 1
+    assert "namespace pay is in PCI scope" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
