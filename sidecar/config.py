@@ -165,7 +165,8 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     """Load the config from an optional TOML file and the environment."""
     env = dict(os.environ if env is None else env)
     source = str(path) if path else ""
-    data = read_toml(path, [name for name, _, _ in SECTIONS])
+    keys = {name: [f.name for f in dataclasses.fields(cls)] for name, cls, _ in SECTIONS}
+    data = read_toml(path, list(keys), keys)
     # OTEL_* sit below SIDECAR_EXPORTER_*: apply them only where SIDECAR_* is silent
     names: dict[str, str] = {}
     merged_env = {**_otel_overrides(env, names=names), **env}

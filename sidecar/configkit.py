@@ -15,7 +15,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -182,10 +182,14 @@ def parse_endpoint(value: str) -> tuple[str, int]:
     return host, number
 
 
-def read_toml(path: str | os.PathLike[str] | None, sections: Sequence[str]) -> dict[str, Any]:
+def read_toml(
+    path: str | os.PathLike[str] | None, sections: Sequence[str], keys: Mapping[str, Collection[str]] | None = None,
+) -> dict[str, Any]:
     """Read a TOML config file whose top level holds only the tables ``sections``.
 
-    No path gives an empty dict; every problem is a ConfigError naming the file or the section.
+    No path gives an empty dict; every problem is a ConfigError naming the file or the section. A
+    key written at the top level is named with the sections that have it (``keys``: each
+    section's keys).
     """
     if not path:
         return {}
@@ -193,13 +197,17 @@ def read_toml(path: str | os.PathLike[str] | None, sections: Sequence[str]) -> d
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError("--config", f"file not found: {path}") from None
+        raise ConfigError("config file", f"file not found: {path}") from None
     except OSError as exc:
-        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError("config file", f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+        raise ConfigError("config file", f"{path} is not valid TOML: {exc}") from None
     for key, value in data.items():
         if key not in sections:
+            owners = [name for name in sections if key in (keys or {}).get(name, ())]
+            if owners and not isinstance(value, dict):
+                tables = " or ".join(f"[{name}]" for name in owners)
+                raise ConfigError(key, f"a key belongs in its section's table: write it under {tables}")
             raise ConfigError(key, "unknown section; the sections are: " + ", ".join(sorted(sections)))
         if not isinstance(value, dict):
             raise ConfigError(key, f"must be a table ([{key}])")

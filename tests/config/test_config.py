@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -340,3 +341,20 @@ def test_with_tls_the_listeners_keep_fewer_connections_and_their_buffers_come_ou
     assert limits.budget_limit(tls=True) == 40 * 1024 * 1024 - 2 * 16 * 512 * 1024
     small = LimitsConfig(budget_bytes=8 * 1024 * 1024)
     assert small.budget_limit(tls=True) == 4 * 1024 * 1024  # at most half is kept
+
+
+def test_a_key_at_the_top_level_is_named_with_its_section(tmp_path: Path) -> None:
+    """`endpoint = ...` at the top of the file was "endpoint: unknown section" (a new user's walk):
+    the message now says which tables have that key. A file that cannot be read is named as the
+    config file, however it was given (`config check FILE` has no --config)."""
+    path = tmp_path / "sidecar.toml"
+    path.write_text('endpoint = "https://collector:4317"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        config_mod.load(path, env={})
+    assert str(caught.value) == "endpoint: a key belongs in its section's table: write it under [exporter] or [admin]"
+    path.write_text("[nosuch]\nx = 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^nosuch: unknown section; the sections are: admin, "):
+        config_mod.load(path, env={})
+    path.write_text("[exporter\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^config file: {re.escape(str(path))} is not valid TOML"):
+        config_mod.load(path, env={})
