@@ -70,6 +70,7 @@ from sidecar.rewrite._wire import (
     any_kind,
     encode_varint,
     kv_key,
+    kv_key_range,
     len_field,
     next_field,
     signed,
@@ -261,14 +262,7 @@ def _mask_keys(st: State, vs: int, ve: int, but_last: bool = False) -> None:
     one but the last, the key a parser keeps: the digits but the last four, whatever the
     detector's action: the length stays)."""
     buf = st.data
-    spare = -1
-    if but_last:
-        pos = vs
-        while pos < ve:
-            fn, wt, s, e, _ = next_field(buf, pos, ve, KV)
-            if fn == 1 and wt == 2:
-                spare = s
-            pos = e
+    spare = kv_key_range(st, vs, ve)[0] if but_last else -1
     pos = vs
     while pos < ve:
         fn, wt, s, e, _ = next_field(buf, pos, ve, KV)

@@ -88,8 +88,9 @@ def signed(v: int) -> int:
 
 # ---- reading a KeyValue and an AnyValue ----
 
-def kv_key(st: State, vs: int, ve: int) -> bytes:
-    """The key of a KeyValue (the last `key` field; b"" when absent)."""
+def kv_key_range(st: State, vs: int, ve: int) -> tuple[int, int]:
+    """Where the key of a KeyValue is (the last `key` field, the one a parser keeps; (vs, vs)
+    when absent)."""
     buf = st.data
     pos, ks, ke = vs, vs, vs
     while pos < ve:
@@ -97,7 +98,13 @@ def kv_key(st: State, vs: int, ve: int) -> bytes:
         if fn == 1 and wt == 2:
             ks, ke = s, e
         pos = e
-    return buf[ks:ke]
+    return ks, ke
+
+
+def kv_key(st: State, vs: int, ve: int) -> bytes:
+    """The key of a KeyValue (the last `key` field; b"" when absent)."""
+    ks, ke = kv_key_range(st, vs, ve)
+    return st.data[ks:ke]
 
 
 def value_fields(st: State, vs: int, ve: int) -> list[tuple[int, int, int]]:
