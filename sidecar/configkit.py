@@ -182,6 +182,10 @@ def parse_endpoint(value: str) -> tuple[str, int]:
     return host, number
 
 
+#: the key a ConfigError about the config file itself (missing, unreadable, not TOML) names
+CONFIG_FILE = "config file"
+
+
 def read_toml(
     path: str | os.PathLike[str] | None, sections: Sequence[str], keys: Mapping[str, Collection[str]] | None = None,
 ) -> dict[str, Any]:
@@ -197,11 +201,11 @@ def read_toml(
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError("config file", f"file not found: {path}") from None
+        raise ConfigError(CONFIG_FILE, f"file not found: {path}") from None
     except OSError as exc:
-        raise ConfigError("config file", f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(CONFIG_FILE, f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config file", f"{path} is not valid TOML: {exc}") from None
+        raise ConfigError(CONFIG_FILE, f"{path} is not valid TOML: {exc}") from None
     for key, value in data.items():
         if key not in sections:
             owners = [name for name in sections if key in (keys or {}).get(name, ())]

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sidecar import __version__
-from sidecar.configkit import ConfigError, env_names
+from sidecar.configkit import CONFIG_FILE, ConfigError, env_names
 from sidecar.masked_text import quoted
 from sidecar.webhook.config import APP_PROTOCOLS, InjectionConfig, PolicySetConfig, WebhookConfig, quantity_bytes
 
@@ -794,7 +794,7 @@ def _pci_mode_problem(container: Mapping[str, Any], injection: InjectionConfig, 
     try:
         policy = load(config_file or None, env=env).policy
     except ConfigError as exc:
-        if exc.key == "--config":
+        if exc.key == CONFIG_FILE:
             return (f"injection.sidecar_config_file: the webhook cannot read it ({exc.message}), so it cannot "
                     "tell which policy mode the sidecar starts in; PCI-scope pods are only admitted with "
                     "a sidecar known to enforce its policies")
