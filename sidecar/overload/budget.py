@@ -12,8 +12,11 @@ away cannot leak budget.
 
 Many greedy connections together can still fill the budget. So that a connection holding little
 (a normal client with one SDK batch at a time) is served meanwhile, the last ``light_reserve``
-bytes are kept for takes that leave their account holding at most ``light_bytes``: a heavy
-holder is refused that much earlier.
+bytes are kept for takes that leave their account holding at most ``light_bytes``, and graded:
+a take that leaves its account holding ``h`` may reach ``limit - light_reserve * h /
+light_bytes``. A heavy holder is refused ``light_reserve`` early, and the lighter a holder, the
+further it may go: many connections that each hold a little (such as open HTTP/2 streams whose
+header fields decode to 57 kB) cannot fill the reserve against a client lighter than each of them.
 
     budget = MemoryBudget(64 << 20, per_connection=32 << 20)
     account = budget.account()
@@ -30,7 +33,8 @@ from sidecar.overload.reasons import Action
 #: an account holding at most this after a take is light: it may use the budget's light reserve
 #: (one SDK batch of any signal, decompressed and decoded, with room to spare)
 LIGHT_BYTES = 1 << 20
-#: the receivers' light reserve: an eighth of the budget, at most this (four light holders at once)
+#: the receivers' light reserve: an eighth of the budget, at most this (with grading, room for four
+#: holders of half of LIGHT_BYTES at once, more of lighter ones)
 LIGHT_RESERVE_BYTES = 4 << 20
 
 
@@ -47,8 +51,8 @@ class MemoryBudget:
 
     def __init__(self, limit: int, per_connection: int | None = None, *, light_reserve: int = 0,
                  light_bytes: int = LIGHT_BYTES) -> None:
-        """``light_reserve``: the last bytes of the budget, kept for accounts that hold at most
-        ``light_bytes`` once they took (at most half of the budget)."""
+        """``light_reserve``: the last bytes of the budget (at most half of it), kept for accounts
+        that hold at most ``light_bytes`` once they took, graded by what they then hold."""
         self.limit = limit
         self.light_reserve = min(light_reserve, limit // 2)
         #: the most one account may hold: what a heavy holder can reach (a request larger than
@@ -77,17 +81,21 @@ class MemoryBudget:
 
     def ceiling(self, held_after: int | None = None) -> int:
         """What ``in_use`` may reach for a take that leaves its holder with ``held_after`` bytes
-        (None: a holder without an account, counted as heavy): the light reserve is for light holders."""
+        (None: a holder without an account, counted as heavy): the light reserve is for light
+        holders, the lighter the deeper."""
         if held_after is not None and held_after <= self.light_bytes:
-            return self.limit
+            return self.limit - self.light_reserve * held_after // self.light_bytes
         return self.limit - self.light_reserve
 
     def reserve(self, size: int, held_after: int | None = None) -> bool:
         """Take ``size`` bytes for a holder that then holds ``held_after`` (None: no account);
         False (and nothing taken) when they do not fit."""
         # ceiling() inline: once per read on the receive path
-        light = held_after is not None and held_after <= self.light_bytes
-        if self.in_use + size > (self.limit if light else self.limit - self.light_reserve):
+        if held_after is not None and held_after <= self.light_bytes:
+            ceiling = self.limit - self.light_reserve * held_after // self.light_bytes
+        else:
+            ceiling = self.limit - self.light_reserve
+        if self.in_use + size > ceiling:
             self._refused(Action.budget_full)
             return False
         self.in_use += size

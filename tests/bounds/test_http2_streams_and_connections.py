@@ -23,6 +23,7 @@ from tests.wire.http2.raw import RST_STREAM, SETTINGS, Raw, request_headers
 
 TRACES = Signal.TRACES.grpc_path
 BUDGET_IN_USE = "otlp_sidecar_overload_budget_in_use_bytes"
+BUDGET_LIMIT = "otlp_sidecar_overload_budget_limit_bytes"
 PROTOCOL_ERROR, ENHANCE_YOUR_CALM = 1, 11
 
 
@@ -195,6 +196,25 @@ def _hpack_literal(data: bytes, prefix: int = 0x00) -> bytes:
     return bytes(out) + data
 
 
+async def exported(sidecar: BoundedSidecar, message: bytes) -> None:
+    """A normal gRPC client (grpcio, a new channel) exports ``message`` once: it must be accepted."""
+    import grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc}") as channel:
+        export = channel.unary_unary(TRACES, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        await export(message, timeout=5.0)  # grpc.aio.AioRpcError (UNAVAILABLE) when refused
+
+
+async def filled(sidecar: BoundedSidecar, above: int, timeout: float = 10.0) -> None:
+    """Wait until the budget in use is over ``above`` and has stopped growing (the attack read)."""
+    deadline = time.monotonic() + timeout
+    last = -1.0
+    while (in_use := await sidecar.metric(BUDGET_IN_USE)) <= above or in_use != last:
+        assert time.monotonic() < deadline, f"the budget in use stays at {in_use:g} bytes"
+        last = in_use
+        await asyncio.sleep(0.1)
+
+
 @pytest.mark.timeout(120)
 async def test_open_streams_whose_few_bytes_of_indexes_decode_to_large_fields_are_charged_to_the_budget() -> None:
     """Found in an attacker's review: a 3,800-byte field put once in the HPACK table, then named
@@ -216,6 +236,18 @@ async def test_open_streams_whose_few_bytes_of_indexes_decode_to_large_fields_ar
                 data += struct.pack(">BHBBL", 0, len(block), 1, 0x4, 1 + 2 * n) + block  # no END_STREAM
             writer.write(data)
             opened.append((reader, writer))
+        # The budget's light reserve is graded: an attacking connection holds at least one
+        # stream's 57 kB of fields, so the attack stops well short of the limit, and a client
+        # holding less (a small export) is served however the attack's streams were interleaved.
+        # Before, the attack filled the reserve to its last 0 to 57 kB until its connections' read
+        # buffers were given back (after 2 s idle), and a small export fitted or not.
+        await filled(sidecar, above=36 * MiB)  # of 40: past what heavy holders may take
+        room = await sidecar.metric(BUDGET_LIMIT) - await sidecar.metric(BUDGET_IN_USE)
+        assert room >= 64 * 1024, f"the attack left {room:g} bytes of the budget"
+        for _ in range(5):  # new connections, each accepted at once (not retried by grpcio)
+            started = time.monotonic()
+            await exported(sidecar, SMALL_TRACES)
+            assert time.monotonic() - started < 0.5
         await asyncio.sleep(2.0)  # all read and decoded; the streams wait for a message
         in_use = await sidecar.metric(BUDGET_IN_USE)
         assert in_use > 20 * MiB  # held in the budget, as the fields are
