@@ -7,7 +7,9 @@ it is built). A card number that comes out whole refuses the set, naming the pla
 
 Each place holds its own Luhn-valid number (Visa, Mastercard or American Express,
 written plain, with spaces or with dashes, alone or inside text, or in full-width digits),
-so a survivor names its place. The numbers are made up here; none is printed.
+so a survivor names its place. The numbers are made up here; none is printed. Then the same for
+card numbers in bytes a parser reads past, around the keys the plan stamps and keeps
+(:mod:`sidecar.policy.probe_shadows`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from sidecar.policy.invariant import Exemption
+from sidecar.policy.probe_shadows import shadowed_request
 from sidecar.rewrite import ResourceInfo, rewrite, split_resources
 from sidecar.rewrite._py import find_pans
 from sidecar.rewrite.plan import Plan
@@ -226,15 +229,30 @@ def as_probed(plan: Plan) -> Plan:
     return dataclasses.replace(plan, allow=True, sampling=None, dry_run=False, stamps=stamps)
 
 
+def shadowed_probe(signal: Signal, plan: Plan) -> ProbeRequest:
+    """The probe request of card numbers in bytes a parser reads past, for the keys ``plan``
+    stamps and keeps (:mod:`sidecar.policy.probe_shadows`)."""
+    planter = _Planter(signal)
+    data = shadowed_request(signal, plan, planter.text)
+    (resource,) = split_resources(signal, data)
+    return ProbeRequest(signal, data, resource, tuple(planter.cards))
+
+
 def survivors(probe: ProbeRequest, plan: Plan) -> list[str]:
-    """The places where a card number comes out of the rewriter whole.
+    """The places where a card number comes out of the rewriter whole: in ``probe``, then in the
+    shadowed shapes of its signal for ``plan``.
 
     A planted number found in the output names its place; any other card number in the
     output (outside keyed hashes) was written by the plan itself: a stamp or the redaction
     text holding one.
     """
-    result = rewrite(probe.signal, probe.data, [as_probed(plan)])
-    out = result.data
+    places = _survivors(probe, plan)
+    return places + [place for place in _survivors(shadowed_probe(probe.signal, plan), plan)
+                     if place not in places]
+
+
+def _survivors(probe: ProbeRequest, plan: Plan) -> list[str]:
+    out = rewrite(probe.signal, probe.data, [as_probed(plan)]).data
     places = [
         card.place for card in probe.cards
         if card.written.encode() in out or card.digits.encode() in out

@@ -3,11 +3,13 @@ real rewriter (Cython when built, and the pure-Python twin), and passes the plan
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from sidecar.policy.decision import compile_plan
 from sidecar.policy.invariant import Exemption
-from sidecar.policy.probe import PROBES, survivors
+from sidecar.policy.probe import PROBES, shadowed_probe, survivors
 from sidecar.rewrite import IMPLEMENTATION
 from sidecar.rewrite import _py as twin
 from sidecar.rewrite.plan import AttributeRule, Plan, ResourceStamp, ValueDetector
@@ -41,7 +43,8 @@ def rewriter(request, monkeypatch) -> str:
 def test_a_plan_that_masks_nothing_leaves_every_planted_number(rewriter: str, signal: Signal) -> None:
     probe = PROBES[signal]
     found = survivors(probe, Plan())
-    assert sorted(found) == sorted(card.place for card in probe.cards)
+    planted = [*probe.cards, *shadowed_probe(signal, Plan()).cards]
+    assert sorted(found) == sorted(card.place for card in planted)
     places = {place.split(" ", 1)[1] for place in found}
     assert set(MUST_COVER[signal]) <= places
 
@@ -84,3 +87,37 @@ def test_a_card_number_the_policy_writes_itself_is_found(rewriter: str) -> None:
         "metrics: a card number the policies write themselves (a stamp or the redaction text)"]
     redacting = Plan(detectors=(ValueDetector("p.pan", "pan", "redact"),), redaction="see 5555555555554444")
     assert survivors(PROBES[Signal.LOGS], redacting)
+
+
+@pytest.mark.parametrize("signal", list(Signal))
+def test_card_numbers_a_parser_reads_past_are_planted_around_the_keys_the_plan_stamps_and_keeps(
+        rewriter: str, signal: Signal) -> None:
+    """A KeyValue with two keys parses as its last, an AnyValue with two strings as its last: the
+    probe plants a card number before the probe's key, each exempted key and each stamp. Before
+    4e55987 the rewriter judged those by the last key or value: with 0bd0fb2's twin, this probe
+    names 5 places a signal for the masking plan below (checked by hand, not kept)."""
+    stamp = ResourceStamp("p.tenant", "tenant.id", "acme")
+    exempted = AttributeRule("qa.notes", "qa.sample_value", "keep")
+    plan = Plan(stamps=(stamp,), attribute_rules=(exempted,))
+    planted = [card.place.split(" ", 1)[1] for card in shadowed_probe(signal, plan).cards]
+    for level in ("resource", "scope", "item"):
+        assert f"{level} attribute 'otlp_sidecar.probe.note' behind an earlier key" in planted
+        assert f"{level} attribute 'otlp_sidecar.probe.note' in an earlier string of its value" in planted
+        assert f"{level} attribute 'otlp_sidecar.probe.note' in an earlier value" in planted
+        assert f"{level} attribute 'qa.sample_value' behind an earlier key" in planted
+    assert "item attribute 'qa.sample_value' in an earlier value" not in planted  # exempted: it may hold one
+    assert "item attribute 'tenant.id' behind an earlier key" in planted  # a stamp is for the resource
+    assert "resource stamp 'tenant.id' behind an earlier key" in planted
+    assert "resource stamp 'tenant.id' in an earlier string of its value" in planted
+    # with no detector, what the plan writes over is gone: the stamp replaces its attribute
+    unmasked = [place.split(" ", 1)[1] for place in survivors(PROBES[signal], plan) if "earlier" in place]
+    assert sorted(unmasked) == sorted(place for place in planted if not place.startswith("resource stamp"))
+    masking = dataclasses.replace(plan, detectors=(ValueDetector("p.pan", "pan", "mask_pan"),))
+    assert survivors(PROBES[signal], masking) == []
+
+
+def test_a_key_written_as_a_card_number_is_masked_in_the_place_named() -> None:
+    odd = AttributeRule("qa.odd", "4111 1111 1111 1111", "keep")
+    places = survivors(PROBES[Signal.TRACES], Plan(attribute_rules=(odd,)))
+    assert "traces resource attribute '**** **** **** 1111' behind an earlier key" in places
+    assert not any("4111 1111" in place for place in places)
