@@ -129,6 +129,17 @@ def _rule_id(where: _Where, path: str, entry: Mapping[str, Any]) -> str:
     return value
 
 
+def _check_package(package: Any) -> None:
+    """A key of the decision document names a policy package: it is quoted in errors and is the
+    rule id of a refusal without one (a metric label, the decision log). One built from telemetry
+    (a resource attribute) is refused unquoted."""
+    if not isinstance(package, str) or not _RULE_ID.match(package) or find_pans(package.encode()):
+        raise DecisionError(
+            "decisions: a key must name a policy package (letters, digits and . _ : / -, at most 80, "
+            "no card number); one is not, and is not shown: is it built from telemetry?"
+        )
+
+
 def _show(value: Any) -> str:
     """An enum-like value the policy wrote (an action, a kind), shortened: masked first, as a
     policy may have built it from the app's attributes."""
@@ -293,6 +304,7 @@ def compile_plan(
     sampling: Sampling | None = None
     redaction = DEFAULT_REDACTION
     for package in sorted(decisions):
+        _check_package(package)
         part = decisions[package]
         where = _Where(package, file_of)
         if not isinstance(part, dict):
@@ -378,6 +390,14 @@ def _order_rules(rules: list[AttributeRule]) -> tuple[AttributeRule, ...]:
     return tuple(unique)
 
 
+def _no_card_number(origin: str, what: str, text: str) -> None:
+    """Policy text the sidecar logs, shows in /policy and sends upstream (a header) holds no card
+    number: DecisionError, the text not quoted."""
+    if find_pans(text.encode()):
+        raise DecisionError(f"{origin}: {what} holds a card number (it is logged and sent as written; "
+                            "policy text is never built from telemetry)")
+
+
 def pod_settings_from(document: Any, origin: str) -> PodSettings:
     """Check the ``pod_settings`` document; ``origin`` names where it came from."""
     if document is None:
@@ -387,16 +407,18 @@ def pod_settings_from(document: Any, origin: str) -> PodSettings:
     tenant = document.get("tenant", "")
     if not isinstance(tenant, str):
         raise DecisionError(f"{origin}: pod_settings.tenant must be a string")
+    _no_card_number(origin, "pod_settings.tenant", tenant)
     headers = document.get("export_headers", {}) or {}
     if not isinstance(headers, dict):
         raise DecisionError(f"{origin}: pod_settings.export_headers must be an object of strings")
     for name, value in headers.items():
         if not _HEADER_NAME.match(name):
-            raise DecisionError(f"{origin}: pod_settings.export_headers: {name!r} is not a header name")
+            raise DecisionError(f"{origin}: pod_settings.export_headers: {quoted(name, 80)} is not a header name")
         if not isinstance(value, str) or "\r" in value or "\n" in value:
             raise DecisionError(
                 f"{origin}: pod_settings.export_headers[{name!r}] must be a one-line string"
             )
+        _no_card_number(origin, f"pod_settings.export_headers[{name!r}]", value)
     limit = document.get("rate_limit")
     rate_limit = None
     if limit is not None:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from sidecar.masked_text import mask_card_numbers
+
 
 class PolicyError(Exception):
-    """Base of the policy engine's errors."""
+    """Base of the policy engine's errors. Their text is logged, shown in /policy and printed
+    at start, and may quote policy text (a test's name, a key) or a policy's input: card numbers
+    are masked in it (the last guard: the checks that refuse such text do not quote it)."""
+
+    def __init__(self, message: str = "", *args: object) -> None:
+        super().__init__(mask_card_numbers(message) if isinstance(message, str) else message, *args)
 
 
 class PolicyLoadError(PolicyError):
@@ -16,7 +23,7 @@ class PolicyLoadError(PolicyError):
     def __init__(self, message: str, file: str = "") -> None:
         super().__init__(f"{file}: {message}" if file else message)
         self.file = file
-        self.message = message
+        self.message = mask_card_numbers(message)
 
 
 class DecisionError(PolicyError):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.policy.errors import DecisionError
+from sidecar.rewrite._cards import find_pans
 from sidecar.rewrite.plan import AttributeRule, ValueDetector
 
 #: the rule id of the detector the engine adds to a plan that has none
@@ -61,6 +62,11 @@ def exemptions_from(document: Any, origin: str) -> tuple[Exemption, ...]:
         if unknown:
             raise DecisionError(f"{where}: unknown field {unknown[0]!r} (fields: rule_id, key, reason)")
         rule_id, key, reason = entry.get("rule_id"), entry.get("key"), entry.get("reason")
+        for name, text in (("rule_id", rule_id), ("key", key), ("reason", reason)):
+            if isinstance(text, str) and find_pans(text.encode()):
+                # logged at every load, a metric label, /policy: refused, never quoted
+                raise DecisionError(f"{where}.{name} holds a card number (an exemption names a key "
+                                    "and says why; it is logged as written)")
         if not isinstance(rule_id, str) or not _RULE_ID.match(rule_id):
             raise DecisionError(f"{where}.rule_id must be a string of letters, digits and . _ : / - (at most 80)")
         if not isinstance(key, str) or not key.strip() or len(key) > _MAX_KEY:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry
 
+from sidecar.masked_text import mask_card_numbers
 from sidecar.metrickit import PREFIX, Kind, Label, declare
 from sidecar.receivers.metrics import SIGNAL
 
@@ -115,8 +116,9 @@ ENGINE_PENDING = declare(
 
 
 def safe_label(value: str) -> str:
-    """A rule id or action as a label: limited characters and length."""
-    return _LABEL_SAFE.sub("_", value)[:80]
+    """A rule id, action or revision as a label: card numbers masked (rule ids are checked for
+    them; this is the last guard), limited characters and length."""
+    return _LABEL_SAFE.sub("_", mask_card_numbers(value))[:80]
 
 
 class PolicyMetrics:

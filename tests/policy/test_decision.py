@@ -8,9 +8,10 @@ import pytest
 
 from sidecar.configkit import ConfigError
 from sidecar.identity import Peer
-from sidecar.policy.decision import compile_plan, key_patterns
-from sidecar.policy.errors import DecisionError, PolicyUnavailable
+from sidecar.policy.decision import compile_plan, key_patterns, pod_settings_from
+from sidecar.policy.errors import DecisionError, PolicyLoadError, PolicyUnavailable
 from sidecar.policy.invariant import ENGINE_PAN_RULE, Exemption
+from sidecar.policy.metrics import safe_label
 from sidecar.rewrite import rewrite, split_resources
 from sidecar.rewrite.plan import AttributeRule, ValueDetector
 from sidecar.signals import Signal
@@ -210,6 +211,56 @@ decision_for(request) := {"allow": false, "reason": "no", "rule_id": sprintf("ex
     from prometheus_client import generate_latest
 
     assert b"4111111111111111" not in generate_latest(service.metrics.registry)
+
+
+async def test_a_decision_key_built_from_telemetry_never_reaches_the_metrics_or_the_log(
+    make_service, policy_dir: Path, hash_key_file: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found in a review: a decision's package key built from a resource attribute, with a refusal
+    that names no rule_id, became the refusal's rule id (a metric label, the decision log) unchecked."""
+    add_extra_policy(policy_dir, 'decision_for(request) := {"allow": false, "reason": "retired"}')
+    main = policy_dir / "main.rego"
+    main.write_text(main.read_text().replace(
+        '{"otlp_sidecar.extra": decision}', '{sprintf("retired.%v", [request.resource.id]): decision}'))
+    service = await make_service(dir=str(policy_dir), hash_key_file=str(hash_key_file), on_error="refuse")
+    data = trace_request([({"service.name": "a", "id": "4111111111111111"}, [{}])])
+    with pytest.raises(PolicyUnavailable) as caught:
+        await service.plans_for(Signal.TRACES, split_resources(Signal.TRACES, data), PEER, "grpc")
+    from prometheus_client import generate_latest
+
+    assert "a key must name a policy package" in str(caught.value)
+    for text in (str(caught.value), caplog.text, generate_latest(service.metrics.registry).decode()):
+        assert "4111111111111111" not in text and "retired.4" not in text
+
+
+def test_a_decision_key_that_is_no_package_name_is_refused_without_quoting_it() -> None:
+    for key in ("retired.4111111111111111", "a b", "", "x" * 81):
+        with pytest.raises(DecisionError) as caught:
+            compile_plan({key: {"allow": False, "reason": "no"}}, no_file)
+        assert "a key must name a policy package" in str(caught.value) and "4111" not in str(caught.value)
+    assert not compile_plan({"otlp_sidecar.retired": {"allow": False, "reason": "no"}}, no_file).allow
+
+
+@pytest.mark.parametrize("settings", [
+    {"tenant": "acme-4111111111111111"},
+    {"export_headers": {"X-Scope-OrgID": "4111 1111 1111 1111"}},
+    {"exemptions": [{"rule_id": "qa.4111111111111111", "key": "qa.note", "reason": "tests"}]},
+    {"exemptions": [{"rule_id": "qa.note", "key": "note.4111111111111111", "reason": "tests"}]},
+    {"exemptions": [{"rule_id": "qa.note", "key": "qa.note", "reason": "see 4111-1111-1111-1111"}]},
+], ids=["tenant", "export header", "exemption rule_id", "exemption key", "exemption reason"])
+def test_pod_settings_holding_a_card_number_are_refused_without_quoting_it(settings: dict) -> None:
+    """Found in a review: these were logged at every load, shown in /policy, sent upstream (the
+    tenant header) or made a metric label (the exemption's rule id), unscanned."""
+    with pytest.raises(DecisionError) as caught:
+        pod_settings_from(settings, "main.rego")
+    assert "holds a card number" in str(caught.value) and "1111" not in str(caught.value)
+
+
+def test_policy_errors_and_metric_labels_mask_card_numbers() -> None:
+    """The last guard: text a check missed (a failing test's name) is masked where it is shown."""
+    assert "4111" not in str(PolicyLoadError("test_4111111111111111 failed", "a.rego"))
+    assert "4111" not in str(DecisionError("bad 4111 1111 1111 1111"))
+    assert safe_label("retired.4111111111111111") == "retired.____________1111"
 
 
 @pytest.mark.parametrize("part", [
