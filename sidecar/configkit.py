@@ -17,6 +17,7 @@ import re
 import tomllib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
@@ -167,6 +168,19 @@ def parse_key_values(text: str) -> dict[str, str]:
             raise ValueError(f"must be a list of key=value pairs separated by commas, got {item!r}")
         result[unquote(key.strip())] = unquote(val.strip())
     return result
+
+
+def http_url_problem(value: str, example: str) -> str | None:
+    """Why ``value`` is not an http or https URL with a host (and a valid port, if any), or None.
+    A malformed one (``http://[``) is a message here, never an exception from ``urlsplit``."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return f"is not a valid URL (such as {example}): a bracketed IPv6 host or the port is malformed"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be a URL such as {example} (scheme http or https)"
+    return None
 
 
 def parse_endpoint(value: str) -> tuple[str, int]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from sidecar.configkit import ConfigError, parse_endpoint, setting
+from sidecar.configkit import ConfigError, http_url_problem, parse_endpoint, setting
 from sidecar.signals import Signal
 
 if TYPE_CHECKING:
@@ -51,14 +51,8 @@ def _endpoint_url(value: str) -> str | None:
         except ValueError:
             return "must be a URL such as https://collector:4317, or host:port such as collector:4317"
         return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "must be a URL such as https://collector:4317 (scheme http or https), or host:port"
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        return "has an invalid port"
-    return None
+    problem = http_url_problem(value, "https://collector:4317")
+    return f"{problem}, or host:port" if problem else None
 
 
 def _optional_endpoint(value: str) -> str | None:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from sidecar.configkit import ConfigError, setting
+from sidecar.configkit import ConfigError, http_url_problem, setting
 
 #: how the policies apply: only `enforce` masks card numbers
 MODES = ("enforce", "dry_run", "passthrough")
@@ -16,14 +16,7 @@ _BUNDLE_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 def _opa_url(value: str) -> str | None:
     if not value:
         return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "must be a URL such as http://opa.policy:8181 (scheme http or https)"
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        return "has an invalid port"
-    return None
+    return http_url_problem(value, "http://opa.policy:8181")
 
 
 def _decision_path(value: str) -> str | None:
@@ -40,7 +33,10 @@ def bundle_source(entry: str) -> tuple[str, str]:
         name, source = "", entry
     source = source.strip()
     if not name:
-        path = urlsplit(source).path if "://" in source else source
+        try:
+            path = urlsplit(source).path if "://" in source else source
+        except ValueError:  # a malformed URL: refused by its own check, with the default name
+            path = ""
         name = path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".tar.gz").removesuffix(".tgz") or "bundle"
     return name.strip(), source
 

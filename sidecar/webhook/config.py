@@ -13,9 +13,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from urllib.parse import urlsplit
 
-from sidecar.configkit import ConfigError, load_section, read_toml, render_markdown, setting
+from sidecar.configkit import ConfigError, http_url_problem, load_section, read_toml, render_markdown, setting
 
 #: namespaces never injected, whatever their labels say
 SYSTEM_NAMESPACES = ["kube-system", "kube-public", "kube-node-lease"]
@@ -70,14 +69,8 @@ APP_PROTOCOLS = ("http/protobuf", "http/json", "grpc")
 
 
 def _http_url(value: str) -> str | None:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"{value!r} must be a URL such as http://127.0.0.1:4318"
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        return f"{value!r} has an invalid port"
-    return None
+    problem = http_url_problem(value, "http://127.0.0.1:4318")
+    return f"{value!r} {problem}" if problem else None
 
 
 def _dns_name(value: str) -> str | None:
