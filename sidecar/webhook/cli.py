@@ -93,6 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _inject(args: argparse.Namespace) -> int:
     import json
 
+    from sidecar.masked_text import client_message
     from sidecar.webhook.inject import InvalidPod, Refused, Scope, apply_patch, decide
 
     config = _load(args.config)
@@ -117,6 +118,8 @@ def _inject(args: argparse.Namespace) -> int:
         print(f"otlp-sidecar webhook inject: {exc}", file=sys.stderr)
         return 1
     print(f"otlp-sidecar webhook inject: {decision.reason}", file=sys.stderr)
+    for warning in decision.warnings:  # as kubectl prints an admission warning
+        print(f"Warning: {client_message(warning)}", file=sys.stderr)
     result = apply_patch(pod, decision.patch) if decision.inject else pod
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from sidecar import __version__
 from sidecar.configkit import CONFIG_FILE, ConfigError, env_names
 from sidecar.masked_text import quoted
+from sidecar.webhook.bypass import around_the_sidecar, listed, with_env_from
 from sidecar.webhook.config import APP_PROTOCOLS, InjectionConfig, PolicySetConfig, WebhookConfig, quantity_bytes
 
 ANNOTATION_INJECT = "otlp-sidecar.io/inject"
@@ -105,6 +106,8 @@ class Decision:
     inject: bool
     reason: str
     patch: list[dict[str, Any]] = field(default_factory=list)
+    #: said to whoever created the pod (AdmissionReview warnings: kubectl prints them)
+    warnings: list[str] = field(default_factory=list)
 
 
 def pointer(*parts: str | int) -> str:
@@ -184,6 +187,7 @@ def decide(pod: Any, namespace: str, scope: Scope, config: WebhookConfig) -> Dec
         problem = _pci_mode_problem(sidecar, injection, "injection.extra_env (the chart's sidecar.extraEnv)")
         if problem is not None:
             raise Refused(f"namespace {namespace} is in PCI scope: {problem}")
+    warnings = _bypass_warnings(containers + init_containers, namespace, scope, injection)
     protocol = _app_protocol(annotations, injection)
     reason = f"injected ({scope.value} scope)"
     if injection.bundles:
@@ -192,7 +196,32 @@ def decide(pod: Any, namespace: str, scope: Scope, config: WebhookConfig) -> Dec
         reason += "; no policy set configured: the sidecar applies the policies bundled in its image"
     patch = _patch(pod, scope, set_name, policy_set, injection, protocol, sidecar)
     _check_patch_size(patch)
-    return Decision(True, reason, patch)
+    return Decision(True, reason, patch, warnings)
+
+
+def _bypass_warnings(
+    containers: list[dict[str, Any]], namespace: str, scope: Scope, injection: InjectionConfig,
+) -> list[str]:
+    """Refused (PCI scope) or warnings for containers whose OTLP endpoint variables point around
+    the sidecar (:mod:`sidecar.webhook.bypass`); a warning for those taking variables from envFrom."""
+    warnings = []
+    found = around_the_sidecar(containers, (injection.grpc_port, injection.http_port))
+    if found and scope is Scope.PCI:
+        raise Refused(
+            f"namespace {namespace} is in PCI scope: {listed(found)}: telemetry sent there leaves the pod "
+            f"around the {SIDECAR_NAME}, card numbers unmasked; remove these variables (the webhook "
+            f"points {APP_ENDPOINT_ENV} at the sidecar), or point them at 127.0.0.1 and the sidecar's port"
+        )
+    if found:
+        warnings.append(f"{listed(found)}: telemetry sent there bypasses the {SIDECAR_NAME}'s policies "
+                        "(card numbers are not masked); remove these variables to send it through the sidecar")
+    env_from = with_env_from(containers)
+    if env_from:
+        warnings.append(
+            f"containers {', '.join(repr(n) for n in env_from[:3])} take variables from envFrom, which the "
+            f"webhook cannot read: an OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT set there sends that signal "
+            f"around the {SIDECAR_NAME}, unmasked")
+    return warnings
 
 
 def _check_patch_size(patch: list[dict[str, Any]]) -> None:

@@ -151,7 +151,8 @@ def _decide(
         return _answer(uid, False, code=403, message=str(exc)), Outcome("refused", str(exc), namespace, name)
     if not decision.inject:
         return _answer(uid, True), Outcome("skipped", decision.reason, namespace, name)
-    return _answer(uid, True, patch=decision.patch), Outcome("injected", decision.reason, namespace, name)
+    answer = _answer(uid, True, patch=decision.patch, warnings=decision.warnings)
+    return answer, Outcome("injected", decision.reason, namespace, name)
 
 
 def _pod_name(metadata: Any) -> str:
