@@ -287,7 +287,8 @@ class Sidecar:
             "receivers": "up" if self._receivers_up else "down",
             # ok, or failing: the error with its URL and setting; the circuit; the last batch dropped
             **(self.sender.status() if self.sender is not None else {"exporter": "failing: not started"}),
-            "policy": "ok" if policy_ok else "not loaded",
+            "policy": ("not loaded" if not policy_ok
+                       else f"failing: {problem}" if (problem := getattr(self.policy, "problem", "")) else "ok"),
         }
         upstream_ok = exporter_ok or not self.config.admin.ready_requires_upstream
         return self._receivers_up and upstream_ok and policy_ok, details

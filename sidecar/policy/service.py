@@ -140,6 +140,8 @@ class PolicyService:
         self._inflight: dict[Any, asyncio.Task[Plan]] = {}
         self._started = False
         self._last_error = ""
+        #: why the remote OPA's pod settings could not be read (a wrong opa_path, OPA down), "" when read
+        self._remote_problem = ""
         self._last_error_at = 0.0
         self._last_logged: dict[str, float] = {}
         self._reload_lock = asyncio.Lock()
@@ -247,8 +249,16 @@ class PolicyService:
             document = await self._remote.query("pod_settings", self._request_input(None, None, ""))
             settings = pod_settings_from(document, f"OPA {self._remote.url}")
         except DecisionError as exc:
-            self._note_error(f"pod settings from OPA: {exc}")
+            # logged (once an interval): the sidecar stays ready, so that an OPA outage does not take
+            # the app's pod out of its Services; every new resource is refused or strictly masked
+            self._remote_problem = f"pod settings from OPA: {exc}"
+            self._note_error(self._remote_problem)
+            self._log_error(f"{self._remote_problem}; decisions for new resources fail until it answers "
+                            f"(policy.on_error = {self.config.on_error})")
             return
+        if self._remote_problem:
+            log.info("OPA at %s answers the pod settings again", self._remote.url)
+            self._remote_problem = ""
         changed = settings.exemptions != self._pod_settings.exemptions
         self._pod_settings = settings
         if changed:  # plans were compiled with the other exemptions
@@ -264,6 +274,11 @@ class PolicyService:
     @property
     def ready(self) -> bool:
         return self._started
+
+    @property
+    def problem(self) -> str:
+        """What /ready says of a policy engine that is ready but failing ("" when well)."""
+        return self._remote_problem
 
     def export_headers(self) -> dict[str, str]:
         """Headers the exporter adds upstream, e.g. ``{"X-Scope-OrgID": tenant}``."""

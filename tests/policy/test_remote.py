@@ -183,9 +183,10 @@ async def test_opa_unreachable_at_start_is_not_fatal(make_service, hash_key_file
     service = await make_service(
         backend="opa", opa_url="http://127.0.0.1:9", hash_key_file=str(hash_key_file), opa_timeout=0.2,
     )
-    assert service.ready
+    assert service.ready  # an OPA outage must not take the app's pod out of its Services
     assert service.export_headers() == {}
     assert "unreachable" in service.status()["last_reload_error"]
+    assert service.problem.startswith("pod settings from OPA: OPA at http://127.0.0.1:9 is unreachable")
     with pytest.raises(PolicyUnavailable):
         await service.plans_for(Signal.TRACES, resources("a"), PEER, "grpc")
 

@@ -213,3 +213,28 @@ async def test_sidecar_process_refuses_while_opa_has_no_policy(tmp_path: Path, h
         await sidecar.stop()
         await bare.stop()
     assert "no decision for otlp_sidecar/main/decisions" in sidecar.stderr
+
+async def test_a_wrong_opa_path_is_logged_and_shown_by_ready(opa: Opa, tmp_path: Path, hash_key_file: Path) -> None:
+    """Found in a misconfiguration review: with a wrong opa_path the sidecar started, /ready said
+    "policy": "ok" and nothing was logged, while every new resource was refused. It stays ready (an
+    OPA outage must not take the app's pod out of its Services), but says why, and logs it."""
+    from tests.processes import SidecarProcess
+
+    sidecar = SidecarProcess({
+        "SIDECAR_GRPC_ENDPOINT": "127.0.0.1:0", "SIDECAR_HTTP_ENDPOINT": "127.0.0.1:0",
+        "SIDECAR_ADMIN_ENDPOINT": "127.0.0.1:0", "SIDECAR_POLICY_BACKEND": "opa",
+        "SIDECAR_POLICY_OPA_URL": opa.url, "SIDECAR_POLICY_OPA_PATH": "otlp_sidecar/mian",
+        "SIDECAR_POLICY_HASH_KEY_FILE": str(hash_key_file), "SIDECAR_EXPORTER_TYPE": "debug",
+        "SIDECAR_EXPORTER_DEBUG_OUTPUT": str(tmp_path / "forwarded.jsonl"),
+    })
+    try:
+        await sidecar.start(timeout=60)
+        async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{sidecar.ports['admin']}/ready") as response:
+            status, ready = response.status, await response.json()
+    finally:
+        await sidecar.stop()
+    assert status == 200 and ready["status"] == "ready"
+    assert ready["policy"].startswith("failing: pod settings from OPA: OPA at ")
+    assert "has no decision for otlp_sidecar/mian/pod_settings (undefined: is opa_path right" in ready["policy"]
+    assert "ERROR" in sidecar.stderr and "decisions for new resources fail until it answers" in sidecar.stderr
