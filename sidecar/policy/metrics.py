@@ -60,10 +60,15 @@ DECISION_ERRORS = declare(
     component=COMPONENT, labels=(Label("fallback", ("refused", "last_good", "strict")),),
     appears="at the first decision the engine could not make",
 )
+#: the most (signal, rule id, action) series of the rule counter; past it, new rule ids are
+#: counted under OVERFLOW_RULE_ID (policies name few rules: the shipped ones a few dozen)
+MAX_RULE_SERIES = 2000
+OVERFLOW_RULE_ID = "_other_rules"
 RULE_ACTIONS = declare(
     f"{PREFIX}_policy_rule_actions", Kind.counter, "{actions}",
     "What the rules did, from the rewriter's counts: values masked, attributes dropped "
-    "or hashed, resources refused, spans sampled out... by signal, rule id and action.",
+    "or hashed, resources refused, spans sampled out... by signal, rule id and action. Past "
+    f"{MAX_RULE_SERIES:,} series, new rule ids are counted under rule_id `{OVERFLOW_RULE_ID}` (logged once).",
     component=COMPONENT,
     labels=(SIGNAL, RULE_ID, Label("action", closed=False,
                                    description="`mask_pan`, `hash`, `drop`, `sample_out`, `keep` ...")),

@@ -40,7 +40,7 @@ from sidecar.policy.embedded import CompiledPolicy
 from sidecar.policy.errors import DecisionError, PolicyLoadError, PolicyUnavailable
 from sidecar.policy.fallback import strict_plan
 from sidecar.policy.loader import load_policy
-from sidecar.policy.metrics import PolicyMetrics, safe_label
+from sidecar.policy.metrics import MAX_RULE_SERIES, OVERFLOW_RULE_ID, PolicyMetrics, safe_label
 from sidecar.policy.pod_input import pod_input
 from sidecar.policy.probe import PROBES, overridden_exemptions, survivors
 from sidecar.policy.source import BUNDLED_DIR, read_policy_dir, snapshot
@@ -151,6 +151,7 @@ class PolicyService:
         self._hits = self.metrics.cache.labels("hit")
         # bound audit counters per (signal, (rule id, action)): labels() per request is measurable
         self._rule_counters: dict[tuple[Signal, tuple[str, str]], Any] = {}
+        self._rule_overflow_logged = False
         self._misses = self.metrics.cache.labels("miss")
 
     # ----------------------------------------------------------------- lifecycle
@@ -507,11 +508,20 @@ class PolicyService:
             if number > 0:
                 child = children.get((signal, key))
                 if child is None:
-                    if len(children) > 10_000:  # rule ids come from policies; bound it anyway
-                        children.clear()
-                    rule_id, action = key
-                    child = children[(signal, key)] = self.metrics.rule_actions.labels(
-                        signal.value, safe_label(rule_id), safe_label(action))
+                    action = key[1]
+                    if len(children) >= MAX_RULE_SERIES:
+                        # rule ids come from policies, but one built from telemetry would grow the
+                        # registry without end: the rest are counted under one label
+                        key = (OVERFLOW_RULE_ID, action)
+                        child = children.get((signal, key))
+                        if child is None and not self._rule_overflow_logged:
+                            self._rule_overflow_logged = True
+                            log.warning("more than %d rule ids and actions counted: the others are counted under "
+                                        "rule_id %r (is a policy building rule ids from telemetry?)",
+                                        MAX_RULE_SERIES, OVERFLOW_RULE_ID)
+                    if child is None:
+                        child = children[(signal, key)] = self.metrics.rule_actions.labels(
+                            signal.value, safe_label(key[0]), safe_label(action))
                 child.inc(number)
         if self._decision_log is not None:
             self._decision_log.counts(version=self.version, signal=signal.value, counts=counts)

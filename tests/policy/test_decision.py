@@ -301,3 +301,23 @@ def test_decision_vocabularies_are_the_plans() -> None:
     assert decision.DETECTOR_KINDS == plan.DETECTOR_KINDS
     assert decision.KEEP_KINDS == plan.KEEP_KINDS
     assert decision.CONFLICT_ACTIONS == plan.CONFLICT_ACTIONS
+
+
+async def test_rule_ids_past_the_series_bound_are_counted_under_one_label(
+    make_service, policy_dir: Path, hash_key_file: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found in a review: the rule counter's cache was cleared at 10,000 entries, but the registry
+    kept every series, so a policy building rule ids from telemetry grew it without end."""
+    from prometheus_client import generate_latest
+
+    from sidecar.policy.metrics import MAX_RULE_SERIES, OVERFLOW_RULE_ID
+
+    service = await make_service(dir=str(policy_dir), hash_key_file=str(hash_key_file))
+    for n in range(MAX_RULE_SERIES + 500):
+        service.record_counts(Signal.TRACES, {(f"tenant.from_telemetry.{n}", "drop"): 1})
+    exposed = generate_latest(service.metrics.registry).decode()
+    series = [line for line in exposed.splitlines() if line.startswith("otlp_sidecar_policy_rule_actions_total{")]
+    assert len(series) == MAX_RULE_SERIES + 1
+    assert sample_value(service.metrics.registry, "otlp_sidecar_policy_rule_actions_total", signal="traces",
+                        rule_id=OVERFLOW_RULE_ID, action="drop") == 500
+    assert caplog.text.count("rule ids and actions counted") == 1
