@@ -120,6 +120,7 @@ class Sidecar:
                 max_bytes=cfg.exporter.disk_queue_max_bytes,
                 segment_bytes=cfg.exporter.disk_queue_segment_bytes,
                 registry=self.metrics.registry,
+                masks=cfg.policy.enforcing,
             )
         self.queue = ExportQueue(
             lanes=lanes,

@@ -120,6 +120,8 @@ class _Segment:
         self.number = number
         self.path = path
         self.acks_path = path.with_suffix(".acks")
+        #: beside a segment written by a sidecar that did not mask (policy.mode dry_run or passthrough)
+        self.unmasked_path = path.with_suffix(".unmasked")
         self.records = 0
         self.acked = 0
         self.bytes = 0
@@ -213,10 +215,17 @@ class DiskLog:
         *,
         segment_bytes: int = 16 << 20,
         number: int = 0,
+        masks: bool = True,
     ) -> None:
-        """``number``: which log this is, written in its records (the disk queue's index)."""
+        """``number``: which log this is, written in its records (the disk queue's index).
+        ``masks``: this sidecar masks what it accepts (policy.mode enforce). One that does not marks
+        the segments it writes; one that does holds the marked segments it finds, unsent."""
         self.dir = Path(directory)
         self.number = number
+        self.masks = masks
+        #: records found in segments marked unmasked, held on disk unsent (a sidecar that masks)
+        self.held_unmasked = 0
+        self._held_segments = 0
         self.segment_bytes = segment_bytes
         self._segments: dict[int, _Segment] = {}
         self._active: _Segment | None = None
@@ -260,7 +269,7 @@ class DiskLog:
     @property
     def empty(self) -> bool:
         """No segment file is kept (a log opened to drain only has nothing left)."""
-        return not self._segments
+        return not self._segments and not self._held_segments
 
     @property
     def waiting(self) -> int:
@@ -280,6 +289,9 @@ class DiskLog:
                 # left by a crash in the middle of a delete: its segment number must not be
                 # reused beside it, or the new segment's records would read as sent
                 acks.unlink()
+        for marker in self.dir.glob("segment-*.unmasked"):
+            if not marker.with_suffix(".log").exists():
+                marker.unlink()  # likewise: a new segment of that number must not read as unmasked
         for number in numbers:
             segment = _Segment(number, self._path(number))
             segment.sealed = True
@@ -287,12 +299,25 @@ class DiskLog:
             if segment.acked >= segment.records:
                 self._delete(segment)
                 continue
+            if self.masks and segment.unmasked_path.exists():
+                # accepted by a sidecar in dry_run or passthrough mode: as it came, card numbers
+                # and all. Held on disk, never sent by a sidecar that masks (docs/reliability.md)
+                self.held_unmasked += segment.records - segment.acked
+                self._held_segments += 1
+                self._bytes += segment.bytes
+                continue
             self._segments[number] = segment
             self._bytes += segment.bytes
             segment.waiting = segment.records - segment.acked
             self._waiting += segment.waiting
             self._unread.append(segment)
         self._first_new = max(numbers, default=0) + 1
+        if self.held_unmasked:
+            log.error(
+                "disk queue: %d records in %s were accepted by a sidecar that did not mask them "
+                "(policy.mode dry_run or passthrough): they are held on disk and not sent by this one, "
+                "which masks; a sidecar in that mode sends them, or delete their segments "
+                "(segment-*.log beside a segment-*.unmasked) to drop them", self.held_unmasked, self.dir)
         if append:
             self._roll(self._first_new)
         return self.take(self._waiting if limit is None else limit)
@@ -620,6 +645,11 @@ class DiskLog:
         segment = _Segment(number, self._path(number))
         with contextlib.suppress(FileNotFoundError):
             segment.acks_path.unlink()  # a new segment has no record sent yet
+        if self.masks:
+            with contextlib.suppress(FileNotFoundError):
+                segment.unmasked_path.unlink()  # left by a crash in the middle of a delete
+        else:  # before the segment's first record: no record of it is ever read as masked
+            os.close(os.open(segment.unmasked_path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._segments[number] = segment
         self._active = segment
@@ -649,6 +679,6 @@ class DiskLog:
             os.close(fd)
         # the acknowledgements first: a crash between the two then means records sent again (at
         # least once), never records read as sent
-        for path in (segment.acks_path, segment.path):
+        for path in (segment.acks_path, segment.path, segment.unmasked_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -66,8 +66,11 @@ class DiskQueue:
         max_bytes: int,
         segment_bytes: int = 16 << 20,
         registry: CollectorRegistry | None = None,
+        masks: bool = True,
     ) -> None:
+        """``masks``: this sidecar masks what it accepts (:class:`DiskLog`)."""
         self.dir = Path(directory)
+        self.masks = masks
         self.lanes = tuple(lanes)
         self._lane_of = {signal: number for number, lane in enumerate(self.lanes) for signal in lane}
         self._shares = Shares(max_bytes, len(self.lanes))
@@ -84,6 +87,7 @@ class DiskQueue:
         self._corrupt_counted = 0
         self._replayed = metrics.DISK_QUEUE_REPLAYED.counter(registry)
         self._waiting = metrics.DISK_QUEUE_WAITING.gauge(registry)
+        self._held_unmasked = metrics.DISK_QUEUE_HELD_UNMASKED.gauge(registry)
         metrics.DISK_QUEUE_CAPACITY.gauge(registry).set(max_bytes)
 
     @property
@@ -124,9 +128,10 @@ class DiskQueue:
         left = sorted(p for p in self.dir.glob(LANE_PREFIX + "*") if p.is_dir() and p not in current)
         if several and any(self.dir.glob("segment-*.log")):
             left.insert(0, self.dir)
-        self._logs = [DiskLog(path, segment_bytes=self._segment_bytes, number=n) for n, path in enumerate(current)]
+        self._logs = [DiskLog(path, segment_bytes=self._segment_bytes, number=n, masks=self.masks)
+                      for n, path in enumerate(current)]
         for path in left:
-            disk_log = DiskLog(path, segment_bytes=self._segment_bytes, number=len(self._logs))
+            disk_log = DiskLog(path, segment_bytes=self._segment_bytes, number=len(self._logs), masks=self.masks)
             self._logs.append(disk_log)
             disk_log.open(append=False, limit=0)
             if disk_log.waiting:
@@ -137,6 +142,7 @@ class DiskQueue:
             self._forget_if_drained(disk_log)
         for disk_log in self._logs[: len(current)]:
             disk_log.open(limit=0)
+        self._held_unmasked.set(sum(disk_log.held_unmasked for disk_log in self._logs))
         found = self.waiting
         self._replayed.inc(found)
         pending = self.take(found if limit is None else limit)  # counts the corrupt records too

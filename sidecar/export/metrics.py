@@ -132,6 +132,12 @@ DISK_QUEUE_REPLAYED = declare(
     f"{PREFIX}_disk_queue_waiting_records).",
     component=COMPONENT, appears="with the on-disk queue (exporter.disk_queue_dir)",
 )
+DISK_QUEUE_HELD_UNMASKED = declare(
+    f"{PREFIX}_disk_queue_held_unmasked_records", Kind.gauge, "{records}",
+    "Records on disk accepted by a sidecar that did not mask them (policy.mode dry_run or "
+    "passthrough, before a restart in enforce mode): held, never sent by a sidecar that masks.",
+    component=COMPONENT, appears="with the on-disk queue (exporter.disk_queue_dir)",
+)
 DISK_QUEUE_WAITING = declare(
     f"{PREFIX}_disk_queue_waiting_records", Kind.gauge, "{records}",
     "Records replayed from disk not yet in the export queue: a replay holds at most half the "

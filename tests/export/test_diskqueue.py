@@ -299,3 +299,78 @@ async def test_a_restart_queues_a_bounded_part_of_the_replay_and_sends_all_of_it
     trace_ids = sorted(int.from_bytes(span.trace_id, "big") for span in upstream.spans())
     assert trace_ids == list(range(count + 1))  # every one, once
     assert value("otlp_sidecar_disk_queue_waiting_records") == 0
+
+
+def test_segments_a_sidecar_that_does_not_mask_wrote_are_held_by_one_that_masks(tmp_path: Path) -> None:
+    """Found in a misconfiguration review: a backlog written in dry_run mode (as it came) was replayed
+    by the next start in enforce mode, card numbers and all. The segments a sidecar that does not mask
+    writes are marked; one that masks holds them unsent (an ERROR, a gauge); one that does not sends them."""
+    registry = CollectorRegistry()
+    queue_dir = tmp_path / "queue"
+    unmasked = DiskQueue(str(queue_dir), lanes=ONE, max_bytes=1 << 20, segment_bytes=SEGMENT, masks=False)
+    unmasked.open()
+    asyncio.run(unmasked.append(Signal.TRACES, 1, span_request(7)))
+    unmasked.close()
+    assert len(list(queue_dir.glob("segment-*.unmasked"))) == 1
+    masking = DiskQueue(str(queue_dir), lanes=ONE, max_bytes=1 << 20, segment_bytes=SEGMENT, registry=registry,
+                        masks=True)
+    assert masking.open() == [] and masking.waiting == 0
+    assert registry.get_sample_value("otlp_sidecar_disk_queue_held_unmasked_records") == 1
+    assert masking.bytes > 0  # on disk, counted against the disk queue's size
+    masking.close()
+    assert len(segments(queue_dir)) == 2  # the held one, and the masking one's own (empty)
+    again = DiskQueue(str(queue_dir), lanes=ONE, max_bytes=1 << 20, segment_bytes=SEGMENT, masks=False)
+    (record,) = again.open()
+    assert again.read(record) == span_request(7)
+    again.ack(record)
+    again.close()
+
+
+async def test_a_backlog_accepted_in_dry_run_mode_leaves_only_in_that_mode(upstream, tmp_path: Path) -> None:
+    """End to end, three starts on one disk queue: dry_run with the upstream down accepts a span
+    holding a card number; enforce sends what it accepts itself, masked, and holds the backlog;
+    dry_run again sends the backlog as it was accepted."""
+    import aiohttp
+    from grpclib.const import Status
+
+    from sidecar import config as config_mod
+    from sidecar.app import Sidecar
+    from tests.upstream import Answer
+
+    card, queue_dir = "4111 1111 1111 1111", tmp_path / "queue"
+
+    async def run(mode: str, name: str, then_up: bool = False) -> Sidecar:
+        env = sidecar_env(upstream, "grpc", SIDECAR_EXPORTER_DISK_QUEUE_DIR=str(queue_dir), SIDECAR_POLICY_MODE=mode)
+        sidecar = Sidecar(config_mod.load(None, env=env))
+        await sidecar.start()
+        url = f"http://127.0.0.1:{sidecar.addresses['http'][1]}/v1/traces"
+        body = (f'{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"{"1" * 32}","spanId":"{"2" * 16}",'
+                f'"name":"{name}","status":{{"code":2}},"attributes":[{{"key":"note","value":{{"stringValue":'
+                f'"paid with {card}"}}}}]}}]}}]}}]}}')
+        async with aiohttp.ClientSession() as session, session.post(
+            url, data=body, headers={"Content-Type": "application/json"}) as response:
+            assert response.status == 200, await response.text()
+        return sidecar
+
+    def notes() -> dict[str, str]:
+        return {span.name: span.attributes[0].value.string_value for span in upstream.spans()}
+
+    upstream.default = Answer(grpc_status=Status.UNAVAILABLE, http_status=503)
+    dry = await run("dry_run", "accepted in dry_run")
+    await dry.stop(grace=0.5)  # the upstream is down: the span stays on disk
+    upstream.default = Answer()
+    enforcing = await run("enforce", "accepted in enforce")
+    try:
+        await upstream.wait_for(lambda: "accepted in enforce" in notes())
+        await asyncio.sleep(0.5)  # time for a replay to arrive, were there one
+        assert notes() == {"accepted in enforce": "paid with **** **** **** 1111"}
+        value = enforcing.metrics.registry.get_sample_value
+        assert value("otlp_sidecar_disk_queue_held_unmasked_records") == 1
+    finally:
+        await enforcing.stop(grace=2.0)
+    dry = await run("dry_run", "accepted in dry_run again")
+    try:
+        await upstream.wait_for(lambda: len(notes()) == 3)
+        assert notes()["accepted in dry_run"] == f"paid with {card}"  # as it was accepted: dry_run masks nothing
+    finally:
+        await dry.stop(grace=2.0)
