@@ -6,7 +6,9 @@ a container may set it to the collector, or set a signal's own endpoint
 that signal then leaves the pod unmasked, whatever the sidecar's policies. In PCI scope such a pod
 is refused; elsewhere it is admitted with a warning. A variable taken from a Secret or a ConfigMap
 (``valueFrom``) cannot be read here, so it counts as pointing elsewhere; variables from
-``envFrom`` are not seen at all (a warning).
+``envFrom`` are not seen at all (a warning). A value parsers may read differently (a backslash,
+userinfo, a ``$(VAR)`` Kubernetes expands) counts as elsewhere; names count in any case and with
+dots (``otel.exporter.otlp.endpoint``), as Java's SDK reads them.
 """
 
 from __future__ import annotations
@@ -38,20 +40,42 @@ def _host_port(value: str) -> tuple[str, int | None]:
     return host.strip("[]"), port
 
 
+#: what parsers read differently (a backslash, userinfo), or Kubernetes substitutes before the app
+#: reads it (``$(VAR)``): a value holding one is not judged, it counts as elsewhere
+_AMBIGUOUS = ("$(", "\\", "@")
+
+
 def is_the_sidecar(value: str, ports: Iterable[int]) -> bool:
     """Whether an endpoint variable's ``value`` points at the sidecar: a loopback host, one of its
-    OTLP ``ports``."""
+    OTLP ``ports``. A value that parsers may read differently is not the sidecar."""
+    value = value.strip()
+    if any(part in value for part in _AMBIGUOUS) or not value.isprintable() or " " in value:
+        return False
     try:
-        host, port = _host_port(value.strip())
+        host, port = _host_port(value)
     except ValueError:
         return False
-    if host.lower() != "localhost":
-        try:
-            if not ipaddress.ip_address(host).is_loopback:
-                return False
-        except ValueError:
-            return False
-    return port in set(ports)
+    return _loopback(host) and port in set(ports)
+
+
+def _loopback(host: str) -> bool:
+    """localhost, a loopback address (IPv4-mapped too), or the unspecified one (which reaches this host)."""
+    host = host.lower().removesuffix(".")
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or address.is_unspecified or (mapped is not None and mapped.is_loopback)
+
+
+def endpoint_variable(name: str) -> str | None:
+    """The endpoint variable ``name`` is read as, or None. SDKs that read their settings as
+    properties (Java) take ``otel.exporter.otlp.endpoint`` and lower case too."""
+    normal = name.upper().replace(".", "_").replace("-", "_")
+    return normal if normal in ENDPOINT_VARIABLES else None
 
 
 def around_the_sidecar(containers: Iterable[Mapping[str, Any]], ports: Iterable[int]) -> list[str]:
@@ -62,7 +86,7 @@ def around_the_sidecar(containers: Iterable[Mapping[str, Any]], ports: Iterable[
     for container in containers:
         for item in container.get("env") or []:
             name = item.get("name")
-            if name not in ENDPOINT_VARIABLES:
+            if not isinstance(name, str) or endpoint_variable(name) is None:
                 continue
             value = item.get("value")
             if item.get("valueFrom") is not None:

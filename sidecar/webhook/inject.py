@@ -149,6 +149,9 @@ def decide(pod: Any, namespace: str, scope: Scope, config: WebhookConfig) -> Dec
                 problem = _carried_env_problem(container, where) or _pci_mode_problem(container, injection, where)
                 if problem is not None:
                     raise Refused(f"namespace {namespace} is in PCI scope: {problem}")
+        # and its apps send through it (a manifest carrying the sidecar, or a reinvocation)
+        apps = [c for c in containers + init_containers if c.get("name") != SIDECAR_NAME]
+        _bypass_warnings(apps, namespace, scope, injection)
     if ANNOTATION_STATUS in annotations:
         return Decision(False, f"already injected ({ANNOTATION_STATUS} is set)")
     if any(c.get("name") == SIDECAR_NAME for c in containers + init_containers):

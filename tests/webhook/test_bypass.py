@@ -17,7 +17,7 @@ from sidecar.webhook.bypass import is_the_sidecar
 from sidecar.webhook.config import WebhookConfig
 from sidecar.webhook.inject import Scope
 from sidecar.webhook.review import review
-from tests.webhook.conftest import admission_review, deployment_pod
+from tests.webhook.conftest import admission_review, apply, deployment_pod
 
 COLLECTOR = "http://otel-collector.observability:4318"
 
@@ -128,3 +128,36 @@ def test_what_counts_as_the_sidecar() -> None:
     assert not is_the_sidecar("http://127.0.0.1.example.com:4318", ports)
     assert not is_the_sidecar("http://[", ports) and not is_the_sidecar("localhost", ports)
     assert not is_the_sidecar("http://10.0.0.1:4318", ports)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://$(HOP)@127.0.0.1:4318"),  # Kubernetes expands $(HOP) first
+    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector.corp:4318\\@localhost:4318"),  # Node reads collector.corp
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://user@127.0.0.1:4318"),
+    ("otel_exporter_otlp_logs_endpoint", COLLECTOR),  # Java's SDK reads names in any case
+    ("otel.exporter.otlp.endpoint", COLLECTOR),  # and as properties
+], ids=["expanded variable", "backslash", "userinfo", "lower case", "dotted"])
+def test_values_parsers_read_differently_and_other_spellings_count_as_elsewhere(
+    config: WebhookConfig, name: str, value: str,
+) -> None:
+    """Found in a review of the check itself: each of these was taken for the sidecar, or not seen."""
+    pod = with_env({"name": "HOP", "value": "collector.corp:4318/v1/traces?"}, {"name": name, "value": value})
+    response = response_for(pod, Scope.PCI, config)
+    assert response["allowed"] is False and f"container 'app': {name}=" in response["status"]["message"]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::ffff:127.0.0.1]", "localhost.", "[::1]", "127.0.0.2"])
+def test_other_spellings_of_this_host_are_the_sidecar(config: WebhookConfig, host: str) -> None:
+    pod = with_env({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": f"http://{host}:4318"})
+    assert response_for(pod, Scope.PCI, config)["allowed"] is True
+
+
+def test_a_pod_that_already_carries_the_sidecar_is_checked_too(config: WebhookConfig) -> None:
+    """A manifest copied from an injected pod (or the API server's reinvocation) skipped the check."""
+    injected = response_for(with_env(), Scope.PCI, config)
+    pod = apply(with_env(), json.loads(base64.b64decode(injected["patch"])))
+    assert response_for(pod, Scope.PCI, config) == {"uid": injected["uid"], "allowed": True}  # as it is
+    pod["spec"]["containers"][0]["env"].append({"name": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "value": COLLECTOR})
+    response = response_for(pod, Scope.PCI, config)
+    assert response["allowed"] is False
+    assert "container 'app': OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=" in response["status"]["message"]
