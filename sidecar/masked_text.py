@@ -14,6 +14,21 @@ from sidecar.rewrite._cards import find_pans, mask_digits
 _ESCAPED = re.compile(r"\\u(3000|[fF][fF]0[bBcCdDeE]|[fF][fF]1[0-9])")
 
 
+def holds_card_number(text: str) -> bool:
+    """Whether ``text`` holds a card number (a lone surrogate, which policy output and JSON text may
+    hold, is read past, never an error)."""
+    return bool(find_pans(text.encode("utf-8", "surrogatepass")))
+
+
+def encodable(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (no lone surrogate)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def mask_card_numbers(text: str) -> str:
     """``text`` with every card number masked to its last four digits (a lone surrogate, which
     JSON text may hold, is kept as it is)."""

@@ -26,10 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard, TypeVar, get_args
 
-from sidecar.masked_text import quoted
+from sidecar.masked_text import encodable, holds_card_number, quoted
 from sidecar.policy.errors import DecisionError
 from sidecar.policy.invariant import Exemption, enforce, exemptions_from
-from sidecar.rewrite._cards import find_pans
 from sidecar.rewrite.plan import (
     DEFAULT_REDACTION,
     AttributeAction,
@@ -60,6 +59,8 @@ DETECTOR_ORDER = {"redact": 0, "hash": 1, "mask_pan": 2}
 _SEPARATORS = (".", "_", "-")
 _WORD_SPLIT = re.compile(r"[._-]+")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: a header value as the exporter sends it: printable ASCII and tabs, one line
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 _RULE_ID = re.compile(r"^[A-Za-z0-9_.:/-]{1,80}$")
 
 
@@ -117,12 +118,12 @@ class _Where:
 
 def _rule_id(where: _Where, path: str, entry: Mapping[str, Any]) -> str:
     value = entry.get("rule_id")
-    if not isinstance(value, str) or not _RULE_ID.match(value):
+    if not isinstance(value, str) or not _RULE_ID.fullmatch(value):
         raise where.fail(
             f"{path}.rule_id",
             "must be a string of letters, digits and . _ : / - (at most 80), got " + _kind(value),
         )
-    if find_pans(value.encode()):
+    if holds_card_number(value):
         # it would go into metric labels and the decision log: never quoted here either
         raise where.fail(f"{path}.rule_id", "holds a card number: a rule id names a rule, it is never built "
                                             "from telemetry")
@@ -133,7 +134,7 @@ def _check_package(package: Any) -> None:
     """A key of the decision document names a policy package: it is quoted in errors and is the
     rule id of a refusal without one (a metric label, the decision log). One built from telemetry
     (a resource attribute) is refused unquoted."""
-    if not isinstance(package, str) or not _RULE_ID.match(package) or find_pans(package.encode()):
+    if not isinstance(package, str) or not _RULE_ID.fullmatch(package) or holds_card_number(package):
         raise DecisionError(
             "decisions: a key must name a policy package (letters, digits and . _ : / -, at most 80, "
             "no card number); one is not, and is not shown: is it built from telemetry?"
@@ -233,13 +234,13 @@ def _stamps(where: _Where, part: Mapping[str, Any]) -> list[ResourceStamp]:
             where, f"{path}.on_conflict", entry.get("on_conflict", "overwrite"), CONFLICT_ACTIONS,
             "on_conflict", rule_id,
         )
-        if find_pans(value.encode()):
-            # written on every resource, never scanned: refused as a rule id is (never quoted)
-            raise where.fail(f"{path}.value", "holds a card number: a stamp is written on every resource "
-                                              "as it is", rule_id)
-        if find_pans(key.encode()):
-            raise where.fail(f"{path}.key", "holds a card number: a stamp is written on every resource "
-                                            "as it is", rule_id)
+        for field_name, text in (("value", value), ("key", key)):
+            if holds_card_number(text):
+                # written on every resource, never scanned: refused as a rule id is (never quoted)
+                raise where.fail(f"{path}.{field_name}", "holds a card number: a stamp is written on every "
+                                                         "resource as it is", rule_id)
+            if not encodable(text):
+                raise where.fail(f"{path}.{field_name}", "is not text UTF-8 can hold (a lone surrogate)", rule_id)
         found.append(ResourceStamp(rule_id, key, value, conflict))
     return found
 
@@ -339,8 +340,10 @@ def compile_plan(
         if "redaction" in part:
             if not isinstance(part["redaction"], str):
                 raise where.fail("redaction", "must be a string")
-            if find_pans(part["redaction"].encode()):
+            if holds_card_number(part["redaction"]):
                 raise where.fail("redaction", "holds a card number: the redaction text is written as it is")
+            if not encodable(part["redaction"]):
+                raise where.fail("redaction", "is not text UTF-8 can hold (a lone surrogate)")
             redaction = part["redaction"]
     rules, guarded, dropped_keeps = enforce(rules, list(detectors.values()), exemptions)
     if ignored is not None:
@@ -393,9 +396,11 @@ def _order_rules(rules: list[AttributeRule]) -> tuple[AttributeRule, ...]:
 def _no_card_number(origin: str, what: str, text: str) -> None:
     """Policy text the sidecar logs, shows in /policy and sends upstream (a header) holds no card
     number: DecisionError, the text not quoted."""
-    if find_pans(text.encode()):
+    if holds_card_number(text):
         raise DecisionError(f"{origin}: {what} holds a card number (it is logged and sent as written; "
                             "policy text is never built from telemetry)")
+    if not encodable(text):
+        raise DecisionError(f"{origin}: {what} is not text UTF-8 can hold (a lone surrogate)")
 
 
 def pod_settings_from(document: Any, origin: str) -> PodSettings:
@@ -412,11 +417,12 @@ def pod_settings_from(document: Any, origin: str) -> PodSettings:
     if not isinstance(headers, dict):
         raise DecisionError(f"{origin}: pod_settings.export_headers must be an object of strings")
     for name, value in headers.items():
-        if not _HEADER_NAME.match(name):
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
             raise DecisionError(f"{origin}: pod_settings.export_headers: {quoted(name, 80)} is not a header name")
-        if not isinstance(value, str) or "\r" in value or "\n" in value:
+        _no_card_number(origin, "a name of pod_settings.export_headers", name)
+        if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
             raise DecisionError(
-                f"{origin}: pod_settings.export_headers[{name!r}] must be a one-line string"
+                f"{origin}: pod_settings.export_headers[{name!r}] must be a one-line string of printable ASCII"
             )
         _no_card_number(origin, f"pod_settings.export_headers[{name!r}]", value)
     limit = document.get("rate_limit")

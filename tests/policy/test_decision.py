@@ -244,16 +244,46 @@ def test_a_decision_key_that_is_no_package_name_is_refused_without_quoting_it() 
 @pytest.mark.parametrize("settings", [
     {"tenant": "acme-4111111111111111"},
     {"export_headers": {"X-Scope-OrgID": "4111 1111 1111 1111"}},
+    {"export_headers": {"X-4111111111111111": "acme"}},
     {"exemptions": [{"rule_id": "qa.4111111111111111", "key": "qa.note", "reason": "tests"}]},
     {"exemptions": [{"rule_id": "qa.note", "key": "note.4111111111111111", "reason": "tests"}]},
     {"exemptions": [{"rule_id": "qa.note", "key": "qa.note", "reason": "see 4111-1111-1111-1111"}]},
-], ids=["tenant", "export header", "exemption rule_id", "exemption key", "exemption reason"])
+], ids=["tenant", "export header", "export header name", "exemption rule_id", "exemption key", "exemption reason"])
 def test_pod_settings_holding_a_card_number_are_refused_without_quoting_it(settings: dict) -> None:
     """Found in a review: these were logged at every load, shown in /policy, sent upstream (the
     tenant header) or made a metric label (the exemption's rule id), unscanned."""
     with pytest.raises(DecisionError) as caught:
         pod_settings_from(settings, "main.rego")
     assert "holds a card number" in str(caught.value) and "1111" not in str(caught.value)
+
+
+@pytest.mark.parametrize("settings", [
+    {"tenant": "t\ud800"},
+    {"export_headers": {"X-Scope-OrgID": "a\ud800"}},
+    {"export_headers": {"X-Scope-OrgID": "caf\u00e9"}},  # not ASCII: not sent as a header as it is
+    {"exemptions": [{"rule_id": "qa.note", "key": "qa.note", "reason": "why \ud800"}]},
+], ids=["tenant", "header", "header not ascii", "exemption reason"])
+def test_pod_settings_text_utf8_cannot_hold_is_refused_not_a_crash(settings: dict) -> None:
+    """Found in a review: the embedded engine gives a lone surrogate for "\\ud800" in Rego; the card
+    check's encode() raised UnicodeEncodeError, which the load did not catch (a traceback at start)."""
+    with pytest.raises(DecisionError):
+        pod_settings_from(settings, "main.rego")
+
+
+def test_a_stamp_or_redaction_text_utf8_cannot_hold_is_refused_not_a_crash() -> None:
+    for part in ({"stamps": [{"rule_id": "t", "key": "k\ud800", "value": "x"}]},
+                 {"stamps": [{"rule_id": "t", "key": "k", "value": "x\udfff"}]},
+                 {"redaction": "[\ud800]"}):
+        with pytest.raises(DecisionError, match="a lone surrogate"):
+            compile_plan({"p": part}, no_file)
+
+
+def test_a_newline_after_a_rule_id_or_a_package_name_is_refused() -> None:
+    """``$`` matches before a final newline: a name ending in one passed, and split log lines."""
+    with pytest.raises(DecisionError, match="a key must name a policy package"):
+        compile_plan({"pkg\n": {"allow": True}}, no_file)
+    with pytest.raises(DecisionError, match="rule_id"):
+        compile_plan({"p": {"allow": False, "reason": "no", "rule_id": "r\n"}}, no_file)
 
 
 def test_policy_errors_and_metric_labels_mask_card_numbers() -> None:
