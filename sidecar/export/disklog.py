@@ -225,6 +225,7 @@ class DiskLog:
         self.masks = masks
         #: records found in segments marked unmasked, held on disk unsent (a sidecar that masks)
         self.held_unmasked = 0
+        self.held_unmasked_bytes = 0
         self._held_segments = 0
         self.segment_bytes = segment_bytes
         self._segments: dict[int, _Segment] = {}
@@ -305,6 +306,7 @@ class DiskLog:
                 self.held_unmasked += segment.records - segment.acked
                 self._held_segments += 1
                 self._bytes += segment.bytes
+                self.held_unmasked_bytes += segment.bytes
                 continue
             self._segments[number] = segment
             self._bytes += segment.bytes

@@ -206,6 +206,9 @@ class DiskQueue:
             if earlier := sum(disk_log.bytes for disk_log in self._logs[len(self.lanes):]):
                 message += (f"; {earlier} bytes of it were written when the upstreams were grouped "
                             "otherwise, and leave as their upstreams take them")
+            if held := sum(disk_log.held_unmasked_bytes for disk_log in self._logs):
+                message += (f"; {held} bytes of it are records a sidecar that did not mask accepted, held "
+                            "unsent by this one (docs/reliability.md)")
             raise DiskFull(message)
         # the bytes are counted before the first await: the check and the count are one step
         record = await self._logs[lane].append(signal, items, data)

@@ -317,12 +317,16 @@ def test_segments_a_sidecar_that_does_not_mask_wrote_are_held_by_one_that_masks(
     assert masking.open() == [] and masking.waiting == 0
     assert registry.get_sample_value("otlp_sidecar_disk_queue_held_unmasked_records") == 1
     assert masking.bytes > 0  # on disk, counted against the disk queue's size
+    asyncio.run(masking.append(Signal.TRACES, 1, span_request(8)))
+    with pytest.raises(DiskFull, match="bytes of it are records a sidecar that did not mask accepted, held unsent"):
+        asyncio.run(masking.append(Signal.TRACES, 1, b"x" * ((1 << 20) - masking.bytes)))
     masking.close()
-    assert len(segments(queue_dir)) == 2  # the held one, and the masking one's own (empty)
+    assert len(segments(queue_dir)) == 2  # the held one, and the masking one's own
     again = DiskQueue(str(queue_dir), lanes=ONE, max_bytes=1 << 20, segment_bytes=SEGMENT, masks=False)
-    (record,) = again.open()
-    assert again.read(record) == span_request(7)
-    again.ack(record)
+    records = again.open()  # the held one, then what the masking one accepted (masked, as all it sends)
+    assert [again.read(record) for record in records] == [span_request(7), span_request(8)]
+    for record in records:
+        again.ack(record)
     again.close()
 
 
