@@ -14,9 +14,11 @@ Many greedy connections together can still fill the budget. So that a connection
 (a normal client with one SDK batch at a time) is served meanwhile, the last ``light_reserve``
 bytes are kept for takes that leave their account holding at most ``light_bytes``, and graded:
 a take that leaves its account holding ``h`` may reach ``limit - light_reserve * h /
-light_bytes``. A heavy holder is refused ``light_reserve`` early, and the lighter a holder, the
-further it may go: many connections that each hold a little (such as open HTTP/2 streams whose
-header fields decode to 57 kB) cannot fill the reserve against a client lighter than each of them.
+(2 * light_bytes)``. A heavy holder is refused ``light_reserve`` early, a light one may use at least
+half of it, and the lighter a holder, the further it may go: many connections that each hold a
+little (such as open HTTP/2 streams whose header fields decode to 57 kB) cannot fill the reserve
+against a client lighter than each of them, and while heavy holders fill the budget, a light
+holder of up to ``light_bytes`` still fits in a reserve of 2 MiB or more (the receivers' is 4).
 
     budget = MemoryBudget(64 << 20, per_connection=32 << 20)
     account = budget.account()
@@ -33,8 +35,8 @@ from sidecar.overload.reasons import Action
 #: an account holding at most this after a take is light: it may use the budget's light reserve
 #: (one SDK batch of any signal, decompressed and decoded, with room to spare)
 LIGHT_BYTES = 1 << 20
-#: the receivers' light reserve: an eighth of the budget, at most this (with grading, room for four
-#: holders of half of LIGHT_BYTES at once, more of lighter ones)
+#: the receivers' light reserve: an eighth of the budget, at most this (graded: room for two holders
+#: of LIGHT_BYTES at once past the heavy ones, more of lighter ones)
 LIGHT_RESERVE_BYTES = 4 << 20
 
 
@@ -84,7 +86,7 @@ class MemoryBudget:
         (None: a holder without an account, counted as heavy): the light reserve is for light
         holders, the lighter the deeper."""
         if held_after is not None and held_after <= self.light_bytes:
-            return self.limit - self.light_reserve * held_after // self.light_bytes
+            return self.limit - self.light_reserve * held_after // (2 * self.light_bytes)
         return self.limit - self.light_reserve
 
     def reserve(self, size: int, held_after: int | None = None) -> bool:
@@ -92,7 +94,7 @@ class MemoryBudget:
         False (and nothing taken) when they do not fit."""
         # ceiling() inline: once per read on the receive path
         if held_after is not None and held_after <= self.light_bytes:
-            ceiling = self.limit - self.light_reserve * held_after // self.light_bytes
+            ceiling = self.limit - self.light_reserve * held_after // (2 * self.light_bytes)
         else:
             ceiling = self.limit - self.light_reserve
         if self.in_use + size > ceiling:

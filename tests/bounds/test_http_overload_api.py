@@ -41,20 +41,20 @@ def test_the_last_bytes_of_the_budget_are_kept_for_accounts_that_hold_little() -
     assert other.refused is Action.budget_full and not other.fits(1)
     assert not other.take_room(1) and budget.in_use == 80
     assert not budget.reserve(1)  # a holder without an account counts as heavy
-    # graded: a take that leaves its account holding h <= 10 may reach 100 - 20 * h / 10
-    assert light.fits(5) and light.take(5)  # 85 <= 90: a light holder takes from the reserve
-    assert not light.take(5)  # holding 10 it may reach 80, as a heavy holder does
-    assert not light.take(6) and light.held == 5  # 11 bytes would make it heavy
+    # graded: a take that leaves its account holding h <= 10 may reach 100 - 20 * h / (2 * 10)
+    assert light.fits(5) and light.take(5)  # 85 <= 95: a light holder takes from the reserve
+    assert light.take(5)  # holding 10 it may reach 90: half the reserve, whatever the heavy ones hold
+    assert not light.take(1) and light.held == 10  # 11 bytes would make it heavy: 80
     fresh, tiny = budget.account(), budget.account()
-    assert not fresh.take(6)  # 91 > 88: a holder of 6 is refused where one of 5 was served
-    assert fresh.take(3) and budget.in_use == 88  # 88 <= 94: the lighter, the deeper
-    assert not fresh.take(3)  # holding 6 it may reach 88
-    # one byte at a time: 89 <= 98, 90 <= 96, 91 <= 94, 92 <= 92, then 93 > 90
-    assert [tiny.take(1) for _ in range(5)] == [True, True, True, True, False]
-    assert budget.in_use == 92 and tiny.held == 4
-    other.close()  # 62 in use
-    assert not other.take(19)  # heavy: 81 is over the 80
-    assert other.take(18) and budget.in_use == 80
+    assert not fresh.take(6)  # 96 > 94: a holder of 6 is refused...
+    assert fresh.take(4) and fresh.take(1) and budget.in_use == 95  # ...where one of 5 reaches 95
+    assert not fresh.take(1)  # holding 6 it may reach 94
+    # one byte at a time, the lightest goes deepest: 96 <= 99, 97 <= 98, then 98 > 97
+    assert [tiny.take(1) for _ in range(3)] == [True, True, False]
+    assert budget.in_use == 97 and tiny.held == 2
+    other.close()  # 67 in use
+    assert not other.take(14)  # heavy: 81 is over the 80
+    assert other.take(13) and budget.in_use == 80
     assert MemoryBudget(100, light_reserve=80).light_reserve == 50  # at most half
     # one account can always reach its share: a request over what a heavy holder may take is too
     # large (413), not busy forever (503 retried by the client until its deadline)
