@@ -29,6 +29,16 @@ def encodable(text: str) -> bool:
     return True
 
 
+def text_problem(text: str, why: str = "") -> str | None:
+    """Why text the sidecar writes as it is (policy text: a stamp, a header, an exemption) is
+    refused, ``why`` after a card number's reason; None when it may be written."""
+    if holds_card_number(text):
+        return f"holds a card number{why}"
+    if not encodable(text):
+        return "is not text UTF-8 can hold (a lone surrogate)"
+    return None
+
+
 def mask_card_numbers(text: str) -> str:
     """``text`` with every card number masked to its last four digits (a lone surrogate, which
     JSON text may hold, is kept as it is)."""

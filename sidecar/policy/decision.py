@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard, TypeVar, get_args
 
-from sidecar.masked_text import encodable, holds_card_number, quoted
+from sidecar.masked_text import holds_card_number, quoted, text_problem
 from sidecar.policy.errors import DecisionError
 from sidecar.policy.invariant import Exemption, enforce, exemptions_from
 from sidecar.rewrite.plan import (
@@ -235,12 +235,10 @@ def _stamps(where: _Where, part: Mapping[str, Any]) -> list[ResourceStamp]:
             "on_conflict", rule_id,
         )
         for field_name, text in (("value", value), ("key", key)):
-            if holds_card_number(text):
-                # written on every resource, never scanned: refused as a rule id is (never quoted)
-                raise where.fail(f"{path}.{field_name}", "holds a card number: a stamp is written on every "
-                                                         "resource as it is", rule_id)
-            if not encodable(text):
-                raise where.fail(f"{path}.{field_name}", "is not text UTF-8 can hold (a lone surrogate)", rule_id)
+            # written on every resource, never scanned: refused as a rule id is (never quoted)
+            problem = text_problem(text, ": a stamp is written on every resource as it is")
+            if problem:
+                raise where.fail(f"{path}.{field_name}", problem, rule_id)
         found.append(ResourceStamp(rule_id, key, value, conflict))
     return found
 
@@ -340,10 +338,9 @@ def compile_plan(
         if "redaction" in part:
             if not isinstance(part["redaction"], str):
                 raise where.fail("redaction", "must be a string")
-            if holds_card_number(part["redaction"]):
-                raise where.fail("redaction", "holds a card number: the redaction text is written as it is")
-            if not encodable(part["redaction"]):
-                raise where.fail("redaction", "is not text UTF-8 can hold (a lone surrogate)")
+            problem = text_problem(part["redaction"], ": the redaction text is written as it is")
+            if problem:
+                raise where.fail("redaction", problem)
             redaction = part["redaction"]
     rules, guarded, dropped_keeps = enforce(rules, list(detectors.values()), exemptions)
     if ignored is not None:
@@ -396,11 +393,9 @@ def _order_rules(rules: list[AttributeRule]) -> tuple[AttributeRule, ...]:
 def _no_card_number(origin: str, what: str, text: str) -> None:
     """Policy text the sidecar logs, shows in /policy and sends upstream (a header) holds no card
     number: DecisionError, the text not quoted."""
-    if holds_card_number(text):
-        raise DecisionError(f"{origin}: {what} holds a card number (it is logged and sent as written; "
-                            "policy text is never built from telemetry)")
-    if not encodable(text):
-        raise DecisionError(f"{origin}: {what} is not text UTF-8 can hold (a lone surrogate)")
+    problem = text_problem(text, " (it is logged and sent as written; policy text is never built from telemetry)")
+    if problem:
+        raise DecisionError(f"{origin}: {what} {problem}")
 
 
 def pod_settings_from(document: Any, origin: str) -> PodSettings:

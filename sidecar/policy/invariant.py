@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.masked_text import encodable, holds_card_number
+from sidecar.masked_text import text_problem
 from sidecar.policy.errors import DecisionError
 from sidecar.rewrite.plan import AttributeRule, ValueDetector
 
@@ -63,12 +63,11 @@ def exemptions_from(document: Any, origin: str) -> tuple[Exemption, ...]:
             raise DecisionError(f"{where}: unknown field {unknown[0]!r} (fields: rule_id, key, reason)")
         rule_id, key, reason = entry.get("rule_id"), entry.get("key"), entry.get("reason")
         for name, text in (("rule_id", rule_id), ("key", key), ("reason", reason)):
-            if isinstance(text, str) and holds_card_number(text):
-                # logged at every load, a metric label, /policy: refused, never quoted
-                raise DecisionError(f"{where}.{name} holds a card number (an exemption names a key "
-                                    "and says why; it is logged as written)")
-            if isinstance(text, str) and not encodable(text):
-                raise DecisionError(f"{where}.{name} is not text UTF-8 can hold (a lone surrogate)")
+            # logged at every load, a metric label, /policy: refused, never quoted
+            problem = text_problem(text, " (an exemption names a key and says why; it is logged as written)") \
+                if isinstance(text, str) else None
+            if problem:
+                raise DecisionError(f"{where}.{name} {problem}")
         if not isinstance(rule_id, str) or not _RULE_ID.fullmatch(rule_id):
             raise DecisionError(f"{where}.rule_id must be a string of letters, digits and . _ : / - (at most 80)")
         if not isinstance(key, str) or not key.strip() or len(key) > _MAX_KEY:
